@@ -1,0 +1,49 @@
+# `make run` and `make test` work on a fresh Debian 12 machine as root: they install what is
+# missing (apt packages, a venv with pinned Python dependencies) and are quick when it is there.
+
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Debian packages the project and its tests drive. Keep this list the single source of truth.
+APT_PACKAGES := python3-venv python3-dev gcc postgresql qemu-utils nbdkit libnbd-bin nbdfuse \
+	python3-libnbd fio e2fsprogs fuse3 bubblewrap
+PYTEST_ARGS ?=
+
+.PHONY: run test deps lint typecheck check bench clean
+
+deps: .deps/apt.stamp $(VENV)/.stamp
+
+.deps/apt.stamp: Makefile
+	@missing=$$(for p in $(APT_PACKAGES); do \
+		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; \
+	done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:" $$missing; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+	@mkdir -p .deps && touch $@
+
+$(VENV)/.stamp: requirements.txt pyproject.toml .deps/apt.stamp
+	@test -x $(PY) || /usr/bin/python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
+	@touch $@
+
+run: deps
+	$(VENV)/bin/loft up
+
+lint: deps
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+
+typecheck: deps
+	$(VENV)/bin/mypy
+
+test: lint typecheck
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+bench: deps
+	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .deps .mypy_cache .ruff_cache

@@ -1,0 +1,58 @@
+"""The ``loft`` command. Each command group lives in its own module under loft.cli."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from loft.errors import LoftError
+
+
+class LoftGroup(click.Group):
+    """A click group that turns :class:`LoftError` into one line on stderr and exit 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except LoftError as e:
+            click.echo(f"loft: error: {e.message}", err=True)
+            if e.hint:
+                click.echo(f"loft: hint: {e.hint}", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=LoftGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="loft")
+def main() -> None:
+    """loft: a computer in the cloud for every user.
+
+    Volumes (block storage on a chunk store, served over NBD), environments (a Nix-format
+    store) and workspaces. State lives under $LOFT_DATA_DIR (default /var/lib/loft); chunks
+    in $LOFT_CHUNKS (file:///path or s3://bucket/prefix?endpoint=URL); the catalog in
+    $LOFT_CATALOG_URL (SQLite under the data dir, or postgresql://...).
+    """
+
+
+def _register() -> None:
+    # Imported here, not at module top, so `loft --help` stays fast and groups stay apart.
+    from loft.cli import up, volume
+
+    main.add_command(volume.volume)
+    main.add_command(up.up)
+    try:
+        from loft.cli import env
+    except ImportError:  # the env group lands separately
+        pass
+    else:
+        main.add_command(env.env)
+    try:
+        from loft.cli import disk
+    except ImportError:
+        pass
+    else:
+        main.add_command(disk.disk)
+
+
+_register()
