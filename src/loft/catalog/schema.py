@@ -1,0 +1,123 @@
+"""The catalog's tables (SQLAlchemy Core). Migrations in ``migrations/`` create them.
+
+Times are float seconds since the epoch *by the database's clock* (see
+:func:`loft.catalog.Catalog.now`), so leases never depend on a node's clock.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+#: Deployment-wide settings, e.g. the secret that keys chunk hashes.
+settings = Table(
+    "settings",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+#: One row per volume. The head (root, version, epoch, holder, lease_expires) lives in this
+#: row so that every commit is one compare-and-swap and a takeover bumps the epoch in the
+#: same row it reads.
+volumes = Table(
+    "volumes",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("uid", String(32), nullable=False, unique=True),
+    Column("name", String(255), nullable=False, unique=True),
+    Column("size", BigInteger, nullable=False),
+    Column("extent_size", Integer, nullable=False),
+    Column("durability", String(16), nullable=False),
+    Column("commit_interval", Float, nullable=False),
+    Column("parent_uid", String(32), nullable=True),
+    Column("parent_snapshot", String(255), nullable=True),
+    # JSON list of ancestor volume uids, nearest first: allocation depth 2, 3, ...
+    Column("lineage", Text, nullable=False, server_default="[]"),
+    Column("created_at", Float, nullable=False),
+    Column("root", String(64), nullable=False),
+    Column("version", BigInteger, nullable=False),
+    Column("epoch", BigInteger, nullable=False),
+    Column("holder", String(255), nullable=True),
+    Column("lease_expires", Float, nullable=True),
+    # The control socket of the disk service serving this volume, while it is served.
+    Column("control_socket", Text, nullable=True),
+)
+
+snapshots = Table(
+    "snapshots",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("volume_id", Integer, ForeignKey("volumes.id", ondelete="CASCADE"), nullable=False),
+    Column("name", String(255), nullable=False),
+    Column("version", BigInteger, nullable=False),
+    Column("root", String(64), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("auto", Boolean, nullable=False, server_default="0"),
+    UniqueConstraint("volume_id", "name", name="uq_snapshot_name"),
+)
+
+#: Commits in flight register the chunk keys they will reference before uploading, so GC
+#: never sweeps a chunk a commit is about to point at.
+commits_inflight = Table(
+    "commits_inflight",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("volume_id", Integer, nullable=False),
+    Column("started_at", Float, nullable=False),
+)
+
+inflight_chunks = Table(
+    "inflight_chunks",
+    metadata,
+    Column(
+        "commit_id",
+        Integer,
+        ForeignKey("commits_inflight.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("key", String(64), nullable=False),
+    PrimaryKeyConstraint("commit_id", "key"),
+)
+
+#: A single row; GC's sweep sets ``sweeping_until`` (a lease by the database clock) and
+#: commits that register chunks while it is set wait before trusting a dedup hit.
+gc_state = Table(
+    "gc_state",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("sweeping_until", Float, nullable=True),
+    Column("holder", String(255), nullable=True),
+)
+
+#: Environment profiles: the current generation of each profile.
+env_profiles = Table(
+    "env_profiles",
+    metadata,
+    Column("name", String(255), primary_key=True),
+    Column("generation", Integer, nullable=False),
+)
+
+env_generations = Table(
+    "env_generations",
+    metadata,
+    Column("profile", String(255), nullable=False),
+    Column("number", Integer, nullable=False),
+    Column("env_path", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    PrimaryKeyConstraint("profile", "number"),
+)
