@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # Debian packages the project and its tests drive. Keep this list the single source of truth.
 APT_PACKAGES := python3-venv python3-dev gcc postgresql qemu-utils nbdkit libnbd-bin nbdfuse \
-	python3-libnbd fio e2fsprogs fuse3 bubblewrap
+	python3-libnbd fio e2fsprogs fuse3 bubblewrap nix-bin
 PYTEST_ARGS ?=
 
 .PHONY: run test deps lint typecheck check bench clean
