@@ -1,0 +1,216 @@
+"""The sans-I/O connection object: bytes in, events out; events in, bytes out."""
+
+from __future__ import annotations
+
+from loft.nbd.protocol import _events as ev
+from loft.nbd.protocol import _state as st
+from loft.nbd.protocol._constants import MAX_OPTION_LENGTH, Command
+from loft.nbd.protocol._errors import LocalProtocolError, RemoteProtocolError
+from loft.nbd.protocol._readers import READERS
+from loft.nbd.protocol._writers import WRITERS, Buffers
+
+__all__ = ["RECEIVE_BUFFER_SIZE", "Connection"]
+
+#: Size of the receive buffer for headers and small payloads. Large WRITE payloads are
+#: received straight into their own buffer, so this only needs to hold many headers.
+RECEIVE_BUFFER_SIZE = 256 * 1024
+#: Compact the receive buffer when less than this is free at its end.
+_MIN_FREE = 64 * 1024
+
+
+class Connection:
+    """One side of an NBD connection, without any I/O.
+
+    Feed received bytes with :meth:`receive_data` (or, zero-copy, with
+    :meth:`get_buffer` + :meth:`buffer_updated`), pull events with :meth:`next_event`
+    until it returns :data:`NEED_DATA` or :data:`PAUSED`, and turn events into bytes
+    with :meth:`send` / :meth:`send_buffers`.
+    """
+
+    def __init__(self, role: st.Sentinel) -> None:
+        if role not in (st.CLIENT, st.SERVER):
+            raise LocalProtocolError("role must be CLIENT or SERVER")
+        self.role = role
+        self._st = st.ConnectionState()
+        self.buf = bytearray(RECEIVE_BUFFER_SIZE)
+        self.start = 0
+        self.end = 0
+        #: bytes the current partial message needs in the buffer (a growth hint)
+        self.need = 0
+        self.no_zeroes = False
+        self._greeting_no_zeroes = True
+        #: client side: handle -> READ length of every request still waiting for its reply
+        self.pending_reads: dict[int, int] = {}
+        self._eof = False
+        self._payload: bytearray | None = None
+        self._payload_filled = 0
+        self._payload_fields: tuple[int, int, int, int, int] | None = None
+
+    # --- state ----------------------------------------------------------------------
+
+    @property
+    def state(self) -> st.Sentinel:
+        """The connection's current state sentinel."""
+        return self._st.state
+
+    @property
+    def structured_replies(self) -> bool:
+        """True once NBD_OPT_STRUCTURED_REPLY was acknowledged (reset by STARTTLS)."""
+        return self._st.structured_replies
+
+    @property
+    def current_option(self) -> int | None:
+        """The option being answered, in OPTION_REPLY."""
+        return self._st.current_option
+
+    def tls_established(self) -> None:
+        """Tell the connection the TLS handshake after STARTTLS succeeded."""
+        if self.end != self.start:
+            raise RemoteProtocolError("plaintext data after STARTTLS")
+        try:
+            self._st.tls_established()
+        except ValueError as e:
+            raise LocalProtocolError(str(e)) from None
+
+    # --- receiving ------------------------------------------------------------------
+
+    def get_buffer(self, sizehint: int = -1) -> memoryview:
+        """A writable buffer for the next received bytes (see :meth:`buffer_updated`).
+
+        While a large WRITE payload is incomplete this is the payload's own buffer, so
+        the socket writes the data straight where it will stay.
+        """
+        payload = self._payload
+        if payload is not None and self._payload_filled < len(payload):
+            return memoryview(payload)[self._payload_filled :]
+        buf = self.buf
+        if self.start == self.end:
+            self.start = self.end = 0
+        free = len(buf) - self.end
+        if free < _MIN_FREE or free < self.need - (self.end - self.start):
+            used = self.end - self.start
+            want = max(len(buf), self.need, used + _MIN_FREE)
+            if want > len(buf):
+                new = bytearray(want)
+                new[:used] = buf[self.start : self.end]
+                self.buf = buf = new
+            else:
+                buf[:used] = buf[self.start : self.end]
+            self.start, self.end = 0, used
+        return memoryview(buf)[self.end :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """``nbytes`` were written into the buffer last returned by :meth:`get_buffer`."""
+        payload = self._payload
+        if payload is not None and self._payload_filled < len(payload):
+            self._payload_filled += nbytes
+        else:
+            self.end += nbytes
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Add received bytes; an empty ``data`` means the peer closed its side."""
+        if self._eof and data:
+            raise LocalProtocolError("data received after end of file")
+        if not data:
+            self._eof = True
+            return
+        view = memoryview(data).cast("B")
+        pos = 0
+        while pos < len(view):
+            with self.get_buffer(len(view) - pos) as target:
+                n = min(len(target), len(view) - pos)
+                target[:n] = view[pos : pos + n]
+            self.buffer_updated(n)
+            pos += n
+
+    def begin_payload(
+        self, fields: tuple[int, int, int, int, int], payload: bytearray, filled: int
+    ) -> None:
+        """Called by the request reader: the rest of this WRITE goes into ``payload``."""
+        self._payload_fields = fields
+        self._payload = payload
+        self._payload_filled = filled
+
+    def next_event(self) -> object:
+        """Return the next event, :data:`NEED_DATA` or :data:`PAUSED`.
+
+        Raises :class:`RemoteProtocolError` (and enters ERROR) when the peer broke the
+        protocol; the connection must then be closed.
+        """
+        state = self._st.state
+        if state is st.ERROR:
+            raise RemoteProtocolError("connection is in the ERROR state")
+        payload = self._payload
+        if payload is not None:
+            if self._payload_filled < len(payload):
+                return self._need_data()
+            fields = self._payload_fields
+            assert fields is not None
+            self._payload = self._payload_fields = None
+            command, handle, offset, length, flags = fields
+            event: object = ev.Request(command, handle, offset, length, flags, payload)
+        else:
+            reader = READERS.get((self.role, state))
+            if reader is None:
+                if state is st.CLOSED:
+                    return st.PAUSED if not self._eof else st.NEED_DATA
+                return st.PAUSED
+            try:
+                got = reader(self)
+            except RemoteProtocolError:
+                self._st.state = st.ERROR
+                raise
+            if got is None:
+                if self._payload is not None:
+                    return self.next_event()
+                return self._need_data()
+            event = got
+            self.need = 0
+        err = self._st.process(event)
+        if err is not None:  # a reader produced an event the state machine refuses
+            self._st.state = st.ERROR
+            raise RemoteProtocolError(err)
+        if type(event) is ev.ClientFlags:
+            self.no_zeroes = event.no_zeroes
+        elif type(event) is ev.Greeting:
+            self._greeting_no_zeroes = event.no_zeroes
+        return event
+
+    def _need_data(self) -> object:
+        if self._eof:
+            if self.start == self.end and self._payload is None:
+                if self._st.state is st.CLOSED:
+                    return st.NEED_DATA
+                self._st.process(ev.ConnectionClosed())
+                return ev.ConnectionClosed()
+            self._st.state = st.ERROR
+            raise RemoteProtocolError("connection closed in the middle of a message")
+        return st.NEED_DATA
+
+    # --- sending --------------------------------------------------------------------
+
+    def send(self, event: object) -> bytes:
+        """Return the bytes that put ``event`` on the wire (advancing the state)."""
+        return b"".join(self.send_buffers(event))
+
+    def send_buffers(self, event: object) -> Buffers:
+        """Like :meth:`send`, but return a list of buffers so data is never copied."""
+        writer = WRITERS.get(type(event))
+        if writer is None:
+            raise LocalProtocolError(f"{type(event).__name__} cannot be sent")
+        if self._st.state is st.ERROR:
+            raise LocalProtocolError("connection is in the ERROR state")
+        err = self._st.process(event)
+        if err is not None:
+            raise LocalProtocolError(err)
+        if type(event) is ev.ClientFlags:
+            if event.no_zeroes and not self._greeting_no_zeroes:
+                raise LocalProtocolError("server did not offer NO_ZEROES")
+            self.no_zeroes = event.no_zeroes
+        elif type(event) is ev.Request and self.role is st.CLIENT and event.command != Command.DISC:
+            self.pending_reads[event.handle] = event.length if event.command == Command.READ else 0
+        return writer(event, self.no_zeroes)
+
+
+# A partial option can need more than the default buffer; make sure it can grow enough.
+assert RECEIVE_BUFFER_SIZE >= 16 + MAX_OPTION_LENGTH

@@ -1,0 +1,141 @@
+"""Transmission phase: requests and replies round-trip, whole and byte by byte."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as s
+from nbd_helpers import ConnectionPair, feed
+
+from loft.nbd import protocol as p
+
+u64 = s.integers(0, (1 << 64) - 1)
+u32 = s.integers(0, (1 << 32) - 1)
+errnos = s.sampled_from([int(e) for e in p.Errno])
+NON_WRITE = [c for c in p.Command if c not in (p.Command.WRITE, p.Command.DISC)]
+
+
+@s.composite
+def requests(draw: s.DrawFn) -> p.Request:
+    handle, offset, flags = draw(u64), draw(u64), draw(s.integers(0, 0xFFFF))
+    if draw(s.booleans()):
+        data = draw(s.binary(min_size=0, max_size=300))
+        return p.Request(p.Command.WRITE, handle, offset, len(data), flags, data)
+    return p.Request(draw(s.sampled_from(NON_WRITE)), handle, offset, draw(u32), flags)
+
+
+@given(reqs=s.lists(requests(), min_size=1, max_size=8), bytewise=s.booleans())
+def test_requests_round_trip(reqs: list[p.Request], bytewise: bool) -> None:
+    pair = ConnectionPair("bytewise" if bytewise else "whole")
+    pair.handshake()
+    got = pair.to_server(*reqs)
+    assert got == reqs
+    assert [r.payload_bytes() for r in got] == [r.payload_bytes() for r in reqs]  # type: ignore[attr-defined]
+
+
+@s.composite
+def chunks(draw: s.DrawFn, handle: int) -> list[object]:
+    out: list[object] = []
+    for _ in range(draw(s.integers(0, 3))):
+        kind = draw(s.sampled_from(["data", "hole", "bs", "err"]))
+        if kind == "data":
+            out.append(
+                p.OffsetDataChunk(handle, draw(u64), draw(s.binary(min_size=1, max_size=64)))
+            )
+        elif kind == "hole":
+            out.append(p.OffsetHoleChunk(handle, draw(u64), draw(s.integers(1, (1 << 32) - 1))))
+        elif kind == "bs":
+            ext = draw(s.lists(s.tuples(s.integers(1, (1 << 32) - 1), u32), min_size=1, max_size=5))
+            out.append(p.BlockStatusChunk(handle, draw(u32), tuple(ext)))
+        else:
+            off = draw(s.one_of(s.none(), u64))
+            msg = draw(s.text(max_size=20))
+            out.append(p.ErrorChunk(handle, draw(errnos), msg, off, done=False))
+    out.append(p.NoneChunk(handle))
+    return out
+
+
+@given(handle=u64, data=s.data(), bytewise=s.booleans())
+def test_structured_replies_round_trip(handle: int, data: s.DataObject, bytewise: bool) -> None:
+    pair = ConnectionPair("bytewise" if bytewise else "whole")
+    pair.handshake(structured=True)
+    pair.to_server(p.Request(p.Command.READ, handle, 0, 100))
+    sent = data.draw(chunks(handle))
+    got = pair.to_client(*sent)
+    assert got == sent
+    for a, b in zip(got, sent, strict=True):
+        if isinstance(a, p.OffsetDataChunk):
+            assert bytes(a.data) == bytes(b.data)  # type: ignore[attr-defined]
+    assert handle not in pair.client.pending_reads
+
+
+@given(length=s.integers(0, 2000), error=s.one_of(s.just(0), errnos), bytewise=s.booleans())
+def test_simple_read_reply_round_trip(length: int, error: int, bytewise: bool) -> None:
+    pair = ConnectionPair("bytewise" if bytewise else "whole")
+    pair.handshake(structured=False)
+    pair.to_server(p.Request(p.Command.READ, 7, 0, length))
+    data = bytes(range(256)) * (length // 256) + bytes(length % 256)
+    reply = p.SimpleReply(7, error, None if error or not length else data)
+    [got] = pair.to_client(reply)
+    assert got == reply
+    assert (bytes(got.data) if got.data is not None else None) == reply.data  # type: ignore[attr-defined]
+
+
+def test_structured_chunks_need_negotiation() -> None:
+    pair = ConnectionPair()
+    pair.handshake(structured=False)
+    with pytest.raises(p.LocalProtocolError):
+        pair.server.send(p.NoneChunk(1))
+
+
+def test_large_write_payload_is_received_into_its_own_buffer() -> None:
+    """A WRITE bigger than the receive buffer goes straight into its payload buffer."""
+    pair = ConnectionPair()
+    pair.handshake()
+    payload = bytes(range(256)) * 8192  # 2 MiB
+    wire = pair.client.send(p.Request(p.Command.WRITE, 1, 4096, len(payload), 0, payload))
+    conn = pair.server
+    pos, seen_payload_buffer = 0, False
+    while pos < len(wire):
+        with conn.get_buffer() as target:
+            n = min(len(target), len(wire) - pos, 65536)
+            target[:n] = wire[pos : pos + n]
+            seen_payload_buffer |= target.obj is not conn.buf
+        conn.buffer_updated(n)
+        pos += n
+        ev = conn.next_event()
+        if ev is not p.NEED_DATA:
+            break
+    assert seen_payload_buffer
+    assert isinstance(ev, p.Request) and ev.payload_bytes() == payload
+    # The payload must not alias the receive buffer (it may outlive later reads).
+    assert ev.payload is not None and ev.payload is not conn.buf
+
+
+def test_partial_write_at_eof_is_discarded() -> None:
+    pair = ConnectionPair()
+    pair.handshake()
+    wire = pair.client.send(p.Request(p.Command.WRITE, 1, 0, 1000, 0, bytes(1000)))
+    pair.server.receive_data(wire[:500])
+    assert pair.server.next_event() is p.NEED_DATA
+    pair.server.receive_data(b"")
+    with pytest.raises(p.RemoteProtocolError):
+        pair.server.next_event()
+    assert pair.server.state is p.ERROR
+
+
+def test_disc_closes_but_replies_may_still_go_out() -> None:
+    pair = ConnectionPair()
+    pair.handshake()
+    evs = pair.to_server(p.Request(p.Command.READ, 1, 0, 4), p.Request(p.Command.DISC, 2))
+    assert [e.command for e in evs] == [p.Command.READ, p.Command.DISC]  # type: ignore[attr-defined]
+    assert pair.server.state is p.CLOSED
+    assert feed(pair.client, pair.server.send(p.SimpleReply(1, 0, b"abcd")))
+
+
+def test_many_small_writes_in_one_buffer() -> None:
+    pair = ConnectionPair()
+    pair.handshake()
+    reqs = [p.Request(p.Command.WRITE, i, i * 4096, 4096, 1, bytes([i]) * 4096) for i in range(200)]
+    got = pair.to_server(*reqs)
+    assert [r.payload_bytes() for r in got] == [r.payload_bytes() for r in reqs]  # type: ignore[attr-defined]
