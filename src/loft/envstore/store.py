@@ -581,16 +581,17 @@ def _inside(p: Path, root: Path) -> bool:
 
 
 def disk_usage(p: Path) -> int:
-    """Bytes allocated on disk by the tree at ``p`` (hard links counted once)."""
-    seen: set[tuple[int, int]] = set()
-    total = 0
-    for dirpath, dirnames, filenames in os.walk(p):
-        for n in [*dirnames, *filenames, "."] if dirpath == str(p) else [*dirnames, *filenames]:
-            st = os.lstat(os.path.join(dirpath, n))
-            key = (st.st_dev, st.st_ino)
-            if key not in seen:
-                seen.add(key)
-                total += st.st_blocks * 512
+    """Bytes allocated on disk by the file or tree at ``p`` (hard links counted once)."""
+    st = os.lstat(p)
+    seen = {(st.st_dev, st.st_ino)}
+    total = st.st_blocks * 512
+    if stat.S_ISDIR(st.st_mode):
+        for dirpath, dirnames, filenames in os.walk(p):
+            for n in (*dirnames, *filenames):
+                st = os.lstat(os.path.join(dirpath, n))
+                if (st.st_dev, st.st_ino) not in seen:
+                    seen.add((st.st_dev, st.st_ino))
+                    total += st.st_blocks * 512
     return total
 
 

@@ -1,0 +1,371 @@
+"""``loft env ...``: the environment store — keys, binary cache, profiles, GC, info.
+
+``lock``, ``build`` and ``run`` live in :mod:`loft.cli.env_build` and are registered into
+this group at the bottom of the module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+
+from loft.config import Settings
+from loft.envstore import EnvstoreError
+from loft.envstore.store import InvalidPath, Store
+
+
+def _store() -> Store:
+    return Store.open(Settings.from_env())
+
+
+def _profiles() -> Any:
+    from loft.catalog import Catalog
+    from loft.envstore.profiles import Profiles
+
+    return Profiles(Catalog.open(Settings.from_env()))
+
+
+def _echo_json(obj: object) -> None:
+    click.echo(json.dumps(obj, indent=2, sort_keys=True))
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def _walk_lock(obj: object) -> Iterator[dict[str, Any]]:
+    """Every dict in a lock document that names a store path."""
+    if isinstance(obj, dict):
+        if isinstance(obj.get("store_path"), str):
+            yield obj
+        for v in obj.values():
+            yield from _walk_lock(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _walk_lock(v)
+
+
+def read_lock_paths(lock_file: Path) -> tuple[str | None, dict[str, str | None]]:
+    """(env path or None, {store path: expected NAR hash or None}) named by a lock file."""
+    try:
+        doc = json.loads(lock_file.read_text())
+    except (OSError, ValueError) as e:
+        raise EnvstoreError(f"cannot read lock file {lock_file}: {e}") from None
+    paths: dict[str, str | None] = {}
+    for entry in _walk_lock(doc):
+        nar_hash = entry.get("nar_hash")
+        paths[entry["store_path"]] = nar_hash if isinstance(nar_hash, str) else None
+    env_path: str | None = None
+    if isinstance(doc, dict):
+        env = doc.get("env")
+        if isinstance(env, dict):
+            env = env.get("store_path") or env.get("path")
+        if isinstance(env, str):
+            env_path = env
+        elif isinstance(doc.get("env_path"), str):
+            env_path = doc["env_path"]
+    if env_path is not None:
+        paths.setdefault(env_path, None)
+    if not paths:
+        raise EnvstoreError(f"lock file {lock_file} names no store paths")
+    return env_path, paths
+
+
+def resolve_env(store: Store, ref: str) -> str:
+    """A store path from ENV: a store path, a lock file, or a profile name (current gen)."""
+    if ref.startswith(store.store_dir + "/"):
+        if not store.is_valid(ref):
+            raise InvalidPath(ref)
+        return ref
+    if os.path.isfile(ref):
+        env_path, _ = read_lock_paths(Path(ref))
+        if env_path is None:
+            raise EnvstoreError(f"lock file {ref} does not name an environment path")
+        if not store.is_valid(env_path):
+            raise InvalidPath(env_path)
+        return env_path
+    gen = _profiles().current(ref)
+    if gen is None:
+        raise EnvstoreError(
+            f"{ref!r} is neither a store path, a lock file nor a profile",
+            hint=f"give a path under {store.store_dir}, a loft.lock, or a profile name",
+        )
+    return str(gen.env_path)
+
+
+@click.group()
+def env() -> None:
+    """Environments: Nix-format store paths built from Debian, PyPI and npm artefacts.
+
+    The store lives under $LOFT_DATA_DIR/envstore with logical paths under /nix/store.
+    ENV arguments accept a store path, a loft.lock file, or a profile name.
+    """
+
+
+# -- keys and the binary cache ------------------------------------------------------------
+
+
+@env.command()
+@click.argument("name")
+@click.option(
+    "-o",
+    "--out-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("."),
+    show_default=True,
+    help="Directory for NAME.sec and NAME.pub.",
+)
+def keygen(name: str, out_dir: Path) -> None:
+    """Create an ed25519 signing key pair NAME.sec / NAME.pub in Nix's key format.
+
+    The public key (``NAME:<base64>``) is what consumers pass to --trust (or to Nix's
+    trusted-public-keys); keep NAME.sec secret (it is written mode 0600).
+    """
+    from loft.envstore.signing import SecretKey
+
+    key = SecretKey.generate(name)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sec, pub = out_dir / f"{name}.sec", out_dir / f"{name}.pub"
+    for p in (sec, pub):
+        if p.exists():
+            raise EnvstoreError(f"{p} already exists", hint="remove it or choose another -o")
+    fd = os.open(sec, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key.render())
+    pub.write_text(key.public().render())
+    click.echo(f"secret key: {sec}\npublic key: {pub}\n{key.public().render()}")
+
+
+def _read_key_arg(value: str) -> str:
+    return Path(value).read_text().strip() if os.path.isfile(value) else value
+
+
+@env.command()
+@click.argument("env_ref", metavar="ENV")
+@click.option("--to", "to_url", required=True, help="file:///DIR or s3://bucket/prefix?endpoint=")
+@click.option("--key", "key_file", required=True, type=click.Path(dir_okay=False, exists=True))
+@click.option("-j", "--jobs", default=4, show_default=True, help="Parallel uploads.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def push(env_ref: str, to_url: str, key_file: str, jobs: int, as_json: bool) -> None:
+    """Upload ENV and its closure to a Nix binary cache, signed with the secret KEY file.
+
+    Writes nix-cache-info, <hash>.narinfo and nar/<filehash>.nar.zst; paths already in
+    the cache are skipped. Real Nix can substitute from the result.
+    """
+    from loft.envstore.binary_cache import push as do_push
+    from loft.envstore.signing import SecretKey
+
+    store = _store()
+    key = SecretKey.parse(Path(key_file).read_text())
+    path = resolve_env(store, env_ref)
+    r = do_push(store, [path], to_url, key, parallelism=jobs)
+    if as_json:
+        _echo_json({"env": path, "to": to_url, **r.__dict__})
+        return
+    click.echo(
+        f"pushed {len(r.pushed)} paths ({_human(r.nar_bytes)} NAR, {_human(r.file_bytes)} "
+        f"compressed), {len(r.already_present)} already present, in {r.seconds:.2f}s"
+    )
+
+
+@env.command()
+@click.argument("refs", nargs=-1, required=True, metavar="LOCK|PATH...")
+@click.option("--from", "from_url", required=True, help="file:///DIR or s3://bucket/prefix?...")
+@click.option(
+    "--trust",
+    "trusted",
+    multiple=True,
+    required=True,
+    help="Trusted public key 'name:base64' or a .pub file (repeatable).",
+)
+@click.option("-j", "--jobs", default=4, show_default=True, help="Parallel downloads.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def pull(
+    refs: tuple[str, ...], from_url: str, trusted: tuple[str, ...], jobs: int, as_json: bool
+) -> None:
+    """Realise a loft.lock (or store paths) by substitution from a binary cache.
+
+    Every path must be signed by a --trust key and its NAR must match the narinfo's and
+    the lock's NAR hash; nothing unverified is ever registered.
+    """
+    from loft.envstore.binary_cache import pull as do_pull
+    from loft.envstore.signing import PublicKey
+
+    store = _store()
+    keys = [PublicKey.parse(_read_key_arg(t)) for t in trusted]
+    wanted: dict[str, str | None] = {}
+    for ref in refs:
+        if ref.startswith(store.store_dir + "/"):
+            wanted.setdefault(ref, None)
+        else:
+            wanted.update(read_lock_paths(Path(ref))[1])
+    expected = {p: h for p, h in wanted.items() if h is not None}
+    r = do_pull(store, list(wanted), from_url, keys, expected=expected, parallelism=jobs)
+    if as_json:
+        _echo_json({"from": from_url, **r.__dict__})
+        return
+    click.echo(
+        f"fetched {len(r.fetched)} paths ({_human(r.file_bytes)} downloaded, "
+        f"{_human(r.nar_bytes)} unpacked), {len(r.already_valid)} already valid, "
+        f"in {r.seconds:.2f}s"
+    )
+
+
+# -- inspection and GC --------------------------------------------------------------------
+
+
+@env.command()
+@click.argument("env_ref", metavar="ENV")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def info(env_ref: str, as_json: bool) -> None:
+    """Show ENV's packages (its direct references), closure size and NAR hash."""
+    from loft.envstore.info import env_info
+
+    store = _store()
+    i = env_info(store, resolve_env(store, env_ref))
+    if as_json:
+        _echo_json(i.to_json())
+        return
+    click.echo(f"{i.path}\n  NAR hash: {i.nar_hash}\n  NAR size: {_human(i.nar_size)}")
+    click.echo(f"  closure:  {i.closure_paths} paths, {_human(i.closure_nar_size)}")
+    click.echo(f"  references ({len(i.references)}):")
+    for ref in i.references:
+        click.echo(f"    {ref.name:50} {_human(ref.nar_size):>10}  {ref.path}")
+
+
+@env.command()
+@click.option("--dry-run", is_flag=True, help="Only report what would be deleted.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def gc(dry_run: bool, as_json: bool) -> None:
+    """Delete store paths no root needs.
+
+    Roots: every generation of every profile, plus paths marked in use (loft env root).
+    A rooted path and its whole closure are never deleted.
+    """
+    from loft.envstore.gc import collect
+
+    store = _store()
+    r = collect(store, _profiles().all_env_paths(), dry_run=dry_run)
+    if as_json:
+        _echo_json(r.__dict__)
+        return
+    verb = "would delete" if dry_run else "deleted"
+    for p in r.deleted:
+        click.echo(f"{verb} {p}")
+    click.echo(
+        f"{verb} {len(r.deleted)} paths and {len(r.garbage)} leftovers, "
+        f"{_human(r.freed_bytes)} freed; {len(r.roots)} roots keep {r.live} paths"
+    )
+
+
+@env.group()
+def root() -> None:
+    """Paths marked in use (e.g. by a running workspace); GC keeps their closures."""
+
+
+@root.command("add")
+@click.argument("name")
+@click.argument("env_ref", metavar="ENV")
+def root_add(name: str, env_ref: str) -> None:
+    """Mark ENV in use under NAME (replacing NAME's previous path)."""
+    store = _store()
+    path = resolve_env(store, env_ref)
+    store.add_root(name, path)
+    click.echo(f"{name} -> {path}")
+
+
+@root.command("remove")
+@click.argument("name")
+def root_remove(name: str) -> None:
+    """Drop the in-use mark NAME."""
+    if not _store().remove_root(name):
+        raise EnvstoreError(f"no root named {name!r}")
+
+
+@root.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def root_list(as_json: bool) -> None:
+    """List in-use roots."""
+    roots = _store().roots()
+    if as_json:
+        _echo_json(roots)
+        return
+    for n, p in roots.items():
+        click.echo(f"{n}\t{p}")
+
+
+# -- profiles -----------------------------------------------------------------------------
+
+
+@env.group(invoke_without_command=False)
+@click.argument("name")
+@click.pass_context
+def profile(ctx: click.Context, name: str) -> None:
+    """Profile NAME: a chain of environment generations (switch, generations, rollback)."""
+    from loft.envstore.profiles import validate_profile_name
+
+    validate_profile_name(name)
+    ctx.obj = name
+
+
+@profile.command()
+@click.argument("env_ref", metavar="ENV")
+@click.option("--json", "as_json", is_flag=True, help="Print the new generation as JSON.")
+@click.pass_obj
+def switch(name: str, env_ref: str, as_json: bool) -> None:
+    """Make ENV the profile's new current generation."""
+    store = _store()
+    profiles = _profiles()
+    path = resolve_env(store, env_ref)
+    g = profiles.switch(name, path)
+    if as_json:
+        _echo_json(g.__dict__)
+        return
+    click.echo(f"{name}: generation {g.number} -> {g.env_path}")
+
+
+@profile.command()
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@click.pass_obj
+def generations(name: str, as_json: bool) -> None:
+    """List the profile's generations; the current one is marked."""
+    import time
+
+    gens = _profiles().generations(name)
+    if as_json:
+        _echo_json([g.__dict__ for g in gens])
+        return
+    for g in gens:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(g.created_at))
+        mark = "  (current)" if g.current else ""
+        click.echo(f"{g.number:5}   {when}   {g.env_path}{mark}")
+
+
+@profile.command()
+@click.option("--to", "to", type=int, default=None, help="Generation number (default: previous).")
+@click.option("--json", "as_json", is_flag=True, help="Print the now-current generation as JSON.")
+@click.pass_obj
+def rollback(name: str, to: int | None, as_json: bool) -> None:
+    """Make the previous generation (or --to N) current again. Instant: a pointer move."""
+    g = _profiles().rollback(name, to)
+    if as_json:
+        _echo_json(g.__dict__)
+        return
+    click.echo(f"{name}: generation {g.number} -> {g.env_path}")
+
+
+try:
+    from loft.cli import env_build  # type: ignore[attr-defined,unused-ignore]
+
+    env_build.register(env)
+except ImportError:
+    pass

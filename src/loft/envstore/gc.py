@@ -1,0 +1,67 @@
+"""Garbage collection of the environment store.
+
+Roots are the store's in-use table (:meth:`Store.add_root`, e.g. a running workspace's
+env) plus whatever the caller passes (every generation of every profile, locked
+artefacts). The live set is the closure of the roots; every other valid path is dead and
+is deleted referrers-first, so the store's invariant (a valid path's references are
+valid) holds after each single deletion. Unregistered leftovers of interrupted adds and
+scratch directories of dead processes are removed too. The collector holds the store's
+GC lock exclusively, so no add can race it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from loft.envstore.binary_cache import topo_levels
+from loft.envstore.store import Store, disk_usage, force_rmtree
+
+__all__ = ["GCReport", "collect"]
+
+
+@dataclass
+class GCReport:
+    """What a collection found and (unless a dry run) removed."""
+
+    dry_run: bool
+    roots: list[str] = field(default_factory=list)
+    live: int = 0
+    deleted: list[str] = field(default_factory=list)
+    garbage: list[str] = field(default_factory=list)
+    freed_bytes: int = 0
+    seconds: float = 0.0
+
+
+def collect(store: Store, extra_roots: Iterable[str] = (), *, dry_run: bool = False) -> GCReport:
+    """Delete every valid path outside the closure of the roots; see the module docstring."""
+    t0 = time.monotonic()
+    report = GCReport(dry_run=dry_run)
+    with store.gc_lock(exclusive=True):
+        roots = sorted({*store.roots().values(), *extra_roots})
+        # A root that is not valid (already pulled elsewhere, or never built) protects nothing.
+        valid_roots = [r for r in roots if store.is_valid(r)]
+        report.roots = valid_roots
+        live = store.closure(valid_roots)
+        report.live = len(live)
+        dead = [p for p in store.all_paths() if p not in live]
+        refs = {}
+        for p in dead:
+            info = store.query(p)
+            assert info is not None
+            refs[p] = info.references
+        for level in reversed(topo_levels(refs)):
+            for p in level:
+                report.freed_bytes += disk_usage(store.physical(p))
+                if not dry_run:
+                    store.delete(p)
+                report.deleted.append(p)
+        for entry in [*store.unregistered_entries(), *store.stale_tmpdirs()]:
+            report.freed_bytes += disk_usage(entry) if os.path.lexists(entry) else 0
+            report.garbage.append(str(entry))
+            if not dry_run:
+                force_rmtree(entry)
+    report.seconds = time.monotonic() - t0
+    return report
