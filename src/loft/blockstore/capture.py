@@ -1,0 +1,104 @@
+"""A commit's capture: the dirty extents at one flush point, preserved until uploaded.
+
+A write that lands on a captured extent before the uploader has read it first copies the
+bytes it is about to overwrite into the capture's aside file (4 KiB blocks, kernel-side
+``copy_file_range``), so the upload sees the extent exactly as it was at the flush.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+BLOCK = 4096
+
+
+class Capture:
+    """The extents (and their write generations) captured at one flush."""
+
+    def __init__(self, seq: int, gens: dict[int, int], aside_path: Path, extent_size: int):
+        self.seq = seq
+        self.gens = gens
+        self.unread = set(gens)
+        self.aside_path = aside_path
+        self.extent_size = extent_size
+        self.created = time.monotonic()
+        self._aside: dict[int, bytearray] = {}
+        self._fd = -1
+
+    def _aside_fd(self) -> int:
+        if self._fd < 0:
+            self._fd = os.open(self.aside_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        return self._fd
+
+    def preserve(self, data_fd: int, offset: int, length: int) -> None:
+        """Copy aside the not-yet-preserved blocks of ``[offset, offset+length)`` that belong
+        to captured, unread extents. Call before mutating that range of the data file."""
+        es = self.extent_size
+        end = offset + length
+        for e in range(offset // es, (end - 1) // es + 1):
+            if e not in self.unread:
+                continue
+            base = e * es
+            bitmap = self._aside.get(e)
+            if bitmap is None:
+                bitmap = self._aside[e] = bytearray(es // BLOCK)
+            b0 = (max(offset, base) - base) // BLOCK
+            b1 = (min(end, base + es) - 1 - base) // BLOCK
+            b = b0
+            while b <= b1:
+                if bitmap[b]:
+                    b += 1
+                    continue
+                run = b
+                while run <= b1 and not bitmap[run]:
+                    bitmap[run] = 1
+                    run += 1
+                _copy(data_fd, self._aside_fd(), base + b * BLOCK, (run - b) * BLOCK)
+                b = run
+
+    def read_extent(self, data_fd: int, extent: int, length: int) -> bytes:
+        """The extent's bytes as of the capture (data file overlaid with aside blocks).
+        Call with the volume's lock held."""
+        base = extent * self.extent_size
+        data = os.pread(data_fd, length, base)
+        # The extent stays protected until the whole commit is done: a retry after a failed
+        # upload must read exactly the same bytes again.
+        bitmap = self._aside.get(extent)
+        if bitmap is None:
+            return data
+        buf = bytearray(data)
+        b, n = 0, min(len(bitmap), -(-length // BLOCK))
+        while b < n:
+            if not bitmap[b]:
+                b += 1
+                continue
+            run = b
+            while run < n and bitmap[run]:
+                run += 1
+            lo, hi = b * BLOCK, min(run * BLOCK, length)
+            buf[lo:hi] = os.pread(self._fd, hi - lo, base + lo)
+            b = run
+        return bytes(buf)
+
+    def drop(self, extent: int) -> None:
+        """Forget an extent (it was committed by an earlier capture with the same data)."""
+        self.gens.pop(extent, None)
+        self.unread.discard(extent)
+        self._aside.pop(extent, None)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        self.aside_path.unlink(missing_ok=True)
+
+
+def _copy(src: int, dst: int, offset: int, length: int) -> None:
+    done = 0
+    while done < length:
+        n = os.copy_file_range(src, dst, length - done, offset + done, offset + done)
+        if n == 0:  # past the end of the source: the rest reads as zeros anyway
+            break
+        done += n

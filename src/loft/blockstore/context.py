@@ -1,0 +1,63 @@
+"""What every volume on a node shares: catalog, chunk store, codec, caches, thread pool."""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from loft.blockstore.budget import ExtentBudget
+from loft.blockstore.chunkcache import ChunkCache
+from loft.blockstore.chunks import ChunkCodec, deployment_secret
+from loft.blockstore.chunkstore import ChunkStore, open_chunk_store
+from loft.blockstore.heads import Heads
+from loft.catalog import Catalog
+from loft.config import Settings
+
+
+@dataclass
+class BlockstoreContext:
+    """The node-wide pieces volumes are built on. Open one per process."""
+
+    settings: Settings
+    catalog: Catalog
+    heads: Heads
+    store: ChunkStore
+    codec: ChunkCodec
+    cache: ChunkCache
+    budget: ExtentBudget
+    pool: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(
+            max(4, (os.cpu_count() or 2) * 2), thread_name_prefix="blockstore"
+        )
+    )
+
+    @property
+    def volumes_dir(self) -> Path:
+        """Where working copies live, one directory per volume uid."""
+        return self.settings.data_dir / "volumes"
+
+    @classmethod
+    def open(cls, settings: Settings, *, catalog: Catalog | None = None) -> BlockstoreContext:
+        """Open the catalog (migrating it) and the chunk store named by ``settings``."""
+        catalog = catalog or Catalog.open(settings)
+        with catalog.write() as conn:
+            secret = deployment_secret(conn)
+        store = open_chunk_store(settings.chunks_url)
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        cache = ChunkCache(store, settings.data_dir / "chunk-cache", settings.chunk_cache_bytes)
+        return cls(
+            settings=settings,
+            catalog=catalog,
+            heads=Heads(catalog),
+            store=store,
+            codec=ChunkCodec(secret),
+            cache=cache,
+            budget=ExtentBudget(settings.cache_bytes),
+        )
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+        self.store.close()
+        self.catalog.close()

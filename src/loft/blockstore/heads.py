@@ -1,0 +1,500 @@
+"""The catalog side of volumes: rows, heads, leases, snapshots and in-flight commits.
+
+Every head change is a compare-and-swap on the volume's one row: a commit advances
+``version`` only where ``(version, epoch, holder)`` still match, and a takeover bumps
+``epoch`` in the same transaction that reads the head. Lease times are the database's.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, RowMapping, and_, delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from loft.blockstore.chunks import ZERO_HASH
+from loft.blockstore.errors import (
+    LeaseLost,
+    SnapshotExists,
+    SnapshotNotFound,
+    VolumeBusy,
+    VolumeExists,
+    VolumeNotFound,
+)
+from loft.catalog import Catalog
+from loft.catalog.schema import (
+    commits_inflight,
+    gc_state,
+    inflight_chunks,
+    snapshots,
+    volumes,
+)
+
+DEFAULT_LEASE_TTL = 30.0
+#: Safety margin between the holder's own deadline and a taker's earliest takeover.
+DEFAULT_LEASE_MARGIN = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class VolumeRecord:
+    """A volume's catalog row."""
+
+    id: int
+    uid: str
+    name: str
+    size: int
+    extent_size: int
+    durability: str
+    commit_interval: float
+    parent_uid: str | None
+    parent_snapshot: str | None
+    lineage: tuple[str, ...]
+    created_at: float
+    root: bytes
+    version: int
+    epoch: int
+    holder: str | None
+    lease_expires: float | None
+    control_socket: str | None
+
+    @property
+    def n_extents(self) -> int:
+        return -(-self.size // self.extent_size)
+
+    @property
+    def writer_tag(self) -> bytes:
+        """The 8-byte tag this volume writes into manifest entries."""
+        return writer_tag(self.uid)
+
+    @classmethod
+    def from_row(cls, row: RowMapping) -> VolumeRecord:
+        return cls(
+            id=row["id"],
+            uid=row["uid"],
+            name=row["name"],
+            size=row["size"],
+            extent_size=row["extent_size"],
+            durability=row["durability"],
+            commit_interval=row["commit_interval"],
+            parent_uid=row["parent_uid"],
+            parent_snapshot=row["parent_snapshot"],
+            lineage=tuple(json.loads(row["lineage"])),
+            created_at=row["created_at"],
+            root=bytes.fromhex(row["root"]),
+            version=row["version"],
+            epoch=row["epoch"],
+            holder=row["holder"],
+            lease_expires=row["lease_expires"],
+            control_socket=row["control_socket"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotRecord:
+    id: int
+    volume_id: int
+    name: str
+    version: int
+    root: bytes
+    created_at: float
+    auto: bool
+
+    @classmethod
+    def from_row(cls, row: RowMapping) -> SnapshotRecord:
+        return cls(
+            id=row["id"],
+            volume_id=row["volume_id"],
+            name=row["name"],
+            version=row["version"],
+            root=bytes.fromhex(row["root"]),
+            created_at=row["created_at"],
+            auto=bool(row["auto"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Takeover:
+    """The result of taking a volume's lease: the head as it now is, and what it was."""
+
+    record: VolumeRecord
+    previous_epoch: int
+    unclean: bool  # the previous holder never released its lease
+
+
+def writer_tag(uid: str) -> bytes:
+    return bytes.fromhex(uid[:16])
+
+
+def new_holder_id() -> str:
+    """A holder identity unique to this process and call."""
+    import os
+    import socket
+
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+class Heads:
+    """Catalog operations on volumes and snapshots."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+
+    # -- volumes ------------------------------------------------------------------------
+
+    def get(self, name: str, conn: Connection | None = None) -> VolumeRecord:
+        if conn is None:
+            with self.catalog.read() as c:
+                return self.get(name, c)
+        row = conn.execute(select(volumes).where(volumes.c.name == name)).mappings().first()
+        if row is None:
+            raise VolumeNotFound(name)
+        return VolumeRecord.from_row(row)
+
+    def find(self, name: str) -> VolumeRecord | None:
+        try:
+            return self.get(name)
+        except VolumeNotFound:
+            return None
+
+    def all(self) -> list[VolumeRecord]:
+        with self.catalog.read() as conn:
+            rows = conn.execute(select(volumes).order_by(volumes.c.name)).mappings().all()
+        return [VolumeRecord.from_row(r) for r in rows]
+
+    def create(
+        self,
+        name: str,
+        *,
+        size: int,
+        extent_size: int,
+        durability: str,
+        commit_interval: float,
+        root: bytes = ZERO_HASH,
+        parent_uid: str | None = None,
+        parent_snapshot: str | None = None,
+        lineage: Iterable[str] = (),
+        conn: Connection | None = None,
+    ) -> VolumeRecord:
+        """Insert a new volume row (version 0, epoch 0, no holder)."""
+        if conn is None:
+            with self.catalog.write() as c:
+                return self.create(
+                    name,
+                    size=size,
+                    extent_size=extent_size,
+                    durability=durability,
+                    commit_interval=commit_interval,
+                    root=root,
+                    parent_uid=parent_uid,
+                    parent_snapshot=parent_snapshot,
+                    lineage=lineage,
+                    conn=c,
+                )
+        if conn.execute(select(volumes.c.id).where(volumes.c.name == name)).first():
+            raise VolumeExists(name)
+        values = dict(
+            uid=secrets.token_hex(16),
+            name=name,
+            size=size,
+            extent_size=extent_size,
+            durability=durability,
+            commit_interval=commit_interval,
+            parent_uid=parent_uid,
+            parent_snapshot=parent_snapshot,
+            lineage=json.dumps(list(lineage)),
+            created_at=self.catalog.now(conn),
+            root=root.hex(),
+            version=0,
+            epoch=0,
+        )
+        try:
+            conn.execute(insert(volumes).values(**values))
+        except IntegrityError:
+            raise VolumeExists(name) from None
+        return self.get(name, conn)
+
+    def delete(self, record: VolumeRecord) -> None:
+        with self.catalog.write() as conn:
+            conn.execute(delete(snapshots).where(snapshots.c.volume_id == record.id))
+            conn.execute(delete(volumes).where(volumes.c.id == record.id))
+
+    # -- leases -------------------------------------------------------------------------
+
+    def takeover(
+        self,
+        name: str,
+        holder: str,
+        *,
+        ttl: float = DEFAULT_LEASE_TTL,
+        margin: float = DEFAULT_LEASE_MARGIN,
+    ) -> Takeover:
+        """Take the volume's lease, bumping its epoch; VolumeBusy if someone holds it."""
+        with self.catalog.write() as conn:
+            row = (
+                conn.execute(select(volumes).where(volumes.c.name == name).with_for_update())
+                .mappings()
+                .first()
+            )
+            if row is None:
+                raise VolumeNotFound(name)
+            rec = VolumeRecord.from_row(row)
+            now = self.catalog.now(conn)
+            if rec.holder is not None and (rec.lease_expires or 0) + margin > now:
+                wait = (rec.lease_expires or 0) + margin - now
+                raise VolumeBusy(
+                    f"volume {name!r} is in use by {rec.holder}",
+                    hint=f"stop that writer, or wait {wait:.0f} s for its lease to expire",
+                )
+            unclean = rec.holder is not None
+            conn.execute(
+                update(volumes)
+                .where(and_(volumes.c.id == rec.id, volumes.c.epoch == rec.epoch))
+                .values(epoch=rec.epoch + 1, holder=holder, lease_expires=now + ttl)
+            )
+            if unclean and rec.version > 0:
+                # Keep the head the fenced writer last committed: its orphan is based on it.
+                self._add_snapshot(conn, rec, f"takeover-{rec.epoch}", rec.version, rec.root, True)
+            return Takeover(self.get(name, conn), rec.epoch, unclean)
+
+    def renew(self, volume_id: int, epoch: int, holder: str, ttl: float) -> bool:
+        """Extend the lease; False when it was lost (epoch bumped or holder changed)."""
+        with self.catalog.write() as conn:
+            now = self.catalog.now(conn)
+            res = conn.execute(
+                update(volumes)
+                .where(
+                    and_(
+                        volumes.c.id == volume_id,
+                        volumes.c.epoch == epoch,
+                        volumes.c.holder == holder,
+                    )
+                )
+                .values(lease_expires=now + ttl)
+            )
+            return res.rowcount == 1
+
+    def release(self, volume_id: int, epoch: int, holder: str) -> None:
+        """Give up the lease (a clean stop)."""
+        with self.catalog.write() as conn:
+            conn.execute(
+                update(volumes)
+                .where(
+                    and_(
+                        volumes.c.id == volume_id,
+                        volumes.c.epoch == epoch,
+                        volumes.c.holder == holder,
+                    )
+                )
+                .values(holder=None, lease_expires=None, control_socket=None)
+            )
+
+    def set_control_socket(self, volume_id: int, epoch: int, path: str | None) -> None:
+        with self.catalog.write() as conn:
+            conn.execute(
+                update(volumes)
+                .where(and_(volumes.c.id == volume_id, volumes.c.epoch == epoch))
+                .values(control_socket=path)
+            )
+
+    # -- commits ------------------------------------------------------------------------
+
+    def begin_commit(self, volume_id: int) -> int:
+        """Register a commit in flight (GC marks the chunks it registers)."""
+        with self.catalog.write() as conn:
+            res = conn.execute(
+                insert(commits_inflight).values(
+                    volume_id=volume_id, started_at=self.catalog.now(conn)
+                )
+            )
+            pk = res.inserted_primary_key
+            assert pk is not None
+            return int(pk[0])
+
+    def register_chunks(self, commit_id: int, keys: Iterable[str]) -> bool:
+        """Record chunk keys the commit will reference. Returns True when a GC sweep is
+        running: the caller must then wait (:meth:`wait_for_sweep`) before it trusts that
+        an existing chunk will stay."""
+        keys = sorted(set(keys))
+        with self.catalog.write() as conn:
+            row = conn.execute(
+                select(gc_state.c.sweeping_until).where(gc_state.c.id == 1).with_for_update()
+            ).first()
+            existing = {
+                r[0]
+                for r in conn.execute(
+                    select(inflight_chunks.c.key).where(inflight_chunks.c.commit_id == commit_id)
+                )
+            }
+            new = [{"commit_id": commit_id, "key": k} for k in keys if k not in existing]
+            if new:
+                conn.execute(insert(inflight_chunks), new)
+            until = None if row is None else row[0]
+            return until is not None and until > self.catalog.now(conn)
+
+    def wait_for_sweep(self, timeout: float = 120.0) -> None:
+        """Block until no GC sweep is running (or its lease expired)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.catalog.read() as conn:
+                row = conn.execute(
+                    select(gc_state.c.sweeping_until).where(gc_state.c.id == 1)
+                ).first()
+                if row is None or row[0] is None or row[0] <= self.catalog.now(conn):
+                    return
+            time.sleep(0.05)
+
+    def end_commit(self, commit_id: int, conn: Connection | None = None) -> None:
+        """Forget a commit's registration (after its head advanced, or it failed)."""
+        if conn is None:
+            with self.catalog.write() as c:
+                self.end_commit(commit_id, c)
+            return
+        conn.execute(delete(inflight_chunks).where(inflight_chunks.c.commit_id == commit_id))
+        conn.execute(delete(commits_inflight).where(commits_inflight.c.id == commit_id))
+
+    def cas_head(
+        self,
+        rec: VolumeRecord,
+        holder: str | None,
+        new_root: bytes,
+        *,
+        commit_id: int | None,
+        ttl: float = DEFAULT_LEASE_TTL,
+    ) -> VolumeRecord:
+        """Advance the head from ``rec.version`` to the next, if (version, epoch, holder)
+        still match; renews the lease in the same statement. LeaseLost otherwise."""
+        with self.catalog.write() as conn:
+            now = self.catalog.now(conn)
+            cond = [
+                volumes.c.id == rec.id,
+                volumes.c.version == rec.version,
+                volumes.c.epoch == rec.epoch,
+            ]
+            values: dict[str, object] = {"root": new_root.hex(), "version": rec.version + 1}
+            if holder is not None:
+                cond.append(volumes.c.holder == holder)
+                values["lease_expires"] = now + ttl
+            res = conn.execute(update(volumes).where(and_(*cond)).values(**values))
+            if res.rowcount != 1:
+                raise LeaseLost(
+                    f"volume {rec.name!r} was taken over by another writer; "
+                    "this writer can no longer commit",
+                    hint="its unsaved work is kept as an orphan fork when it is closed",
+                )
+            if commit_id is not None:
+                self.end_commit(commit_id, conn)
+            return self.get(rec.name, conn)
+
+    # -- snapshots ----------------------------------------------------------------------
+
+    def _add_snapshot(
+        self,
+        conn: Connection,
+        rec: VolumeRecord,
+        name: str,
+        version: int,
+        root: bytes,
+        auto: bool,
+    ) -> SnapshotRecord:
+        exists = conn.execute(
+            select(snapshots.c.id).where(
+                and_(snapshots.c.volume_id == rec.id, snapshots.c.name == name)
+            )
+        ).first()
+        if exists:
+            raise SnapshotExists(rec.name, name)
+        conn.execute(
+            insert(snapshots).values(
+                volume_id=rec.id,
+                name=name,
+                version=version,
+                root=root.hex(),
+                created_at=self.catalog.now(conn),
+                auto=auto,
+            )
+        )
+        return self.get_snapshot(rec, name, conn)
+
+    def add_snapshot(
+        self, rec: VolumeRecord, name: str, version: int, root: bytes, *, auto: bool = False
+    ) -> SnapshotRecord:
+        with self.catalog.write() as conn:
+            return self._add_snapshot(conn, rec, name, version, root, auto)
+
+    def get_snapshot(
+        self, rec: VolumeRecord, name: str, conn: Connection | None = None
+    ) -> SnapshotRecord:
+        if conn is None:
+            with self.catalog.read() as c:
+                return self.get_snapshot(rec, name, c)
+        row = (
+            conn.execute(
+                select(snapshots).where(
+                    and_(snapshots.c.volume_id == rec.id, snapshots.c.name == name)
+                )
+            )
+            .mappings()
+            .first()
+        )
+        if row is None:
+            raise SnapshotNotFound(rec.name, name)
+        return SnapshotRecord.from_row(row)
+
+    def snapshots(self, rec: VolumeRecord) -> list[SnapshotRecord]:
+        with self.catalog.read() as conn:
+            rows = (
+                conn.execute(
+                    select(snapshots)
+                    .where(snapshots.c.volume_id == rec.id)
+                    .order_by(snapshots.c.created_at, snapshots.c.id)
+                )
+                .mappings()
+                .all()
+            )
+        return [SnapshotRecord.from_row(r) for r in rows]
+
+    def delete_snapshot(self, snap: SnapshotRecord) -> None:
+        with self.catalog.write() as conn:
+            conn.execute(delete(snapshots).where(snapshots.c.id == snap.id))
+
+    def restore_head(
+        self, rec: VolumeRecord, holder: str, snap: SnapshotRecord, auto_name: str
+    ) -> VolumeRecord:
+        """Point the head at ``snap`` in one transaction: keep the replaced head as an
+        automatic snapshot, bump the epoch (any other working copy is now stale) and
+        release the lease."""
+        with self.catalog.write() as conn:
+            res = conn.execute(
+                update(volumes)
+                .where(
+                    and_(
+                        volumes.c.id == rec.id,
+                        volumes.c.version == rec.version,
+                        volumes.c.epoch == rec.epoch,
+                        volumes.c.holder == holder,
+                    )
+                )
+                .values(
+                    root=snap.root.hex(),
+                    version=rec.version + 1,
+                    epoch=rec.epoch + 1,
+                    holder=None,
+                    lease_expires=None,
+                )
+            )
+            if res.rowcount != 1:
+                raise LeaseLost(f"volume {rec.name!r} changed during restore; nothing restored")
+            self._add_snapshot(conn, rec, auto_name, rec.version, rec.root, True)
+            return self.get(rec.name, conn)
+
+    def all_roots(self, conn: Connection) -> list[tuple[VolumeRecord, list[bytes]]]:
+        """Every volume with the roots GC must keep: its head and its snapshots."""
+        vols = [VolumeRecord.from_row(r) for r in conn.execute(select(volumes)).mappings()]
+        snaps: dict[int, list[bytes]] = {}
+        for r in conn.execute(select(snapshots.c.volume_id, snapshots.c.root)):
+            snaps.setdefault(r[0], []).append(bytes.fromhex(r[1]))
+        return [(v, [v.root, *snaps.get(v.id, [])]) for v in vols]

@@ -1,0 +1,718 @@
+"""A volume opened read-write on this node: the data path and the commit loop.
+
+Reads and writes go to the working copy with ``os.pread``/``os.pwrite``; an extent not
+present locally is fetched on first touch (lazy loading). ``flush()`` makes completed
+writes durable on the node and captures a flush point; a background worker uploads each
+capture and advances the head (at once in ``remote`` durability, within
+``commit_interval`` in ``local``), and renews the lease. The writer stops acknowledging
+writes and flushes at its own monotonic lease deadline.
+
+Thread-safe; every method may be called from any thread. Calls that can block on the
+chunk store are those for which :meth:`Volume.is_resident` is False.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from array import array
+from dataclasses import replace
+
+from loft.blockstore.capture import Capture
+from loft.blockstore.chunks import ZERO_HASH
+from loft.blockstore.chunkstore import ChunkStoreError
+from loft.blockstore.commit import CommitResult, commit_extents, manifest_for
+from loft.blockstore.context import BlockstoreContext
+from loft.blockstore.errors import (
+    BlockstoreError,
+    InvalidArgument,
+    LeaseLost,
+    NotFast,
+    VolumeIOError,
+)
+from loft.blockstore.heads import (
+    DEFAULT_LEASE_MARGIN,
+    DEFAULT_LEASE_TTL,
+    VolumeRecord,
+    new_holder_id,
+    writer_tag,
+)
+from loft.blockstore.manifest import NEVER, Manifest
+from loft.blockstore.workcopy import ABSENT, CLEAN, DIRTY, Header, WorkingCopy, punch_hole
+
+log = logging.getLogger(__name__)
+
+#: NBD base:allocation flags, as block_status reports them.
+STATE_HOLE = 1
+STATE_ZERO = 2
+_ALIGN = 4096
+_FETCH_WAIT = 60.0
+_MAX_STATUS_EXTENTS = 1024
+_RETRY_BACKOFF_MAX = 10.0
+
+
+class Volume:
+    """A read-write volume holding the lease. Open with :func:`open_volume`."""
+
+    readonly = False
+
+    def __init__(
+        self,
+        ctx: BlockstoreContext,
+        rec: VolumeRecord,
+        holder: str,
+        wc: WorkingCopy,
+        *,
+        lease_ttl: float,
+        lease_margin: float,
+        deadline: float,
+    ) -> None:
+        self.ctx = ctx
+        self.name = rec.name
+        self.size = rec.size
+        self.extent_size = rec.extent_size
+        self.holder = holder
+        self.durability = rec.durability
+        self.commit_interval = rec.commit_interval
+        self.last_commit: CommitResult | None = None
+        self._rec = rec
+        self._manifest: Manifest = manifest_for(ctx, rec)
+        self._wc = wc
+        self._fd = wc.data_fd
+        self._states = wc.states
+        self._n = wc.n_extents
+        self._gen = array("Q", bytes(8 * self._n))
+        self._dirty = {i for i, s in enumerate(self._states) if s == DIRTY}
+        self._tag = rec.writer_tag
+        self._lineage_tags = [writer_tag(u) for u in rec.lineage]
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
+        self._fetching: dict[int, threading.Event] = {}
+        self._pending: Capture | None = None
+        self._uploading: Capture | None = None
+        self._pending_since: float | None = None
+        self._urgent = False
+        self._retry_at = 0.0
+        self._backoff = 0.5
+        self._seq = 0
+        self._committed_seq = 0
+        self._fail_count = 0
+        self._last_error: BaseException | None = None
+        self._fenced: BlockstoreError | None = None
+        self._closed = False
+        self._stop = False
+        self._ttl = lease_ttl
+        self._margin = lease_margin
+        self._deadline = deadline
+        self._worker = threading.Thread(target=self._run, name=f"volume-{rec.name}", daemon=True)
+
+    # -- properties -------------------------------------------------------------------
+
+    @property
+    def record(self) -> VolumeRecord:
+        """The head as this writer last committed it."""
+        return self._rec
+
+    @property
+    def dirty_extents(self) -> int:
+        return len(self._dirty)
+
+    @property
+    def present_extents(self) -> int:
+        return self._n - self._states.count(ABSENT)
+
+    def _elen(self, e: int) -> int:
+        return min(self.extent_size, self.size - e * self.extent_size)
+
+    # -- checks -----------------------------------------------------------------------
+
+    def _check_range(self, offset: int, length: int) -> None:
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise InvalidArgument(
+                f"range {offset}+{length} is outside volume {self.name!r} of {self.size} bytes"
+            )
+
+    def _check_writable(self) -> None:
+        if self._fenced is not None:
+            raise self._fenced
+        if self._closed:
+            raise VolumeIOError(f"volume {self.name!r} is closed")
+        if time.monotonic() > self._deadline:
+            raise LeaseLost(
+                f"the lease on volume {self.name!r} expired (catalog unreachable?)",
+                hint="writes resume once the lease is renewed",
+            )
+
+    # -- data path --------------------------------------------------------------------
+
+    def is_resident(self, offset: int, length: int) -> bool:
+        """True when serving ``[offset, offset+length)`` needs nothing from the chunk store."""
+        if length <= 0:
+            return True
+        es = self.extent_size
+        st = self._states
+        for e in range(offset // es, (offset + length - 1) // es + 1):
+            if st[e] == ABSENT:
+                return False
+        return True
+
+    def read(self, offset: int, length: int) -> bytes:
+        """``length`` bytes at ``offset``."""
+        self._check_range(offset, length)
+        if length == 0:
+            return b""
+        es = self.extent_size
+        extents = range(offset // es, (offset + length - 1) // es + 1)
+        for _ in range(4):
+            with self._lock:
+                missing = [e for e in extents if self._states[e] == ABSENT]
+                if not missing:
+                    return os.pread(self._fd, length, offset)
+            self._ensure_present(missing)
+        raise VolumeIOError(f"volume {self.name!r}: extents keep disappearing while read")
+
+    def _needs_fetch(self, offset: int, length: int) -> list[int]:
+        """Absent extents a mutation of the range must fetch first (it covers them only
+        partly), plus any being fetched right now. Call with the lock held."""
+        es = self.extent_size
+        end = offset + length
+        out = []
+        for e in range(offset // es, (end - 1) // es + 1):
+            if self._states[e] != ABSENT:
+                continue
+            base = e * es
+            if e in self._fetching or offset > base or end < base + self._elen(e):
+                out.append(e)
+        return out
+
+    def _mutating(self, offset: int, length: int) -> None:
+        """Bookkeeping before changing a range of the data file (lock held): preserve
+        captured bytes, mark extents dirty (durably ordered before the data), bump gens."""
+        for cap in (self._uploading, self._pending):
+            if cap is not None and cap.unread:
+                cap.preserve(self._fd, offset, length)
+        es = self.extent_size
+        for e in range(offset // es, (offset + length - 1) // es + 1):
+            if self._states[e] != DIRTY:
+                if self._states[e] == CLEAN:
+                    self.ctx.budget.forget(self, e)
+                self._wc.set_state(e, DIRTY)
+                self._dirty.add(e)
+            self._gen[e] += 1
+
+    def write(self, offset: int, data: bytes | memoryview, fua: bool = False) -> None:
+        """Write ``data`` at ``offset``; with ``fua`` it is durable before returning."""
+        self._check_writable()
+        length = len(data)
+        self._check_range(offset, length)
+        if length == 0:
+            return
+        for _ in range(4):
+            with self._lock:
+                need = self._needs_fetch(offset, length)
+                if not need:
+                    self._mutating(offset, length)
+                    os.pwrite(self._fd, data, offset)
+                    break
+            self._ensure_present(need)
+        else:
+            raise VolumeIOError(f"volume {self.name!r}: could not fetch extents to write")
+        if fua:
+            self.flush()
+
+    def zero(
+        self,
+        offset: int,
+        length: int,
+        *,
+        fua: bool = False,
+        may_trim: bool = True,
+        fast_only: bool = False,
+    ) -> None:
+        """Make the range read as zeros. Whole extents cost nothing (a hole); a partly
+        covered absent extent is fetched first, which ``fast_only`` refuses (NotFast)."""
+        del may_trim  # zeros are holes either way: content addressing stores no zeros
+        self._check_writable()
+        self._check_range(offset, length)
+        if length == 0:
+            return
+        for _ in range(4):
+            with self._lock:
+                need = self._needs_fetch(offset, length)
+                if not need:
+                    self._mutating(offset, length)
+                    self._zero_locked(offset, length)
+                    break
+            if fast_only:
+                raise NotFast("zeroing part of an extent not present locally needs a fetch")
+            self._ensure_present(need)
+        else:
+            raise VolumeIOError(f"volume {self.name!r}: could not fetch extents to zero")
+        if fua:
+            self.flush()
+
+    def _zero_locked(self, offset: int, length: int) -> None:
+        end = offset + length
+        lo = -(-offset // _ALIGN) * _ALIGN
+        hi = end // _ALIGN * _ALIGN
+        if lo < hi:
+            punch_hole(self._fd, lo, hi - lo)
+            if offset < lo:
+                os.pwrite(self._fd, bytes(lo - offset), offset)
+            if hi < end:
+                os.pwrite(self._fd, bytes(end - hi), hi)
+        else:
+            os.pwrite(self._fd, bytes(length), offset)
+
+    def trim(self, offset: int, length: int, fua: bool = False) -> None:
+        """Discard the range: whole extents and present parts become zeros; parts of
+        absent extents are left alone (a trim is advisory, never worth a fetch)."""
+        self._check_writable()
+        self._check_range(offset, length)
+        es = self.extent_size
+        end = offset + length
+        with self._lock:
+            pos = offset
+            while pos < end:
+                e = pos // es
+                base = e * es
+                stop = min(end, base + self._elen(e))
+                whole = pos == base and stop == base + self._elen(e)
+                if (whole and e not in self._fetching) or self._states[e] != ABSENT:
+                    self._mutating(pos, stop - pos)
+                    self._zero_locked(pos, stop - pos)
+                pos = stop
+        if fua:
+            self.flush()
+
+    def cache(self, offset: int, length: int) -> None:
+        """Prefetch the range from the chunk store."""
+        self._check_range(offset, length)
+        if length:
+            es = self.extent_size
+            self._ensure_present(list(range(offset // es, (offset + length - 1) // es + 1)))
+
+    def block_status(self, offset: int, length: int) -> list[tuple[int, int]]:
+        """``(length, flags)`` runs from ``offset``; flags HOLE|ZERO for zeros, 0 for data."""
+        self._check_range(offset, length)
+        out: list[tuple[int, int]] = []
+        es = self.extent_size
+        end = offset + length
+        pos = offset
+        with self._lock:
+            while pos < end and len(out) < _MAX_STATUS_EXTENTS:
+                e = pos // es
+                stop = min(end, e * es + self._elen(e))
+                if self._states[e] == ABSENT:
+                    zero = self._manifest.entry(e)[:32] == ZERO_HASH
+                    _append(out, stop - pos, STATE_HOLE | STATE_ZERO if zero else 0)
+                    pos = stop
+                    continue
+                while pos < stop:
+                    try:
+                        data_at = os.lseek(self._fd, pos, os.SEEK_DATA)
+                    except OSError:  # ENXIO: only a hole follows
+                        data_at = stop
+                    if data_at > pos:
+                        run_end = min(data_at, stop)
+                        _append(out, run_end - pos, STATE_HOLE | STATE_ZERO)
+                    else:
+                        run_end = min(os.lseek(self._fd, pos, os.SEEK_HOLE), stop)
+                        _append(out, run_end - pos, 0)
+                    pos = run_end
+        return out
+
+    def allocation_depth(self, offset: int, length: int) -> list[tuple[int, int]]:
+        """``(length, depth)`` runs: 0 never written, 1 written in this volume, 2+ inherited
+        from the fork parent, grandparent..."""
+        self._check_range(offset, length)
+        out: list[tuple[int, int]] = []
+        es = self.extent_size
+        end = offset + length
+        pos = offset
+        while pos < end and len(out) < _MAX_STATUS_EXTENTS:
+            e = pos // es
+            stop = min(end, e * es + self._elen(e))
+            if self._states[e] == DIRTY:
+                depth = 1
+            else:
+                depth = entry_depth(self._manifest.entry(e), self._tag, self._lineage_tags)
+            _append(out, stop - pos, depth)
+            pos = stop
+        return out
+
+    # -- fetching and eviction --------------------------------------------------------
+
+    def _ensure_present(self, extents: list[int]) -> None:
+        to_fetch: list[int] = []
+        waits: list[threading.Event] = []
+        with self._lock:
+            for e in dict.fromkeys(extents):
+                if self._states[e] != ABSENT:
+                    continue
+                ev = self._fetching.get(e)
+                if ev is not None:
+                    waits.append(ev)
+                else:
+                    self._fetching[e] = threading.Event()
+                    to_fetch.append(e)
+        try:
+            if to_fetch:
+                self._fetch(to_fetch)
+        finally:
+            with self._lock:
+                for e in to_fetch:
+                    self._fetching.pop(e).set()
+        for ev in waits:
+            if not ev.wait(_FETCH_WAIT):
+                raise VolumeIOError(f"volume {self.name!r}: timed out waiting for a fetch")
+
+    def _fetch(self, extents: list[int]) -> None:
+        try:
+            digests = {e: self._manifest.entry(e)[:32] for e in extents}
+            wanted = sorted({d for d in digests.values() if d != ZERO_HASH})
+            values = self.ctx.cache.get_many(wanted) if wanted else {}
+            es = self.extent_size
+            for e, d in digests.items():
+                if d != ZERO_HASH:
+                    data = self.ctx.codec.decode(values[d], expect=d)
+                    if len(data) != self._elen(e):
+                        raise VolumeIOError(f"chunk {d.hex()} has the wrong size for extent {e}")
+                    os.pwrite(self._fd, data, e * es)
+        except ChunkStoreError as err:
+            raise VolumeIOError(f"volume {self.name!r}: fetching extents failed: {err}") from err
+        victims = []
+        with self._lock:
+            for e in extents:
+                if self._states[e] == ABSENT:
+                    self._states[e] = CLEAN
+                    victims += self.ctx.budget.add(self, e, self._elen(e))
+        for owner, e in victims:
+            owner.evict(e)
+
+    def evict(self, extent: int) -> None:
+        """Drop a clean extent from the working copy (the budget asked for room)."""
+        with self._lock:
+            if self._closed or self._states[extent] != CLEAN or extent in self._fetching:
+                return
+            punch_hole(self._fd, extent * self.extent_size, self._elen(extent))
+            self._states[extent] = ABSENT
+
+    # -- flush and commit -------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Make every completed write durable on the node, and capture this flush point
+        for the next commit. In ``remote`` durability, return only once it is committed."""
+        self._check_writable()
+        try:
+            self._wc.sync()
+        except OSError as e:
+            raise VolumeIOError(f"volume {self.name!r}: fsync failed: {e.strerror}") from e
+        with self._cond:
+            seq = self._capture_locked()
+            if self.durability == "remote":
+                self._urgent = True
+            self._cond.notify_all()
+        if self.durability == "remote":
+            self._wait_committed(seq)
+
+    def commit(self) -> VolumeRecord:
+        """Flush, then wait until everything written so far is committed to the store."""
+        self._check_writable()
+        self._wc.sync()
+        with self._cond:
+            seq = self._capture_locked()
+            self._urgent = True
+            self._cond.notify_all()
+        self._wait_committed(seq)
+        return self._rec
+
+    def _capture_locked(self) -> int:
+        """Capture the dirty extents as of now; returns the sequence number that, once
+        committed, covers every write completed before this call."""
+        if not self._dirty:
+            return self._seq
+        gens = {e: self._gen[e] for e in self._dirty}
+        pending = self._pending
+        if pending is not None and pending.gens == gens:
+            return pending.seq
+        self._seq += 1
+        busy = self._uploading.aside_path.name if self._uploading else None
+        name = "aside-b" if busy == "aside-a" else "aside-a"
+        if pending is not None:
+            pending.close()
+        self._pending = Capture(self._seq, gens, self._wc.directory / name, self.extent_size)
+        if self._pending_since is None:
+            self._pending_since = time.monotonic()
+        return self._seq
+
+    def _wait_committed(self, seq: int) -> None:
+        with self._cond:
+            failures = self._fail_count
+            while self._committed_seq < seq:
+                if self._fenced is not None:
+                    raise self._fenced
+                if self._fail_count != failures:
+                    raise VolumeIOError(
+                        f"volume {self.name!r}: commit failed: {self._last_error}",
+                        hint="the data is safe on this node and the commit is retried",
+                    )
+                if self._stop:
+                    raise VolumeIOError(f"volume {self.name!r} closed before committing")
+                self._cond.wait(1.0)
+
+    def start(self) -> None:
+        """Start the commit and lease worker; commit at once what recovery found dirty."""
+        self._worker.start()
+        if self._dirty:
+            with self._cond:
+                self._capture_locked()
+                self._urgent = True
+                self._cond.notify_all()
+
+    def _run(self) -> None:
+        next_renew = time.monotonic() + self._ttl / 3
+        while True:
+            with self._cond:
+                cap = None
+                while True:
+                    if self._stop:
+                        return
+                    now = time.monotonic()
+                    if self._fenced is None:
+                        if self._uploading is not None and now >= self._retry_at:
+                            cap = self._uploading
+                            break
+                        if self._uploading is None and self._pending is not None:
+                            due = (self._pending_since or now) + self.commit_interval
+                            if self._urgent or now >= due:
+                                cap = self._uploading = self._pending
+                                self._pending = None
+                                self._pending_since = None
+                                self._urgent = False
+                                break
+                    if now >= next_renew:
+                        break
+                    wake = next_renew
+                    if self._uploading is not None:
+                        wake = min(wake, self._retry_at)
+                    elif self._pending is not None:
+                        wake = min(wake, (self._pending_since or now) + self.commit_interval)
+                    self._cond.wait(max(0.001, wake - now))
+            if time.monotonic() >= next_renew:
+                self._renew()
+                next_renew = time.monotonic() + self._ttl / 3
+            if cap is not None:
+                self._commit_capture(cap)
+
+    def _renew(self) -> None:
+        if self._fenced is not None:
+            return
+        sent = time.monotonic()
+        try:
+            ok = self.ctx.heads.renew(self._rec.id, self._rec.epoch, self.holder, self._ttl)
+        except Exception as e:  # a catalog outage: the deadline will fence us if it lasts
+            log.warning("volume %s: lease renewal failed: %s", self.name, e)
+            return
+        if ok:
+            self._deadline = max(self._deadline, sent + self._ttl - self._margin)
+        else:
+            self._fence(LeaseLost(f"volume {self.name!r} was taken over by another writer"))
+
+    def _fence(self, err: BlockstoreError) -> None:
+        with self._cond:
+            if self._fenced is None:
+                log.error("volume %s: fenced: %s", self.name, err)
+                self._fenced = err
+            self._cond.notify_all()
+
+    def _commit_capture(self, cap: Capture) -> None:
+        def source(e: int) -> bytes:
+            with self._lock:
+                return cap.read_extent(self._fd, e, self._elen(e))
+
+        sent = time.monotonic()
+        try:
+            res = commit_extents(
+                self.ctx,
+                self._rec,
+                self.holder,
+                self._manifest,
+                sorted(cap.gens),
+                source,
+                ttl=self._ttl,
+            )
+        except LeaseLost as lost:
+            self._fence(lost)
+            return
+        except Exception as err:
+            log.warning("volume %s: commit failed, will retry: %s", self.name, err)
+            with self._cond:
+                self._fail_count += 1
+                self._last_error = err
+                self._retry_at = time.monotonic() + self._backoff
+                self._backoff = min(self._backoff * 2, _RETRY_BACKOFF_MAX)
+                self._cond.notify_all()
+            return
+        victims = []
+        with self._cond:
+            self._deadline = max(self._deadline, sent + self._ttl - self._margin)
+            self._backoff = 0.5
+            self._manifest = res.manifest
+            self._rec = res.record
+            self.last_commit = res
+            for e, g in cap.gens.items():
+                if self._gen[e] == g and self._states[e] == DIRTY:
+                    self._states[e] = CLEAN
+                    self._dirty.discard(e)
+                    victims += self.ctx.budget.add(self, e, self._elen(e))
+            pending = self._pending
+            if pending is not None:
+                for e, g in list(pending.gens.items()):
+                    if cap.gens.get(e) == g:
+                        pending.drop(e)
+            self._uploading = None
+            cap.close()
+            self._wc.write_all(
+                replace(
+                    self._wc.header,
+                    epoch=res.record.epoch,
+                    base_version=res.record.version,
+                    base_root=res.record.root,
+                    clean_shutdown=False,
+                )
+            )
+            self._committed_seq = cap.seq
+            if pending is not None and not pending.gens:
+                self._committed_seq = pending.seq
+                pending.close()
+                self._pending = None
+                self._pending_since = None
+            self._cond.notify_all()
+        for owner, e in victims:
+            owner.evict(e)
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    @property
+    def fenced(self) -> bool:
+        return self._fenced is not None
+
+    def _fence_error(self) -> BlockstoreError | None:
+        return self._fenced
+
+    def _stop_worker(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        if self._worker.is_alive() and threading.current_thread() is not self._worker:
+            self._worker.join(30)
+
+    def close(self) -> None:
+        """Commit everything, release the lease and close. A fenced volume instead keeps
+        its uncommitted work as an orphan fork (``NAME.orphan-<epoch>``)."""
+        if self._closed:
+            return
+        if self._fenced is not None:
+            self._stop_worker()
+            self._closed = True
+            self._salvage()
+            return
+        error: BaseException | None = None
+        try:
+            self.commit()
+        except BlockstoreError as e:
+            error = e
+        self._stop_worker()
+        fenced = self._fence_error()  # the commit above may have been fenced meanwhile
+        with self._lock:
+            self._closed = True
+            if fenced is not None:
+                self._salvage()
+                raise fenced
+            self._wc.write_all(replace(self._wc.header, clean_shutdown=True))
+            self._wc.sync()
+            self._wc.close()
+        self.ctx.budget.forget_owner(self)
+        try:
+            self.ctx.heads.release(self._rec.id, self._rec.epoch, self.holder)
+        except Exception as e:
+            log.warning("volume %s: could not release the lease: %s", self.name, e)
+        if error is not None:
+            raise error
+
+    def detach(self) -> WorkingCopy:
+        """Stop without committing or releasing (restore takes over from here)."""
+        self._stop_worker()
+        with self._lock:
+            self._closed = True
+        self.ctx.budget.forget_owner(self)
+        return self._wc
+
+    def _salvage(self) -> None:
+        from loft.blockstore.recovery import salvage_orphan
+
+        self.ctx.budget.forget_owner(self)
+        if self._wc.dirty_extents():
+            salvage_orphan(self.ctx, self._rec, self._wc)
+        self._wc.destroy()
+
+
+def entry_depth(entry: bytes, own_tag: bytes, lineage_tags: list[bytes]) -> int:
+    """qemu:allocation-depth of a manifest entry."""
+    if entry == NEVER:
+        return 0
+    tag = entry[32:]
+    if tag == own_tag:
+        return 1
+    try:
+        return lineage_tags.index(tag) + 2
+    except ValueError:
+        return len(lineage_tags) + 2
+
+
+def _append(out: list[tuple[int, int]], length: int, flags: int) -> None:
+    if out and out[-1][1] == flags:
+        out[-1] = (out[-1][0] + length, flags)
+    else:
+        out.append((length, flags))
+
+
+def open_volume(
+    ctx: BlockstoreContext,
+    name: str,
+    *,
+    lease_ttl: float = DEFAULT_LEASE_TTL,
+    lease_margin: float = DEFAULT_LEASE_MARGIN,
+    holder: str | None = None,
+) -> Volume:
+    """Take the volume's lease, recover its working copy on this node, and start it."""
+    from loft.blockstore.recovery import recover_working_copy
+
+    holder = holder or new_holder_id()
+    started = time.monotonic()
+    tk = ctx.heads.takeover(name, holder, ttl=lease_ttl, margin=lease_margin)
+    rec = tk.record
+    try:
+        wc = recover_working_copy(ctx, tk)
+        if wc is None:
+            header = Header(
+                rec.uid, rec.epoch, rec.version, rec.root, rec.size, rec.extent_size, False
+            )
+            wc = WorkingCopy.create(ctx.volumes_dir / rec.uid, header)
+    except BaseException:
+        ctx.heads.release(rec.id, rec.epoch, holder)
+        raise
+    vol = Volume(
+        ctx,
+        rec,
+        holder,
+        wc,
+        lease_ttl=lease_ttl,
+        lease_margin=lease_margin,
+        deadline=started + lease_ttl - lease_margin,
+    )
+    vol.start()
+    return vol

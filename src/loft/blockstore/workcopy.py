@@ -1,0 +1,181 @@
+"""A volume's working copy on the node: a sparse data file plus per-extent state.
+
+``data`` has the volume's size; an extent that is not present locally is a hole there.
+``state`` is a versioned header followed by one byte per extent (ABSENT, CLEAN, DIRTY).
+A DIRTY byte is written before the data it covers, so after a crash every extent holding
+writes is marked dirty; CLEAN bytes are trusted only after a clean shutdown (a clean extent
+may hold writes that were never flushed, so after a crash it is discarded and re-fetched).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import shutil
+import struct
+import zlib
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+ABSENT = 0
+CLEAN = 1
+DIRTY = 2
+
+FORMAT_VERSION = 1
+HEADER_SIZE = 4096
+_MAGIC = b"LFTW"
+_HEADER = struct.Struct(">4sHH32sQQ32sQI")
+_CRC = struct.Struct(">I")
+FLAG_CLEAN_SHUTDOWN = 1
+
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+
+
+def punch_hole(fd: int, offset: int, length: int) -> None:
+    """Deallocate a range of a file so it reads as zeros (and costs no disk)."""
+    if length <= 0:
+        return
+    mode = _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE
+    if _libc.fallocate(fd, mode, offset, length) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    """What the working copy is a copy of."""
+
+    uid: str
+    epoch: int
+    base_version: int
+    base_root: bytes
+    size: int
+    extent_size: int
+    clean_shutdown: bool
+
+    def pack(self) -> bytes:
+        flags = FLAG_CLEAN_SHUTDOWN if self.clean_shutdown else 0
+        body = _HEADER.pack(
+            _MAGIC,
+            FORMAT_VERSION,
+            flags,
+            self.uid.encode().ljust(32, b"\0"),
+            self.epoch,
+            self.base_version,
+            self.base_root,
+            self.size,
+            self.extent_size,
+        )
+        return body + _CRC.pack(zlib.crc32(body))
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> Header | None:
+        """The header, or None when it is missing, from another format or corrupt."""
+        size = _HEADER.size
+        if len(raw) < size + _CRC.size:
+            return None
+        body = raw[:size]
+        if _CRC.unpack_from(raw, size)[0] != zlib.crc32(body):
+            return None
+        magic, version, flags, uid, epoch, bver, broot, vsize, esize = _HEADER.unpack(body)
+        if magic != _MAGIC or version != FORMAT_VERSION:
+            return None
+        return cls(
+            uid.rstrip(b"\0").decode(),
+            epoch,
+            bver,
+            broot,
+            vsize,
+            esize,
+            bool(flags & FLAG_CLEAN_SHUTDOWN),
+        )
+
+
+class WorkingCopy:
+    """The files of one working copy. Not thread-safe: the Volume serialises access."""
+
+    def __init__(self, directory: Path, header: Header, states: bytearray) -> None:
+        self.directory = directory
+        self.header = header
+        self.states = states
+        self.n_extents = len(states)
+        self.data_fd = os.open(directory / "data", os.O_RDWR)
+        self.state_fd = os.open(directory / "state", os.O_RDWR)
+
+    @classmethod
+    def create(cls, directory: Path, header: Header) -> WorkingCopy:
+        """A fresh working copy with every extent absent."""
+        if directory.exists():
+            shutil.rmtree(directory)
+        directory.mkdir(parents=True)
+        n = -(-header.size // header.extent_size)
+        with open(directory / "data", "wb") as f:
+            f.truncate(header.size)
+        with open(directory / "state", "wb") as f:
+            f.write(header.pack().ljust(HEADER_SIZE, b"\0"))
+            f.truncate(HEADER_SIZE + n)
+            os.fsync(f.fileno())
+        _fsync_dir(directory)
+        _fsync_dir(directory.parent)
+        return cls(directory, header, bytearray(n))
+
+    @classmethod
+    def load(cls, directory: Path) -> WorkingCopy | None:
+        """The working copy in ``directory``; None if there is none (or it is unreadable)."""
+        try:
+            raw = (directory / "state").read_bytes()
+        except FileNotFoundError:
+            return None
+        header = Header.unpack(raw[:HEADER_SIZE])
+        if header is None or not (directory / "data").exists():
+            return None
+        n = -(-header.size // header.extent_size)
+        states = bytearray(raw[HEADER_SIZE : HEADER_SIZE + n].ljust(n, b"\0"))
+        return cls(directory, header, states)
+
+    def set_state(self, extent: int, state: int) -> None:
+        """Change one extent's state in memory and in the state file (not synced)."""
+        self.states[extent] = state
+        os.pwrite(self.state_fd, bytes((state,)), HEADER_SIZE + extent)
+
+    def write_all(self, header: Header) -> None:
+        """Rewrite the header and every state byte (after a commit, at shutdown)."""
+        self.header = header
+        os.pwrite(self.state_fd, header.pack(), 0)
+        os.pwrite(self.state_fd, self.states, HEADER_SIZE)
+
+    def set_header(self, **changes: object) -> None:
+        self.write_all(replace(self.header, **changes))  # type: ignore[arg-type]
+
+    def sync(self) -> None:
+        """Make data and state durable (the heart of FLUSH)."""
+        os.fdatasync(self.data_fd)
+        os.fdatasync(self.state_fd)
+
+    def dirty_extents(self) -> list[int]:
+        return [i for i, s in enumerate(self.states) if s == DIRTY]
+
+    def close(self) -> None:
+        for fd in (self.data_fd, self.state_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.data_fd = self.state_fd = -1
+
+    def destroy(self) -> None:
+        """Close and delete the working copy."""
+        self.close()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
