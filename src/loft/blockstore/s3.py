@@ -149,7 +149,7 @@ class S3ChunkStore:
         config = Config(
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
-            retries={"mode": "standard", "max_attempts": max_attempts},
+            retries={"mode": "standard", "total_max_attempts": max_attempts},
             # One connection per worker plus the caller's own thread.
             max_pool_connections=parallelism + 2,
             s3={"addressing_style": "path"},
