@@ -57,6 +57,10 @@ class BlockstoreContext:
             budget=ExtentBudget(settings.cache_bytes),
         )
 
+    def check_store(self) -> None:
+        """Fail fast (ChunkStoreError) when the chunk store is unreachable or refuses us."""
+        self.store.stat("heads/.probe")
+
     def close(self) -> None:
         self.pool.shutdown(wait=True)
         self.store.close()

@@ -153,10 +153,7 @@ class Volume:
             return True
         es = self.extent_size
         st = self._states
-        for e in range(offset // es, (offset + length - 1) // es + 1):
-            if st[e] == ABSENT:
-                return False
-        return True
+        return all(st[e] != ABSENT for e in range(offset // es, (offset + length - 1) // es + 1))
 
     def read(self, offset: int, length: int) -> bytes:
         """``length`` bytes at ``offset``."""

@@ -21,6 +21,13 @@ class LoftGroup(click.Group):
             if e.hint:
                 click.echo(f"loft: hint: {e.hint}", err=True)
             sys.exit(1)
+        except OSError as e:
+            where = f": {e.filename}" if e.filename else ""
+            click.echo(f"loft: error: {e.strerror or e}{where}", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("loft: interrupted", err=True)
+            sys.exit(130)
 
 
 @click.group(cls=LoftGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -36,23 +43,13 @@ def main() -> None:
 
 
 def _register() -> None:
-    # Imported here, not at module top, so `loft --help` stays fast and groups stay apart.
-    from loft.cli import up, volume
+    # Imported here, not at module top, so each group's module stays apart.
+    from loft.cli import disk, env, up, volume
 
     main.add_command(volume.volume)
+    main.add_command(env.env)
+    main.add_command(disk.disk)
     main.add_command(up.up)
-    try:
-        from loft.cli import env
-    except ImportError:  # the env group lands separately
-        pass
-    else:
-        main.add_command(env.env)
-    try:
-        from loft.cli import disk
-    except ImportError:
-        pass
-    else:
-        main.add_command(disk.disk)
 
 
 _register()

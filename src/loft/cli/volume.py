@@ -2,9 +2,328 @@
 
 from __future__ import annotations
 
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any, BinaryIO
+
 import click
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from loft.blockstore import Blockstore
+from loft.blockstore.errors import InvalidArgument
+from loft.blockstore.names import split_ref
+from loft.units import format_size, parse_size
+
+_err = Console(stderr=True)
+
+
+def _size(_ctx: click.Context, _param: click.Parameter, value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return parse_size(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+@contextmanager
+def _blockstore() -> Iterator[Blockstore]:
+    bs = Blockstore.from_settings()
+    try:
+        yield bs
+    finally:
+        bs.close()
+
+
+def _emit(data: Any, as_json: bool, table: Callable[[], Table] | None = None) -> None:
+    if as_json or table is None:
+        click.echo(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        Console().print(table())
+
+
+def _when(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@contextmanager
+def _progress(total: int | None, what: str) -> Iterator[Callable[[int], None]]:
+    if not _err.is_terminal:
+        yield lambda _n: None
+        return
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(binary_units=True),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=_err,
+        transient=True,
+    ) as progress:
+        task = progress.add_task(what, total=total)
+        yield lambda n: progress.advance(task, n)
 
 
 @click.group()
 def volume() -> None:
-    """Volumes: thin-provisioned disks stored as chunks, with snapshots and forks."""
+    """Volumes: thin-provisioned disks stored as chunks, with snapshots and forks.
+
+    A volume's data lives as content-addressed chunks in the chunk store ($LOFT_CHUNKS);
+    its head, snapshots and lease live in the catalog. Snapshots and forks take constant
+    time whatever the volume's size.
+    """
+
+
+@volume.command()
+@click.argument("name")
+@click.option("--size", default="16G", callback=_size, show_default=True, help="Virtual size.")
+@click.option(
+    "--extent-size", default="4M", callback=_size, show_default=True, help="Chunk granularity."
+)
+@click.option(
+    "--durability",
+    type=click.Choice(["remote", "local"]),
+    default="local",
+    show_default=True,
+    help="remote: a flush returns once committed to the chunk store; "
+    "local: once durable on the node, committed within --commit-interval.",
+)
+@click.option("--commit-interval", default=5.0, show_default=True, help="Seconds (local mode).")
+def create(name: str, size: int, extent_size: int, durability: str, commit_interval: float) -> None:
+    """Create an empty volume NAME."""
+    with _blockstore() as bs:
+        bs.ctx.check_store()
+        rec = bs.create(
+            name,
+            size=size,
+            extent_size=extent_size,
+            durability=durability,
+            commit_interval=commit_interval,
+        )
+    click.echo(f"created volume {rec.name} ({format_size(rec.size)})")
+
+
+@volume.command("ls")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def ls(as_json: bool) -> None:
+    """List volumes."""
+    with _blockstore() as bs:
+        rows: list[dict[str, Any]] = [
+            {
+                "name": v.name,
+                "size": v.size,
+                "extent_size": v.extent_size,
+                "durability": v.durability,
+                "version": v.version,
+                "holder": v.holder,
+                "created_at": v.created_at,
+            }
+            for v in bs.volumes()
+        ]
+
+    def table() -> Table:
+        t = Table("NAME", "SIZE", "DURABILITY", "VERSION", "IN USE BY", "CREATED")
+        for r in rows:
+            t.add_row(
+                r["name"],
+                format_size(r["size"]),
+                r["durability"],
+                str(r["version"]),
+                r["holder"] or "-",
+                _when(r["created_at"]),
+            )
+        return t
+
+    _emit(rows, as_json, table)
+
+
+@volume.command()
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def info(name: str, as_json: bool) -> None:
+    """Show a volume: size, extents present/dirty, bytes stored, head version, parent."""
+    with _blockstore() as bs:
+        data: dict[str, Any] = bs.info(name).as_dict()
+
+    def table() -> Table:
+        t = Table("FIELD", "VALUE", show_header=False)
+        for k, v in data.items():
+            shown = format_size(v) if k in ("size", "extent_size") else v
+            t.add_row(k, "-" if v is None else str(shown))
+        return t
+
+    _emit(data, as_json, table)
+
+
+@volume.command("import")
+@click.argument("name")
+@click.argument("file", type=click.Path(allow_dash=True, dir_okay=False))
+def import_(name: str, file: str) -> None:
+    """Write a raw image (FILE, or - for stdin) into volume NAME, then commit."""
+    with _blockstore() as bs:
+        bs.ctx.check_store()
+        src: BinaryIO
+        if file == "-":
+            src, size = sys.stdin.buffer, None
+        else:
+            try:
+                src = open(file, "rb")  # noqa: SIM115 - closed below
+            except OSError as e:
+                raise InvalidArgument(f"cannot read {file}: {e.strerror}") from e
+            size = os.fstat(src.fileno()).st_size
+        try:
+            with _progress(size, f"import {name}") as advance:
+                rep = bs.import_image(name, src, size, advance)
+        finally:
+            if src is not sys.stdin.buffer:
+                src.close()
+    rate = rep.bytes / rep.seconds / (1 << 20) if rep.seconds else 0.0
+    _err.print(
+        f"imported {format_size(rep.bytes)} into {name} in {rep.seconds:.2f}s ({rate:.0f} MiB/s)"
+    )
+
+
+@volume.command()
+@click.argument("ref", metavar="NAME[@SNAP]")
+@click.argument("file", type=click.Path(allow_dash=True, dir_okay=False))
+def export(ref: str, file: str) -> None:
+    """Write volume NAME (or its snapshot SNAP) as a raw image to FILE (or - for stdout).
+
+    Zero extents become holes in FILE, so the image is sparse."""
+    with _blockstore() as bs:
+        bs.ctx.check_store()
+        view = bs.view(ref)
+        dst: BinaryIO
+        if file == "-":
+            dst = sys.stdout.buffer
+        else:
+            try:
+                dst = open(file, "wb")  # noqa: SIM115 - closed below
+            except OSError as e:
+                raise InvalidArgument(f"cannot write {file}: {e.strerror}") from e
+        try:
+            with _progress(view.size, f"export {ref}") as advance:
+                rep = bs.export_image(ref, dst, advance)
+        finally:
+            if dst is not sys.stdout.buffer:
+                dst.close()
+    rate = rep.bytes / rep.seconds / (1 << 20) if rep.seconds else 0.0
+    _err.print(
+        f"exported {format_size(rep.bytes)} from {ref} in {rep.seconds:.2f}s ({rate:.0f} MiB/s)"
+    )
+
+
+@volume.command()
+@click.argument("name")
+@click.argument("snap")
+def snapshot(name: str, snap: str) -> None:
+    """Commit volume NAME and record its state as snapshot SNAP."""
+    with _blockstore() as bs:
+        bs.ctx.check_store()
+        s = bs.snapshot(name, snap)
+    click.echo(f"snapshot {name}@{s.name} (version {s.version})")
+
+
+@volume.command()
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def snapshots(name: str, as_json: bool) -> None:
+    """List the snapshots of volume NAME (automatic ones are marked)."""
+    with _blockstore() as bs:
+        rows: list[dict[str, Any]] = [
+            {"name": s.name, "version": s.version, "created_at": s.created_at, "auto": s.auto}
+            for s in bs.snapshots(name)
+        ]
+
+    def table() -> Table:
+        t = Table("SNAPSHOT", "VERSION", "CREATED", "AUTO")
+        for r in rows:
+            t.add_row(
+                r["name"], str(r["version"]), _when(r["created_at"]), "yes" if r["auto"] else ""
+            )
+        return t
+
+    _emit(rows, as_json, table)
+
+
+@volume.command()
+@click.argument("ref", metavar="NAME@SNAP")
+@click.argument("new")
+def fork(ref: str, new: str) -> None:
+    """Create volume NEW from snapshot NAME@SNAP (constant time; no data is copied)."""
+    with _blockstore() as bs:
+        rec = bs.fork(ref, new)
+    click.echo(f"forked {ref} as {rec.name}")
+
+
+@volume.command()
+@click.argument("name")
+@click.argument("snap")
+def restore(name: str, snap: str) -> None:
+    """Point volume NAME back at snapshot SNAP.
+
+    Uncommitted data is committed first and the replaced state is kept as an automatic
+    snapshot, so a restore can itself be undone."""
+    with _blockstore() as bs:
+        bs.ctx.check_store()
+        rec, auto = bs.restore(name, snap)
+    click.echo(
+        f"restored {name} to {snap} (version {rec.version}); previous state kept as {name}@{auto}"
+    )
+
+
+@volume.command()
+@click.argument("ref", metavar="NAME|NAME@SNAP")
+def rm(ref: str) -> None:
+    """Delete a volume, or one of its snapshots. Forks stay intact."""
+    name, snap = split_ref(ref)
+    with _blockstore() as bs:
+        if snap is None:
+            bs.remove(name)
+        else:
+            bs.remove_snapshot(name, snap)
+    click.echo(f"removed {ref}")
+
+
+@volume.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--dry-run", is_flag=True, help="Report what would be freed, delete nothing.")
+@click.option(
+    "--grace",
+    default=3600.0,
+    show_default=True,
+    help="Seconds: unreferenced chunks younger than this are kept.",
+)
+@click.option(
+    "--max-fraction",
+    default=0.5,
+    show_default=True,
+    help="Refuse to delete more than this fraction of all chunks.",
+)
+@click.option("--force", is_flag=True, help="Delete even when GC's safety checks object.")
+def gc(as_json: bool, dry_run: bool, grace: float, max_fraction: float, force: bool) -> None:
+    """Delete chunks no volume or snapshot references; reports chunks and bytes freed."""
+    if force:
+        _err.print("[bold red]loft: warning: --force overrides GC's safety checks[/]")
+    with _blockstore() as bs:
+        rep = bs.gc(grace=grace, max_fraction=max_fraction, force=force, dry_run=dry_run)
+    if as_json:
+        click.echo(json.dumps(rep.as_dict(), indent=2, sort_keys=True))
+    else:
+        verb = "would free" if dry_run else "freed"
+        click.echo(
+            f"{verb} {rep.chunks_freed} of {rep.chunks_total} chunks, "
+            f"{format_size(rep.bytes_freed)} of {format_size(rep.bytes_total)}"
+        )

@@ -1,0 +1,421 @@
+"""The blockstore's front door: every volume operation the CLI and the disk service use."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from loft.blockstore import gc as gc_mod
+from loft.blockstore.chunks import ZERO_HASH, chunk_key
+from loft.blockstore.commit import DEFAULT_GC_GRACE, HEAD_PREFIX
+from loft.blockstore.context import BlockstoreContext
+from loft.blockstore.errors import (
+    InvalidArgument,
+    SnapshotNotFound,
+    VolumeBusy,
+    VolumeExists,
+)
+from loft.blockstore.heads import (
+    DEFAULT_LEASE_MARGIN,
+    DEFAULT_LEASE_TTL,
+    SnapshotRecord,
+    VolumeRecord,
+    new_holder_id,
+)
+from loft.blockstore.names import check_geometry, check_name, split_ref
+from loft.blockstore.snapview import SnapshotView
+from loft.blockstore.volume import Volume, open_volume
+from loft.blockstore.workcopy import ABSENT, DIRTY, WorkingCopy
+from loft.config import Settings
+
+DURABILITIES = ("remote", "local")
+DEFAULT_SIZE = 16 << 30
+DEFAULT_EXTENT_SIZE = 4 << 20
+DEFAULT_COMMIT_INTERVAL = 5.0
+#: Automatic snapshots kept unconditionally; older ones are thinned logarithmically.
+KEEP_AUTO_SNAPSHOTS = 8
+
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class VolumeInfo:
+    name: str
+    uid: str
+    size: int
+    extent_size: int
+    durability: str
+    version: int
+    epoch: int
+    parent: str | None
+    holder: str | None
+    snapshots: int
+    extents_total: int
+    extents_written: int
+    extents_present: int | None
+    extents_dirty: int | None
+    bytes_stored: int
+
+    def as_dict(self) -> dict[str, object]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class TransferReport:
+    bytes: int
+    seconds: float
+    extents_written: int
+    uploaded_bytes: int = 0
+
+
+class Blockstore:
+    """Volumes on this node and in the catalog."""
+
+    def __init__(self, ctx: BlockstoreContext) -> None:
+        self.ctx = ctx
+        self.heads = ctx.heads
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> Blockstore:
+        return cls(BlockstoreContext.open(settings or Settings.from_env()))
+
+    def close(self) -> None:
+        self.ctx.close()
+
+    # -- volumes ------------------------------------------------------------------------
+
+    def create(
+        self,
+        name: str,
+        *,
+        size: int = DEFAULT_SIZE,
+        extent_size: int = DEFAULT_EXTENT_SIZE,
+        durability: str = "local",
+        commit_interval: float = DEFAULT_COMMIT_INTERVAL,
+    ) -> VolumeRecord:
+        """A new, empty (all-zero) volume."""
+        check_name(name)
+        check_geometry(size, extent_size)
+        if durability not in DURABILITIES:
+            raise InvalidArgument(f"durability must be 'remote' or 'local', not {durability!r}")
+        if commit_interval <= 0:
+            raise InvalidArgument("commit interval must be positive")
+        return self.heads.create(
+            name,
+            size=size,
+            extent_size=extent_size,
+            durability=durability,
+            commit_interval=commit_interval,
+        )
+
+    def get(self, name: str) -> VolumeRecord:
+        return self.heads.get(check_name(name))
+
+    def volumes(self) -> list[VolumeRecord]:
+        return self.heads.all()
+
+    def info(self, name: str) -> VolumeInfo:
+        """What a volume is, where its data is, and how much the store holds for it."""
+        rec = self.get(name)
+        view = SnapshotView(self.ctx, rec, rec.root, rec.name)
+        digests = {d for _, d in view.written_extents()}
+        written = sum(1 for _ in view.written_extents())
+        stats = self.ctx.store.stat_many([chunk_key(d) for d in digests]) if digests else {}
+        stored = sum(i.size for i in stats.values() if i is not None)
+        present = dirty = None
+        wc = WorkingCopy.load(self.ctx.volumes_dir / rec.uid)
+        if wc is not None:
+            present = wc.n_extents - wc.states.count(ABSENT)
+            dirty = wc.states.count(DIRTY)
+            wc.close()
+        parent = None
+        if rec.parent_uid:
+            parent = next(
+                (v.name for v in self.heads.all() if v.uid == rec.parent_uid), rec.parent_uid
+            )
+            if rec.parent_snapshot:
+                parent = f"{parent}@{rec.parent_snapshot}"
+        return VolumeInfo(
+            name=rec.name,
+            uid=rec.uid,
+            size=rec.size,
+            extent_size=rec.extent_size,
+            durability=rec.durability,
+            version=rec.version,
+            epoch=rec.epoch,
+            parent=parent,
+            holder=rec.holder,
+            snapshots=len(self.heads.snapshots(rec)),
+            extents_total=rec.n_extents,
+            extents_written=written,
+            extents_present=present,
+            extents_dirty=dirty,
+            bytes_stored=stored,
+        )
+
+    def open(
+        self,
+        name: str,
+        *,
+        lease_ttl: float = DEFAULT_LEASE_TTL,
+        lease_margin: float = DEFAULT_LEASE_MARGIN,
+    ) -> Volume:
+        """Open a volume read-write on this node (takes its lease)."""
+        return open_volume(
+            self.ctx, check_name(name), lease_ttl=lease_ttl, lease_margin=lease_margin
+        )
+
+    def view(self, ref: str) -> SnapshotView:
+        """A read-only view of ``NAME@SNAP`` (or of NAME's committed head)."""
+        name, snap = split_ref(ref)
+        rec = self.heads.get(name)
+        if snap is None:
+            return SnapshotView(self.ctx, rec, rec.root, rec.name)
+        s = self.heads.get_snapshot(rec, snap)
+        return SnapshotView(self.ctx, rec, s.root, f"{rec.name}@{s.name}")
+
+    def remove(self, name: str) -> None:
+        """Delete a volume (refused while someone holds its lease)."""
+        rec = self.get(name)
+        self._refuse_if_held(rec, "remove")
+        self.ctx.store.delete_many([HEAD_PREFIX + rec.uid])
+        self.heads.delete(rec)
+        wc = WorkingCopy.load(self.ctx.volumes_dir / rec.uid)
+        if wc is not None:
+            wc.destroy()
+
+    def _refuse_if_held(self, rec: VolumeRecord, what: str) -> None:
+        if rec.holder is None:
+            return
+        with self.ctx.catalog.read() as conn:
+            now = self.ctx.catalog.now(conn)
+        if (rec.lease_expires or 0) + DEFAULT_LEASE_MARGIN > now:
+            where = f" (served at {rec.control_socket})" if rec.control_socket else ""
+            raise VolumeBusy(
+                f"cannot {what} volume {rec.name!r}: it is in use by {rec.holder}{where}",
+                hint="stop the disk service or workspace using it first",
+            )
+
+    # -- snapshots ----------------------------------------------------------------------
+
+    def snapshot(self, name: str, snap: str) -> SnapshotRecord:
+        """Commit what this node holds of the volume, then record its head as ``snap``."""
+        check_name(snap, "snapshot")
+        rec = self.get(name)
+        if self._has_local_changes(rec):
+            vol = self.open(name)
+            try:
+                rec = vol.commit()
+            finally:
+                vol.close()
+        else:
+            self._refuse_if_held(rec, "snapshot")
+        return self.heads.add_snapshot(rec, snap, rec.version, rec.root)
+
+    def _has_local_changes(self, rec: VolumeRecord) -> bool:
+        wc = WorkingCopy.load(self.ctx.volumes_dir / rec.uid)
+        if wc is None:
+            return False
+        try:
+            return DIRTY in wc.states or not wc.header.clean_shutdown
+        finally:
+            wc.close()
+
+    def snapshots(self, name: str) -> list[SnapshotRecord]:
+        return self.heads.snapshots(self.get(name))
+
+    def remove_snapshot(self, name: str, snap: str) -> None:
+        rec = self.get(name)
+        self.heads.delete_snapshot(self.heads.get_snapshot(rec, check_name(snap, "snapshot")))
+
+    def fork(self, ref: str, new: str) -> VolumeRecord:
+        """A new volume whose head is a snapshot's root: constant time, no data copied."""
+        name, snap = split_ref(ref)
+        if snap is None:
+            raise InvalidArgument(f"fork needs NAME@SNAPSHOT, got {ref!r}")
+        check_name(new)
+        if self.heads.find(new) is not None:
+            raise VolumeExists(new)
+        rec = self.heads.get(name)
+        s = self.heads.get_snapshot(rec, snap)
+        return self.heads.create(
+            new,
+            size=rec.size,
+            extent_size=rec.extent_size,
+            durability=rec.durability,
+            commit_interval=rec.commit_interval,
+            root=s.root,
+            parent_uid=rec.uid,
+            parent_snapshot=s.name,
+            lineage=(rec.uid, *rec.lineage),
+        )
+
+    def restore(self, name: str, snap: str) -> tuple[VolumeRecord, str]:
+        """Point the volume back at a snapshot. Dirty data is committed first and the
+        replaced head is kept as an automatic snapshot, so a restore can be undone.
+        Returns the new head and the automatic snapshot's name."""
+        rec = self.get(name)
+        target = self.heads.get_snapshot(rec, check_name(snap, "snapshot"))
+        vol = self.open(name)
+        try:
+            rec = vol.commit()
+        except BaseException:
+            vol.close()
+            raise
+        wc = vol.detach()
+        auto = f"restore-{time.strftime('%Y%m%dT%H%M%S')}-v{rec.version}"
+        try:
+            new = self.heads.restore_head(rec, vol.holder, target, auto)
+        except BaseException:
+            wc.close()
+            self.heads.release(rec.id, rec.epoch, vol.holder)
+            raise
+        wc.destroy()
+        self.prune_auto_snapshots(new)
+        return new, auto
+
+    def prune_auto_snapshots(self, rec: VolumeRecord, keep: int = KEEP_AUTO_SNAPSHOTS) -> int:
+        """Drop automatic snapshots beyond the last ``keep``, keeping older ones spaced
+        logarithmically (each kept one at least twice as old as the previous)."""
+        autos = [s for s in self.heads.snapshots(rec) if s.auto]
+        autos.sort(key=lambda s: s.created_at, reverse=True)
+        with self.ctx.catalog.read() as conn:
+            now = self.ctx.catalog.now(conn)
+        dropped = 0
+        last_age = None
+        for s in autos[keep:]:
+            age = max(now - s.created_at, 1e-3)
+            if last_age is None or age >= 2 * last_age:
+                last_age = age
+                continue
+            self.heads.delete_snapshot(s)
+            dropped += 1
+        return dropped
+
+    # -- import / export ----------------------------------------------------------------
+
+    def import_image(
+        self, name: str, src: BinaryIO, size: int | None, progress: Progress | None = None
+    ) -> TransferReport:
+        """Write a raw image into the volume from offset 0, then commit. An image larger
+        than the volume changes nothing."""
+        rec = self.get(name)
+        if size is not None and size > rec.size:
+            raise InvalidArgument(
+                f"image is {size} bytes but volume {name!r} is {rec.size} bytes",
+                hint="create a bigger volume",
+            )
+        started = time.monotonic()
+        vol = self.open(name)
+        try:
+            vol.commit()  # whatever recovery found dirty is committed before we start
+            es = vol.extent_size
+            buf = bytearray(es)
+            view = memoryview(buf)
+            offset = 0
+            while True:
+                n = _read_full(src, view)
+                if n == 0:
+                    break
+                if offset + n > rec.size:
+                    raise InvalidArgument(
+                        f"image is larger than volume {name!r} ({rec.size} bytes)",
+                        hint="create a bigger volume",
+                    )
+                if view[:n] != _zeros(n) or vol.is_resident(offset, n):
+                    vol.write(offset, view[:n])
+                # An all-zero block over an absent extent: zero it without fetching.
+                else:
+                    vol.zero(offset, n)
+                offset += n
+                if progress:
+                    progress(n)
+                if n < es:
+                    break
+            vol.commit()
+        except BaseException:
+            # Nothing of this import may reach the head: drop the working copy.
+            wc = vol.detach()
+            wc.destroy()
+            self.heads.release(vol.record.id, vol.record.epoch, vol.holder)
+            raise
+        uploaded = vol.last_commit.uploaded_bytes if vol.last_commit else 0
+        vol.close()
+        return TransferReport(offset, time.monotonic() - started, -(-offset // es), uploaded)
+
+    def export_image(
+        self, ref: str, dst: BinaryIO, progress: Progress | None = None
+    ) -> TransferReport:
+        """Write the volume (its committed head, or a snapshot) as a raw image. Zero
+        extents are skipped when ``dst`` can seek, so the output file is sparse."""
+        view = self.view(ref)
+        started = time.monotonic()
+        try:
+            seekable = dst.seekable()
+        except (AttributeError, OSError):
+            seekable = False
+        es = view.extent_size
+        n_extents = -(-view.size // es)
+        written = 0
+        window = 8
+        extents = list(range(n_extents))
+        for i in range(0, n_extents, window):
+            batch = extents[i : i + window]
+            view.cache(batch[0] * es, min(view.size, (batch[-1] + 1) * es) - batch[0] * es)
+            for e in batch:
+                length = min(es, view.size - e * es)
+                if view.digest(e) == ZERO_HASH:
+                    if seekable:
+                        dst.seek(length, os.SEEK_CUR)
+                    else:
+                        dst.write(_zeros(length))
+                else:
+                    dst.write(view.extent(e))
+                    written += 1
+                if progress:
+                    progress(length)
+        if seekable:
+            dst.truncate(view.size)
+        dst.flush()
+        return TransferReport(view.size, time.monotonic() - started, written)
+
+    # -- GC -----------------------------------------------------------------------------
+
+    def gc(
+        self,
+        *,
+        grace: float = DEFAULT_GC_GRACE,
+        max_fraction: float = gc_mod.DEFAULT_MAX_FRACTION,
+        force: bool = False,
+        dry_run: bool = False,
+    ) -> gc_mod.GCReport:
+        return gc_mod.collect(
+            self.ctx, grace=grace, max_fraction=max_fraction, force=force, dry_run=dry_run
+        )
+
+
+_ZEROS: dict[int, bytes] = {}
+
+
+def _zeros(n: int) -> bytes:
+    z = _ZEROS.get(n)
+    if z is None:
+        z = _ZEROS[n] = bytes(n)
+    return z
+
+
+def _read_full(src: BinaryIO, view: memoryview) -> int:
+    """Fill ``view`` from ``src`` unless it ends first; returns the bytes read."""
+    got = 0
+    while got < len(view):
+        n = src.readinto(view[got:])  # type: ignore[attr-defined]
+        if not n:
+            break
+        got += n
+    return got
+
+
+__all__ = ["Blockstore", "SnapshotNotFound", "TransferReport", "VolumeInfo", "new_holder_id"]
