@@ -24,7 +24,7 @@ def store(tmp_path: Path) -> Store:
 
 def make_tree(store: Store, files: dict[str, bytes | str]) -> Path:
     """A tree in a fresh scratch dir (left for the store to consume)."""
-    root = Path(tempfile.mkdtemp(dir=store.root / "tmp")) / "t"
+    root = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=store.root / "tmp")) / "t"
     root.mkdir()
     for rel, content in files.items():
         p = root / rel

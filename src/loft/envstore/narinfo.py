@@ -56,6 +56,10 @@ class NarInfo:
     ca: str | None = None
     system: str | None = None
 
+    def __post_init__(self) -> None:
+        # References are a set in Nix; keep one canonical order so equal infos compare equal.
+        object.__setattr__(self, "references", tuple(sorted(set(self.references))))
+
     def fingerprint(self) -> str:
         """The string the ``Sig`` lines sign."""
         return fingerprint(self.store_path, self.nar_hash, self.nar_size, self.references)

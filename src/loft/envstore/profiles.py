@@ -63,10 +63,20 @@ class Profiles:
     def switch(self, name: str, env_path: str) -> Generation:
         """Append a generation pointing at ``env_path`` and make it current."""
         validate_profile_name(name)
-        for _attempt in range(5):
+        for _attempt in range(10):
             try:
                 with self.catalog.write() as conn:
                     now = self.catalog.now(conn)
+                    # Lock the profile's row (PostgreSQL; SQLite's BEGIN IMMEDIATE already
+                    # serialises writers) so concurrent switches queue instead of colliding.
+                    row = conn.execute(
+                        select(env_profiles.c.generation)
+                        .where(env_profiles.c.name == name)
+                        .with_for_update()
+                    ).first()
+                    if row is None:
+                        # A concurrent first switch may insert it too: IntegrityError, retry.
+                        conn.execute(insert(env_profiles).values(name=name, generation=0))
                     last = conn.execute(
                         select(func.max(env_generations.c.number)).where(
                             env_generations.c.profile == name
@@ -78,17 +88,14 @@ class Profiles:
                             profile=name, number=number, env_path=env_path, created_at=now
                         )
                     )
-                    if self._current(conn, name) is None:
-                        conn.execute(insert(env_profiles).values(name=name, generation=number))
-                    else:
-                        conn.execute(
-                            update(env_profiles)
-                            .where(env_profiles.c.name == name)
-                            .values(generation=number)
-                        )
+                    conn.execute(
+                        update(env_profiles)
+                        .where(env_profiles.c.name == name)
+                        .values(generation=number)
+                    )
                     return Generation(name, number, env_path, now, True)
             except IntegrityError:
-                continue  # a concurrent switch took the number (PostgreSQL); try the next
+                continue
         raise ProfileError(f"profile {name!r} is being switched concurrently; try again")
 
     def generations(self, name: str) -> list[Generation]:

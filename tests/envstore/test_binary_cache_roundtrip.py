@@ -1,0 +1,219 @@
+"""Binary cache push/pull between stores, on file://, memory:// and S3; trust and tamper."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from loft.blockstore.chunkstore import open_chunk_store
+from loft.envstore import nar
+from loft.envstore.binary_cache import (
+    BinaryCacheError,
+    cache_info_text,
+    narinfo_key,
+    pull,
+    push,
+    topo_levels,
+)
+from loft.envstore.narinfo import parse_narinfo, render_narinfo
+from loft.envstore.signing import SecretKey
+from loft.envstore.store import HashMismatch, PathInfo, Store
+
+_n = itertools.count()
+
+
+def add(store: Store, files: dict[str, bytes], name: str, refs: list[str] = ()) -> PathInfo:  # type: ignore[assignment]
+    t = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=store.root / "tmp")) / "t"
+    t.mkdir()
+    for rel, data in files.items():
+        (t / rel).parent.mkdir(parents=True, exist_ok=True)
+        (t / rel).write_bytes(data)
+    return store.add_tree(t, name, references_from=refs)
+
+
+@pytest.fixture
+def src(tmp_path: Path) -> tuple[Store, PathInfo, list[PathInfo]]:
+    """A store with env -> {python, tool -> lib} (lib is shared)."""
+    s = Store(tmp_path / "src", durable=False)
+    lib = add(s, {"lib/libx.so": os.urandom(50_000)}, "libx")
+    py = add(
+        s,
+        {"bin/python3": b"py " + lib.path.encode(), "lib/big": os.urandom(300_000)},
+        "python3",
+        [lib.path],
+    )
+    tool = add(s, {"bin/tool": b"tool " + lib.path.encode()}, "tool", [lib.path])
+    env = add(
+        s, {"bin/a": py.path.encode(), "bin/b": tool.path.encode()}, "env", [py.path, tool.path]
+    )
+    return s, env, [lib, py, tool, env]
+
+
+@pytest.fixture
+def key() -> SecretKey:
+    return SecretKey.generate("test-cache-1")
+
+
+def test_push_pull_file_cache(
+    tmp_path: Path, src: tuple[Store, PathInfo, list[PathInfo]], key: SecretKey
+) -> None:
+    store, env, paths = src
+    url = f"file://{tmp_path / 'cache'}"
+    r = push(store, [env.path], url, key)
+    assert sorted(r.pushed) == sorted(p.path for p in paths) and r.already_present == []
+    assert (tmp_path / "cache/nix-cache-info").read_text() == cache_info_text()
+    again = push(store, [env.path], url, key)
+    assert again.pushed == [] and len(again.already_present) == 4
+
+    dst = Store(tmp_path / "dst", durable=False)
+    pr = pull(dst, [env.path], url, [key.public()])
+    assert sorted(pr.fetched) == sorted(p.path for p in paths)
+    for p in paths:
+        got = dst.query(p.path)
+        assert got is not None and (got.nar_hash, got.nar_size, got.references) == (
+            p.nar_hash,
+            p.nar_size,
+            p.references,
+        )
+        assert b"".join(nar.dump(dst.physical(p.path))) == b"".join(
+            nar.dump(store.physical(p.path))
+        )
+    assert pull(dst, [env.path], url, [key.public()]).already_valid == [env.path]
+
+
+def test_push_pull_memory_cache_partial_overlap(
+    tmp_path: Path, src: tuple[Store, PathInfo, list[PathInfo]], key: SecretKey
+) -> None:
+    store, env, paths = src
+    url = f"memory://cache-{next(_n)}"
+    push(store, [env.path], url, key)
+    dst = Store(tmp_path / "dst", durable=False)
+    lib = paths[0]
+    pull(dst, [lib.path], url, [key.public()])
+    pr = pull(dst, [env.path], url, [key.public()])
+    assert lib.path not in pr.fetched and len(pr.fetched) == 3
+
+
+@pytest.mark.s3
+def test_push_pull_s3(
+    s3_url: str, tmp_path: Path, src: tuple[Store, PathInfo, list[PathInfo]], key: SecretKey
+) -> None:
+    store, env, _ = src
+    push(store, [env.path], s3_url, key)
+    dst = Store(tmp_path / "dst", durable=False)
+    assert len(pull(dst, [env.path], s3_url, [key.public()]).fetched) == 4
+    assert dst.closure([env.path]) == store.closure([env.path])
+
+
+def test_pull_refuses_untrusted_signatures(
+    tmp_path: Path, src: tuple[Store, PathInfo, list[PathInfo]], key: SecretKey
+) -> None:
+    store, env, _ = src
+    url = f"memory://cache-{next(_n)}"
+    push(store, [env.path], url, key)
+    dst = Store(tmp_path / "dst", durable=False)
+    with pytest.raises(BinaryCacheError, match="not signed by any of the trusted keys"):
+        pull(dst, [env.path], url, [SecretKey.generate("test-cache-1").public()])
+    with pytest.raises(BinaryCacheError, match="trusted public key"):
+        pull(dst, [env.path], url, [])
+    assert dst.all_paths() == []
+
+
+def test_pull_detects_tampered_nar(
+    tmp_path: Path, src: tuple[Store, PathInfo, list[PathInfo]], key: SecretKey
+) -> None:
+    store, env, paths = src
+    url = f"memory://cache-{next(_n)}"
+    push(store, [env.path], url, key)
+    objs = open_chunk_store(url)
+    lib = paths[0]
+    ni = parse_narinfo(objs.get(narinfo_key(lib.path)).decode())
+    data = bytearray(
+        zstandard.ZstdDecompressor().decompress(objs.get(ni.url), max_output_size=1 << 24)
+    )
+    data[-100] ^= 1  # flip one content bit, keep the NAR well-formed
+    evil = zstandard.ZstdCompressor().compress(bytes(data))
+    # A consistent FileHash, so only the (signed) NarHash can catch it.
+    new_url = f"nar/{hashlib.sha256(evil).hexdigest()}.nar.zst"
+    objs.put(new_url, evil)
+    from loft.envstore.store import format_nar_hash
+
+    forged = type(ni)(
+        **{
+            **ni.__dict__,
+            "url": new_url,
+            "file_hash": format_nar_hash(hashlib.sha256(evil).digest()),
+            "file_size": len(evil),
+        }
+    )
+    objs.put(narinfo_key(lib.path), render_narinfo(forged).encode())
+    dst = Store(tmp_path / "dst", durable=False)
+    with pytest.raises(HashMismatch, match="libx"):
+        pull(dst, [env.path], url, [key.public()])
+    assert dst.all_paths() == [] and os.listdir(dst.real_store_dir) == []
+
+
+def test_pull_detects_corrupt_file(
+    tmp_path: Path, src: tuple[Store, PathInfo, list[PathInfo]], key: SecretKey
+) -> None:
+    store, env, paths = src
+    url = f"memory://cache-{next(_n)}"
+    push(store, [env.path], url, key)
+    objs = open_chunk_store(url)
+    ni = parse_narinfo(objs.get(narinfo_key(paths[0].path)).decode())
+    objs.put(ni.url, b"garbage")
+    dst = Store(tmp_path / "dst", durable=False)
+    with pytest.raises(HashMismatch):
+        pull(dst, [env.path], url, [key.public()])
+    assert dst.all_paths() == []
+
+
+def test_pull_checks_lock_hashes(
+    tmp_path: Path, src: tuple[Store, PathInfo, list[PathInfo]], key: SecretKey
+) -> None:
+    store, env, _ = src
+    url = f"memory://cache-{next(_n)}"
+    push(store, [env.path], url, key)
+    dst = Store(tmp_path / "dst", durable=False)
+    with pytest.raises(HashMismatch, match="lock expects"):
+        pull(dst, [env.path], url, [key.public()], expected={env.path: "sha256:" + "0" * 52})
+    pull(dst, [env.path], url, [key.public()], expected={env.path: env.nar_hash})
+    assert dst.is_valid(env.path)
+
+
+def test_pull_missing_path_and_missing_cache(tmp_path: Path, key: SecretKey) -> None:
+    dst = Store(tmp_path / "dst", durable=False)
+    ghost = "/nix/store/" + "a" * 32 + "-ghost"
+    with pytest.raises(BinaryCacheError, match="not a binary cache"):
+        pull(dst, [ghost], f"file://{tmp_path / 'empty'}", [key.public()])
+    url = f"memory://cache-{next(_n)}"
+    open_chunk_store(url).put("nix-cache-info", cache_info_text().encode())
+    with pytest.raises(BinaryCacheError, match="not in the binary cache"):
+        pull(dst, [ghost], url, [key.public()])
+    open_chunk_store(url).put("nix-cache-info", cache_info_text("/gnu/store").encode())
+    with pytest.raises(BinaryCacheError, match="/gnu/store"):
+        pull(dst, [ghost], url, [key.public()])
+
+
+def test_push_refuses_store_modified_on_disk(
+    tmp_path: Path, src: tuple[Store, PathInfo, list[PathInfo]], key: SecretKey
+) -> None:
+    store, env, paths = src
+    victim = store.physical(paths[0].path) / "lib/libx.so"
+    victim.chmod(0o644)
+    victim.write_bytes(b"changed")
+    with pytest.raises(HashMismatch, match="no longer matches"):
+        push(store, [env.path], f"memory://cache-{next(_n)}", key)
+
+
+def test_topo_levels() -> None:
+    levels = topo_levels({"a": ["b", "c", "a"], "b": ["c"], "c": [], "d": ["zzz"]})
+    assert levels == [["c", "d"], ["b"], ["a"]]
+    with pytest.raises(BinaryCacheError, match="cycle"):
+        topo_levels({"a": ["b"], "b": ["a"]})
