@@ -8,6 +8,7 @@ tests and the fuzzer. No sockets, no asyncio: it can be fuzzed alone.
 
 from loft.nbd.protocol._connection import RECEIVE_BUFFER_SIZE, Connection
 from loft.nbd.protocol._constants import (
+    CMD_FLAGS_KNOWN,
     DEFAULT_PREFERRED_BLOCK_SIZE,
     MAX_NAME_LENGTH,
     MAX_OPTION_LENGTH,
@@ -85,6 +86,7 @@ __all__ = [
     "AWAIT_CLIENT_FLAGS",
     "CLIENT",
     "CLOSED",
+    "CMD_FLAGS_KNOWN",
     "DEFAULT_PREFERRED_BLOCK_SIZE",
     "ERROR",
     "EXPORT_NAME_REPLY",

@@ -1,0 +1,41 @@
+"""``loft.nbd.server``: the asyncio NBD server (the nbdkit ``server/`` habit).
+
+It owns sockets, TLS, authorization and concurrency; the wire format is
+:mod:`loft.nbd.protocol` and the data comes from :class:`loft.nbd.backends.Backend`.
+Each request is validated once where it arrives, failures become NBD errnos in one
+function (:func:`errno_for`), and a failing backend call is an error reply -- never a
+dead connection or server.
+"""
+
+from loft.nbd.server._connection import (
+    HANDSHAKE_TIMEOUT,
+    MAX_INFLIGHT,
+    MAX_OPTIONS,
+    SPARSE_READ_MIN,
+    NBDConnection,
+)
+from loft.nbd.server._errno import errno_for
+from loft.nbd.server._exports import Authorizer, Export, ExportLookup, ExportRegistry, load_authz
+from loft.nbd.server._server import DEFAULT_WORKERS, NBDServer
+from loft.nbd.server._tls import make_server_ssl_context, peer_identity
+from loft.nbd.server._validate import ExportView, validate_request
+
+__all__ = [
+    "DEFAULT_WORKERS",
+    "HANDSHAKE_TIMEOUT",
+    "MAX_INFLIGHT",
+    "MAX_OPTIONS",
+    "SPARSE_READ_MIN",
+    "Authorizer",
+    "Export",
+    "ExportLookup",
+    "ExportRegistry",
+    "ExportView",
+    "NBDConnection",
+    "NBDServer",
+    "errno_for",
+    "load_authz",
+    "make_server_ssl_context",
+    "peer_identity",
+    "validate_request",
+]
