@@ -187,17 +187,31 @@ class Blockstore:
         if wc is not None:
             wc.destroy()
 
-    def _refuse_if_held(self, rec: VolumeRecord, what: str) -> None:
+    def _held(self, rec: VolumeRecord) -> bool:
         if rec.holder is None:
-            return
+            return False
         with self.ctx.catalog.read() as conn:
             now = self.ctx.catalog.now(conn)
-        if (rec.lease_expires or 0) + DEFAULT_LEASE_MARGIN > now:
-            where = f" (served at {rec.control_socket})" if rec.control_socket else ""
+        return (rec.lease_expires or 0) + DEFAULT_LEASE_MARGIN > now
+
+    def served_at(self, name: str) -> str | None:
+        """The control socket of the disk service serving the volume, if one is."""
+        rec = self.get(name)
+        return rec.control_socket if rec.control_socket and self._held(rec) else None
+
+    def _refuse_if_held(self, rec: VolumeRecord, what: str) -> None:
+        if not self._held(rec):
+            return
+        if rec.control_socket:
             raise VolumeBusy(
-                f"cannot {what} volume {rec.name!r}: it is in use by {rec.holder}{where}",
-                hint="stop the disk service or workspace using it first",
+                f"cannot {what} volume {rec.name!r}: it is served by the disk service at "
+                f"{rec.control_socket}",
+                hint=f"run `loft disk release {rec.name}` or stop that disk service first",
             )
+        raise VolumeBusy(
+            f"cannot {what} volume {rec.name!r}: it is in use by {rec.holder}",
+            hint="stop the writer using it first, or wait for its lease to expire",
+        )
 
     # -- snapshots ----------------------------------------------------------------------
 
@@ -259,6 +273,7 @@ class Blockstore:
         Returns the new head and the automatic snapshot's name."""
         rec = self.get(name)
         target = self.heads.get_snapshot(rec, check_name(snap, "snapshot"))
+        self._refuse_if_held(rec, "restore")
         vol = self.open(name)
         try:
             rec = vol.commit()

@@ -199,7 +199,9 @@ class Volume:
                 self._dirty.add(e)
             self._gen[e] += 1
 
-    def write(self, offset: int, data: bytes | memoryview, fua: bool = False) -> None:
+    def write(
+        self, offset: int, data: bytes | bytearray | memoryview, fua: bool = False
+    ) -> None:
         """Write ``data`` at ``offset``; with ``fua`` it is durable before returning."""
         self._check_writable()
         length = len(data)

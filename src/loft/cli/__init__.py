@@ -44,10 +44,11 @@ def main() -> None:
 
 def _register() -> None:
     # Imported here, not at module top, so each group's module stays apart.
-    from loft.cli import disk, env, up, volume
+    from loft.cli import disk, disk_serve, env, up, volume
 
     main.add_command(volume.volume)
     main.add_command(env.env)
+    disk_serve.register(disk.disk)
     main.add_command(disk.disk)
     main.add_command(up.up)
 

@@ -6,20 +6,31 @@ import click
 
 from loft.config import Settings
 
+_BANNER = """
+loft is up.
+  data dir     {data_dir}
+  chunk store  {chunks}
+  catalog      {catalog}
+  NBD socket   {{socket}}
+
+Try, in another shell:
+  loft volume create demo --size 1G
+  qemu-io -f raw -c 'write -P 0xab 0 1M' 'nbd+unix:///demo?socket={{socket}}'
+  loft volume snapshot demo first        # goes through this service
+  loft volume fork demo@first demo2
+  nbdinfo --list 'nbd+unix:///?socket={{socket}}'
+Ctrl-C stops (committing every volume first).
+"""
+
 
 @click.command()
-def up() -> None:
-    """Start loft with its defaults (SQLite catalog and chunk directory under the data dir)."""
-    settings = Settings.from_env()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    click.echo(f"loft data dir: {settings.data_dir}")
-    click.echo(f"chunk store:   {settings.chunks_url}")
-    click.echo(f"catalog:       {settings.catalog_url}")
-    click.echo(
-        "\nVolumes:\n"
-        "  loft volume create demo --size 1G\n"
-        "  loft volume import demo disk.img\n"
-        "  loft volume snapshot demo before-upgrade\n"
-        "  loft volume fork demo@before-upgrade demo2\n"
-        "  loft volume ls\n"
-    )
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def up(verbose: bool) -> None:
+    """Start loft with its defaults: the disk service over a SQLite catalog and a chunk
+    directory under $LOFT_DATA_DIR, in the foreground."""
+    from loft.cli.disk_serve import run_disk_service
+
+    s = Settings.from_env()
+    s.data_dir.mkdir(parents=True, exist_ok=True)
+    banner = _BANNER.format(data_dir=s.data_dir, chunks=s.chunks_url, catalog=s.catalog_url)
+    run_disk_service(None, verbose=verbose, banner=banner)

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import click
 from rich.console import Console
@@ -21,10 +21,11 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from loft.blockstore import Blockstore
-from loft.blockstore.errors import InvalidArgument
-from loft.blockstore.names import split_ref
+from loft.errors import LoftError
 from loft.units import format_size, parse_size
+
+if TYPE_CHECKING:
+    from loft.blockstore import Blockstore
 
 _err = Console(stderr=True)
 
@@ -40,6 +41,9 @@ def _size(_ctx: click.Context, _param: click.Parameter, value: str | None) -> in
 
 @contextmanager
 def _blockstore() -> Iterator[Blockstore]:
+    # Imported here so that `loft --help` and other command groups stay quick.
+    from loft.blockstore import Blockstore
+
     bs = Blockstore.from_settings()
     try:
         yield bs
@@ -155,7 +159,11 @@ def ls(as_json: bool) -> None:
 def info(name: str, as_json: bool) -> None:
     """Show a volume: size, extents present/dirty, bytes stored, head version, parent."""
     with _blockstore() as bs:
-        data: dict[str, Any] = bs.info(name).as_dict()
+        served = bs.served_at(name)
+        if served:
+            data: dict[str, Any] = _control(served, "info", volume=name)
+        else:
+            data = bs.info(name).as_dict()
 
     def table() -> Table:
         t = Table("FIELD", "VALUE", show_header=False)
@@ -174,6 +182,10 @@ def import_(name: str, file: str) -> None:
     """Write a raw image (FILE, or - for stdin) into volume NAME, then commit."""
     with _blockstore() as bs:
         bs.ctx.check_store()
+        served = bs.served_at(name)
+        if served:
+            _import_served(served, name, file)
+            return
         src: BinaryIO
         if file == "-":
             src, size = sys.stdin.buffer, None
@@ -181,7 +193,7 @@ def import_(name: str, file: str) -> None:
             try:
                 src = open(file, "rb")  # noqa: SIM115 - closed below
             except OSError as e:
-                raise InvalidArgument(f"cannot read {file}: {e.strerror}") from e
+                raise LoftError(f"cannot read {file}: {e.strerror}") from e
             size = os.fstat(src.fileno()).st_size
         try:
             with _progress(size, f"import {name}") as advance:
@@ -195,6 +207,30 @@ def import_(name: str, file: str) -> None:
     )
 
 
+def _control(socket_path: str, op: str, /, **args: Any) -> dict[str, Any]:
+    from loft.node.control import request
+
+    answer = request(socket_path, op, **args)
+    answer.pop("ok", None)
+    return answer
+
+
+def _import_served(control: str, name: str, file: str) -> None:
+    """Import through the disk service serving the volume (it owns the working copy).
+    Standard input is spooled to a file first, so a too-large image changes nothing."""
+    import shutil
+    import tempfile
+
+    if file != "-":
+        answer = _control(control, "import", volume=name, path=os.path.abspath(file))
+    else:
+        with tempfile.NamedTemporaryFile(prefix="loft-import-") as spool:
+            shutil.copyfileobj(sys.stdin.buffer, spool, 1 << 20)
+            spool.flush()
+            answer = _control(control, "import", volume=name, path=spool.name)
+    _err.print(f"imported {format_size(answer['bytes'])} into {name} through the disk service")
+
+
 @volume.command()
 @click.argument("ref", metavar="NAME[@SNAP]")
 @click.argument("file", type=click.Path(allow_dash=True, dir_okay=False))
@@ -202,8 +238,14 @@ def export(ref: str, file: str) -> None:
     """Write volume NAME (or its snapshot SNAP) as a raw image to FILE (or - for stdout).
 
     Zero extents become holes in FILE, so the image is sparse."""
+    from loft.blockstore.names import split_ref
+
     with _blockstore() as bs:
         bs.ctx.check_store()
+        name, snap = split_ref(ref)
+        served = bs.served_at(name)
+        if served and snap is None:
+            _control(served, "commit", volume=name)  # export what clients wrote so far
         view = bs.view(ref)
         dst: BinaryIO
         if file == "-":
@@ -212,7 +254,7 @@ def export(ref: str, file: str) -> None:
             try:
                 dst = open(file, "wb")  # noqa: SIM115 - closed below
             except OSError as e:
-                raise InvalidArgument(f"cannot write {file}: {e.strerror}") from e
+                raise LoftError(f"cannot write {file}: {e.strerror}") from e
         try:
             with _progress(view.size, f"export {ref}") as advance:
                 rep = bs.export_image(ref, dst, advance)
@@ -232,6 +274,11 @@ def snapshot(name: str, snap: str) -> None:
     """Commit volume NAME and record its state as snapshot SNAP."""
     with _blockstore() as bs:
         bs.ctx.check_store()
+        served = bs.served_at(name)
+        if served:
+            answer = _control(served, "snapshot", volume=name, name=snap)
+            click.echo(f"snapshot {name}@{answer['snapshot']} (version {answer['version']})")
+            return
         s = bs.snapshot(name, snap)
     click.echo(f"snapshot {name}@{s.name} (version {s.version})")
 
@@ -288,6 +335,8 @@ def restore(name: str, snap: str) -> None:
 @click.argument("ref", metavar="NAME|NAME@SNAP")
 def rm(ref: str) -> None:
     """Delete a volume, or one of its snapshots. Forks stay intact."""
+    from loft.blockstore.names import split_ref
+
     name, snap = split_ref(ref)
     with _blockstore() as bs:
         if snap is None:

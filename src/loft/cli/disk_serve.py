@@ -1,0 +1,199 @@
+"""``loft disk serve`` and friends: the disk service over the catalog's volumes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from loft.config import Settings
+from loft.errors import LoftError
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, event and its key=value fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        msg = record.getMessage()
+        event, _, rest = msg.partition(" ")
+        out: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": event,
+        }
+        for part in rest.split(" ") if rest else ():
+            key, sep, value = part.partition("=")
+            if sep:
+                try:
+                    out[key] = json.loads(value)
+                except ValueError:
+                    out[key] = value
+            elif part:
+                out.setdefault("msg", []).append(part)
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
+def _setup_logging(verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonLogFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def _control_path(socket_path: Path | None) -> Path:
+    from loft.node.disk_service import default_socket
+
+    sock = socket_path or default_socket(Settings.from_env().data_dir)
+    return sock.with_name("control.sock")
+
+
+def run_disk_service(
+    socket_path: Path | None,
+    listen: str | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+    tls_ca: str | None = None,
+    authz: str | None = None,
+    verbose: bool = False,
+    banner: str | None = None,
+) -> None:
+    """Run the disk service in the foreground until SIGTERM/SIGINT."""
+    import uvloop
+
+    from loft.blockstore import Blockstore
+    from loft.cli.disk import _parse_listen
+    from loft.nbd.server import load_authz, make_server_ssl_context
+    from loft.node.disk_service import DiskService, default_socket
+
+    _setup_logging(verbose)
+    settings = Settings.from_env()
+    sock = socket_path or default_socket(settings.data_dir)
+    ssl_ctx = None
+    if tls_cert or tls_key:
+        if not (tls_cert and tls_key):
+            raise LoftError("--tls-cert and --tls-key go together")
+        ssl_ctx = make_server_ssl_context(tls_cert, tls_key, tls_ca)
+    if listen and (ssl_ctx is None or tls_ca is None):
+        raise LoftError(
+            "--listen requires TLS with client certificates",
+            hint="add --tls-cert, --tls-key and --tls-ca",
+        )
+    authorizer = load_authz(authz) if authz else None
+    address = _parse_listen(listen) if listen else None
+    bs = Blockstore.from_settings(settings)
+    bs.ctx.check_store()
+
+    async def main() -> None:
+        service = DiskService(bs, sock, authorizer=authorizer, ssl_context=ssl_ctx)
+        await service.start(address)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, service.request_stop)
+        if banner:
+            click.echo(banner.format(socket=sock), err=True)
+        await service.wait()
+        await service.stop()
+
+    try:
+        uvloop.run(main())
+    finally:
+        bs.close()
+
+
+@click.command()
+@click.option(
+    "--socket",
+    "socket_path",
+    type=click.Path(path_type=Path),
+    help="Unix socket for NBD clients [default: $LOFT_DATA_DIR/run/nbd.sock]; its "
+    "directory is root-only. The control socket sits beside it.",
+)
+@click.option("--listen", help="Also serve TCP on HOST:PORT (requires TLS + client certs).")
+@click.option("--tls-cert", type=click.Path(exists=True), help="Server certificate (PEM).")
+@click.option("--tls-key", type=click.Path(exists=True), help="Server private key (PEM).")
+@click.option("--tls-ca", type=click.Path(exists=True), help="CA for client certificates.")
+@click.option(
+    "--authz",
+    type=click.Path(exists=True),
+    help='Which exports each TCP client may open: {"clients": {"CN": ["vol", "vol@*"]}}.',
+)
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def serve(
+    socket_path: Path | None,
+    listen: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    tls_ca: str | None,
+    authz: str | None,
+    verbose: bool,
+) -> None:
+    """Serve every volume over NBD, in the foreground, with structured (JSON) logs.
+
+    Export NAME is the volume read-write (its lease is taken on first use and kept while
+    the service runs); NAME@SNAP is a read-only snapshot. SIGTERM or SIGINT flushes,
+    commits and releases every volume, then exits.
+
+    \b
+    Example:
+      loft disk serve --socket /run/loft/nbd.sock &
+      qemu-img info 'nbd+unix:///myvol?socket=/run/loft/nbd.sock'
+    """
+    run_disk_service(socket_path, listen, tls_cert, tls_key, tls_ca, authz, verbose)
+
+
+@click.command("ls-connections")
+@click.option("--socket", "socket_path", type=click.Path(path_type=Path), help="NBD socket.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def ls_connections(socket_path: Path | None, as_json: bool) -> None:
+    """Show who is connected to which export of the running disk service."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from loft.node.control import request
+
+    conns = request(str(_control_path(socket_path)), "connections")["connections"]
+    if as_json:
+        click.echo(json.dumps(conns, indent=2, sort_keys=True))
+        return
+    table = Table("PEER", "IDENTITY", "EXPORT", "REQUESTS", "IN FLIGHT", "SINCE")
+    for c in conns:
+        since = c.get("connected_at")
+        table.add_row(
+            str(c.get("peer", "-")),
+            str(c.get("identity") or "-"),
+            str(c.get("export") or "-"),
+            str(c.get("requests", "-")),
+            str(c.get("inflight", "-")),
+            time.strftime("%H:%M:%S", time.localtime(since)) if since else "-",
+        )
+    Console().print(table)
+
+
+@click.command()
+@click.argument("volume")
+@click.option("--socket", "socket_path", type=click.Path(path_type=Path), help="NBD socket.")
+def release(volume: str, socket_path: Path | None) -> None:
+    """Commit VOLUME and release its lease in the running disk service (so that it can be
+    restored or removed); it is opened again when a client next uses it."""
+    from loft.node.control import request
+
+    request(str(_control_path(socket_path)), "release", volume=volume)
+    click.echo(f"released {volume}")
+
+
+def register(group: click.Group) -> None:
+    """Add these commands to the ``disk`` group."""
+    group.add_command(serve)
+    group.add_command(ls_connections)
+    group.add_command(release)

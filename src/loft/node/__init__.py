@@ -1,0 +1,1 @@
+"""The node agent: one machine's disk service (and, later, its runtime)."""
