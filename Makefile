@@ -5,8 +5,9 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # Debian packages the project and its tests drive. Keep this list the single source of truth.
+# npm (the npm resolver of loft env lock) is installed from Debian unless the host already has it.
 APT_PACKAGES := python3-venv python3-dev gcc postgresql qemu-utils nbdkit libnbd-bin nbdfuse \
-	python3-libnbd fio e2fsprogs fuse3 bubblewrap nix-bin
+	python3-libnbd fio e2fsprogs fuse3 bubblewrap nix-bin python3-apt mmdebstrap
 PYTEST_ARGS ?=
 
 .PHONY: run test deps lint typecheck check bench clean
@@ -16,7 +17,7 @@ deps: .deps/apt.stamp $(VENV)/.stamp
 .deps/apt.stamp: Makefile
 	@missing=$$(for p in $(APT_PACKAGES); do \
 		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; \
-	done); \
+	done; command -v npm >/dev/null || echo npm); \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:" $$missing; \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \

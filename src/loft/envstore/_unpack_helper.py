@@ -1,0 +1,350 @@
+"""Unpack one untrusted artefact into a directory; runs *inside* the build sandbox.
+
+Standalone (imports nothing from loft): it is executed by Debian's ``/usr/bin/python3`` in
+a bubblewrap sandbox as uid 65534 with no network, where only the artefact (read-only)
+and the output directory (writable) are visible. Usage::
+
+    _unpack_helper.py deb|wheel|npm ARTEFACT OUTDIR [PACKAGE-NAME]
+
+Every member name is checked before anything is written: no absolute paths, no ``..``,
+no writing through a symlink, no device nodes or FIFOs. Debian packages are usr-merged
+(``bin`` -> ``usr/bin``...) and lose setuid/setgid bits (the store has none); wheels and
+npm tarballs with such bits are refused outright. Nothing from the artefact is executed:
+no maintainer scripts, no install hooks, no npm lifecycle scripts. Errors are one JSON
+line on stdout and exit status 2.
+"""
+
+from __future__ import annotations
+
+import configparser
+import io
+import json
+import os
+import posixpath
+import re
+import shutil
+import stat
+import subprocess
+import sys
+import tarfile
+import zipfile
+from collections.abc import Callable
+from typing import IO
+
+Rename = Callable[[str], "str | None"]
+
+#: Top-level directories of a .deb that a usr-merged system keeps under /usr.
+MERGED = {"bin": "usr/bin", "sbin": "usr/sbin", "lib": "usr/lib", "lib64": "usr/lib64",
+          "lib32": "usr/lib32", "libx32": "usr/libx32", "libo32": "usr/libo32"}  # fmt: skip
+#: Maintainer scripts kept (as data, never run) so loft can derive what they would create.
+KEPT_CONTROL = ("postinst", "preinst", "conffiles")
+PYTHON = "/usr/bin/python3"
+SITE = "usr/lib/python3/dist-packages"
+
+
+class Refused(Exception):
+    """The artefact holds something a store path may not."""
+
+
+def clean_name(raw: str) -> str:
+    """The normalised relative member name, or Refused when it could escape the tree."""
+    if "\0" in raw:
+        raise Refused(f"member name with a NUL byte: {raw!r}")
+    if raw.startswith("/"):
+        raise Refused(f"absolute member name {raw!r}")
+    parts = [p for p in raw.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise Refused(f"member name with '..': {raw!r}")
+    return "/".join(parts)
+
+
+def usr_merge(name: str) -> str:
+    """``bin/ls`` -> ``usr/bin/ls``; names already under /usr stay."""
+    head, _, rest = name.partition("/")
+    if head in MERGED:
+        return MERGED[head] + ("/" + rest if rest else "")
+    return name
+
+
+class Writer:
+    """Creates files under ``root`` without ever following a symlink it did not vet."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.links: set[str] = set()
+
+    def _check_parents(self, name: str) -> None:
+        parts = name.split("/")
+        for i in range(1, len(parts)):
+            prefix = "/".join(parts[:i])
+            if prefix in self.links:
+                raise Refused(f"{name!r} would be written through the symlink {prefix!r}")
+            full = os.path.join(self.root, prefix)
+            if os.path.lexists(full) and not os.path.isdir(full):
+                raise Refused(f"{name!r}: {prefix!r} is not a directory")
+            if not os.path.lexists(full):
+                os.mkdir(full, 0o755)
+
+    def exists(self, name: str) -> bool:
+        return os.path.lexists(os.path.join(self.root, name))
+
+    def directory(self, name: str) -> None:
+        if not name:
+            return
+        self._check_parents(name)
+        full = os.path.join(self.root, name)
+        if name in self.links:
+            raise Refused(f"{name!r} is both a symlink and a directory")
+        if not os.path.lexists(full):
+            os.mkdir(full, 0o755)
+
+    def file(self, name: str, src: IO[bytes], executable: bool) -> None:
+        self._check_parents(name)
+        full = os.path.join(self.root, name)
+        if os.path.lexists(full):
+            if os.path.isdir(full) and not os.path.islink(full):
+                raise Refused(f"{name!r} is both a directory and a file")
+            os.unlink(full)
+            self.links.discard(name)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+        fd = os.open(full, flags, 0o755 if executable else 0o644)
+        with os.fdopen(fd, "wb") as out:
+            shutil.copyfileobj(src, out, 1 << 20)
+
+    def symlink(self, name: str, target: str) -> None:
+        if "\0" in target or not target:
+            raise Refused(f"bad symlink target for {name!r}")
+        self._check_parents(name)
+        full = os.path.join(self.root, name)
+        if os.path.lexists(full):
+            if os.path.isdir(full) and not os.path.islink(full):
+                raise Refused(f"{name!r} is both a directory and a symlink")
+            os.unlink(full)
+        os.symlink(target, full)
+        self.links.add(name)
+
+    def hardlink(self, name: str, existing: str) -> None:
+        src = os.path.join(self.root, existing)
+        if existing in self.links or not os.path.isfile(src) or os.path.islink(src):
+            raise Refused(f"hard link {name!r} to {existing!r}, which is not a file")
+        with open(src, "rb") as f:
+            self.file(name, f, bool(os.stat(src).st_mode & 0o100))
+
+
+def extract_tar(
+    tf: tarfile.TarFile, w: Writer, *, rename: Rename, strip_setuid: bool, what: str
+) -> None:
+    """Extract a stream-mode tar member by member, vetting each one."""
+    written: dict[str, str] = {}  # member name -> where it went, for hard links
+    for m in tf:
+        orig = clean_name(m.name)
+        name = rename(orig)
+        if name is None:
+            continue
+        written[orig] = name
+        if m.mode & (stat.S_ISUID | stat.S_ISGID) and not strip_setuid:
+            raise Refused(f"{m.name!r} has a setuid/setgid bit")
+        if m.isdir():
+            w.directory(name)
+        elif m.isreg():
+            f = tf.extractfile(m)
+            assert f is not None
+            w.file(name, f, bool(m.mode & 0o111))
+        elif m.issym():
+            w.symlink(name, m.linkname)
+        elif m.islnk():
+            target = written.get(clean_name(m.linkname))
+            if target is None:
+                raise Refused(f"hard link {m.name!r} to a member not seen before")
+            w.hardlink(name, target)
+        else:
+            raise Refused(f"{m.name!r} is a device node, FIFO or other special file")
+
+
+def merged_rename(w: Writer) -> Rename:
+    """Rename for .deb members: usr-merge, drop duplicates the merge creates."""
+
+    def rename(name: str) -> str | None:
+        new = usr_merge(name)
+        if new != name and name and w.exists(new) and not os.path.isdir(os.path.join(w.root, new)):
+            return None  # the usr copy wins; a merged system has only one
+        return new
+
+    return rename
+
+
+def fix_merged_symlinks(w: Writer, tf_names: dict[str, str]) -> None:
+    """Relative symlinks that moved with the merge still point at the same thing."""
+    for new, old in tf_names.items():
+        full = os.path.join(w.root, new)
+        target = os.readlink(full)
+        if target.startswith("/"):
+            continue
+        want = posixpath.normpath(posixpath.join(posixpath.dirname(old), target))
+        if want.startswith(".."):
+            continue
+        want = usr_merge(want)
+        rel = posixpath.relpath(want, posixpath.dirname(new))
+        if rel != target:
+            os.unlink(full)
+            os.symlink(rel, full)
+
+
+def unpack_deb(artefact: str, out: str, package: str) -> None:
+    """``dpkg-deb --fsys-tarfile`` streamed through the vetting extractor, usr-merged."""
+    w = Writer(out)
+    moved: dict[str, str] = {}
+    rename_merge = merged_rename(w)
+
+    def rename(name: str) -> str | None:
+        new = rename_merge(name)
+        if new is not None and new != name:
+            moved[new] = name
+        return new
+
+    proc = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", artefact], stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    try:
+        with tarfile.open(fileobj=proc.stdout, mode="r|") as tf:
+            extract_tar(tf, w, rename=rename, strip_setuid=True, what=artefact)
+    finally:
+        proc.stdout.close()
+        rc = proc.wait()
+    if rc != 0:
+        raise Refused(f"dpkg-deb could not read the package (exit {rc})")
+    fix_merged_symlinks(w, {n: o for n, o in moved.items() if n in w.links})
+    # Control scripts are kept as data so the builder can derive alternatives from them.
+    ctrl = subprocess.run(["dpkg-deb", "--ctrl-tarfile", artefact], capture_output=True)
+    if ctrl.returncode != 0:
+        raise Refused("dpkg-deb could not read the control archive")
+    info = "var/lib/dpkg/info"
+    with tarfile.open(fileobj=io.BytesIO(ctrl.stdout), mode="r:") as tf:
+        for m in tf:
+            base = clean_name(m.name)
+            if base in KEPT_CONTROL and m.isreg():
+                f = tf.extractfile(m)
+                assert f is not None
+                w.directory("var")
+                w.directory("var/lib")
+                w.directory("var/lib/dpkg")
+                w.directory(info)
+                w.file(f"{info}/{package}.{base}", f, False)
+
+
+def unpack_npm(artefact: str, out: str) -> None:
+    """An npm tarball's single top directory (``package/``) becomes the tree's root."""
+    w = Writer(out)
+
+    def rename(name: str) -> str | None:
+        _, _, rest = name.partition("/")
+        return rest or None
+
+    with tarfile.open(artefact, mode="r|gz") as tf:
+        extract_tar(tf, w, rename=rename, strip_setuid=False, what=artefact)
+    # npm marks bin targets executable at install time; do the same, nothing more.
+    manifest = os.path.join(out, "package.json")
+    if os.path.isfile(manifest) and not os.path.islink(manifest):
+        with open(manifest, "rb") as f:
+            raw = json.load(f).get("bin")
+        bins = (
+            [raw] if isinstance(raw, str) else list(raw.values()) if isinstance(raw, dict) else []
+        )
+        for b in bins:
+            full = os.path.join(out, clean_name(str(b)))
+            if os.path.isfile(full) and not os.path.islink(full):
+                os.chmod(full, 0o755)
+
+
+_ENTRY = re.compile(r"^(?P<module>[\w.]+)\s*(:\s*(?P<attr>[\w.]+))?\s*(\[.*\])?\s*$")
+
+
+def console_script(spec: str) -> bytes:
+    """The small launcher pip would generate for ``module:attr``."""
+    m = _ENTRY.match(spec)
+    if not m or not m.group("attr"):
+        raise Refused(f"bad entry point {spec!r}")
+    module, attr = m.group("module"), m.group("attr")
+    head = attr.split(".")[0]
+    return (
+        f"#!{PYTHON}\n# -*- coding: utf-8 -*-\nimport re\nimport sys\n"
+        f"from {module} import {head}\n"
+        "if __name__ == '__main__':\n"
+        "    sys.argv[0] = re.sub(r'(-script\\.pyw|\\.exe)?$', '', sys.argv[0])\n"
+        f"    sys.exit({attr}())\n"
+    ).encode()
+
+
+def unpack_wheel(artefact: str, out: str, pyver: str) -> None:
+    """A wheel laid out where Debian's python finds it, plus its console scripts."""
+    w = Writer(out)
+    entry_points: bytes | None = None
+    with zipfile.ZipFile(artefact) as zf:
+        for zi in zf.infolist():
+            name = clean_name(zi.filename)
+            mode = zi.external_attr >> 16
+            fmt = stat.S_IFMT(mode)
+            if fmt and fmt not in (stat.S_IFREG, stat.S_IFDIR):
+                raise Refused(f"{zi.filename!r} is not a plain file")
+            if mode & (stat.S_ISUID | stat.S_ISGID):
+                raise Refused(f"{zi.filename!r} has a setuid/setgid bit")
+            parts = name.split("/")
+            if parts[0].endswith(".data") and len(parts) >= 2:
+                kind, rest = parts[1], "/".join(parts[2:])
+                dist = parts[0][: -len(".data")]
+                dest = {
+                    "purelib": f"{SITE}/{rest}",
+                    "platlib": f"{SITE}/{rest}",
+                    "scripts": f"usr/bin/{rest}",
+                    "headers": f"usr/include/python{pyver}/{dist.split('-')[0]}/{rest}",
+                    "data": f"usr/{rest}",
+                }.get(kind)
+                if dest is None:
+                    raise Refused(f"unknown wheel data directory {parts[1]!r}")
+                dest = dest.rstrip("/")
+            else:
+                dest = f"{SITE}/{name}".rstrip("/")
+            if zi.is_dir():
+                w.directory(dest)
+                continue
+            data = zf.read(zi)
+            if parts[0].endswith(".dist-info") and parts[-1] == "entry_points.txt":
+                entry_points = data
+            executable = bool(mode & 0o111)
+            if dest.startswith("usr/bin/"):
+                executable = True
+                if data.startswith(b"#!python"):
+                    data = b"#!" + PYTHON.encode() + data[data.index(b"\n") :]
+            w.file(dest, io.BytesIO(data), executable)
+    if entry_points:
+        cp = configparser.ConfigParser(delimiters=("=",), interpolation=None)
+        cp.optionxform = str  # type: ignore[assignment,method-assign]
+        cp.read_string(entry_points.decode())
+        for section in ("console_scripts", "gui_scripts"):
+            if cp.has_section(section):
+                for script, spec in sorted(cp.items(section)):
+                    name = clean_name(f"usr/bin/{script}")
+                    if name.count("/") != 2:
+                        raise Refused(f"bad console script name {script!r}")
+                    w.file(name, io.BytesIO(console_script(spec)), True)
+
+
+def main() -> None:
+    """Dispatch on the artefact kind; report refusals as JSON."""
+    kind, artefact, out = sys.argv[1:4]
+    extra = sys.argv[4] if len(sys.argv) > 4 else ""
+    try:
+        if kind == "deb":
+            unpack_deb(artefact, out, extra)
+        elif kind == "wheel":
+            unpack_wheel(artefact, out, extra)
+        elif kind == "npm":
+            unpack_npm(artefact, out)
+        else:
+            raise Refused(f"unknown artefact kind {kind!r}")
+    except (Refused, tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
+        json.dump({"error": str(e) or type(e).__name__}, sys.stdout)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,419 @@
+"""The builder: realise artefacts into the store, compose environments, lock and build.
+
+Realising an artefact is fetch -> verify -> fixed-output path -> sandboxed unpack ->
+canonical tree -> NAR hash -> register. It runs in two phases so a bad artefact leaves
+the store untouched: first every missing artefact is downloaded into scratch space and
+checked against its pinned hash (all in parallel); only when all of them verify are they
+added and unpacked (in parallel again). Paths already valid are never touched, so a
+second build of a present lock only checks that the environment path is valid.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TypeVar
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+from loft.envstore import EnvstoreError
+from loft.envstore.environment import (
+    Layer,
+    Placement,
+    alternatives_layer,
+    ca_bundle_layer,
+    passwd_layer,
+    plan_forest,
+    provided_paths,
+    write_forest,
+    write_layer,
+)
+from loft.envstore.fetch import copy_local, download, verify_file
+from loft.envstore.lock import ArtefactKind, Lock, LockedArtefact, LockedPath
+from loft.envstore.resolve_debian import AptConfig, DebianArtefact, resolve_debian
+from loft.envstore.resolve_npm import NpmArtefact, resolve_npm
+from loft.envstore.resolve_pypi import PyPIArtefact, PythonTarget, resolve_pypi
+from loft.envstore.spec import Spec
+from loft.envstore.store import PathInfo, Store
+from loft.envstore.store_path import fixed_output_path
+from loft.envstore.unpack import unpack
+
+__all__ = [
+    "ALWAYS_DEBIAN",
+    "BuildError",
+    "Builder",
+    "Pin",
+    "build_lock",
+    "lock_spec",
+    "store_name",
+]
+
+#: Debian packages every environment gets besides the Essential set: without the CA
+#: certificates nothing in the environment can speak TLS.
+ALWAYS_DEBIAN = ("ca-certificates",)
+ENV_NAME = "loft-env"
+DEFAULT_JOBS = 8
+_UNPACKER = "loft-unpack/1"
+
+T = TypeVar("T")
+
+
+class BuildError(EnvstoreError):
+    """A build could not finish, or did not reproduce what the lock says."""
+
+
+def store_name(raw: str) -> str:
+    """A store path name from any registry name/version: invalid characters become ``_``."""
+    out = "".join(c if c.isalnum() or c in "+-._?=" else "_" for c in raw).lstrip(".")
+    return out[:200] or "artefact"
+
+
+@dataclass(frozen=True)
+class Pin:
+    """An artefact to realise: where to get it, how to check it, what to call it."""
+
+    kind: ArtefactKind
+    name: str
+    version: str
+    url: str
+    registry_hash: str
+    file_name: str
+    out_name: str
+    file_sha256: str = ""  # hex; unknown for npm until downloaded (npm pins sha512)
+    integrity: str = ""  # SRI, npm only
+    location: str = ""
+    bin: dict[str, str] = field(default_factory=dict)
+    expected: LockedArtefact | None = None
+
+    @property
+    def what(self) -> str:
+        """How errors name it."""
+        kind = {"deb": "Debian package", "wheel": "PyPI wheel", "npm": "npm package"}
+        return f"{kind[self.kind]} {self.name} {self.version}"
+
+    @classmethod
+    def from_debian(cls, a: DebianArtefact) -> Pin:
+        """A pin for a resolved .deb."""
+        return cls(
+            kind="deb", name=a.name, version=a.version, url=a.url,
+            registry_hash=f"sha256:{a.sha256}", file_sha256=a.sha256,
+            file_name=store_name(a.filename.rsplit("/", 1)[-1]),
+            out_name=store_name(f"{a.name}-{a.version}"),
+        )  # fmt: skip
+
+    @classmethod
+    def from_pypi(cls, a: PyPIArtefact) -> Pin:
+        """A pin for a resolved wheel."""
+        return cls(
+            kind="wheel", name=a.name, version=a.version, url=a.url,
+            registry_hash=f"sha256:{a.sha256}", file_sha256=a.sha256,
+            file_name=store_name(a.filename), out_name=store_name(f"python3-{a.name}-{a.version}"),
+        )  # fmt: skip
+
+    @classmethod
+    def from_npm(cls, a: NpmArtefact) -> Pin:
+        """A pin for a resolved npm tarball."""
+        flat = a.name.lstrip("@").replace("/", "-")
+        return cls(
+            kind="npm", name=a.name, version=a.version, url=a.url, registry_hash=a.integrity,
+            integrity=a.integrity, file_name=store_name(f"{flat}-{a.version}.tgz"),
+            out_name=store_name(f"npm-{flat}-{a.version}"), location=a.location, bin=a.bin,
+        )  # fmt: skip
+
+    @classmethod
+    def from_lock(cls, a: LockedArtefact) -> Pin:
+        """A pin that must reproduce exactly what the lock recorded."""
+        return cls(
+            kind=a.kind, name=a.name, version=a.version, url=a.url,
+            registry_hash=a.registry_hash, file_sha256=a.file_sha256, file_name=a.file_name,
+            integrity=a.registry_hash if a.kind == "npm" else "", out_name=a.output.name,
+            location=a.location, bin=dict(a.bin), expected=a,
+        )  # fmt: skip
+
+
+class Builder:
+    """Realises pins and composes environments in one store."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        python_version: str = "3.11",
+        jobs: int = DEFAULT_JOBS,
+        mirrors: Sequence[Store] = (),
+        progress: bool | None = None,
+    ) -> None:
+        self.store = store
+        self.python_version = python_version
+        self.jobs = jobs
+        #: Other local stores to copy artefacts from before downloading them.
+        self.mirrors = tuple(mirrors)
+        console = Console(stderr=True)
+        show = console.is_terminal if progress is None else progress
+        self._progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            DownloadColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+            disable=not show,
+        )
+        self._lock = threading.Lock()
+
+    # -- artefacts ------------------------------------------------------------------------
+
+    def realise(self, pins: Sequence[Pin]) -> list[LockedArtefact]:
+        """Make every pin's unpacked tree valid; return what each produced, in order."""
+        done: dict[int, LockedArtefact] = {}
+        todo: list[int] = []
+        for i, pin in enumerate(pins):
+            exp = pin.expected
+            if exp is not None and self.store.is_valid(exp.output.path):
+                done[i] = exp
+            else:
+                todo.append(i)
+        if not todo:
+            return [done[i] for i in range(len(pins))]
+        with self._progress, self.store.tmpdir() as scratch:
+            files = self._fetch_all([pins[i] for i in todo], scratch)
+            task = self._progress.add_task("unpacking", total=len(todo))
+
+            def one(k: int) -> LockedArtefact:
+                i = todo[k]
+                out = self._unpack_one(pins[i], files[k], scratch / f"tree-{k}")
+                self._progress.advance(task)
+                return out
+
+            for k, res in enumerate(self._parallel(one, range(len(todo)))):
+                done[todo[k]] = res
+        return [done[i] for i in range(len(pins))]
+
+    def _fetch_all(self, pins: Sequence[Pin], scratch: Path) -> list[tuple[str, Path]]:
+        """(fixed-output path, file to add or "") per pin; everything verified first."""
+        total = sum(1 for p in pins if not self._have_fixed(p))
+        task = self._progress.add_task("downloading", total=None if total else 0)
+
+        def one(k: int) -> tuple[str, Path]:
+            pin = pins[k]
+            fixed = self._fixed_path(pin)
+            if fixed and self.store.is_valid(fixed):
+                return fixed, Path()
+            dest = scratch / f"dl-{k}"
+            src = self._from_mirror(fixed)
+            if src is not None:
+                copy_local(src, dest)
+            else:
+                download(pin.url, dest, pin.what, lambda n: self._progress.advance(task, n))
+            sha = verify_file(dest, pin.what, sha256=pin.file_sha256, integrity=pin.integrity)
+            return fixed_output_path(sha, pin.file_name), dest
+
+        return self._parallel(one, range(len(pins)))
+
+    def _have_fixed(self, pin: Pin) -> bool:
+        fixed = self._fixed_path(pin)
+        return bool(fixed) and self.store.is_valid(fixed)
+
+    def _fixed_path(self, pin: Pin) -> str:
+        if pin.file_sha256:
+            return fixed_output_path(pin.file_sha256, pin.file_name)
+        return ""
+
+    def _from_mirror(self, fixed: str) -> Path | None:
+        for m in self.mirrors:
+            if fixed and m.is_valid(fixed):
+                return m.physical(fixed)
+        return None
+
+    def _unpack_one(self, pin: Pin, fetched: tuple[str, Path], tree: Path) -> LockedArtefact:
+        fixed, file = fetched
+        if file != Path():
+            sha = fixed_output_path_sha(fixed, pin, file)
+            info = self.store.add_fixed_file(
+                file, pin.file_name, sha, recipe={"url": pin.url, "hash": pin.registry_hash}
+            )
+            fixed = info.path
+        sha256 = self.store.query(fixed)
+        assert sha256 is not None and sha256.ca is not None
+        file_sha = _ca_sha256(sha256.ca)
+        extra = pin.name if pin.kind == "deb" else self.python_version
+        unpack(pin.kind, self.store.physical(fixed), tree, pin.what, extra)
+        recipe: dict[str, object] = {"builder": _UNPACKER, "kind": pin.kind, "from": fixed}
+        out = self.store.add_tree(tree, pin.out_name, recipe=recipe)
+        got = LockedArtefact(
+            kind=pin.kind, name=pin.name, version=pin.version, url=pin.url,
+            registry_hash=pin.registry_hash, file_sha256=file_sha, file_name=pin.file_name,
+            fixed_path=fixed, output=_locked(out, pin.out_name), location=pin.location,
+            bin=dict(pin.bin),
+        )  # fmt: skip
+        exp = pin.expected
+        if exp is not None and (got.output.path, got.fixed_path) != (
+            exp.output.path,
+            exp.fixed_path,
+        ):
+            raise BuildError(
+                f"{pin.what}: unpacked to {got.output.path}, the lock says {exp.output.path}",
+                hint="the build is not reproducible here, or the lock was edited",
+            )
+        return got
+
+    def _parallel(self, fn: Callable[[int], T], items: Iterable[int]) -> list[T]:
+        """Run ``fn`` over ``items`` on the pool; the first failure cancels the rest."""
+        items = list(items)
+        with ThreadPoolExecutor(max_workers=max(1, self.jobs)) as pool:
+            futures: list[Future[T]] = [pool.submit(fn, i) for i in items]
+            _finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            for f in futures:
+                if f.done() and f.exception() is not None:
+                    for g in futures:
+                        g.cancel()
+                    exc = f.exception()
+                    assert exc is not None
+                    raise exc
+            return [f.result() for f in futures]
+
+    # -- environments ---------------------------------------------------------------------
+
+    def compose(self, artefacts: Sequence[LockedArtefact]) -> tuple[list[LockedPath], LockedPath]:
+        """Generate the maintainer-script layers and the environment's symlink forest."""
+        debs = sorted((a for a in artefacts if a.kind == "deb"), key=lambda a: a.name)
+        wheels = sorted((a for a in artefacts if a.kind == "wheel"), key=lambda a: a.name)
+        npms = sorted((a for a in artefacts if a.kind == "npm"), key=lambda a: a.location)
+        phys = {a.output.path: self.store.physical(a.output.path) for a in artefacts}
+        packages = [Placement(a.output.path, phys[a.output.path]) for a in debs + wheels]
+        packages += [
+            Placement(a.output.path, phys[a.output.path], at=f"lib/{a.location}") for a in npms
+        ]
+        base = plan_forest(packages)
+        by_name = {a.name: phys[a.output.path] for a in debs}
+        gen: list[Layer] = [passwd_layer(by_name.get("base-passwd"))]
+        if "ca-certificates" in by_name:
+            gen.append(ca_bundle_layer(by_name["ca-certificates"]))
+        scripts = [
+            p.read_text(errors="replace")
+            for a in debs
+            for p in sorted((phys[a.output.path] / "var/lib/dpkg/info").glob("*.postinst"))
+        ]
+        gen.append(alternatives_layer(scripts, provided_paths(base)))
+        layers: list[LockedPath] = []
+        with self.store.tmpdir() as scratch:
+            for k, layer in enumerate(gen):
+                tree = scratch / f"layer-{k}"
+                tree.mkdir()
+                write_layer(layer, tree)
+                info = self.store.add_tree(tree, layer.name, recipe={"builder": "loft-layer/1"})
+                layers.append(_locked(info, layer.name))
+            forest = plan_forest(Placement(lp.path, self.store.physical(lp.path)) for lp in layers)
+            for rel in sorted(base):  # sorted: a parent comes before its children
+                parent = rel.rpartition("/")[0]
+                if rel not in forest and (not parent or forest.get(parent, "") is None):
+                    forest[rel] = base[rel]
+            _add_bin_links(forest, npms)
+            tree = scratch / "env"
+            tree.mkdir()
+            write_forest(forest, tree)
+            refs = [a.output.path for a in artefacts] + [lp.path for lp in layers]
+            info = self.store.add_tree(
+                tree, ENV_NAME, references_from=refs, recipe={"builder": "loft-env/1"}
+            )
+        return layers, _locked(info, ENV_NAME)
+
+
+def _add_bin_links(forest: dict[str, str | None], npms: Sequence[LockedArtefact]) -> None:
+    """``bin/<name>`` for each top-level npm package's bins, as npm -g would link them."""
+    forest.setdefault("bin", None)
+    for a in npms:
+        if a.location.count("node_modules/") != 1:
+            continue
+        for name, rel in sorted(a.bin.items()):
+            if "/" in name or name.startswith("."):
+                continue
+            link = f"bin/{name}"
+            if link not in forest:
+                forest[link] = os.path.normpath(f"../lib/{a.location}/{rel}")
+
+
+def fixed_output_path_sha(fixed: str, pin: Pin, file: Path) -> str:
+    """The sha256 that names ``fixed`` (already verified while fetching)."""
+    if pin.file_sha256:
+        return pin.file_sha256
+    return verify_file(file, pin.what)
+
+
+def _ca_sha256(ca: str) -> str:
+    # "fixed:sha256:<nixbase32>" as the store records flat fixed outputs.
+    from loft.envstore import nixbase32
+
+    return nixbase32.decode(ca.rsplit(":", 1)[1]).hex()
+
+
+def _locked(info: PathInfo, name: str) -> LockedPath:
+    return LockedPath(path=info.path, nar_hash=info.nar_hash, nar_size=info.nar_size, name=name)
+
+
+# -- the two entry points -----------------------------------------------------------------
+
+
+def resolve_spec(spec: Spec, store: Store) -> tuple[list[Pin], dict[str, str]]:
+    """Resolve every registry in parallel; return the pins and the platform they are for."""
+    debian = list(dict.fromkeys([*spec.debian, *ALWAYS_DEBIAN]))
+    if spec.npm and "nodejs" not in debian:
+        debian.append("nodejs")
+    apt = AptConfig.for_host(store.root / "apt")
+    target = PythonTarget.debian()
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        fd = pool.submit(resolve_debian, debian, apt)
+        fp = pool.submit(resolve_pypi, list(spec.pypi), target)
+        fn = pool.submit(resolve_npm, list(spec.npm))
+        pins = [Pin.from_debian(a) for a in fd.result()]
+        pins += [Pin.from_pypi(a) for a in fp.result()]
+        pins += [Pin.from_npm(a) for a in fn.result()]
+    platform = {"suite": apt.suite, "arch": apt.arch, "python": target.version}
+    return pins, platform
+
+
+def lock_spec(spec: Spec, store: Store, *, mirrors: Sequence[Store] = (), jobs: int = 0) -> Lock:
+    """Resolve, realise and compose ``spec``; the lock records every hash it produced."""
+    pins, platform = resolve_spec(spec, store)
+    builder = Builder(
+        store, python_version=platform["python"], mirrors=mirrors, jobs=jobs or DEFAULT_JOBS
+    )
+    artefacts = builder.realise(pins)
+    layers, env = builder.compose(artefacts)
+    return Lock(spec=spec, platform=platform, artefacts=tuple(artefacts), layers=tuple(layers),
+                env=env)  # fmt: skip
+
+
+def build_lock(
+    lock: Lock, store: Store, *, mirrors: Sequence[Store] = (), jobs: int = 0
+) -> LockedPath:
+    """Realise ``lock`` exactly; a lock whose environment is already valid costs one query."""
+    if store.is_valid(lock.env.path):
+        return lock.env
+    builder = Builder(
+        store,
+        python_version=lock.platform.get("python", "3.11"),
+        mirrors=mirrors,
+        jobs=jobs or DEFAULT_JOBS,
+    )
+    artefacts = builder.realise([Pin.from_lock(a) for a in lock.artefacts])
+    layers, env = builder.compose(artefacts)
+    if [lp.path for lp in layers] != [lp.path for lp in lock.layers] or env.path != lock.env.path:
+        raise BuildError(
+            f"the environment built to {env.path}, the lock says {lock.env.path}",
+            hint="the build is not reproducible here, or the lock was edited",
+        )
+    return replace(env, name=lock.env.name)

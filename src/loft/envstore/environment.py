@@ -1,0 +1,245 @@
+"""Environments: a symlink forest of package store paths, plus generated layers.
+
+An environment is itself a store path, mounted at ``/usr`` in a sandbox. Its top level
+mirrors ``/usr`` (``bin``, ``lib``, ``share``...) and ``etc`` holds what goes to ``/etc``.
+Directories are real; every file is a symlink to the file in its package's store path
+(so the scanner finds each package as a reference); symlinks a package ships are copied
+verbatim. npm packages are placed at ``lib/<their node_modules location>``.
+
+Debian maintainer scripts never run. What the few that matter would have produced is
+generated here, each as its own small store path (a "layer"):
+
+- ``ca-certificates``: the bundle ``/etc/ssl/certs/ca-certificates.crt``, concatenated from
+  the package's certificates in sorted order, as ``update-ca-certificates`` does;
+- ``alternatives``: the ``update-alternatives --install`` links found in postinst
+  scripts, highest priority wins (``/usr/bin/awk`` -> ``/etc/alternatives/awk`` -> mawk);
+- ``passwd``: ``/etc/passwd`` and ``/etc/group`` from base-passwd's masters, plus the
+  sandbox user.
+
+Planning (:func:`plan_forest`) only reads trees and returns a dict; :func:`write_forest`
+materialises it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import stat
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "Layer",
+    "Placement",
+    "alternatives_layer",
+    "ca_bundle_layer",
+    "passwd_layer",
+    "plan_forest",
+    "write_forest",
+]
+
+#: Top-level directories of a package tree that an environment carries, and where.
+_ROOTS = {"usr": "", "etc": "etc"}
+_RUNNER = "runner:x:1000:1000:loft workspace user:/home/runner:/bin/bash\n"
+_RUNNER_GROUP = "runner:x:1000:\n"
+
+
+@dataclass(frozen=True)
+class Placement:
+    """A package tree to merge into the forest: its logical store path and where it lives.
+
+    ``at`` is empty for rootfs-shaped trees (.deb, wheel, generated layers: ``usr/``,
+    ``etc/``); for an npm package it is the directory the package itself becomes
+    (``lib/node_modules/left-pad``).
+    """
+
+    store_path: str
+    physical: Path
+    at: str = ""
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A generated layer: a name and a function of nothing that writes its tree."""
+
+    name: str
+    files: dict[str, bytes]  # relative path -> contents
+    links: dict[str, str]  # relative path -> symlink target
+
+
+#: A forest plan: relative path -> symlink target, or None for a real directory.
+Forest = dict[str, str | None]
+
+
+def plan_forest(placements: Iterable[Placement]) -> Forest:
+    """Merge the trees in order; the first to claim a path keeps it."""
+    forest: Forest = {}
+    for pl in placements:
+        if pl.at:
+            _ensure_dirs(forest, pl.at)
+            if forest.get(pl.at, None) is None:
+                forest[pl.at] = None
+                _merge(forest, pl.physical, pl.store_path, pl.at)
+            continue
+        for top, dest in _ROOTS.items():
+            src = pl.physical / top
+            if src.is_dir() and not src.is_symlink():
+                if dest:
+                    forest.setdefault(dest, None)
+                _merge(forest, src, f"{pl.store_path}/{top}", dest)
+    return forest
+
+
+def _ensure_dirs(forest: Forest, rel: str) -> None:
+    parts = rel.split("/")
+    for i in range(1, len(parts)):
+        forest.setdefault("/".join(parts[:i]), None)
+
+
+def _merge(forest: Forest, src: Path, logical: str, dest: str) -> None:
+    with os.scandir(src) as it:
+        entries = sorted(it, key=lambda e: e.name)
+    for e in entries:
+        rel = f"{dest}/{e.name}" if dest else e.name
+        st = e.stat(follow_symlinks=False)
+        if stat.S_ISDIR(st.st_mode):
+            if rel not in forest:
+                forest[rel] = None
+            if forest[rel] is None:  # a link already claimed it: the first wins
+                _merge(forest, Path(e.path), f"{logical}/{e.name}", rel)
+        elif rel in forest:
+            continue
+        elif stat.S_ISLNK(st.st_mode):
+            forest[rel] = os.readlink(e.path)  # package-internal links, verbatim
+        else:
+            forest[rel] = f"{logical}/{e.name}"
+
+
+def write_forest(forest: Forest, dest: Path) -> None:
+    """Create the planned directories and symlinks under ``dest`` (which must exist)."""
+    for rel in sorted(forest):
+        target = forest[rel]
+        p = dest / rel
+        if target is None:
+            p.mkdir()
+        else:
+            os.symlink(target, p)
+
+
+def ca_bundle_layer(ca_certificates_tree: Path) -> Layer:
+    """The bundle ``update-ca-certificates`` builds from the package's certificates."""
+    base = ca_certificates_tree / "usr/share/ca-certificates"
+    certs = sorted(p.relative_to(base).as_posix() for p in base.rglob("*.crt") if p.is_file())
+    bundle = bytearray()
+    links: dict[str, str] = {}
+    for rel in certs:
+        data = (base / rel).read_bytes()
+        bundle += data if data.endswith(b"\n") else data + b"\n"
+        pem = Path(rel).name[: -len(".crt")] + ".pem"
+        links[f"etc/ssl/certs/{pem}"] = f"/usr/share/ca-certificates/{rel}"
+    return Layer(
+        name="ca-certificates-bundle",
+        files={"etc/ssl/certs/ca-certificates.crt": bytes(bundle)},
+        links=links,
+    )
+
+
+_UA = re.compile(r"update-alternatives\s+(?:--quiet\s+)?--install\b(?P<rest>.*)")
+
+
+def parse_alternatives(script: str) -> list[tuple[str, str, str, int, list[tuple[str, str, str]]]]:
+    """``(link, name, path, priority, slaves)`` for each literal ``--install`` in a script."""
+    text = script.replace("\\\n", " ")
+    found = []
+    for line in text.splitlines():
+        m = _UA.search(line)
+        if not m or "$" in m.group("rest"):
+            continue
+        try:
+            tok = shlex.split(m.group("rest"), comments=True)
+        except ValueError:
+            continue
+        tok = [t for t in tok if t not in (";", "||", "&&", "true")]
+        if len(tok) < 4 or not tok[3].isdigit():
+            continue
+        link, name, path, prio = tok[0], tok[1], tok[2], int(tok[3])
+        slaves = []
+        rest = tok[4:]
+        while len(rest) >= 4 and rest[0] == "--slave":
+            slaves.append((rest[1], rest[2], rest[3]))
+            rest = rest[4:]
+        found.append((link, name, path, prio, slaves))
+    return found
+
+
+def alternatives_layer(scripts: Iterable[str], provided: set[str]) -> Layer:
+    """Links for every alternative whose chosen target the environment provides.
+
+    ``provided`` holds absolute paths (``/usr/bin/mawk``) present in the forest.
+    """
+    best: dict[str, tuple[int, str, str, list[tuple[str, str, str]]]] = {}
+    for script in scripts:
+        for link, name, path, prio, slaves in parse_alternatives(script):
+            if _usr(path) not in provided:
+                continue
+            cur = best.get(name)
+            if cur is None or (prio, path) > (cur[0], cur[2]):
+                best[name] = (prio, link, path, slaves)
+    links: dict[str, str] = {}
+    for name, (_, link, path, slaves) in sorted(best.items()):
+        for lk, nm, target in [(link, name, path), *slaves]:
+            if _usr(target) not in provided or "/" in nm:
+                continue
+            rel = _usr(lk).lstrip("/")
+            links[rel] = f"/etc/alternatives/{nm}"
+            links[f"etc/alternatives/{nm}"] = target
+    return Layer(name="alternatives", files={}, links=links)
+
+
+def _usr(path: str) -> str:
+    """The usr-merged spelling of an absolute path."""
+    for top in ("/bin/", "/sbin/", "/lib/", "/lib64/"):
+        if path.startswith(top):
+            return "/usr" + path
+    return path
+
+
+def passwd_layer(base_passwd_tree: Path | None) -> Layer:
+    """/etc/passwd and /etc/group as base-passwd's postinst would write them, plus runner."""
+    passwd = group = b""
+    if base_passwd_tree is not None:
+        share = base_passwd_tree / "usr/share/base-passwd"
+        if (share / "passwd.master").is_file():
+            passwd = (share / "passwd.master").read_bytes()
+            group = (share / "group.master").read_bytes()
+    return Layer(
+        name="passwd",
+        files={
+            "etc/passwd": passwd + _RUNNER.encode(),
+            "etc/group": group + _RUNNER_GROUP.encode(),
+        },
+        links={},
+    )
+
+
+def write_layer(layer: Layer, dest: Path) -> None:
+    """Materialise a generated layer's tree in the empty directory ``dest``."""
+    for rel, data in sorted(layer.files.items()):
+        p = dest / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+    for rel, target in sorted(layer.links.items()):
+        p = dest / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(target, p)
+
+
+def provided_paths(forest: Forest) -> set[str]:
+    """Absolute paths (as seen in the sandbox) of the files and links in a forest."""
+    out = set()
+    for rel, target in forest.items():
+        if target is not None:
+            out.add("/" + rel if rel.startswith("etc/") else "/usr/" + rel)
+    return out

@@ -1,0 +1,96 @@
+"""bubblewrap command lines: the unpack jail and the environment runner.
+
+Both start from an empty root (bubblewrap's tmpfs), unshare every namespace (so no
+network), run as an unprivileged uid inside a fresh user namespace, die with their parent,
+and see only what is bound in explicitly.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from loft.envstore import EnvstoreError
+
+__all__ = ["NOBODY", "SandboxError", "bwrap", "env_argv", "unpack_argv"]
+
+#: The uid/gid an unpack runs as: nobody, owning nothing.
+NOBODY = 65534
+#: The uid/gid commands run as in ``loft env run``.
+RUNNER_UID = 1000
+RUNNER_HOME = "/home/runner"
+_MERGED_LINKS = {"/bin": "usr/bin", "/lib": "usr/lib", "/lib64": "usr/lib64", "/sbin": "usr/sbin"}
+
+
+class SandboxError(EnvstoreError):
+    """bubblewrap is missing or refused to start."""
+
+
+def bwrap() -> str:
+    """The bubblewrap binary."""
+    exe = shutil.which("bwrap")
+    if exe is None:
+        raise SandboxError("bubblewrap (bwrap) is not installed", hint="run `make deps`")
+    return exe
+
+
+def _common(uid: int) -> list[str]:
+    argv = [bwrap(), "--unshare-all", "--die-with-parent", "--new-session"]
+    argv += ["--uid", str(uid), "--gid", str(uid)]
+    argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+    for link, target in _MERGED_LINKS.items():
+        argv += ["--symlink", target, link]
+    return argv
+
+
+def unpack_argv(helper: Path, kind: str, artefact: Path, out: Path, extra: str) -> list[str]:
+    """The jail an artefact is unpacked in: the host's /usr (trusted tools) read-only,
+    the artefact read-only, ``out`` writable, nothing else; no network, uid nobody."""
+    argv = _common(NOBODY)
+    argv += ["--ro-bind", "/usr", "/usr", "--clearenv", "--setenv", "PATH", "/usr/bin"]
+    argv += ["--setenv", "LC_ALL", "C.UTF-8"]
+    argv += ["--ro-bind", str(helper), "/jail/helper.py"]
+    argv += ["--ro-bind", str(artefact), "/jail/in", "--bind", str(out), "/jail/out"]
+    argv += ["--chdir", "/jail/out", "--", "/usr/bin/python3", "-I", "-S", "/jail/helper.py"]
+    return [*argv, kind, "/jail/in", "/jail/out", extra]
+
+
+def env_argv(
+    env_physical: Path,
+    closure: Mapping[str, Path],
+    etc_entries: Iterable[str],
+    command: list[str],
+    *,
+    extra_env: Mapping[str, str] | None = None,
+) -> list[str]:
+    """Run ``command`` with the environment at /usr and only its closure under /nix/store.
+
+    ``closure`` maps each logical store path to its physical directory; each is bound
+    read-only on its own (never the whole store). /etc is a tmpfs whose entries point
+    into the environment's ``etc``, so a workspace can still write /etc.
+    """
+    argv = _common(RUNNER_UID)
+    argv += ["--dir", "/nix/store"]
+    for logical, physical in sorted(closure.items()):
+        argv += ["--ro-bind", str(physical), logical]
+    argv += ["--ro-bind", str(env_physical), "/usr", "--tmpfs", "/etc"]
+    for entry in sorted(etc_entries):
+        argv += ["--symlink", f"/usr/etc/{entry}", f"/etc/{entry}"]
+    argv += ["--tmpfs", "/home", "--dir", RUNNER_HOME, "--chdir", RUNNER_HOME, "--dir", "/var/tmp"]
+    env = {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": RUNNER_HOME,
+        "USER": "runner",
+        "LANG": "C.UTF-8",
+        "SHELL": "/bin/sh",
+        # npm packages live in /usr/lib/node_modules as a forest of links into the store;
+        # keep node's module paths on that side so nested node_modules resolve.
+        "NODE_PATH": "/usr/lib/node_modules",
+        "NODE_PRESERVE_SYMLINKS": "1",
+        **(extra_env or {}),
+    }
+    argv += ["--clearenv"]
+    for k, v in sorted(env.items()):
+        argv += ["--setenv", k, v]
+    return [*argv, "--", *command]
