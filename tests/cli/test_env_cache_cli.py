@@ -38,6 +38,7 @@ def data(tmp_path: Path) -> tuple[Path, dict[str, PathInfo]]:
     a = add(store, b"env a ", "env-a", [lib.path])
     b = add(store, b"env b ", "env-b", [lib.path])
     junk = add(store, b"junk", "junk")
+    store.clear_temp_roots()  # the CLI runs in this process: only real roots should count
     return d, {"lib": lib, "a": a, "b": b, "junk": junk}
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -32,6 +34,7 @@ def test_gc_keeps_rooted_closures_only(store: Store) -> None:
     junk_dep = add(store, b"old", "old-lib")
     junk = add(store, b"old env", "old-env", [junk_dep.path])
     store.add_root("workspace-1", env1.path)
+    store.clear_temp_roots()  # this process added everything; let GC judge by real roots
 
     dry = collect(store, extra_roots=[env2.path], dry_run=True)
     assert sorted(dry.deleted) == sorted([junk.path, junk_dep.path])
@@ -70,5 +73,39 @@ def test_gc_removes_leftovers_but_not_live_tmpdirs(store: Store) -> None:
 
 def test_invalid_roots_protect_nothing_and_do_not_fail(store: Store) -> None:
     p = add(store, b"x", "x")
+    store.clear_temp_roots()
     r = collect(store, extra_roots=["/nix/store/" + "b" * 32 + "-gone"])
     assert r.deleted == [p.path] and r.roots == []
+
+
+CHILD = r"""
+import sys
+from pathlib import Path
+from loft.envstore.store import Store
+store = Store(Path(sys.argv[1]), durable=False)
+with store.tmpdir() as t:
+    (t / "x").mkdir()
+    (t / "x" / "f").write_bytes(b"being built")
+    print(store.add_tree(t / "x", "half-built-env").path, flush=True)
+sys.stdin.read()  # the "build" is still running until the parent closes stdin
+"""
+
+
+@pytest.mark.timeout(60)
+def test_paths_added_by_a_live_process_survive_gc(store: Store) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(store.root)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=env,
+    )
+    assert child.stdout is not None and child.stdin is not None
+    path = child.stdout.readline().decode().strip()
+    r = collect(store)
+    assert r.deleted == [] and path in r.roots and store.is_valid(path)
+    child.stdin.close()
+    assert child.wait(timeout=30) == 0
+    r = collect(store)
+    assert r.deleted == [path]
+    assert os.listdir(store.root / "temproots") == []

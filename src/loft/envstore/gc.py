@@ -1,12 +1,13 @@
 """Garbage collection of the environment store.
 
 Roots are the store's in-use table (:meth:`Store.add_root`, e.g. a running workspace's
-env) plus whatever the caller passes (every generation of every profile, locked
-artefacts). The live set is the closure of the roots; every other valid path is dead and
-is deleted referrers-first, so the store's invariant (a valid path's references are
-valid) holds after each single deletion. Unregistered leftovers of interrupted adds and
-scratch directories of dead processes are removed too. The collector holds the store's
-GC lock exclusively, so no add can race it.
+env), the temp roots of live processes (every path a process added, so a build in
+progress never loses a package to a concurrent GC), plus whatever the caller passes
+(every generation of every profile, locked artefacts). The live set is the closure of
+the roots; every other valid path is dead and is deleted referrers-first, so the store's
+invariant (a valid path's references are valid) holds after each single deletion.
+Unregistered leftovers of interrupted adds and scratch directories of dead processes are
+removed too. The collector holds the store's GC lock exclusively, so no add can race it.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def collect(store: Store, extra_roots: Iterable[str] = (), *, dry_run: bool = Fa
     t0 = time.monotonic()
     report = GCReport(dry_run=dry_run)
     with store.gc_lock(exclusive=True):
-        roots = sorted({*store.roots().values(), *extra_roots})
+        roots = sorted({*store.roots().values(), *store.temp_roots(), *extra_roots})
         # A root that is not valid (already pulled elsewhere, or never built) protects nothing.
         valid_roots = [r for r in roots if store.is_valid(r)]
         report.roots = valid_roots

@@ -156,6 +156,8 @@ class Store:
         (self.root / "tmp").mkdir(exist_ok=True)
         (self.root / "locks").mkdir(exist_ok=True)
         self._local = threading.local()
+        self._temp_lock = threading.Lock()
+        self._temp_fds: dict[int, int] = {}
         # executescript manages its own transaction; CREATE ... IF NOT EXISTS is idempotent.
         self._conn().executescript(_SCHEMA)
 
@@ -385,7 +387,7 @@ class Store:
         """
         sha256_hex = sha256_hex.lower()
         path = fixed_output_path(sha256_hex, name, self.store_dir)
-        existing = self.query(path)
+        existing = self._existing(path)
         if existing is not None:
             return existing
         st = os.stat(file)
@@ -436,10 +438,10 @@ class Store:
         The stream's SHA-256 and size must equal ``info.nar_hash``/``info.nar_size`` and every
         reference (other than itself) must already be valid; otherwise nothing is added.
         """
-        existing = self.query(info.path)
+        parse(info.path, self.store_dir)
+        existing = self._existing(info.path)
         if existing is not None:
             return existing
-        parse(info.path, self.store_dir)
         want = parse_nar_hash(info.nar_hash)
         h = hashlib.sha256()
         counted = 0
@@ -467,6 +469,7 @@ class Store:
         with self._path_lock(info.path):
             existing = self.query(info.path)
             if existing is not None:
+                self.add_temp_root(info.path)
                 force_rmtree(src)
                 return existing
             for ref in info.references:
@@ -490,8 +493,81 @@ class Store:
                 os.chmod(dest, 0o555)
                 os.utime(dest, (1, 1))
             self._flush()
+            # Temp root first: once registered, a GC after our shared lock is released
+            # must already see that this process still needs the path.
+            self.add_temp_root(info.path)
             self._register(info)
             return info
+
+    def _existing(self, store_path: str) -> PathInfo | None:
+        """The info of an already valid path, temp-rooted for this process."""
+        with self.gc_lock(exclusive=False):
+            info = self.query(store_path)
+            if info is not None:
+                self.add_temp_root(store_path)
+            return info
+
+    # -- temporary roots ------------------------------------------------------------------
+
+    def add_temp_root(self, store_path: str) -> None:
+        """Protect ``store_path`` from GC for as long as this process lives.
+
+        Every path a process adds (or finds already present) is temp-rooted, so a build
+        that adds packages one by one and the environment last never loses a package to
+        a concurrent GC. Each process appends to its own file, which it holds a shared
+        lock on; the collector treats files it can lock exclusively as stale.
+        """
+        pid = os.getpid()
+        with self._temp_lock:
+            fd = self._temp_fds.get(pid)
+            if fd is None:
+                d = self.root / "temproots"
+                d.mkdir(exist_ok=True)
+                fd = os.open(d / str(pid), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC)
+                # No truncation: other Store objects of this process share the file, and
+                # roots left by a dead process with a recycled pid only protect a bit longer.
+                fcntl.flock(fd, fcntl.LOCK_SH)
+                self._temp_fds[pid] = fd
+            os.write(fd, store_path.encode() + b"\n")
+
+    def clear_temp_roots(self) -> None:
+        """Forget this process's temp roots (long-running agents, between jobs).
+
+        Shared by every Store object of the process on this root.
+        """
+        with self._temp_lock:
+            fd = self._temp_fds.get(os.getpid())
+            if fd is not None:
+                os.ftruncate(fd, 0)
+
+    def temp_roots(self) -> set[str]:
+        """Temp roots of live processes; stale files of dead ones are removed."""
+        d = self.root / "temproots"
+        out: set[str] = set()
+        if not d.is_dir():
+            return out
+        for n in os.listdir(d):
+            p = d / n
+            try:
+                fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            try:
+                # flock is per open file: even our own process's lock (another fd) blocks us.
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    pass  # held by a live process
+                else:
+                    p.unlink(missing_ok=True)  # its owner is gone
+                    continue
+                data = b""
+                while chunk := os.read(fd, 1 << 16):
+                    data += chunk
+                out.update(line for line in data.decode().splitlines() if line)
+            finally:
+                os.close(fd)
+        return out
 
     def _flush(self) -> None:
         """Make the store's data durable before it is registered (power loss, not kill -9)."""
