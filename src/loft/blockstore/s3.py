@@ -134,6 +134,8 @@ class S3ChunkStore:
         query = {"endpoint": endpoint} if endpoint else {}
         if region:
             query["region"] = region
+        if not create_bucket:
+            query["create_bucket"] = "0"
         self.url = f"s3://{bucket}/{self.prefix.rstrip('/')}" + (
             f"?{urlencode(query)}" if query else ""
         )
