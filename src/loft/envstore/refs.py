@@ -1,22 +1,24 @@
 """Reference scanning: which store paths does a tree mention?
 
 Like Nix, a path refers to another when the other's 32-character hash part occurs anywhere
-in its NAR serialisation (file contents, symlink targets, file names). The scanner finds
-every run of nix-base32 characters at least 32 long with one C-level regex pass per chunk
-and looks each 32-character window up in the candidate set, so its cost does not grow with
-the number of candidates.
+in its NAR serialisation (file contents, symlink targets, file names). The scanner maps
+each chunk to a 0/1 mask of "is a nix-base32 character" (``bytes.translate``), finds runs
+of at least 32 ones with ``bytes.find`` (both C loops, several times faster than a regex
+on text-heavy trees), and looks each 32-character window of those rare runs up in the
+candidate set, so its cost does not grow with the number of candidates.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from pathlib import Path
 
 from loft.envstore import nar
 from loft.envstore.store_path import HASH_PART_LEN, hash_part
 
-_RUN = re.compile(rb"[0123456789abcdfghijklmnpqrsvwxyz]{32,}")
+_ALPHABET = b"0123456789abcdfghijklmnpqrsvwxyz"
+_MASK = bytes(1 if c in _ALPHABET else 0 for c in range(256))
+_RUN32 = b"\x01" * HASH_PART_LEN
 
 __all__ = ["RefScanner", "scan_references"]
 
@@ -36,12 +38,18 @@ class RefScanner:
         # Any window crossing the boundary starts in the last 31 bytes of what came before.
         buf = self._tail + chunk
         self._tail = buf[-(HASH_PART_LEN - 1) :]
-        for m in _RUN.finditer(buf):
-            run = m.group()
-            for i in range(len(run) - HASH_PART_LEN + 1):
-                path = self._by_hash.get(run[i : i + HASH_PART_LEN])
+        mask = buf.translate(_MASK)
+        start = mask.find(_RUN32)
+        while start != -1:
+            # The leftmost 32 ones begin a run; the run ends at the next zero.
+            end = mask.find(b"\0", start + HASH_PART_LEN)
+            if end == -1:
+                end = len(buf)
+            for i in range(start, end - HASH_PART_LEN + 1):
+                path = self._by_hash.get(buf[i : i + HASH_PART_LEN])
                 if path is not None:
                     self.found.add(path)
+            start = mask.find(_RUN32, end)
 
 
 def scan_references(path: Path, candidates: Iterable[str]) -> set[str]:
