@@ -56,3 +56,152 @@ class ConnectionPair:
         replies = [p.OptionInfoExport(p.Option.GO, 1 << 20, 1), p.OptionAck(p.Option.GO)]
         assert self.to_client(*replies) == replies
         assert self.server.state is p.TRANSMISSION and self.client.state is p.TRANSMISSION
+
+
+# --- a real server in a thread, and a blocking socket client -------------------------
+
+import asyncio  # noqa: E402
+import itertools  # noqa: E402
+import socket  # noqa: E402
+import threading  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import uvloop  # noqa: E402
+
+from loft.nbd.server import ExportRegistry, NBDServer  # noqa: E402
+
+
+class ServerThread:
+    """An NBDServer on a Unix socket (and optionally TCP), run by uvloop in a thread."""
+
+    def __init__(self, registry: ExportRegistry, sock: Path, **kwargs: Any) -> None:
+        self.registry = registry
+        self.sock = sock
+        self.kwargs = kwargs
+        self.loop = uvloop.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.server: NBDServer | None = None
+        self.tcp: tuple[str, int] | None = None
+
+    def call(self, coro: Any, timeout: float = 20) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        listen_tcp = self.kwargs.pop("listen_tcp", False)
+
+        async def start() -> None:
+            self.server = NBDServer(self.registry, **self.kwargs)
+            await self.server.serve_unix(self.sock)
+            if listen_tcp:
+                self.tcp = await self.server.serve_tcp("127.0.0.1", 0)
+
+        self.call(start())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.call(self.server.close())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+class Client:
+    """A blocking NBD client over loft.nbd.protocol (for tests of the server)."""
+
+    def __init__(self, path: Path | None = None, *, sock: socket.socket | None = None) -> None:
+        if sock is None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(10)
+            sock.connect(str(path))
+        self.sock = sock
+        self.conn = p.Connection(p.CLIENT)
+        self.handles = itertools.count(1)
+        self.size = 0
+        self.flags = 0
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def send(self, *events: object) -> None:
+        self.sock.sendall(b"".join(self.conn.send(e) for e in events))
+
+    def next(self) -> object:
+        while True:
+            e = self.conn.next_event()
+            if e is not p.NEED_DATA:
+                return e
+            data = self.sock.recv(1 << 20)
+            self.conn.receive_data(data)
+
+    def option(self, event: object) -> list[object]:
+        """Send an option; return its replies up to and including the final one."""
+        self.send(event)
+        out = []
+        while True:
+            e = self.next()
+            out.append(e)
+            if isinstance(e, p.OptionAck | p.OptionError):
+                return out
+
+    def handshake(
+        self, export: str = "", *, structured: bool = True, contexts: tuple[str, ...] = ()
+    ) -> list[object]:
+        assert isinstance(self.next(), p.Greeting)
+        self.send(p.ClientFlags())
+        if structured:
+            assert self.option(p.StructuredReplyOption()) == [
+                p.OptionAck(p.Option.STRUCTURED_REPLY)
+            ]
+        if contexts:
+            self.option(p.SetMetaContextOption(export, contexts))
+        replies = self.option(p.GoOption(export, (p.InfoType.NAME, p.InfoType.BLOCK_SIZE)))
+        for r in replies:
+            if isinstance(r, p.OptionInfoExport):
+                self.size, self.flags = r.size, r.flags
+        return replies
+
+    def request(
+        self,
+        command: int,
+        offset: int = 0,
+        length: int = 0,
+        flags: int = 0,
+        payload: bytes | None = None,
+    ) -> list[object]:
+        """Send one request and return its reply events (through the final chunk)."""
+        handle = next(self.handles)
+        if payload is not None:
+            length = len(payload)
+        self.send(p.Request(command, handle, offset, length, flags, payload))
+        return self.wait(handle)
+
+    def wait(self, handle: int) -> list[object]:
+        out = []
+        while True:
+            e = self.next()
+            assert getattr(e, "handle", None) == handle, e
+            out.append(e)
+            if isinstance(e, p.SimpleReply) or getattr(e, "done", True):
+                return out
+
+    def read(self, offset: int, length: int, flags: int = 0) -> bytes:
+        """READ and reassemble the data (structured or simple); raise on an error."""
+        buf = bytearray(length)
+        for e in self.request(p.Command.READ, offset, length, flags):
+            if isinstance(e, p.SimpleReply):
+                assert e.error == 0, e
+                buf[:] = bytes(e.data or b"")
+            elif isinstance(e, p.OffsetDataChunk):
+                buf[e.offset - offset : e.offset - offset + len(e.data)] = e.data
+            elif isinstance(e, p.ErrorChunk):
+                raise OSError(e.error, e.message)
+        return bytes(buf)
+
+    def error_of(self, replies: list[object]) -> int:
+        for e in replies:
+            if isinstance(e, p.SimpleReply | p.ErrorChunk) and e.error:
+                return e.error
+        return 0

@@ -74,6 +74,9 @@ class FileBackend(Backend):
     def can_cache(self) -> bool:
         return True
 
+    def can_allocation_depth(self) -> bool:
+        return True
+
     def block_sizes(self) -> BlockSizes:
         return BlockSizes(1, 4096, BlockSizes().maximum)
 

@@ -197,6 +197,10 @@ class NBDConnection(asyncio.BufferedProtocol):
 
     def _close(self) -> None:
         self._closing = True
+        batch, self._batch = self._batch, None
+        if batch:  # replies produced in this batch go out before the close
+            self._write(batch[:])
+            batch.clear()
         if self._transport is not None:
             self._transport.close()
 

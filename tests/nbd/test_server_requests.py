@@ -1,0 +1,327 @@
+"""The server core over a real Unix socket: every command, validation and errors."""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from nbd_helpers import Client, ServerThread
+
+from loft.nbd import protocol as p
+from loft.nbd.backends.base import BackendError
+from loft.nbd.backends.file import FileBackend
+from loft.nbd.server import ExportRegistry
+
+C = p.Command
+SIZE = 8 << 20
+pytestmark = pytest.mark.timeout(60)
+
+
+class CountingBackend(FileBackend):
+    """A real file backend that counts flushes and can be told to fail or stall."""
+
+    def __init__(self, path: Path, **kw: object) -> None:
+        super().__init__(path, **kw)  # type: ignore[arg-type]
+        self.flushes = 0
+        self.fail_reads_at: int | None = None
+        self.slow_offsets: set[int] = set()
+        self.gate = threading.Event()
+        self.gate.set()
+        self.log: list[tuple[str, int]] = []
+
+    def flush(self) -> None:
+        self.flushes += 1
+        super().flush()
+
+    def is_resident(self, offset: int, length: int) -> bool:
+        return offset not in self.slow_offsets
+
+    def pread(self, offset: int, length: int) -> bytes:  # type: ignore[override]
+        if offset in self.slow_offsets:
+            self.gate.wait(10)
+        if self.fail_reads_at is not None and offset <= self.fail_reads_at < offset + length:
+            raise OSError(errno.EBADMSG, "injected")
+        return bytes(super().pread(offset, length))
+
+    def pwrite(self, offset: int, data: object, fua: bool = False) -> None:  # type: ignore[override]
+        if offset in self.slow_offsets:
+            self.gate.wait(10)
+        self.log.append(("write", offset))
+        super().pwrite(offset, data, fua)  # type: ignore[arg-type]
+
+    def zero(self, offset: int, length: int, **kw: bool) -> None:  # type: ignore[override]
+        if offset == 4096 * 7:
+            raise BackendError("injected", p.Errno.ENOTSUP)
+        super().zero(offset, length, **kw)
+
+
+@pytest.fixture
+def image(tmp_path: Path) -> Path:
+    img = tmp_path / "disk.img"
+    with open(img, "wb") as f:
+        f.truncate(SIZE)
+    return img
+
+
+@pytest.fixture
+def backend(image: Path) -> Iterator[CountingBackend]:
+    b = CountingBackend(image)
+    yield b
+    b.close()
+
+
+@pytest.fixture
+def server(tmp_path: Path, backend: CountingBackend, image: Path) -> Iterator[ServerThread]:
+    reg = ExportRegistry()
+    reg.add("disk", backend)
+    ro = FileBackend(image, readonly=True)
+    reg.add("disk@snap", ro)
+    with ServerThread(reg, tmp_path / "run" / "nbd.sock") as st:
+        yield st
+    ro.close()
+
+
+def connect(server: ServerThread, export: str = "disk", **kw: object) -> Client:
+    c = Client(server.sock)
+    c.handshake(export, **kw)  # type: ignore[arg-type]
+    return c
+
+
+@pytest.mark.parametrize("structured", [True, False])
+def test_write_read_flush_round_trip(server: ServerThread, structured: bool) -> None:
+    c = connect(server, structured=structured)
+    assert c.size == SIZE
+    data = os.urandom(100_000)
+    assert c.error_of(c.request(C.WRITE, 12345, payload=data)) == 0
+    assert c.read(12345, len(data)) == data
+    assert c.read(0, 10) == bytes(10)
+    assert c.error_of(c.request(C.FLUSH)) == 0
+    assert c.error_of(c.request(C.WRITE, 0, payload=b"x", flags=p.CmdFlag.FUA)) == 0
+    c.close()
+
+
+def test_sparse_structured_read_uses_holes(server: ServerThread) -> None:
+    c = connect(server)
+    c.request(C.WRITE, 1 << 20, payload=b"\xaa" * 4096)
+    replies = c.request(C.READ, 0, 2 << 20)
+    kinds = [type(r).__name__ for r in replies]
+    assert "OffsetHoleChunk" in kinds and "OffsetDataChunk" in kinds
+    assert getattr(replies[-1], "done", False)
+    covered = sum(
+        r.length if isinstance(r, p.OffsetHoleChunk) else len(r.data)  # type: ignore[attr-defined]
+        for r in replies
+    )
+    assert covered == 2 << 20
+    data = c.read(0, 2 << 20)
+    assert data[1 << 20 : (1 << 20) + 4096] == b"\xaa" * 4096
+    assert data.count(0) == (2 << 20) - 4096
+    # DF: exactly one content chunk.
+    df = c.request(C.READ, 0, 2 << 20, flags=p.CmdFlag.DF)
+    assert len(df) == 1 and isinstance(df[0], p.OffsetDataChunk)
+
+
+def test_flags_advertised(server: ServerThread) -> None:
+    tf = p.TransmissionFlag
+    c = connect(server)
+    for f in (
+        tf.HAS_FLAGS,
+        tf.SEND_FLUSH,
+        tf.SEND_FUA,
+        tf.SEND_TRIM,
+        tf.SEND_WRITE_ZEROES,
+        tf.SEND_FAST_ZERO,
+        tf.SEND_DF,
+        tf.CAN_MULTI_CONN,
+        tf.SEND_CACHE,
+    ):
+        assert c.flags & f, f
+    assert not c.flags & tf.READ_ONLY
+    ro = connect(server, "disk@snap", structured=False)
+    assert ro.flags & tf.READ_ONLY and not ro.flags & tf.SEND_DF
+
+
+@pytest.mark.parametrize(
+    ("command", "offset", "length", "flags", "want"),
+    [
+        (C.READ, SIZE - 10, 11, 0, p.Errno.EINVAL),
+        (C.READ, 0, 0, 0, p.Errno.EINVAL),
+        (C.READ, 0, p.MAX_PAYLOAD + 1, 0, p.Errno.EINVAL),
+        (C.TRIM, SIZE, 1, 0, p.Errno.EINVAL),
+        (C.WRITE_ZEROES, SIZE - 1, 2, 0, p.Errno.ENOSPC),
+        (C.CACHE, SIZE, 4096, 0, p.Errno.EINVAL),
+        (42, 0, 1, 0, p.Errno.EINVAL),
+        (C.RESIZE, 0, 0, 0, p.Errno.EINVAL),
+        (C.READ, 0, 1, 1 << 9, p.Errno.EINVAL),
+        (C.READ, 0, 1, p.CmdFlag.REQ_ONE, p.Errno.EINVAL),
+        (C.FLUSH, 0, 0, p.CmdFlag.NO_HOLE, p.Errno.EINVAL),
+        (C.BLOCK_STATUS, 0, 4096, 0, p.Errno.EINVAL),  # no context selected
+        (C.WRITE_ZEROES, 4096 * 7, 4096, p.CmdFlag.FAST_ZERO, p.Errno.ENOTSUP),
+    ],
+)
+def test_invalid_requests_get_errors_and_connection_survives(
+    server: ServerThread, command: int, offset: int, length: int, flags: int, want: int
+) -> None:
+    c = connect(server)
+    assert c.error_of(c.request(command, offset, length, flags)) == want
+    assert c.read(0, 4) == bytes(4)
+
+
+def test_failed_write_still_consumes_payload(server: ServerThread) -> None:
+    c = connect(server)
+    r = c.request(C.WRITE, SIZE - 100, payload=b"z" * 1000)
+    assert c.error_of(r) == p.Errno.ENOSPC
+    r = c.request(C.WRITE, 0, payload=b"y" * 1000, flags=1 << 9)
+    assert c.error_of(r) == p.Errno.EINVAL
+    assert c.read(0, 4) == bytes(4)
+
+
+def test_read_only_export_refuses_writes(server: ServerThread) -> None:
+    c = connect(server, "disk@snap")
+    assert c.error_of(c.request(C.WRITE, 0, payload=b"abc")) == p.Errno.EPERM
+    assert c.error_of(c.request(C.WRITE_ZEROES, 0, 4096)) == p.Errno.EPERM
+    assert c.error_of(c.request(C.TRIM, 0, 4096)) == p.Errno.EPERM
+    assert c.read(0, 3) == bytes(3)
+
+
+def test_backend_failure_is_eio_not_a_dead_server(
+    server: ServerThread, backend: CountingBackend
+) -> None:
+    c = connect(server)
+    backend.fail_reads_at = 5000
+    with pytest.raises(OSError) as ei:
+        c.read(4096, 4096)
+    assert ei.value.errno == p.Errno.EIO  # EBADMSG never reaches the wire
+    simple = connect(server, structured=False)
+    assert simple.error_of(simple.request(C.READ, 4096, 4096)) == p.Errno.EIO
+    assert c.read(0, 4096) == bytes(4096)
+
+
+def test_zero_trim_cache_and_block_status(server: ServerThread) -> None:
+    c = connect(server, contexts=("base:allocation",))
+    c.request(C.WRITE, 0, payload=b"\x11" * (256 << 10))
+    assert c.error_of(c.request(C.WRITE_ZEROES, 64 << 10, 64 << 10)) == 0
+    assert c.read(64 << 10, 64 << 10) == bytes(64 << 10)
+    nohole = c.request(C.WRITE_ZEROES, 0, 4096, flags=p.CmdFlag.NO_HOLE)
+    assert c.error_of(nohole) == 0
+    assert c.error_of(c.request(C.TRIM, 128 << 10, 64 << 10)) == 0
+    assert c.error_of(c.request(C.CACHE, 0, 1 << 20)) == 0
+    [bs] = c.request(C.BLOCK_STATUS, 0, 1 << 20)
+    assert isinstance(bs, p.BlockStatusChunk) and bs.done and bs.context_id == 1
+    assert sum(n for n, _ in bs.extents) <= 1 << 20
+    assert bs.extents[0][1] & p.StateFlag.HOLE == 0  # written data first
+    assert any(f & p.StateFlag.ZERO for _, f in bs.extents)
+    [one] = c.request(C.BLOCK_STATUS, 0, 1 << 20, flags=p.CmdFlag.REQ_ONE)
+    assert len(one.extents) == 1  # type: ignore[attr-defined]
+
+
+def test_meta_context_negotiation(server: ServerThread) -> None:
+    c = Client(server.sock)
+    assert isinstance(c.next(), p.Greeting)
+    c.send(p.ClientFlags())
+    [err] = c.option(p.ListMetaContextOption("disk", ()))
+    assert isinstance(err, p.OptionError) and err.error == p.OptionReplyType.ERR_INVALID
+    c.option(p.StructuredReplyOption())
+    listed = c.option(p.ListMetaContextOption("disk", ()))
+    names = {r.name for r in listed if isinstance(r, p.OptionMetaContext)}
+    assert names == {"base:allocation", "qemu:allocation-depth"}
+    chosen = c.option(p.SetMetaContextOption("disk", ("base:", "x-unknown:thing")))
+    assert [r.name for r in chosen if isinstance(r, p.OptionMetaContext)] == ["base:allocation"]
+    [unk] = c.option(p.SetMetaContextOption("nope", ("base:allocation",)))
+    assert isinstance(unk, p.OptionError) and unk.error == p.OptionReplyType.ERR_UNKNOWN
+    c.option(p.GoOption("disk"))
+    # The failed SET cleared the selection: BLOCK_STATUS is now invalid.
+    assert c.error_of(c.request(C.BLOCK_STATUS, 0, 4096)) == p.Errno.EINVAL
+
+
+def test_allocation_depth_context(server: ServerThread) -> None:
+    c = connect(server, contexts=("base:allocation", "qemu:allocation-depth"))
+    c.request(C.WRITE, 0, payload=b"\x01" * 4096)
+    chunks = c.request(C.BLOCK_STATUS, 0, 1 << 20)
+    assert {ch.context_id for ch in chunks} == {1, 2}  # type: ignore[attr-defined]
+    depth = next(ch for ch in chunks if ch.context_id == 2)  # type: ignore[attr-defined]
+    assert depth.extents[0][1] == 1 and depth.extents[-1][1] == 0
+    assert sum(1 for ch in chunks if ch.done) == 1  # type: ignore[attr-defined]
+
+
+def test_options_list_info_unknown(server: ServerThread) -> None:
+    c = Client(server.sock)
+    c.next()
+    c.send(p.ClientFlags())
+    listed = c.option(p.ListOption())
+    assert {r.name for r in listed if isinstance(r, p.OptionServer)} == {"disk", "disk@snap"}
+    [err] = c.option(p.InfoOption("missing"))
+    assert isinstance(err, p.OptionError) and err.error == p.OptionReplyType.ERR_UNKNOWN
+    info = c.option(p.InfoOption("", (p.InfoType.NAME, p.InfoType.DESCRIPTION)))
+    assert p.OptionInfoName(p.Option.INFO, "disk") in info
+    assert isinstance(info[0], p.OptionInfoExport)
+    [unsup] = c.option(p.UnknownOption(77, b"abc"))
+    assert isinstance(unsup, p.OptionError) and unsup.error == p.OptionReplyType.ERR_UNSUP
+    assert unsup.option == 77
+    [tls] = c.option(p.StartTLSOption())
+    assert isinstance(tls, p.OptionError)  # no TLS configured on this server
+    assert c.option(p.AbortOption()) == [p.OptionAck(p.Option.ABORT)]
+    assert c.sock.recv(10) == b""
+
+
+def test_export_name_unknown_disconnects(server: ServerThread) -> None:
+    c = Client(server.sock)
+    c.next()
+    c.send(p.ClientFlags(no_zeroes=False), p.ExportNameOption("missing"))
+    assert c.sock.recv(10) == b""
+    c2 = Client(server.sock)
+    c2.next()
+    c2.send(p.ClientFlags(no_zeroes=False), p.ExportNameOption("disk"))
+    reply = c2.next()
+    assert isinstance(reply, p.ExportNameReply) and reply.size == SIZE
+
+
+def test_out_of_order_replies_and_overlap_ordering(
+    server: ServerThread, backend: CountingBackend
+) -> None:
+    c = connect(server)
+    backend.slow_offsets = {0}
+    backend.gate.clear()
+    h_slow = next(c.handles)
+    c.send(p.Request(C.WRITE, h_slow, 0, 4096, 0, b"A" * 4096))
+    # Overlaps the stalled write: must wait behind it.
+    h_overlap = next(c.handles)
+    c.send(p.Request(C.WRITE, h_overlap, 2048, 4096, 0, b"B" * 4096))
+    # Independent: answered while the first is still stalled.
+    h_fast = next(c.handles)
+    c.send(p.Request(C.READ, h_fast, 1 << 20, 4096))
+    first = c.next()
+    assert getattr(first, "handle", None) == h_fast
+    backend.gate.set()
+    got = {getattr(c.next(), "handle", None), getattr(c.next(), "handle", None)}
+    assert got == {h_slow, h_overlap}
+    assert [o for kind, o in backend.log if kind == "write"][-2:] == [0, 2048]
+    assert c.read(0, 2048) == b"A" * 2048 and c.read(2048, 4096) == b"B" * 4096
+
+
+def test_disc_finishes_in_flight_and_flushes(
+    server: ServerThread, backend: CountingBackend
+) -> None:
+    c = connect(server)
+    c.request(C.WRITE, 0, payload=b"q" * 4096)
+    before = backend.flushes
+    c.send(p.Request(C.DISC, next(c.handles)))
+    assert c.sock.recv(10) == b""
+    deadline = time.monotonic() + 5
+    while backend.flushes == before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert backend.flushes == before + 1
+
+
+def test_partial_write_at_drop_is_discarded(server: ServerThread, image: Path) -> None:
+    c = connect(server)
+    wire = c.conn.send(p.Request(C.WRITE, 1, 8192, 4096, 0, b"P" * 4096))
+    c.sock.sendall(wire[:1000])
+    c.close()
+    time.sleep(0.2)
+    c2 = connect(server)
+    assert c2.read(8192, 4096) == bytes(4096)
