@@ -20,7 +20,7 @@ def loft(data_dir: Path, *args: str, code: int = 0) -> str:
     env = {"LOFT_DATA_DIR": str(data_dir), "LOFT_CATALOG_URL": "", "LOFT_CHUNKS": ""}
     r = CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
     assert r.exit_code == code, (args, r.output)
-    return r.stdout if code == 0 else r.stderr
+    return r.stdout if code == 0 else r.output  # errors: stdout and stderr together
 
 
 def add(store: Store, content: bytes, name: str, refs: list[str] | None = None) -> PathInfo:
@@ -98,3 +98,14 @@ def test_roots_keep_paths(data: tuple[Path, dict[str, PathInfo]]) -> None:
     loft(d, "env", "root", "remove", "ws-1")
     r = json.loads(loft(d, "env", "gc", "--json"))
     assert sorted(r["deleted"]) == sorted([p["b"].path, p["lib"].path])
+
+
+def test_verify(data: tuple[Path, dict[str, PathInfo]]) -> None:
+    d, p = data
+    assert json.loads(loft(d, "env", "verify", "--json"))["problems"] == {}
+    f = Store(d / "envstore").physical(p["lib"].path) / "f"
+    f.chmod(0o644)
+    f.write_bytes(b"tampered")
+    out = json.loads(loft(d, "env", "verify", p["a"].path, "--json", code=1))
+    assert out["checked"] == 2 and list(out["problems"]) == [p["lib"].path]
+    assert p["lib"].path in loft(d, "env", "verify", p["b"].path, code=1)

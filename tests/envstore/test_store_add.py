@@ -204,3 +204,23 @@ def test_tmpdir_is_removed_even_when_read_only(store: Store) -> None:
         canonicalise(t / "d")
         kept = t
     assert not kept.exists()
+
+
+def test_verify_detects_modified_and_missing_paths(store: Store) -> None:
+    a = store.add_tree(make_tree(store, {"f": b"a"}), "a")
+    b = store.add_tree(make_tree(store, {"f": b"b"}), "b")
+    c = store.add_tree(make_tree(store, {"f": b"c", "x": b"y"}), "c")
+    assert store.verify() == {}
+    victim = store.physical(a.path) / "f"
+    victim.chmod(0o644)
+    victim.write_bytes(b"A")
+    force_rmtree_path = store.physical(b.path)
+    os.chmod(force_rmtree_path, 0o755)
+    os.chmod(force_rmtree_path / "f", 0o644)
+    (force_rmtree_path / "f").unlink()
+    os.rmdir(force_rmtree_path)
+    (store.physical(c.path) / "x").chmod(0o555)  # the executable bit is part of the NAR
+    problems = store.verify()
+    assert set(problems) == {a.path, b.path, c.path}
+    assert "hash to" in problems[a.path] and "missing" in problems[b.path]
+    assert store.verify([c.path]) == {c.path: problems[c.path]}

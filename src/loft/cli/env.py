@@ -267,6 +267,31 @@ def gc(dry_run: bool, as_json: bool) -> None:
     )
 
 
+@env.command()
+@click.argument("paths", nargs=-1, metavar="[ENV...]")
+@click.option("--json", "as_json", is_flag=True, help="Print problems as JSON.")
+def verify(paths: tuple[str, ...], as_json: bool) -> None:
+    """Re-hash store paths (default: all; ENV: its closure) against the registered hashes.
+
+    Exits 1 when a path is missing, modified or references an invalid path, like
+    `nix-store --verify --check-contents`.
+    """
+    store = _store()
+    targets = None
+    if paths:
+        targets = sorted(store.closure(resolve_env(store, p) for p in paths))
+    problems = store.verify(targets)
+    checked = len(targets) if targets is not None else len(store.all_paths())
+    if as_json:
+        _echo_json({"checked": checked, "problems": problems})
+    else:
+        for p, why in problems.items():
+            click.echo(f"{p}: {why}", err=True)
+        click.echo(f"checked {checked} paths, {len(problems)} with problems")
+    if problems:
+        raise SystemExit(1)
+
+
 @env.group()
 def root() -> None:
     """Paths marked in use (e.g. by a running workspace); GC keeps their closures."""

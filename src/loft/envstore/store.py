@@ -601,6 +601,38 @@ class Store:
                 [(info.path, r) for r in info.references],
             )
 
+    def verify(self, paths: Iterable[str] | None = None) -> dict[str, str]:
+        """Re-hash paths (default: all) against their registered NAR hash and size.
+
+        Returns ``{path: problem}`` for every path that is missing on disk, hashes
+        differently, or references an invalid path; empty when all is well.
+        """
+        problems: dict[str, str] = {}
+        for p in self.all_paths() if paths is None else list(paths):
+            info = self.query(p)
+            if info is None:
+                problems[p] = "not valid"
+                continue
+            phys = self.physical(p)
+            if not os.path.lexists(phys):
+                problems[p] = "registered but missing on disk"
+                continue
+            try:
+                digest, size = nar.hash_path(phys)
+            except (OSError, EnvstoreError) as e:
+                problems[p] = f"cannot be read: {e}"
+                continue
+            if (format_nar_hash(digest), size) != (info.nar_hash, info.nar_size):
+                problems[p] = (
+                    f"contents hash to {format_nar_hash(digest)} ({size} bytes), "
+                    f"registered {info.nar_hash} ({info.nar_size} bytes)"
+                )
+                continue
+            bad = [r for r in info.references if not self.is_valid(r)]
+            if bad:
+                problems[p] = f"references invalid {bad[0]}"
+        return problems
+
     # -- removing -------------------------------------------------------------------------
 
     def delete(self, store_path: str) -> None:
