@@ -52,6 +52,7 @@ STOP_TIMEOUT = 10.0
 #: The bucket that :meth:`SeaweedFS.fresh_url` puts per-test prefixes in.
 TEST_BUCKET = "loft-test"
 
+_OWNER_FILE = "owner.pid"
 _counter = itertools.count(1)
 _live: dict[int, Callable[[], None]] = {}
 _live_lock = threading.Lock()
@@ -71,6 +72,20 @@ def free_port() -> int:
 def _register(key: int, stop: Callable[[], None]) -> None:
     with _live_lock:
         _live[key] = stop
+    _stop_on_sigterm()
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _stop_on_sigterm() -> None:
+    """Make SIGTERM (``timeout``, a CI runner) unwind like Ctrl-C, so finalizers and atexit
+    stop our services; by default Python dies on SIGTERM without running either."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _raise_interrupt)
 
 
 def _unregister(key: int) -> None:
@@ -88,11 +103,23 @@ def _stop_all() -> None:
             stop()
 
 
-def _die_with_parent() -> None:
-    """preexec_fn: SIGKILL the child when the process that started it dies (Linux)."""
-    pr_set_pdeathsig = 1
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+def _make_workdir(prefix: str) -> Path:
+    """A fresh temp dir marked with our PID, after sweeping dirs of dead owners.
+
+    Services die with the process that started them (parent-death signal), but a process
+    killed outright cannot remove their directories; the next start does.
+    """
+    tmp = Path(tempfile.gettempdir())
+    for stale in tmp.glob(f"{prefix}*"):
+        try:
+            owner = int((stale / _OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            continue  # not ours, or not fully set up yet
+        if owner != os.getpid() and not _pid_alive(owner):
+            shutil.rmtree(stale, ignore_errors=True)
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    (workdir / _OWNER_FILE).write_text(str(os.getpid()))
+    return workdir
 
 
 def _pid_alive(pid: int) -> bool:
@@ -105,13 +132,11 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _wait_pid_gone(pid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not _pid_alive(pid):
-            return True
-        time.sleep(0.05)
-    return not _pid_alive(pid)
+def _die_with_parent() -> None:
+    """preexec_fn: SIGKILL the child when the process that started it dies (Linux)."""
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
 
 
 # -- SeaweedFS ----------------------------------------------------------------------------
@@ -244,7 +269,7 @@ def start_seaweedfs(*, timeout: float = STARTUP_TIMEOUT, attempts: int = 3) -> S
 
 
 def _start_seaweedfs_once(timeout: float) -> SeaweedFS:
-    workdir = Path(tempfile.mkdtemp(prefix="loft-weed-"))
+    workdir = _make_workdir("loft-weed-")
     access_key = "loft-" + secrets.token_hex(4)
     secret_key = secrets.token_hex(16)
     identity = {
@@ -358,11 +383,17 @@ class PostgreSQL:
     bindir: Path
     user: str | None
     database: str = "loft"
+    process: subprocess.Popen[bytes] | None = None
 
     @property
     def datadir(self) -> Path:
         """The cluster's data directory."""
         return self.workdir / "data"
+
+    @property
+    def pid(self) -> int | None:
+        """The postmaster's PID while it runs."""
+        return self.process.pid if self.process is not None else None
 
     @property
     def url(self) -> str:
@@ -372,14 +403,6 @@ class PostgreSQL:
     def url_for(self, database: str) -> str:
         """SQLAlchemy URL of ``database`` on this server."""
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
-
-    def postmaster_pid(self) -> int | None:
-        """The PID from postmaster.pid, or None when the server is not running."""
-        try:
-            first = (self.datadir / "postmaster.pid").read_text().split("\n", 1)[0]
-            return int(first)
-        except (OSError, ValueError):
-            return None
 
     def execute(self, sql: str, database: str = "postgres") -> None:
         """Run one statement outside a transaction (CREATE/DROP DATABASE)."""
@@ -406,35 +429,53 @@ class PostgreSQL:
 
     def stop(self) -> None:
         """``pg_ctl stop -m fast``; kill the postmaster by PID if that fails; remove files."""
-        pid = self.postmaster_pid()
-        if pid is not None:
-            with contextlib.suppress(subprocess.SubprocessError, OSError):
-                _run_as(
-                    self.user,
-                    [str(self.bindir / "pg_ctl"), "stop", "-D", str(self.datadir), "-m", "fast"],
-                    timeout=STOP_TIMEOUT + 5,
-                )
-            if _pid_alive(pid) and not _wait_pid_gone(pid, 1):
+        process = self.process
+        if process is not None:
+            if process.poll() is None:
+                with contextlib.suppress(subprocess.SubprocessError, OSError):
+                    _run_as(
+                        self.user,
+                        [
+                            str(self.bindir / "pg_ctl"),
+                            "stop",
+                            "-D",
+                            str(self.datadir),
+                            "-m",
+                            "fast",
+                            "-t",
+                            str(int(STOP_TIMEOUT)),
+                        ],
+                        timeout=STOP_TIMEOUT + 5,
+                    )
+            try:
+                process.wait(timeout=2)
+            except subprocess.TimeoutExpired:
                 # SIGQUIT is PostgreSQL's immediate shutdown; it takes its children along.
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGQUIT)
-                if not _wait_pid_gone(pid, STOP_TIMEOUT):
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
-            _unregister(pid)
+                process.send_signal(signal.SIGQUIT)
+                try:
+                    process.wait(timeout=STOP_TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(timeout=STOP_TIMEOUT)
+            _unregister(process.pid)
+            self.process = None
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _as_user(user: str | None) -> tuple[dict[str, Any], dict[str, str]]:
+    """Popen keyword arguments and environment to run a program as ``user`` (None: as us)."""
+    if user is None:
+        return {}, dict(os.environ)
+    entry = pwd.getpwnam(user)
+    kwargs = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+    env = {**os.environ, "HOME": entry.pw_dir, "USER": user, "LOGNAME": user}
+    return kwargs, env
 
 
 def _run_as(
     user: str | None, args: list[str], *, timeout: float
 ) -> subprocess.CompletedProcess[bytes]:
-    kwargs: dict[str, Any] = {}
-    if user is not None:
-        entry = pwd.getpwnam(user)
-        kwargs = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
-        env = {**os.environ, "HOME": entry.pw_dir, "USER": user, "LOGNAME": user}
-    else:
-        env = dict(os.environ)
+    kwargs, env = _as_user(user)
     return subprocess.run(
         args,
         check=True,
@@ -447,18 +488,21 @@ def _run_as(
     )
 
 
-def start_postgres(*, timeout: float = STARTUP_TIMEOUT) -> PostgreSQL:
-    """initdb + pg_ctl start a private cluster on a free loopback port, with a ``loft`` db.
+def start_postgres(*, timeout: float = STARTUP_TIMEOUT, attempts: int = 3) -> PostgreSQL:
+    """initdb a private cluster, run its postmaster on a free loopback port, create ``loft``.
 
-    As root the cluster runs as the ``postgres`` system user (PostgreSQL refuses root).
+    As root the cluster runs as the ``postgres`` system user (PostgreSQL refuses root). The
+    postmaster is our direct child with a parent-death signal, so it goes away with the
+    test process even when that is killed outright.
     """
     bindir = postgres_bin_dir()
     user = "postgres" if os.geteuid() == 0 else None
-    workdir = Path(tempfile.mkdtemp(prefix="loft-pg-"))
+    workdir = _make_workdir("loft-pg-")
     if user is not None:
         entry = pwd.getpwnam(user)
         os.chown(workdir, entry.pw_uid, entry.pw_gid)
     server = PostgreSQL(port=0, workdir=workdir, bindir=bindir, user=user)
+    log_path = workdir / "postgres.log"
     try:
         _run_as(
             user,
@@ -476,46 +520,20 @@ def start_postgres(*, timeout: float = STARTUP_TIMEOUT) -> PostgreSQL:
             ],
             timeout=timeout,
         )
-        for _ in range(3):
+        for _ in range(attempts):
             server.port = free_port()
-            options = (
-                f"-c listen_addresses=127.0.0.1 -p {server.port} -k {workdir} "
-                "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-                "-c max_connections=200"
-            )
-            try:
-                _run_as(
-                    user,
-                    [
-                        str(bindir / "pg_ctl"),
-                        "start",
-                        "-D",
-                        str(server.datadir),
-                        "-o",
-                        options,
-                        "-l",
-                        str(workdir / "postgres.log"),
-                        "-w",
-                        "-t",
-                        str(int(timeout)),
-                    ],
-                    timeout=timeout + 5,
-                )
+            server.process = _spawn_postmaster(server, log_path)
+            _register(server.process.pid, server.stop)
+            if _wait_postgres_ready(server, timeout):
                 break
-            except subprocess.CalledProcessError:
-                # Most likely the port was taken in between; pick another.
-                if server.postmaster_pid() is not None:
-                    raise
+            # It exited: most likely the port was taken in between. Pick another.
+            _unregister(server.process.pid)
+            server.process = None
         else:
-            raise ServiceError("pg_ctl start failed three times")
-        pid = server.postmaster_pid()
-        if pid is None:
-            raise ServiceError("PostgreSQL started but wrote no postmaster.pid")
-        _register(pid, server.stop)
+            raise ServiceError(f"postgres exited at start {attempts} times")
         server.create_database(server.database)
     except BaseException as e:
-        log = workdir / "postgres.log"
-        tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+        tail = log_path.read_text(errors="replace")[-2000:] if log_path.exists() else ""
         detail = ""
         if isinstance(e, subprocess.CalledProcessError):
             detail = (e.stderr or b"").decode(errors="replace")[-2000:]
@@ -524,3 +542,63 @@ def start_postgres(*, timeout: float = STARTUP_TIMEOUT) -> PostgreSQL:
             raise
         raise ServiceError(f"PostgreSQL did not start: {e}\n{detail}\n{tail}") from e
     return server
+
+
+def _spawn_postmaster(server: PostgreSQL, log_path: Path) -> subprocess.Popen[bytes]:
+    kwargs, env = _as_user(server.user)
+    args = [
+        str(server.bindir / "postgres"),
+        "-D",
+        str(server.datadir),
+        "-p",
+        str(server.port),
+        "-k",
+        str(server.workdir),
+        "-c",
+        "listen_addresses=127.0.0.1",
+        # Test data is disposable: skip durability work, it only slows the suite.
+        "-c",
+        "fsync=off",
+        "-c",
+        "synchronous_commit=off",
+        "-c",
+        "full_page_writes=off",
+        "-c",
+        "max_connections=200",
+    ]
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            args,
+            cwd=server.workdir,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            preexec_fn=_die_with_parent,  # applied after the switch to the postgres user
+            start_new_session=True,
+            **kwargs,
+        )
+
+
+def _wait_postgres_ready(server: PostgreSQL, timeout: float) -> bool:
+    """True once it accepts connections; False if the postmaster exited first."""
+    import psycopg
+
+    assert server.process is not None
+    deadline = time.monotonic() + timeout
+    while True:
+        if server.process.poll() is not None:
+            return False
+        try:
+            with psycopg.connect(
+                host="127.0.0.1",
+                port=server.port,
+                user="postgres",
+                dbname="postgres",
+                connect_timeout=2,
+            ):
+                return True
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                raise ServiceError("PostgreSQL never accepted connections") from None
+            time.sleep(0.05)
