@@ -1,8 +1,13 @@
-"""Serve a loft volume (or a read-only snapshot view) over NBD.
+"""Serve a loft volume (read-write, holding its lease) or a snapshot view (read-only).
 
-A thin adapter: the volume already has the NBD-shaped data path (pread/pwrite on a
-sparse working copy, holes for zeros, lazy fetch of absent extents), so each method is
-one call. ``is_resident`` tells the server when a request can run on the event loop.
+A thin adapter: the volume already speaks in NBD terms (``block_status`` flags are
+``base:allocation``'s, ``allocation_depth`` is ``qemu:allocation-depth``'s), so every
+method is one call. Data is passed through as the server received it (a WRITE payload
+buffer goes straight to ``os.pwrite``), and blockstore errors propagate unchanged to
+:func:`loft.nbd.server.errno_for`, which maps them to NBD errnos.
+
+The server asks :meth:`is_resident` before each request: resident ranges are served on
+the event loop thread, the rest (lazy fetches from the chunk store) on worker threads.
 """
 
 from __future__ import annotations
@@ -10,16 +15,13 @@ from __future__ import annotations
 from typing import Protocol
 
 from loft.nbd.backends.base import Backend, BlockSizes, Buffer
+from loft.nbd.protocol import MAX_PAYLOAD
 
 __all__ = ["VolumeBackend", "VolumeLike"]
 
-#: Clients align to this; smaller writes are read-modify-write inside the volume.
-PREFERRED_BLOCK = 4096
-
 
 class VolumeLike(Protocol):
-    """What the adapter needs: :class:`loft.blockstore.Volume`, ``SnapshotView``, or the
-    disk service's lazily opened volume."""
+    """What the adapter uses of :class:`loft.blockstore.Volume` / ``SnapshotView``."""
 
     name: str
     size: int
@@ -28,39 +30,25 @@ class VolumeLike(Protocol):
 
     def is_resident(self, offset: int, length: int) -> bool: ...
     def read(self, offset: int, length: int) -> bytes: ...
-    def write(
-        self, offset: int, data: bytes | bytearray | memoryview, fua: bool = False
-    ) -> None: ...
-    def zero(
-        self,
-        offset: int,
-        length: int,
-        *,
-        fua: bool = False,
-        may_trim: bool = True,
-        fast_only: bool = False,
-    ) -> None: ...
-    def trim(self, offset: int, length: int, fua: bool = False) -> None: ...
-    def flush(self) -> None: ...
-    def cache(self, offset: int, length: int) -> None: ...
     def block_status(self, offset: int, length: int) -> list[tuple[int, int]]: ...
     def allocation_depth(self, offset: int, length: int) -> list[tuple[int, int]]: ...
-    def close(self) -> None: ...
+    def cache(self, offset: int, length: int) -> None: ...
+    def flush(self) -> None: ...
 
 
 class VolumeBackend(Backend):
-    """An NBD export backed by a volume; one object shared by every connection."""
+    """One volume (or snapshot view) as an export. Every connection to the export must
+    share this one object: the volume has a single working copy, so a FLUSH on any
+    connection covers every connection's writes (CAN_MULTI_CONN)."""
 
-    def __init__(self, volume: VolumeLike, description: str = "") -> None:
+    def __init__(self, volume: VolumeLike, *, description: str = "") -> None:
         self.volume = volume
         self.size = volume.size
-        self.readonly = volume.readonly
-        self.description = description or f"loft volume {volume.name}"
+        self.readonly = bool(volume.readonly)
+        kind = "snapshot" if self.readonly else "volume"
+        self.description = description or f"loft {kind} {volume.name}"
 
     def can_trim(self) -> bool:
-        return not self.readonly
-
-    def can_zero(self) -> bool:
         return not self.readonly
 
     def can_fast_zero(self) -> bool:
@@ -70,7 +58,6 @@ class VolumeBackend(Backend):
         return True
 
     def can_multi_conn(self) -> bool:
-        # Every connection shares this one volume object and its one working copy.
         return True
 
     def can_extents(self) -> bool:
@@ -80,7 +67,9 @@ class VolumeBackend(Backend):
         return True
 
     def block_sizes(self) -> BlockSizes:
-        return BlockSizes(minimum=1, preferred=PREFERRED_BLOCK)
+        # Minimum 1: the volume does read-modify-write itself. Preferred: the page size
+        # (the extent size would make clients pad small writes to megabytes).
+        return BlockSizes(1, 4096, MAX_PAYLOAD)
 
     def is_resident(self, offset: int, length: int) -> bool:
         return self.volume.is_resident(offset, length)
@@ -89,7 +78,7 @@ class VolumeBackend(Backend):
         return self.volume.read(offset, length)
 
     def pwrite(self, offset: int, data: Buffer, fua: bool = False) -> None:
-        self.volume.write(offset, data, fua)
+        self.volume.write(offset, data, fua)  # type: ignore[attr-defined]
 
     def zero(
         self,
@@ -100,10 +89,12 @@ class VolumeBackend(Backend):
         may_trim: bool = True,
         fast_only: bool = False,
     ) -> None:
-        self.volume.zero(offset, length, fua=fua, may_trim=may_trim, fast_only=fast_only)
+        self.volume.zero(  # type: ignore[attr-defined]
+            offset, length, fua=fua, may_trim=may_trim, fast_only=fast_only
+        )
 
     def trim(self, offset: int, length: int, fua: bool = False) -> None:
-        self.volume.trim(offset, length, fua)
+        self.volume.trim(offset, length, fua)  # type: ignore[attr-defined]
 
     def flush(self) -> None:
         self.volume.flush()
@@ -118,4 +109,5 @@ class VolumeBackend(Backend):
         return self.volume.allocation_depth(offset, length)
 
     def close(self) -> None:
-        self.volume.close()
+        """The volume belongs to whoever opened it (it holds the lease): not closed here."""
+        return None
