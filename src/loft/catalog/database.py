@@ -16,7 +16,7 @@ from loft.config import Settings
 from loft.errors import LoftError
 
 #: The newest migration; a catalog at this revision skips Alembic entirely on open.
-HEAD_REVISION = "0001"
+HEAD_REVISION = "0002"
 _MIGRATIONS = Path(__file__).with_name("migrations")
 _SQLITE_BUSY_TIMEOUT_MS = 30_000
 

@@ -90,7 +90,7 @@ inflight_chunks = Table(
         ForeignKey("commits_inflight.id", ondelete="CASCADE"),
         nullable=False,
     ),
-    Column("key", String(64), nullable=False),
+    Column("key", String(255), nullable=False),
     PrimaryKeyConstraint("commit_id", "key"),
 )
 
