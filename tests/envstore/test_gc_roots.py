@@ -109,3 +109,28 @@ def test_paths_added_by_a_live_process_survive_gc(store: Store) -> None:
     r = collect(store)
     assert r.deleted == [path]
     assert os.listdir(store.root / "temproots") == []
+
+
+def test_gc_keeps_the_artefacts_live_paths_were_made_from(store: Store, tmp_path: Path) -> None:
+    import hashlib
+
+    deb = tmp_path / "pkg.deb"
+    deb.write_bytes(b"debian archive")
+    fixed = store.add_fixed_file(
+        deb, "pkg_1.0_amd64.deb", hashlib.sha256(b"debian archive").hexdigest()
+    )
+    t = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=store.root / "tmp")) / "t"
+    t.mkdir()
+    (t / "f").write_bytes(b"unpacked")
+    out = store.add_tree(t, "pkg-1.0", recipe={"builder": "unpack", "from": fixed.path})
+    env = add(store, b"env", "env", [out.path])
+    orphan_deb = tmp_path / "old.deb"
+    orphan_deb.write_bytes(b"old")
+    orphan = store.add_fixed_file(orphan_deb, "old.deb", hashlib.sha256(b"old").hexdigest())
+    store.clear_temp_roots()
+    r = collect(store, extra_roots=[env.path], dry_run=True)
+    assert r.deleted == [orphan.path]  # the .deb behind a live output is kept
+    r = collect(store, extra_roots=[env.path], dry_run=True, keep_sources=False)
+    assert sorted(r.deleted) == sorted([orphan.path, fixed.path])
+    r = collect(store)
+    assert sorted(r.deleted) == sorted([env.path, out.path, fixed.path, orphan.path])

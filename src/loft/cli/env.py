@@ -244,17 +244,24 @@ def info(env_ref: str, as_json: bool) -> None:
 
 @env.command()
 @click.option("--dry-run", is_flag=True, help="Only report what would be deleted.")
+@click.option(
+    "--keep-sources/--no-keep-sources",
+    default=True,
+    show_default=True,
+    help="Keep the downloaded artefacts (.deb, wheel, tarball) live packages came from.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def gc(dry_run: bool, as_json: bool) -> None:
+def gc(dry_run: bool, keep_sources: bool, as_json: bool) -> None:
     """Delete store paths no root needs.
 
-    Roots: every generation of every profile, plus paths marked in use (loft env root).
-    A rooted path and its whole closure are never deleted.
+    Roots: every generation of every profile, paths marked in use (loft env root) and
+    paths a running loft process added. A rooted path and its whole closure are never
+    deleted; nor, by default, the artefacts its packages were unpacked from.
     """
     from loft.envstore.gc import collect
 
     store = _store()
-    r = collect(store, _profiles().all_env_paths(), dry_run=dry_run)
+    r = collect(store, _profiles().all_env_paths(), dry_run=dry_run, keep_sources=keep_sources)
     if as_json:
         _echo_json(r.__dict__)
         return
