@@ -132,11 +132,14 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+# Looked up before any fork: the child between fork and exec should only make the call.
+_prctl = ctypes.CDLL(None, use_errno=True).prctl
+_PR_SET_PDEATHSIG = 1
+
+
 def _die_with_parent() -> None:
     """preexec_fn: SIGKILL the child when the process that started it dies (Linux)."""
-    pr_set_pdeathsig = 1
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    _prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
 
 
 # -- SeaweedFS ----------------------------------------------------------------------------
