@@ -10,6 +10,7 @@ second build of a present lock only checks that the environment path is valid.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -24,6 +25,7 @@ from rich.progress import (
     DownloadColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
 )
@@ -143,6 +145,18 @@ class Pin:
         )  # fmt: skip
 
 
+@dataclass(frozen=True)
+class _Staged:
+    """An artefact after stage 1: verified bytes (and soon an unpacked tree)."""
+
+    pin: Pin
+    fixed: str  # its fixed-output store path
+    file: Path  # where its bytes are now (the store's copy, or scratch)
+    sha256: str
+    fresh: bool  # not yet in the store
+    tree: Path = Path()
+
+
 class Builder:
     """Realises pins and composes environments in one store."""
 
@@ -177,7 +191,13 @@ class Builder:
     # -- artefacts ------------------------------------------------------------------------
 
     def realise(self, pins: Sequence[Pin]) -> list[LockedArtefact]:
-        """Make every pin's unpacked tree valid; return what each produced, in order."""
+        """Make every pin's unpacked tree valid; return what each produced, in order.
+
+        Stage 1, per artefact and pipelined: fetch (or find in the store or a mirror),
+        verify, unpack into scratch space. Stage 2, only once all of stage 1 succeeded:
+        add the fetched files and the unpacked trees to the store. So a tampered or
+        refused artefact leaves the store exactly as it was.
+        """
         done: dict[int, LockedArtefact] = {}
         todo: list[int] = []
         for i, pin in enumerate(pins):
@@ -189,43 +209,36 @@ class Builder:
         if not todo:
             return [done[i] for i in range(len(pins))]
         with self._progress, self.store.tmpdir() as scratch:
-            files = self._fetch_all([pins[i] for i in todo], scratch)
-            task = self._progress.add_task("unpacking", total=len(todo))
+            dl = self._progress.add_task("downloading", total=None)
+            up = self._progress.add_task("unpacking", total=len(todo))
 
-            def one(k: int) -> LockedArtefact:
-                i = todo[k]
-                out = self._unpack_one(pins[i], files[k], scratch / f"tree-{k}")
-                self._progress.advance(task)
-                return out
+            def stage1(k: int) -> _Staged:
+                staged = self._fetch(pins[todo[k]], scratch / f"dl-{k}", dl)
+                extra = staged.pin.name if staged.pin.kind == "deb" else self.python_version
+                tree = scratch / f"tree-{k}"
+                unpack(staged.pin.kind, staged.file, tree, staged.pin.what, extra)
+                self._progress.advance(up)
+                return replace(staged, tree=tree)
 
-            for k, res in enumerate(self._parallel(one, range(len(todo)))):
+            staged = self._parallel(stage1, range(len(todo)))
+            for k, res in enumerate(
+                self._parallel(lambda k: self._add(staged[k]), range(len(todo)))
+            ):
                 done[todo[k]] = res
         return [done[i] for i in range(len(pins))]
 
-    def _fetch_all(self, pins: Sequence[Pin], scratch: Path) -> list[tuple[str, Path]]:
-        """(fixed-output path, file to add or "") per pin; everything verified first."""
-        total = sum(1 for p in pins if not self._have_fixed(p))
-        task = self._progress.add_task("downloading", total=None if total else 0)
-
-        def one(k: int) -> tuple[str, Path]:
-            pin = pins[k]
-            fixed = self._fixed_path(pin)
-            if fixed and self.store.is_valid(fixed):
-                return fixed, Path()
-            dest = scratch / f"dl-{k}"
-            src = self._from_mirror(fixed)
-            if src is not None:
-                copy_local(src, dest)
-            else:
-                download(pin.url, dest, pin.what, lambda n: self._progress.advance(task, n))
-            sha = verify_file(dest, pin.what, sha256=pin.file_sha256, integrity=pin.integrity)
-            return fixed_output_path(sha, pin.file_name), dest
-
-        return self._parallel(one, range(len(pins)))
-
-    def _have_fixed(self, pin: Pin) -> bool:
+    def _fetch(self, pin: Pin, dest: Path, task: TaskID) -> _Staged:
+        """The verified artefact: the store's copy if valid, else a mirror's or a download."""
         fixed = self._fixed_path(pin)
-        return bool(fixed) and self.store.is_valid(fixed)
+        if fixed and self.store.is_valid(fixed):
+            return _Staged(pin, fixed, self.store.physical(fixed), pin.file_sha256, False)
+        src = self._from_mirror(fixed)
+        if src is not None:
+            copy_local(src, dest)
+        else:
+            download(pin.url, dest, pin.what, lambda n: self._progress.advance(task, n))
+        sha = verify_file(dest, pin.what, sha256=pin.file_sha256, integrity=pin.integrity)
+        return _Staged(pin, fixed_output_path(sha, pin.file_name), dest, sha, True)
 
     def _fixed_path(self, pin: Pin) -> str:
         if pin.file_sha256:
@@ -238,25 +251,18 @@ class Builder:
                 return m.physical(fixed)
         return None
 
-    def _unpack_one(self, pin: Pin, fetched: tuple[str, Path], tree: Path) -> LockedArtefact:
-        fixed, file = fetched
-        if file != Path():
-            sha = fixed_output_path_sha(fixed, pin, file)
-            info = self.store.add_fixed_file(
-                file, pin.file_name, sha, recipe={"url": pin.url, "hash": pin.registry_hash}
-            )
-            fixed = info.path
-        sha256 = self.store.query(fixed)
-        assert sha256 is not None and sha256.ca is not None
-        file_sha = _ca_sha256(sha256.ca)
-        extra = pin.name if pin.kind == "deb" else self.python_version
-        unpack(pin.kind, self.store.physical(fixed), tree, pin.what, extra)
-        recipe: dict[str, object] = {"builder": _UNPACKER, "kind": pin.kind, "from": fixed}
-        out = self.store.add_tree(tree, pin.out_name, recipe=recipe)
+    def _add(self, st: _Staged) -> LockedArtefact:
+        """Register a staged artefact: its file as a fixed output, its tree as a source."""
+        pin = st.pin
+        if st.fresh:
+            recipe: dict[str, object] = {"url": pin.url, "hash": pin.registry_hash}
+            self.store.add_fixed_file(st.file, pin.file_name, st.sha256, recipe=recipe)
+        recipe2: dict[str, object] = {"builder": _UNPACKER, "kind": pin.kind, "from": st.fixed}
+        out = self.store.add_tree(st.tree, pin.out_name, recipe=recipe2)
         got = LockedArtefact(
             kind=pin.kind, name=pin.name, version=pin.version, url=pin.url,
-            registry_hash=pin.registry_hash, file_sha256=file_sha, file_name=pin.file_name,
-            fixed_path=fixed, output=_locked(out, pin.out_name), location=pin.location,
+            registry_hash=pin.registry_hash, file_sha256=st.sha256, file_name=pin.file_name,
+            fixed_path=st.fixed, output=_locked(out, pin.out_name), location=pin.location,
             bin=dict(pin.bin),
         )  # fmt: skip
         exp = pin.expected
@@ -325,6 +331,7 @@ class Builder:
             tree = scratch / "env"
             tree.mkdir()
             write_forest(forest, tree)
+            _write_manifest(tree, artefacts, layers)
             refs = [a.output.path for a in artefacts] + [lp.path for lp in layers]
             info = self.store.add_tree(
                 tree, ENV_NAME, references_from=refs, recipe={"builder": "loft-env/1"}
@@ -346,18 +353,23 @@ def _add_bin_links(forest: dict[str, str | None], npms: Sequence[LockedArtefact]
                 forest[link] = os.path.normpath(f"../lib/{a.location}/{rel}")
 
 
-def fixed_output_path_sha(fixed: str, pin: Pin, file: Path) -> str:
-    """The sha256 that names ``fixed`` (already verified while fetching)."""
-    if pin.file_sha256:
-        return pin.file_sha256
-    return verify_file(file, pin.what)
+#: Inside an environment: what it is made of (also makes every part a scanned reference).
+MANIFEST = "share/loft/env.json"
 
 
-def _ca_sha256(ca: str) -> str:
-    # "fixed:sha256:<nixbase32>" as the store records flat fixed outputs.
-    from loft.envstore import nixbase32
-
-    return nixbase32.decode(ca.rsplit(":", 1)[1]).hex()
+def _write_manifest(
+    tree: Path, artefacts: Sequence[LockedArtefact], layers: Sequence[LockedPath]
+) -> None:
+    doc = {
+        "packages": [
+            {"kind": a.kind, "name": a.name, "version": a.version, "path": a.output.path}
+            for a in sorted(artefacts, key=lambda a: (a.kind, a.name, a.location))
+        ],
+        "layers": [{"name": lp.name, "path": lp.path} for lp in layers],
+    }
+    dest = tree / MANIFEST
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
 
 
 def _locked(info: PathInfo, name: str) -> LockedPath:
@@ -372,7 +384,9 @@ def resolve_spec(spec: Spec, store: Store) -> tuple[list[Pin], dict[str, str]]:
     debian = list(dict.fromkeys([*spec.debian, *ALWAYS_DEBIAN]))
     if spec.npm and "nodejs" not in debian:
         debian.append("nodejs")
-    apt = AptConfig.for_host(store.root / "apt")
+    # The apt indexes are a cache, not store state: LOFT_APT_STATE lets several stores
+    # (tests, benchmarks) share one copy.
+    apt = AptConfig.for_host(Path(os.environ.get("LOFT_APT_STATE") or store.root / "apt"))
     target = PythonTarget.debian()
     with ThreadPoolExecutor(max_workers=3) as pool:
         fd = pool.submit(resolve_debian, debian, apt)
