@@ -109,3 +109,29 @@ def test_verify(data: tuple[Path, dict[str, PathInfo]]) -> None:
     out = json.loads(loft(d, "env", "verify", p["a"].path, "--json", code=1))
     assert out["checked"] == 2 and list(out["problems"]) == [p["lib"].path]
     assert p["lib"].path in loft(d, "env", "verify", p["b"].path, code=1)
+
+
+def test_push_and_pull_a_lock(tmp_path: Path, data: tuple[Path, dict[str, PathInfo]]) -> None:
+    d, p = data
+    # The shape `loft env lock` writes: store_path + nar_hash wherever a path is pinned.
+    lock = tmp_path / "loft.lock"
+    pin = {k: {"store_path": p[k].path, "nar_hash": p[k].nar_hash, "nar_size": 1} for k in p}
+    doc = {
+        "version": 1,
+        "artefacts": [{"name": "lib", "fixed_path": "", "output": pin["lib"]}],
+        "layers": [pin["junk"]],  # not referenced by the env: must still travel
+        "env": pin["a"],
+    }
+    lock.write_text(json.dumps(doc))
+    loft(d, "env", "keygen", "k", "-o", str(tmp_path))
+    cache = f"file://{tmp_path / 'cache'}"
+    loft(d, "env", "push", str(lock), "--to", cache, "--key", str(tmp_path / "k.sec"))
+    d2 = tmp_path / "d2"
+    pub = (tmp_path / "k.pub").read_text()
+    r = json.loads(loft(d2, "env", "pull", str(lock), "--from", cache, "--trust", pub, "--json"))
+    assert sorted(r["fetched"]) == sorted(p[k].path for k in ("lib", "a", "junk"))
+    assert json.loads(loft(d2, "env", "info", str(lock), "--json"))["path"] == p["a"].path
+    doc["env"] = {**pin["a"], "nar_hash": p["b"].nar_hash}
+    lock.write_text(json.dumps(doc))
+    out = loft(tmp_path / "d3", "env", "pull", str(lock), "--from", cache, "--trust", pub, code=1)
+    assert "the lock expects" in out

@@ -158,8 +158,10 @@ def _read_key_arg(value: str) -> str:
 def push(env_ref: str, to_url: str, key_file: str, jobs: int, as_json: bool) -> None:
     """Upload ENV and its closure to a Nix binary cache, signed with the secret KEY file.
 
-    Writes nix-cache-info, <hash>.narinfo and nar/<filehash>.nar.zst; paths already in
-    the cache are skipped. Real Nix can substitute from the result.
+    For a loft.lock, every path the lock pins (packages, layers, env) is pushed, so
+    `loft env pull` of the same lock finds them all. Writes nix-cache-info,
+    <hash>.narinfo and nar/<filehash>.nar.zst; paths already in the cache are skipped.
+    Real Nix can substitute from the result.
     """
     from loft.envstore.binary_cache import push as do_push
     from loft.envstore.signing import SecretKey
@@ -167,7 +169,13 @@ def push(env_ref: str, to_url: str, key_file: str, jobs: int, as_json: bool) -> 
     store = _store()
     key = SecretKey.parse(Path(key_file).read_text())
     path = resolve_env(store, env_ref)
-    r = do_push(store, [path], to_url, key, parallelism=jobs)
+    paths = [path]
+    if os.path.isfile(env_ref):
+        paths += sorted(read_lock_paths(Path(env_ref))[1])
+        for p in paths:
+            if not store.is_valid(p):
+                raise InvalidPath(p)
+    r = do_push(store, paths, to_url, key, parallelism=jobs)
     if as_json:
         _echo_json({"env": path, "to": to_url, **r.__dict__})
         return
