@@ -323,43 +323,16 @@ class Blockstore:
                 f"image is {size} bytes but volume {name!r} is {rec.size} bytes",
                 hint="create a bigger volume",
             )
+        self._refuse_if_held(rec, "import into")
         started = time.monotonic()
         vol = self.open(name)
         try:
-            vol.commit()  # whatever recovery found dirty is committed before we start
-            es = vol.extent_size
-            buf = bytearray(es)
-            view = memoryview(buf)
-            offset = 0
-            while True:
-                n = _read_full(src, view)
-                if n == 0:
-                    break
-                if offset + n > rec.size:
-                    raise InvalidArgument(
-                        f"image is larger than volume {name!r} ({rec.size} bytes)",
-                        hint="create a bigger volume",
-                    )
-                if view[:n] != _zeros(n) or vol.is_resident(offset, n):
-                    vol.write(offset, view[:n])
-                # An all-zero block over an absent extent: zero it without fetching.
-                else:
-                    vol.zero(offset, n)
-                offset += n
-                if progress:
-                    progress(n)
-                if n < es:
-                    break
-            vol.commit()
-        except BaseException:
-            # Nothing of this import may reach the head: drop the working copy.
-            wc = vol.detach()
-            wc.destroy()
-            self.heads.release(vol.record.id, vol.record.epoch, vol.holder)
-            raise
-        uploaded = vol.last_commit.uploaded_bytes if vol.last_commit else 0
-        vol.close()
-        return TransferReport(offset, time.monotonic() - started, -(-offset // es), uploaded)
+            res = vol.import_image(src, progress)
+        finally:
+            vol.close()
+        n = len(res.digests)
+        written = min(rec.size, n * rec.extent_size)
+        return TransferReport(written, time.monotonic() - started, n, res.uploaded_bytes)
 
     def export_image(
         self, ref: str, dst: BinaryIO, progress: Progress | None = None
@@ -420,17 +393,6 @@ def _zeros(n: int) -> bytes:
     if z is None:
         z = _ZEROS[n] = bytes(n)
     return z
-
-
-def _read_full(src: BinaryIO, view: memoryview) -> int:
-    """Fill ``view`` from ``src`` unless it ends first; returns the bytes read."""
-    got = 0
-    while got < len(view):
-        n = src.readinto(view[got:])  # type: ignore[attr-defined]
-        if not n:
-            break
-        got += n
-    return got
 
 
 __all__ = ["Blockstore", "SnapshotNotFound", "TransferReport", "VolumeInfo", "new_holder_id"]

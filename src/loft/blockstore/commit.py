@@ -12,7 +12,8 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from itertools import islice
 
@@ -116,9 +117,8 @@ def commit_extents(
     writer = rec.writer_tag
     digests: dict[int, bytes] = {}
     try:
-        it = iter(extents)
-        while batch := list(islice(it, BATCH_EXTENTS)):
-            encoded = list(ctx.pool.map(lambda e: encode_extent(ctx, source(e)), batch))
+        for batch, futures in _encoded_batches(ctx, extents, source):
+            encoded = [f.result() for f in futures]
             store_chunks(ctx, commit_id, [(d, v) for d, v in encoded if v is not None], tally)
             for e, (digest, _) in zip(batch, encoded, strict=True):
                 digests[e] = digest
@@ -141,6 +141,29 @@ def commit_extents(
         tally.uploaded_chunks,
         tally.dedup_hits,
     )
+
+
+def _encoded_batches(
+    ctx: BlockstoreContext, extents: Iterable[int], source: ExtentSource
+) -> Iterator[tuple[list[int], list[Future[tuple[bytes, bytes | None]]]]]:
+    """Batches of extents with their hashing/compression under way in the pool; the next
+    batch is read and started before the current one is handed out, so encoding overlaps
+    uploading. ``source(e)`` is called in order, from this thread, right after the
+    iterator yields ``e`` (together they may be reading a stream)."""
+    it = iter(extents)
+    ready = None
+    while True:
+        batch: list[int] = []
+        started = []
+        # One extent at a time: the iterator and source may share a buffer (import).
+        for e in islice(it, BATCH_EXTENTS):
+            batch.append(e)
+            started.append(ctx.pool.submit(encode_extent, ctx, source(e)))
+        if ready is not None:
+            yield ready
+        if not batch:
+            return
+        ready = (batch, started)
 
 
 def write_head_record(ctx: BlockstoreContext, rec: VolumeRecord) -> None:

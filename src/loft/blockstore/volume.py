@@ -18,7 +18,9 @@ import os
 import threading
 import time
 from array import array
+from collections.abc import Callable, Iterator
 from dataclasses import replace
+from typing import BinaryIO
 
 from loft.blockstore.capture import Capture
 from loft.blockstore.chunks import ZERO_HASH
@@ -199,9 +201,7 @@ class Volume:
                 self._dirty.add(e)
             self._gen[e] += 1
 
-    def write(
-        self, offset: int, data: bytes | bytearray | memoryview, fua: bool = False
-    ) -> None:
+    def write(self, offset: int, data: bytes | bytearray | memoryview, fua: bool = False) -> None:
         """Write ``data`` at ``offset``; with ``fua`` it is durable before returning."""
         self._check_writable()
         length = len(data)
@@ -593,6 +593,67 @@ class Volume:
         for owner, e in victims:
             owner.evict(e)
 
+    def import_image(
+        self, src: BinaryIO, progress: Callable[[int], None] | None = None
+    ) -> CommitResult:
+        """Replace the volume's first bytes with a raw image read from ``src`` and commit,
+        streaming extents straight to the chunk store (not through the working copy).
+        An image larger than the volume raises InvalidArgument before the head moves."""
+        self.commit()  # the import applies on top of a clean, committed volume
+        es = self.extent_size
+        blocks: dict[int, tuple[bytearray, int]] = {}
+
+        def extents() -> Iterator[int]:
+            e = 0
+            while True:
+                buf = bytearray(es)  # a fresh buffer each time: handed on without a copy
+                n = _read_full(src, memoryview(buf))
+                if n == 0:
+                    return
+                if e >= self._n or n > self._elen(e):
+                    raise InvalidArgument(
+                        f"image is larger than volume {self.name!r} ({self.size} bytes)",
+                        hint="create a bigger volume",
+                    )
+                blocks[e] = (buf, n)
+                if progress:
+                    progress(n)
+                yield e
+                e += 1
+                if n < es:
+                    return
+
+        def source(e: int) -> bytes:
+            buf, n = blocks.pop(e)
+            if n == len(buf) == self._elen(e):
+                return buf  # type: ignore[return-value]  # bytes-like is all we need
+            # A partial last extent keeps what the volume had after the image's end.
+            return bytes(buf[:n]) + self.read(e * es + n, self._elen(e) - n)
+
+        with self._cond:
+            if self._dirty or self._pending or self._uploading:
+                raise VolumeIOError(f"volume {self.name!r} is being written; import refused")
+            self._check_writable()
+            rec, manifest = self._rec, self._manifest
+        res = commit_extents(self.ctx, rec, self.holder, manifest, extents(), source, ttl=self._ttl)
+        with self._cond:
+            self._rec, self._manifest = res.record, res.manifest
+            for e in res.digests:
+                if self._states[e] == CLEAN:
+                    self.ctx.budget.forget(self, e)
+                    punch_hole(self._fd, e * es, self._elen(e))
+                    self._states[e] = ABSENT
+            self._wc.write_all(
+                replace(
+                    self._wc.header,
+                    base_version=res.record.version,
+                    base_root=res.record.root,
+                    clean_shutdown=False,
+                )
+            )
+            self.last_commit = res
+        return res
+
     # -- lifecycle --------------------------------------------------------------------
 
     @property
@@ -657,6 +718,17 @@ class Volume:
         if self._wc.dirty_extents():
             salvage_orphan(self.ctx, self._rec, self._wc)
         self._wc.destroy()
+
+
+def _read_full(src: BinaryIO, view: memoryview) -> int:
+    """Fill ``view`` from ``src`` unless it ends first; returns the bytes read."""
+    got = 0
+    while got < len(view):
+        n = src.readinto(view[got:])  # type: ignore[attr-defined]
+        if not n:
+            break
+        got += n
+    return got
 
 
 def entry_depth(entry: bytes, own_tag: bytes, lineage_tags: list[bytes]) -> int:
