@@ -6,6 +6,7 @@ import hashlib
 import itertools
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -217,3 +218,59 @@ def test_topo_levels() -> None:
     assert levels == [["c", "d"], ["b"], ["a"]]
     with pytest.raises(BinaryCacheError, match="cycle"):
         topo_levels({"a": ["b"], "b": ["a"]})
+
+
+@pytest.fixture
+def http_dir(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """A static HTTP server on loopback serving ``tmp_path/www``."""
+    import functools
+    import http.server
+    import threading
+
+    root = tmp_path / "www"
+    root.mkdir()
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(root))
+    )
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield root, f"http://127.0.0.1:{srv.server_address[1]}"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_pull_over_http(
+    tmp_path: Path,
+    src: tuple[Store, PathInfo, list[PathInfo]],
+    key: SecretKey,
+    http_dir: tuple[Path, str],
+) -> None:
+    store, env, paths = src
+    root, url = http_dir
+    push(store, [env.path], f"file://{root}/cache", key)
+    dst = Store(tmp_path / "dst", durable=False)
+    r = pull(dst, [env.path], f"{url}/cache", [key.public()])
+    assert sorted(r.fetched) == sorted(p.path for p in paths)
+    with pytest.raises(BinaryCacheError, match="not a binary cache"):
+        pull(dst, ["/nix/store/" + "a" * 32 + "-x"], f"{url}/nothing", [key.public()])
+
+
+def test_pull_from_unreachable_http_cache_fails_fast(tmp_path: Path, key: SecretKey) -> None:
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: connection refused
+    dst = Store(tmp_path / "dst", durable=False)
+    t0 = time.monotonic()
+    with pytest.raises(BinaryCacheError, match="cannot reach binary cache"):
+        pull(dst, ["/nix/store/" + "a" * 32 + "-x"], f"http://127.0.0.1:{port}", [key.public()])
+    assert time.monotonic() - t0 < 5

@@ -165,3 +165,38 @@ def test_loft_pulls_a_cache_written_by_nix(tmp_path: Path) -> None:
         assert info is not None
         assert info.nar_hash == nix.run("nix-store", "-q", "--hash", path).decode().strip()
         assert (store.physical(path) / "bin/hello").stat().st_mode & 0o777 == 0o555
+
+
+def test_nix_substitutes_over_http(tmp_path: Path, env_closure: tuple[Store, PathInfo]) -> None:
+    import functools
+    import http.server
+    import threading
+
+    store, env = env_closure
+    key = SecretKey.generate("loft-http-1")
+    www = tmp_path / "www"
+    push(store, [env.path], f"file://{www}", key)
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(www))
+    )
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{srv.server_address[1]}"
+        nix = Nix(tmp_path)
+        nix.run(
+            "nix-store", "-r", env.path,
+            "--option", "substituters", url,
+            "--option", "trusted-public-keys", key.public().render(),
+        )  # fmt: skip
+        nix.run("nix-store", "--verify", "--check-contents")
+        # And loft pulls the same cache over HTTP.
+        dst = Store(tmp_path / "dst", durable=False)
+        assert len(pull(dst, [env.path], url, [key.public()]).fetched) == 4
+    finally:
+        srv.shutdown()
+        srv.server_close()

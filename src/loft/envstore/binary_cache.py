@@ -1,6 +1,7 @@
 """A Nix binary cache on any chunk store (``file:///dir``, ``s3://bucket/prefix``).
 
-Layout, exactly what Nix's substituters read::
+Push writes to any chunk store; pull also reads ``http(s)://`` caches (any static file
+server, or a Nix cache). Layout, exactly what Nix's substituters read::
 
     nix-cache-info            StoreDir / WantMassQuery / Priority
     <hash32>.narinfo          one per store path, signed (see :mod:`loft.envstore.narinfo`)
@@ -20,9 +21,13 @@ import hashlib
 import io
 import lzma
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Protocol
+from urllib.parse import urlsplit
 
 import zstandard
 
@@ -40,15 +45,20 @@ DEFAULT_PRIORITY = 40
 DEFAULT_ZSTD_LEVEL = 3
 DEFAULT_PARALLELISM = 4
 _DECOMPRESSED_CHUNK = 1 << 20
+#: Seconds an HTTP cache may take per request before the pull fails.
+HTTP_TIMEOUT = 30.0
 
 __all__ = [
     "CACHE_INFO_KEY",
     "BinaryCacheError",
+    "CacheReader",
+    "HttpCache",
     "PullReport",
     "PushReport",
     "cache_info_text",
     "nar_key",
     "narinfo_key",
+    "open_cache_reader",
     "pull",
     "push",
     "topo_levels",
@@ -57,6 +67,53 @@ __all__ = [
 
 class BinaryCacheError(EnvstoreError):
     """The binary cache lacks a path, is inconsistent, or is not trusted."""
+
+
+class CacheReader(Protocol):
+    """What :func:`pull` needs from a cache: whole objects by key (a ChunkStore has it)."""
+
+    def get(self, key: str) -> bytes:
+        """The object under ``key``; :class:`ChunkNotFound` when absent."""
+        ...
+
+    def close(self) -> None:
+        """Release resources."""
+        ...
+
+
+class HttpCache:
+    """A read-only binary cache served over HTTP(S), e.g. by any static file server."""
+
+    def __init__(self, url: str, timeout: float = HTTP_TIMEOUT) -> None:
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+
+    def get(self, key: str) -> bytes:
+        """GET ``<url>/<key>``; 404 is :class:`ChunkNotFound`, other failures an error."""
+        try:
+            with urllib.request.urlopen(f"{self.url}/{key}", timeout=self.timeout) as r:
+                data: bytes = r.read()
+                return data
+        except urllib.error.HTTPError as e:
+            if e.code in (403, 404):
+                raise ChunkNotFound(key) from None
+            raise BinaryCacheError(f"{self.url}/{key}: HTTP {e.code} {e.reason}") from None
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise BinaryCacheError(
+                f"cannot reach binary cache {self.url}: {reason}",
+                hint="check the URL and that the server is up",
+            ) from None
+
+    def close(self) -> None:
+        """Nothing to release: each request has its own connection."""
+
+
+def open_cache_reader(url: str) -> CacheReader:
+    """``http(s)://`` caches read over HTTP; everything else is a chunk store URL."""
+    if urlsplit(url).scheme in ("http", "https"):
+        return HttpCache(url)
+    return open_chunk_store(url)
 
 
 def cache_info_text(store_dir: str = STORE_DIR, priority: int = DEFAULT_PRIORITY) -> str:
@@ -210,7 +267,7 @@ def pull(
     *,
     expected: Mapping[str, str] | None = None,
     parallelism: int = DEFAULT_PARALLELISM,
-    objects: ChunkStore | None = None,
+    objects: CacheReader | None = None,
 ) -> PullReport:
     """Substitute ``paths`` and their closures from the cache at ``from_url``.
 
@@ -224,7 +281,7 @@ def pull(
             hint="pass --trust <name>:<base64 public key>",
         )
     own = objects is None
-    objs = open_chunk_store(from_url) if objects is None else objects
+    objs = open_cache_reader(from_url) if objects is None else objects
     try:
         report = PullReport()
         _check_cache_info(objs, store.store_dir, from_url)
@@ -265,7 +322,7 @@ def pull(
             objs.close()
 
 
-def _check_cache_info(objs: ChunkStore, store_dir: str, url: str) -> None:
+def _check_cache_info(objs: CacheReader, store_dir: str, url: str) -> None:
     try:
         text = objs.get(CACHE_INFO_KEY).decode()
     except ChunkNotFound:
@@ -279,7 +336,7 @@ def _check_cache_info(objs: ChunkStore, store_dir: str, url: str) -> None:
             raise BinaryCacheError(f"{url} holds paths for store {v}, not {store_dir}")
 
 
-def _fetch_narinfo(objs: ChunkStore, path: str, store_dir: str) -> NarInfo:
+def _fetch_narinfo(objs: CacheReader, path: str, store_dir: str) -> NarInfo:
     try:
         text = objs.get(narinfo_key(path)).decode()
     except ChunkNotFound:
@@ -331,7 +388,7 @@ def _decompressor(compression: str) -> Callable[[bytes], Iterator[bytes]]:
     return table[compression]
 
 
-def _fetch_one(store: Store, objs: ChunkStore, ni: NarInfo, url: str) -> tuple[int, int]:
+def _fetch_one(store: Store, objs: CacheReader, ni: NarInfo, url: str) -> tuple[int, int]:
     key = ni.url
     if key.startswith("/") or ".." in key.split("/") or "://" in key:
         raise BinaryCacheError(f"narinfo for {ni.store_path} has a bad URL {key!r}")
