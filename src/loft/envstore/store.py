@@ -57,6 +57,8 @@ __all__ = [
     "PathInfo",
     "Store",
     "canonicalise",
+    "disk_usage",
+    "force_rmtree",
     "format_nar_hash",
     "parse_nar_hash",
 ]
