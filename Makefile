@@ -44,7 +44,7 @@ test: lint typecheck
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 bench: deps
-	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@for b in bench/[!_]*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) .deps .mypy_cache .ruff_cache
