@@ -135,3 +135,15 @@ def test_push_and_pull_a_lock(tmp_path: Path, data: tuple[Path, dict[str, PathIn
     lock.write_text(json.dumps(doc))
     out = loft(tmp_path / "d3", "env", "pull", str(lock), "--from", cache, "--trust", pub, code=1)
     assert "the lock expects" in out
+
+
+def test_profile_prune_and_list(data: tuple[Path, dict[str, PathInfo]]) -> None:
+    d, p = data
+    for k in ("a", "b", "a", "b"):
+        loft(d, "env", "profile", "ws", "switch", p[k].path)
+    loft(d, "env", "profile", "ws", "rollback", "--to", "1")
+    gone = json.loads(loft(d, "env", "profile", "ws", "prune", "--keep", "1", "--json"))
+    assert [g["number"] for g in gone] == [2, 3]
+    gens = json.loads(loft(d, "env", "profile", "ws", "generations", "--json"))
+    assert [(g["number"], g["current"]) for g in gens] == [(1, True), (4, False)]
+    assert json.loads(loft(d, "env", "profiles", "--json")) == {"ws": 1}

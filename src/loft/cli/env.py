@@ -403,6 +403,36 @@ def rollback(name: str, to: int | None, as_json: bool) -> None:
     click.echo(f"{name}: generation {g.number} -> {g.env_path}")
 
 
+@profile.command()
+@click.option("--keep", type=int, required=True, help="How many newest generations to keep.")
+@click.option("--json", "as_json", is_flag=True, help="Print the deleted generations as JSON.")
+@click.pass_obj
+def prune(name: str, keep: int, as_json: bool) -> None:
+    """Delete all but the newest --keep generations (never the current one).
+
+    Their environments become garbage for `loft env gc` unless something else roots them.
+    """
+    if keep < 1:
+        raise EnvstoreError("--keep must be at least 1")
+    gone = _profiles().delete_generations(name, keep)
+    if as_json:
+        _echo_json([g.__dict__ for g in gone])
+        return
+    click.echo(f"{name}: deleted {len(gone)} generations")
+
+
+@env.command("profiles")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def profiles_cmd(as_json: bool) -> None:
+    """List profiles and their current generation."""
+    rows = _profiles().list()
+    if as_json:
+        _echo_json(rows)
+        return
+    for n, g in rows.items():
+        click.echo(f"{n}\t{g}")
+
+
 try:
     from loft.cli import env_build  # type: ignore[attr-defined,unused-ignore]
 
