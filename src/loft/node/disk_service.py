@@ -112,7 +112,11 @@ class CatalogExports:
             self._exports.clear()
         for e in exports:
             try:
-                e.backend.close()
+                # The service opened these volumes and views, so it closes them (the NBD
+                # backend adapter does not own what it serves).
+                target = getattr(e.backend, "volume", None)
+                if target is not None:
+                    target.close()
             except LoftError as err:
                 log.error("disk.close export=%s error=%s", e.name, json.dumps(str(err)))
 

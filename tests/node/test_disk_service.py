@@ -1,0 +1,219 @@
+"""The disk service end to end: `loft disk serve` as a real process, real NBD clients,
+and the CLI finding the service through the catalog."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from nbdtool import DEBIAN_PYTHON, loft_command, run
+
+pytestmark = [pytest.mark.timeout(180), pytest.mark.serial]
+MIB = 1 << 20
+
+
+class Node:
+    """One node's environment (data dir) over a shared catalog and chunk store."""
+
+    def __init__(self, root: Path, name: str) -> None:
+        self.env = dict(os.environ)
+        self.env.update(
+            LOFT_DATA_DIR=str(root / name),
+            LOFT_CHUNKS=f"file://{root / 'chunks'}",
+            LOFT_CATALOG_URL=f"sqlite:///{root / 'catalog.db'}",
+        )
+        self.sock = root / name / "run" / "nbd.sock"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def loft(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [*loft_command(), *args], env=self.env, capture_output=True, text=True, timeout=120
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"loft {args} failed:\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def serve(self) -> None:
+        log = open(Path(self.env["LOFT_DATA_DIR"]).with_suffix(".log"), "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [*loft_command(), "disk", "serve"], env=self.env, stdout=log, stderr=log
+        )
+        control = self.sock.with_name("control.sock")
+        deadline = time.monotonic() + 30
+        while not control.exists():
+            assert self.proc.poll() is None, "disk service died at start"
+            assert time.monotonic() < deadline, "disk service did not start"
+            time.sleep(0.05)
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+            raise
+
+    def uri(self, export: str) -> str:
+        return f"nbd+unix:///{export}?socket={self.sock}"
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[Node]:
+    n = Node(tmp_path, "node-a")
+    yield n
+    if n.proc is not None and n.proc.poll() is None:
+        n.proc.kill()
+        n.proc.wait(10)
+
+
+def _volumes(node: Node) -> dict[str, dict[str, object]]:
+    return {v["name"]: v for v in json.loads(node.loft("volume", "ls", "--json").stdout)}
+
+
+def test_snapshot_through_the_service_holds_what_a_client_flushed(
+    node: Node, tmp_path: Path
+) -> None:
+    # A long commit interval: only the snapshot commits what the client flushed.
+    node.loft("volume", "create", "v", "--size", "64M", "--commit-interval", "600")
+    node.serve()
+    run(
+        [
+            "qemu-io",
+            "-f",
+            "raw",
+            "-t",
+            "writeback",
+            "-c",
+            "write -P 0xab 0 1M",
+            "-c",
+            "write -P 0xcd 5M 64k",
+            "-c",
+            "flush",
+            node.uri("v"),
+        ]
+    )
+    info = json.loads(node.loft("volume", "info", "v", "--json").stdout)
+    assert info["served_by"].endswith("control.sock")
+    assert info["extents_dirty"] >= 1  # flushed on the node, not committed yet (local mode)
+    out = node.loft("volume", "snapshot", "v", "s1").stdout
+    assert "snapshot v@s1" in out
+    image = tmp_path / "s1.img"
+    node.loft("volume", "export", "v@s1", str(image))
+    data = image.read_bytes()
+    assert data[:MIB] == b"\xab" * MIB
+    assert data[5 * MIB : 5 * MIB + 65536] == b"\xcd" * 65536
+    # The snapshot is also a read-only export of the same service.
+    run(["qemu-io", "-r", "-f", "raw", "-c", "read -P 0xab 0 1M", node.uri("v@s1")])
+    denied = run(["qemu-io", "-f", "raw", "-c", "write -P 1 0 4k", node.uri("v@s1")], check=False)
+    assert denied.returncode != 0
+    assert node.stop() == 0
+
+
+def test_restore_and_rm_are_refused_while_served(node: Node) -> None:
+    node.loft("volume", "create", "v", "--size", "16M")
+    node.loft("volume", "snapshot", "v", "empty")
+    node.serve()
+    run(
+        [
+            "qemu-io",
+            "-f",
+            "raw",
+            "-t",
+            "writeback",
+            "-c",
+            "write -P 7 0 64k",
+            "-c",
+            "flush",
+            node.uri("v"),
+        ]
+    )
+    for args in (("volume", "restore", "v", "empty"), ("volume", "rm", "v")):
+        proc = node.loft(*args, check=False)
+        assert proc.returncode == 1
+        assert "served by the disk service" in proc.stderr
+        assert "loft disk release v" in proc.stderr
+    assert "v" in _volumes(node)
+    node.loft("disk", "release", "v")
+    node.loft("volume", "restore", "v", "empty")
+    snaps = json.loads(node.loft("volume", "snapshots", "v", "--json").stdout)
+    assert any(s["auto"] for s in snaps), "the replaced head is kept as an automatic snapshot"
+    # The service opens the restored volume again on next use.
+    run(["qemu-io", "-r", "-f", "raw", "-c", "read -P 0 0 64k", node.uri("v")])
+    assert node.stop() == 0
+
+
+def test_a_second_service_does_not_become_a_second_writer(node: Node, tmp_path: Path) -> None:
+    node.loft("volume", "create", "v", "--size", "16M")
+    node.serve()
+    run(
+        [
+            "qemu-io",
+            "-f",
+            "raw",
+            "-t",
+            "writeback",
+            "-c",
+            "write -P 1 0 4k",
+            "-c",
+            "flush",
+            node.uri("v"),
+        ]
+    )
+    other = Node(tmp_path, "node-b")
+    other.serve()
+    try:
+        refused = run(["nbdinfo", other.uri("v")], check=False)
+        assert refused.returncode != 0
+        listing = run(["nbdinfo", "--list", "--json", other.uri("")]).stdout
+        assert '"v"' not in listing.replace(" ", "")
+    finally:
+        assert other.stop() == 0
+    assert node.stop() == 0
+
+
+def test_sigterm_commits_and_releases_every_volume(node: Node, tmp_path: Path) -> None:
+    node.loft("volume", "create", "v", "--size", "16M")
+    node.serve()
+    # No explicit flush: the service commits on its way out anyway.
+    run(["qemu-io", "-f", "raw", "-t", "writeback", "-c", "write -P 9 1M 1M", node.uri("v")])
+    before = _volumes(node)["v"]
+    assert before["holder"] is not None
+    assert node.stop() == 0
+    after = _volumes(node)["v"]
+    assert after["holder"] is None
+    assert int(after["version"]) > int(before["version"])  # type: ignore[call-overload]
+    image = tmp_path / "v.img"
+    node.loft("volume", "export", "v", str(image))
+    assert image.read_bytes()[MIB : 2 * MIB] == b"\x09" * MIB
+
+
+def test_ls_connections_shows_who_is_connected(node: Node) -> None:
+    node.loft("volume", "create", "v", "--size", "16M")
+    node.serve()
+    holder = subprocess.Popen(
+        [
+            DEBIAN_PYTHON,
+            "-c",
+            "import nbd, sys, time; h = nbd.NBD(); h.connect_uri(sys.argv[1]); "
+            "h.pread(4096, 0); print('up', flush=True); time.sleep(30)",
+            node.uri("v"),
+        ],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == b"up"
+        conns = json.loads(node.loft("disk", "ls-connections", "--json").stdout)
+        assert [c.get("export") for c in conns] == ["v"]
+    finally:
+        holder.kill()
+        holder.wait(10)
+    assert node.stop() == 0
