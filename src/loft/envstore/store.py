@@ -385,7 +385,7 @@ class Store:
         """Add a flat file whose SHA-256 must be ``sha256_hex`` (a downloaded artefact).
 
         On a mismatch nothing is added and :class:`HashMismatch` names the file. A file
-        inside the store's root (a :meth:`tmpdir`) is moved; any other file is copied.
+        inside the store's scratch space (a :meth:`tmpdir`) is moved; any other file is copied.
         """
         sha256_hex = sha256_hex.lower()
         path = fixed_output_path(sha256_hex, name, self.store_dir)
@@ -423,7 +423,7 @@ class Store:
             recipe=recipe,
         )
         with self.gc_lock(exclusive=False):
-            if _inside(Path(file), self.root):
+            if _inside(Path(file), self.root / "tmp"):
                 os.chmod(file, 0o444)
                 os.utime(file, (1, 1))
                 return self._place(Path(file), info)
