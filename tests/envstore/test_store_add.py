@@ -13,7 +13,14 @@ import pytest
 
 from loft.envstore import nar
 from loft.envstore.canonical import UnsupportedFileType, canonicalise
-from loft.envstore.store import HashMismatch, InvalidPath, PathInfo, Store, disk_usage
+from loft.envstore.store import (
+    HashMismatch,
+    InvalidPath,
+    PathInfo,
+    Store,
+    disk_usage,
+    force_rmtree,
+)
 from loft.envstore.store_path import fixed_output_path, source_path
 
 
@@ -224,3 +231,22 @@ def test_verify_detects_modified_and_missing_paths(store: Store) -> None:
     assert set(problems) == {a.path, b.path, c.path}
     assert "hash to" in problems[a.path] and "missing" in problems[b.path]
     assert store.verify([c.path]) == {c.path: problems[c.path]}
+
+
+def test_add_tree_from_another_filesystem(store: Store) -> None:
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(store.root).st_dev:
+        pytest.skip("needs /dev/shm on a different filesystem than the store")
+    src = Path(tempfile.mkdtemp(dir=shm)) / "t"
+    try:
+        (src / "bin").mkdir(parents=True)
+        (src / "bin" / "x").write_bytes(b"#!/bin/sh\n")
+        (src / "bin" / "x").chmod(0o755)
+        os.symlink("bin/x", src / "x")
+        digest, _ = nar.hash_path(src)
+        info = store.add_tree(src, "cross-fs")
+        assert info.path == source_path(digest, "cross-fs")
+        assert not src.exists() and store.verify() == {}
+        assert stat.S_IMODE(store.physical(info.path).stat().st_mode) == 0o555
+    finally:
+        force_rmtree(src.parent)
