@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import struct
+
 from loft.nbd.protocol import _events as ev
 from loft.nbd.protocol import _state as st
-from loft.nbd.protocol._constants import MAX_OPTION_LENGTH, Command
+from loft.nbd.protocol._constants import (
+    MAX_OPTION_LENGTH,
+    SIMPLE_REPLY,
+    SIMPLE_REPLY_MAGIC,
+    STRUCTURED_REPLY_MAGIC,
+    Command,
+    ReplyFlag,
+    ReplyType,
+)
 from loft.nbd.protocol._errors import LocalProtocolError, RemoteProtocolError
-from loft.nbd.protocol._readers import READERS
+from loft.nbd.protocol._readers import READERS, read_request
 from loft.nbd.protocol._writers import WRITERS, Buffers
 
 __all__ = ["RECEIVE_BUFFER_SIZE", "Connection"]
@@ -14,6 +24,12 @@ __all__ = ["RECEIVE_BUFFER_SIZE", "Connection"]
 #: Size of the receive buffer for headers and small payloads. Large WRITE payloads are
 #: received straight into their own buffer, so this only needs to hold many headers.
 RECEIVE_BUFFER_SIZE = 256 * 1024
+_DISC = int(Command.DISC)
+#: Structured OFFSET_DATA chunk header with its offset field, packed in one go.
+_DATA_CHUNK = struct.Struct(">IHHQIQ")
+_DONE = int(ReplyFlag.DONE)
+_OFFSET_DATA = int(ReplyType.OFFSET_DATA)
+
 #: Compact the receive buffer when less than this is free at its end.
 _MIN_FREE = 64 * 1024
 
@@ -138,6 +154,18 @@ class Connection:
         protocol; the connection must then be closed.
         """
         state = self._st.state
+        if state is st.TRANSMISSION and self.role is st.SERVER and self._payload is None:
+            # The per-request hot path: only NBD_CMD_DISC changes the state here.
+            try:
+                request = read_request(self)
+            except RemoteProtocolError:
+                self._st.state = st.ERROR
+                raise
+            if request is None:
+                return self._need_data() if self._payload is None else st.NEED_DATA
+            if request.command == _DISC:
+                self._st.process(request)
+            return request
         if state is st.ERROR:
             raise RemoteProtocolError("connection is in the ERROR state")
         payload = self._payload
@@ -148,7 +176,7 @@ class Connection:
             assert fields is not None
             self._payload = self._payload_fields = None
             command, handle, offset, length, flags = fields
-            event: object = ev.Request(command, handle, offset, length, flags, payload)
+            event: object = ev.Request.from_wire(command, handle, offset, length, flags, payload)
         else:
             reader = READERS.get((self.role, state))
             if reader is None:
@@ -188,6 +216,35 @@ class Connection:
         return st.NEED_DATA
 
     # --- sending --------------------------------------------------------------------
+
+    # Fast paths for the two replies almost every request gets. They are equivalent to
+    # sending SimpleReply / OffsetDataChunk events, without building an event object.
+
+    def _check_replying(self) -> None:
+        state = self._st.state
+        if (
+            not (state is st.TRANSMISSION or (state is st.CLOSED and self._st.disconnect_requested))
+            or self.role is not st.SERVER
+        ):
+            raise LocalProtocolError(f"cannot reply in state {state!r}")
+
+    def send_ok(self, handle: int) -> bytes:
+        """Bytes of a successful reply without data (a simple reply)."""
+        self._check_replying()
+        return SIMPLE_REPLY.pack(SIMPLE_REPLY_MAGIC, 0, handle)
+
+    def send_read_data(
+        self, handle: int, offset: int, data: bytes | bytearray | memoryview
+    ) -> Buffers:
+        """Buffers of a successful READ reply carrying ``data`` read at ``offset``: one
+        final OFFSET_DATA chunk with structured replies, else a simple reply."""
+        self._check_replying()
+        if self._st.structured_replies:
+            hdr = _DATA_CHUNK.pack(
+                STRUCTURED_REPLY_MAGIC, _DONE, _OFFSET_DATA, handle, 8 + len(data), offset
+            )
+            return [hdr, data]
+        return [SIMPLE_REPLY.pack(SIMPLE_REPLY_MAGIC, 0, handle), data]
 
     def send(self, event: object) -> bytes:
         """Return the bytes that put ``event`` on the wire (advancing the state)."""

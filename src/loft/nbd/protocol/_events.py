@@ -51,6 +51,9 @@ __all__ = [
     "UnknownOption",
 ]
 
+_new = object.__new__
+_set = object.__setattr__
+
 U16 = 1 << 16
 U32 = 1 << 32
 U64 = 1 << 64
@@ -350,6 +353,28 @@ class Request:
     def fua(self) -> bool:
         """True when the client asked for forced unit access."""
         return bool(self.flags & CmdFlag.FUA)
+
+    @classmethod
+    def from_wire(
+        cls,
+        command: int,
+        handle: int,
+        offset: int,
+        length: int,
+        flags: int,
+        payload: bytes | bytearray | memoryview | None,
+    ) -> Request:
+        """Build a request decoded from the wire, skipping the range checks (the fields
+        come from fixed-width integers and cannot be out of range): this is the
+        per-request hot path of a server."""
+        r = _new(cls)
+        _set(r, "command", command)
+        _set(r, "handle", handle)
+        _set(r, "offset", offset)
+        _set(r, "length", length)
+        _set(r, "flags", flags)
+        _set(r, "payload", payload)
+        return r
 
     def payload_bytes(self) -> bytes:
         """The WRITE payload as bytes (a copy; for tests and comparisons)."""

@@ -54,6 +54,7 @@ _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _GREETING = struct.Struct(">QQH")
 _EXPORT_NAME_REPLY = struct.Struct(">QH")
+_from_wire = ev.Request.from_wire
 
 
 # --- server side: what a client sends -------------------------------------------------
@@ -173,7 +174,7 @@ def read_option(conn: Connection) -> Event | None:
         return ev.InvalidOption(option, str(e))
 
 
-def read_request(conn: Connection) -> Event | None:
+def read_request(conn: Connection) -> ev.Request | None:
     start = conn.start
     avail = conn.end - start
     if avail < 28:
@@ -183,7 +184,7 @@ def read_request(conn: Connection) -> Event | None:
         raise RemoteProtocolError("bad request magic")
     if command != Command.WRITE:
         conn.start = start + 28
-        return ev.Request(command, handle, offset, length, flags)
+        return _from_wire(command, handle, offset, length, flags, None)
     if length > MAX_PAYLOAD:
         # The payload cannot be skipped safely without reading it all; the spec lets a
         # server drop a client that exceeds the advertised maximum.
@@ -192,7 +193,7 @@ def read_request(conn: Connection) -> Event | None:
     have = conn.end - start
     if have >= length:
         conn.start = start + length
-        return ev.Request(command, handle, offset, length, flags, conn.buf[start : start + length])
+        return _from_wire(command, handle, offset, length, flags, conn.buf[start : start + length])
     # Receive the rest of the payload straight into its own buffer (see get_buffer).
     payload = bytearray(length)
     payload[:have] = conn.buf[start : conn.end]

@@ -215,7 +215,12 @@ class NBDConnection(asyncio.BufferedProtocol):
         batch: list[Any] = []
         self._batch = batch
         try:
-            while not self._closing and not self._busy():
+            while not (
+                self._closing
+                or self._write_paused
+                or self._tls_pending
+                or len(self._ops) + len(self._waiting) >= MAX_INFLIGHT
+            ):
                 try:
                     event = proto.next_event()
                 except p.RemoteProtocolError as e:
@@ -647,23 +652,25 @@ class NBDConnection(asyncio.BufferedProtocol):
         command = req.command
         handle = req.handle
         if command == _READ:
-            if not self._view.structured_replies:
-                self._send(p.SimpleReply(handle, 0, result))
-            elif isinstance(result, list):
+            if not isinstance(result, list):
+                self._write(self._proto.send_read_data(handle, req.offset, result))
+            else:
                 last = len(result) - 1
                 for i, (off, n, data) in enumerate(result):
                     if data is None:
                         self._send(p.OffsetHoleChunk(handle, off, n, i == last))
                     else:
                         self._send(p.OffsetDataChunk(handle, off, data, i == last))
-            else:
-                self._send(p.OffsetDataChunk(handle, req.offset, result, True))
         elif command == _BS:
             last = len(result) - 1
             for i, (cid, extents) in enumerate(result):
                 self._send(p.BlockStatusChunk(handle, cid, tuple(extents), i == last))
         else:
-            self._send(p.SimpleReply(handle))
+            ok = self._proto.send_ok(handle)
+            if self._batch is not None:
+                self._batch.append(ok)
+            else:
+                self._write([ok])
 
     def _maybe_finish(self) -> None:
         if self._ops or self._waiting or self._closed:
