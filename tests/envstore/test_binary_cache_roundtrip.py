@@ -274,3 +274,20 @@ def test_pull_from_unreachable_http_cache_fails_fast(tmp_path: Path, key: Secret
     with pytest.raises(BinaryCacheError, match="cannot reach binary cache"):
         pull(dst, ["/nix/store/" + "a" * 32 + "-x"], f"http://127.0.0.1:{port}", [key.public()])
     assert time.monotonic() - t0 < 5
+
+
+def test_push_pull_flat_file_and_symlink_paths(tmp_path: Path, key: SecretKey) -> None:
+    s = Store(tmp_path / "src", durable=False)
+    f = tmp_path / "a.deb"
+    f.write_bytes(os.urandom(10_000))
+    fixed = s.add_fixed_file(f, "a.deb", hashlib.sha256(f.read_bytes()).hexdigest())
+    with s.tmpdir() as t:
+        os.symlink(fixed.path, t / "link")
+        link = s.add_tree(t / "link", "link-to-deb", references_from=[fixed.path])
+    url = f"memory://cache-{next(_n)}"
+    push(s, [link.path], url, key)
+    dst = Store(tmp_path / "dst", durable=False)
+    assert len(pull(dst, [link.path], url, [key.public()]).fetched) == 2
+    assert dst.physical(fixed.path).read_bytes() == f.read_bytes()
+    assert os.readlink(dst.physical(link.path)) == fixed.path
+    assert dst.verify() == {}
