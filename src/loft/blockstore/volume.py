@@ -109,6 +109,11 @@ class Volume:
         self._margin = lease_margin
         self._deadline = deadline
         self._worker = threading.Thread(target=self._run, name=f"volume-{rec.name}", daemon=True)
+        # Renewals run on their own thread: a long upload must not let the lease lapse.
+        self._lease_stop = threading.Event()
+        self._lease_thread = threading.Thread(
+            target=self._lease_loop, name=f"lease-{rec.name}", daemon=True
+        )
 
     # -- properties -------------------------------------------------------------------
 
@@ -463,16 +468,20 @@ class Volume:
                 self._cond.wait(1.0)
 
     def start(self) -> None:
-        """Start the commit and lease worker; commit at once what recovery found dirty."""
+        """Start the commit and lease workers; commit at once what recovery found dirty."""
         self._worker.start()
+        self._lease_thread.start()
         if self._dirty:
             with self._cond:
                 self._capture_locked()
                 self._urgent = True
                 self._cond.notify_all()
 
+    def _lease_loop(self) -> None:
+        while not self._lease_stop.wait(self._ttl / 3):
+            self._renew()
+
     def _run(self) -> None:
-        next_renew = time.monotonic() + self._ttl / 3
         while True:
             with self._cond:
                 cap = None
@@ -492,19 +501,13 @@ class Volume:
                                 self._pending_since = None
                                 self._urgent = False
                                 break
-                    if now >= next_renew:
-                        break
-                    wake = next_renew
+                    wake = now + 60.0
                     if self._uploading is not None:
-                        wake = min(wake, self._retry_at)
+                        wake = self._retry_at
                     elif self._pending is not None:
-                        wake = min(wake, (self._pending_since or now) + self.commit_interval)
+                        wake = (self._pending_since or now) + self.commit_interval
                     self._cond.wait(max(0.001, wake - now))
-            if time.monotonic() >= next_renew:
-                self._renew()
-                next_renew = time.monotonic() + self._ttl / 3
-            if cap is not None:
-                self._commit_capture(cap)
+            self._commit_capture(cap)
 
     def _renew(self) -> None:
         if self._fenced is not None:
@@ -667,8 +670,10 @@ class Volume:
         with self._cond:
             self._stop = True
             self._cond.notify_all()
-        if self._worker.is_alive() and threading.current_thread() is not self._worker:
-            self._worker.join(30)
+        self._lease_stop.set()
+        for thread in (self._worker, self._lease_thread):
+            if thread.is_alive() and threading.current_thread() is not thread:
+                thread.join(30)
 
     def close(self) -> None:
         """Commit everything, release the lease and close. A fenced volume instead keeps
