@@ -200,3 +200,22 @@ def test_nix_substitutes_over_http(tmp_path: Path, env_closure: tuple[Store, Pat
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def test_nix_signs_with_a_loft_key_file(tmp_path: Path) -> None:
+    nix = Nix(tmp_path)
+    sk = SecretKey.generate("loft-made-1")
+    (tmp_path / "loft.sec").write_text(sk.render())
+    t = tmp_path / "tree"
+    t.mkdir()
+    (t / "f").write_bytes(b"key file made by loft")
+    path = nix.run("nix-store", "--add", str(t)).decode().strip()
+    nix.run("nix", "store", "sign", "-k", str(tmp_path / "loft.sec"), path)
+    (info,) = json.loads(nix.run("nix", "path-info", "--json", "--sigs", path))
+    store = Store(tmp_path / "loft", durable=False)
+    with store.tmpdir() as scratch:
+        (scratch / "tree").mkdir()
+        (scratch / "tree" / "f").write_bytes(b"key file made by loft")
+        mine = store.add_tree(scratch / "tree", "tree")
+    assert info["signatures"] == [sk.sign(_fingerprint(mine))]
+    assert sk.public().verify(_fingerprint(mine), info["signatures"][0])
