@@ -291,3 +291,57 @@ def test_push_pull_flat_file_and_symlink_paths(tmp_path: Path, key: SecretKey) -
     assert dst.physical(fixed.path).read_bytes() == f.read_bytes()
     assert os.readlink(dst.physical(link.path)) == fixed.path
     assert dst.verify() == {}
+
+
+@pytest.mark.parametrize("compression", ["xz", "bzip2", "none"])
+def test_pull_reads_every_compression(
+    tmp_path: Path, src: tuple[Store, PathInfo, list[PathInfo]], key: SecretKey, compression: str
+) -> None:
+    import bz2
+    import lzma
+
+    from loft.envstore.binary_cache import nar_key
+    from loft.envstore.store import format_nar_hash
+
+    store, env, paths = src
+    url = f"memory://cache-{next(_n)}"
+    push(store, [env.path], url, key)
+    objs = open_chunk_store(url)
+    for p in paths:  # re-compress every NAR; the signature does not cover the file
+        ni = parse_narinfo(objs.get(narinfo_key(p.path)).decode())
+        raw = zstandard.ZstdDecompressor().decompress(objs.get(ni.url), max_output_size=1 << 24)
+        data = {"xz": lzma.compress, "bzip2": bz2.compress, "none": bytes}[compression](raw)
+        digest = hashlib.sha256(data).digest()
+        objs.put(nar_key(digest, compression), data)
+        new = type(ni)(
+            **{
+                **ni.__dict__,
+                "url": nar_key(digest, compression),
+                "compression": compression,
+                "file_hash": format_nar_hash(digest),
+                "file_size": len(data),
+            }
+        )
+        objs.put(narinfo_key(p.path), render_narinfo(new).encode())
+    dst = Store(tmp_path / "dst", durable=False)
+    assert len(pull(dst, [env.path], url, [key.public()]).fetched) == 4
+    assert dst.verify() == {}
+
+
+def test_pull_stops_a_nar_longer_than_declared(
+    tmp_path: Path, src: tuple[Store, PathInfo, list[PathInfo]], key: SecretKey
+) -> None:
+    store, env, paths = src
+    url = f"memory://cache-{next(_n)}"
+    push(store, [env.path], url, key)
+    objs = open_chunk_store(url)
+    lib = paths[0]
+    ni = parse_narinfo(objs.get(narinfo_key(lib.path)).decode())
+    # A (trusted but wrong) narinfo declaring a tiny NAR: the restore must stop early.
+    small = type(ni)(**{**ni.__dict__, "nar_size": 1000, "sigs": ()})
+    small = small.with_sigs([key.sign(small.fingerprint())])
+    objs.put(narinfo_key(lib.path), render_narinfo(small).encode())
+    dst = Store(tmp_path / "dst", durable=False)
+    with pytest.raises(HashMismatch, match="longer than its declared 1000 bytes"):
+        pull(dst, [lib.path], url, [key.public()])
+    assert dst.all_paths() == [] and os.listdir(dst.real_store_dir) == []

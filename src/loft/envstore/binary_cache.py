@@ -375,12 +375,21 @@ def _decompressor(compression: str) -> Callable[[bytes], Iterator[bytes]]:
         while chunk := reader.read(_DECOMPRESSED_CHUNK):
             yield chunk
 
+    def stepwise(d: lzma.LZMADecompressor | bz2.BZ2Decompressor, data: bytes) -> Iterator[bytes]:
+        # Bounded output per step, so a bomb is caught by the NarSize check early.
+        chunk = d.decompress(data, max_length=_DECOMPRESSED_CHUNK)
+        while True:
+            if chunk:
+                yield chunk
+            if d.eof or d.needs_input:
+                return
+            chunk = d.decompress(b"", max_length=_DECOMPRESSED_CHUNK)
+
     def xz(data: bytes) -> Iterator[bytes]:
-        d = lzma.LZMADecompressor()
-        yield d.decompress(data)
+        return stepwise(lzma.LZMADecompressor(), data)
 
     def bzip2(data: bytes) -> Iterator[bytes]:
-        yield bz2.decompress(data)
+        return stepwise(bz2.BZ2Decompressor(), data)
 
     table = {"none": none, "zstd": zstd, "xz": xz, "bzip2": bzip2}
     if compression not in table:

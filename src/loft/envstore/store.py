@@ -453,6 +453,12 @@ class Store:
             for c in chunks:
                 h.update(c)
                 counted += len(c)
+                if counted > info.nar_size:
+                    # Stop a decompression bomb before it fills the disk.
+                    raise HashMismatch(
+                        f"NAR of {info.path} is longer than its declared {info.nar_size} bytes",
+                        hint="the binary cache is corrupt or was tampered with; nothing was added",
+                    )
                 yield c
 
         with self.gc_lock(exclusive=False), self.tmpdir() as tmp:
