@@ -48,6 +48,9 @@ class CountingBackend(FileBackend):
             raise OSError(errno.EBADMSG, "injected")
         return bytes(super().pread(offset, length))
 
+    def pread_nowait(self, offset: int, length: int) -> bytes:  # type: ignore[override]
+        return self.pread(offset, length)
+
     def pwrite(self, offset: int, data: object, fua: bool = False) -> None:  # type: ignore[override]
         if offset in self.slow_offsets:
             self.gate.wait(10)
@@ -325,3 +328,30 @@ def test_partial_write_at_drop_is_discarded(server: ServerThread, image: Path) -
     time.sleep(0.2)
     c2 = connect(server)
     assert c2.read(8192, 4096) == bytes(4096)
+
+
+class ColdBackend(FileBackend):
+    """Claims every range resident but never has it in memory (RWF_NOWAIT misses)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.nowait_calls = 0
+
+    def pread_nowait(self, offset: int, length: int) -> None:  # type: ignore[override]
+        self.nowait_calls += 1
+        return None
+
+
+def test_inline_read_that_would_block_moves_to_a_worker(tmp_path: Path, image: Path) -> None:
+    with open(image, "r+b") as f:
+        f.write(b"cold" * 1024)
+    backend = ColdBackend(image)
+    reg = ExportRegistry()
+    reg.add("disk", backend)
+    with ServerThread(reg, tmp_path / "cold" / "nbd.sock") as st:
+        c = Client(st.sock)
+        c.handshake("disk")
+        assert c.read(0, 4096) == b"cold" * 1024
+        assert c.read(0, 1 << 20)[:8] == b"coldcold"  # sparse path too
+        assert backend.nowait_calls >= 2
+    backend.close()

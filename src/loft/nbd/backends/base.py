@@ -114,6 +114,12 @@ class Backend(abc.ABC):
     def pread(self, offset: int, length: int) -> Buffer:
         """Return exactly ``length`` bytes at ``offset``."""
 
+    def pread_nowait(self, offset: int, length: int) -> Buffer | None:
+        """Like :meth:`pread` but return None instead of waiting for slow storage (the
+        server then repeats the read on a worker thread). Called on the event loop for
+        ranges :meth:`is_resident` accepted; the default trusts that answer."""
+        return self.pread(offset, length)
+
     def pwrite(self, offset: int, data: Buffer, fua: bool = False) -> None:
         """Write ``data`` at ``offset``; with ``fua`` it is durable before returning."""
         raise BackendError("export is read-only", Errno.EPERM)

@@ -30,6 +30,7 @@ _fallocate = _libc.fallocate
 _fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
 _fallocate.restype = ctypes.c_int
 
+_RWF_NOWAIT = getattr(os, "RWF_NOWAIT", 0)
 _HOLE_ZERO = int(StateFlag.HOLE | StateFlag.ZERO)
 
 
@@ -58,6 +59,7 @@ class FileBackend(Backend):
         self._punch = not readonly
         self._zero_range = not readonly
         self._seek = True
+        self._nowait = _RWF_NOWAIT != 0
 
     def can_trim(self) -> bool:
         return not self.readonly
@@ -85,6 +87,27 @@ class FileBackend(Backend):
         if len(data) < length:  # the file shrank under us; read as zeroes past its end
             data += bytes(length - len(data))
         return data
+
+    def pread_nowait(self, offset: int, length: int) -> Buffer | None:
+        # RWF_NOWAIT: copy from the page cache, or fail at once rather than wait for the
+        # disk -- so a cold read never stalls the event loop (and every other client).
+        if not self._nowait:
+            return None
+        buf = bytearray(length)
+        try:
+            n = os.preadv(self._fd, [buf], offset, _RWF_NOWAIT)
+        except BlockingIOError:
+            return None
+        except OSError as e:
+            if e.errno in (errno.EOPNOTSUPP, errno.EINVAL):
+                self._nowait = False  # kernel or filesystem without RWF_NOWAIT
+                return None
+            raise
+        if n < length:
+            if offset + n >= self.size:
+                return buf  # past the end of the file: zeroes, as pread pads
+            return None  # partly cached: the worker thread reads it all
+        return buf
 
     def pwrite(self, offset: int, data: Buffer, fua: bool = False) -> None:
         view = memoryview(data)

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -63,7 +64,24 @@ BASE_ALLOCATION = "base:allocation"
 ALLOCATION_DEPTH = "qemu:allocation-depth"
 _CONTEXT_IDS = {BASE_ALLOCATION: 1, ALLOCATION_DEPTH: 2}
 
+#: READ replies at least this large are written at once, not batched.
+_WRITE_NOW = 128 * 1024
+
 _ReadPieces = list[tuple[int, int, Any]]  # (offset, length, data or None for a hole)
+
+
+class _WouldBlock(Exception):
+    """An inline read found its data not in memory; retry it on a worker thread."""
+
+
+def _nowait_reader(backend: Backend) -> Callable[[int, int], Any]:
+    def read(offset: int, length: int) -> Any:
+        data = backend.pread_nowait(offset, length)
+        if data is None:
+            raise _WouldBlock
+        return data
+
+    return read
 
 
 def _overlaps(a: p.Request, b: p.Request) -> bool:
@@ -493,22 +511,25 @@ class NBDConnection(asyncio.BufferedProtocol):
         command = req.command
         if command in _MODIFYING:
             self._wrote = True
-        if (
+        if not (
             command == _FLUSH
             or (req.flags & _FUA and command in _MODIFYING)
             or (command == _ZERO and not backend.can_zero())
             or not backend.is_resident(req.offset, req.length)
         ):
-            self._ops.append(req)
-            fut = self._loop.run_in_executor(self._server.executor, self._execute, req)
-            fut.add_done_callback(partial(self._op_done, req))
-            return
-        try:
-            result = self._execute(req)
-        except Exception as e:
-            self._reply_failure(req, e)
-            return
-        self._reply(req, result)
+            try:
+                result = self._execute(req, True)
+            except _WouldBlock:
+                pass  # data not in memory after all: read it on a worker thread
+            except Exception as e:
+                self._reply_failure(req, e)
+                return
+            else:
+                self._reply(req, result)
+                return
+        self._ops.append(req)
+        fut = self._loop.run_in_executor(self._server.executor, self._execute, req, False)
+        fut.add_done_callback(partial(self._op_done, req))
 
     def _op_done(self, req: p.Request, fut: asyncio.Future[Any]) -> None:
         self._ops.remove(req)
@@ -532,20 +553,24 @@ class NBDConnection(asyncio.BufferedProtocol):
         else:
             self._process()
 
-    def _execute(self, req: p.Request) -> Any:
-        """Run one validated request against the backend (any thread; no transport)."""
+    def _execute(self, req: p.Request, inline: bool) -> Any:
+        """Run one validated request against the backend (any thread; no transport).
+
+        ``inline`` (on the event loop): reads use ``pread_nowait`` and raise
+        :class:`_WouldBlock` instead of waiting for the disk."""
         backend = self._backend
         assert backend is not None
         command = req.command
         if command == _READ:
+            read = _nowait_reader(backend) if inline else backend.pread
             if (
                 self._view.structured_replies
                 and req.length >= SPARSE_READ_MIN
                 and not req.flags & _DF
                 and backend.can_extents()
             ):
-                return self._sparse_read(backend, req.offset, req.length)
-            return backend.pread(req.offset, req.length)
+                return self._sparse_read(backend, read, req.offset, req.length)
+            return read(req.offset, req.length)
         if command == _WRITE:
             assert req.payload is not None
             backend.pwrite(req.offset, req.payload, bool(req.flags & _FUA))
@@ -568,7 +593,9 @@ class NBDConnection(asyncio.BufferedProtocol):
         return None
 
     @staticmethod
-    def _sparse_read(backend: Backend, offset: int, length: int) -> _ReadPieces:
+    def _sparse_read(
+        backend: Backend, read: Callable[[int, int], Any], offset: int, length: int
+    ) -> _ReadPieces:
         end = offset + length
         pieces: _ReadPieces = []
         pos = offset
@@ -597,7 +624,7 @@ class NBDConnection(asyncio.BufferedProtocol):
             pieces.append((data_start, end - data_start, None))
         out: _ReadPieces = []
         for off, n, kind in pieces:
-            out.append((off, n, backend.pread(off, n) if kind is None else None))
+            out.append((off, n, read(off, n) if kind is None else None))
         return out
 
     def _block_status(self, backend: Backend, req: p.Request) -> list[tuple[int, list[Any]]]:
@@ -653,7 +680,16 @@ class NBDConnection(asyncio.BufferedProtocol):
         handle = req.handle
         if command == _READ:
             if not isinstance(result, list):
-                self._write(self._proto.send_read_data(handle, req.offset, result))
+                buffers = self._proto.send_read_data(handle, req.offset, result)
+                if req.length >= _WRITE_NOW and self._batch is not None:
+                    # Large data goes out at once instead of waiting for the rest of
+                    # the batch: the client gets bytes sooner and memory stays bounded.
+                    batch, self._batch = self._batch, None
+                    self._write(batch + buffers)
+                    batch.clear()
+                    self._batch = batch
+                else:
+                    self._write(buffers)
             else:
                 last = len(result) - 1
                 for i, (off, n, data) in enumerate(result):
