@@ -692,6 +692,8 @@ class Volume:
             error = e
         self._stop_worker()
         fenced = self._fence_error()  # the commit above may have been fenced meanwhile
+        if fenced is None and isinstance(error, LeaseLost):
+            fenced = self._taken_over()
         with self._lock:
             self._closed = True
             if fenced is not None:
@@ -707,6 +709,19 @@ class Volume:
             log.warning("volume %s: could not release the lease: %s", self.name, e)
         if error is not None:
             raise error
+
+    def _taken_over(self) -> LeaseLost | None:
+        """Our own deadline passed without a renewal telling us anything: ask the catalog
+        whether another writer took the volume over (then our work must become an orphan;
+        left on disk it would only be salvaged if this node ever opened the volume again)."""
+        try:
+            rec = self.ctx.heads.get(self.name)
+        except Exception as e:
+            log.warning("volume %s: cannot tell whether it was taken over: %s", self.name, e)
+            return None
+        if rec.id == self._rec.id and rec.epoch == self._rec.epoch:
+            return None
+        return LeaseLost(f"volume {self.name!r} was taken over by another writer")
 
     def detach(self) -> WorkingCopy:
         """Stop without committing or releasing (restore takes over from here)."""
