@@ -112,10 +112,15 @@ def collect(
                 .values(sweeping_until=now + SWEEP_LEASE, holder=holder)
             )
         gc_started_at = now
-        roots = ctx.heads.all_roots(conn)
-        inflight = {r[0] for r in conn.execute(select(inflight_chunks.c.key))}
     deadline = started + SWEEP_LEASE - _SWEEP_MARGIN
     try:
+        # Roots and registrations from one consistent snapshot, taken once the sweep lease
+        # is committed: a commit that registers later sees the lease and waits. Read
+        # statement by statement (PostgreSQL's READ COMMITTED), a head advancing between
+        # reading the heads and the registrations would hide the commit's chunks from both.
+        with catalog.snapshot() as conn:
+            inflight = {r[0] for r in conn.execute(select(inflight_chunks.c.key))}
+            roots = ctx.heads.all_roots(conn)
         marked = set(inflight)
         for vol, vol_roots in roots:
             for root in set(vol_roots):

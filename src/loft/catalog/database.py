@@ -77,6 +77,19 @@ class Catalog:
             yield conn
 
     @contextmanager
+    def snapshot(self) -> Iterator[Connection]:
+        """A read transaction that sees one consistent snapshot of every table
+        (REPEATABLE READ on PostgreSQL; a SQLite read transaction always does)."""
+        try:
+            with self.engine.connect() as conn:
+                if self.dialect == "postgresql":
+                    conn = conn.execution_options(isolation_level="REPEATABLE READ")
+                with conn.begin():
+                    yield conn
+        except OperationalError as e:
+            raise CatalogError(f"catalog unavailable: {e.orig}") from e
+
+    @contextmanager
     def _connect(self, *, immediate: bool) -> Iterator[Connection]:
         try:
             with self.engine.connect() as conn:
