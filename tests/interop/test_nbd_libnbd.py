@@ -72,7 +72,7 @@ def test_nbdinfo_can(server: NBDServerProcess, flag: str) -> None:
     assert run(["nbdinfo", "--can", flag, server.uri()], check=False).returncode == 0
 
 
-@pytest.mark.parametrize(("flag", "want"), [("read-only", 2), ("rotational", 2)])
+@pytest.mark.parametrize(("flag", "want"), [("read-only", 2), ("rotational", 2), ("tls", 2)])
 def test_nbdinfo_is(server: NBDServerProcess, flag: str, want: int) -> None:
     assert run(["nbdinfo", "--is", flag, server.uri()], check=False).returncode == want
 

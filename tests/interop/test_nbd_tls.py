@@ -150,7 +150,9 @@ def test_authorized_client_sees_and_uses_only_its_exports(
 ) -> None:
     _, pki, port = tls_server
     alice = pki.client_dir("alice")
-    info = json.loads(run(["nbdinfo", "--json", _uri(port, "alice-disk", alice)]).stdout)
+    uri = _uri(port, "alice-disk", alice)
+    assert run(["nbdinfo", "--is", "tls", uri], check=False).returncode == 0
+    info = json.loads(run(["nbdinfo", "--json", uri]).stdout)
     assert info["TLS"] is True and info["exports"][0]["export-size"] == 8 << 20
     listed = json.loads(run(["nbdinfo", "--json", "--list", _uri(port, "", alice)]).stdout)
     assert {e["export-name"] for e in listed["exports"]} == {"alice-disk", "alice-disk@snap"}

@@ -16,6 +16,7 @@ from typing import Any
 from loft.nbd.protocol import NBDError
 from loft.nbd.server._connection import NBDConnection
 from loft.nbd.server._exports import Authorizer, ExportLookup
+from loft.nbd.server._memory import tune_allocator
 
 __all__ = ["DEFAULT_WORKERS", "NBDServer"]
 
@@ -45,6 +46,7 @@ class NBDServer:
         self.exports = exports
         self.authorizer = authorizer
         self.ssl_context = ssl_context
+        tune_allocator()  # big request buffers without a page fault per 4 KiB (_memory.py)
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="loft-nbd")
         self._listeners: list[asyncio.base_events.Server] = []
         self._connections: set[NBDConnection] = set()
