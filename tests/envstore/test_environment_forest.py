@@ -34,25 +34,35 @@ def tree(root: Path, files: dict[str, str | bytes]) -> Path:
 def test_forest_links_files_copies_symlinks_first_wins(tmp_path: Path) -> None:
     a = tree(tmp_path / "a", {
         "usr/bin/python3.11": b"elf", "usr/bin/python3": "python3.11",
+        "usr/lib/python3.11/os.py": b"os", "usr/lib/python3.11/email/__init__.py": b"e",
         "etc/python3.11/site.py": b"x", "var/lib/dpkg/info/a.postinst": b"#!/bin/sh",
     })  # fmt: skip
-    b = tree(tmp_path / "b", {"usr/bin/python3": b"other", "usr/lib/b.so": b"so"})
+    b = tree(tmp_path / "b", {
+        "usr/bin/python3": b"other", "usr/lib/b.so": b"so",
+        "usr/lib/python3.11/json/__init__.py": b"j", "usr/share/doc/b/copyright": b"c",
+    })  # fmt: skip
     npm = tree(tmp_path / "n", {"index.js": b"js", "node_modules/dep/index.js": b"dep"})
-    forest = plan_forest([
+    placements = [
         Placement(S + "aaa-a", a), Placement(S + "bbb-b", b),
         Placement(S + "nnn-n", npm, at="lib/node_modules/n"),
-    ])  # fmt: skip
+    ]  # fmt: skip
+    forest = plan_forest(placements)
     assert forest["bin/python3.11"] == S + "aaa-a/usr/bin/python3.11"
     assert forest["bin/python3"] == "python3.11"  # verbatim, and a's claim wins over b's file
     assert forest["lib/b.so"] == S + "bbb-b/usr/lib/b.so"
-    assert forest["etc/python3.11/site.py"] == S + "aaa-a/etc/python3.11/site.py"
-    assert forest["lib/node_modules/n/node_modules/dep/index.js"] == (
-        S + "nnn-n/node_modules/dep/index.js"
-    )
+    # A directory only one package has is one link; a shared one is split and merged.
+    assert forest["etc/python3.11"] == S + "aaa-a/etc/python3.11"
+    assert forest["share"] == S + "bbb-b/usr/share"
+    assert forest["lib/python3.11"] is None
+    assert forest["lib/python3.11/os.py"] == S + "aaa-a/usr/lib/python3.11/os.py"
+    assert forest["lib/python3.11/email"] == S + "aaa-a/usr/lib/python3.11/email"
+    assert forest["lib/python3.11/json"] == S + "bbb-b/usr/lib/python3.11/json"
+    assert forest["lib/node_modules/n"] == S + "nnn-n"
+    assert forest["lib/node_modules"] is None
     assert not any(k.startswith("var") for k in forest)  # only /usr and /etc are carried
-    assert forest["bin"] is None and forest["lib/node_modules"] is None
-    assert "/usr/bin/python3" in provided_paths(forest)
-    assert "/etc/python3.11/site.py" in provided_paths(forest)
+    assert forest["bin"] is None and forest["etc"] is None
+    provided = provided_paths(placements)
+    assert {"/usr/bin/python3", "/etc/python3.11/site.py", "/usr/share/doc/b/copyright"} <= provided
     out = tmp_path / "env"
     out.mkdir()
     write_forest(forest, out)

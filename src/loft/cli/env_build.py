@@ -6,18 +6,23 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from loft.config import Settings
 from loft.envstore import EnvstoreError
-from loft.envstore.lock import Lock
-from loft.envstore.store import Store
+
+if TYPE_CHECKING:  # imported lazily: `loft --help` should not pay for the env builder
+    from loft.envstore.lock import Lock
+    from loft.envstore.store import Store
 
 __all__ = ["register"]
 
 
 def _store() -> Store:
+    from loft.envstore.store import Store
+
     return Store.open(Settings.from_env())
 
 

@@ -10,6 +10,7 @@ second build of a present lock only checks that the environment path is valid.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
@@ -30,7 +31,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from loft.envstore import EnvstoreError
+from loft.envstore import EnvstoreError, nixbase32
 from loft.envstore.environment import (
     Layer,
     Placement,
@@ -49,7 +50,7 @@ from loft.envstore.resolve_npm import NpmArtefact, resolve_npm
 from loft.envstore.resolve_pypi import PyPIArtefact, PythonTarget, resolve_pypi
 from loft.envstore.spec import Spec
 from loft.envstore.store import PathInfo, Store
-from loft.envstore.store_path import fixed_output_path
+from loft.envstore.store_path import fixed_output_path, name_part
 from loft.envstore.unpack import unpack
 
 __all__ = [
@@ -68,6 +69,8 @@ ALWAYS_DEBIAN = ("ca-certificates",)
 ENV_NAME = "loft-env"
 DEFAULT_JOBS = 8
 _UNPACKER = "loft-unpack/1"
+_LAYER = "loft-layer/1"
+_ENV = "loft-env/1"
 
 T = TypeVar("T")
 
@@ -157,6 +160,65 @@ class _Staged:
     tree: Path = Path()
 
 
+@dataclass
+class _Realisations:
+    """What the store already made from which artefact (from the recipes it records)."""
+
+    by_hash: dict[str, tuple[str, str]]  # registry hash -> (fixed-output path, its sha256)
+    by_source: dict[str, list[PathInfo]]  # fixed-output path -> trees unpacked from it
+
+    by_inputs: dict[str, list[PathInfo]]  # compose key -> layers and environments
+
+    @classmethod
+    def scan(cls, store: Store) -> _Realisations:
+        by_hash: dict[str, tuple[str, str]] = {}
+        by_source: dict[str, list[PathInfo]] = {}
+        by_inputs: dict[str, list[PathInfo]] = {}
+        for p in store.all_paths():
+            info = store.query(p)
+            r = info.recipe if info is not None else None
+            if info is None or not r:
+                continue
+            if isinstance(r.get("hash"), str) and info.ca and info.ca.startswith("fixed:sha256:"):
+                sha = nixbase32.decode(info.ca.rsplit(":", 1)[1]).hex()
+                by_hash[str(r["hash"])] = (p, sha)
+            if r.get("builder") == _UNPACKER and isinstance(r.get("from"), str):
+                by_source.setdefault(str(r["from"]), []).append(info)
+            if r.get("builder") in (_LAYER, _ENV) and isinstance(r.get("inputs"), str):
+                by_inputs.setdefault(str(r["inputs"]), []).append(info)
+        return cls(by_hash, by_source, by_inputs)
+
+    def composed(self, key: str) -> tuple[list[LockedPath], LockedPath] | None:
+        """Layers and environment already composed from the inputs ``key``, if any."""
+        made = self.by_inputs.get(key, [])
+        envs = [i for i in made if i.recipe and i.recipe.get("builder") == _ENV]
+        if len(envs) != 1:
+            return None
+        layers = sorted(
+            (i for i in made if i.recipe and i.recipe.get("builder") == _LAYER),
+            key=lambda i: int(str(i.recipe["order"])) if i.recipe else 0,
+        )
+        if not set(envs[0].references) >= {i.path for i in layers}:
+            return None
+        return [_locked(i, name_part(i.path)) for i in layers], _locked(envs[0], ENV_NAME)
+
+    def find(self, pin: Pin, recipe: dict[str, object]) -> LockedArtefact | None:
+        """The artefact as already realised, if the same unpacker made it from the same file."""
+        fixed, sha = self.by_hash.get(pin.registry_hash, ("", ""))
+        if not fixed or fixed != fixed_output_path(sha, pin.file_name):
+            return None
+        for info in self.by_source.get(fixed, []):
+            want = {**recipe, "from": fixed}
+            if info.recipe == want and name_part(info.path) == pin.out_name:
+                return LockedArtefact(
+                    kind=pin.kind, name=pin.name, version=pin.version, url=pin.url,
+                    registry_hash=pin.registry_hash, file_sha256=sha,
+                    file_name=pin.file_name, fixed_path=fixed,
+                    output=_locked(info, pin.out_name), location=pin.location, bin=dict(pin.bin),
+                )  # fmt: skip
+        return None
+
+
 class Builder:
     """Realises pins and composes environments in one store."""
 
@@ -200,12 +262,19 @@ class Builder:
         """
         done: dict[int, LockedArtefact] = {}
         todo: list[int] = []
+        known: _Realisations | None = None
         for i, pin in enumerate(pins):
             exp = pin.expected
             if exp is not None and self.store.is_valid(exp.output.path):
                 done[i] = exp
-            else:
-                todo.append(i)
+                continue
+            if exp is None:  # resolved just now: maybe unpacked by an earlier build
+                known = known or _Realisations.scan(self.store)
+                hit = known.find(pin, self._unpack_recipe(pin, ""))
+                if hit is not None:
+                    done[i] = hit
+                    continue
+            todo.append(i)
         if not todo:
             return [done[i] for i in range(len(pins))]
         with self._progress, self.store.tmpdir() as scratch:
@@ -257,7 +326,7 @@ class Builder:
         if st.fresh:
             recipe: dict[str, object] = {"url": pin.url, "hash": pin.registry_hash}
             self.store.add_fixed_file(st.file, pin.file_name, st.sha256, recipe=recipe)
-        recipe2: dict[str, object] = {"builder": _UNPACKER, "kind": pin.kind, "from": st.fixed}
+        recipe2 = self._unpack_recipe(pin, st.fixed)
         out = self.store.add_tree(st.tree, pin.out_name, recipe=recipe2)
         got = LockedArtefact(
             kind=pin.kind, name=pin.name, version=pin.version, url=pin.url,
@@ -275,6 +344,13 @@ class Builder:
                 hint="the build is not reproducible here, or the lock was edited",
             )
         return got
+
+    def _unpack_recipe(self, pin: Pin, fixed: str) -> dict[str, object]:
+        """How a tree was made: everything its content depends on besides the artefact."""
+        recipe: dict[str, object] = {"builder": _UNPACKER, "kind": pin.kind, "from": fixed}
+        if pin.kind == "wheel":
+            recipe["python"] = self.python_version
+        return recipe
 
     def _parallel(self, fn: Callable[[int], T], items: Iterable[int]) -> list[T]:
         """Run ``fn`` over ``items`` on the pool; the first failure cancels the rest."""
@@ -294,7 +370,16 @@ class Builder:
     # -- environments ---------------------------------------------------------------------
 
     def compose(self, artefacts: Sequence[LockedArtefact]) -> tuple[list[LockedPath], LockedPath]:
-        """Generate the maintainer-script layers and the environment's symlink forest."""
+        """Generate the maintainer-script layers and the environment's symlink forest.
+
+        Both are functions of the package paths alone, so their recipes record a key of
+        those inputs; when the store already holds an environment made from the same
+        inputs, it is returned without writing a single file.
+        """
+        key = _compose_key(artefacts)
+        found = _Realisations.scan(self.store).composed(key)
+        if found is not None:
+            return found
         debs = sorted((a for a in artefacts if a.kind == "deb"), key=lambda a: a.name)
         wheels = sorted((a for a in artefacts if a.kind == "wheel"), key=lambda a: a.name)
         npms = sorted((a for a in artefacts if a.kind == "npm"), key=lambda a: a.location)
@@ -303,7 +388,6 @@ class Builder:
         packages += [
             Placement(a.output.path, phys[a.output.path], at=f"lib/{a.location}") for a in npms
         ]
-        base = plan_forest(packages)
         by_name = {a.name: phys[a.output.path] for a in debs}
         gen: list[Layer] = [passwd_layer(by_name.get("base-passwd"))]
         if "ca-certificates" in by_name:
@@ -313,20 +397,18 @@ class Builder:
             for a in debs
             for p in sorted((phys[a.output.path] / "var/lib/dpkg/info").glob("*.postinst"))
         ]
-        gen.append(alternatives_layer(scripts, provided_paths(base)))
+        gen.append(alternatives_layer(scripts, provided_paths(packages)))
         layers: list[LockedPath] = []
         with self.store.tmpdir() as scratch:
             for k, layer in enumerate(gen):
                 tree = scratch / f"layer-{k}"
                 tree.mkdir()
                 write_layer(layer, tree)
-                info = self.store.add_tree(tree, layer.name, recipe={"builder": "loft-layer/1"})
+                recipe = {"builder": _LAYER, "inputs": key, "order": k}
+                info = self.store.add_tree(tree, layer.name, recipe=recipe)
                 layers.append(_locked(info, layer.name))
-            forest = plan_forest(Placement(lp.path, self.store.physical(lp.path)) for lp in layers)
-            for rel in sorted(base):  # sorted: a parent comes before its children
-                parent = rel.rpartition("/")[0]
-                if rel not in forest and (not parent or forest.get(parent, "") is None):
-                    forest[rel] = base[rel]
+            generated = [Placement(lp.path, self.store.physical(lp.path)) for lp in layers]
+            forest = plan_forest([*generated, *packages])
             _add_bin_links(forest, npms)
             tree = scratch / "env"
             tree.mkdir()
@@ -334,13 +416,22 @@ class Builder:
             _write_manifest(tree, artefacts, layers)
             refs = [a.output.path for a in artefacts] + [lp.path for lp in layers]
             info = self.store.add_tree(
-                tree, ENV_NAME, references_from=refs, recipe={"builder": "loft-env/1"}
+                tree, ENV_NAME, references_from=refs, recipe={"builder": _ENV, "inputs": key}
             )
         return layers, _locked(info, ENV_NAME)
 
 
+def _compose_key(artefacts: Sequence[LockedArtefact]) -> str:
+    """A digest of everything an environment is composed from."""
+    parts = sorted((a.kind, a.location, a.output.path, json.dumps(a.bin, sort_keys=True))
+                   for a in artefacts)  # fmt: skip
+    return hashlib.sha256(json.dumps([_ENV, _LAYER, parts]).encode()).hexdigest()
+
+
 def _add_bin_links(forest: dict[str, str | None], npms: Sequence[LockedArtefact]) -> None:
     """``bin/<name>`` for each top-level npm package's bins, as npm -g would link them."""
+    if forest.get("bin") is not None:
+        return  # only one package has a bin/ directory and it is a link: leave it whole
     forest.setdefault("bin", None)
     for a in npms:
         if a.location.count("node_modules/") != 1:

@@ -74,47 +74,71 @@ Forest = dict[str, str | None]
 
 
 def plan_forest(placements: Iterable[Placement]) -> Forest:
-    """Merge the trees in order; the first to claim a path keeps it."""
-    forest: Forest = {}
+    """Merge the trees in order; the first to claim a path keeps it.
+
+    A directory only one package provides becomes a single link to that package's
+    directory (as Nix's buildEnv does); when a second package brings the same directory,
+    the link is split back into a real directory holding both packages' entries.
+    """
+    planner = _Planner()
     for pl in placements:
         if pl.at:
-            _ensure_dirs(forest, pl.at)
-            if forest.get(pl.at, None) is None:
-                forest[pl.at] = None
-                _merge(forest, pl.physical, pl.store_path, pl.at)
+            planner.ensure_dirs(pl.at)
+            planner.claim_dir(pl.at, pl.physical, pl.store_path)
             continue
         for top, dest in _ROOTS.items():
             src = pl.physical / top
             if src.is_dir() and not src.is_symlink():
                 if dest:
-                    forest.setdefault(dest, None)
-                _merge(forest, src, f"{pl.store_path}/{top}", dest)
-    return forest
+                    planner.forest.setdefault(dest, None)
+                planner.merge(src, f"{pl.store_path}/{top}", dest)
+    return planner.forest
 
 
-def _ensure_dirs(forest: Forest, rel: str) -> None:
-    parts = rel.split("/")
-    for i in range(1, len(parts)):
-        forest.setdefault("/".join(parts[:i]), None)
+class _Planner:
+    def __init__(self) -> None:
+        self.forest: Forest = {}
+        #: Entries that are links to a whole package directory: rel -> (physical, logical).
+        self.dir_links: dict[str, tuple[Path, str]] = {}
 
+    def ensure_dirs(self, rel: str) -> None:
+        parts = rel.split("/")
+        for i in range(1, len(parts)):
+            parent = "/".join(parts[:i])
+            if parent in self.dir_links:
+                self.split(parent)
+            self.forest.setdefault(parent, None)
 
-def _merge(forest: Forest, src: Path, logical: str, dest: str) -> None:
-    with os.scandir(src) as it:
-        entries = sorted(it, key=lambda e: e.name)
-    for e in entries:
-        rel = f"{dest}/{e.name}" if dest else e.name
-        st = e.stat(follow_symlinks=False)
-        if stat.S_ISDIR(st.st_mode):
-            if rel not in forest:
-                forest[rel] = None
-            if forest[rel] is None:  # a link already claimed it: the first wins
-                _merge(forest, Path(e.path), f"{logical}/{e.name}", rel)
-        elif rel in forest:
-            continue
-        elif stat.S_ISLNK(st.st_mode):
-            forest[rel] = os.readlink(e.path)  # package-internal links, verbatim
-        else:
-            forest[rel] = f"{logical}/{e.name}"
+    def split(self, rel: str) -> None:
+        physical, logical = self.dir_links.pop(rel)
+        self.forest[rel] = None
+        self.merge(physical, logical, rel)
+
+    def claim_dir(self, rel: str, physical: Path, logical: str) -> None:
+        if rel not in self.forest:
+            self.forest[rel] = logical
+            self.dir_links[rel] = (physical, logical)
+            return
+        if rel in self.dir_links:
+            self.split(rel)
+        if self.forest[rel] is None:  # a real directory: merge into it
+            self.merge(physical, logical, rel)
+        # otherwise a file or a package's own symlink claimed it first: it wins
+
+    def merge(self, src: Path, logical: str, dest: str) -> None:
+        with os.scandir(src) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        for e in entries:
+            rel = f"{dest}/{e.name}" if dest else e.name
+            st = e.stat(follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode):
+                self.claim_dir(rel, Path(e.path), f"{logical}/{e.name}")
+            elif rel in self.forest:
+                continue
+            elif stat.S_ISLNK(st.st_mode):
+                self.forest[rel] = os.readlink(e.path)  # package-internal links, verbatim
+            else:
+                self.forest[rel] = f"{logical}/{e.name}"
 
 
 def write_forest(forest: Forest, dest: Path) -> None:
@@ -236,10 +260,18 @@ def write_layer(layer: Layer, dest: Path) -> None:
         os.symlink(target, p)
 
 
-def provided_paths(forest: Forest) -> set[str]:
-    """Absolute paths (as seen in the sandbox) of the files and links in a forest."""
-    out = set()
-    for rel, target in forest.items():
-        if target is not None:
-            out.add("/" + rel if rel.startswith("etc/") else "/usr/" + rel)
+def provided_paths(placements: Iterable[Placement]) -> set[str]:
+    """Absolute paths (as the sandbox sees them) of every non-directory the trees hold."""
+    out: set[str] = set()
+    for pl in placements:
+        if pl.at:
+            continue
+        for top, dest in _ROOTS.items():
+            base = pl.physical / top
+            prefix = "/etc" if dest else "/usr"
+            for dirpath, dirnames, filenames in os.walk(base):
+                rel = os.path.relpath(dirpath, base)
+                here = prefix if rel == "." else f"{prefix}/{rel}"
+                out.update(f"{here}/{n}" for n in filenames)
+                out.update(f"{here}/{n}" for n in dirnames if os.path.islink(f"{dirpath}/{n}"))
     return out
