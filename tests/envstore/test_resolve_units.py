@@ -70,3 +70,13 @@ def test_debian_closure_is_essential_plus_request(apt: AptConfig) -> None:
 def test_virtual_package_with_many_providers_is_refused(apt: AptConfig, tmp_path: Path) -> None:
     with pytest.raises(DebianResolveError, match=r"'awk' is virtual; pick one of: .*mawk"):
         resolve_debian(["awk"], apt)
+
+
+@pytest.mark.timeout(120)
+def test_binary_wheels_for_debians_python() -> None:
+    from loft.envstore.resolve_pypi import resolve_pypi
+
+    t = PythonTarget.debian()
+    assert "manylinux2014_x86_64" in t.platforms() or "manylinux2014_aarch64" in t.platforms()
+    (w,) = resolve_pypi(["pyyaml==6.0.2"], t)
+    assert w.filename.startswith(f"PyYAML-6.0.2-{t.abi}-{t.abi}-manylinux")

@@ -42,6 +42,20 @@ class PythonTarget:
         """The CPython ABI tag, e.g. ``cp311``."""
         return "cp" + self.version.replace(".", "")
 
+    def platforms(self) -> list[str]:
+        """Every platform tag the interpreter accepts, newest first (PEP 600 + legacy).
+
+        pip's ``--platform`` does not expand ``manylinux_2_36`` to the older glibc tags
+        by itself, and most wheels are tagged ``manylinux_2_17``/``manylinux2014``.
+        """
+        _, major, minor, arch = self.platform.split("_", 3)
+        tags = [f"manylinux_{major}_{m}_{arch}" for m in range(int(minor), 4, -1)]
+        legacy = {17: "manylinux2014", 12: "manylinux2010", 5: "manylinux1"}
+        for m, name in legacy.items():
+            if m <= int(minor):
+                tags.append(f"{name}_{arch}")
+        return tags
+
     @classmethod
     def debian(cls, python: str = "/usr/bin/python3") -> PythonTarget:
         """Ask Debian's interpreter for its version and glibc platform."""
@@ -82,7 +96,7 @@ def resolve_pypi(requirements: list[str], target: PythonTarget) -> list[PyPIArte
             "--ignore-installed", "--quiet", "--disable-pip-version-check",
             "--index-url", index, "--report", str(report), "--only-binary=:all:",
             "--python-version", target.version, "--implementation", "cp",
-            "--abi", target.abi, "--platform", target.platform,
+            "--abi", target.abi, *(f"--platform={p}" for p in target.platforms()),
             "--target", str(Path(tmp) / "target"), "--", *requirements,
         ]  # fmt: skip
         r = subprocess.run(argv, capture_output=True, text=True, check=False)
