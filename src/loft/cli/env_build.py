@@ -32,8 +32,10 @@ def _store() -> Store:
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Where to write the lock [default: loft.lock next to the spec].")  # fmt: skip
 @click.option("-j", "--jobs", type=int, default=0, help="Parallel downloads/unpacks (default 8).")
+@click.option("--refresh", is_flag=True,
+              help="Download fresh Debian package indexes before resolving.")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print a summary as JSON.")
-def lock(spec_file: Path, output: Path | None, jobs: int, as_json: bool) -> None:
+def lock(spec_file: Path, output: Path | None, jobs: int, refresh: bool, as_json: bool) -> None:
     """Resolve SPEC_FILE (loft.toml) to a full closure and write loft.lock.
 
     Debian packages are resolved by apt against an empty system (plus the Essential set
@@ -48,7 +50,7 @@ def lock(spec_file: Path, output: Path | None, jobs: int, as_json: bool) -> None
 
     t0 = time.monotonic()
     spec = load_spec(spec_file)
-    locked = lock_spec(spec, _store(), jobs=jobs)
+    locked = lock_spec(spec, _store(), jobs=jobs, refresh=refresh)
     out = output or spec_file.with_name("loft.lock")
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(dumps(locked))

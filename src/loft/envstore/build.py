@@ -470,8 +470,13 @@ def _locked(info: PathInfo, name: str) -> LockedPath:
 # -- the two entry points -----------------------------------------------------------------
 
 
-def resolve_spec(spec: Spec, store: Store) -> tuple[list[Pin], dict[str, str]]:
-    """Resolve every registry in parallel; return the pins and the platform they are for."""
+def resolve_spec(
+    spec: Spec, store: Store, *, refresh: bool = False
+) -> tuple[list[Pin], dict[str, str]]:
+    """Resolve every registry in parallel; return the pins and the platform they are for.
+
+    ``refresh`` downloads fresh Debian indexes first (``apt-get update``).
+    """
     debian = list(dict.fromkeys([*spec.debian, *ALWAYS_DEBIAN]))
     if spec.npm and "nodejs" not in debian:
         debian.append("nodejs")
@@ -479,6 +484,9 @@ def resolve_spec(spec: Spec, store: Store) -> tuple[list[Pin], dict[str, str]]:
     # (tests, benchmarks) share one copy.
     apt = AptConfig.for_host(Path(os.environ.get("LOFT_APT_STATE") or store.root / "apt"))
     target = PythonTarget.debian()
+    if refresh:
+        apt.prepare()
+        apt.update()
     with ThreadPoolExecutor(max_workers=3) as pool:
         fd = pool.submit(resolve_debian, debian, apt)
         fp = pool.submit(resolve_pypi, list(spec.pypi), target)
@@ -490,9 +498,16 @@ def resolve_spec(spec: Spec, store: Store) -> tuple[list[Pin], dict[str, str]]:
     return pins, platform
 
 
-def lock_spec(spec: Spec, store: Store, *, mirrors: Sequence[Store] = (), jobs: int = 0) -> Lock:
+def lock_spec(
+    spec: Spec,
+    store: Store,
+    *,
+    mirrors: Sequence[Store] = (),
+    jobs: int = 0,
+    refresh: bool = False,
+) -> Lock:
     """Resolve, realise and compose ``spec``; the lock records every hash it produced."""
-    pins, platform = resolve_spec(spec, store)
+    pins, platform = resolve_spec(spec, store, refresh=refresh)
     builder = Builder(
         store, python_version=platform["python"], mirrors=mirrors, jobs=jobs or DEFAULT_JOBS
     )

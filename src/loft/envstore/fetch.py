@@ -90,7 +90,8 @@ def download(
             if e.code in (403, 404, 410):
                 raise FetchError(
                     f"{what}: {url} answered {e.code}",
-                    hint="the registry no longer has it; substitute from a binary cache",
+                    hint="the registry dropped it: re-resolve with `loft env lock --refresh`, "
+                    "or realise the lock from a binary cache (`loft env pull`)",
                 ) from e
             last = e
         except (urllib.error.URLError, OSError) as e:
