@@ -355,3 +355,23 @@ def test_inline_read_that_would_block_moves_to_a_worker(tmp_path: Path, image: P
         assert c.read(0, 1 << 20)[:8] == b"coldcold"  # sparse path too
         assert backend.nowait_calls >= 2
     backend.close()
+
+
+def test_large_write_on_worker_then_pipelined_overlapping_read(server: ServerThread) -> None:
+    """A big WRITE goes to a worker thread; a READ of the same range sent right behind it
+    (without waiting for the reply) must still see the written data."""
+    c = connect(server)
+    data = os.urandom(2 << 20)
+    hw, hr = next(c.handles), next(c.handles)
+    c.send(
+        p.Request(C.WRITE, hw, 1 << 20, len(data), 0, data),
+        p.Request(C.READ, hr, (1 << 20) + 4096, 8192, p.CmdFlag.DF),
+    )
+    got: dict[int, object] = {}
+    while len(got) < 2:
+        ev = c.next()
+        got[getattr(ev, "handle", -1)] = ev
+    assert isinstance(got[hw], p.SimpleReply) and got[hw].error == 0
+    chunk = got[hr]
+    assert isinstance(chunk, p.OffsetDataChunk)
+    assert bytes(chunk.data) == data[4096 : 4096 + 8192]
