@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import time
 from collections.abc import Callable
@@ -341,10 +342,7 @@ class Blockstore:
         extents are skipped when ``dst`` can seek, so the output file is sparse."""
         view = self.view(ref)
         started = time.monotonic()
-        try:
-            seekable = dst.seekable()
-        except (AttributeError, OSError):
-            seekable = False
+        seekable, start = _sparse_target(dst)
         es = view.extent_size
         n_extents = -(-view.size // es)
         written = 0
@@ -366,7 +364,12 @@ class Blockstore:
                 if progress:
                     progress(length)
         if seekable:
-            dst.truncate(view.size)
+            if n_extents and view.digest(n_extents - 1) == ZERO_HASH:
+                # Skipped up to the end: write the last byte, since truncate() cannot
+                # extend every stream (an in-memory buffer).
+                dst.seek(-1, os.SEEK_CUR)
+                dst.write(b"\0")
+            dst.truncate(start + view.size)
         dst.flush()
         return TransferReport(view.size, time.monotonic() - started, written)
 
@@ -393,6 +396,24 @@ def _zeros(n: int) -> bytes:
     if z is None:
         z = _ZEROS[n] = bytes(n)
     return z
+
+
+def _sparse_target(dst: BinaryIO) -> tuple[bool, int]:
+    """Whether zeros may be skipped by seeking in ``dst``, and where the image starts.
+    Not in append mode (writes would land at the end whatever the position), and the image
+    ends at ``start + size`` (stdout may be a file with something written before it)."""
+    try:
+        if not dst.seekable():
+            return False, 0
+        start = dst.tell()
+    except (AttributeError, OSError, ValueError):
+        return False, 0
+    try:
+        if fcntl.fcntl(dst.fileno(), fcntl.F_GETFL) & os.O_APPEND:
+            return False, 0
+    except (AttributeError, OSError, ValueError):
+        pass  # no file descriptor (an in-memory buffer): seeking is fine
+    return True, start
 
 
 __all__ = ["Blockstore", "SnapshotNotFound", "TransferReport", "VolumeInfo", "new_holder_id"]
