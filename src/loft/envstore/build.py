@@ -23,7 +23,6 @@ from typing import TypeVar
 from rich.console import Console
 from rich.progress import (
     BarColumn,
-    DownloadColumn,
     MofNCompleteColumn,
     Progress,
     TaskID,
@@ -239,16 +238,17 @@ class Builder:
         console = Console(stderr=True)
         show = console.is_terminal if progress is None else progress
         self._progress = Progress(
-            TextColumn("{task.description}"),
+            TextColumn("{task.description:<11}"),
             BarColumn(),
             MofNCompleteColumn(),
-            DownloadColumn(),
+            TextColumn("{task.fields[info]}"),
             TimeElapsedColumn(),
             console=console,
             transient=True,
             disable=not show,
         )
         self._lock = threading.Lock()
+        self._bytes = 0
 
     # -- artefacts ------------------------------------------------------------------------
 
@@ -278,8 +278,10 @@ class Builder:
         if not todo:
             return [done[i] for i in range(len(pins))]
         with self._progress, self.store.tmpdir() as scratch:
-            dl = self._progress.add_task("downloading", total=None)
-            up = self._progress.add_task("unpacking", total=len(todo))
+            fetching = sum(1 for i in todo if not self._in_store(pins[i]))
+            dl = self._progress.add_task("downloading", total=fetching, info="")
+            up = self._progress.add_task("unpacking", total=len(todo), info="")
+            self._bytes = 0
 
             def stage1(k: int) -> _Staged:
                 staged = self._fetch(pins[todo[k]], scratch / f"dl-{k}", dl)
@@ -305,9 +307,19 @@ class Builder:
         if src is not None:
             copy_local(src, dest)
         else:
-            download(pin.url, dest, pin.what, lambda n: self._progress.advance(task, n))
+            download(pin.url, dest, pin.what, lambda n: self._count_bytes(task, n))
+        self._progress.advance(task)
         sha = verify_file(dest, pin.what, sha256=pin.file_sha256, integrity=pin.integrity)
         return _Staged(pin, fixed_output_path(sha, pin.file_name), dest, sha, True)
+
+    def _in_store(self, pin: Pin) -> bool:
+        fixed = self._fixed_path(pin)
+        return bool(fixed) and self.store.is_valid(fixed)
+
+    def _count_bytes(self, task: TaskID, n: int) -> None:
+        with self._lock:
+            self._bytes += n
+            self._progress.update(task, info=f"{self._bytes / 1e6:.1f} MB")
 
     def _fixed_path(self, pin: Pin) -> str:
         if pin.file_sha256:
