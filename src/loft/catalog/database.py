@@ -87,7 +87,7 @@ class Catalog:
                 with conn.begin():
                     yield conn
         except OperationalError as e:
-            raise CatalogError(f"catalog unavailable: {e.orig}") from e
+            raise CatalogError(f"catalog unavailable: {_one_line(e.orig)}") from e
 
     @contextmanager
     def _connect(self, *, immediate: bool) -> Iterator[Connection]:
@@ -97,7 +97,7 @@ class Catalog:
                     conn = conn.execution_options(loft_immediate=True)
                 yield conn
         except OperationalError as e:
-            raise CatalogError(f"catalog unavailable: {e.orig}") from e
+            raise CatalogError(f"catalog unavailable: {_one_line(e.orig)}") from e
 
     def now(self, conn: Connection) -> float:
         """The database's clock, seconds since the epoch (leases are judged by it)."""
@@ -135,11 +135,19 @@ class Catalog:
         except (OperationalError, DBAPIError) as e:
             if "alembic_version" in str(e.orig):
                 return None
-            raise CatalogError(f"catalog {self.url!r} unavailable: {e.orig}") from e
+            raise CatalogError(
+                f"catalog {self.url!r} unavailable: {_one_line(e.orig)}",
+                hint="check LOFT_CATALOG_URL and that the database server is running",
+            ) from e
 
     def close(self) -> None:
         """Dispose of pooled connections."""
         self.engine.dispose()
+
+
+def _one_line(err: BaseException | None) -> str:
+    """A driver's error as one line (psycopg's messages span several)."""
+    return " ".join(str(err).split())
 
 
 def _configure_sqlite(engine: Engine) -> None:
