@@ -3,7 +3,9 @@
 fio (``--ioengine=nbd``, one connection, Unix socket) against ``loft disk serve-file``
 and ``nbdkit file`` serving the same file on the same disk, alternating run by run
 (loft first in even pairs, nbdkit first in odd ones) so drift on a shared machine hits
-both alike. Optionally a loft volume (warm: every extent resident) joins the rotation.
+both alike. With ``--volume`` a loft volume (warm: every extent resident) joins the
+rotation, and fresh forks of it are read end to end (cold: every extent fetched from the
+chunk store) against nbdkit reading the same bytes.
 
 Per workload: the median of each server's runs, the ratio of medians (loft / nbdkit),
 and server CPU microseconds per request (utime+stime of the server process over the
@@ -111,8 +113,58 @@ def run_fio(
     }
 
 
-def serve_volume(root: Path, image: Path, sock: Path) -> None:
-    """Child mode: import ``image`` into a fresh loft volume and serve it until SIGTERM."""
+def read_once(uri: str, size: int, out: Path) -> float:
+    """Read a whole export once, 1 MiB requests at iodepth 8; return MB/s."""
+    cmd = [
+        "fio",
+        "--name=cold",
+        "--ioengine=nbd",
+        f"--uri={uri}",
+        "--rw=read",
+        "--bs=1M",
+        "--iodepth=8",
+        f"--size={size}",
+        "--output-format=json",
+        f"--output={out}",
+    ]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    job = json.loads(out.read_text())["jobs"][0]
+    return float(job["read"]["bw_bytes"]) / 1e6
+
+
+def cold_fork_read(servers: list[Server], size: int, pairs: int, out: Path) -> dict[str, Any]:
+    """A fresh fork read end to end (every extent fetched from the chunk store, chunk
+    cache off) vs nbdkit reading the same bytes from the page cache, alternating."""
+    vol = next(s for s in servers if s.name == "loft_volume")
+    kit = next(s for s in servers if s.name == "nbdkit_file")
+    cold_runs, kit_runs = [], []
+    for i in range(pairs):
+        cold_uri = vol.uri.replace("/bench?", f"/cold{i}?")
+        if i % 2:
+            kit_runs.append(read_once(kit.uri, size, out))
+            cold_runs.append(read_once(cold_uri, size, out))
+        else:
+            cold_runs.append(read_once(cold_uri, size, out))
+            kit_runs.append(read_once(kit.uri, size, out))
+    cold_med, kit_med = statistics.median(cold_runs), statistics.median(kit_runs)
+    return {
+        "metric": "MBps",
+        "loft_volume_cold_fork": {
+            "median_MBps": round(cold_med, 1),
+            "runs_MBps": [round(r, 1) for r in cold_runs],
+        },
+        "nbdkit_file_warm": {
+            "median_MBps": round(kit_med, 1),
+            "runs_MBps": [round(r, 1) for r in kit_runs],
+        },
+        "ratio": round(cold_med / kit_med, 3),
+    }
+
+
+def serve_volume(root: Path, image: Path, sock: Path, n_cold: int) -> None:
+    """Child mode: import ``image`` into a fresh loft volume and serve it until SIGTERM,
+    with ``n_cold`` forks of it (``cold0``...) whose extents are all still in the chunk
+    store (the node's chunk cache is off, so a first read really fetches)."""
     import asyncio
 
     import uvloop
@@ -128,7 +180,7 @@ def serve_volume(root: Path, image: Path, sock: Path) -> None:
         chunks_url=f"file://{root / 'chunks'}",
         catalog_url=f"sqlite:///{root / 'catalog' / 'c.db'}",
         cache_bytes=8 << 30,
-        chunk_cache_bytes=256 << 20,
+        chunk_cache_bytes=0,
     )
     bs = Blockstore.from_settings(settings)
     size = image.stat().st_size
@@ -140,8 +192,17 @@ def serve_volume(root: Path, image: Path, sock: Path) -> None:
             vol.write(off, chunk)
             off += len(chunk)
     vol.flush()
+    vol.commit()
+    vol.close()
+    bs.snapshot("bench", "base")
+    vol = bs.open("bench")  # warm: the working copy is still all here
     reg = ExportRegistry()
     reg.add("bench", VolumeBackend(vol))
+    cold = []
+    for i in range(n_cold):
+        bs.fork("bench@base", f"cold{i}")
+        cold.append(bs.open(f"cold{i}"))
+        reg.add(f"cold{i}", VolumeBackend(cold[-1]))
 
     async def main() -> None:
         server = NBDServer(reg)
@@ -152,7 +213,8 @@ def serve_volume(root: Path, image: Path, sock: Path) -> None:
         await server.close()
 
     uvloop.run(main())
-    vol.close()
+    for v in [vol, *cold]:
+        v.close()
     bs.close()
 
 
@@ -165,11 +227,15 @@ def main() -> None:
     ap.add_argument("--volume", action="store_true", help="also measure a loft volume")
     ap.add_argument("--workloads", default=",".join(WORKLOADS))
     ap.add_argument(
-        "--serve-volume", nargs=3, metavar=("ROOT", "IMAGE", "SOCK"), help=argparse.SUPPRESS
+        "--serve-volume",
+        nargs=4,
+        metavar=("ROOT", "IMAGE", "SOCK", "NCOLD"),
+        help=argparse.SUPPRESS,
     )
     args = ap.parse_args()
     if args.serve_volume:
-        serve_volume(*(Path(a) for a in args.serve_volume))
+        root, img, sock, n_cold = args.serve_volume
+        serve_volume(Path(root), Path(img), Path(sock), int(n_cold))
         return
     for tool in ("fio", "nbdkit"):
         if shutil.which(tool) is None:
@@ -224,6 +290,7 @@ def main() -> None:
                         str(work / "vol"),
                         str(image),
                         str(work / "volsock" / "s.sock"),
+                        str(args.pairs),
                     ],
                     work / "volsock" / "s.sock",
                     "bench",
@@ -251,6 +318,10 @@ def main() -> None:
                     entry[f"ratio_{name}"] = round(entry[name][f"median_{metric}"] / base, 3)
             results[wname] = entry
             print(json.dumps({wname: entry}), file=sys.stderr)
+        cold: dict[str, Any] | None = None
+        if args.volume:
+            cold = cold_fork_read(servers, size, args.pairs, work / "fio.json")
+            print(json.dumps({"cold_fork_seq_read_1M": cold}), file=sys.stderr)
         summary: dict[str, Any] = {}
         for name in (s.name for s in servers if s.name != "nbdkit_file"):
             ratios = [results[w][f"ratio_{name}"] for w in results]
@@ -270,6 +341,7 @@ def main() -> None:
                     "cpus": os.cpu_count(),
                     "loadavg_1m_start_end": [round(load_start[0], 2), round(os.getloadavg()[0], 2)],
                     "workloads": results,
+                    "cold_fork_seq_read_1M": cold,
                     "summary": summary,
                 },
                 indent=2,

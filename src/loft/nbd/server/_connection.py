@@ -73,6 +73,10 @@ _CONTEXT_IDS = {BASE_ALLOCATION: 1, ALLOCATION_DEPTH: 2}
 OFFLOAD_WRITE_MIN = 256 * 1024
 #: Socket buffer size asked for (the kernel caps it at net.core.[rw]mem_max).
 SOCKET_BUFFER = 4 * 1024 * 1024
+#: Replies are batched into one writelines per burst of received requests, but at most
+#: this many buffers: a backend call that sleeps (dirty-page throttling) must not hold
+#: back replies to requests already done, or the client's queue runs dry.
+BATCH_BUFFERS = 8
 #: READ replies at least this large are written at once, not batched.
 _WRITE_NOW = 128 * 1024
 
@@ -199,12 +203,22 @@ class NBDConnection(asyncio.BufferedProtocol):
     # --- plumbing -------------------------------------------------------------------
 
     def _write(self, buffers: list[Any]) -> None:
-        if self._batch is not None:
-            self._batch += buffers
+        batch = self._batch
+        if batch is not None:
+            batch += buffers
+            if len(batch) >= BATCH_BUFFERS:
+                self._flush_batch(batch)
             return
         t = self._transport
         if t is not None and not self._closed and not t.is_closing():
             t.writelines(buffers)  # type: ignore[attr-defined]
+
+    def _flush_batch(self, batch: list[Any]) -> None:
+        """Write what the batch holds now (the list object stays the batch)."""
+        self._batch = None
+        self._write(batch[:])
+        batch.clear()
+        self._batch = batch
 
     def _send(self, event: object) -> None:
         self._write(self._proto.send_buffers(event))
@@ -706,10 +720,8 @@ class NBDConnection(asyncio.BufferedProtocol):
                 if req.length >= _WRITE_NOW and self._batch is not None:
                     # Large data goes out at once instead of waiting for the rest of
                     # the batch: the client gets bytes sooner and memory stays bounded.
-                    batch, self._batch = self._batch, None
-                    self._write(batch + buffers)
-                    batch.clear()
-                    self._batch = batch
+                    self._batch += buffers
+                    self._flush_batch(self._batch)
                 else:
                     self._write(buffers)
             else:
@@ -725,8 +737,11 @@ class NBDConnection(asyncio.BufferedProtocol):
                 self._send(p.BlockStatusChunk(handle, cid, tuple(extents), i == last))
         else:
             ok = self._proto.send_ok(handle)
-            if self._batch is not None:
-                self._batch.append(ok)
+            batch = self._batch
+            if batch is not None:
+                batch.append(ok)
+                if len(batch) >= BATCH_BUFFERS:
+                    self._flush_batch(batch)
             else:
                 self._write([ok])
 
