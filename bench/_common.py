@@ -151,9 +151,11 @@ class Payload:
         self.base = bytearray(os.urandom(block * blocks))
         cut = int(block * compressible_fraction)
         if cut:
-            text = b"loft compressible filler, as in logs and source trees. " * (cut // 56 + 1)
+            phrase = b"loft compressible filler, as in logs and source trees. "
+            text = (phrase * (cut // len(phrase) + 1))[:cut]
             for i in range(blocks):
-                self.base[i * block + block - cut : (i + 1) * block] = text[:cut]
+                self.base[i * block + block - cut : (i + 1) * block] = text
+        assert len(self.base) == block * blocks
         self.blocks = blocks
         self._round = 0
 
