@@ -97,7 +97,10 @@ class ChunkCodec:
             raise VolumeIOError(f"corrupt chunk: bad magic or format {version}")
         body = memoryview(value)[_HEADER.size :]
         if codec == CODEC_ZSTD:
-            data = self._zstd()[1].decompress(body, max_output_size=raw_len)
+            try:
+                data = self._zstd()[1].decompress(body, max_output_size=raw_len)
+            except zstandard.ZstdError as e:
+                raise VolumeIOError(f"corrupt chunk: {e}") from e
         elif codec == CODEC_RAW:
             data = bytes(body)
         else:
