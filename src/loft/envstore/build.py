@@ -534,7 +534,9 @@ def build_lock(
 ) -> LockedPath:
     """Realise ``lock`` exactly; a lock whose environment is already valid costs one query."""
     if store.is_valid(lock.env.path):
-        return lock.env
+        store.add_temp_root(lock.env.path)  # valid now, and kept so while we live
+        if store.is_valid(lock.env.path):
+            return lock.env
     builder = Builder(
         store,
         python_version=lock.platform.get("python", "3.11"),

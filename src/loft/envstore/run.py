@@ -45,4 +45,6 @@ def run_in_env(
 ) -> int:
     """Run ``command`` in the environment, inheriting stdio; return its exit status."""
     argv = env_command(store, env_path, command, extra_env=extra_env)
+    # The closure must outlive the command: a GC meanwhile keeps what this process roots.
+    store.add_temp_root(env_path)
     return subprocess.run(argv, cwd=cwd, check=False).returncode
