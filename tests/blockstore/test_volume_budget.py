@@ -43,12 +43,6 @@ def test_clean_extents_stay_within_the_budget(deployment_of: Callable[[str], Dep
     assert bs.ctx.budget.used_bytes == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a fetch of more extents than the budget holds pops the first ones from the LRU "
-    "as victims, but Volume.evict skips them (they are still in _fetching): they stay "
-    "present yet untracked, so the node keeps them for good, over its budget",
-)
 def test_big_read_leaves_nothing_outside_the_budget(
     deployment_of: Callable[[str], Deployment],
 ) -> None:

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import BinaryIO
 
+from loft.blockstore.budget import Evictable
 from loft.blockstore.capture import Capture
 from loft.blockstore.chunks import ZERO_HASH
 from loft.blockstore.chunkstore import ChunkStoreError
@@ -169,13 +170,36 @@ class Volume:
             return b""
         es = self.extent_size
         extents = range(offset // es, (offset + length - 1) // es + 1)
+        fetched: dict[int, bytes | None] = {}
         for _ in range(4):
             with self._lock:
                 missing = [e for e in extents if self._states[e] == ABSENT]
                 if not missing:
                     return os.pread(self._fd, length, offset)
-            self._ensure_present(missing)
+                if all(e in fetched for e in missing):
+                    # Evicted again before we got here (a tiny budget, busy neighbours):
+                    # an absent extent still holds exactly what was just fetched.
+                    return self._assemble(offset, length, fetched)
+            fetched.update(self._ensure_present(missing))
         raise VolumeIOError(f"volume {self.name!r}: extents keep disappearing while read")
+
+    def _assemble(self, offset: int, length: int, fetched: dict[int, bytes | None]) -> bytes:
+        """Read a range from the data file, taking absent extents from ``fetched``
+        (None: zeros). Call with the lock held."""
+        es = self.extent_size
+        parts = []
+        pos, end = offset, offset + length
+        while pos < end:
+            e = pos // es
+            stop = min(end, e * es + self._elen(e))
+            if self._states[e] == ABSENT:
+                data = fetched[e]
+                lo, hi = pos - e * es, stop - e * es
+                parts.append(bytes(hi - lo) if data is None else data[lo:hi])
+            else:
+                parts.append(os.pread(self._fd, stop - pos, pos))
+            pos = stop
+        return b"".join(parts)
 
     def _needs_fetch(self, offset: int, length: int) -> list[int]:
         """Absent extents a mutation of the range must fetch first (it covers them only
@@ -349,7 +373,9 @@ class Volume:
 
     # -- fetching and eviction --------------------------------------------------------
 
-    def _ensure_present(self, extents: list[int]) -> None:
+    def _ensure_present(self, extents: list[int]) -> dict[int, bytes | None]:
+        """Fetch the absent ones among ``extents`` (or wait for fetches under way).
+        Returns what this call fetched itself: extent -> bytes (None for zeros)."""
         to_fetch: list[int] = []
         waits: list[threading.Event] = []
         with self._lock:
@@ -362,39 +388,53 @@ class Volume:
                 else:
                     self._fetching[e] = threading.Event()
                     to_fetch.append(e)
+        fetched: dict[int, bytes | None] = {}
+        victims: list[tuple[Evictable, int]] = []
         try:
             if to_fetch:
-                self._fetch(to_fetch)
+                fetched, victims = self._fetch(to_fetch)
         finally:
             with self._lock:
                 for e in to_fetch:
                     self._fetching.pop(e).set()
+        # Only now, with no fetch flags left, may our own new extents be evicted (a read
+        # bigger than the budget): the caller still has their bytes in ``fetched``.
+        for owner, e in victims:
+            owner.evict(e)
         for ev in waits:
             if not ev.wait(_FETCH_WAIT):
                 raise VolumeIOError(f"volume {self.name!r}: timed out waiting for a fetch")
+        return fetched
 
-    def _fetch(self, extents: list[int]) -> None:
+    def _fetch(
+        self, extents: list[int]
+    ) -> tuple[dict[int, bytes | None], list[tuple[Evictable, int]]]:
+        """Fetch, write into the data file and mark clean; returns the contents fetched
+        and the extents the budget wants evicted to make room."""
+        fetched: dict[int, bytes | None] = {}
         try:
             digests = {e: self._manifest.entry(e)[:32] for e in extents}
             wanted = sorted({d for d in digests.values() if d != ZERO_HASH})
             values = self.ctx.cache.get_many(wanted) if wanted else {}
             es = self.extent_size
             for e, d in digests.items():
-                if d != ZERO_HASH:
-                    data = self.ctx.codec.decode(values[d], expect=d)
-                    if len(data) != self._elen(e):
-                        raise VolumeIOError(f"chunk {d.hex()} has the wrong size for extent {e}")
-                    os.pwrite(self._fd, data, e * es)
+                if d == ZERO_HASH:
+                    fetched[e] = None
+                    continue
+                data = self.ctx.codec.decode(values[d], expect=d)
+                if len(data) != self._elen(e):
+                    raise VolumeIOError(f"chunk {d.hex()} has the wrong size for extent {e}")
+                os.pwrite(self._fd, data, e * es)
+                fetched[e] = data
         except ChunkStoreError as err:
             raise VolumeIOError(f"volume {self.name!r}: fetching extents failed: {err}") from err
-        victims = []
+        victims: list[tuple[Evictable, int]] = []
         with self._lock:
             for e in extents:
                 if self._states[e] == ABSENT:
                     self._states[e] = CLEAN
                     victims += self.ctx.budget.add(self, e, self._elen(e))
-        for owner, e in victims:
-            owner.evict(e)
+        return fetched, victims
 
     def evict(self, extent: int) -> None:
         """Drop a clean extent from the working copy (the budget asked for room)."""
@@ -469,6 +509,13 @@ class Volume:
 
     def start(self) -> None:
         """Start the commit and lease workers; commit at once what recovery found dirty."""
+        victims = []
+        with self._lock:  # clean extents kept from a clean shutdown count against the budget
+            for e, state in enumerate(self._states):
+                if state == CLEAN:
+                    victims += self.ctx.budget.add(self, e, self._elen(e))
+        for owner, e in victims:
+            owner.evict(e)
         self._worker.start()
         self._lease_thread.start()
         if self._dirty:
