@@ -357,9 +357,9 @@ def test_inline_read_that_would_block_moves_to_a_worker(tmp_path: Path, image: P
     backend.close()
 
 
-def test_large_write_on_worker_then_pipelined_overlapping_read(server: ServerThread) -> None:
-    """A big WRITE goes to a worker thread; a READ of the same range sent right behind it
-    (without waiting for the reply) must still see the written data."""
+def test_large_write_then_pipelined_overlapping_read(server: ServerThread) -> None:
+    """A READ of a range sent right behind a big WRITE to it (without waiting for the
+    WRITE's reply, the payload arriving in pieces) must see the written data."""
     c = connect(server)
     data = os.urandom(2 << 20)
     hw, hr = next(c.handles), next(c.handles)

@@ -11,7 +11,6 @@ from loft.nbd.server._connection import (
     HANDSHAKE_TIMEOUT,
     MAX_INFLIGHT,
     MAX_OPTIONS,
-    OFFLOAD_WRITE_MIN,
     SPARSE_READ_MIN,
     NBDConnection,
 )
@@ -26,7 +25,6 @@ __all__ = [
     "HANDSHAKE_TIMEOUT",
     "MAX_INFLIGHT",
     "MAX_OPTIONS",
-    "OFFLOAD_WRITE_MIN",
     "SPARSE_READ_MIN",
     "Authorizer",
     "Export",

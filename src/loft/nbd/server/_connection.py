@@ -34,7 +34,6 @@ __all__ = [
     "HANDSHAKE_TIMEOUT",
     "MAX_INFLIGHT",
     "MAX_OPTIONS",
-    "OFFLOAD_WRITE_MIN",
     "SPARSE_READ_MIN",
     "NBDConnection",
 ]
@@ -67,10 +66,6 @@ BASE_ALLOCATION = "base:allocation"
 ALLOCATION_DEPTH = "qemu:allocation-depth"
 _CONTEXT_IDS = {BASE_ALLOCATION: 1, ALLOCATION_DEPTH: 2}
 
-#: WRITEs at least this large go to a worker thread: a buffered write can stall in the
-#: kernel's dirty-page throttling, and while one worker copies a megabyte the event loop
-#: keeps receiving the next payload. Small writes stay inline (a thread hop costs more).
-OFFLOAD_WRITE_MIN = 256 * 1024
 #: Socket buffer size asked for (the kernel caps it at net.core.[rw]mem_max).
 SOCKET_BUFFER = 4 * 1024 * 1024
 #: Replies are batched into one writelines per burst of received requests, but at most
@@ -549,7 +544,6 @@ class NBDConnection(asyncio.BufferedProtocol):
         if not (
             command == _FLUSH
             or (req.flags & _FUA and command in _MODIFYING)
-            or (command == _WRITE and req.length >= OFFLOAD_WRITE_MIN)
             or (command == _ZERO and not backend.can_zero())
             or not backend.is_resident(req.offset, req.length)
         ):
