@@ -97,6 +97,9 @@ def run_fio(
         "--output-format=json",
         f"--output={out}",
     ]
+    # Start every run with no dirty pages left over: otherwise whichever server runs after
+    # a write workload pays for the previous run's writeback.
+    os.sync()
     before = cpu_seconds(server.proc.pid)
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     after = cpu_seconds(server.proc.pid)
