@@ -68,8 +68,8 @@ ALWAYS_DEBIAN = ("ca-certificates",)
 ENV_NAME = "loft-env"
 DEFAULT_JOBS = 8
 _UNPACKER = "loft-unpack/1"
-_LAYER = "loft-layer/1"
-_ENV = "loft-env/1"
+_LAYER = "loft-layer/2"
+_ENV = "loft-env/2"
 
 T = TypeVar("T")
 
@@ -424,7 +424,7 @@ class Builder:
             _add_bin_links(forest, npms)
             tree = scratch / "env"
             tree.mkdir()
-            write_forest(forest, tree)
+            write_forest(forest, tree, [p.store_path for p in [*generated, *packages]])
             _write_manifest(tree, artefacts, layers)
             refs = [a.output.path for a in artefacts] + [lp.path for lp in layers]
             info = self.store.add_tree(

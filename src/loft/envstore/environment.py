@@ -141,15 +141,38 @@ class _Planner:
                 self.forest[rel] = f"{logical}/{e.name}"
 
 
-def write_forest(forest: Forest, dest: Path) -> None:
-    """Create the planned directories and symlinks under ``dest`` (which must exist)."""
+#: Directory of an environment holding one link per package path (see write_forest).
+PACKAGES_DIR = ".p"
+
+
+def write_forest(forest: Forest, dest: Path, store_paths: Iterable[str] = ()) -> None:
+    """Create the planned directories and symlinks under ``dest`` (which must exist).
+
+    Each of ``store_paths`` gets one link ``.p/<n> -> /nix/store/<hash>-<name>``, and a
+    forest link into that path is written relative through it
+    (``bin/git -> ../.p/1c/usr/bin/git``). Same resolution, but most targets now fit in
+    the inode (ext4 stores symlinks under 60 bytes inline): a forest costs inodes, not a
+    4 KiB block per link, so N environments stay close to the size of one.
+    """
+    short: dict[str, str] = {}
+    paths = sorted(set(store_paths))
+    if paths:
+        (dest / PACKAGES_DIR).mkdir()
+        for i, sp in enumerate(paths):
+            short[sp] = f"{i:x}"
+            os.symlink(sp, dest / PACKAGES_DIR / short[sp])
     for rel in sorted(forest):
         target = forest[rel]
         p = dest / rel
         if target is None:
             p.mkdir()
-        else:
-            os.symlink(target, p)
+            continue
+        store_path = "/" + "/".join(target.split("/")[1:4]) if target.startswith("/") else ""
+        if store_path in short:
+            up = "../" * rel.count("/")
+            tail = target[len(store_path) :]
+            target = f"{up}{PACKAGES_DIR}/{short[store_path]}{tail}"
+        os.symlink(target, p)
 
 
 def ca_bundle_layer(ca_certificates_tree: Path) -> Layer:
@@ -161,8 +184,6 @@ def ca_bundle_layer(ca_certificates_tree: Path) -> Layer:
     for rel in certs:
         data = (base / rel).read_bytes()
         bundle += data if data.endswith(b"\n") else data + b"\n"
-        pem = Path(rel).name[: -len(".crt")] + ".pem"
-        links[f"etc/ssl/certs/{pem}"] = f"/usr/share/ca-certificates/{rel}"
     return Layer(
         name="ca-certificates-bundle",
         files={"etc/ssl/certs/ca-certificates.crt": bytes(bundle)},
