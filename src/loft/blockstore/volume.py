@@ -170,36 +170,20 @@ class Volume:
             return b""
         es = self.extent_size
         extents = range(offset // es, (offset + length - 1) // es + 1)
-        fetched: dict[int, bytes | None] = {}
-        for _ in range(4):
-            with self._lock:
-                missing = [e for e in extents if self._states[e] == ABSENT]
-                if not missing:
-                    return os.pread(self._fd, length, offset)
-                if all(e in fetched for e in missing):
-                    # Evicted again before we got here (a tiny budget, busy neighbours):
-                    # an absent extent still holds exactly what was just fetched.
-                    return self._assemble(offset, length, fetched)
-            fetched.update(self._ensure_present(missing))
+        victims: list[tuple[Evictable, int]] = []
+        try:
+            for _ in range(4):
+                with self._lock:
+                    missing = [e for e in extents if self._states[e] == ABSENT]
+                    if not missing:
+                        for e in extents:
+                            if self._states[e] == CLEAN:
+                                self.ctx.budget.touch(self, e)
+                        return os.pread(self._fd, length, offset)
+                victims += self._ensure_present(missing)
+        finally:
+            _evict(victims)
         raise VolumeIOError(f"volume {self.name!r}: extents keep disappearing while read")
-
-    def _assemble(self, offset: int, length: int, fetched: dict[int, bytes | None]) -> bytes:
-        """Read a range from the data file, taking absent extents from ``fetched``
-        (None: zeros). Call with the lock held."""
-        es = self.extent_size
-        parts = []
-        pos, end = offset, offset + length
-        while pos < end:
-            e = pos // es
-            stop = min(end, e * es + self._elen(e))
-            if self._states[e] == ABSENT:
-                data = fetched[e]
-                lo, hi = pos - e * es, stop - e * es
-                parts.append(bytes(hi - lo) if data is None else data[lo:hi])
-            else:
-                parts.append(os.pread(self._fd, stop - pos, pos))
-            pos = stop
-        return b"".join(parts)
 
     def _needs_fetch(self, offset: int, length: int) -> list[int]:
         """Absent extents a mutation of the range must fetch first (it covers them only
@@ -237,16 +221,20 @@ class Volume:
         self._check_range(offset, length)
         if length == 0:
             return
-        for _ in range(4):
-            with self._lock:
-                need = self._needs_fetch(offset, length)
-                if not need:
-                    self._mutating(offset, length)
-                    os.pwrite(self._fd, data, offset)
-                    break
-            self._ensure_present(need)
-        else:
-            raise VolumeIOError(f"volume {self.name!r}: could not fetch extents to write")
+        victims: list[tuple[Evictable, int]] = []
+        try:
+            for _ in range(4):
+                with self._lock:
+                    need = self._needs_fetch(offset, length)
+                    if not need:
+                        self._mutating(offset, length)
+                        os.pwrite(self._fd, data, offset)
+                        break
+                victims += self._ensure_present(need)
+            else:
+                raise VolumeIOError(f"volume {self.name!r}: could not fetch extents to write")
+        finally:
+            _evict(victims)
         if fua:
             self.flush()
 
@@ -266,18 +254,22 @@ class Volume:
         self._check_range(offset, length)
         if length == 0:
             return
-        for _ in range(4):
-            with self._lock:
-                need = self._needs_fetch(offset, length)
-                if not need:
-                    self._mutating(offset, length)
-                    self._zero_locked(offset, length)
-                    break
-            if fast_only:
-                raise NotFast("zeroing part of an extent not present locally needs a fetch")
-            self._ensure_present(need)
-        else:
-            raise VolumeIOError(f"volume {self.name!r}: could not fetch extents to zero")
+        victims: list[tuple[Evictable, int]] = []
+        try:
+            for _ in range(4):
+                with self._lock:
+                    need = self._needs_fetch(offset, length)
+                    if not need:
+                        self._mutating(offset, length)
+                        self._zero_locked(offset, length)
+                        break
+                if fast_only:
+                    raise NotFast("zeroing part of an extent not present locally needs a fetch")
+                victims += self._ensure_present(need)
+            else:
+                raise VolumeIOError(f"volume {self.name!r}: could not fetch extents to zero")
+        finally:
+            _evict(victims)
         if fua:
             self.flush()
 
@@ -320,7 +312,7 @@ class Volume:
         self._check_range(offset, length)
         if length:
             es = self.extent_size
-            self._ensure_present(list(range(offset // es, (offset + length - 1) // es + 1)))
+            _evict(self._ensure_present(list(range(offset // es, (offset + length - 1) // es + 1))))
 
     def block_status(self, offset: int, length: int) -> list[tuple[int, int]]:
         """``(length, flags)`` runs from ``offset``; flags HOLE|ZERO for zeros, 0 for data."""
@@ -373,9 +365,11 @@ class Volume:
 
     # -- fetching and eviction --------------------------------------------------------
 
-    def _ensure_present(self, extents: list[int]) -> dict[int, bytes | None]:
+    def _ensure_present(self, extents: list[int]) -> list[tuple[Evictable, int]]:
         """Fetch the absent ones among ``extents`` (or wait for fetches under way).
-        Returns what this call fetched itself: extent -> bytes (None for zeros)."""
+        Returns the extents the budget wants evicted to make room: the caller evicts them
+        (:func:`_evict`) once its own operation is done, so it never evicts what it fetched
+        before using it, however small the budget."""
         to_fetch: list[int] = []
         waits: list[threading.Event] = []
         with self._lock:
@@ -388,30 +382,23 @@ class Volume:
                 else:
                     self._fetching[e] = threading.Event()
                     to_fetch.append(e)
-        fetched: dict[int, bytes | None] = {}
         victims: list[tuple[Evictable, int]] = []
         try:
             if to_fetch:
-                fetched, victims = self._fetch(to_fetch)
+                victims = self._fetch(to_fetch)
         finally:
             with self._lock:
                 for e in to_fetch:
                     self._fetching.pop(e).set()
-        # Only now, with no fetch flags left, may our own new extents be evicted (a read
-        # bigger than the budget): the caller still has their bytes in ``fetched``.
-        for owner, e in victims:
-            owner.evict(e)
         for ev in waits:
             if not ev.wait(_FETCH_WAIT):
+                _evict(victims)
                 raise VolumeIOError(f"volume {self.name!r}: timed out waiting for a fetch")
-        return fetched
+        return victims
 
-    def _fetch(
-        self, extents: list[int]
-    ) -> tuple[dict[int, bytes | None], list[tuple[Evictable, int]]]:
-        """Fetch, write into the data file and mark clean; returns the contents fetched
-        and the extents the budget wants evicted to make room."""
-        fetched: dict[int, bytes | None] = {}
+    def _fetch(self, extents: list[int]) -> list[tuple[Evictable, int]]:
+        """Fetch, write into the data file and mark clean; returns the extents the budget
+        wants evicted to make room."""
         try:
             digests = {e: self._manifest.entry(e)[:32] for e in extents}
             wanted = sorted({d for d in digests.values() if d != ZERO_HASH})
@@ -419,13 +406,11 @@ class Volume:
             es = self.extent_size
             for e, d in digests.items():
                 if d == ZERO_HASH:
-                    fetched[e] = None
                     continue
                 data = self.ctx.codec.decode(values[d], expect=d)
                 if len(data) != self._elen(e):
                     raise VolumeIOError(f"chunk {d.hex()} has the wrong size for extent {e}")
                 os.pwrite(self._fd, data, e * es)
-                fetched[e] = data
         except ChunkStoreError as err:
             raise VolumeIOError(f"volume {self.name!r}: fetching extents failed: {err}") from err
         victims: list[tuple[Evictable, int]] = []
@@ -434,7 +419,7 @@ class Volume:
                 if self._states[e] == ABSENT:
                     self._states[e] = CLEAN
                     victims += self.ctx.budget.add(self, e, self._elen(e))
-        return fetched, victims
+        return victims
 
     def evict(self, extent: int) -> None:
         """Drop a clean extent from the working copy (the budget asked for room)."""
@@ -514,8 +499,7 @@ class Volume:
             for e, state in enumerate(self._states):
                 if state == CLEAN:
                     victims += self.ctx.budget.add(self, e, self._elen(e))
-        for owner, e in victims:
-            owner.evict(e)
+        _evict(victims)
         self._worker.start()
         self._lease_thread.start()
         if self._dirty:
@@ -640,8 +624,7 @@ class Volume:
                 self._pending = None
                 self._pending_since = None
             self._cond.notify_all()
-        for owner, e in victims:
-            owner.evict(e)
+        _evict(victims)
 
     def import_image(
         self, src: BinaryIO, progress: Callable[[int], None] | None = None
@@ -785,6 +768,11 @@ class Volume:
         if self._wc.dirty_extents():
             salvage_orphan(self.ctx, self._rec, self._wc)
         self._wc.destroy()
+
+
+def _evict(victims: list[tuple[Evictable, int]]) -> None:
+    for owner, extent in victims:
+        owner.evict(extent)
 
 
 def _read_full(src: BinaryIO, view: memoryview) -> int:
