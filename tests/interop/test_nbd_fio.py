@@ -29,6 +29,7 @@ def test_fio_verify_crc32c(tmp_path: Path, rw: str, bs: str, iodepth: int) -> No
                 "--verify=crc32c",
                 "--do_verify=1",
                 "--verify_fatal=1",
+                "--verify_state_save=0",  # no state file left in the working directory
                 "--output-format=json",
             ],
             timeout=150,
