@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+import socket
+import threading
+from pathlib import Path
+from typing import Any
+
+import uvloop
+
 from loft.nbd import protocol as p
+from loft.nbd.server import ExportRegistry, NBDServer
 
 
 def feed(conn: p.Connection, data: bytes, mode: str = "whole") -> list[object]:
@@ -59,17 +69,6 @@ class ConnectionPair:
 
 
 # --- a real server in a thread, and a blocking socket client -------------------------
-
-import asyncio  # noqa: E402
-import itertools  # noqa: E402
-import socket  # noqa: E402
-import threading  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
-
-import uvloop  # noqa: E402
-
-from loft.nbd.server import ExportRegistry, NBDServer  # noqa: E402
 
 
 class ServerThread:
