@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,21 @@ from loft.blockstore.chunkstore import ChunkStore, open_chunk_store
 from loft.blockstore.heads import Heads
 from loft.catalog import Catalog
 from loft.config import Settings
+
+
+#: Niceness of background work (commits: hashing, compression, uploads), so that on a
+#: small machine it yields the CPU to the data path serving clients.
+BACKGROUND_NICENESS = 10
+
+
+def lower_thread_priority() -> None:
+    """Lower the calling thread's CPU priority (Linux: per-thread niceness)."""
+    try:
+        tid = threading.get_native_id()
+        current = os.getpriority(os.PRIO_PROCESS, tid)
+        os.setpriority(os.PRIO_PROCESS, tid, max(current, BACKGROUND_NICENESS))
+    except (OSError, AttributeError):  # not permitted, or not Linux: run at normal priority
+        pass
 
 
 @dataclass
@@ -29,7 +45,9 @@ class BlockstoreContext:
     budget: ExtentBudget
     pool: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(
-            max(4, (os.cpu_count() or 2) * 2), thread_name_prefix="blockstore"
+            max(4, (os.cpu_count() or 2) * 2),
+            thread_name_prefix="blockstore",
+            initializer=lower_thread_priority,
         )
     )
 

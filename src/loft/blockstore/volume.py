@@ -27,7 +27,7 @@ from loft.blockstore.capture import Capture
 from loft.blockstore.chunks import ZERO_HASH
 from loft.blockstore.chunkstore import ChunkStoreError
 from loft.blockstore.commit import CommitResult, commit_extents, manifest_for
-from loft.blockstore.context import BlockstoreContext
+from loft.blockstore.context import BlockstoreContext, lower_thread_priority
 from loft.blockstore.errors import (
     BlockstoreError,
     InvalidArgument,
@@ -228,7 +228,7 @@ class Volume:
                     need = self._needs_fetch(offset, length)
                     if not need:
                         self._mutating(offset, length)
-                        os.pwrite(self._fd, data, offset)
+                        write_pieces(self._fd, data, offset)
                         break
                 victims += self._ensure_present(need)
             else:
@@ -410,7 +410,7 @@ class Volume:
                 data = self.ctx.codec.decode(values[d], expect=d)
                 if len(data) != self._elen(e):
                     raise VolumeIOError(f"chunk {d.hex()} has the wrong size for extent {e}")
-                os.pwrite(self._fd, data, e * es)
+                write_pieces(self._fd, data, e * es)
         except ChunkStoreError as err:
             raise VolumeIOError(f"volume {self.name!r}: fetching extents failed: {err}") from err
         victims: list[tuple[Evictable, int]] = []
@@ -513,6 +513,7 @@ class Volume:
             self._renew()
 
     def _run(self) -> None:
+        lower_thread_priority()  # commits are background work: clients come first
         while True:
             with self._cond:
                 cap = None
@@ -768,6 +769,23 @@ class Volume:
         if self._wc.dirty_extents():
             salvage_orphan(self.ctx, self._rec, self._wc)
         self._wc.destroy()
+
+
+#: Largest single write into the working copy. The kernel caches a big write in large
+#: folios; a later 4 KiB write then dirties (and writeback rewrites) a whole large folio,
+#: which made random 4 KiB writes 8-15x slower on a file filled 4 MiB at a time.
+WRITE_PIECE = 128 << 10
+
+
+def write_pieces(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
+    """``os.pwrite`` in pieces of at most :data:`WRITE_PIECE` bytes (see there)."""
+    n = len(data)
+    if n <= WRITE_PIECE:
+        os.pwrite(fd, data, offset)
+        return
+    view = memoryview(data)
+    for pos in range(0, n, WRITE_PIECE):
+        os.pwrite(fd, view[pos : pos + WRITE_PIECE], offset + pos)
 
 
 def _evict(victims: list[tuple[Evictable, int]]) -> None:
