@@ -180,10 +180,14 @@ def test_commit_in_flight_during_takeover_fails(
 def test_takeover_refused_while_lease_is_live(
     kind: str, deployment_of: Callable[[str], Deployment]
 ) -> None:
-    """A renewing writer keeps its volume: B is refused well past the TTL."""
+    """A renewing writer keeps its volume: B is refused well past the TTL. (A longer TTL
+    than elsewhere: this checks liveness, and a loaded machine can delay a renewal.)"""
     dep = deployment_of(kind)
-    _a, b, vol_a = setup_writer(dep)
-    until = time.monotonic() + 3 * TTL
+    a, b = dep.node("a"), dep.node("b")
+    a.create("v", size=MIB, extent_size=EXTENT, commit_interval=60.0)
+    vol_a = a.open("v", lease_ttl=2.0, lease_margin=0.4)
+    vol_a.write(0, fill(1))
+    until = time.monotonic() + 4.0
     while time.monotonic() < until:
         with pytest.raises(VolumeBusy):
             b.open("v", lease_ttl=TTL, lease_margin=MARGIN)
