@@ -205,11 +205,11 @@ def test_slow_commit_keeps_lease(deployment_of: Callable[[str], Deployment]) -> 
     dep = deployment_of("sqlite-file")
     a = dep.node("a")
     a.create("v", size=MIB, extent_size=EXTENT, commit_interval=60.0)
-    vol = a.open("v", lease_ttl=TTL, lease_margin=MARGIN)
+    vol = a.open("v", lease_ttl=1.5, lease_margin=0.3)
     real_put_many = a.ctx.store.put_many
 
     def slow_put_many(items):  # type: ignore[no-untyped-def]
-        time.sleep(3 * TTL)  # a big commit on a slow store
+        time.sleep(4.5)  # a big commit on a slow store: three lease TTLs
         return real_put_many(items)
 
     a.ctx.store.put_many = slow_put_many  # type: ignore[method-assign]
@@ -217,7 +217,7 @@ def test_slow_commit_keeps_lease(deployment_of: Callable[[str], Deployment]) -> 
     committer = threading.Thread(target=vol.commit)
     committer.start()
     try:
-        time.sleep(2 * TTL)
+        time.sleep(3.0)
         vol.write(EXTENT, fill(2))  # nobody took over: this must be acknowledged
     finally:
         committer.join(30)
