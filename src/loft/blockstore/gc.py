@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from sqlalchemy import select, update
 
 from loft.blockstore.chunks import CHUNK_PREFIX, ZERO_HASH, chunk_key
+from loft.blockstore.chunkstore import ChunkNotFound
 from loft.blockstore.commit import DEFAULT_GC_GRACE, HEAD_PREFIX, manifest_for
 from loft.blockstore.context import BlockstoreContext
 from loft.blockstore.errors import GCRefused
@@ -53,22 +54,31 @@ class GCReport:
 
 
 def check_head_records(ctx: BlockstoreContext) -> list[str]:
-    """Reasons the catalog looks behind the store (empty when it is consistent)."""
-    catalog = {v.uid: v for v in ctx.heads.all()}
+    """Reasons the catalog looks behind the store (empty when it is consistent).
+
+    The records are read before the catalog: a commit advances the catalog before it writes
+    its record, so a catalog read afterwards is never behind a record unless it really is
+    stale. A removal deletes the record first: one that vanished meanwhile is no problem."""
     problems = []
+    records: list[tuple[str, dict[str, object]]] = []
     for info in ctx.store.list(HEAD_PREFIX):
         try:
-            record = json.loads(ctx.store.get(info.key))
+            records.append((info.key, json.loads(ctx.store.get(info.key))))
+        except ChunkNotFound:
+            continue  # the volume was removed since the listing
         except Exception:
             problems.append(f"unreadable head record {info.key}")
-            continue
+    catalog = {v.uid: v for v in ctx.heads.all()}
+    for key, record in records:
         uid = record.get("uid")
-        vol = catalog.get(uid)
+        vol = catalog.get(str(uid))
         if vol is None:
+            if ctx.store.stat(key) is None:
+                continue  # removed while we looked
             problems.append(
                 f"the store has volume {record.get('name')!r} ({uid}) which the catalog lacks"
             )
-        elif vol.version < int(record.get("version", 0)):
+        elif vol.version < int(str(record.get("version", 0))):
             problems.append(
                 f"volume {vol.name!r} is at version {vol.version} in the catalog but "
                 f"{record['version']} in the store"
