@@ -192,3 +192,44 @@ def test_gc_refuses_with_a_stale_catalog(deployment_of: Callable[[str], Deployme
     finally:
         old.close()
     assert dep.node("fresh").view("v").read(0, EXTENT) == data(8)
+
+
+def test_head_check_is_not_fooled_by_commits_and_removals_meanwhile(
+    deployment_of: Callable[[str], Deployment],
+) -> None:
+    """GC compares the store's head records with the catalog. A commit (catalog first, then
+    its record) or a removal (record first, then the catalog row) landing while GC looks
+    must not make it refuse: under steady commit traffic it would never run."""
+    dep = deployment_of("sqlite-file")
+    w, g = dep.node("w"), dep.node("gc")
+    for name in ("busy", "doomed"):
+        w.create(name, size=MIB, extent_size=EXTENT)
+        vol = w.open(name)
+        vol.write(0, data(hash(name) % 1000))
+        vol.close()
+    busy = w.open("busy")
+
+    real_all, real_list = g.heads.all, g.ctx.store.list
+    done: set[str] = set()
+
+    def all_then_interfere():  # type: ignore[no-untyped-def]
+        result = real_all()
+        if "commit" not in done:
+            done.add("commit")
+            busy.write(EXTENT, data(77))  # the head and its record advance
+            busy.commit()
+        return result
+
+    def list_then_remove(prefix: str):  # type: ignore[no-untyped-def]
+        listed = list(real_list(prefix))
+        if prefix.startswith("heads/") and "remove" not in done:
+            done.add("remove")
+            w.remove("doomed")  # its record goes first, then its catalog row
+        return iter(listed)
+
+    g.heads.all = all_then_interfere  # type: ignore[method-assign]
+    g.ctx.store.list = list_then_remove  # type: ignore[method-assign]
+    g.gc(grace=0, max_fraction=1.0)
+    assert done == {"commit", "remove"}
+    busy.close()
+    assert dep.node("fresh").view("busy").read(EXTENT, EXTENT) == data(77)
