@@ -84,3 +84,27 @@ def test_crash_keeps_dirty_and_refetches_clean(deployment_of: Callable[[str], De
     # The unclean takeover kept the head the crashed writer had committed.
     snaps = {s.name: s for s in bs.snapshots("v")}
     assert any(n.startswith("takeover-") for n in snaps)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the orphan of a volume with a long (valid, up to 128 characters) name is named "
+    "NAME.orphan-<epoch>, longer than names may be: no API or CLI call can open, export or "
+    "remove it (InvalidArgument: bad volume name)",
+)
+def test_orphan_of_a_long_named_volume_is_reachable(
+    deployment_of: Callable[[str], Deployment],
+) -> None:
+    dep = deployment_of("sqlite-file")
+    a, b = dep.node("a"), dep.node("b")
+    name = "v" * 128
+    a.create(name, size=SIZE, extent_size=EXTENT, commit_interval=60.0)
+    vol = a.open(name)
+    vol.write(0, b"unsaved")
+    crash(a, vol)  # node a stops; b takes over
+    b.open(name).close()
+    a.open(name).close()  # a's stale working copy is salvaged as an orphan
+    orphans = [v.name for v in b.volumes() if ".orphan-" in v.name]
+    assert len(orphans) == 1
+    assert b.view(orphans[0]).read(0, 7) == b"unsaved"
+    b.remove(orphans[0])
