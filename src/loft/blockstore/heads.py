@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 
 from loft.blockstore.chunks import ZERO_HASH
 from loft.blockstore.errors import (
+    InvalidArgument,
     LeaseLost,
     SnapshotExists,
     SnapshotNotFound,
@@ -34,6 +35,8 @@ from loft.catalog.schema import (
     volumes,
 )
 
+#: Names of automatic snapshots (unclean takeovers, restores) start with these.
+AUTO_SNAPSHOT_PREFIXES = ("takeover-", "restore-")
 DEFAULT_LEASE_TTL = 30.0
 #: Safety margin between the holder's own deadline and a taker's earliest takeover.
 DEFAULT_LEASE_MARGIN = 5.0
@@ -400,6 +403,14 @@ class Heads:
         root: bytes,
         auto: bool,
     ) -> SnapshotRecord:
+        if not auto and name.startswith(AUTO_SNAPSHOT_PREFIXES):
+            # A user snapshot named like an automatic one would make the takeover that
+            # needs the name fail for good, and hand an orphan the wrong base.
+            raise InvalidArgument(
+                f"snapshot names starting with {' or '.join(AUTO_SNAPSHOT_PREFIXES)} are "
+                "reserved for automatic snapshots",
+                hint="pick another name",
+            )
         exists = conn.execute(
             select(snapshots.c.id).where(
                 and_(snapshots.c.volume_id == rec.id, snapshots.c.name == name)
