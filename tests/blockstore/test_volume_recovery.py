@@ -10,7 +10,7 @@ import pytest
 from bsfixtures import EXTENT, KIB, Deployment
 from sqlalchemy import update
 
-from loft.blockstore import Blockstore
+from loft.blockstore import Blockstore, InvalidArgument
 from loft.catalog.schema import volumes as volumes_table
 
 pytestmark = pytest.mark.timeout(60)
@@ -108,3 +108,30 @@ def test_orphan_of_a_long_named_volume_is_reachable(
     assert len(orphans) == 1
     assert b.view(orphans[0]).read(0, 7) == b"unsaved"
     b.remove(orphans[0])
+
+
+def test_user_snapshot_named_like_an_automatic_one(
+    deployment_of: Callable[[str], Deployment],
+) -> None:
+    """``takeover-<epoch>`` and ``restore-...`` are reserved: a user snapshot with such a
+    name would make the unclean takeover that needs it fail for good (and give an orphan
+    the wrong base)."""
+    dep = deployment_of("sqlite-file")
+    bs = dep.node("a")
+    bs.create("v", size=SIZE, extent_size=EXTENT)
+    vol = bs.open("v")
+    vol.write(0, b"kept")
+    vol.close()
+    epoch = bs.get("v").epoch + 1
+    for name in (f"takeover-{epoch}", "restore-20260101T000000-v1"):
+        with pytest.raises(InvalidArgument, match="reserved"):
+            bs.snapshot("v", name)
+    bs.snapshot("v", "takeover")  # only the prefixes are reserved
+    vol = bs.open("v")
+    assert vol.record.epoch == epoch
+    vol.write(0, b"more")
+    crash(bs, vol)
+    vol = bs.open("v")
+    assert vol.read(0, 4) == b"more"
+    vol.close()
+    assert bs.view(f"v@takeover-{epoch}").read(0, 4) == b"kept"

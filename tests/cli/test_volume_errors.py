@@ -96,6 +96,7 @@ BAD_INPUT = [
     (("volume", "snapshot", "nope", "s"), ("nope",)),
     (("volume", "snapshot", "v", "s1"), ("s1",)),
     (("volume", "snapshot", "v", "bad@snap"), ("name",)),
+    (("volume", "snapshot", "v", "takeover-9"), ("reserved",)),
     (("volume", "export", "nope", "-"), ("nope",)),
     (("volume", "export", "v@nosnap", "-"), ("nosnap",)),
     (("volume", "fork", "v@nosnap", "x"), ("nosnap",)),
