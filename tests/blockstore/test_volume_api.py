@@ -17,6 +17,7 @@ from loft.blockstore import (
     STATE_ZERO,
     Blockstore,
     InvalidArgument,
+    NotFast,
     ReadOnlyVolume,
     SnapshotNotFound,
     VolumeBusy,
@@ -199,3 +200,31 @@ def test_remove_and_bad_arguments(deployment_of: Callable[[str], Deployment]) ->
     vol.close()
     bs.remove("v")
     assert [v.name for v in bs.volumes()] == []
+
+
+def test_fast_zero_and_prefetch(deployment_of: Callable[[str], Deployment]) -> None:
+    dep = deployment_of("sqlite-file")
+    bs = dep.node("a")
+    bs.create("v", size=4 * EXTENT, extent_size=EXTENT)
+    vol = bs.open("v")
+    content = rnd(5, 4 * EXTENT)
+    vol.write(0, content)
+    vol.close()
+    node = dep.node("b")
+    vol = node.open("v")
+    # Part of an absent extent cannot be zeroed without fetching it first.
+    with pytest.raises(NotFast):
+        vol.zero(10, 100, fast_only=True)
+    assert vol.present_extents == 0
+    vol.zero(EXTENT, EXTENT, fast_only=True)  # a whole extent costs nothing
+    assert vol.present_extents == 1 and node.ctx.cache.fetched_count == 0
+    vol.cache(2 * EXTENT, 2 * EXTENT)  # prefetch
+    assert vol.is_resident(2 * EXTENT, 2 * EXTENT) and not vol.is_resident(0, 1)
+    fetched = node.ctx.cache.fetched_count
+    assert vol.read(2 * EXTENT, 2 * EXTENT) == content[2 * EXTENT :]
+    assert node.ctx.cache.fetched_count == fetched
+    vol.zero(10, 100)
+    want = content[:10] + bytes(100) + content[110:EXTENT] + bytes(EXTENT) + content[2 * EXTENT :]
+    assert vol.read(0, 4 * EXTENT) == want
+    vol.close()
+    assert dep.node("c").view("v").read(0, 4 * EXTENT) == want
