@@ -86,12 +86,6 @@ def test_crash_keeps_dirty_and_refetches_clean(deployment_of: Callable[[str], De
     assert any(n.startswith("takeover-") for n in snaps)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the orphan of a volume with a long (valid, up to 128 characters) name is named "
-    "NAME.orphan-<epoch>, longer than names may be: no API or CLI call can open, export or "
-    "remove it (InvalidArgument: bad volume name)",
-)
 def test_orphan_of_a_long_named_volume_is_reachable(
     deployment_of: Callable[[str], Deployment],
 ) -> None:

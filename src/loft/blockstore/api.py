@@ -98,7 +98,7 @@ class Blockstore:
         commit_interval: float = DEFAULT_COMMIT_INTERVAL,
     ) -> VolumeRecord:
         """A new, empty (all-zero) volume."""
-        check_name(name)
+        check_name(name, new=True)
         check_geometry(size, extent_size)
         if durability not in DURABILITIES:
             raise InvalidArgument(f"durability must be 'remote' or 'local', not {durability!r}")
@@ -218,7 +218,7 @@ class Blockstore:
 
     def snapshot(self, name: str, snap: str) -> SnapshotRecord:
         """Commit what this node holds of the volume, then record its head as ``snap``."""
-        check_name(snap, "snapshot")
+        check_name(snap, "snapshot", new=True)
         rec = self.get(name)
         if self._has_local_changes(rec):
             vol = self.open(name)
@@ -251,7 +251,7 @@ class Blockstore:
         name, snap = split_ref(ref)
         if snap is None:
             raise InvalidArgument(f"fork needs NAME@SNAPSHOT, got {ref!r}")
-        check_name(new)
+        check_name(new, new=True)
         if self.heads.find(new) is not None:
             raise VolumeExists(new)
         rec = self.heads.get(name)

@@ -6,16 +6,20 @@ import re
 
 from loft.blockstore.errors import InvalidArgument
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+#: Names people choose are at most 128 characters; names loft derives from them (the
+#: orphan ``NAME.orphan-<epoch>``) may be longer and must stay reachable.
+MAX_NEW_NAME = 128
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,191}$")
 MIN_EXTENT_SIZE = 64 << 10
 MAX_EXTENT_SIZE = 64 << 20
 #: Volumes are a whole number of 4 KiB blocks (what NBD clients and filesystems expect).
 SIZE_ALIGNMENT = 4096
 
 
-def check_name(name: str, what: str = "volume") -> str:
-    """Return ``name`` if it is a valid volume or snapshot name, else raise."""
-    if not _NAME.match(name):
+def check_name(name: str, what: str = "volume", *, new: bool = False) -> str:
+    """Return ``name`` if it is a valid volume or snapshot name, else raise. ``new``: a
+    name being created, held to :data:`MAX_NEW_NAME` characters."""
+    if not _NAME.match(name) or (new and len(name) > MAX_NEW_NAME):
         raise InvalidArgument(
             f"bad {what} name {name!r}",
             hint="use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit",
