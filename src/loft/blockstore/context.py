@@ -16,7 +16,6 @@ from loft.blockstore.heads import Heads
 from loft.catalog import Catalog
 from loft.config import Settings
 
-
 #: Niceness of background work (commits: hashing, compression, uploads), so that on a
 #: small machine it yields the CPU to the data path serving clients.
 BACKGROUND_NICENESS = 10
