@@ -216,25 +216,7 @@ class Volume:
 
     def write(self, offset: int, data: bytes | bytearray | memoryview, fua: bool = False) -> None:
         """Write ``data`` at ``offset``; with ``fua`` it is durable before returning."""
-        self._check_writable()
-        length = len(data)
-        self._check_range(offset, length)
-        if length == 0:
-            return
-        victims: list[tuple[Evictable, int]] = []
-        try:
-            for _ in range(4):
-                with self._lock:
-                    need = self._needs_fetch(offset, length)
-                    if not need:
-                        self._mutating(offset, length)
-                        write_pieces(self._fd, data, offset)
-                        break
-                victims += self._ensure_present(need)
-            else:
-                raise VolumeIOError(f"volume {self.name!r}: could not fetch extents to write")
-        finally:
-            _evict(victims)
+        self._mutate(offset, len(data), lambda: write_pieces(self._fd, data, offset), "write")
         if fua:
             self.flush()
 
@@ -250,6 +232,20 @@ class Volume:
         """Make the range read as zeros. Whole extents cost nothing (a hole); a partly
         covered absent extent is fetched first, which ``fast_only`` refuses (NotFast)."""
         del may_trim  # zeros are holes either way: content addressing stores no zeros
+        self._mutate(offset, length, lambda: self._zero_locked(offset, length), "zero", fast_only)
+        if fua:
+            self.flush()
+
+    def _mutate(
+        self,
+        offset: int,
+        length: int,
+        apply: Callable[[], None],
+        what: str,
+        fast_only: bool = False,
+    ) -> None:
+        """Fetch what a change of the range needs (partly covered absent extents), then
+        do the bookkeeping and ``apply`` it under the lock."""
         self._check_writable()
         self._check_range(offset, length)
         if length == 0:
@@ -261,17 +257,14 @@ class Volume:
                     need = self._needs_fetch(offset, length)
                     if not need:
                         self._mutating(offset, length)
-                        self._zero_locked(offset, length)
-                        break
+                        apply()
+                        return
                 if fast_only:
                     raise NotFast("zeroing part of an extent not present locally needs a fetch")
                 victims += self._ensure_present(need)
-            else:
-                raise VolumeIOError(f"volume {self.name!r}: could not fetch extents to zero")
+            raise VolumeIOError(f"volume {self.name!r}: could not fetch extents to {what}")
         finally:
             _evict(victims)
-        if fua:
-            self.flush()
 
     def _zero_locked(self, offset: int, length: int) -> None:
         end = offset + length

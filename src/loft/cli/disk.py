@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import ssl
 from pathlib import Path
 
 import click
@@ -19,6 +20,26 @@ from loft.errors import LoftError
 @click.group()
 def disk() -> None:
     """The disk service: serve volumes and images over NBD."""
+
+
+def server_tls(
+    tls_cert: str | None, tls_key: str | None, tls_ca: str | None, listen: str | None
+) -> ssl.SSLContext | None:
+    """The server's TLS context from the --tls-* options; TCP (--listen) requires TLS with
+    client certificates."""
+    from loft.nbd.server import make_server_ssl_context
+
+    ssl_ctx = None
+    if tls_cert or tls_key:
+        if not (tls_cert and tls_key):
+            raise LoftError("--tls-cert and --tls-key go together")
+        ssl_ctx = make_server_ssl_context(tls_cert, tls_key, tls_ca)
+    if listen and (ssl_ctx is None or tls_ca is None):
+        raise LoftError(
+            "--listen requires TLS with client certificates",
+            hint="add --tls-cert, --tls-key and --tls-ca",
+        )
+    return ssl_ctx
 
 
 def _parse_listen(value: str) -> tuple[str, int]:
@@ -78,7 +99,7 @@ def serve_file(
     import uvloop
 
     from loft.nbd.backends.file import FileBackend
-    from loft.nbd.server import ExportRegistry, NBDServer, load_authz, make_server_ssl_context
+    from loft.nbd.server import ExportRegistry, NBDServer, load_authz
 
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
@@ -93,16 +114,7 @@ def serve_file(
             registry.add(name, FileBackend(path, readonly=readonly))
         except OSError as e:
             raise LoftError(f"cannot open {path}: {e.strerror}") from None
-    ssl_ctx = None
-    if tls_cert or tls_key:
-        if not (tls_cert and tls_key):
-            raise LoftError("--tls-cert and --tls-key go together")
-        ssl_ctx = make_server_ssl_context(tls_cert, tls_key, tls_ca)
-    if listen and (ssl_ctx is None or tls_ca is None):
-        raise LoftError(
-            "--listen requires TLS with client certificates",
-            hint="add --tls-cert, --tls-key and --tls-ca",
-        )
+    ssl_ctx = server_tls(tls_cert, tls_key, tls_ca, listen)
     authorizer = load_authz(authz) if authz else None
 
     async def run() -> None:

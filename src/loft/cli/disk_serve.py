@@ -14,7 +14,6 @@ from typing import Any
 import click
 
 from loft.config import Settings
-from loft.errors import LoftError
 
 
 class JsonLogFormatter(logging.Formatter):
@@ -72,23 +71,14 @@ def run_disk_service(
     import uvloop
 
     from loft.blockstore import Blockstore
-    from loft.cli.disk import _parse_listen
-    from loft.nbd.server import load_authz, make_server_ssl_context
+    from loft.cli.disk import _parse_listen, server_tls
+    from loft.nbd.server import load_authz
     from loft.node.disk_service import DiskService, default_socket
 
     _setup_logging(verbose)
     settings = Settings.from_env()
     sock = socket_path or default_socket(settings.data_dir)
-    ssl_ctx = None
-    if tls_cert or tls_key:
-        if not (tls_cert and tls_key):
-            raise LoftError("--tls-cert and --tls-key go together")
-        ssl_ctx = make_server_ssl_context(tls_cert, tls_key, tls_ca)
-    if listen and (ssl_ctx is None or tls_ca is None):
-        raise LoftError(
-            "--listen requires TLS with client certificates",
-            hint="add --tls-cert, --tls-key and --tls-ca",
-        )
+    ssl_ctx = server_tls(tls_cert, tls_key, tls_ca, listen)
     authorizer = load_authz(authz) if authz else None
     address = _parse_listen(listen) if listen else None
     bs = Blockstore.from_settings(settings)
