@@ -43,10 +43,12 @@ class ExtentBudget:
         return victims
 
     def touch(self, owner: Evictable, extent: int) -> None:
-        key = (id(owner), extent)
-        with self._lock:
-            if key in self._lru:
-                self._lru.move_to_end(key)
+        # On every read: no lock. OrderedDict.move_to_end is one C call (atomic under the
+        # GIL), and a key evicted meanwhile is simply no longer there to move.
+        try:
+            self._lru.move_to_end((id(owner), extent))
+        except KeyError:
+            pass
 
     def forget(self, owner: Evictable, extent: int) -> None:
         with self._lock:

@@ -160,8 +160,11 @@ class Volume:
         if length <= 0:
             return True
         es = self.extent_size
+        first, last = offset // es, (offset + length - 1) // es
         st = self._states
-        return all(st[e] != ABSENT for e in range(offset // es, (offset + length - 1) // es + 1))
+        if first == last:  # the common case, on the event loop for every request
+            return st[first] != ABSENT
+        return all(st[e] != ABSENT for e in range(first, last + 1))
 
     def read(self, offset: int, length: int) -> bytes:
         """``length`` bytes at ``offset``."""
@@ -169,7 +172,16 @@ class Volume:
         if length == 0:
             return b""
         es = self.extent_size
-        extents = range(offset // es, (offset + length - 1) // es + 1)
+        first = offset // es
+        if first == (offset + length - 1) // es:
+            # The common case, kept short: one extent, already here.
+            with self._lock:
+                state = self._states[first]
+                if state != ABSENT:
+                    if state == CLEAN:
+                        self.ctx.budget.touch(self, first)
+                    return os.pread(self._fd, length, offset)
+        extents = range(first, (offset + length - 1) // es + 1)
         victims: list[tuple[Evictable, int]] = []
         try:
             for _ in range(4):

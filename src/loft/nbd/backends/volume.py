@@ -47,6 +47,11 @@ class VolumeBackend(Backend):
         self.readonly = bool(volume.readonly)
         kind = "snapshot" if self.readonly else "volume"
         self.description = description or f"loft {kind} {volume.name}"
+        # The per-request calls go straight to the volume: one Python call less each, which
+        # is a measurable share of a 4 KiB read served from the page cache.
+        self.is_resident = volume.is_resident  # type: ignore[method-assign]
+        self.pread = volume.read  # type: ignore[method-assign]
+        self.pread_nowait = volume.read  # type: ignore[method-assign]
 
     def can_trim(self) -> bool:
         return not self.readonly
