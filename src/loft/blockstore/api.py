@@ -11,7 +11,7 @@ from typing import BinaryIO
 
 from loft.blockstore import gc as gc_mod
 from loft.blockstore.chunks import ZERO_HASH, chunk_key
-from loft.blockstore.commit import DEFAULT_GC_GRACE, HEAD_PREFIX
+from loft.blockstore.commit import DEFAULT_GC_GRACE, HEAD_PREFIX, zeros
 from loft.blockstore.context import BlockstoreContext
 from loft.blockstore.errors import (
     InvalidArgument,
@@ -357,7 +357,7 @@ class Blockstore:
                     if seekable:
                         dst.seek(length, os.SEEK_CUR)
                     else:
-                        dst.write(_zeros(length))
+                        dst.write(zeros(length))
                 else:
                     dst.write(view.extent(e))
                     written += 1
@@ -386,16 +386,6 @@ class Blockstore:
         return gc_mod.collect(
             self.ctx, grace=grace, max_fraction=max_fraction, force=force, dry_run=dry_run
         )
-
-
-_ZEROS: dict[int, bytes] = {}
-
-
-def _zeros(n: int) -> bytes:
-    z = _ZEROS.get(n)
-    if z is None:
-        z = _ZEROS[n] = bytes(n)
-    return z
 
 
 def _sparse_target(dst: BinaryIO) -> tuple[bool, int]:

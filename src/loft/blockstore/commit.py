@@ -39,13 +39,14 @@ ExtentSource = Callable[[int], bytes]
 
 
 @functools.lru_cache(maxsize=8)
-def _zeros(n: int) -> bytes:
+def zeros(n: int) -> bytes:
+    """``n`` zero bytes, shared (extent-sized buffers are reused, not reallocated)."""
     return bytes(n)
 
 
 def is_zero(data: bytes) -> bool:
     """True when every byte is zero (a memcmp, not a Python loop)."""
-    return data == _zeros(len(data))
+    return data == zeros(len(data))
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 from loft.blockstore.chunks import ZERO_HASH
 from loft.blockstore.chunkstore import ChunkStoreError
-from loft.blockstore.commit import manifest_for
+from loft.blockstore.commit import manifest_for, zeros
 from loft.blockstore.context import BlockstoreContext
 from loft.blockstore.errors import InvalidArgument, ReadOnlyVolume, VolumeIOError
 from loft.blockstore.heads import VolumeRecord, writer_tag
@@ -56,7 +56,7 @@ class SnapshotView:
                 return data
         digest = self.digest(e)
         if digest == ZERO_HASH:
-            return bytes(self._elen(e))
+            return zeros(self._elen(e))
         try:
             data = self.ctx.codec.decode(self.ctx.cache.get(digest), expect=digest)
         except ChunkStoreError as err:
