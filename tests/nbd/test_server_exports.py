@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import pytest
+from nbd_helpers import Client, ServerThread
 
 import loft.nbd.server as server
+from loft.nbd import protocol as p
 from loft.nbd.backends.file import FileBackend
 from loft.nbd.protocol import NBDError
-from loft.nbd.server import Authorizer, ExportRegistry, load_authz
+from loft.nbd.server import Authorizer, Export, ExportRegistry, load_authz
 
 
 def test_server_all_matches_public_names() -> None:
@@ -46,3 +49,66 @@ def test_authz_file_json_and_toml(tmp_path: Path) -> None:
     with pytest.raises(NBDError):
         load_authz(bad)
     assert Authorizer({}).allows("x", "y") is False
+
+
+class BlockingExports(ExportRegistry):
+    """Exports whose lookups may block, as a catalog's do: a lookup of ``slow`` waits
+    for ``gate``, a lookup of ``broken`` raises; every lookup notes its thread."""
+
+    blocking = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.threads: set[int] = set()
+
+    def lookup(self, name: str) -> Export | None:
+        self.threads.add(threading.get_ident())
+        if name == "slow":
+            self.gate.wait(10)
+        if name == "broken":
+            raise RuntimeError("catalog unreachable")
+        return super().lookup(name)
+
+    def exports(self) -> list[Export]:
+        self.threads.add(threading.get_ident())
+        return list(super().exports())
+
+
+@pytest.mark.timeout(60)
+def test_blocking_lookups_run_off_the_loop(tmp_path: Path) -> None:
+    img = tmp_path / "a.img"
+    img.write_bytes(b"x" * 8192)
+    reg = BlockingExports()
+    reg.add("disk", FileBackend(img))
+    reg.add("slow", FileBackend(img, readonly=True))
+    with ServerThread(reg, tmp_path / "run" / "nbd.sock") as st:
+        stuck = Client(st.sock)
+        stuck.next()
+        stuck.send(p.ClientFlags(), p.GoOption("slow"))
+        # While the first handshake waits on its lookup, another client gets through the
+        # whole handshake (its own lookups included) and is served.
+        other = Client(st.sock)
+        other.handshake("disk")
+        assert other.read(0, 4096) == b"x" * 4096
+        reg.gate.set()
+        replies = []
+        while not isinstance(r := stuck.next(), p.OptionAck | p.OptionError):
+            replies.append(r)
+        assert isinstance(r, p.OptionAck) and isinstance(replies[0], p.OptionInfoExport)
+        assert stuck.read(0, 4096) == b"x" * 4096
+        listing = Client(st.sock)
+        listing.next()
+        listing.send(p.ClientFlags())
+        names = [e.name for e in listing.option(p.ListOption()) if isinstance(e, p.OptionServer)]
+        assert names == ["disk", "slow"]
+        # A lookup that fails drops that client only.
+        broken = Client(st.sock)
+        broken.next()
+        broken.send(p.ClientFlags(), p.InfoOption("broken"))
+        assert broken.sock.recv(10) == b""
+        assert other.read(4096, 4096) == b"x" * 4096
+        assert st.thread.ident not in reg.threads
+        for c in (stuck, other, listing, broken):
+            c.close()
+    reg.close()

@@ -44,6 +44,8 @@ def default_socket(data_dir: Path) -> Path:
 class CatalogExports:
     """The export set of the disk service: volumes and snapshots from the catalog."""
 
+    blocking = True  # every lookup reads the catalog
+
     def __init__(self, service: DiskService) -> None:
         self._service = service
         self._exports: dict[str, Export] = {}

@@ -133,7 +133,11 @@ class NBDConnection(asyncio.BufferedProtocol):
         self._waiting: deque[p.Request] = deque()
         self._write_paused = False
         self._reading_paused = False
-        self._tls_pending = False
+        #: handshake work in flight off the loop (a TLS upgrade, an export lookup):
+        #: nothing more is read or processed until it is done
+        self._suspended = False
+        #: exports resolved off the loop for the option being answered (blocking lookups)
+        self._resolved: dict[str, Export | None] | None = None
         self._closing = False
         self._closed = False
         self._wrote = False
@@ -221,7 +225,7 @@ class NBDConnection(asyncio.BufferedProtocol):
     def _busy(self) -> bool:
         return (
             self._write_paused
-            or self._tls_pending
+            or self._suspended
             or len(self._ops) + len(self._waiting) >= MAX_INFLIGHT
         )
 
@@ -266,7 +270,7 @@ class NBDConnection(asyncio.BufferedProtocol):
             while not (
                 self._closing
                 or self._write_paused
-                or self._tls_pending
+                or self._suspended
                 or len(self._ops) + len(self._waiting) >= MAX_INFLIGHT
             ):
                 try:
@@ -290,7 +294,8 @@ class NBDConnection(asyncio.BufferedProtocol):
     # --- handshake ------------------------------------------------------------------
 
     def _lookup(self, name: str) -> Export | None:
-        export = self._server.exports.lookup(name)
+        resolved = self._resolved
+        export = resolved.get(name) if resolved is not None else self._server.exports.lookup(name)
         if export is None:
             return None
         if not self._trusted:
@@ -336,7 +341,40 @@ class NBDConnection(asyncio.BufferedProtocol):
             else:
                 self._send(p.OptionError(option, p.OptionReplyType.ERR_UNSUP, "unsupported"))
             return
+        if etype in _RESOLVING and self._server.exports.blocking:
+            # The catalog may take milliseconds (or a failover) to answer: resolve on a
+            # worker thread so other connections' requests keep flowing meanwhile.
+            self._suspended = True
+            self._update_reading()
+            self._server._spawn(self._resolve_then_answer(handler, event, option))
+            return
         handler(self, event, option)
+
+    async def _resolve_then_answer(self, handler: Any, event: Any, option: int) -> None:
+        exports = self._server.exports
+        field = _RESOLVING[type(event)]
+        name = getattr(event, field) if field else ""
+
+        def resolve() -> dict[str, Export | None]:
+            if type(event) is p.ListOption:
+                return {e.name: e for e in exports.exports()}
+            return {name: exports.lookup(name)}
+
+        try:
+            resolved = await self._loop.run_in_executor(None, resolve)
+        except Exception as e:
+            self._abort(f"export lookup failed: {e}")
+            return
+        if self._closed:
+            return
+        self._resolved = resolved
+        try:
+            handler(self, event, option)
+        finally:
+            self._resolved = None
+        self._suspended = False
+        self._update_reading()
+        self._process()
 
     def _transmission_flags(self, backend: Backend) -> int:
         tf = p.TransmissionFlag
@@ -405,7 +443,11 @@ class NBDConnection(asyncio.BufferedProtocol):
         log.info("nbd.open peer=%s export=%s flags=0x%x", self.peer, export.name, flags)
 
     def _opt_list(self, event: p.ListOption, option: int) -> None:
-        for export in self._server.exports.exports():
+        resolved = self._resolved
+        listing = resolved.values() if resolved is not None else self._server.exports.exports()
+        for export in listing:
+            if export is None:
+                continue
             if self._lookup(export.name) is not None:
                 desc = export.description[: p.MAX_NAME_LENGTH]
                 self._send(p.OptionServer(option, export.name, desc))
@@ -471,7 +513,7 @@ class NBDConnection(asyncio.BufferedProtocol):
             return
         self._send(p.OptionAck(option))
         # Stop reading now: the client's TLS hello must reach the TLS layer, not us.
-        self._tls_pending = True
+        self._suspended = True
         self._update_reading()
         self._server._spawn(self._start_tls())
 
@@ -505,7 +547,7 @@ class NBDConnection(asyncio.BufferedProtocol):
             self._abort(str(e))
             return
         log.info("nbd.tls peer=%s identity=%s", self.peer, self.identity)
-        self._tls_pending = False
+        self._suspended = False
         self._process()
 
     # --- transmission ---------------------------------------------------------------
@@ -768,6 +810,16 @@ class NBDConnection(asyncio.BufferedProtocol):
             "since": self.started,
         }
 
+
+#: Options that look exports up, with the event field naming the export (LIST: all).
+_RESOLVING: dict[type, str] = {
+    p.ExportNameOption: "name",
+    p.GoOption: "name",
+    p.InfoOption: "name",
+    p.ListOption: "",
+    p.ListMetaContextOption: "export_name",
+    p.SetMetaContextOption: "export_name",
+}
 
 _OPTION_HANDLERS: dict[type, Any] = {
     p.ExportNameOption: NBDConnection._opt_export_name,

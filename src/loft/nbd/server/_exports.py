@@ -29,6 +29,12 @@ class ExportLookup(Protocol):
     """What the server needs from a set of exports (the in-memory registry, or the
     catalog-backed one of the disk service)."""
 
+    @property
+    def blocking(self) -> bool:
+        """True when lookups may block (a database): the server then makes them on a
+        worker thread instead of the event loop."""
+        ...
+
     def lookup(self, name: str) -> Export | None:
         """The export called ``name`` ("" is the default export), or None."""
         ...
@@ -46,6 +52,7 @@ class ExportRegistry:
     _exports: dict[str, Export] = field(default_factory=dict)
     #: name served when a client asks for the empty export name
     default: str | None = None
+    blocking = False  # a dict lookup: answered on the event loop
 
     def add(self, name: str, backend: Backend, description: str = "") -> Export:
         """Register ``backend`` as export ``name``."""
