@@ -126,3 +126,35 @@ def test_local_durability_commits_exactly_the_flushed_state(
     both = bytearray(a + bytes(4 * EXTENT))
     both[EXTENT + 100 : EXTENT + 100 + len(b)] = b
     assert dep.node("fresh2").view("v").read(0, 8 * EXTENT) == bytes(both)
+
+
+def test_lock_free_read_extent_sees_the_capture_while_writes_race(tmp_path: Path) -> None:
+    """The uploader reads extents without the volume's lock while a writer (holding it,
+    so one at a time) preserves then overwrites: every read is the captured state."""
+    es = 256 * 1024
+    path = tmp_path / "data"
+    original = rnd(7, 2 * es)
+    path.write_bytes(original)
+    fd = os.open(path, os.O_RDWR)
+    cap = Capture(1, {0: 1, 1: 1}, tmp_path / "aside", es)
+    stop = threading.Event()
+
+    def writer() -> None:
+        r = random.Random(8)
+        while not stop.is_set():
+            off = r.randrange(0, 2 * es - 1)
+            n = min(r.randrange(1, 3 * BLOCK), 2 * es - off)
+            cap.preserve(fd, off, n)
+            os.pwrite(fd, r.randbytes(n), off)
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        for i in range(300):
+            e = i % 2
+            assert cap.read_extent(fd, e, es) == original[e * es : (e + 1) * es], f"read {i}"
+    finally:
+        stop.set()
+        t.join(10)
+        cap.close()
+        os.close(fd)

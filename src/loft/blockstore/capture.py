@@ -53,14 +53,20 @@ class Capture:
                     continue
                 run = b
                 while run <= b1 and not bitmap[run]:
-                    bitmap[run] = 1
                     run += 1
                 _copy(data_fd, self._aside_fd(), base + b * BLOCK, (run - b) * BLOCK)
+                # Marked only once the copy is complete: read_extent runs without the
+                # volume's lock and trusts a marked block's aside copy.
+                bitmap[b:run] = b"\x01" * (run - b)
                 b = run
 
     def read_extent(self, data_fd: int, extent: int, length: int) -> bytes:
         """The extent's bytes as of the capture (data file overlaid with aside blocks).
-        Call with the volume's lock held."""
+
+        Needs no lock against writers (so the uploader never holds the volume's lock,
+        which the event loop's reads take): a writer copies a block aside, then marks it,
+        then overwrites it. A block this pread saw torn or new was marked before the write
+        began, so before the bitmap is read below, and comes from the aside copy."""
         base = extent * self.extent_size
         data = os.pread(data_fd, length, base)
         # The extent stays protected until the whole commit is done: a retry after a failed

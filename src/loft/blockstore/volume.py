@@ -569,8 +569,7 @@ class Volume:
 
     def _commit_capture(self, cap: Capture) -> None:
         def source(e: int) -> bytes:
-            with self._lock:
-                return cap.read_extent(self._fd, e, self._elen(e))
+            return cap.read_extent(self._fd, e, self._elen(e))
 
         sent = time.monotonic()
         try:
