@@ -3,21 +3,30 @@
 fio (``--ioengine=nbd``, one connection, Unix socket) against ``loft disk serve-file``
 and ``nbdkit file`` serving the same file on the same disk, alternating run by run
 (loft first in even pairs, nbdkit first in odd ones) so drift on a shared machine hits
-both alike. With ``--volume`` a loft volume (warm: every extent resident) joins the
-rotation, and fresh forks of it are read end to end (cold: every extent fetched from the
-chunk store) against nbdkit reading the same bytes.
+both alike. With ``--volume`` a loft volume served by the real disk service
+(``loft disk serve``, chunk store in a local directory) joins the rotation; with ``--s3``
+another one whose chunk store is a private SeaweedFS reached over the S3 API. Both are
+warm (filled through NBD with nbdcopy, so every extent is in the working copy), and fresh
+forks of them are read end to end (cold: every extent fetched from the chunk store, the
+node's chunk cache off) against nbdkit reading the same bytes.
+
+Every run starts from a quiet machine: ``sync`` first (no writeback left over from the
+previous run), and a volume commits what the run wrote before the next run starts
+(through the service's control socket, the way ``loft volume snapshot`` does). Commit
+is the volume's background work, so its CPU is reported beside the run's own.
 
 Per workload: the median of each server's runs, the ratio of medians (loft / nbdkit),
 and server CPU microseconds per request (utime+stime of the server process over the
-run divided by the requests fio completed). Summary: geometric mean of the ratios.
-Goal: geomean >= 1.0 and no workload below 0.9.
+run divided by the requests fio completed; for volumes also the commit that followed).
+Summary: geometric mean of the ratios. Goal: geomean >= 1.0 and no workload below 0.9.
 
-    python bench/nbd_vs_nbdkit.py [--pairs 5] [--runtime 5] [--size 1G] [--volume]
+    python bench/nbd_vs_nbdkit.py [--pairs 5] [--runtime 5] [--size 1G] [--volume] [--s3]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -28,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +48,8 @@ WORKLOADS = {
     "rand_write_4k": {"rw": "randwrite", "bs": "4k", "iodepth": 32},
 }
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+#: The warm volume's name, and its forks read cold (cold0, cold1, ...).
+VOLUME = "bench"
 
 
 def cpu_seconds(pid: int) -> float:
@@ -62,21 +74,90 @@ def loft_command() -> list[str]:
 
 
 class Server:
-    def __init__(self, name: str, cmd: list[str], sock: Path, export: str) -> None:
+    """One NBD server process serving the benchmark's bytes as ``export``."""
+
+    def __init__(
+        self,
+        name: str,
+        cmd: list[str],
+        sock: Path,
+        export: str,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.name = name
         self.sock = sock
-        self.uri = f"nbd+unix:///{export}?socket={sock}"
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.export = export
+        self.uri = self.uri_of(export)
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
+        )
         wait_socket(sock, self.proc, name)
+
+    def uri_of(self, export: str) -> str:
+        return f"nbd+unix:///{export}?socket={self.sock}"
+
+    def drain(self) -> None:
+        """Finish the background work a run left behind (nothing, for a plain file)."""
 
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(30)
+                self.proc.wait(60)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+class VolumeServer(Server):
+    """``loft disk serve`` on a private node: its own catalog and working copies, the
+    chunk store at ``chunks_url``. Volume ``bench`` is filled from ``image`` through NBD
+    (nbdcopy), committed and snapshotted; ``n_cold`` forks of that snapshot are served
+    too, their extents all still in the chunk store (chunk cache off)."""
+
+    def __init__(
+        self,
+        name: str,
+        root: Path,
+        chunks_url: str,
+        image: Path,
+        n_cold: int,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        root.mkdir(parents=True)
+        env = {
+            **os.environ,
+            **(extra_env or {}),
+            "LOFT_DATA_DIR": str(root / "node"),
+            "LOFT_CHUNKS": chunks_url,
+            "LOFT_CATALOG_URL": f"sqlite:///{root / 'catalog.db'}",
+            "LOFT_CACHE_BYTES": str(64 << 30),
+            "LOFT_CHUNK_CACHE_BYTES": "0",
+        }
+        self.env = env
+        size = image.stat().st_size
+        self.loft("volume", "create", VOLUME, "--size", str(size))
+        sock = root / "run" / "nbd.sock"
+        super().__init__(
+            name, [*loft_command(), "disk", "serve", "--socket", str(sock)], sock, VOLUME, env
+        )
+        self.control = sock.with_name("control.sock")
+        subprocess.run(["nbdcopy", str(image), self.uri], check=True)
+        self.drain()
+        self.loft("volume", "snapshot", VOLUME, "base")
+        for i in range(n_cold):
+            self.loft("volume", "fork", f"{VOLUME}@base", f"cold{i}")
+
+    def loft(self, *args: str) -> None:
+        subprocess.run(
+            [*loft_command(), *args], env=self.env, check=True, stdout=subprocess.DEVNULL
+        )
+
+    def drain(self) -> None:
+        """Commit everything the last run wrote (what a snapshot would wait for)."""
+        from loft.node.control import request
+
+        request(str(self.control), "commit", volume=VOLUME, timeout=900)
 
 
 def run_fio(
@@ -103,16 +184,23 @@ def run_fio(
     before = cpu_seconds(server.proc.pid)
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     after = cpu_seconds(server.proc.pid)
+    t0 = time.monotonic()
+    server.drain()
+    drain_s = time.monotonic() - t0
+    drained = cpu_seconds(server.proc.pid)
     job = json.loads(out.read_text())["jobs"][0]
     side = job["read"] if job["read"]["io_bytes"] else job["write"]
     ios = job["read"]["total_ios"] + job["write"]["total_ios"]
     # CPU over the whole fio run (ramp included) divided by every request it made.
     elapsed_total = runtime + 1
     total_ios = ios * elapsed_total / runtime if ios else 0
+    per_req = 1e6 / total_ios if total_ios else float("nan")
     return {
         "MBps": side["bw_bytes"] / 1e6,
         "iops": side["iops"],
-        "cpu_us_per_req": (after - before) * 1e6 / total_ios if total_ios else float("nan"),
+        "cpu_us_per_req": (after - before) * per_req,
+        "commit_cpu_us_per_req": (drained - after) * per_req,
+        "commit_s": drain_s,
     }
 
 
@@ -130,19 +218,18 @@ def read_once(uri: str, size: int, out: Path) -> float:
         "--output-format=json",
         f"--output={out}",
     ]
+    os.sync()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     job = json.loads(out.read_text())["jobs"][0]
     return float(job["read"]["bw_bytes"]) / 1e6
 
 
-def cold_fork_read(servers: list[Server], size: int, pairs: int, out: Path) -> dict[str, Any]:
-    """A fresh fork read end to end (every extent fetched from the chunk store, chunk
-    cache off) vs nbdkit reading the same bytes from the page cache, alternating."""
-    vol = next(s for s in servers if s.name == "loft_volume")
-    kit = next(s for s in servers if s.name == "nbdkit_file")
+def cold_fork_read(vol: Server, kit: Server, size: int, pairs: int, out: Path) -> dict[str, Any]:
+    """Fresh forks read end to end (every extent fetched from the chunk store, chunk cache
+    off) vs nbdkit reading the same bytes from the page cache, alternating."""
     cold_runs, kit_runs = [], []
     for i in range(pairs):
-        cold_uri = vol.uri.replace("/bench?", f"/cold{i}?")
+        cold_uri = vol.uri_of(f"cold{i}")
         if i % 2:
             kit_runs.append(read_once(kit.uri, size, out))
             cold_runs.append(read_once(cold_uri, size, out))
@@ -152,7 +239,7 @@ def cold_fork_read(servers: list[Server], size: int, pairs: int, out: Path) -> d
     cold_med, kit_med = statistics.median(cold_runs), statistics.median(kit_runs)
     return {
         "metric": "MBps",
-        "loft_volume_cold_fork": {
+        f"{vol.name}_cold_fork": {
             "median_MBps": round(cold_med, 1),
             "runs_MBps": [round(r, 1) for r in cold_runs],
         },
@@ -164,61 +251,36 @@ def cold_fork_read(servers: list[Server], size: int, pairs: int, out: Path) -> d
     }
 
 
-def serve_volume(root: Path, image: Path, sock: Path, n_cold: int) -> None:
-    """Child mode: import ``image`` into a fresh loft volume and serve it until SIGTERM,
-    with ``n_cold`` forks of it (``cold0``...) whose extents are all still in the chunk
-    store (the node's chunk cache is off, so a first read really fetches)."""
-    import asyncio
+@contextlib.contextmanager
+def seaweedfs() -> Iterator[Any]:
+    """A private SeaweedFS (the test suite's launcher), stopped by PID afterwards."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from services import start_seaweedfs
 
-    import uvloop
+    server = start_seaweedfs()
+    try:
+        yield server
+    finally:
+        server.stop()
 
-    from loft.blockstore import Blockstore
-    from loft.config import Settings
-    from loft.nbd.backends.volume import VolumeBackend
-    from loft.nbd.server import ExportRegistry, NBDServer
 
-    (root / "catalog").mkdir(parents=True, exist_ok=True)
-    settings = Settings(
-        data_dir=root / "node",
-        chunks_url=f"file://{root / 'chunks'}",
-        catalog_url=f"sqlite:///{root / 'catalog' / 'c.db'}",
-        cache_bytes=8 << 30,
-        chunk_cache_bytes=0,
-    )
-    bs = Blockstore.from_settings(settings)
-    size = image.stat().st_size
-    bs.create("bench", size=size)
-    vol = bs.open("bench")
-    with open(image, "rb") as f:
-        off = 0
-        while chunk := f.read(8 << 20):
-            vol.write(off, chunk)
-            off += len(chunk)
-    vol.flush()
-    vol.commit()
-    vol.close()
-    bs.snapshot("bench", "base")
-    vol = bs.open("bench")  # warm: the working copy is still all here
-    reg = ExportRegistry()
-    reg.add("bench", VolumeBackend(vol))
-    cold = []
-    for i in range(n_cold):
-        bs.fork("bench@base", f"cold{i}")
-        cold.append(bs.open(f"cold{i}"))
-        reg.add(f"cold{i}", VolumeBackend(cold[-1]))
+def parse_size(text: str) -> int:
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    return int(text[:-1]) * units[text[-1].upper()] if text[-1].isalpha() else int(text)
 
-    async def main() -> None:
-        server = NBDServer(reg)
-        await server.serve_unix(sock)
-        stop = asyncio.Event()
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-        await stop.wait()
-        await server.close()
 
-    uvloop.run(main())
-    for v in [vol, *cold]:
-        v.close()
-    bs.close()
+def summarize(runs: list[dict[str, float]], metric: str) -> dict[str, Any]:
+    med = statistics.median
+    entry: dict[str, Any] = {
+        f"median_{metric}": round(med(r[metric] for r in runs), 1),
+        f"runs_{metric}": [round(r[metric], 1) for r in runs],
+        "cpu_us_per_req": round(med(r["cpu_us_per_req"] for r in runs), 2),
+    }
+    commit_cpu = med(r["commit_cpu_us_per_req"] for r in runs)
+    if commit_cpu > 0:
+        entry["commit_cpu_us_per_req"] = round(commit_cpu, 2)
+        entry["commit_s"] = round(med(r["commit_s"] for r in runs), 2)
+    return entry
 
 
 def main() -> None:
@@ -228,27 +290,16 @@ def main() -> None:
     ap.add_argument("--size", default="1G", help="backing file size (K/M/G suffix)")
     ap.add_argument("--dir", help="where the backing file lives (default: a temp dir)")
     ap.add_argument("--volume", action="store_true", help="also measure a loft volume")
-    ap.add_argument("--workloads", default=",".join(WORKLOADS))
     ap.add_argument(
-        "--serve-volume",
-        nargs=4,
-        metavar=("ROOT", "IMAGE", "SOCK", "NCOLD"),
-        help=argparse.SUPPRESS,
+        "--s3", action="store_true", help="also a volume on an S3 chunk store (SeaweedFS)"
     )
+    ap.add_argument("--workloads", default=",".join(WORKLOADS))
     args = ap.parse_args()
-    if args.serve_volume:
-        root, img, sock, n_cold = args.serve_volume
-        serve_volume(Path(root), Path(img), Path(sock), int(n_cold))
-        return
-    for tool in ("fio", "nbdkit"):
+    tools = ["fio", "nbdkit"] + (["nbdcopy"] if args.volume or args.s3 else [])
+    for tool in tools:
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is required (apt-get install {tool})")
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    size = (
-        int(args.size[:-1]) * units[args.size[-1].upper()]
-        if args.size[-1].isalpha()
-        else int(args.size)
-    )
+    size = parse_size(args.size)
     work = Path(tempfile.mkdtemp(prefix="loft-nbd-bench-", dir=args.dir))
     os.chmod(work, 0o700)
     image = work / "backing.img"
@@ -258,7 +309,9 @@ def main() -> None:
             f.write(block)
     servers: list[Server] = []
     load_start = os.getloadavg()
-    try:
+    with contextlib.ExitStack() as stack:
+        stack.callback(shutil.rmtree, work, ignore_errors=True)
+        stack.callback(lambda: [s.stop() for s in servers])
         servers.append(
             Server(
                 "loft_file",
@@ -282,23 +335,17 @@ def main() -> None:
                 "",
             )
         )
+        volumes: list[Server] = []
         if args.volume:
-            servers.append(
-                Server(
-                    "loft_volume",
-                    [
-                        sys.executable,
-                        __file__,
-                        "--serve-volume",
-                        str(work / "vol"),
-                        str(image),
-                        str(work / "volsock" / "s.sock"),
-                        str(args.pairs),
-                    ],
-                    work / "volsock" / "s.sock",
-                    "bench",
-                )
+            url = f"file://{work / 'chunks'}"
+            volumes.append(VolumeServer("loft_volume", work / "vol", url, image, args.pairs))
+        if args.s3:
+            weed = stack.enter_context(seaweedfs())
+            url = weed.url("loft-bench", "nbd")
+            volumes.append(
+                VolumeServer("loft_volume_s3", work / "vol-s3", url, image, args.pairs, weed.env())
             )
+        servers += volumes
         results: dict[str, Any] = {}
         for wname in args.workloads.split(","):
             wl = WORKLOADS[wname]
@@ -310,21 +357,20 @@ def main() -> None:
             metric = "MBps" if wl["bs"] == "1M" else "iops"
             entry: dict[str, Any] = {"metric": metric}
             for name, rs in runs.items():
-                entry[name] = {
-                    f"median_{metric}": round(statistics.median(r[metric] for r in rs), 1),
-                    f"runs_{metric}": [round(r[metric], 1) for r in rs],
-                    "cpu_us_per_req": round(statistics.median(r["cpu_us_per_req"] for r in rs), 2),
-                }
+                entry[name] = summarize(rs, metric)
             base = entry["nbdkit_file"][f"median_{metric}"]
             for name in runs:
                 if name != "nbdkit_file":
                     entry[f"ratio_{name}"] = round(entry[name][f"median_{metric}"] / base, 3)
             results[wname] = entry
             print(json.dumps({wname: entry}), file=sys.stderr)
-        cold: dict[str, Any] | None = None
-        if args.volume:
-            cold = cold_fork_read(servers, size, args.pairs, work / "fio.json")
-            print(json.dumps({"cold_fork_seq_read_1M": cold}), file=sys.stderr)
+        kit = servers[1]
+        cold: dict[str, Any] = {}
+        for vol in volumes:
+            cold[vol.name] = cold_fork_read(vol, kit, size, args.pairs, work / "fio.json")
+            print(
+                json.dumps({f"cold_fork_seq_read_1M_{vol.name}": cold[vol.name]}), file=sys.stderr
+            )
         summary: dict[str, Any] = {}
         for name in (s.name for s in servers if s.name != "nbdkit_file"):
             ratios = [results[w][f"ratio_{name}"] for w in results]
@@ -350,10 +396,6 @@ def main() -> None:
                 indent=2,
             )
         )
-    finally:
-        for s in servers:
-            s.stop()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
