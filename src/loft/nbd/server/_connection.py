@@ -68,10 +68,14 @@ _CONTEXT_IDS = {BASE_ALLOCATION: 1, ALLOCATION_DEPTH: 2}
 
 #: Socket buffer size asked for (the kernel caps it at net.core.[rw]mem_max).
 SOCKET_BUFFER = 4 * 1024 * 1024
-#: Replies are batched into one writelines per burst of received requests, but at most
-#: this many buffers: a backend call that sleeps (dirty-page throttling) must not hold
-#: back replies to requests already done, or the client's queue runs dry.
-BATCH_BUFFERS = 8
+#: Replies are batched into one writelines per burst of received requests, up to this
+#: many buffers (a 4 KiB READ reply is two): fewer sendmsg calls is most of what a small
+#: request costs on a busy core.
+BATCH_BUFFERS = 64
+#: But a backend call that may sleep (a write throttled on dirty pages) must not hold
+#: back replies to requests already done, or the client's queue runs dry: before an
+#: inline change, and after each write reply, a batch this long goes out.
+BATCH_BUFFERS_BEFORE_SLEEP = 8
 #: READ replies at least this large are written at once, not batched.
 _WRITE_NOW = 128 * 1024
 
@@ -583,6 +587,9 @@ class NBDConnection(asyncio.BufferedProtocol):
         command = req.command
         if command in _MODIFYING:
             self._wrote = True
+            batch = self._batch
+            if batch is not None and len(batch) >= BATCH_BUFFERS_BEFORE_SLEEP:
+                self._flush_batch(batch)
         if not (
             command == _FLUSH
             or (req.flags & _FUA and command in _MODIFYING)
@@ -776,7 +783,7 @@ class NBDConnection(asyncio.BufferedProtocol):
             batch = self._batch
             if batch is not None:
                 batch.append(ok)
-                if len(batch) >= BATCH_BUFFERS:
+                if len(batch) >= BATCH_BUFFERS_BEFORE_SLEEP:
                     self._flush_batch(batch)
             else:
                 self._write([ok])
