@@ -6,6 +6,8 @@ and the output directory (writable) are visible. Usage::
 
     _unpack_helper.py deb|wheel|npm ARTEFACT OUTDIR [PACKAGE-NAME]
 
+A .deb's ar container is read here and its data.tar (xz, gzip, bzip2 or plain) decompressed
+in this process; other compressions (zstd) go through ``dpkg-deb --fsys-tarfile``.
 Every member name is checked before anything is written: no absolute paths, no ``..``,
 no writing through a symlink, no device nodes or FIFOs. Debian packages are usr-merged
 (``bin`` -> ``usr/bin``...) and lose setuid/setgid bits (the store has none); wheels and
@@ -16,20 +18,19 @@ line on stdout and exit status 2.
 
 from __future__ import annotations
 
-import configparser
 import io
-import json
 import os
 import posixpath
 import re
-import shutil
 import stat
-import subprocess
 import sys
 import tarfile
-import zipfile
-from collections.abc import Callable
-from typing import IO
+from collections.abc import Callable, Iterator
+from typing import IO, cast
+
+# One helper process runs per artefact (~130 for a small environment), so its start-up is
+# a real part of a build's CPU: modules only one kind needs (zipfile, configparser, json,
+# subprocess) are imported where they are used. (tarfile imports re itself.)
 
 Rename = Callable[[str], "str | None"]
 
@@ -72,11 +73,18 @@ class Writer:
     def __init__(self, root: str) -> None:
         self.root = root
         self.links: set[str] = set()
+        #: Directories known to exist as real directories (nothing ever replaces one).
+        self.dirs: set[str] = {""}
 
     def _check_parents(self, name: str) -> None:
+        parent = name.rpartition("/")[0]
+        if parent in self.dirs:
+            return
         parts = name.split("/")
         for i in range(1, len(parts)):
             prefix = "/".join(parts[:i])
+            if prefix in self.dirs:
+                continue
             if prefix in self.links:
                 raise Refused(f"{name!r} would be written through the symlink {prefix!r}")
             full = os.path.join(self.root, prefix)
@@ -84,12 +92,13 @@ class Writer:
                 raise Refused(f"{name!r}: {prefix!r} is not a directory")
             if not os.path.lexists(full):
                 os.mkdir(full, 0o755)
+            self.dirs.add(prefix)
 
     def exists(self, name: str) -> bool:
-        return os.path.lexists(os.path.join(self.root, name))
+        return name in self.dirs or os.path.lexists(os.path.join(self.root, name))
 
     def directory(self, name: str) -> None:
-        if not name:
+        if not name or name in self.dirs:
             return
         self._check_parents(name)
         full = os.path.join(self.root, name)
@@ -97,30 +106,45 @@ class Writer:
             raise Refused(f"{name!r} is both a symlink and a directory")
         if not os.path.lexists(full):
             os.mkdir(full, 0o755)
+        elif not os.path.isdir(full):
+            return  # a file of that name came first; anything written below it is refused
+        self.dirs.add(name)
+
+    def _replace(self, name: str, full: str, what: str) -> None:
+        """Make room for ``name``: a later member replaces an earlier file or link."""
+        if name in self.dirs or (os.path.isdir(full) and not os.path.islink(full)):
+            raise Refused(f"{name!r} is both a directory and a {what}")
+        os.unlink(full)
+        self.links.discard(name)
 
     def file(self, name: str, src: IO[bytes], executable: bool) -> None:
         self._check_parents(name)
         full = os.path.join(self.root, name)
-        if os.path.lexists(full):
-            if os.path.isdir(full) and not os.path.islink(full):
-                raise Refused(f"{name!r} is both a directory and a file")
-            os.unlink(full)
-            self.links.discard(name)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-        fd = os.open(full, flags, 0o755 if executable else 0o644)
-        with os.fdopen(fd, "wb") as out:
-            shutil.copyfileobj(src, out, 1 << 20)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        mode = 0o755 if executable else 0o644
+        try:
+            fd = os.open(full, flags, mode)
+        except FileExistsError:
+            self._replace(name, full, "file")
+            fd = os.open(full, flags, mode)
+        try:
+            while chunk := src.read(1 << 20):
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
 
     def symlink(self, name: str, target: str) -> None:
         if "\0" in target or not target:
             raise Refused(f"bad symlink target for {name!r}")
         self._check_parents(name)
         full = os.path.join(self.root, name)
-        if os.path.lexists(full):
-            if os.path.isdir(full) and not os.path.islink(full):
-                raise Refused(f"{name!r} is both a directory and a symlink")
-            os.unlink(full)
-        os.symlink(target, full)
+        try:
+            os.symlink(target, full)
+        except FileExistsError:
+            self._replace(name, full, "symlink")
+            os.symlink(target, full)
         self.links.add(name)
 
     def hardlink(self, name: str, existing: str) -> None:
@@ -190,8 +214,76 @@ def fix_merged_symlinks(w: Writer, tf_names: dict[str, str]) -> None:
             os.symlink(rel, full)
 
 
+class Member:
+    """A bounded reader over one member of an ar archive (no seeking: tarfile streams)."""
+
+    def __init__(self, f: IO[bytes], size: int) -> None:
+        self._f = f
+        self._left = size
+
+    def read(self, n: int = -1) -> bytes:
+        if n < 0 or n > self._left:
+            n = self._left
+        data = self._f.read(n)
+        if len(data) < n:
+            raise Refused("truncated ar member")
+        self._left -= n
+        return data
+
+    def skip(self) -> None:
+        while self.read(1 << 20):
+            pass
+
+
+def ar_members(f: IO[bytes]) -> Iterator[tuple[str, Member]]:
+    """The members of the ar archive a .deb is, in order (each must be consumed in turn)."""
+    if f.read(8) != b"!<arch>\n":
+        raise Refused("not a Debian package (no ar magic)")
+    while True:
+        head = f.read(60)
+        if not head:
+            return
+        if len(head) != 60 or head[58:60] != b"`\n":
+            raise Refused("corrupt ar member header")
+        try:
+            name = head[:16].decode("ascii").rstrip(" ").rstrip("/")
+            size = int(head[48:58].decode("ascii").strip() or "-1")
+        except (UnicodeDecodeError, ValueError):
+            raise Refused("corrupt ar member header") from None
+        if size < 0:
+            raise Refused("corrupt ar member header")
+        m = Member(f, size)
+        yield name, m
+        m.skip()
+        if size % 2:
+            f.read(1)
+
+
+#: Compressions of a control or data tar read here (dpkg-deb does the rest).
+COMPRESSIONS = ("", ".xz", ".gz", ".bz2")
+
+
+def decompressed(f: IO[bytes] | Member, comp: str) -> IO[bytes]:
+    """A reader of the decompressed stream. tarfile gets an uncompressed stream (``r|``):
+    its own stream decompression slices its whole buffer on every small read."""
+    if comp == ".xz":
+        import lzma
+
+        return cast("IO[bytes]", lzma.LZMAFile(cast("IO[bytes]", f)))
+    if comp == ".gz":
+        import gzip
+
+        return cast("IO[bytes]", gzip.GzipFile(fileobj=cast("IO[bytes]", f)))
+    if comp == ".bz2":
+        import bz2
+
+        return cast("IO[bytes]", bz2.BZ2File(cast("IO[bytes]", f)))
+    return cast("IO[bytes]", f)
+
+
 def unpack_deb(artefact: str, out: str, package: str) -> None:
-    """``dpkg-deb --fsys-tarfile`` streamed through the vetting extractor, usr-merged."""
+    """The .deb's data.tar streamed through the vetting extractor, usr-merged; the
+    maintainer scripts kept (as data) under ``var/lib/dpkg/info``."""
     w = Writer(out)
     moved: dict[str, str] = {}
     rename_merge = merged_rename(w)
@@ -202,33 +294,81 @@ def unpack_deb(artefact: str, out: str, package: str) -> None:
             moved[new] = name
         return new
 
+    def extract(tf: tarfile.TarFile) -> None:
+        extract_tar(tf, w, rename=rename, strip_setuid=True, what=artefact)
+
+    control: dict[str, bytes] = {}
+    seen = []
+    with open(artefact, "rb") as f:
+        for name, member in ar_members(f):
+            seen.append(name)
+            kind, _, comp = name.partition(".tar")
+            if name == "debian-binary":
+                if not member.read(64).startswith(b"2."):
+                    raise Refused("unsupported Debian package format version")
+            elif kind == "control" and comp in COMPRESSIONS:
+                with tarfile.open(fileobj=decompressed(member, comp), mode="r|") as tf:
+                    control = kept_control(tf)
+            elif kind == "data" and comp in COMPRESSIONS:
+                with tarfile.open(fileobj=decompressed(member, comp), mode="r|") as tf:
+                    extract(tf)
+            elif kind in ("control", "data"):  # zstd, lzma...: dpkg-deb knows them all
+                if kind == "control":
+                    control = dpkg_deb_control(artefact)
+                else:
+                    dpkg_deb_data(artefact, extract)
+            elif not name.startswith("_"):  # dpkg ignores members starting with "_"
+                raise Refused(f"unexpected member {name!r} in the Debian package")
+    if [n.partition(".tar")[0] for n in seen if not n.startswith("_")] != [
+        "debian-binary", "control", "data"
+    ]:  # fmt: skip
+        raise Refused(f"not a Debian package: members {seen}")
+    fix_merged_symlinks(w, {n: o for n, o in moved.items() if n in w.links})
+    # Control scripts are kept as data so the builder can derive alternatives from them.
+    info = "var/lib/dpkg/info"
+    for base, data in sorted(control.items()):
+        for d in ("var", "var/lib", "var/lib/dpkg", info):
+            w.directory(d)
+        w.file(f"{info}/{package}.{base}", io.BytesIO(data), False)
+
+
+def kept_control(tf: tarfile.TarFile) -> dict[str, bytes]:
+    """The maintainer scripts loft keeps, from a control.tar stream."""
+    kept = {}
+    for m in tf:
+        base = clean_name(m.name)
+        if base in KEPT_CONTROL and m.isreg():
+            f = tf.extractfile(m)
+            assert f is not None
+            kept[base] = f.read()
+    return kept
+
+
+def dpkg_deb_control(artefact: str) -> dict[str, bytes]:
+    """``dpkg-deb --ctrl-tarfile`` for compressions this helper does not read itself."""
+    import subprocess
+
+    ctrl = subprocess.run(["dpkg-deb", "--ctrl-tarfile", artefact], capture_output=True)
+    if ctrl.returncode != 0:
+        raise Refused("dpkg-deb could not read the control archive")
+    with tarfile.open(fileobj=io.BytesIO(ctrl.stdout), mode="r:") as tf:
+        return kept_control(tf)
+
+
+def dpkg_deb_data(artefact: str, extract: Callable[[tarfile.TarFile], None]) -> None:
+    """``dpkg-deb --fsys-tarfile`` streamed into ``extract``."""
+    import subprocess
+
     proc = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", artefact], stdout=subprocess.PIPE)
     assert proc.stdout is not None
     try:
         with tarfile.open(fileobj=proc.stdout, mode="r|") as tf:
-            extract_tar(tf, w, rename=rename, strip_setuid=True, what=artefact)
+            extract(tf)
     finally:
         proc.stdout.close()
         rc = proc.wait()
     if rc != 0:
         raise Refused(f"dpkg-deb could not read the package (exit {rc})")
-    fix_merged_symlinks(w, {n: o for n, o in moved.items() if n in w.links})
-    # Control scripts are kept as data so the builder can derive alternatives from them.
-    ctrl = subprocess.run(["dpkg-deb", "--ctrl-tarfile", artefact], capture_output=True)
-    if ctrl.returncode != 0:
-        raise Refused("dpkg-deb could not read the control archive")
-    info = "var/lib/dpkg/info"
-    with tarfile.open(fileobj=io.BytesIO(ctrl.stdout), mode="r:") as tf:
-        for m in tf:
-            base = clean_name(m.name)
-            if base in KEPT_CONTROL and m.isreg():
-                f = tf.extractfile(m)
-                assert f is not None
-                w.directory("var")
-                w.directory("var/lib")
-                w.directory("var/lib/dpkg")
-                w.directory(info)
-                w.file(f"{info}/{package}.{base}", f, False)
 
 
 def unpack_npm(artefact: str, out: str) -> None:
@@ -239,11 +379,16 @@ def unpack_npm(artefact: str, out: str) -> None:
         _, _, rest = name.partition("/")
         return rest or None
 
-    with tarfile.open(artefact, mode="r|gz") as tf:
+    with (
+        open(artefact, "rb") as raw,
+        tarfile.open(fileobj=decompressed(raw, ".gz"), mode="r|") as tf,
+    ):
         extract_tar(tf, w, rename=rename, strip_setuid=False, what=artefact)
     # npm marks bin targets executable at install time; do the same, nothing more.
     manifest = os.path.join(out, "package.json")
     if os.path.isfile(manifest) and not os.path.islink(manifest):
+        import json
+
         with open(manifest, "rb") as f:
             raw = json.load(f).get("bin")
         bins = (
@@ -276,6 +421,9 @@ def console_script(spec: str) -> bytes:
 
 def unpack_wheel(artefact: str, out: str, pyver: str) -> None:
     """A wheel laid out where Debian's python finds it, plus its console scripts."""
+    import configparser
+    import zipfile
+
     w = Writer(out)
     entry_points: bytes | None = None
     with zipfile.ZipFile(artefact) as zf:
@@ -332,6 +480,11 @@ def main() -> None:
     """Dispatch on the artefact kind; report refusals as JSON."""
     kind, artefact, out = sys.argv[1:4]
     extra = sys.argv[4] if len(sys.argv) > 4 else ""
+    errors: tuple[type[Exception], ...] = (Refused, tarfile.TarError, EOFError, OSError, ValueError)
+    if kind == "wheel":
+        import zipfile
+
+        errors += (zipfile.BadZipFile,)
     try:
         if kind == "deb":
             unpack_deb(artefact, out, extra)
@@ -341,7 +494,9 @@ def main() -> None:
             unpack_npm(artefact, out)
         else:
             raise Refused(f"unknown artefact kind {kind!r}")
-    except (Refused, tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
+    except errors as e:
+        import json
+
         json.dump({"error": str(e) or type(e).__name__}, sys.stdout)
         sys.exit(2)
 

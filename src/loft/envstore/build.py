@@ -2,9 +2,11 @@
 
 Realising an artefact is fetch -> verify -> fixed-output path -> sandboxed unpack ->
 canonical tree -> NAR hash -> register. It runs in two phases so a bad artefact leaves
-the store untouched: first every missing artefact is downloaded into scratch space and
-checked against its pinned hash (all in parallel); only when all of them verify are they
-added and unpacked (in parallel again). Paths already valid are never touched, so a
+the store untouched: first every missing artefact is downloaded into scratch space,
+checked against its pinned hash, unpacked in the jail, canonicalised and NAR-hashed
+(pipelined per artefact, in parallel); only when all of them succeeded are they moved
+into the store and registered together (one flush, one transaction: a
+:meth:`~loft.envstore.store.Store.batch`). Paths already valid are never touched, so a
 second build of a present lock only checks that the environment path is valid.
 """
 
@@ -48,7 +50,7 @@ from loft.envstore.resolve_debian import AptConfig, DebianArtefact, resolve_debi
 from loft.envstore.resolve_npm import NpmArtefact, resolve_npm
 from loft.envstore.resolve_pypi import PyPIArtefact, PythonTarget, resolve_pypi
 from loft.envstore.spec import Spec
-from loft.envstore.store import PathInfo, Store
+from loft.envstore.store import Batch, PathInfo, Store
 from loft.envstore.store_path import fixed_output_path, name_part
 from loft.envstore.unpack import unpack
 
@@ -256,9 +258,10 @@ class Builder:
         """Make every pin's unpacked tree valid; return what each produced, in order.
 
         Stage 1, per artefact and pipelined: fetch (or find in the store or a mirror),
-        verify, unpack into scratch space. Stage 2, only once all of stage 1 succeeded:
-        add the fetched files and the unpacked trees to the store. So a tampered or
-        refused artefact leaves the store exactly as it was.
+        verify, unpack into scratch space, canonicalise and hash. Stage 2, only once all
+        of stage 1 succeeded: move the fetched files and the unpacked trees into the
+        store, flush once and register them in one transaction. So a tampered or refused
+        artefact leaves the store exactly as it was.
         """
         done: dict[int, LockedArtefact] = {}
         todo: list[int] = []
@@ -277,24 +280,24 @@ class Builder:
             todo.append(i)
         if not todo:
             return [done[i] for i in range(len(pins))]
-        with self._progress, self.store.tmpdir() as scratch:
+        # The batch registers on leaving the block, so only when every artefact of
+        # stage 1 succeeded: one flush and one transaction for all of them.
+        with self._progress, self.store.tmpdir() as scratch, self.store.batch() as batch:
             fetching = sum(1 for i in todo if not self._in_store(pins[i]))
             dl = self._progress.add_task("downloading", total=fetching, info="")
             up = self._progress.add_task("unpacking", total=len(todo), info="")
             self._bytes = 0
 
-            def stage1(k: int) -> _Staged:
+            def stage1(k: int) -> LockedArtefact:
                 staged = self._fetch(pins[todo[k]], scratch / f"dl-{k}", dl)
                 extra = staged.pin.name if staged.pin.kind == "deb" else self.python_version
                 tree = scratch / f"tree-{k}"
                 unpack(staged.pin.kind, staged.file, tree, staged.pin.what, extra)
+                got = self._add(batch, replace(staged, tree=tree))
                 self._progress.advance(up)
-                return replace(staged, tree=tree)
+                return got
 
-            staged = self._parallel(stage1, range(len(todo)))
-            for k, res in enumerate(
-                self._parallel(lambda k: self._add(staged[k]), range(len(todo)))
-            ):
+            for k, res in enumerate(self._parallel(stage1, range(len(todo)))):
                 done[todo[k]] = res
         return [done[i] for i in range(len(pins))]
 
@@ -332,14 +335,15 @@ class Builder:
                 return m.physical(fixed)
         return None
 
-    def _add(self, st: _Staged) -> LockedArtefact:
-        """Register a staged artefact: its file as a fixed output, its tree as a source."""
+    def _add(self, batch: Batch, st: _Staged) -> LockedArtefact:
+        """Stage an artefact: its file as a fixed output, its tree as a source (hashed now,
+        registered when the batch commits)."""
         pin = st.pin
         if st.fresh:
             recipe: dict[str, object] = {"url": pin.url, "hash": pin.registry_hash}
-            self.store.add_fixed_file(st.file, pin.file_name, st.sha256, recipe=recipe)
+            batch.add_fixed_file(st.file, pin.file_name, st.sha256, recipe=recipe)
         recipe2 = self._unpack_recipe(pin, st.fixed)
-        out = self.store.add_tree(st.tree, pin.out_name, recipe=recipe2)
+        out = batch.add_tree(st.tree, pin.out_name, recipe=recipe2)
         got = LockedArtefact(
             kind=pin.kind, name=pin.name, version=pin.version, url=pin.url,
             registry_hash=pin.registry_hash, file_sha256=st.sha256, file_name=pin.file_name,
@@ -411,15 +415,18 @@ class Builder:
         ]
         gen.append(alternatives_layer(scripts, provided_paths(packages)))
         layers: list[LockedPath] = []
-        with self.store.tmpdir() as scratch:
+        generated: list[Placement] = []
+        # Layers and environment are registered together when the batch commits; until
+        # then the layers are read where they were written.
+        with self.store.tmpdir() as scratch, self.store.batch() as batch:
             for k, layer in enumerate(gen):
                 tree = scratch / f"layer-{k}"
                 tree.mkdir()
                 write_layer(layer, tree)
                 recipe = {"builder": _LAYER, "inputs": key, "order": k}
-                info = self.store.add_tree(tree, layer.name, recipe=recipe)
+                info = batch.add_tree(tree, layer.name, recipe=recipe)
                 layers.append(_locked(info, layer.name))
-            generated = [Placement(lp.path, self.store.physical(lp.path)) for lp in layers]
+                generated.append(Placement(info.path, tree))
             forest = plan_forest([*generated, *packages])
             _add_bin_links(forest, npms)
             tree = scratch / "env"
@@ -427,7 +434,7 @@ class Builder:
             write_forest(forest, tree, [p.store_path for p in [*generated, *packages]])
             _write_manifest(tree, artefacts, layers)
             refs = [a.output.path for a in artefacts] + [lp.path for lp in layers]
-            info = self.store.add_tree(
+            info = batch.add_tree(
                 tree, ENV_NAME, references_from=refs, recipe={"builder": _ENV, "inputs": key}
             )
         return layers, _locked(info, ENV_NAME)

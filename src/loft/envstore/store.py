@@ -29,7 +29,7 @@ import stat
 import struct
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -51,7 +51,9 @@ if TYPE_CHECKING:
     from loft.config import Settings
 
 __all__ = [
+    "COMMIT_CHUNK",
     "STORE_DIR",
+    "Batch",
     "HashMismatch",
     "InvalidPath",
     "PathInfo",
@@ -340,6 +342,15 @@ class Store:
 
     # -- adding ---------------------------------------------------------------------------
 
+    def batch(self) -> contextlib.AbstractContextManager[Batch]:
+        """Add several paths together: hashed as they are added, made valid all at once.
+
+        ``with store.batch() as b: b.add_tree(...); b.add_fixed_file(...)`` registers
+        everything on leaving the block (one flush and one transaction per
+        :data:`COMMIT_CHUNK` paths) and nothing when the block raises. See :class:`Batch`.
+        """
+        return _batch(self)
+
     def add_tree(
         self,
         src: Path,
@@ -355,29 +366,11 @@ class Store:
         it should sit in :meth:`tmpdir`. References are the paths among ``references_from``
         whose hash part occurs in the tree's NAR.
         """
-        validate_name(name)
-        canonicalise(src)
-        with self.gc_lock(exclusive=False):
-            h = hashlib.sha256()
-            size = 0
-            scanner = RefScanner(references_from)
-            for chunk in nar.dump(src):
-                h.update(chunk)
-                scanner.feed(chunk)
-                size += len(chunk)
-            digest = h.digest()
-            refs = sorted(scanner.found)
-            path = source_path(digest, name, refs, store_dir=self.store_dir)
-            info = PathInfo(
-                path=path,
-                nar_hash=format_nar_hash(digest),
-                nar_size=size,
-                references=tuple(refs),
-                deriver=deriver,
-                ca=f"fixed:r:sha256:{nixbase32.encode(digest)}",
-                recipe=recipe,
+        with self.batch() as b:
+            info = b.add_tree(
+                src, name, references_from=references_from, deriver=deriver, recipe=recipe
             )
-            return self._place(src, info)
+        return b.result(info.path)
 
     def add_fixed_file(
         self, file: Path, name: str, sha256_hex: str, *, recipe: dict[str, object] | None = None
@@ -387,52 +380,9 @@ class Store:
         On a mismatch nothing is added and :class:`HashMismatch` names the file. A file
         inside the store's scratch space (a :meth:`tmpdir`) is moved; any other file is copied.
         """
-        sha256_hex = sha256_hex.lower()
-        path = fixed_output_path(sha256_hex, name, self.store_dir)
-        existing = self._existing(path)
-        if existing is not None:
-            return existing
-        st = os.stat(file)
-        if not stat.S_ISREG(st.st_mode):
-            raise EnvstoreError(f"{file} is not a regular file")
-        flat = hashlib.sha256()
-        narh = hashlib.sha256()
-        head = nar.encode_str(nar.MAGIC) + b"".join(
-            nar.encode_str(s) for s in (b"(", b"type", b"regular", b"contents")
-        )
-        narh.update(head + struct.pack("<Q", st.st_size))
-        n = 0
-        with open(file, "rb") as f:
-            while block := f.read(nar.READ_CHUNK):
-                flat.update(block)
-                narh.update(block)
-                n += len(block)
-        if flat.hexdigest() != sha256_hex:
-            raise HashMismatch(
-                f"{file}: sha256 is {flat.hexdigest()}, expected {sha256_hex}",
-                hint="the artefact was tampered with or the lock is stale; nothing was added",
-            )
-        tail = b"\0" * (-n % 8) + nar.encode_str(b")")
-        narh.update(tail)
-        info = PathInfo(
-            path=path,
-            nar_hash=format_nar_hash(narh.digest()),
-            nar_size=len(head) + 8 + n + len(tail),
-            references=(),
-            ca=f"fixed:sha256:{nixbase32.encode(bytes.fromhex(sha256_hex))}",
-            recipe=recipe,
-        )
-        with self.gc_lock(exclusive=False):
-            if _inside(Path(file), self.root / "tmp"):
-                os.chmod(file, 0o444)
-                os.utime(file, (1, 1))
-                return self._place(Path(file), info)
-            with self.tmpdir() as tmp:
-                copy = tmp / "file"
-                shutil.copyfile(file, copy)
-                os.chmod(copy, 0o444)
-                os.utime(copy, (1, 1))
-                return self._place(copy, info)
+        with self.batch() as b:
+            info = b.add_fixed_file(file, name, sha256_hex, recipe=recipe)
+        return b.result(info.path)
 
     def import_nar(self, chunks: Iterable[bytes], info: PathInfo) -> PathInfo:
         """Restore a NAR for ``info.path`` (e.g. from a binary cache) and register ``info``.
@@ -440,72 +390,32 @@ class Store:
         The stream's SHA-256 and size must equal ``info.nar_hash``/``info.nar_size`` and every
         reference (other than itself) must already be valid; otherwise nothing is added.
         """
-        parse(info.path, self.store_dir)
-        existing = self._existing(info.path)
-        if existing is not None:
-            return existing
-        want = parse_nar_hash(info.nar_hash)
-        h = hashlib.sha256()
-        counted = 0
+        with self.batch() as b:
+            b.import_nar(chunks, info)
+        return b.result(info.path)
 
-        def hashed() -> Iterator[bytes]:
-            nonlocal counted
-            for c in chunks:
-                h.update(c)
-                counted += len(c)
-                if counted > info.nar_size:
-                    # Stop a decompression bomb before it fills the disk.
-                    raise HashMismatch(
-                        f"NAR of {info.path} is longer than its declared {info.nar_size} bytes",
-                        hint="the binary cache is corrupt or was tampered with; nothing was added",
-                    )
-                yield c
+    def _move_into_place(self, src: Path, store_path: str) -> None:
+        """Rename a finished, canonical ``src`` to the physical location of ``store_path``.
 
-        with self.gc_lock(exclusive=False), self.tmpdir() as tmp:
-            tree = tmp / "nar"
-            nar.restore(hashed(), tree)
-            if h.digest() != want or counted != info.nar_size:
-                raise HashMismatch(
-                    f"NAR of {info.path} hashes to {format_nar_hash(h.digest())} "
-                    f"({counted} bytes), expected {info.nar_hash} ({info.nar_size} bytes)",
-                    hint="the binary cache is corrupt or was tampered with; nothing was added",
-                )
-            return self._place(tree, info)
-
-    def _place(self, src: Path, info: PathInfo) -> PathInfo:
-        """Move a finished, canonical ``src`` to ``info.path`` and register it (idempotent)."""
-        with self._path_lock(info.path):
-            existing = self.query(info.path)
-            if existing is not None:
-                self.add_temp_root(info.path)
-                force_rmtree(src)
-                return existing
-            for ref in info.references:
-                if ref != info.path and not self.is_valid(ref):
-                    raise InvalidPath(ref)
-            dest = self.physical(info.path)
-            if os.path.lexists(dest):
-                force_rmtree(dest)  # an unregistered leftover of an interrupted add
-            is_dir = src.is_dir() and not src.is_symlink()
-            if is_dir:
-                os.chmod(src, 0o755)  # moving a directory across parents needs it writable
-            try:
-                os.rename(src, dest)
-            except OSError as e:
-                if e.errno != 18:  # EXDEV: src is on another filesystem
-                    raise
-                shutil.copytree(src, dest, symlinks=True) if is_dir else shutil.copy2(src, dest)
-                canonicalise(dest)
-                force_rmtree(src)
-            if is_dir:
-                os.chmod(dest, 0o555)
-                os.utime(dest, (1, 1))
-            self._flush()
-            # Temp root first: once registered, a GC after our shared lock is released
-            # must already see that this process still needs the path.
-            self.add_temp_root(info.path)
-            self._register(info)
-            return info
+        The caller holds the path's lock and has checked that it is not valid.
+        """
+        dest = self.physical(store_path)
+        if os.path.lexists(dest):
+            force_rmtree(dest)  # an unregistered leftover of an interrupted add
+        is_dir = src.is_dir() and not src.is_symlink()
+        if is_dir:
+            os.chmod(src, 0o755)  # moving a directory across parents needs it writable
+        try:
+            os.rename(src, dest)
+        except OSError as e:
+            if e.errno != 18:  # EXDEV: src is on another filesystem
+                raise
+            shutil.copytree(src, dest, symlinks=True) if is_dir else shutil.copy2(src, dest)
+            canonicalise(dest)
+            force_rmtree(src)
+        if is_dir:
+            os.chmod(dest, 0o555)
+            os.utime(dest, (1, 1))
 
     def _existing(self, store_path: str) -> PathInfo | None:
         """The info of an already valid path, temp-rooted for this process."""
@@ -519,6 +429,13 @@ class Store:
 
     def add_temp_root(self, store_path: str) -> None:
         """Protect ``store_path`` from GC for as long as this process lives.
+
+        See :meth:`add_temp_roots`.
+        """
+        self.add_temp_roots([store_path])
+
+    def add_temp_roots(self, store_paths: Iterable[str]) -> None:
+        """Protect ``store_paths`` from GC for as long as this process lives.
 
         Every path a process adds (or finds already present) is temp-rooted, so a build
         that adds packages one by one and the environment last never loses a package to
@@ -536,7 +453,9 @@ class Store:
                 # roots left by a dead process with a recycled pid only protect a bit longer.
                 fcntl.flock(fd, fcntl.LOCK_SH)
                 self._temp_fds[pid] = fd
-            os.write(fd, store_path.encode() + b"\n")
+            data = b"".join(p.encode() + b"\n" for p in store_paths)
+            while data:  # one write in practice (O_APPEND); loop in case it is short
+                data = data[os.write(fd, data) :]
 
     def clear_temp_roots(self) -> None:
         """Forget this process's temp roots (long-running agents, between jobs).
@@ -589,25 +508,30 @@ class Store:
         finally:
             os.close(fd)
 
-    def _register(self, info: PathInfo) -> None:
+    def _register(self, infos: Sequence[PathInfo]) -> None:
+        """Make ``infos`` valid in one transaction (references before referrers)."""
         with self._db() as db:
-            db.execute(
-                "INSERT INTO paths(path, nar_hash, nar_size, deriver, ca, recipe, registered_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    info.path,
-                    info.nar_hash,
-                    info.nar_size,
-                    info.deriver,
-                    info.ca,
-                    json.dumps(info.recipe, sort_keys=True) if info.recipe is not None else None,
-                    time.time(),
-                ),
-            )
-            db.executemany(
-                "INSERT INTO refs(referrer, reference) VALUES (?, ?)",
-                [(info.path, r) for r in info.references],
-            )
+            now = time.time()
+            for info in infos:
+                db.execute(
+                    "INSERT INTO paths(path, nar_hash, nar_size, deriver, ca, recipe,"
+                    " registered_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        info.path,
+                        info.nar_hash,
+                        info.nar_size,
+                        info.deriver,
+                        info.ca,
+                        json.dumps(info.recipe, sort_keys=True)
+                        if info.recipe is not None
+                        else None,
+                        now,
+                    ),
+                )
+                db.executemany(
+                    "INSERT INTO refs(referrer, reference) VALUES (?, ?)",
+                    [(info.path, r) for r in info.references],
+                )
 
     def verify(self, paths: Iterable[str] | None = None) -> dict[str, str]:
         """Re-hash paths (default: all) against their registered NAR hash and size.
@@ -676,6 +600,228 @@ class Store:
             if not pid.isdigit() or not _pid_alive(int(pid)):
                 out.append(self.root / "tmp" / n)
         return sorted(out)
+
+
+#: Paths made valid per flush and transaction. A commit holds one lock file open per path
+#: of a chunk (concurrent adders of a path serialise on it), so this stays well below the
+#: usual limit of 1024 open files.
+COMMIT_CHUNK = 500
+
+
+@dataclass(frozen=True)
+class _Staged:
+    src: Path  # the finished, canonical contents, still in scratch space
+    info: PathInfo
+
+
+class Batch:
+    """Paths added together (from :meth:`Store.batch`).
+
+    ``add_tree``, ``add_fixed_file`` and ``import_nar`` do all the work that depends on
+    the contents in the calling thread (canonicalise, hash, scan references, verify) and
+    return the path's info; nothing is visible in the store yet. :meth:`commit` then, per
+    chunk of :data:`COMMIT_CHUNK` paths: takes the GC lock shared and every path's lock
+    (in sorted order, so concurrent batches cannot deadlock), renames the new paths into
+    place, flushes the filesystem once, temp-roots them and registers them all in one
+    transaction. A kill -9 before that transaction commits leaves only unregistered
+    directories (garbage), and power loss after it cannot lose their data. References
+    must be valid already or added earlier in the same batch. Safe to fill from several
+    threads.
+    """
+
+    def __init__(self, store: Store, scratch: Path) -> None:
+        self.store = store
+        self._scratch = scratch
+        self._items: list[_Staged] = []
+        self._lock = threading.Lock()
+        self._results: dict[str, PathInfo] = {}
+
+    def add_tree(
+        self,
+        src: Path,
+        name: str,
+        *,
+        references_from: Iterable[str] = (),
+        deriver: str | None = None,
+        recipe: dict[str, object] | None = None,
+    ) -> PathInfo:
+        """Canonicalise and hash ``src`` now, add it as a ``source`` path on commit.
+
+        ``src`` must stay where it is until the commit, which consumes it; it should sit
+        in :meth:`Store.tmpdir`. See :meth:`Store.add_tree`.
+        """
+        validate_name(name)
+        canonicalise(src)
+        h = hashlib.sha256()
+        size = 0
+        scanner = RefScanner(references_from)
+        for chunk in nar.dump(src):
+            h.update(chunk)
+            scanner.feed(chunk)
+            size += len(chunk)
+        digest = h.digest()
+        refs = sorted(scanner.found)
+        info = PathInfo(
+            path=source_path(digest, name, refs, store_dir=self.store.store_dir),
+            nar_hash=format_nar_hash(digest),
+            nar_size=size,
+            references=tuple(refs),
+            deriver=deriver,
+            ca=f"fixed:r:sha256:{nixbase32.encode(digest)}",
+            recipe=recipe,
+        )
+        return self._stage(src, info)
+
+    def add_fixed_file(
+        self, file: Path, name: str, sha256_hex: str, *, recipe: dict[str, object] | None = None
+    ) -> PathInfo:
+        """Verify ``file`` now, add it as a flat fixed-output path on commit.
+
+        See :meth:`Store.add_fixed_file`; an already valid path is returned as it is.
+        """
+        store = self.store
+        sha256_hex = sha256_hex.lower()
+        path = fixed_output_path(sha256_hex, name, store.store_dir)
+        existing = store._existing(path)
+        if existing is not None:
+            with self._lock:
+                self._results.setdefault(path, existing)
+            return existing
+        st = os.stat(file)
+        if not stat.S_ISREG(st.st_mode):
+            raise EnvstoreError(f"{file} is not a regular file")
+        flat = hashlib.sha256()
+        narh = hashlib.sha256()
+        head = nar.encode_str(nar.MAGIC) + b"".join(
+            nar.encode_str(s) for s in (b"(", b"type", b"regular", b"contents")
+        )
+        narh.update(head + struct.pack("<Q", st.st_size))
+        n = 0
+        with open(file, "rb") as f:
+            while block := f.read(nar.READ_CHUNK):
+                flat.update(block)
+                narh.update(block)
+                n += len(block)
+        if flat.hexdigest() != sha256_hex:
+            raise HashMismatch(
+                f"{file}: sha256 is {flat.hexdigest()}, expected {sha256_hex}",
+                hint="the artefact was tampered with or the lock is stale; nothing was added",
+            )
+        tail = b"\0" * (-n % 8) + nar.encode_str(b")")
+        narh.update(tail)
+        info = PathInfo(
+            path=path,
+            nar_hash=format_nar_hash(narh.digest()),
+            nar_size=len(head) + 8 + n + len(tail),
+            references=(),
+            ca=f"fixed:sha256:{nixbase32.encode(bytes.fromhex(sha256_hex))}",
+            recipe=recipe,
+        )
+        src = Path(file)
+        if not _inside(src, store.root / "tmp"):
+            src = self._scratch / f"file-{secrets.token_hex(8)}"
+            shutil.copyfile(file, src)
+        os.chmod(src, 0o444)
+        os.utime(src, (1, 1))
+        return self._stage(src, info)
+
+    def import_nar(self, chunks: Iterable[bytes], info: PathInfo) -> PathInfo:
+        """Restore and check a NAR now, register ``info`` on commit.
+
+        See :meth:`Store.import_nar`; an already valid path is returned as it is.
+        """
+        store = self.store
+        parse(info.path, store.store_dir)
+        existing = store._existing(info.path)
+        if existing is not None:
+            with self._lock:
+                self._results.setdefault(info.path, existing)
+            return existing
+        want = parse_nar_hash(info.nar_hash)
+        h = hashlib.sha256()
+        counted = 0
+
+        def hashed() -> Iterator[bytes]:
+            nonlocal counted
+            for c in chunks:
+                h.update(c)
+                counted += len(c)
+                if counted > info.nar_size:
+                    # Stop a decompression bomb before it fills the disk.
+                    raise HashMismatch(
+                        f"NAR of {info.path} is longer than its declared {info.nar_size} bytes",
+                        hint="the binary cache is corrupt or was tampered with; nothing was added",
+                    )
+                yield c
+
+        tree = self._scratch / f"nar-{secrets.token_hex(8)}"
+        try:
+            nar.restore(hashed(), tree)
+            if h.digest() != want or counted != info.nar_size:
+                raise HashMismatch(
+                    f"NAR of {info.path} hashes to {format_nar_hash(h.digest())} "
+                    f"({counted} bytes), expected {info.nar_hash} ({info.nar_size} bytes)",
+                    hint="the binary cache is corrupt or was tampered with; nothing was added",
+                )
+        except BaseException:
+            force_rmtree(tree)
+            raise
+        return self._stage(tree, info)
+
+    def _stage(self, src: Path, info: PathInfo) -> PathInfo:
+        with self._lock:
+            self._items.append(_Staged(src, info))
+        return info
+
+    def result(self, store_path: str) -> PathInfo:
+        """After :meth:`commit`: the path's info as the store holds it (which, for a path
+        that was valid already, is the earlier registration)."""
+        return self._results[store_path]
+
+    def commit(self) -> None:
+        """Make every staged path valid (see the class docstring)."""
+        with self._lock:
+            items, self._items = self._items, []
+        for i in range(0, len(items), COMMIT_CHUNK):
+            self._commit(items[i : i + COMMIT_CHUNK])
+
+    def _commit(self, items: Sequence[_Staged]) -> None:
+        store = self.store
+        with store.gc_lock(exclusive=False), contextlib.ExitStack() as locks:
+            for p in sorted({it.info.path for it in items}):
+                locks.enter_context(store._path_lock(p))
+            chosen: dict[str, PathInfo] = {}
+            new: list[_Staged] = []
+            for it in items:
+                path = it.info.path
+                have = chosen.get(path) or self._results.get(path) or store.query(path)
+                if have is not None:  # valid already, or twice in this batch
+                    chosen[path] = have
+                    force_rmtree(it.src)
+                    continue
+                for ref in it.info.references:
+                    if ref != path and ref not in chosen and not store.is_valid(ref):
+                        raise InvalidPath(ref)
+                chosen[path] = it.info
+                new.append(it)
+            for it in new:
+                store._move_into_place(it.src, it.info.path)
+            if new:
+                store._flush()
+            # Temp roots first: once registered, a GC after our shared lock is released
+            # must already see that this process still needs the paths.
+            store.add_temp_roots(chosen)
+            if new:
+                store._register([it.info for it in new])
+        self._results.update(chosen)
+
+
+@contextlib.contextmanager
+def _batch(store: Store) -> Iterator[Batch]:
+    with store.tmpdir() as scratch:
+        b = Batch(store, scratch)
+        yield b
+        b.commit()
 
 
 def _pid_alive(pid: int) -> bool:

@@ -1,0 +1,135 @@
+"""Store.batch(): paths hashed as they are added, registered together with one flush."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_store_crash import check_consistent
+
+from loft.envstore.store import InvalidPath, Store
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def tree(at: Path, content: bytes) -> Path:
+    at.mkdir()
+    (at / "f").write_bytes(content)
+    return at
+
+
+def test_batch_registers_together_with_one_flush(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = Store(tmp_path / "s")
+    flushes: list[int] = []
+    real_flush = Store._flush
+
+    def counting(self: Store) -> None:
+        flushes.append(len(self.all_paths()))  # what is valid when the flush happens
+        real_flush(self)
+
+    monkeypatch.setattr(Store, "_flush", counting)
+    blob = b"artefact bytes"
+    with store.tmpdir() as t, store.batch() as b:
+        infos = [b.add_tree(tree(t / f"t{i}", b"tree %d" % i), f"t{i}") for i in range(5)]
+        # A referrer of a path staged earlier in the same batch.
+        ref = tree(t / "ref", f"uses {infos[0].path}".encode())
+        referrer = b.add_tree(ref, "referrer", references_from=[infos[0].path])
+        (t / "blob").write_bytes(blob)
+        fixed = b.add_fixed_file(t / "blob", "blob", hashlib.sha256(blob).hexdigest())
+        # Hashed already, but nothing is visible in the store before the commit.
+        assert referrer.references == (infos[0].path,)
+        assert store.all_paths() == [] and os.listdir(store.real_store_dir) == []
+    assert flushes == [0]  # one flush, before anything was registered
+    want = {i.path for i in infos} | {referrer.path, fixed.path}
+    assert set(store.all_paths()) == want
+    assert store.query(referrer.path).references == (infos[0].path,)  # type: ignore[union-attr]
+    assert check_consistent(store) == 7
+    assert store.unregistered_entries() == [] and os.listdir(store.root / "tmp") == []
+
+
+def test_a_failing_batch_adds_nothing(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s", durable=False)
+    with store.tmpdir() as t, pytest.raises(RuntimeError), store.batch() as b:
+        b.add_tree(tree(t / "a", b"a"), "a")
+        raise RuntimeError("an artefact failed")
+    assert store.all_paths() == [] and os.listdir(store.real_store_dir) == []
+
+
+def test_duplicates_and_valid_paths_are_registered_once(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s", durable=False)
+    with store.tmpdir() as t:
+        first = store.add_tree(tree(t / "x", b"same"), "same")
+    with store.tmpdir() as t, store.batch() as b:
+        again = b.add_tree(tree(t / "x1", b"same"), "same")
+        twice = [b.add_tree(tree(t / f"y{i}", b"twice"), "twice") for i in range(2)]
+        srcs = [t / "x1", t / "y0", t / "y1"]
+    assert again == first
+    assert twice[0] == twice[1]
+    assert set(store.all_paths()) == {first.path, twice[0].path}
+    assert b.result(first.path).recipe is None and b.result(twice[0].path) == twice[0]
+    assert not any(os.path.lexists(s) for s in srcs)  # every source was consumed
+    assert store.unregistered_entries() == []
+
+
+def test_reference_outside_store_and_batch_is_refused(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s", durable=False)
+    with store.tmpdir() as t:
+        ghost = tree(t / "ghost", b"ghost")
+        ghost_path = Store(tmp_path / "other", durable=False).add_tree(ghost, "ghost").path
+        with pytest.raises(InvalidPath), store.batch() as b:
+            b.add_tree(tree(t / "ok", b"fine"), "ok")
+            b.add_tree(tree(t / "r", ghost_path.encode()), "r", references_from=[ghost_path])
+    assert store.all_paths() == []
+
+
+CHILD = r"""
+import os, signal, sys
+from pathlib import Path
+import loft.envstore.store as s
+point = sys.argv[2]
+def die(*a, **k):
+    os.kill(os.getpid(), signal.SIGKILL)
+if point == "third_rename":
+    real, n = os.rename, [0]
+    def rename(a, b):
+        real(a, b)
+        n[0] += 1
+        if n[0] == 3:
+            die()
+    s.os.rename = rename
+elif point == "in_flush":
+    s.Store._flush = die
+elif point == "in_transaction":
+    s.time.time = die  # only read inside the registering transaction
+store = s.Store(Path(sys.argv[1]))
+with store.tmpdir() as t, store.batch() as b:
+    for i in range(6):
+        (t / f"t{i}").mkdir()
+        (t / f"t{i}" / "f").write_bytes(b"payload %d" % i)
+        b.add_tree(t / f"t{i}", f"p{i}")
+"""
+
+
+@pytest.mark.parametrize("point", ["third_rename", "in_flush", "in_transaction"])
+def test_kill_during_a_batch_commit_registers_none_of_it(tmp_path: Path, point: str) -> None:
+    root = tmp_path / "store"
+    Store(root)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    r = subprocess.run([sys.executable, "-c", CHILD, str(root), point], env=env, check=False)
+    assert r.returncode == -signal.SIGKILL
+    store = Store(root)
+    assert store.all_paths() == []
+    assert len(store.unregistered_entries()) == (3 if point == "third_rename" else 6)
+    # The next batch of the same paths replaces the leftovers and registers everything.
+    with store.tmpdir() as t, store.batch() as b:
+        for i in range(6):
+            b.add_tree(tree(t / f"t{i}", b"payload %d" % i), f"p{i}")
+    assert len(store.all_paths()) == 6 and store.unregistered_entries() == []
+    assert check_consistent(store) == 6
