@@ -32,27 +32,29 @@ class Nix:
         }
         self.store = f"local?root={self.root}"
 
-    def proc(self, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
+    def proc(
+        self, *args: str, stdin: bytes | None = None, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
         """Run a store command and return the finished process (text output)."""
         return subprocess.run(
             [args[0], "--store", self.store, *args[1:]],
             env=self.env,
             input=None if stdin is None else stdin.decode("latin-1"),
             capture_output=True,
-            timeout=60,
+            timeout=timeout,
             check=False,
             text=True,
             encoding="latin-1",
         )
 
-    def run(self, *args: str, stdin: bytes | None = None) -> bytes:
+    def run(self, *args: str, stdin: bytes | None = None, timeout: float = 60) -> bytes:
         """Run a store command, fail the test on a non-zero exit, return stdout bytes."""
         r = subprocess.run(
             [args[0], "--store", self.store, *args[1:]],
             env=self.env,
             input=stdin,
             capture_output=True,
-            timeout=60,
+            timeout=timeout,
             check=False,
         )
         if r.returncode != 0:
