@@ -133,3 +133,37 @@ def test_kill_during_a_batch_commit_registers_none_of_it(tmp_path: Path, point: 
             b.add_tree(tree(t / f"t{i}", b"payload %d" % i), f"p{i}")
     assert len(store.all_paths()) == 6 and store.unregistered_entries() == []
     assert check_consistent(store) == 6
+
+
+def test_background_writeback_while_filling_and_the_flush_still_guards_registration(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import loft.envstore.store as store_mod
+
+    store = Store(tmp_path / "s")
+    calls: list[tuple[str, int]] = []
+    real_writeback, real_flush = Store._writeback, Store._flush
+
+    def writeback(self: Store) -> None:
+        calls.append(("writeback", len(self.all_paths())))
+        real_writeback(self)
+
+    def flush(self: Store) -> None:
+        calls.append(("flush", len(self.all_paths())))
+        real_flush(self)
+
+    monkeypatch.setattr(store_mod, "WRITEBACK_BYTES", 1)
+    monkeypatch.setattr(Store, "_writeback", writeback)
+    monkeypatch.setattr(Store, "_flush", flush)
+    with store.tmpdir() as t, store.batch() as b:
+        for i in range(3):
+            b.add_tree(tree(t / f"t{i}", b"tree %d" % i), f"t{i}")
+    assert ("writeback", 0) in calls
+    assert calls[-1] == ("flush", 0)  # the last word, before anything was registered
+    assert len(store.all_paths()) == 3
+    # Not durable: nothing to write back.
+    calls.clear()
+    quiet = Store(tmp_path / "q", durable=False)
+    with quiet.tmpdir() as t, quiet.batch() as b:
+        b.add_tree(tree(t / "x", b"x"), "x")
+    assert [c for c, _ in calls] == ["flush"]

@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 __all__ = [
     "COMMIT_CHUNK",
     "STORE_DIR",
+    "WRITEBACK_BYTES",
     "Batch",
     "HashMismatch",
     "InvalidPath",
@@ -498,6 +499,13 @@ class Store:
 
     def _flush(self) -> None:
         """Make the store's data durable before it is registered (power loss, not kill -9)."""
+        self._syncfs()
+
+    def _writeback(self) -> None:
+        """Write back what is staged so far, ahead of the flush that counts (see Batch)."""
+        self._syncfs()
+
+    def _syncfs(self) -> None:
         if not self.durable:
             return
         fd = os.open(self.real_store_dir, os.O_RDONLY | os.O_DIRECTORY)
@@ -602,6 +610,9 @@ class Store:
         return sorted(out)
 
 
+#: Bytes staged in a batch after which its data is written back in the background, so
+#: the flush before registering finds little left to write.
+WRITEBACK_BYTES = 64 << 20
 #: Paths made valid per flush and transaction. A commit holds one lock file open per path
 #: of a chunk (concurrent adders of a path serialise on it), so this stays well below the
 #: usual limit of 1024 open files.
@@ -624,7 +635,9 @@ class Batch:
     (in sorted order, so concurrent batches cannot deadlock), renames the new paths into
     place, flushes the filesystem once, temp-roots them and registers them all in one
     transaction. A kill -9 before that transaction commits leaves only unregistered
-    directories (garbage), and power loss after it cannot lose their data. References
+    directories (garbage), and power loss after it cannot lose their data. While the
+    batch fills, every :data:`WRITEBACK_BYTES` staged start a background syncfs, so the
+    data is mostly on disk by the time the flush that guards registration runs. References
     must be valid already or added earlier in the same batch. Safe to fill from several
     threads.
     """
@@ -635,6 +648,8 @@ class Batch:
         self._items: list[_Staged] = []
         self._lock = threading.Lock()
         self._results: dict[str, PathInfo] = {}
+        self._unflushed = 0
+        self._writer: threading.Thread | None = None
 
     def add_tree(
         self,
@@ -771,6 +786,18 @@ class Batch:
     def _stage(self, src: Path, info: PathInfo) -> PathInfo:
         with self._lock:
             self._items.append(_Staged(src, info))
+            self._unflushed += info.nar_size
+            if (
+                self._unflushed >= WRITEBACK_BYTES
+                and self.store.durable
+                and (self._writer is None or not self._writer.is_alive())
+            ):
+                # The staged data lives on the store's filesystem (tmp/), so syncfs now
+                # does most of the writing the flush at commit time would otherwise wait
+                # for; correctness still rests on that later flush alone.
+                self._unflushed = 0
+                self._writer = threading.Thread(target=self.store._writeback, daemon=True)
+                self._writer.start()
         return info
 
     def result(self, store_path: str) -> PathInfo:
@@ -782,6 +809,9 @@ class Batch:
         """Make every staged path valid (see the class docstring)."""
         with self._lock:
             items, self._items = self._items, []
+            writer = self._writer
+        if writer is not None:
+            writer.join()
         for i in range(0, len(items), COMMIT_CHUNK):
             self._commit(items[i : i + COMMIT_CHUNK])
 
