@@ -33,11 +33,14 @@ from rich.progress import (
 )
 
 from loft.envstore import EnvstoreError, nixbase32
+from loft.envstore.certs import ca_hash_links
 from loft.envstore.environment import (
+    CA_SHARE,
     Layer,
     Placement,
     alternatives_layer,
     ca_bundle_layer,
+    ca_certificates,
     passwd_layer,
     plan_forest,
     provided_paths,
@@ -70,7 +73,7 @@ ALWAYS_DEBIAN = ("ca-certificates",)
 ENV_NAME = "loft-env"
 DEFAULT_JOBS = 8
 _UNPACKER = "loft-unpack/1"
-_LAYER = "loft-layer/2"
+_LAYER = "loft-layer/3"  # 3: CA hash links
 _ENV = "loft-env/2"
 
 T = TypeVar("T")
@@ -405,20 +408,22 @@ class Builder:
             Placement(a.output.path, phys[a.output.path], at=f"lib/{a.location}") for a in npms
         ]
         by_name = {a.name: phys[a.output.path] for a in debs}
-        gen: list[Layer] = [passwd_layer(by_name.get("base-passwd"))]
-        if "ca-certificates" in by_name:
-            gen.append(ca_bundle_layer(by_name["ca-certificates"]))
-        scripts = [
-            p.read_text(errors="replace")
-            for a in debs
-            for p in sorted((phys[a.output.path] / "var/lib/dpkg/info").glob("*.postinst"))
-        ]
-        gen.append(alternatives_layer(scripts, provided_paths(packages)))
         layers: list[LockedPath] = []
         generated: list[Placement] = []
         # Layers and environment are registered together when the batch commits; until
         # then the layers are read where they were written.
         with self.store.tmpdir() as scratch, self.store.batch() as batch:
+            gen: list[Layer] = [passwd_layer(by_name.get("base-passwd"))]
+            if "ca-certificates" in by_name:
+                ca = by_name["ca-certificates"]
+                certs = ca_certificates(ca)
+                gen.append(ca_bundle_layer(ca, ca_hash_links(ca / CA_SHARE, certs, scratch)))
+            scripts = [
+                p.read_text(errors="replace")
+                for a in debs
+                for p in sorted((phys[a.output.path] / "var/lib/dpkg/info").glob("*.postinst"))
+            ]
+            gen.append(alternatives_layer(scripts, provided_paths(packages)))
             for k, layer in enumerate(gen):
                 tree = scratch / f"layer-{k}"
                 tree.mkdir()

@@ -10,7 +10,8 @@ Debian maintainer scripts never run. What the few that matter would have produce
 generated here, each as its own small store path (a "layer"):
 
 - ``ca-certificates``: the bundle ``/etc/ssl/certs/ca-certificates.crt``, concatenated from
-  the package's certificates in sorted order, as ``update-ca-certificates`` does;
+  the package's certificates in sorted order, and the ``<subject-hash>.<n>`` links for
+  OpenSSL's ``-CApath`` lookups, as ``update-ca-certificates`` (``c_rehash``) makes them;
 - ``alternatives``: the ``update-alternatives --install`` links found in postinst
   scripts, highest priority wins (``/usr/bin/awk`` -> ``/etc/alternatives/awk`` -> mawk);
 - ``passwd``: ``/etc/passwd`` and ``/etc/group`` from base-passwd's masters, plus the
@@ -26,15 +27,17 @@ import os
 import re
 import shlex
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
+    "CA_SHARE",
     "Layer",
     "Placement",
     "alternatives_layer",
     "ca_bundle_layer",
+    "ca_certificates",
     "passwd_layer",
     "plan_forest",
     "write_forest",
@@ -68,6 +71,9 @@ class Layer:
     files: dict[str, bytes]  # relative path -> contents
     links: dict[str, str]  # relative path -> symlink target
 
+
+#: Where the ca-certificates package keeps its certificates.
+CA_SHARE = "usr/share/ca-certificates"
 
 #: A forest plan: relative path -> symlink target, or None for a real directory.
 Forest = dict[str, str | None]
@@ -175,15 +181,31 @@ def write_forest(forest: Forest, dest: Path, store_paths: Iterable[str] = ()) ->
         os.symlink(target, p)
 
 
-def ca_bundle_layer(ca_certificates_tree: Path) -> Layer:
-    """The bundle ``update-ca-certificates`` builds from the package's certificates."""
-    base = ca_certificates_tree / "usr/share/ca-certificates"
-    certs = sorted(p.relative_to(base).as_posix() for p in base.rglob("*.crt") if p.is_file())
+def ca_certificates(ca_certificates_tree: Path) -> list[str]:
+    """The certificates (``mozilla/X.crt``...) under the package's
+    ``usr/share/ca-certificates``, sorted; symlinks are not followed out of the tree."""
+    base = ca_certificates_tree / CA_SHARE
+    return sorted(
+        p.relative_to(base).as_posix()
+        for p in base.rglob("*.crt")
+        if p.is_file() and not p.is_symlink()
+    )
+
+
+def ca_bundle_layer(
+    ca_certificates_tree: Path, hash_links: Mapping[str, str] | None = None
+) -> Layer:
+    """The CA directory ``update-ca-certificates`` builds from the package's certificates:
+    the bundle, and the ``<subject-hash>.<n>`` links (``hash_links``, from
+    :func:`loft.envstore.certs.ca_hash_links`) that OpenSSL's ``-CApath`` lookups use."""
+    base = ca_certificates_tree / CA_SHARE
     bundle = bytearray()
-    links: dict[str, str] = {}
-    for rel in certs:
+    for rel in ca_certificates(ca_certificates_tree):
         data = (base / rel).read_bytes()
         bundle += data if data.endswith(b"\n") else data + b"\n"
+    links = {
+        f"etc/ssl/certs/{name}": f"/{CA_SHARE}/{rel}" for name, rel in (hash_links or {}).items()
+    }
     return Layer(
         name="ca-certificates-bundle",
         files={"etc/ssl/certs/ca-certificates.crt": bytes(bundle)},

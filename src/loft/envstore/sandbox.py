@@ -13,7 +13,7 @@ from pathlib import Path
 
 from loft.envstore import EnvstoreError
 
-__all__ = ["NOBODY", "SandboxError", "bwrap", "env_argv", "unpack_argv"]
+__all__ = ["NOBODY", "SandboxError", "bwrap", "env_argv", "tool_argv", "unpack_argv"]
 
 #: The uid/gid an unpack runs as: nobody, owning nothing.
 NOBODY = 65534
@@ -54,6 +54,17 @@ def unpack_argv(helper: Path, kind: str, artefact: Path, out: Path, extra: str) 
     argv += ["--ro-bind", str(artefact), "/jail/in", "--bind", str(out), "/jail/out"]
     argv += ["--chdir", "/jail/out", "--", "/usr/bin/python3", "-I", "-S", "/jail/helper.py"]
     return [*argv, kind, "/jail/in", "/jail/out", extra]
+
+
+def tool_argv(inputs: Path, out: Path, command: list[str]) -> list[str]:
+    """The unpack jail running a trusted host tool over untrusted inputs: the host's /usr
+    read-only, ``inputs`` read-only at /jail/in, ``out`` writable at /jail/out, no host
+    configuration (``OPENSSL_CONF=/dev/null``), no network, uid nobody."""
+    argv = _common(NOBODY)
+    argv += ["--ro-bind", "/usr", "/usr", "--clearenv", "--setenv", "PATH", "/usr/bin"]
+    argv += ["--setenv", "LC_ALL", "C.UTF-8", "--setenv", "OPENSSL_CONF", "/dev/null"]
+    argv += ["--ro-bind", str(inputs), "/jail/in", "--bind", str(out), "/jail/out"]
+    return [*argv, "--chdir", "/jail/out", "--", *command]
 
 
 def env_argv(
