@@ -21,16 +21,14 @@ from __future__ import annotations
 import io
 import os
 import posixpath
-import re
 import stat
 import sys
-import tarfile
 from collections.abc import Callable, Iterator
-from typing import IO, cast
+from typing import IO, Protocol, cast
 
 # One helper process runs per artefact (~130 for a small environment), so its start-up is
 # a real part of a build's CPU: modules only one kind needs (zipfile, configparser, json,
-# subprocess) are imported where they are used. (tarfile imports re itself.)
+# subprocess) are imported where they are used, and tar is read by :func:`read_tar`.
 
 Rename = Callable[[str], "str | None"]
 
@@ -65,6 +63,12 @@ def usr_merge(name: str) -> str:
     if head in MERGED:
         return MERGED[head] + ("/" + rest if rest else "")
     return name
+
+
+class Readable(Protocol):
+    """What :meth:`Writer.file` reads a file's contents from."""
+
+    def read(self, n: int = -1, /) -> bytes: ...
 
 
 class Writer:
@@ -117,7 +121,7 @@ class Writer:
         os.unlink(full)
         self.links.discard(name)
 
-    def file(self, name: str, src: IO[bytes], executable: bool) -> None:
+    def file(self, name: str, src: Readable, executable: bool) -> None:
         self._check_parents(name)
         full = os.path.join(self.root, name)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -155,12 +159,185 @@ class Writer:
             self.file(name, f, bool(os.stat(src).st_mode & 0o100))
 
 
-def extract_tar(
-    tf: tarfile.TarFile, w: Writer, *, rename: Rename, strip_setuid: bool, what: str
-) -> None:
-    """Extract a stream-mode tar member by member, vetting each one."""
+BLOCK = 512
+_ZERO_BLOCK = bytes(BLOCK)
+#: Member types with data blocks that are files (tar's regular, old regular, contiguous).
+_REGULAR = (b"0", b"\0", b"7")
+#: Member types tar defines without data blocks (hard and symbolic links, devices,
+#: directories, FIFOs): their size field is ignored, as tar does.
+_NO_DATA = (b"1", b"2", b"3", b"4", b"5", b"6")
+
+
+class TarMember:
+    """One member of a tar stream: what the extractor needs of its header."""
+
+    __slots__ = ("linkname", "mode", "name", "size", "type")
+
+    def __init__(self, name: str, linkname: str, mode: int, size: int, type_: bytes) -> None:
+        self.name = name
+        self.linkname = linkname
+        self.mode = mode
+        self.size = size
+        self.type = type_
+
+    def isreg(self) -> bool:
+        return self.type in _REGULAR
+
+    def isdir(self) -> bool:
+        return self.type == b"5"
+
+    def issym(self) -> bool:
+        return self.type == b"2"
+
+    def islnk(self) -> bool:
+        return self.type == b"1"
+
+
+class TarData:
+    """The data of the current member; whatever is not read is skipped afterwards."""
+
+    def __init__(self, f: IO[bytes], size: int) -> None:
+        self._f = f
+        self.left = size
+
+    def read(self, n: int = -1) -> bytes:
+        if n < 0 or n > self.left:
+            n = self.left
+        data = read_exact(self._f, n)
+        self.left -= n
+        return data
+
+
+def read_exact(f: IO[bytes], n: int) -> bytes:
+    """Exactly ``n`` bytes of a stream, or Refused (a truncated archive)."""
+    parts = []
+    while n > 0:
+        chunk = f.read(n)
+        if not chunk:
+            raise Refused("truncated tar archive")
+        parts.append(chunk)
+        n -= len(chunk)
+    return b"".join(parts)
+
+
+def tar_text(raw: bytes) -> str:
+    """A NUL-terminated header field, decoded as tar does in a UTF-8 locale."""
+    return raw.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+
+
+def tar_number(raw: bytes) -> int:
+    """An octal (or GNU base-256) header number."""
+    if raw[0] == 0o200:
+        return int.from_bytes(raw[1:], "big")
+    if raw[0] == 0o377:
+        raise Refused("negative number in a tar header")
+    try:
+        return int(raw.split(b"\0", 1)[0].decode("ascii").strip() or "0", 8)
+    except (UnicodeDecodeError, ValueError):
+        raise Refused("corrupt tar header (bad number)") from None
+
+
+def pax_records(data: bytes) -> dict[str, str]:
+    """The ``<length> <key>=<value>\\n`` records of a pax extended header."""
+    out: dict[str, str] = {}
+    pos = 0
+    while pos < len(data) and data[pos] != 0:
+        space = data.find(b" ", pos, pos + 21)
+        digits = data[pos:space]
+        if space < 0 or not digits.isdigit():
+            raise Refused("corrupt pax header")
+        length = int(digits)
+        end = pos + length - 1  # the record's closing newline
+        if length < 5 or pos + length > len(data) or data[end] != 0x0A:
+            raise Refused("corrupt pax header")
+        key, eq, value = data[space + 1 : end].partition(b"=")
+        if not key or eq != b"=":
+            raise Refused("corrupt pax header")
+        out[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
+        pos += length
+    return out
+
+
+def read_tar(f: IO[bytes]) -> Iterator[tuple[TarMember, TarData]]:
+    """The members of a tar stream (ustar, GNU long names, pax), as Python's tarfile reads
+    them, with their data; stops at the first zero block or the end of the stream.
+
+    Written here rather than imported: tarfile costs each of the ~130 helper processes of
+    a build more start-up time than most of them spend unpacking.
+    """
+    global_pax: dict[str, str] = {}
+    # GNU long names and pax headers for the next member, in the order they came; the
+    # first one wins (tarfile's nesting applies the outermost last).
+    pending: list[tuple[bytes, str | dict[str, str]]] = []
+    while True:
+        hdr = f.read(BLOCK)
+        if len(hdr) < BLOCK:
+            hdr += read_exact(f, BLOCK - len(hdr)) if hdr else b""
+        if not hdr or hdr == _ZERO_BLOCK:
+            return
+        unsigned = sum(hdr[:148]) + sum(hdr[156:]) + 8 * 32
+        signed = unsigned - 256 * sum(1 for b in hdr[:148] + hdr[156:] if b > 127)
+        if tar_number(hdr[148:156]) not in (unsigned, signed):
+            raise Refused("corrupt tar header (bad checksum)")
+        typ = hdr[156:157]
+        size = tar_number(hdr[124:136])
+        if typ in (b"L", b"K", b"x", b"g", b"X"):
+            blob = read_exact(f, size)
+            read_exact(f, -size % BLOCK)
+            if typ in (b"L", b"K"):
+                pending.append((typ, tar_text(blob)))
+            elif typ == b"g":
+                global_pax.update(pax_records(blob))
+            else:
+                pending.append((b"x", {**global_pax, **pax_records(blob)}))
+            continue
+        if typ == b"S" or not (typ in _REGULAR or typ in _NO_DATA):
+            raise Refused(f"unsupported tar member type {typ!r}")
+        name = tar_text(hdr[0:100])
+        if typ == b"\0" and name.endswith("/"):
+            typ = b"5"  # old tar: a directory is a regular file whose name ends in /
+        if typ == b"5":
+            name = name.rstrip("/")
+        prefix = tar_text(hdr[345:500])
+        if prefix:
+            name = prefix + "/" + name
+        m = TarMember(name, tar_text(hdr[157:257]), tar_number(hdr[100:108]), size, typ)
+        for kind, value in reversed(pending):
+            if isinstance(value, dict):
+                apply_pax(m, value)
+            elif kind == b"L":
+                m.name = value
+            else:
+                m.linkname = value
+            if m.isdir():
+                m.name = m.name.removesuffix("/")
+        pending = []
+        data = TarData(f, m.size if m.isreg() else 0)
+        yield m, data
+        read_exact(f, data.left)
+        if m.isreg():
+            read_exact(f, -m.size % BLOCK)
+
+
+def apply_pax(m: TarMember, pax: dict[str, str]) -> None:
+    """The pax keywords that matter here: path, linkpath, size (sparse files: refused)."""
+    if any(k.startswith("GNU.sparse.") for k in pax):
+        raise Refused(f"sparse file {m.name!r}")
+    if "path" in pax:
+        m.name = pax["path"].rstrip("/")
+    if "linkpath" in pax:
+        m.linkname = pax["linkpath"]
+    if "size" in pax:
+        try:
+            m.size = int(pax["size"])
+        except ValueError:
+            m.size = 0
+
+
+def extract_tar(f: IO[bytes], w: Writer, *, rename: Rename, strip_setuid: bool, what: str) -> None:
+    """Extract a tar stream member by member, vetting each one."""
     written: dict[str, str] = {}  # member name -> where it went, for hard links
-    for m in tf:
+    for m, data in read_tar(f):
         orig = clean_name(m.name)
         name = rename(orig)
         if name is None:
@@ -171,9 +348,7 @@ def extract_tar(
         if m.isdir():
             w.directory(name)
         elif m.isreg():
-            f = tf.extractfile(m)
-            assert f is not None
-            w.file(name, f, bool(m.mode & 0o111))
+            w.file(name, data, bool(m.mode & 0o111))
         elif m.issym():
             w.symlink(name, m.linkname)
         elif m.islnk():
@@ -215,7 +390,7 @@ def fix_merged_symlinks(w: Writer, tf_names: dict[str, str]) -> None:
 
 
 class Member:
-    """A bounded reader over one member of an ar archive (no seeking: tarfile streams)."""
+    """A bounded reader over one member of an ar archive (no seeking: tar streams)."""
 
     def __init__(self, f: IO[bytes], size: int) -> None:
         self._f = f
@@ -264,8 +439,7 @@ COMPRESSIONS = ("", ".xz", ".gz", ".bz2")
 
 
 def decompressed(f: IO[bytes] | Member, comp: str) -> IO[bytes]:
-    """A reader of the decompressed stream. tarfile gets an uncompressed stream (``r|``):
-    its own stream decompression slices its whole buffer on every small read."""
+    """A reader of the decompressed stream (buffered: the tar reader reads 512-byte headers)."""
     if comp == ".xz":
         import lzma
 
@@ -294,8 +468,8 @@ def unpack_deb(artefact: str, out: str, package: str) -> None:
             moved[new] = name
         return new
 
-    def extract(tf: tarfile.TarFile) -> None:
-        extract_tar(tf, w, rename=rename, strip_setuid=True, what=artefact)
+    def extract(stream: IO[bytes]) -> None:
+        extract_tar(stream, w, rename=rename, strip_setuid=True, what=artefact)
 
     control: dict[str, bytes] = {}
     seen = []
@@ -307,11 +481,9 @@ def unpack_deb(artefact: str, out: str, package: str) -> None:
                 if not member.read(64).startswith(b"2."):
                     raise Refused("unsupported Debian package format version")
             elif kind == "control" and comp in COMPRESSIONS:
-                with tarfile.open(fileobj=decompressed(member, comp), mode="r|") as tf:
-                    control = kept_control(tf)
+                control = kept_control(decompressed(member, comp))
             elif kind == "data" and comp in COMPRESSIONS:
-                with tarfile.open(fileobj=decompressed(member, comp), mode="r|") as tf:
-                    extract(tf)
+                extract(decompressed(member, comp))
             elif kind in ("control", "data"):  # zstd, lzma...: dpkg-deb knows them all
                 if kind == "control":
                     control = dpkg_deb_control(artefact)
@@ -332,15 +504,13 @@ def unpack_deb(artefact: str, out: str, package: str) -> None:
         w.file(f"{info}/{package}.{base}", io.BytesIO(data), False)
 
 
-def kept_control(tf: tarfile.TarFile) -> dict[str, bytes]:
+def kept_control(f: IO[bytes]) -> dict[str, bytes]:
     """The maintainer scripts loft keeps, from a control.tar stream."""
     kept = {}
-    for m in tf:
+    for m, data in read_tar(f):
         base = clean_name(m.name)
         if base in KEPT_CONTROL and m.isreg():
-            f = tf.extractfile(m)
-            assert f is not None
-            kept[base] = f.read()
+            kept[base] = data.read()
     return kept
 
 
@@ -351,19 +521,17 @@ def dpkg_deb_control(artefact: str) -> dict[str, bytes]:
     ctrl = subprocess.run(["dpkg-deb", "--ctrl-tarfile", artefact], capture_output=True)
     if ctrl.returncode != 0:
         raise Refused("dpkg-deb could not read the control archive")
-    with tarfile.open(fileobj=io.BytesIO(ctrl.stdout), mode="r:") as tf:
-        return kept_control(tf)
+    return kept_control(io.BytesIO(ctrl.stdout))
 
 
-def dpkg_deb_data(artefact: str, extract: Callable[[tarfile.TarFile], None]) -> None:
+def dpkg_deb_data(artefact: str, extract: Callable[[IO[bytes]], None]) -> None:
     """``dpkg-deb --fsys-tarfile`` streamed into ``extract``."""
     import subprocess
 
     proc = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", artefact], stdout=subprocess.PIPE)
     assert proc.stdout is not None
     try:
-        with tarfile.open(fileobj=proc.stdout, mode="r|") as tf:
-            extract(tf)
+        extract(proc.stdout)
     finally:
         proc.stdout.close()
         rc = proc.wait()
@@ -379,11 +547,8 @@ def unpack_npm(artefact: str, out: str) -> None:
         _, _, rest = name.partition("/")
         return rest or None
 
-    with (
-        open(artefact, "rb") as raw,
-        tarfile.open(fileobj=decompressed(raw, ".gz"), mode="r|") as tf,
-    ):
-        extract_tar(tf, w, rename=rename, strip_setuid=False, what=artefact)
+    with open(artefact, "rb") as raw:
+        extract_tar(decompressed(raw, ".gz"), w, rename=rename, strip_setuid=False, what=artefact)
     # npm marks bin targets executable at install time; do the same, nothing more.
     manifest = os.path.join(out, "package.json")
     if os.path.isfile(manifest) and not os.path.islink(manifest):
@@ -400,12 +565,14 @@ def unpack_npm(artefact: str, out: str) -> None:
                 os.chmod(full, 0o755)
 
 
-_ENTRY = re.compile(r"^(?P<module>[\w.]+)\s*(:\s*(?P<attr>[\w.]+))?\s*(\[.*\])?\s*$")
+_ENTRY = r"^(?P<module>[\w.]+)\s*(:\s*(?P<attr>[\w.]+))?\s*(\[.*\])?\s*$"
 
 
 def console_script(spec: str) -> bytes:
     """The small launcher pip would generate for ``module:attr``."""
-    m = _ENTRY.match(spec)
+    import re
+
+    m = re.match(_ENTRY, spec)
     if not m or not m.group("attr"):
         raise Refused(f"bad entry point {spec!r}")
     module, attr = m.group("module"), m.group("attr")
@@ -480,11 +647,16 @@ def main() -> None:
     """Dispatch on the artefact kind; report refusals as JSON."""
     kind, artefact, out = sys.argv[1:4]
     extra = sys.argv[4] if len(sys.argv) > 4 else ""
-    errors: tuple[type[Exception], ...] = (Refused, tarfile.TarError, EOFError, OSError, ValueError)
+    errors: tuple[type[Exception], ...] = (Refused, EOFError, OSError, ValueError)
     if kind == "wheel":
         import zipfile
 
         errors += (zipfile.BadZipFile,)
+    else:  # corrupt compressed data (gzip's own errors are OSErrors)
+        import lzma
+        import zlib
+
+        errors += (lzma.LZMAError, zlib.error)
     try:
         if kind == "deb":
             unpack_deb(artefact, out, extra)

@@ -50,9 +50,11 @@ def unpack_argv(helper: Path, kind: str, artefact: Path, out: Path, extra: str) 
     argv = _common(NOBODY)
     argv += ["--ro-bind", "/usr", "/usr", "--clearenv", "--setenv", "PATH", "/usr/bin"]
     argv += ["--setenv", "LC_ALL", "C.UTF-8"]
-    argv += ["--ro-bind", str(helper), "/jail/helper.py"]
+    # The helper is its source (.py) or its bytecode (.pyc); python tells them apart by name.
+    jailed = f"/jail/helper{helper.suffix}"
+    argv += ["--ro-bind", str(helper), jailed]
     argv += ["--ro-bind", str(artefact), "/jail/in", "--bind", str(out), "/jail/out"]
-    argv += ["--chdir", "/jail/out", "--", "/usr/bin/python3", "-I", "-S", "/jail/helper.py"]
+    argv += ["--chdir", "/jail/out", "--", "/usr/bin/python3", "-I", "-S", jailed]
     return [*argv, kind, "/jail/in", "/jail/out", extra]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 from pathlib import Path
 from typing import Literal
 
@@ -18,8 +19,12 @@ from loft.envstore.sandbox import unpack_argv
 __all__ = ["HELPER", "Kind", "UnpackError", "unpack"]
 
 HELPER = Path(__file__).with_name("_unpack_helper.py")
+#: The interpreter the jail runs the helper with (the host's, bound read-only).
+JAIL_PYTHON = "/usr/bin/python3"
 Kind = Literal["deb", "wheel", "npm"]
 _TIMEOUT = 300
+_COMPILED = "unpack-helper.pyc"
+_compile_lock = threading.Lock()
 
 
 class UnpackError(EnvstoreError):
@@ -33,7 +38,7 @@ def unpack(kind: Kind, artefact: Path, out: Path, what: str, extra: str = "") ->
     ``var/lib/dpkg/info``) and the python version (``3.11``) for a wheel.
     """
     out.mkdir(exist_ok=True)
-    argv = unpack_argv(HELPER, kind, artefact, out, extra)
+    argv = unpack_argv(compiled_helper(out.parent), kind, artefact, out, extra)
     r = subprocess.run(argv, capture_output=True, text=True, timeout=_TIMEOUT, check=False)
     if r.returncode == 0:
         return
@@ -42,3 +47,29 @@ def unpack(kind: Kind, artefact: Path, out: Path, what: str, extra: str = "") ->
     except (ValueError, KeyError, TypeError):
         message = (r.stderr.strip().splitlines() or [f"exit status {r.returncode}"])[-1]
     raise UnpackError(f"{what}: refused to unpack: {message}")
+
+
+def compiled_helper(scratch: Path) -> Path:
+    """The helper compiled for the jail's interpreter, once per scratch directory.
+
+    Python compiles a script on every run and caches nothing; for ~130 jails a build
+    that was ~20 ms of CPU each. The bytecode is made by the jail's own interpreter (the
+    host's, which may differ from the one running loft) from loft's own source, and
+    lives in the scratch space of the build. Falls back to the source if that fails.
+    """
+    pyc = scratch / _COMPILED
+    with _compile_lock:
+        if pyc.exists():
+            return pyc
+        code = "import py_compile, sys; py_compile.compile(sys.argv[1], sys.argv[2], doraise=True)"
+        tmp = scratch / f"{_COMPILED}.{threading.get_ident()}.tmp"
+        r = subprocess.run(
+            [JAIL_PYTHON, "-I", "-S", "-c", code, str(HELPER), str(tmp)],
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        if r.returncode != 0:
+            return HELPER
+        tmp.replace(pyc)
+        return pyc
