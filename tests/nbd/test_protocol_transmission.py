@@ -112,6 +112,45 @@ def test_large_write_payload_is_received_into_its_own_buffer() -> None:
     assert ev.payload is not None and ev.payload is not conn.buf
 
 
+def _receive_write(conn: p.Connection, wire: bytes, step: int) -> tuple[p.Request, list[bool]]:
+    """Feed ``wire`` in ``step``-byte reads; return the WRITE and what each
+    buffer_updated() said (False: the payload is still incomplete)."""
+    pos, said = 0, []
+    while True:
+        with conn.get_buffer() as target:
+            n = min(len(target), len(wire) - pos, step)
+            target[:n] = wire[pos : pos + n]
+        said.append(conn.buffer_updated(n))
+        pos += n
+        ev = conn.next_event()
+        if ev is not p.NEED_DATA:
+            assert isinstance(ev, p.Request)
+            return ev, said
+
+
+def test_recycled_payload_buffers_are_reused_and_refilled() -> None:
+    pair = ConnectionPair()
+    pair.handshake()
+    conn = pair.server
+    first, second = bytes(range(256)) * 1024, bytes(range(255, -1, -1)) * 1024  # 256 KiB
+    ev, said = _receive_write(
+        conn, pair.client.send(p.Request(p.Command.WRITE, 1, 0, len(first), 0, first)), 65536
+    )
+    assert ev.payload_bytes() == first
+    # Until the payload is complete no event can be ready; the last read completes it.
+    assert said[-1] and not any(said[1:-1])
+    buffer = ev.payload
+    conn.recycle(buffer)
+    ev2, _ = _receive_write(
+        conn, pair.client.send(p.Request(p.Command.WRITE, 2, 0, len(second), 0, second)), 65536
+    )
+    assert ev2.payload is buffer and ev2.payload_bytes() == second
+    # Another size, small buffers and foreign objects are not taken.
+    conn.recycle(bytearray(100))
+    conn.recycle(b"x" * (1 << 20))
+    assert conn.new_payload(100) is not buffer and len(conn.new_payload(1 << 20)) == 1 << 20
+
+
 def test_partial_write_at_eof_is_discarded() -> None:
     pair = ConnectionPair()
     pair.handshake()

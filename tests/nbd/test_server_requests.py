@@ -13,7 +13,7 @@ import pytest
 from nbd_helpers import Client, ServerThread
 
 from loft.nbd import protocol as p
-from loft.nbd.backends.base import BackendError
+from loft.nbd.backends.base import Backend, BackendError
 from loft.nbd.backends.file import FileBackend
 from loft.nbd.server import ExportRegistry
 
@@ -375,3 +375,40 @@ def test_large_write_then_pipelined_overlapping_read(server: ServerThread) -> No
     chunk = got[hr]
     assert isinstance(chunk, p.OffsetDataChunk)
     assert bytes(chunk.data) == data[4096 : 4096 + 8192]
+
+
+class KeepingBackend(Backend):
+    """Keeps every write buffer it is given, as is (copies_writes stays False)."""
+
+    def __init__(self) -> None:
+        self.size = 8 << 20
+        self.kept: list[tuple[object, bytes]] = []
+
+    def pread(self, offset: int, length: int) -> bytes:
+        return bytes(length)
+
+    def pwrite(self, offset: int, data: object, fua: bool = False) -> None:  # type: ignore[override]
+        self.kept.append((data, bytes(data)))  # type: ignore[call-overload]
+
+
+@pytest.mark.parametrize("copies", [False, True])
+def test_write_buffers_are_reused_only_when_the_backend_copies(
+    tmp_path: Path, copies: bool
+) -> None:
+    backend = KeepingBackend()
+    backend.copies_writes = copies
+    reg = ExportRegistry()
+    reg.add("disk", backend)
+    with ServerThread(reg, tmp_path / "run" / "nbd.sock") as st:
+        c = connect(st)
+        for i in range(6):
+            data = bytes([i]) * (1 << 20)
+            [reply] = c.request(C.WRITE, i << 20, payload=data)
+            assert isinstance(reply, p.SimpleReply) and reply.error == 0
+        c.close()
+    buffers = [id(buf) for buf, _ in backend.kept]
+    if copies:  # the server reused payload buffers once the backend was done with them
+        assert len(set(buffers)) < len(buffers)
+    else:  # every buffer the backend kept still holds what was written into it
+        assert all(bytes(buf) == seen for buf, seen in backend.kept)  # type: ignore[call-overload]
+        assert len(set(buffers)) == len(buffers)

@@ -60,6 +60,9 @@ class Backend(abc.ABC):
     readonly: bool = False
     #: human-readable description for NBD_OPT_LIST / NBD_INFO_DESCRIPTION
     description: str = ""
+    #: True when :meth:`pwrite` has copied the data once it returns (it keeps no
+    #: reference), so the server may reuse the buffer for a later request
+    copies_writes: bool = False
 
     # --- capabilities -----------------------------------------------------------------
 

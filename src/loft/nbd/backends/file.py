@@ -43,6 +43,8 @@ def _falloc(fd: int, mode: int, offset: int, length: int) -> None:
 class FileBackend(Backend):
     """A raw image file served as an NBD export."""
 
+    copies_writes = True  # pwrite(2) copies into the page cache
+
     def __init__(
         self, path: str | os.PathLike[str], *, readonly: bool = False, description: str = ""
     ) -> None:

@@ -41,6 +41,8 @@ class VolumeBackend(Backend):
     share this one object: the volume has a single working copy, so a FLUSH on any
     connection covers every connection's writes (CAN_MULTI_CONN)."""
 
+    copies_writes = True  # a volume writes into its working copy before returning
+
     def __init__(self, volume: VolumeLike, *, description: str = "") -> None:
         self.volume = volume
         self.size = volume.size

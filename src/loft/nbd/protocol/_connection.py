@@ -24,6 +24,11 @@ __all__ = ["RECEIVE_BUFFER_SIZE", "Connection"]
 #: Size of the receive buffer for headers and small payloads. Large WRITE payloads are
 #: received straight into their own buffer, so this only needs to hold many headers.
 RECEIVE_BUFFER_SIZE = 256 * 1024
+#: Payload buffers at least this large are worth keeping for reuse (see recycle()).
+RECYCLE_MIN = 64 * 1024
+#: How many recycled payload buffers a connection keeps (a client's queue depth of
+#: same-sized writes in flight needs no more).
+MAX_SPARE_PAYLOADS = 4
 _DISC = int(Command.DISC)
 #: Structured OFFSET_DATA chunk header with its offset field, packed in one go.
 _DATA_CHUNK = struct.Struct(">IHHQIQ")
@@ -61,6 +66,9 @@ class Connection:
         self._payload: bytearray | None = None
         self._payload_filled = 0
         self._payload_fields: tuple[int, int, int, int, int] | None = None
+        #: WRITE payload buffers handed back by :meth:`recycle`, reused by later payloads
+        #: of the same size (the socket overwrites every byte, so no zero-filling)
+        self._spare_payloads: list[bytearray] = []
 
     # --- state ----------------------------------------------------------------------
 
@@ -115,13 +123,35 @@ class Connection:
             self.start, self.end = 0, used
         return memoryview(buf)[self.end :]
 
-    def buffer_updated(self, nbytes: int) -> None:
-        """``nbytes`` were written into the buffer last returned by :meth:`get_buffer`."""
+    def buffer_updated(self, nbytes: int) -> bool:
+        """``nbytes`` were written into the buffer last returned by :meth:`get_buffer`.
+
+        Returns False while a WRITE payload is still incomplete (no event can be ready:
+        a caller may skip :meth:`next_event` until more data arrives)."""
         payload = self._payload
         if payload is not None and self._payload_filled < len(payload):
             self._payload_filled += nbytes
-        else:
-            self.end += nbytes
+            return self._payload_filled >= len(payload)
+        self.end += nbytes
+        return True
+
+    def new_payload(self, length: int) -> bytearray:
+        """A buffer for a WRITE payload of ``length`` bytes (a recycled one if any fits)."""
+        spare = self._spare_payloads
+        for i in range(len(spare)):
+            if len(spare[i]) == length:
+                return spare.pop(i)
+        return bytearray(length)
+
+    def recycle(self, payload: object) -> None:
+        """Hand back the payload of a WRITE the caller is done with (nothing refers to it
+        any more): a later payload of the same size reuses it instead of allocating and
+        zero-filling megabytes. Small or foreign buffers are ignored."""
+        if type(payload) is bytearray and len(payload) >= RECYCLE_MIN:
+            spare = self._spare_payloads
+            if len(spare) >= MAX_SPARE_PAYLOADS:
+                spare.pop(0)
+            spare.append(payload)
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Add received bytes; an empty ``data`` means the peer closed its side."""

@@ -195,7 +195,7 @@ def read_request(conn: Connection) -> ev.Request | None:
         conn.start = start + length
         return _from_wire(command, handle, offset, length, flags, conn.buf[start : start + length])
     # Receive the rest of the payload straight into its own buffer (see get_buffer).
-    payload = bytearray(length)
+    payload = conn.new_payload(length)
     payload[:have] = conn.buf[start : conn.end]
     conn.start = conn.end
     conn.begin_payload((command, handle, offset, length, flags), payload, have)

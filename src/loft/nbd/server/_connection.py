@@ -171,8 +171,10 @@ class NBDConnection(asyncio.BufferedProtocol):
         return self._proto.get_buffer(sizehint)
 
     def buffer_updated(self, nbytes: int) -> None:
-        self._proto.buffer_updated(nbytes)
-        self._process()
+        # A megabyte WRITE arrives in several reads (the client's socket buffer is
+        # smaller): until its payload is complete there is nothing to decode.
+        if self._proto.buffer_updated(nbytes):
+            self._process()
 
     def eof_received(self) -> bool:
         self._proto.receive_data(b"")
@@ -604,6 +606,8 @@ class NBDConnection(asyncio.BufferedProtocol):
                 self._reply_failure(req, e)
                 return
             else:
+                if command == _WRITE and backend.copies_writes:
+                    self._proto.recycle(req.payload)
                 self._reply(req, result)
                 return
         self._ops.append(req)
