@@ -201,6 +201,7 @@ def run_fio(
         "cpu_us_per_req": (after - before) * per_req,
         "commit_cpu_us_per_req": (drained - after) * per_req,
         "commit_s": drain_s,
+        "load_1m": os.getloadavg()[0],
     }
 
 
@@ -275,6 +276,9 @@ def summarize(runs: list[dict[str, float]], metric: str) -> dict[str, Any]:
         f"median_{metric}": round(med(r[metric] for r in runs), 1),
         f"runs_{metric}": [round(r[metric], 1) for r in runs],
         "cpu_us_per_req": round(med(r["cpu_us_per_req"] for r in runs), 2),
+        # The machine's load when each run ended: a run far below the others on a busy
+        # machine is a server starved of CPU, not slower code.
+        "load_1m": [round(r["load_1m"], 1) for r in runs],
     }
     commit_cpu = med(r["commit_cpu_us_per_req"] for r in runs)
     if commit_cpu > 0:
