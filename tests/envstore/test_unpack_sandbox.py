@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from loft.envstore.sandbox import NOBODY, unpack_argv
+from loft.envstore.sandbox import NOBODY, jail_writable, unpack_argv
 from loft.envstore.unpack import UnpackError, unpack
 
 pytestmark = pytest.mark.timeout(60)
@@ -198,16 +198,26 @@ def test_jail_is_nobody_without_network_or_host_files(tmp_path: Path) -> None:
         "except OSError:\n    writable = False\n"
         "r = {'uid': os.getuid(), 'net': open('/proc/net/dev').read().split('\\n')[2:],\n"
         "     'root': sorted(os.listdir('/')), 'artefact_writable': writable,\n"
-        "     'home': os.path.exists('/root') or os.path.exists('/home')}\n"
+        "     'home': os.path.exists('/root') or os.path.exists('/home'),\n"
+        "     'caps': [ln.split()[1] for ln in open('/proc/self/status')\n"
+        "              if ln.startswith(('CapInh', 'CapPrm', 'CapEff', 'CapBnd', 'CapAmb'))]}\n"
         "open(os.path.join(out, 'r.json'), 'w').write(json.dumps(r))\n"
     )
     artefact = tmp_path / "a.bin"
     artefact.write_bytes(b"x")
     out = tmp_path / "out"
-    out.mkdir()
+    jail_writable(out)
     subprocess.run(unpack_argv(probe, "x", artefact, out, ""), check=True)
     r = json.loads((out / "r.json").read_text())
     assert r["uid"] == NOBODY
+    # Unprivileged on the host as well (as root, a user namespace would have mapped the
+    # jail's uid to root outside): what it writes belongs to nobody, and it holds no
+    # capability in any set.
+    assert (out / "r.json").stat().st_uid == (NOBODY if os.geteuid() == 0 else os.geteuid())
+    inh, prm, eff, bnd, amb = r["caps"]
+    assert inh == prm == eff == amb == "0" * 16
+    if os.geteuid() == 0:
+        assert bnd == "0" * 16
     assert [ln.split(":")[0].strip() for ln in r["net"] if ln.strip()] == ["lo"]
     assert r["root"] == ["bin", "dev", "jail", "lib", "lib64", "proc", "sbin", "tmp", "usr"]
     assert r["artefact_writable"] is False and r["home"] is False

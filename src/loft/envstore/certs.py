@@ -19,7 +19,7 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from loft.envstore.sandbox import tool_argv
+from loft.envstore.sandbox import jail_writable, tool_argv
 from loft.envstore.unpack import UnpackError
 
 __all__ = ["OPENSSL", "ca_hash_links"]
@@ -40,7 +40,7 @@ def ca_hash_links(certs_root: Path, rels: Sequence[str], scratch: Path) -> dict[
     work = scratch / "rehash"
     work.mkdir()
     for i, rel in enumerate(rels):
-        (work / str(i)).mkdir()
+        jail_writable(work / str(i))
         os.symlink(f"/jail/in/{rel}", work / str(i) / "c.crt")
     dirs = [f"/jail/out/{i}" for i in range(len(rels))]
     argv = tool_argv(certs_root, work, [OPENSSL, "rehash", *dirs])

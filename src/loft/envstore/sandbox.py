@@ -1,19 +1,29 @@
 """bubblewrap command lines: the unpack jail and the environment runner.
 
 Both start from an empty root (bubblewrap's tmpfs), unshare every namespace (so no
-network), run as an unprivileged uid inside a fresh user namespace, die with their parent,
-and see only what is bound in explicitly.
+network), run as an unprivileged uid, die with their parent, and see only what is bound in
+explicitly. The unpack jail's uid is unprivileged on the host too, also when loft runs
+as root (see :func:`_jail`).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from loft.envstore import EnvstoreError
 
-__all__ = ["NOBODY", "SandboxError", "bwrap", "env_argv", "tool_argv", "unpack_argv"]
+__all__ = [
+    "NOBODY",
+    "SandboxError",
+    "bwrap",
+    "env_argv",
+    "jail_writable",
+    "tool_argv",
+    "unpack_argv",
+]
 
 #: The uid/gid an unpack runs as: nobody, owning nothing.
 NOBODY = 65534
@@ -44,17 +54,61 @@ def _common(uid: int) -> list[str]:
     return argv
 
 
+def _jail() -> tuple[list[str], list[str]]:
+    """The unpack jail's bubblewrap options, and what its command must start with.
+
+    Unprivileged, bubblewrap's user namespace makes the jail uid nobody. As root, that
+    namespace would map the jail's uid to root on the host, so the jail is built without
+    one and its first process drops to host uid nobody itself (:data:`_DROP_TO_NOBODY`).
+    """
+    if os.geteuid() != 0:
+        return _common(NOBODY), []
+    argv = [bwrap(), "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts"]
+    argv += ["--unshare-cgroup-try", "--die-with-parent", "--new-session"]
+    argv += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+    argv += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp"]
+    # Directories bubblewrap makes on its own for mount points are root's alone (0700):
+    # nobody must be able to reach /jail/*.
+    argv += ["--perms", "0755", "--dir", "/jail"]
+    for link, target in _MERGED_LINKS.items():
+        argv += ["--symlink", target, link]
+    return argv, _DROP_TO_NOBODY
+
+
+#: The host's setpriv (util-linux, in every Debian) makes the jail's first process
+#: uid/gid nobody on the host, with no supplementary groups and no capabilities left in
+#: any set; bubblewrap has set no_new_privs, so nothing run later can regain them.
+_DROP_TO_NOBODY = [
+    "/usr/bin/setpriv",
+    f"--reuid={NOBODY}",
+    f"--regid={NOBODY}",
+    "--clear-groups",
+    "--inh-caps=-all",
+    "--bounding-set=-all",
+    "--",
+]
+
+
+def jail_writable(path: Path) -> None:
+    """Create ``path`` for the jail to write into: owned by nobody when loft runs as root
+    (what the jail leaves is chowned back to root when it is canonicalised)."""
+    path.mkdir(exist_ok=True)
+    if os.geteuid() == 0:
+        os.chown(path, NOBODY, NOBODY)
+
+
 def unpack_argv(helper: Path, kind: str, artefact: Path, out: Path, extra: str) -> list[str]:
     """The jail an artefact is unpacked in: the host's /usr (trusted tools) read-only,
-    the artefact read-only, ``out`` writable, nothing else; no network, uid nobody."""
-    argv = _common(NOBODY)
+    the artefact read-only, ``out`` (see :func:`jail_writable`) writable, nothing else;
+    no network, uid nobody."""
+    argv, drop = _jail()
     argv += ["--ro-bind", "/usr", "/usr", "--clearenv", "--setenv", "PATH", "/usr/bin"]
     argv += ["--setenv", "LC_ALL", "C.UTF-8"]
     # The helper is its source (.py) or its bytecode (.pyc); python tells them apart by name.
     jailed = f"/jail/helper{helper.suffix}"
     argv += ["--ro-bind", str(helper), jailed]
     argv += ["--ro-bind", str(artefact), "/jail/in", "--bind", str(out), "/jail/out"]
-    argv += ["--chdir", "/jail/out", "--", "/usr/bin/python3", "-I", "-S", jailed]
+    argv += ["--chdir", "/jail/out", "--", *drop, "/usr/bin/python3", "-I", "-S", jailed]
     return [*argv, kind, "/jail/in", "/jail/out", extra]
 
 
@@ -62,11 +116,11 @@ def tool_argv(inputs: Path, out: Path, command: list[str]) -> list[str]:
     """The unpack jail running a trusted host tool over untrusted inputs: the host's /usr
     read-only, ``inputs`` read-only at /jail/in, ``out`` writable at /jail/out, no host
     configuration (``OPENSSL_CONF=/dev/null``), no network, uid nobody."""
-    argv = _common(NOBODY)
+    argv, drop = _jail()
     argv += ["--ro-bind", "/usr", "/usr", "--clearenv", "--setenv", "PATH", "/usr/bin"]
     argv += ["--setenv", "LC_ALL", "C.UTF-8", "--setenv", "OPENSSL_CONF", "/dev/null"]
     argv += ["--ro-bind", str(inputs), "/jail/in", "--bind", str(out), "/jail/out"]
-    return [*argv, "--chdir", "/jail/out", "--", *command]
+    return [*argv, "--chdir", "/jail/out", "--", *drop, *command]
 
 
 def env_argv(

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 from loft.envstore import EnvstoreError
-from loft.envstore.sandbox import unpack_argv
+from loft.envstore.sandbox import jail_writable, unpack_argv
 
 __all__ = ["HELPER", "Kind", "UnpackError", "unpack"]
 
@@ -37,7 +37,7 @@ def unpack(kind: Kind, artefact: Path, out: Path, what: str, extra: str = "") ->
     ``extra`` is the Debian package name for a .deb (its control scripts are kept under
     ``var/lib/dpkg/info``) and the python version (``3.11``) for a wheel.
     """
-    out.mkdir(exist_ok=True)
+    jail_writable(out)
     argv = unpack_argv(compiled_helper(out.parent), kind, artefact, out, extra)
     r = subprocess.run(argv, capture_output=True, text=True, timeout=_TIMEOUT, check=False)
     if r.returncode == 0:
