@@ -83,3 +83,9 @@ def example(factory: pytest.TempPathFactory) -> Example:
 def store_snapshot(store: Store) -> tuple[list[str], list[str]]:
     """(valid paths, physical entries): what "store unchanged" compares."""
     return store.all_paths(), sorted(os.listdir(store.real_store_dir))
+
+
+def env_run(ex: Example, *cmd: str) -> tuple[int, str, str]:
+    """``loft env run loft.lock -- CMD...`` in the example project: (status, out, err)."""
+    r = loft(["env", "run", "loft.lock", "--", *cmd], ex.data_dir, ex.project, timeout=120)
+    return r.returncode, r.stdout, r.stderr

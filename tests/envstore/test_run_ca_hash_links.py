@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from envbuild_support import Example, example, loft
+from envbuild_support import Example, example
+from envbuild_support import env_run as run
 
 pytestmark = pytest.mark.timeout(900)  # the first module to ask builds the example env
 
@@ -20,11 +21,6 @@ VERIFY_ALL = (
 @pytest.fixture(scope="module")
 def ex(tmp_path_factory: pytest.TempPathFactory) -> Example:
     return example(tmp_path_factory)
-
-
-def run(ex: Example, *cmd: str) -> tuple[int, str, str]:
-    r = loft(["env", "run", "loft.lock", "--", *cmd], ex.data_dir, ex.project, timeout=120)
-    return r.returncode, r.stdout, r.stderr
 
 
 def test_openssl_verify_with_capath_finds_every_root(ex: Example) -> None:

@@ -6,6 +6,7 @@ import os
 
 import pytest
 from envbuild_support import Example, example, loft
+from envbuild_support import env_run as run
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -13,11 +14,6 @@ pytestmark = pytest.mark.timeout(900)
 @pytest.fixture(scope="module")
 def ex(tmp_path_factory: pytest.TempPathFactory) -> Example:
     return example(tmp_path_factory)
-
-
-def run(ex: Example, *cmd: str) -> tuple[int, str, str]:
-    r = loft(["env", "run", "loft.lock", "--", *cmd], ex.data_dir, ex.project, timeout=120)
-    return r.returncode, r.stdout, r.stderr
 
 
 def test_python_requests_and_tls_context_with_ca_bundle(ex: Example) -> None:

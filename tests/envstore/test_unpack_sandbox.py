@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import stat
@@ -12,30 +11,12 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from tar_support import member, tar_bytes
 
 from loft.envstore.sandbox import NOBODY, jail_writable, unpack_argv
 from loft.envstore.unpack import UnpackError, unpack
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def tar_bytes(members: list[tuple[tarfile.TarInfo, bytes]], mode: str = "w") -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode=mode) as tf:  # type: ignore[call-overload]
-        for info, data in members:
-            info.size = len(data) if info.isreg() else 0
-            tf.addfile(info, io.BytesIO(data) if info.isreg() else None)
-    return buf.getvalue()
-
-
-def member(
-    name: str, kind: bytes = tarfile.REGTYPE, mode: int = 0o644, link: str = ""
-) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.type = kind
-    info.mode = mode
-    info.linkname = link
-    return info
 
 
 def ar(files: list[tuple[str, bytes]]) -> bytes:

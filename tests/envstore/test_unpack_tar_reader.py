@@ -8,29 +8,13 @@ import tarfile
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from tar_support import member, tar_bytes
 
 from loft.envstore._unpack_helper import Refused, read_tar
 
 pytestmark = pytest.mark.timeout(60)
 
 LONG = "usr/share/doc/" + "a-rather-long-directory-name/" * 5 + "file-with-a-long-name.txt"
-
-
-def build(fmt: int, members: list[tuple[tarfile.TarInfo, bytes]]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tf:
-        for info, data in members:
-            info.size = len(data) if info.isreg() else 0
-            tf.addfile(info, io.BytesIO(data) if info.isreg() else None)
-    return buf.getvalue()
-
-
-def member(
-    name: str, kind: bytes = tarfile.REGTYPE, mode: int = 0o644, link: str = ""
-) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.type, info.mode, info.linkname = kind, mode, link
-    return info
 
 
 def by_tarfile(raw: bytes) -> list[tuple[str, str, bytes, int, bytes]]:
@@ -69,7 +53,7 @@ def test_same_members_as_tarfile(fmt: int) -> None:
         if fmt != tarfile.USTAR_FORMAT
         else [(m, d) for m, d in SAMPLE if len(m.name) < 200 and len(m.linkname) < 100]
     )
-    raw = build(fmt, members)
+    raw = tar_bytes(fmt=fmt, members=members)
     assert by_helper(raw) == by_tarfile(raw)
     assert len(by_helper(raw)) == len(members)
 
@@ -80,12 +64,12 @@ def test_same_members_as_tarfile(fmt: int) -> None:
 def test_random_files_read_alike(files: list[tuple[str, bytes]]) -> None:
     members = [(member(f"d/{i}/{name}"), data) for i, (name, data) in enumerate(files)]
     for fmt in (tarfile.GNU_FORMAT, tarfile.PAX_FORMAT):
-        raw = build(fmt, members)
+        raw = tar_bytes(fmt=fmt, members=members)
         assert by_helper(raw) == by_tarfile(raw)
 
 
 def test_unread_data_is_skipped() -> None:
-    raw = build(tarfile.GNU_FORMAT, SAMPLE)
+    raw = tar_bytes(fmt=tarfile.GNU_FORMAT, members=SAMPLE)
     assert [m.name for m, _ in read_tar(io.BytesIO(raw))] == [m for m, *_ in by_tarfile(raw)]
 
 
@@ -98,7 +82,7 @@ def test_unread_data_is_skipped() -> None:
     ],
 )
 def test_corrupt_archives_refused(mangle: object, needle: str) -> None:
-    raw = build(tarfile.GNU_FORMAT, [(member("f"), b"data" * 300)])
+    raw = tar_bytes(fmt=tarfile.GNU_FORMAT, members=[(member("f"), b"data" * 300)])
     with pytest.raises(Refused, match=needle):
         by_helper(mangle(raw))  # type: ignore[operator]
 
@@ -110,7 +94,7 @@ def rechecksum(raw: bytes) -> bytes:
 
 
 def test_special_files_and_sparse_refused_or_reported() -> None:
-    raw = build(tarfile.GNU_FORMAT, [(member("dev", tarfile.CHRTYPE), b"")])
+    raw = tar_bytes(fmt=tarfile.GNU_FORMAT, members=[(member("dev", tarfile.CHRTYPE), b"")])
     ((m, _),) = list(read_tar(io.BytesIO(raw)))
     assert not (m.isreg() or m.isdir() or m.issym() or m.islnk())  # the extractor refuses it
     sparse = rechecksum(raw[:156] + b"S" + raw[157:])
