@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from test_store_crash import check_consistent
+from test_store_crash import check_consistent, killed_at
 
 from loft.envstore.store import InvalidPath, Store
 
@@ -89,26 +86,7 @@ def test_reference_outside_store_and_batch_is_refused(tmp_path: Path) -> None:
     assert store.all_paths() == []
 
 
-CHILD = r"""
-import os, signal, sys
-from pathlib import Path
-import loft.envstore.store as s
-point = sys.argv[2]
-def die(*a, **k):
-    os.kill(os.getpid(), signal.SIGKILL)
-if point == "third_rename":
-    real, n = os.rename, [0]
-    def rename(a, b):
-        real(a, b)
-        n[0] += 1
-        if n[0] == 3:
-            die()
-    s.os.rename = rename
-elif point == "in_flush":
-    s.Store._flush = die
-elif point == "in_transaction":
-    s.time.time = die  # only read inside the registering transaction
-store = s.Store(Path(sys.argv[1]))
+BATCH_OF_SIX = """
 with store.tmpdir() as t, store.batch() as b:
     for i in range(6):
         (t / f"t{i}").mkdir()
@@ -117,16 +95,11 @@ with store.tmpdir() as t, store.batch() as b:
 """
 
 
-@pytest.mark.parametrize("point", ["third_rename", "in_flush", "in_transaction"])
+@pytest.mark.parametrize("point", ["rename:3", "in_flush", "in_transaction"])
 def test_kill_during_a_batch_commit_registers_none_of_it(tmp_path: Path, point: str) -> None:
-    root = tmp_path / "store"
-    Store(root)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    r = subprocess.run([sys.executable, "-c", CHILD, str(root), point], env=env, check=False)
-    assert r.returncode == -signal.SIGKILL
-    store = Store(root)
+    store = killed_at(tmp_path / "store", point, BATCH_OF_SIX)
     assert store.all_paths() == []
-    assert len(store.unregistered_entries()) == (3 if point == "third_rename" else 6)
+    assert len(store.unregistered_entries()) == (3 if point == "rename:3" else 6)
     # The next batch of the same paths replaces the leftovers and registers everything.
     with store.tmpdir() as t, store.batch() as b:
         for i in range(6):

@@ -87,25 +87,42 @@ def test_kill_9_during_add_leaves_no_half_registered_path(tmp_path: Path) -> Non
     assert check_consistent(Store(root)) >= total_added
 
 
-# Deterministic variants: the child kills itself at an exact step of the add protocol.
-FAULT_CHILD = r"""
+# Deterministic variants: the child kills itself at an exact step of the add protocol:
+# the N-th rename into the store ("rename:N"), the flush, or the registering transaction.
+FAULT_PREAMBLE = r"""
 import os, signal, sys
 from pathlib import Path
 import loft.envstore.store as s
 point = sys.argv[2]
 def die(*a, **k):
     os.kill(os.getpid(), signal.SIGKILL)
-if point == "after_rename":
-    real = os.rename
+if point.startswith("rename:"):
+    real, n, last = os.rename, [0], int(point.split(":")[1])
     def rename(a, b):
         real(a, b)
-        die()
+        n[0] += 1
+        if n[0] == last:
+            die()
     s.os.rename = rename
 elif point == "in_flush":
     s.Store._flush = die
 elif point == "in_transaction":
     s.time.time = die  # only read inside the registering transaction
 store = s.Store(Path(sys.argv[1]))
+"""
+
+
+def killed_at(root: Path, point: str, body: str) -> Store:
+    """Run ``body`` after :data:`FAULT_PREAMBLE` in a child over the store at ``root``;
+    it must die by SIGKILL at ``point``. Returns the store, reopened."""
+    Store(root)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    argv = [sys.executable, "-c", FAULT_PREAMBLE + body, str(root), point]
+    assert subprocess.run(argv, env=env, check=False).returncode == -signal.SIGKILL
+    return Store(root)
+
+
+ADD_ONE = """
 with store.tmpdir() as t:
     (t / "tree").mkdir()
     (t / "tree" / "f").write_bytes(b"payload")
@@ -113,14 +130,9 @@ with store.tmpdir() as t:
 """
 
 
-@pytest.mark.parametrize("point", ["after_rename", "in_flush", "in_transaction"])
+@pytest.mark.parametrize("point", ["rename:1", "in_flush", "in_transaction"])
 def test_kill_at_each_step_of_add(tmp_path: Path, point: str) -> None:
-    root = tmp_path / "store"
-    Store(root)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    r = subprocess.run([sys.executable, "-c", FAULT_CHILD, str(root), point], env=env, check=False)
-    assert r.returncode == -signal.SIGKILL
-    store = Store(root)
+    store = killed_at(tmp_path / "store", point, ADD_ONE)
     assert store.all_paths() == []
     assert len(store.unregistered_entries()) == 1  # the moved tree, never registered
     with store.tmpdir() as t:
