@@ -37,9 +37,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from _common import seaweedfs  # the benchmarks' private SeaweedFS, stopped by PID
+from loft.units import parse_size
 
 WORKLOADS = {
     "seq_read_1M": {"rw": "read", "bs": "1M", "iodepth": 8},
@@ -250,24 +252,6 @@ def cold_fork_read(vol: Server, kit: Server, size: int, pairs: int, out: Path) -
         },
         "ratio": round(cold_med / kit_med, 3),
     }
-
-
-@contextlib.contextmanager
-def seaweedfs() -> Iterator[Any]:
-    """A private SeaweedFS (the test suite's launcher), stopped by PID afterwards."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-    from services import start_seaweedfs
-
-    server = start_seaweedfs()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-def parse_size(text: str) -> int:
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    return int(text[:-1]) * units[text[-1].upper()] if text[-1].isalpha() else int(text)
 
 
 def summarize(runs: list[dict[str, float]], metric: str) -> dict[str, Any]:
