@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from loft.envstore import EnvstoreError
@@ -45,34 +45,50 @@ def bwrap() -> str:
     return exe
 
 
-def _common(uid: int) -> list[str]:
-    argv = [bwrap(), "--unshare-all", "--die-with-parent", "--new-session"]
-    argv += ["--uid", str(uid), "--gid", str(uid)]
-    argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+def _common(uid: int | None) -> list[str]:
+    """Namespaces, /proc, /dev, /tmp and the usr-merge links. ``uid`` inside a fresh
+    user namespace, or None for none at all (root's unpack jail, see :func:`_jail`)."""
+    if uid is None:
+        argv = [bwrap(), "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts"]
+        argv += ["--unshare-cgroup-try", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+    else:
+        argv = [bwrap(), "--unshare-all", "--uid", str(uid), "--gid", str(uid)]
+    argv += ["--die-with-parent", "--new-session", "--proc", "/proc", "--dev", "/dev"]
+    if uid is None:  # a 0755 /tmp would be root's alone, and the jail drops to nobody
+        argv += ["--perms", "1777"]
+    argv += ["--tmpfs", "/tmp"]
     for link, target in _MERGED_LINKS.items():
         argv += ["--symlink", target, link]
     return argv
 
 
-def _jail() -> tuple[list[str], list[str]]:
-    """The unpack jail's bubblewrap options, and what its command must start with.
+def _jail(
+    inputs: Path,
+    out: Path,
+    *,
+    binds: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+) -> list[str]:
+    """The unpack jail up to its command: the host's /usr (trusted tools) read-only,
+    ``inputs`` read-only at /jail/in, ``out`` (see :func:`jail_writable`) writable at
+    /jail/out and the working directory, ``binds`` (more bubblewrap mount options), a
+    clean environment plus ``env``; no network, uid nobody.
 
     Unprivileged, bubblewrap's user namespace makes the jail uid nobody. As root, that
     namespace would map the jail's uid to root on the host, so the jail is built without
     one and its first process drops to host uid nobody itself (:data:`_DROP_TO_NOBODY`).
     """
-    if os.geteuid() != 0:
-        return _common(NOBODY), []
-    argv = [bwrap(), "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts"]
-    argv += ["--unshare-cgroup-try", "--die-with-parent", "--new-session"]
-    argv += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
-    argv += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp"]
-    # Directories bubblewrap makes on its own for mount points are root's alone (0700):
-    # nobody must be able to reach /jail/*.
-    argv += ["--perms", "0755", "--dir", "/jail"]
-    for link, target in _MERGED_LINKS.items():
-        argv += ["--symlink", target, link]
-    return argv, _DROP_TO_NOBODY
+    as_root = os.geteuid() == 0
+    argv = _common(None if as_root else NOBODY)
+    if as_root:
+        # Directories bubblewrap makes on its own for mount points are root's alone
+        # (0700): nobody must be able to reach /jail/*.
+        argv += ["--perms", "0755", "--dir", "/jail"]
+    argv += ["--ro-bind", "/usr", "/usr", "--clearenv", "--setenv", "PATH", "/usr/bin"]
+    for k, v in {"LC_ALL": "C.UTF-8", **(env or {})}.items():
+        argv += ["--setenv", k, v]
+    argv += ["--ro-bind", str(inputs), "/jail/in", "--bind", str(out), "/jail/out", *binds]
+    return [*argv, "--chdir", "/jail/out", "--", *(_DROP_TO_NOBODY if as_root else [])]
 
 
 #: The host's setpriv (util-linux, in every Debian) makes the jail's first process
@@ -98,29 +114,17 @@ def jail_writable(path: Path) -> None:
 
 
 def unpack_argv(helper: Path, kind: str, artefact: Path, out: Path, extra: str) -> list[str]:
-    """The jail an artefact is unpacked in: the host's /usr (trusted tools) read-only,
-    the artefact read-only, ``out`` (see :func:`jail_writable`) writable, nothing else;
-    no network, uid nobody."""
-    argv, drop = _jail()
-    argv += ["--ro-bind", "/usr", "/usr", "--clearenv", "--setenv", "PATH", "/usr/bin"]
-    argv += ["--setenv", "LC_ALL", "C.UTF-8"]
+    """The jail (:func:`_jail`) an artefact is unpacked in by the helper script."""
     # The helper is its source (.py) or its bytecode (.pyc); python tells them apart by name.
     jailed = f"/jail/helper{helper.suffix}"
-    argv += ["--ro-bind", str(helper), jailed]
-    argv += ["--ro-bind", str(artefact), "/jail/in", "--bind", str(out), "/jail/out"]
-    argv += ["--chdir", "/jail/out", "--", *drop, "/usr/bin/python3", "-I", "-S", jailed]
-    return [*argv, kind, "/jail/in", "/jail/out", extra]
+    argv = _jail(artefact, out, binds=["--ro-bind", str(helper), jailed])
+    return [*argv, "/usr/bin/python3", "-I", "-S", jailed, kind, "/jail/in", "/jail/out", extra]
 
 
 def tool_argv(inputs: Path, out: Path, command: list[str]) -> list[str]:
-    """The unpack jail running a trusted host tool over untrusted inputs: the host's /usr
-    read-only, ``inputs`` read-only at /jail/in, ``out`` writable at /jail/out, no host
-    configuration (``OPENSSL_CONF=/dev/null``), no network, uid nobody."""
-    argv, drop = _jail()
-    argv += ["--ro-bind", "/usr", "/usr", "--clearenv", "--setenv", "PATH", "/usr/bin"]
-    argv += ["--setenv", "LC_ALL", "C.UTF-8", "--setenv", "OPENSSL_CONF", "/dev/null"]
-    argv += ["--ro-bind", str(inputs), "/jail/in", "--bind", str(out), "/jail/out"]
-    return [*argv, "--chdir", "/jail/out", "--", *drop, *command]
+    """The jail (:func:`_jail`) running a trusted host tool over untrusted inputs, without
+    host configuration (``OPENSSL_CONF=/dev/null``)."""
+    return [*_jail(inputs, out, env={"OPENSSL_CONF": "/dev/null"}), *command]
 
 
 def env_argv(
