@@ -193,28 +193,34 @@ class TarMember:
         return self.type == b"1"
 
 
-class TarData:
-    """The data of the current member; whatever is not read is skipped afterwards."""
+class Bounded:
+    """A reader over the next ``size`` bytes of a stream: a tar member's data, an ar
+    member. Whatever the consumer does not read is skipped afterwards (:meth:`skip`)."""
 
-    def __init__(self, f: IO[bytes], size: int) -> None:
+    def __init__(self, f: IO[bytes], size: int, what: str) -> None:
         self._f = f
         self.left = size
+        self._what = what  # names the archive in a "truncated ..." refusal
 
     def read(self, n: int = -1) -> bytes:
         if n < 0 or n > self.left:
             n = self.left
-        data = read_exact(self._f, n)
+        data = read_exact(self._f, n, self._what)
         self.left -= n
         return data
 
+    def skip(self) -> None:
+        while self.read(1 << 20):
+            pass
 
-def read_exact(f: IO[bytes], n: int) -> bytes:
-    """Exactly ``n`` bytes of a stream, or Refused (a truncated archive)."""
+
+def read_exact(f: IO[bytes], n: int, what: str = "tar archive") -> bytes:
+    """Exactly ``n`` bytes of a stream, or Refused (a truncated ``what``)."""
     parts = []
     while n > 0:
         chunk = f.read(n)
         if not chunk:
-            raise Refused("truncated tar archive")
+            raise Refused(f"truncated {what}")
         parts.append(chunk)
         n -= len(chunk)
     return b"".join(parts)
@@ -258,7 +264,7 @@ def pax_records(data: bytes) -> dict[str, str]:
     return out
 
 
-def read_tar(f: IO[bytes]) -> Iterator[tuple[TarMember, TarData]]:
+def read_tar(f: IO[bytes]) -> Iterator[tuple[TarMember, Bounded]]:
     """The members of a tar stream (ustar, GNU long names, pax), as Python's tarfile reads
     them, with their data; stops at the first zero block or the end of the stream.
 
@@ -312,9 +318,9 @@ def read_tar(f: IO[bytes]) -> Iterator[tuple[TarMember, TarData]]:
             if m.isdir():
                 m.name = m.name.removesuffix("/")
         pending = []
-        data = TarData(f, m.size if m.isreg() else 0)
+        data = Bounded(f, m.size if m.isreg() else 0, "tar archive")
         yield m, data
-        read_exact(f, data.left)
+        data.skip()
         if m.isreg():
             read_exact(f, -m.size % BLOCK)
 
@@ -389,28 +395,7 @@ def fix_merged_symlinks(w: Writer, tf_names: dict[str, str]) -> None:
             os.symlink(rel, full)
 
 
-class Member:
-    """A bounded reader over one member of an ar archive (no seeking: tar streams)."""
-
-    def __init__(self, f: IO[bytes], size: int) -> None:
-        self._f = f
-        self._left = size
-
-    def read(self, n: int = -1) -> bytes:
-        if n < 0 or n > self._left:
-            n = self._left
-        data = self._f.read(n)
-        if len(data) < n:
-            raise Refused("truncated ar member")
-        self._left -= n
-        return data
-
-    def skip(self) -> None:
-        while self.read(1 << 20):
-            pass
-
-
-def ar_members(f: IO[bytes]) -> Iterator[tuple[str, Member]]:
+def ar_members(f: IO[bytes]) -> Iterator[tuple[str, Bounded]]:
     """The members of the ar archive a .deb is, in order (each must be consumed in turn)."""
     if f.read(8) != b"!<arch>\n":
         raise Refused("not a Debian package (no ar magic)")
@@ -427,7 +412,7 @@ def ar_members(f: IO[bytes]) -> Iterator[tuple[str, Member]]:
             raise Refused("corrupt ar member header") from None
         if size < 0:
             raise Refused("corrupt ar member header")
-        m = Member(f, size)
+        m = Bounded(f, size, "ar member")
         yield name, m
         m.skip()
         if size % 2:
@@ -438,7 +423,7 @@ def ar_members(f: IO[bytes]) -> Iterator[tuple[str, Member]]:
 COMPRESSIONS = ("", ".xz", ".gz", ".bz2")
 
 
-def decompressed(f: IO[bytes] | Member, comp: str) -> IO[bytes]:
+def decompressed(f: IO[bytes] | Bounded, comp: str) -> IO[bytes]:
     """A reader of the decompressed stream (buffered: the tar reader reads 512-byte headers)."""
     if comp == ".xz":
         import lzma
