@@ -112,6 +112,38 @@ def test_large_write_payload_is_received_into_its_own_buffer() -> None:
     assert ev.payload is not None and ev.payload is not conn.buf
 
 
+def test_after_a_large_write_the_next_header_is_read_alone() -> None:
+    """With a backlog of large WRITEs on the socket, each payload lands in its own buffer
+    (read header first) instead of in the receive buffer, from where it would be copied;
+    small requests are read in bulk again once one arrives."""
+    pair = ConnectionPair()
+    pair.handshake()
+    conn = pair.server
+    big = [bytes([i]) * (1 << 20) for i in (1, 2, 3)]
+    reqs = [p.Request(p.Command.WRITE, i, i << 20, len(d), 0, d) for i, d in enumerate(big)]
+    reqs += [p.Request(p.Command.READ, 10 + i, 0, 4096) for i in range(3)]
+    wire = b"".join(pair.client.send(r) for r in reqs)
+    pos, into_receive_buffer, got, sizes = 0, 0, [], []
+    while pos < len(wire):
+        with conn.get_buffer() as target:  # the socket holds everything: fill it all
+            n = min(len(target), len(wire) - pos)
+            target[:n] = wire[pos : pos + n]
+            sizes.append(len(target))
+            if target.obj is conn.buf:
+                into_receive_buffer += n
+        conn.buffer_updated(n)
+        pos += n
+        while (ev := conn.next_event()) is not p.NEED_DATA:
+            got.append(ev)
+    assert [r.payload_bytes() for r in got[:3]] == big  # type: ignore[attr-defined]
+    assert [r.command for r in got[3:]] == [p.Command.READ] * 3  # type: ignore[attr-defined]
+    # The first read takes what fits the receive buffer; after that only headers (and
+    # the READs, in one read) go through it.
+    first = sizes[0]
+    assert into_receive_buffer == first + 28 * 2 + 28 * 3
+    assert sizes[-1] > 28  # after the READ header, bulk reads again
+
+
 def _receive_write(conn: p.Connection, wire: bytes, step: int) -> tuple[p.Request, list[bool]]:
     """Feed ``wire`` in ``step``-byte reads; return the WRITE and what each
     buffer_updated() said (False: the payload is still incomplete)."""

@@ -37,6 +37,8 @@ _OFFSET_DATA = int(ReplyType.OFFSET_DATA)
 
 #: Compact the receive buffer when less than this is free at its end.
 _MIN_FREE = 64 * 1024
+#: A WRITE request's header (its payload follows).
+_REQUEST_HEADER_SIZE = 28
 
 
 class Connection:
@@ -69,6 +71,11 @@ class Connection:
         #: WRITE payload buffers handed back by :meth:`recycle`, reused by later payloads
         #: of the same size (the socket overwrites every byte, so no zero-filling)
         self._spare_payloads: list[bytearray] = []
+        #: set by the request reader after a WRITE whose payload needed its own buffer:
+        #: the next read takes one request header only, so that if another large
+        #: payload follows, the socket writes it straight into its buffer instead of
+        #: into the receive buffer, from where it would have to be copied
+        self.header_only = False
 
     # --- state ----------------------------------------------------------------------
 
@@ -116,11 +123,13 @@ class Connection:
             want = max(len(buf), self.need, used + _MIN_FREE)
             if want > len(buf):
                 new = bytearray(want)
-                new[:used] = buf[self.start : self.end]
+                new[:used] = memoryview(buf)[self.start : self.end]
                 self.buf = buf = new
             else:
-                buf[:used] = buf[self.start : self.end]
+                buf[:used] = memoryview(buf)[self.start : self.end]
             self.start, self.end = 0, used
+        if self.header_only and self.end - self.start < _REQUEST_HEADER_SIZE:
+            return memoryview(buf)[self.end : self.start + _REQUEST_HEADER_SIZE]
         return memoryview(buf)[self.end :]
 
     def buffer_updated(self, nbytes: int) -> bool:

@@ -55,6 +55,9 @@ _U64 = struct.Struct(">Q")
 _GREETING = struct.Struct(">QQH")
 _EXPORT_NAME_REPLY = struct.Struct(">QH")
 _from_wire = ev.Request.from_wire
+#: WRITE payloads at least this large are received into their own buffer, and the
+#: request after one is read header first (see Connection.header_only).
+DIRECT_PAYLOAD_MIN = 64 * 1024
 
 
 # --- server side: what a client sends -------------------------------------------------
@@ -184,6 +187,7 @@ def read_request(conn: Connection) -> ev.Request | None:
         raise RemoteProtocolError("bad request magic")
     if command != Command.WRITE:
         conn.start = start + 28
+        conn.header_only = False
         return _from_wire(command, handle, offset, length, flags, None)
     if length > MAX_PAYLOAD:
         # The payload cannot be skipped safely without reading it all; the spec lets a
@@ -191,12 +195,13 @@ def read_request(conn: Connection) -> ev.Request | None:
         raise RemoteProtocolError(f"WRITE of {length} bytes exceeds {MAX_PAYLOAD}")
     start += 28
     have = conn.end - start
+    conn.header_only = length >= DIRECT_PAYLOAD_MIN
     if have >= length:
         conn.start = start + length
         return _from_wire(command, handle, offset, length, flags, conn.buf[start : start + length])
     # Receive the rest of the payload straight into its own buffer (see get_buffer).
     payload = conn.new_payload(length)
-    payload[:have] = conn.buf[start : conn.end]
+    payload[:have] = memoryview(conn.buf)[start : conn.end]
     conn.start = conn.end
     conn.begin_payload((command, handle, offset, length, flags), payload, have)
     return None
