@@ -645,15 +645,20 @@ class NBDConnection(asyncio.BufferedProtocol):
         assert backend is not None
         command = req.command
         if command == _READ:
-            read = _nowait_reader(backend) if inline else backend.pread
             if (
                 self._view.structured_replies
                 and req.length >= SPARSE_READ_MIN
                 and not req.flags & _DF
                 and backend.can_extents()
             ):
+                read = _nowait_reader(backend) if inline else backend.pread
                 return self._sparse_read(backend, read, req.offset, req.length)
-            return read(req.offset, req.length)
+            if not inline:
+                return backend.pread(req.offset, req.length)
+            data = backend.pread_nowait(req.offset, req.length)
+            if data is None:
+                raise _WouldBlock
+            return data
         if command == _WRITE:
             assert req.payload is not None
             backend.pwrite(req.offset, req.payload, bool(req.flags & _FUA))
