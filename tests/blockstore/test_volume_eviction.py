@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from loft.blockstore import Blockstore
+from loft.blockstore import volume as volume_module
 from loft.config import Settings
 
 KIB = 1 << 10
@@ -86,4 +87,62 @@ def test_a_lazy_fork_fetches_only_what_it_reads(tmp_path: Path) -> None:
         assert child.allocation_depth(3 * EXTENT, EXTENT) == [(EXTENT, 2)]
     finally:
         child.close()
+        reader.close()
+
+
+def _written(tmp_path: Path, n: int) -> dict[int, bytes]:
+    writer = _blockstore(tmp_path, "a", 1 << 30)
+    writer.create("v", size=n * EXTENT, extent_size=EXTENT)
+    contents = {e: os.urandom(EXTENT) for e in range(n)}
+    vol = writer.open("v")
+    for e, data in contents.items():
+        vol.write(e * EXTENT, data)
+    vol.close()
+    writer.close()
+    return contents
+
+
+def test_a_read_racing_with_an_eviction_is_redone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Small reads take no lock: an eviction that punches the hole while such a read is
+    in its pread (made to happen here, deterministically) must not return the hole."""
+    contents = _written(tmp_path, 4)
+    reader = _blockstore(tmp_path, "b", 1 << 30)
+    vol = reader.open("v")
+    try:
+        assert vol.read(EXTENT, 100) == contents[1][:100]  # extent 1 is here, clean
+        real_pread = os.pread
+        raced = []
+
+        def pread_while_evicted(fd: int, n: int, offset: int) -> bytes:
+            if not raced:
+                raced.append(offset)
+                vol.evict(offset // EXTENT)  # another thread's eviction, mid-read
+            return real_pread(fd, n, offset)
+
+        monkeypatch.setattr(volume_module.os, "pread", pread_while_evicted)
+        assert vol.read(EXTENT + 10, 4000) == contents[1][10:4010]
+        assert raced == [EXTENT + 10]
+    finally:
+        monkeypatch.undo()
+        vol.close()
+        reader.close()
+
+
+def test_extents_read_again_outlive_those_read_once(tmp_path: Path) -> None:
+    """Eviction order approximates least recently used: an extent that keeps being read
+    stays while a scan streams other extents through a small budget."""
+    contents = _written(tmp_path, 32)
+    reader = _blockstore(tmp_path, "b", 4 * EXTENT)
+    vol = reader.open("v")
+    try:
+        assert vol.read(0, 512) == contents[0][:512]
+        for e in range(1, 32):
+            assert vol.is_resident(0, 512), f"the hot extent was evicted by extent {e}"
+            assert vol.read(0, 512) == contents[0][:512]
+            assert vol.read(e * EXTENT, 512) == contents[e][:512]
+            assert vol.present_extents <= 4
+    finally:
+        vol.close()
         reader.close()

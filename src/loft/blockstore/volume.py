@@ -87,6 +87,10 @@ class Volume:
         self._states = wc.states
         self._n = wc.n_extents
         self._gen = array("Q", bytes(8 * self._n))
+        #: extents read since the budget last considered evicting them (see referenced())
+        self._referenced = bytearray(self._n)
+        #: how often each extent was evicted (lets read() go without the lock)
+        self._evictions = array("I", bytes(4 * self._n))
         self._dirty = {i for i, s in enumerate(self._states) if s == DIRTY}
         self._tag = rec.writer_tag
         self._lineage_tags = [writer_tag(u) for u in rec.lineage]
@@ -168,31 +172,43 @@ class Volume:
 
     def read(self, offset: int, length: int) -> bytes:
         """``length`` bytes at ``offset``."""
-        self._check_range(offset, length)
-        if length == 0:
-            return b""
         es = self.extent_size
         first = offset // es
-        if first == (offset + length - 1) // es:
-            # The common case, kept short: one extent, already here.
-            with self._lock:
-                state = self._states[first]
-                if state != ABSENT:
-                    if state == CLEAN:
-                        self.ctx.budget.touch(self, first)
-                    return os.pread(self._fd, length, offset)
+        if length > 0 and offset >= 0 and offset + length <= self.size:
+            if first == (offset + length - 1) // es:
+                # The common case, on the event loop for every small read: one extent,
+                # already here, read without the lock. An eviction counts itself before
+                # it punches the hole (and close() flags itself before it closes the
+                # file), so a read that raced with either sees it and is redone below.
+                evictions = self._evictions
+                seen = evictions[first]
+                if self._states[first] != ABSENT:
+                    self._referenced[first] = 1
+                    try:
+                        data = os.pread(self._fd, length, offset)
+                    except OSError:
+                        data = None  # closed under us, say: the locked path tells
+                    if data is not None and evictions[first] == seen and not self._closed:
+                        return data
+        else:
+            self._check_range(offset, length)
+            return b""
         extents = range(first, (offset + length - 1) // es + 1)
         victims: list[tuple[Evictable, int]] = []
+        fetched = False
         try:
             for _ in range(4):
                 with self._lock:
+                    if self._closed:
+                        raise VolumeIOError(f"volume {self.name!r} is closed")
                     missing = [e for e in extents if self._states[e] == ABSENT]
                     if not missing:
-                        for e in extents:
-                            if self._states[e] == CLEAN:
-                                self.ctx.budget.touch(self, e)
+                        if not fetched:  # a read that fetched is no second use
+                            for e in extents:
+                                self._referenced[e] = 1
                         return os.pread(self._fd, length, offset)
                 victims += self._ensure_present(missing)
+                fetched = True
         finally:
             _evict(victims)
         raise VolumeIOError(f"volume {self.name!r}: extents keep disappearing while read")
@@ -426,13 +442,26 @@ class Volume:
                     victims += self.ctx.budget.add(self, e, self._elen(e))
         return victims
 
+    def referenced(self, extent: int) -> bool:
+        """Whether ``extent`` was read since the budget last asked (forgetting it). No
+        lock: a read racing with this only changes which extent is evicted first."""
+        was = self._referenced[extent]
+        self._referenced[extent] = 0
+        return bool(was)
+
     def evict(self, extent: int) -> None:
         """Drop a clean extent from the working copy (the budget asked for room)."""
         with self._lock:
             if self._closed or self._states[extent] != CLEAN or extent in self._fetching:
                 return
-            punch_hole(self._fd, extent * self.extent_size, self._elen(extent))
-            self._states[extent] = ABSENT
+            self._drop_locked(extent)
+
+    def _drop_locked(self, extent: int) -> None:
+        """Make a clean extent absent again (lock held). It is counted and marked before
+        the hole exists: see read()."""
+        self._evictions[extent] = (self._evictions[extent] + 1) & 0xFFFFFFFF
+        self._states[extent] = ABSENT
+        punch_hole(self._fd, extent * self.extent_size, self._elen(extent))
 
     # -- flush and commit -------------------------------------------------------------
 
@@ -679,8 +708,7 @@ class Volume:
             for e in res.digests:
                 if self._states[e] == CLEAN:
                     self.ctx.budget.forget(self, e)
-                    punch_hole(self._fd, e * es, self._elen(e))
-                    self._states[e] = ABSENT
+                    self._drop_locked(e)
             self._wc.write_all(
                 replace(
                     self._wc.header,
