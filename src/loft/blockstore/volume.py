@@ -187,7 +187,7 @@ class Volume:
                     try:
                         data = os.pread(self._fd, length, offset)
                     except OSError:
-                        data = None  # closed under us, say: the locked path tells
+                        data = None  # closed meanwhile? the locked path below says
                     if data is not None and evictions[first] == seen and not self._closed:
                         return data
         else:

@@ -37,7 +37,7 @@ _OFFSET_DATA = int(ReplyType.OFFSET_DATA)
 
 #: Compact the receive buffer when less than this is free at its end.
 _MIN_FREE = 64 * 1024
-#: A WRITE request's header (its payload follows).
+#: A request's header (a WRITE's payload follows it).
 _REQUEST_HEADER_SIZE = 28
 
 
@@ -71,10 +71,10 @@ class Connection:
         #: WRITE payload buffers handed back by :meth:`recycle`, reused by later payloads
         #: of the same size (the socket overwrites every byte, so no zero-filling)
         self._spare_payloads: list[bytearray] = []
-        #: set by the request reader after a WRITE whose payload needed its own buffer:
-        #: the next read takes one request header only, so that if another large
-        #: payload follows, the socket writes it straight into its buffer instead of
-        #: into the receive buffer, from where it would have to be copied
+        #: set by the request reader after a large WRITE (DIRECT_PAYLOAD_MIN): the next
+        #: read takes one request header only, so that if another large payload
+        #: follows, the socket writes it straight into its buffer instead of into the
+        #: receive buffer, from where it would have to be copied
         self.header_only = False
 
     # --- state ----------------------------------------------------------------------

@@ -55,8 +55,8 @@ _U64 = struct.Struct(">Q")
 _GREETING = struct.Struct(">QQH")
 _EXPORT_NAME_REPLY = struct.Struct(">QH")
 _from_wire = ev.Request.from_wire
-#: WRITE payloads at least this large are received into their own buffer, and the
-#: request after one is read header first (see Connection.header_only).
+#: After a WRITE at least this large, the next request is read header first (see
+#: Connection.header_only).
 DIRECT_PAYLOAD_MIN = 64 * 1024
 
 
