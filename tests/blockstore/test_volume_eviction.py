@@ -32,16 +32,21 @@ def _allocated(path: Path) -> int:
     return os.stat(path).st_blocks * 512
 
 
-def test_clean_extents_are_evicted_under_the_budget(tmp_path: Path) -> None:
+def _written(tmp_path: Path, n: int) -> dict[int, bytes]:
+    """Volume ``v`` of ``n`` extents of random data, written and committed by node a."""
     writer = _blockstore(tmp_path, "a", 1 << 30)
-    writer.create("v", size=64 * EXTENT, extent_size=EXTENT)
-    contents = {e: os.urandom(EXTENT) for e in range(64)}
+    writer.create("v", size=n * EXTENT, extent_size=EXTENT)
+    contents = {e: os.urandom(EXTENT) for e in range(n)}
     vol = writer.open("v")
     for e, data in contents.items():
         vol.write(e * EXTENT, data)
     vol.close()
     writer.close()
+    return contents
 
+
+def test_clean_extents_are_evicted_under_the_budget(tmp_path: Path) -> None:
+    contents = _written(tmp_path, 64)
     budget = 8 * EXTENT
     reader = _blockstore(tmp_path, "b", budget)
     vol = reader.open("v")
@@ -88,18 +93,6 @@ def test_a_lazy_fork_fetches_only_what_it_reads(tmp_path: Path) -> None:
     finally:
         child.close()
         reader.close()
-
-
-def _written(tmp_path: Path, n: int) -> dict[int, bytes]:
-    writer = _blockstore(tmp_path, "a", 1 << 30)
-    writer.create("v", size=n * EXTENT, extent_size=EXTENT)
-    contents = {e: os.urandom(EXTENT) for e in range(n)}
-    vol = writer.open("v")
-    for e, data in contents.items():
-        vol.write(e * EXTENT, data)
-    vol.close()
-    writer.close()
-    return contents
 
 
 def test_a_read_racing_with_an_eviction_is_redone(

@@ -8,6 +8,7 @@ from loft.nbd.protocol import _events as ev
 from loft.nbd.protocol import _state as st
 from loft.nbd.protocol._constants import (
     MAX_OPTION_LENGTH,
+    REQUEST_HEADER,
     SIMPLE_REPLY,
     SIMPLE_REPLY_MAGIC,
     STRUCTURED_REPLY_MAGIC,
@@ -37,8 +38,6 @@ _OFFSET_DATA = int(ReplyType.OFFSET_DATA)
 
 #: Compact the receive buffer when less than this is free at its end.
 _MIN_FREE = 64 * 1024
-#: A request's header (a WRITE's payload follows it).
-_REQUEST_HEADER_SIZE = 28
 
 
 class Connection:
@@ -128,8 +127,8 @@ class Connection:
             else:
                 buf[:used] = memoryview(buf)[self.start : self.end]
             self.start, self.end = 0, used
-        if self.header_only and self.end - self.start < _REQUEST_HEADER_SIZE:
-            return memoryview(buf)[self.end : self.start + _REQUEST_HEADER_SIZE]
+        if self.header_only and self.end - self.start < REQUEST_HEADER.size:
+            return memoryview(buf)[self.end : self.start + REQUEST_HEADER.size]
         return memoryview(buf)[self.end :]
 
     def buffer_updated(self, nbytes: int) -> bool:
