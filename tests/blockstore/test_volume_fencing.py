@@ -45,7 +45,7 @@ def take_over(bs: Blockstore, name: str, timeout: float = 20.0) -> tuple[Volume,
 
 def freeze_renewals(vol: Volume) -> None:
     """Fault injection: A's lease renewals silently stop reaching the catalog."""
-    vol._renew = lambda: None  # type: ignore[method-assign]
+    vol.lease.renew = lambda: None  # type: ignore[method-assign]
 
 
 def setup_writer(dep: Deployment) -> tuple[Blockstore, Blockstore, Volume]:

@@ -21,8 +21,9 @@ from loft.blockstore.errors import (
     VolumeIOError,
     VolumeNotFound,
 )
+from loft.blockstore.extents import STATE_HOLE, STATE_ZERO
 from loft.blockstore.snapview import SnapshotView
-from loft.blockstore.volume import STATE_HOLE, STATE_ZERO, Volume, open_volume
+from loft.blockstore.volume import Volume, open_volume
 
 __all__ = [
     "STATE_HOLE",

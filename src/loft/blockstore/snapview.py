@@ -13,8 +13,14 @@ from loft.blockstore.chunkstore import ChunkStoreError
 from loft.blockstore.commit import manifest_for, zeros
 from loft.blockstore.context import BlockstoreContext
 from loft.blockstore.errors import InvalidArgument, ReadOnlyVolume, VolumeIOError
+from loft.blockstore.extents import (
+    MAX_STATUS_EXTENTS,
+    STATE_HOLE,
+    STATE_ZERO,
+    append_run,
+    entry_depth,
+)
 from loft.blockstore.heads import VolumeRecord, writer_tag
-from loft.blockstore.volume import STATE_HOLE, STATE_ZERO, _append, entry_depth
 
 _DECODED_EXTENTS = 16
 
@@ -94,11 +100,11 @@ class SnapshotView:
         out: list[tuple[int, int]] = []
         es = self.extent_size
         pos, end = offset, offset + length
-        while pos < end and len(out) < 1024:
+        while pos < end and len(out) < MAX_STATUS_EXTENTS:
             e = pos // es
             stop = min(end, e * es + self._elen(e))
             zero = self.digest(e) == ZERO_HASH
-            _append(out, stop - pos, STATE_HOLE | STATE_ZERO if zero else 0)
+            append_run(out, stop - pos, STATE_HOLE | STATE_ZERO if zero else 0)
             pos = stop
         return out
 
@@ -107,11 +113,11 @@ class SnapshotView:
         out: list[tuple[int, int]] = []
         es = self.extent_size
         pos, end = offset, offset + length
-        while pos < end and len(out) < 1024:
+        while pos < end and len(out) < MAX_STATUS_EXTENTS:
             e = pos // es
             stop = min(end, e * es + self._elen(e))
             depth = entry_depth(self._manifest.entry(e), self._tag, self._lineage_tags)
-            _append(out, stop - pos, depth)
+            append_run(out, stop - pos, depth)
             pos = stop
         return out
 

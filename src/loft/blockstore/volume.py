@@ -1,24 +1,28 @@
-"""A volume opened read-write on this node: the data path and the commit loop.
+"""A volume opened read-write on this node: the data path, fetch and eviction.
 
 Reads and writes go to the working copy with ``os.pread``/``os.pwrite``; an extent not
-present locally is fetched on first touch (lazy loading). ``flush()`` makes completed
-writes durable on the node and captures a flush point; a background worker uploads each
-capture and advances the head (at once in ``remote`` durability, within
-``commit_interval`` in ``local``), and renews the lease. The writer stops acknowledging
-writes and flushes at its own monotonic lease deadline.
+present locally is fetched on first touch (lazy loading) and evicted again under the
+node's byte budget. ``flush()`` makes completed writes durable on the node and captures a
+flush point; the volume's :class:`~loft.blockstore.committer.Committer` uploads it and
+advances the head, and its :class:`~loft.blockstore.lease.LeaseKeeper` keeps the lease,
+so the writer stops acknowledging writes and flushes at its own lease deadline.
 
 Thread-safe; every method may be called from any thread. Calls that can block on the
 chunk store are those for which :meth:`Volume.is_resident` is False.
+
+One idea although over 500 lines: every method here reads or changes the per-extent
+state (absent / clean / dirty, write generations, eviction counts) under one lock, and
+the lock-free read depends on exactly how fetch, eviction and close order their steps;
+split apart, those orderings would be contracts between modules instead of one file.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import time
 from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from typing import BinaryIO
 
@@ -26,14 +30,24 @@ from loft.blockstore.budget import Evictable
 from loft.blockstore.capture import Capture
 from loft.blockstore.chunks import ZERO_HASH
 from loft.blockstore.chunkstore import ChunkStoreError
-from loft.blockstore.commit import CommitResult, commit_extents, manifest_for
-from loft.blockstore.context import BlockstoreContext, lower_thread_priority
+from loft.blockstore.commit import CommitResult, manifest_for
+from loft.blockstore.committer import Committer
+from loft.blockstore.context import BlockstoreContext
 from loft.blockstore.errors import (
     BlockstoreError,
     InvalidArgument,
     LeaseLost,
     NotFast,
     VolumeIOError,
+)
+from loft.blockstore.extents import (
+    MAX_STATUS_EXTENTS,
+    STATE_HOLE,
+    STATE_ZERO,
+    append_run,
+    entry_depth,
+    evict_all,
+    write_pieces,
 )
 from loft.blockstore.heads import (
     DEFAULT_LEASE_MARGIN,
@@ -42,18 +56,14 @@ from loft.blockstore.heads import (
     new_holder_id,
     writer_tag,
 )
-from loft.blockstore.manifest import NEVER, Manifest
+from loft.blockstore.lease import LeaseKeeper
+from loft.blockstore.manifest import Manifest
 from loft.blockstore.workcopy import ABSENT, CLEAN, DIRTY, Header, WorkingCopy, punch_hole
 
-log = logging.getLogger(__name__)
+__all__ = ["STATE_HOLE", "STATE_ZERO", "Volume", "open_volume"]
 
-#: NBD base:allocation flags, as block_status reports them.
-STATE_HOLE = 1
-STATE_ZERO = 2
 _ALIGN = 4096
 _FETCH_WAIT = 60.0
-_MAX_STATUS_EXTENTS = 1024
-_RETRY_BACKOFF_MAX = 10.0
 
 
 class Volume:
@@ -79,9 +89,6 @@ class Volume:
         self.holder = holder
         self.durability = rec.durability
         self.commit_interval = rec.commit_interval
-        self.last_commit: CommitResult | None = None
-        self._rec = rec
-        self._manifest: Manifest = manifest_for(ctx, rec)
         self._wc = wc
         self._fd = wc.data_fd
         self._states = wc.states
@@ -97,27 +104,26 @@ class Volume:
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
         self._fetching: dict[int, threading.Event] = {}
-        self._pending: Capture | None = None
-        self._uploading: Capture | None = None
-        self._pending_since: float | None = None
-        self._urgent = False
-        self._retry_at = 0.0
-        self._backoff = 0.5
-        self._seq = 0
-        self._committed_seq = 0
-        self._fail_count = 0
-        self._last_error: BaseException | None = None
-        self._fenced: BlockstoreError | None = None
         self._closed = False
-        self._stop = False
-        self._ttl = lease_ttl
-        self._margin = lease_margin
-        self._deadline = deadline
-        self._worker = threading.Thread(target=self._run, name=f"volume-{rec.name}", daemon=True)
-        # Renewals run on their own thread: a long upload must not let the lease lapse.
-        self._lease_stop = threading.Event()
-        self._lease_thread = threading.Thread(
-            target=self._lease_loop, name=f"lease-{rec.name}", daemon=True
+        self.lease = LeaseKeeper(
+            ctx.heads,
+            rec,
+            holder,
+            ttl=lease_ttl,
+            margin=lease_margin,
+            deadline=deadline,
+            on_fenced=self._wake_waiters,
+        )
+        self._committer = Committer(
+            ctx,
+            rec,
+            manifest_for(ctx, rec),
+            self.lease,
+            self._cond,
+            data_fd=self._fd,
+            aside_dir=wc.directory,
+            extent_len=self._elen,
+            on_committed=self._committed,
         )
 
     # -- properties -------------------------------------------------------------------
@@ -125,7 +131,16 @@ class Volume:
     @property
     def record(self) -> VolumeRecord:
         """The head as this writer last committed it."""
-        return self._rec
+        return self._committer.record
+
+    @property
+    def last_commit(self) -> CommitResult | None:
+        """What the last commit (or import) uploaded, once there was one."""
+        return self._committer.last_commit
+
+    @property
+    def _manifest(self) -> Manifest:
+        return self._committer.manifest
 
     @property
     def dirty_extents(self) -> int:
@@ -147,15 +162,12 @@ class Volume:
             )
 
     def _check_writable(self) -> None:
-        if self._fenced is not None:
-            raise self._fenced
+        fenced = self.lease.fenced
+        if fenced is not None:
+            raise fenced
         if self._closed:
             raise VolumeIOError(f"volume {self.name!r} is closed")
-        if time.monotonic() > self._deadline:
-            raise LeaseLost(
-                f"the lease on volume {self.name!r} expired (catalog unreachable?)",
-                hint="writes resume once the lease is renewed",
-            )
+        self.lease.check()
 
     # -- data path --------------------------------------------------------------------
 
@@ -210,7 +222,7 @@ class Volume:
                 victims += self._ensure_present(missing)
                 fetched = True
         finally:
-            _evict(victims)
+            evict_all(victims)
         raise VolumeIOError(f"volume {self.name!r}: extents keep disappearing while read")
 
     def _needs_fetch(self, offset: int, length: int) -> list[int]:
@@ -230,9 +242,7 @@ class Volume:
     def _mutating(self, offset: int, length: int) -> None:
         """Bookkeeping before changing a range of the data file (lock held): preserve
         captured bytes, mark extents dirty (durably ordered before the data), bump gens."""
-        for cap in (self._uploading, self._pending):
-            if cap is not None and cap.unread:
-                cap.preserve(self._fd, offset, length)
+        self._committer.preserve(offset, length)
         es = self.extent_size
         for e in range(offset // es, (offset + length - 1) // es + 1):
             if self._states[e] != DIRTY:
@@ -292,7 +302,7 @@ class Volume:
                 victims += self._ensure_present(need)
             raise VolumeIOError(f"volume {self.name!r}: could not fetch extents to {what}")
         finally:
-            _evict(victims)
+            evict_all(victims)
 
     def _zero_locked(self, offset: int, length: int) -> None:
         end = offset + length
@@ -333,7 +343,8 @@ class Volume:
         self._check_range(offset, length)
         if length:
             es = self.extent_size
-            _evict(self._ensure_present(list(range(offset // es, (offset + length - 1) // es + 1))))
+            extents = list(range(offset // es, (offset + length - 1) // es + 1))
+            evict_all(self._ensure_present(extents))
 
     def block_status(self, offset: int, length: int) -> list[tuple[int, int]]:
         """``(length, flags)`` runs from ``offset``; flags HOLE|ZERO for zeros, 0 for data."""
@@ -343,12 +354,12 @@ class Volume:
         end = offset + length
         pos = offset
         with self._lock:
-            while pos < end and len(out) < _MAX_STATUS_EXTENTS:
+            while pos < end and len(out) < MAX_STATUS_EXTENTS:
                 e = pos // es
                 stop = min(end, e * es + self._elen(e))
                 if self._states[e] == ABSENT:
                     zero = self._manifest.entry(e)[:32] == ZERO_HASH
-                    _append(out, stop - pos, STATE_HOLE | STATE_ZERO if zero else 0)
+                    append_run(out, stop - pos, STATE_HOLE | STATE_ZERO if zero else 0)
                     pos = stop
                     continue
                 while pos < stop:
@@ -358,10 +369,10 @@ class Volume:
                         data_at = stop
                     if data_at > pos:
                         run_end = min(data_at, stop)
-                        _append(out, run_end - pos, STATE_HOLE | STATE_ZERO)
+                        append_run(out, run_end - pos, STATE_HOLE | STATE_ZERO)
                     else:
                         run_end = min(os.lseek(self._fd, pos, os.SEEK_HOLE), stop)
-                        _append(out, run_end - pos, 0)
+                        append_run(out, run_end - pos, 0)
                     pos = run_end
         return out
 
@@ -373,14 +384,14 @@ class Volume:
         es = self.extent_size
         end = offset + length
         pos = offset
-        while pos < end and len(out) < _MAX_STATUS_EXTENTS:
+        while pos < end and len(out) < MAX_STATUS_EXTENTS:
             e = pos // es
             stop = min(end, e * es + self._elen(e))
             if self._states[e] == DIRTY:
                 depth = 1
             else:
                 depth = entry_depth(self._manifest.entry(e), self._tag, self._lineage_tags)
-            _append(out, stop - pos, depth)
+            append_run(out, stop - pos, depth)
             pos = stop
         return out
 
@@ -413,7 +424,7 @@ class Volume:
                     self._fetching.pop(e).set()
         for ev in waits:
             if not ev.wait(_FETCH_WAIT):
-                _evict(victims)
+                evict_all(victims)
                 raise VolumeIOError(f"volume {self.name!r}: timed out waiting for a fetch")
         return victims
 
@@ -473,58 +484,51 @@ class Volume:
             self._wc.sync()
         except OSError as e:
             raise VolumeIOError(f"volume {self.name!r}: fsync failed: {e.strerror}") from e
+        remote = self.durability == "remote"
         with self._cond:
-            seq = self._capture_locked()
-            if self.durability == "remote":
-                self._urgent = True
-            self._cond.notify_all()
-        if self.durability == "remote":
-            self._wait_committed(seq)
+            seq = self._capture_locked(urgent=remote)
+        if remote:
+            self._committer.wait_committed(seq)
 
     def commit(self) -> VolumeRecord:
         """Flush, then wait until everything written so far is committed to the store."""
         self._check_writable()
         self._wc.sync()
         with self._cond:
-            seq = self._capture_locked()
-            self._urgent = True
-            self._cond.notify_all()
-        self._wait_committed(seq)
-        return self._rec
+            seq = self._capture_locked(urgent=True)
+        self._committer.wait_committed(seq)
+        return self._committer.record
 
-    def _capture_locked(self) -> int:
-        """Capture the dirty extents as of now; returns the sequence number that, once
-        committed, covers every write completed before this call."""
-        if not self._dirty:
-            return self._seq
-        gens = {e: self._gen[e] for e in self._dirty}
-        pending = self._pending
-        if pending is not None and pending.gens == gens:
-            return pending.seq
-        self._seq += 1
-        busy = self._uploading.aside_path.name if self._uploading else None
-        name = "aside-b" if busy == "aside-a" else "aside-a"
-        if pending is not None:
-            pending.close()
-        self._pending = Capture(self._seq, gens, self._wc.directory / name, self.extent_size)
-        if self._pending_since is None:
-            self._pending_since = time.monotonic()
-        return self._seq
+    def _capture_locked(self, *, urgent: bool) -> int:
+        """Hand the dirty extents as of now to the committer (lock held)."""
+        return self._committer.capture({e: self._gen[e] for e in self._dirty}, urgent=urgent)
 
-    def _wait_committed(self, seq: int) -> None:
-        with self._cond:
-            failures = self._fail_count
-            while self._committed_seq < seq:
-                if self._fenced is not None:
-                    raise self._fenced
-                if self._fail_count != failures:
-                    raise VolumeIOError(
-                        f"volume {self.name!r}: commit failed: {self._last_error}",
-                        hint="the data is safe on this node and the commit is retried",
-                    )
-                if self._stop:
-                    raise VolumeIOError(f"volume {self.name!r} closed before committing")
-                self._cond.wait(1.0)
+    def _committed(self, cap: Capture | None, res: CommitResult) -> list[tuple[Evictable, int]]:
+        """The committer's one call back (lock held): ``cap`` is committed as ``res``, so
+        its extents not written since are clean now; an import (``cap`` None) replaced
+        extents, so clean copies of them are stale. Returns what to evict."""
+        victims: list[tuple[Evictable, int]] = []
+        if cap is None:
+            for e in res.digests:
+                if self._states[e] == CLEAN:
+                    self.ctx.budget.forget(self, e)
+                    self._drop_locked(e)
+        else:
+            for e, g in cap.gens.items():
+                if self._gen[e] == g and self._states[e] == DIRTY:
+                    self._states[e] = CLEAN
+                    self._dirty.discard(e)
+                    victims += self.ctx.budget.add(self, e, self._elen(e))
+        self._wc.write_all(
+            replace(
+                self._wc.header,
+                epoch=res.record.epoch,
+                base_version=res.record.version,
+                base_root=res.record.root,
+                clean_shutdown=False,
+            )
+        )
+        return victims
 
     def start(self) -> None:
         """Start the commit and lease workers; commit at once what recovery found dirty."""
@@ -533,132 +537,16 @@ class Volume:
             for e, state in enumerate(self._states):
                 if state == CLEAN:
                     victims += self.ctx.budget.add(self, e, self._elen(e))
-        _evict(victims)
-        self._worker.start()
-        self._lease_thread.start()
+        evict_all(victims)
+        self._committer.start()
+        self.lease.start()
         if self._dirty:
             with self._cond:
-                self._capture_locked()
-                self._urgent = True
-                self._cond.notify_all()
+                self._capture_locked(urgent=True)
 
-    def _lease_loop(self) -> None:
-        while not self._lease_stop.wait(self._ttl / 3):
-            self._renew()
-
-    def _run(self) -> None:
-        lower_thread_priority()  # commits are background work: clients come first
-        while True:
-            with self._cond:
-                cap = None
-                while True:
-                    if self._stop:
-                        return
-                    now = time.monotonic()
-                    if self._fenced is None:
-                        if self._uploading is not None and now >= self._retry_at:
-                            cap = self._uploading
-                            break
-                        if self._uploading is None and self._pending is not None:
-                            due = (self._pending_since or now) + self.commit_interval
-                            if self._urgent or now >= due:
-                                cap = self._uploading = self._pending
-                                self._pending = None
-                                self._pending_since = None
-                                self._urgent = False
-                                break
-                    wake = now + 60.0
-                    if self._uploading is not None:
-                        wake = self._retry_at
-                    elif self._pending is not None:
-                        wake = (self._pending_since or now) + self.commit_interval
-                    self._cond.wait(max(0.001, wake - now))
-            self._commit_capture(cap)
-
-    def _renew(self) -> None:
-        if self._fenced is not None:
-            return
-        sent = time.monotonic()
-        try:
-            ok = self.ctx.heads.renew(self._rec.id, self._rec.epoch, self.holder, self._ttl)
-        except Exception as e:  # a catalog outage: the deadline will fence us if it lasts
-            log.warning("volume %s: lease renewal failed: %s", self.name, e)
-            return
-        if ok:
-            self._deadline = max(self._deadline, sent + self._ttl - self._margin)
-        else:
-            self._fence(LeaseLost(f"volume {self.name!r} was taken over by another writer"))
-
-    def _fence(self, err: BlockstoreError) -> None:
+    def _wake_waiters(self) -> None:
         with self._cond:
-            if self._fenced is None:
-                log.error("volume %s: fenced: %s", self.name, err)
-                self._fenced = err
             self._cond.notify_all()
-
-    def _commit_capture(self, cap: Capture) -> None:
-        def source(e: int) -> bytes:
-            return cap.read_extent(self._fd, e, self._elen(e))
-
-        sent = time.monotonic()
-        try:
-            res = commit_extents(
-                self.ctx,
-                self._rec,
-                self.holder,
-                self._manifest,
-                sorted(cap.gens),
-                source,
-                ttl=self._ttl,
-            )
-        except LeaseLost as lost:
-            self._fence(lost)
-            return
-        except Exception as err:
-            log.warning("volume %s: commit failed, will retry: %s", self.name, err)
-            with self._cond:
-                self._fail_count += 1
-                self._last_error = err
-                self._retry_at = time.monotonic() + self._backoff
-                self._backoff = min(self._backoff * 2, _RETRY_BACKOFF_MAX)
-                self._cond.notify_all()
-            return
-        victims = []
-        with self._cond:
-            self._deadline = max(self._deadline, sent + self._ttl - self._margin)
-            self._backoff = 0.5
-            self._manifest = res.manifest
-            self._rec = res.record
-            self.last_commit = res
-            for e, g in cap.gens.items():
-                if self._gen[e] == g and self._states[e] == DIRTY:
-                    self._states[e] = CLEAN
-                    self._dirty.discard(e)
-                    victims += self.ctx.budget.add(self, e, self._elen(e))
-            pending = self._pending
-            if pending is not None:
-                for e, g in list(pending.gens.items()):
-                    if cap.gens.get(e) == g:
-                        pending.drop(e)
-            self._uploading = None
-            cap.close()
-            self._wc.write_all(
-                replace(
-                    self._wc.header,
-                    epoch=res.record.epoch,
-                    base_version=res.record.version,
-                    base_root=res.record.root,
-                    clean_shutdown=False,
-                )
-            )
-            self._committed_seq = cap.seq
-            if pending is not None and not pending.gens:
-                self._committed_seq = pending.seq
-                pending.close()
-                self._pending = None
-                self._pending_since = None
-            self._cond.notify_all()
-        _evict(victims)
 
     def import_image(
         self, src: BinaryIO, progress: Callable[[int], None] | None = None
@@ -667,83 +555,30 @@ class Volume:
         streaming extents straight to the chunk store (not through the working copy).
         An image larger than the volume raises InvalidArgument before the head moves."""
         self.commit()  # the import applies on top of a clean, committed volume
-        es = self.extent_size
-        blocks: dict[int, tuple[bytearray, int]] = {}
-
-        def extents() -> Iterator[int]:
-            e = 0
-            while True:
-                buf = bytearray(es)  # a fresh buffer each time: handed on without a copy
-                n = _read_full(src, memoryview(buf))
-                if n == 0:
-                    return
-                if e >= self._n or n > self._elen(e):
-                    raise InvalidArgument(
-                        f"image is larger than volume {self.name!r} ({self.size} bytes)",
-                        hint="create a bigger volume",
-                    )
-                blocks[e] = (buf, n)
-                if progress:
-                    progress(n)
-                yield e
-                e += 1
-                if n < es:
-                    return
-
-        def source(e: int) -> bytes:
-            buf, n = blocks.pop(e)
-            if n == len(buf) == self._elen(e):
-                return buf  # type: ignore[return-value]  # bytes-like is all we need
-            # A partial last extent keeps what the volume had after the image's end.
-            return bytes(buf[:n]) + self.read(e * es + n, self._elen(e) - n)
-
         with self._cond:
-            if self._dirty or self._pending or self._uploading:
+            if self._dirty:
                 raise VolumeIOError(f"volume {self.name!r} is being written; import refused")
             self._check_writable()
-            rec, manifest = self._rec, self._manifest
-        res = commit_extents(self.ctx, rec, self.holder, manifest, extents(), source, ttl=self._ttl)
-        with self._cond:
-            self._rec, self._manifest = res.record, res.manifest
-            for e in res.digests:
-                if self._states[e] == CLEAN:
-                    self.ctx.budget.forget(self, e)
-                    self._drop_locked(e)
-            self._wc.write_all(
-                replace(
-                    self._wc.header,
-                    base_version=res.record.version,
-                    base_root=res.record.root,
-                    clean_shutdown=False,
-                )
-            )
-            self.last_commit = res
-        return res
+        return self._committer.import_image(
+            src, progress, n_extents=self._n, size=self.size, read=self.read
+        )
 
     # -- lifecycle --------------------------------------------------------------------
 
     @property
     def fenced(self) -> bool:
-        return self._fenced is not None
-
-    def _fence_error(self) -> BlockstoreError | None:
-        return self._fenced
+        return self.lease.fenced is not None
 
     def _stop_worker(self) -> None:
-        with self._cond:
-            self._stop = True
-            self._cond.notify_all()
-        self._lease_stop.set()
-        for thread in (self._worker, self._lease_thread):
-            if thread.is_alive() and threading.current_thread() is not thread:
-                thread.join(30)
+        self._committer.stop()
+        self.lease.stop()
 
     def close(self) -> None:
         """Commit everything, release the lease and close. A fenced volume instead keeps
         its uncommitted work as an orphan fork (``NAME.orphan-<epoch>``)."""
         if self._closed:
             return
-        if self._fenced is not None:
+        if self.lease.fenced is not None:
             self._stop_worker()
             self._closed = True
             self._salvage()
@@ -754,9 +589,9 @@ class Volume:
         except BlockstoreError as e:
             error = e
         self._stop_worker()
-        fenced = self._fence_error()  # the commit above may have been fenced meanwhile
+        fenced = self.lease.fenced  # the commit above may have been fenced meanwhile
         if fenced is None and isinstance(error, LeaseLost):
-            fenced = self._taken_over()
+            fenced = self.lease.taken_over()
         with self._lock:
             self._closed = True
             if fenced is not None:
@@ -766,25 +601,9 @@ class Volume:
             self._wc.sync()
             self._wc.close()
         self.ctx.budget.forget_owner(self)
-        try:
-            self.ctx.heads.release(self._rec.id, self._rec.epoch, self.holder)
-        except Exception as e:
-            log.warning("volume %s: could not release the lease: %s", self.name, e)
+        self.lease.release()
         if error is not None:
             raise error
-
-    def _taken_over(self) -> LeaseLost | None:
-        """Our own deadline passed without a renewal telling us anything: ask the catalog
-        whether another writer took the volume over (then our work must become an orphan;
-        left on disk it would only be salvaged if this node ever opened the volume again)."""
-        try:
-            rec = self.ctx.heads.get(self.name)
-        except Exception as e:
-            log.warning("volume %s: cannot tell whether it was taken over: %s", self.name, e)
-            return None
-        if rec.id == self._rec.id and rec.epoch == self._rec.epoch:
-            return None
-        return LeaseLost(f"volume {self.name!r} was taken over by another writer")
 
     def detach(self) -> WorkingCopy:
         """Stop without committing or releasing (restore takes over from here)."""
@@ -799,64 +618,8 @@ class Volume:
 
         self.ctx.budget.forget_owner(self)
         if self._wc.dirty_extents():
-            salvage_orphan(self.ctx, self._rec, self._wc)
+            salvage_orphan(self.ctx, self._committer.record, self._wc)
         self._wc.destroy()
-
-
-#: Largest single write into the working copy. The kernel caches a write in folios as
-#: large as the write, and a later small write into a large folio costs in proportion to
-#: the folio's size (Linux 6.18, ext4): 20,000 random 4 KiB writes into a cached file took
-#: 0.15 s with 128 KiB folios, 0.24 s with 256 KiB, 0.60 s with 1 MiB and 0.99 s with
-#: 4 MiB. Large folios make sequential 1 MiB overwrites cheaper (198, 178 and 152 us per
-#: MiB with 128 KiB, 256 KiB and 1 MiB folios); 256 KiB is the balance.
-WRITE_PIECE = 256 << 10
-
-
-def write_pieces(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
-    """``os.pwrite`` in pieces of at most :data:`WRITE_PIECE` bytes (see there)."""
-    n = len(data)
-    if n <= WRITE_PIECE:
-        os.pwrite(fd, data, offset)
-        return
-    view = memoryview(data)
-    for pos in range(0, n, WRITE_PIECE):
-        os.pwrite(fd, view[pos : pos + WRITE_PIECE], offset + pos)
-
-
-def _evict(victims: list[tuple[Evictable, int]]) -> None:
-    for owner, extent in victims:
-        owner.evict(extent)
-
-
-def _read_full(src: BinaryIO, view: memoryview) -> int:
-    """Fill ``view`` from ``src`` unless it ends first; returns the bytes read."""
-    got = 0
-    while got < len(view):
-        n = src.readinto(view[got:])  # type: ignore[attr-defined]
-        if not n:
-            break
-        got += n
-    return got
-
-
-def entry_depth(entry: bytes, own_tag: bytes, lineage_tags: list[bytes]) -> int:
-    """qemu:allocation-depth of a manifest entry."""
-    if entry == NEVER:
-        return 0
-    tag = entry[32:]
-    if tag == own_tag:
-        return 1
-    try:
-        return lineage_tags.index(tag) + 2
-    except ValueError:
-        return len(lineage_tags) + 2
-
-
-def _append(out: list[tuple[int, int]], length: int, flags: int) -> None:
-    if out and out[-1][1] == flags:
-        out[-1] = (out[-1][0] + length, flags)
-    else:
-        out.append((length, flags))
 
 
 def open_volume(

@@ -1,0 +1,319 @@
+"""Shipping an open volume's flush points to the chunk store: the capture queue, the
+commit loop with its backoff, and image import (litestream's ``Replica`` beside its
+``DB``).
+
+A flush captures the extents dirty at that moment (:class:`Capture`); one capture is
+uploaded at a time by a background thread, at once in ``remote`` durability or once it is
+``commit_interval`` old in ``local``, and retried with backoff when the store or the
+catalog fails. A newer flush replaces a capture still waiting, so at most two exist: the
+one uploading and the one pending. When a capture is committed the committer tells the
+volume through one call, ``on_committed(capture, result)``, and the volume marks clean
+the extents nobody wrote meanwhile (an import makes the same call without a capture).
+
+The committer shares the volume's lock (its condition): a write must preserve captured
+bytes and bump its generation atomically with respect to a capture being taken or
+retired, and both sides wait on the same condition.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from loft.blockstore.budget import Evictable
+from loft.blockstore.capture import Capture
+from loft.blockstore.commit import CommitResult, commit_extents
+from loft.blockstore.context import BlockstoreContext, lower_thread_priority
+from loft.blockstore.errors import InvalidArgument, LeaseLost, VolumeIOError
+from loft.blockstore.extents import evict_all
+from loft.blockstore.heads import VolumeRecord
+from loft.blockstore.lease import LeaseKeeper
+from loft.blockstore.manifest import Manifest
+
+log = logging.getLogger("loft.blockstore.volume")
+
+__all__ = ["Committer", "OnCommitted"]
+
+_RETRY_BACKOFF_MIN = 0.5
+_RETRY_BACKOFF_MAX = 10.0
+
+#: The volume's side of a finished commit (called with the shared lock held): mark clean
+#: what is unchanged since the capture (None: an import, which replaced extents wholesale)
+#: and persist the new base; returns what the budget wants evicted, which the committer
+#: evicts once the lock is released.
+OnCommitted = Callable[[Capture | None, CommitResult], list[tuple[Evictable, int]]]
+
+
+class Committer:
+    """The commit pipeline of one open volume; see the module docstring."""
+
+    def __init__(
+        self,
+        ctx: BlockstoreContext,
+        rec: VolumeRecord,
+        manifest: Manifest,
+        lease: LeaseKeeper,
+        cond: threading.Condition,
+        *,
+        data_fd: int,
+        aside_dir: Path,
+        extent_len: Callable[[int], int],
+        on_committed: OnCommitted,
+    ) -> None:
+        self.ctx = ctx
+        self.name = rec.name
+        self.durability = rec.durability
+        self.commit_interval = rec.commit_interval
+        #: the head as this writer last committed it, and its manifest
+        self.record = rec
+        self.manifest = manifest
+        self.last_commit: CommitResult | None = None
+        self._lease = lease
+        self._cond = cond
+        self._fd = data_fd
+        self._aside_dir = aside_dir
+        self._elen = extent_len
+        self._on_committed = on_committed
+        self._extent_size = rec.extent_size
+        self._pending: Capture | None = None
+        self._uploading: Capture | None = None
+        self._pending_since: float | None = None
+        self._urgent = False
+        self._retry_at = 0.0
+        self._backoff = _RETRY_BACKOFF_MIN
+        self._seq = 0
+        self._committed_seq = 0
+        self._fail_count = 0
+        self._last_error: BaseException | None = None
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name=f"volume-{rec.name}", daemon=True)
+
+    # -- what the volume calls, with the shared lock held --------------------------------
+
+    @property
+    def busy(self) -> bool:
+        """A capture is waiting or uploading (lock held)."""
+        return self._pending is not None or self._uploading is not None
+
+    def preserve(self, offset: int, length: int) -> None:
+        """Before the data file's range changes: copy aside what captures still need."""
+        for cap in (self._uploading, self._pending):
+            if cap is not None and cap.unread:
+                cap.preserve(self._fd, offset, length)
+
+    def capture(self, gens: dict[int, int], *, urgent: bool) -> int:
+        """Capture the dirty extents (``extent -> write generation``) as of now; returns
+        the sequence number that, once committed, covers every write completed before.
+        ``urgent`` commits without waiting for ``commit_interval``."""
+        seq = self._capture(gens)
+        if urgent:
+            self._urgent = True
+        self._cond.notify_all()
+        return seq
+
+    def _capture(self, gens: dict[int, int]) -> int:
+        if not gens:
+            return self._seq
+        pending = self._pending
+        if pending is not None and pending.gens == gens:
+            return pending.seq
+        self._seq += 1
+        busy = self._uploading.aside_path.name if self._uploading else None
+        name = "aside-b" if busy == "aside-a" else "aside-a"
+        if pending is not None:
+            pending.close()
+        self._pending = Capture(self._seq, gens, self._aside_dir / name, self._extent_size)
+        if self._pending_since is None:
+            self._pending_since = time.monotonic()
+        return self._seq
+
+    # -- waiting and lifecycle ------------------------------------------------------------
+
+    def wait_committed(self, seq: int) -> None:
+        """Block until capture ``seq`` is committed; raise if the writer is fenced, a
+        commit fails meanwhile (it is retried; the data is safe on the node) or the
+        committer stops."""
+        with self._cond:
+            failures = self._fail_count
+            while self._committed_seq < seq:
+                fenced = self._lease.fenced
+                if fenced is not None:
+                    raise fenced
+                if self._fail_count != failures:
+                    raise VolumeIOError(
+                        f"volume {self.name!r}: commit failed: {self._last_error}",
+                        hint="the data is safe on this node and the commit is retried",
+                    )
+                if self._stop:
+                    raise VolumeIOError(f"volume {self.name!r} closed before committing")
+                self._cond.wait(1.0)
+
+    def start(self) -> None:
+        """Start the commit thread."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the commit thread (an upload under way finishes first)."""
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(30)
+
+    # -- the commit thread ----------------------------------------------------------------
+
+    def _run(self) -> None:
+        lower_thread_priority()  # commits are background work: clients come first
+        while True:
+            with self._cond:
+                cap = None
+                while True:
+                    if self._stop:
+                        return
+                    now = time.monotonic()
+                    if self._lease.fenced is None:
+                        if self._uploading is not None and now >= self._retry_at:
+                            cap = self._uploading
+                            break
+                        if self._uploading is None and self._pending is not None:
+                            due = (self._pending_since or now) + self.commit_interval
+                            if self._urgent or now >= due:
+                                cap = self._uploading = self._pending
+                                self._pending = None
+                                self._pending_since = None
+                                self._urgent = False
+                                break
+                    wake = now + 60.0
+                    if self._uploading is not None:
+                        wake = self._retry_at
+                    elif self._pending is not None:
+                        wake = (self._pending_since or now) + self.commit_interval
+                    self._cond.wait(max(0.001, wake - now))
+            self._commit(cap)
+
+    def _commit(self, cap: Capture) -> None:
+        def source(e: int) -> bytes:
+            return cap.read_extent(self._fd, e, self._elen(e))
+
+        lease = self._lease
+        sent = time.monotonic()
+        try:
+            res = commit_extents(
+                self.ctx,
+                self.record,
+                lease.holder,
+                self.manifest,
+                sorted(cap.gens),
+                source,
+                ttl=lease.ttl,
+            )
+        except LeaseLost as lost:
+            lease.fence(lost)
+            return
+        except Exception as err:
+            log.warning("volume %s: commit failed, will retry: %s", self.name, err)
+            with self._cond:
+                self._fail_count += 1
+                self._last_error = err
+                self._retry_at = time.monotonic() + self._backoff
+                self._backoff = min(self._backoff * 2, _RETRY_BACKOFF_MAX)
+                self._cond.notify_all()
+            return
+        with self._cond:
+            lease.extend(sent)  # the head's compare-and-swap renewed the lease too
+            self._backoff = _RETRY_BACKOFF_MIN
+            self.manifest = res.manifest
+            self.record = res.record
+            self.last_commit = res
+            victims = self._on_committed(cap, res)
+            pending = self._pending
+            if pending is not None:
+                for e, g in list(pending.gens.items()):
+                    if cap.gens.get(e) == g:
+                        pending.drop(e)
+            self._uploading = None
+            cap.close()
+            self._committed_seq = cap.seq
+            if pending is not None and not pending.gens:
+                self._committed_seq = pending.seq
+                pending.close()
+                self._pending = None
+                self._pending_since = None
+            self._cond.notify_all()
+        evict_all(victims)
+
+    # -- import ---------------------------------------------------------------------------
+
+    def import_image(
+        self,
+        src: BinaryIO,
+        progress: Callable[[int], None] | None,
+        *,
+        n_extents: int,
+        size: int,
+        read: Callable[[int, int], bytes],
+    ) -> CommitResult:
+        """Commit a raw image read from ``src`` as the volume's first bytes, streaming
+        extents straight to the chunk store (not through the working copy). The volume
+        has committed everything first; ``read`` gives what it holds after a partial
+        last extent. An image larger than the volume raises InvalidArgument before the
+        head moves."""
+        es = self._extent_size
+        blocks: dict[int, tuple[bytearray, int]] = {}
+
+        def extents() -> Iterator[int]:
+            e = 0
+            while True:
+                buf = bytearray(es)  # a fresh buffer each time: handed on without a copy
+                n = _read_full(src, memoryview(buf))
+                if n == 0:
+                    return
+                if e >= n_extents or n > self._elen(e):
+                    raise InvalidArgument(
+                        f"image is larger than volume {self.name!r} ({size} bytes)",
+                        hint="create a bigger volume",
+                    )
+                blocks[e] = (buf, n)
+                if progress:
+                    progress(n)
+                yield e
+                e += 1
+                if n < es:
+                    return
+
+        def source(e: int) -> bytes:
+            buf, n = blocks.pop(e)
+            if n == len(buf) == self._elen(e):
+                return buf  # type: ignore[return-value]  # bytes-like is all we need
+            # A partial last extent keeps what the volume had after the image's end.
+            return bytes(buf[:n]) + read(e * es + n, self._elen(e) - n)
+
+        with self._cond:
+            if self.busy:
+                raise VolumeIOError(f"volume {self.name!r} is being written; import refused")
+            rec, manifest = self.record, self.manifest
+        lease = self._lease
+        res = commit_extents(
+            self.ctx, rec, lease.holder, manifest, extents(), source, ttl=lease.ttl
+        )
+        with self._cond:
+            self.record, self.manifest = res.record, res.manifest
+            self.last_commit = res
+            victims = self._on_committed(None, res)
+        evict_all(victims)
+        return res
+
+
+def _read_full(src: BinaryIO, view: memoryview) -> int:
+    """Fill ``view`` from ``src`` unless it ends first; returns the bytes read."""
+    got = 0
+    while got < len(view):
+        n = src.readinto(view[got:])  # type: ignore[attr-defined]
+        if not n:
+            break
+        got += n
+    return got
