@@ -31,6 +31,7 @@ from loft.errors import LoftError
 from loft.nbd.server import Authorizer, Export, NBDServer
 from loft.node.control import MAX_LINE
 from loft.node.served import ServedVolume
+from loft.node.volume_backend import VolumeBackend
 from loft.units import format_size
 
 log = logging.getLogger("loft.disk")
@@ -83,8 +84,6 @@ class CatalogExports:
                 return None
             backend_target = SnapshotView(self._service.blockstore.ctx, rec, s.root, name)
             desc = f"snapshot {name} (read-only, version {s.version})"
-        from loft.nbd.backends.volume import VolumeBackend
-
         export = Export(name, VolumeBackend(backend_target, description=desc), desc)
         with self._lock:
             return self._exports.setdefault(name, export)

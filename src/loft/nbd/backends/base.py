@@ -2,7 +2,9 @@
 
 The server validates every request before it reaches a backend (range, read-only,
 flags), so a backend method may assume its arguments are in range. A backend reports
-failure by raising; the core turns the exception into an NBD errno in one place
+failure by raising an ``OSError`` whose errno says how (:class:`BackendError`, or the
+OSError a system call raised); a backend over some storage translates that storage's
+exceptions itself. The core turns the errno into an NBD errno in one place
 (:func:`loft.nbd.server.errno_for`) and keeps serving.
 
 Lifecycle (per server, not per connection -- one backend object is shared by every
@@ -21,7 +23,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass
 
-from loft.nbd.protocol import DEFAULT_PREFERRED_BLOCK_SIZE, MAX_PAYLOAD, Errno, NBDError
+from loft.nbd.protocol import DEFAULT_PREFERRED_BLOCK_SIZE, MAX_PAYLOAD, Errno
 
 __all__ = ["Backend", "BackendError", "BlockSizes"]
 
@@ -32,12 +34,16 @@ _ZEROES = bytes(_ZERO_CHUNK)
 Buffer = bytes | bytearray | memoryview
 
 
-class BackendError(NBDError):
-    """A backend failure with the NBD errno it should produce on the wire."""
+class BackendError(OSError):
+    """A backend failure with the errno it should produce on the wire (NBD's errno
+    values are Linux's, so an :class:`~loft.nbd.protocol.Errno` is an errno)."""
 
-    def __init__(self, message: str, errno: Errno = Errno.EIO) -> None:
-        super().__init__(message)
-        self.errno = errno
+    def __init__(self, message: str, errno: int = Errno.EIO) -> None:
+        super().__init__(int(errno), message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
 
 
 @dataclass(frozen=True, slots=True)

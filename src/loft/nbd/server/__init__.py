@@ -2,20 +2,19 @@
 
 It owns sockets, TLS, authorization and concurrency; the wire format is
 :mod:`loft.nbd.protocol` and the data comes from :class:`loft.nbd.backends.Backend`.
-Each request is validated once where it arrives, failures become NBD errnos in one
-function (:func:`errno_for`), and a failing backend call is an error reply -- never a
-dead connection or server.
+Split by concern as nbdkit's ``server/`` is: ``_connection`` (transport, batching,
+ordering), ``_handshake`` (options, without I/O), ``_dispatch`` (a request against a
+backend, without I/O), ``_validate``, ``_errno``, ``_exports``, ``_tls``, ``_server``
+(listeners, workers). Each request is validated once where it arrives, failures become
+NBD errnos in one function (:func:`errno_for`, which knows only ``OSError.errno``), and a
+failing backend call is an error reply -- never a dead connection or server.
 """
 
-from loft.nbd.server._connection import (
-    HANDSHAKE_TIMEOUT,
-    MAX_INFLIGHT,
-    MAX_OPTIONS,
-    SPARSE_READ_MIN,
-    NBDConnection,
-)
+from loft.nbd.server._connection import HANDSHAKE_TIMEOUT, MAX_INFLIGHT, NBDConnection
+from loft.nbd.server._dispatch import SPARSE_READ_MIN, execute
 from loft.nbd.server._errno import errno_for
 from loft.nbd.server._exports import Authorizer, Export, ExportLookup, ExportRegistry, load_authz
+from loft.nbd.server._handshake import MAX_OPTIONS, Negotiation
 from loft.nbd.server._server import DEFAULT_WORKERS, NBDServer
 from loft.nbd.server._tls import make_server_ssl_context, peer_identity
 from loft.nbd.server._validate import ExportView, validate_request
@@ -33,7 +32,9 @@ __all__ = [
     "ExportView",
     "NBDConnection",
     "NBDServer",
+    "Negotiation",
     "errno_for",
+    "execute",
     "load_authz",
     "make_server_ssl_context",
     "peer_identity",

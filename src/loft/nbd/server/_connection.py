@@ -1,6 +1,9 @@
-"""One client connection: a thin asyncio layer over :class:`loft.nbd.protocol.Connection`.
+"""One client connection: transport, batching and ordering, over the sans-I/O protocol.
 
-Requests are served on the event loop thread when the backend says the range is
+This is the nbdkit ``connections.c`` of loft's server: it owns the socket, turns bytes
+into events (:class:`loft.nbd.protocol.Connection`), hands options to the handshake
+(:mod:`._handshake`) and requests to the dispatcher (:mod:`._dispatch`), and writes the
+replies. Requests are served on the event loop thread when the backend says the range is
 resident (page cache, a local working copy): that is the fast path, with no task or
 thread per request. FLUSH, FUA writes and ranges that need a fetch run on the server's
 worker threads and are answered when they finish, possibly out of order -- but a
@@ -16,55 +19,46 @@ import logging
 import socket
 import time
 from collections import deque
-from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from loft.nbd import protocol as p
 from loft.nbd.backends.base import Backend
+from loft.nbd.server._dispatch import WouldBlock, execute
 from loft.nbd.server._errno import errno_for
 from loft.nbd.server._exports import Export
+from loft.nbd.server._handshake import (
+    ABORT,
+    CLOSE,
+    ENTER,
+    RESOLVE,
+    START_TLS,
+    Answer,
+    Negotiation,
+    resolve_exports,
+)
 from loft.nbd.server._tls import peer_identity
 from loft.nbd.server._validate import ExportView, validate_request
 
 if TYPE_CHECKING:
     from loft.nbd.server._server import NBDServer
 
-__all__ = [
-    "HANDSHAKE_TIMEOUT",
-    "MAX_INFLIGHT",
-    "MAX_OPTIONS",
-    "SPARSE_READ_MIN",
-    "NBDConnection",
-]
+__all__ = ["HANDSHAKE_TIMEOUT", "MAX_INFLIGHT", "NBDConnection"]
 
 log = logging.getLogger("loft.nbd")
 
 #: Seconds a client has to finish the handshake (a silent client must not hold a slot).
 HANDSHAKE_TIMEOUT = 30.0
-#: Options accepted per connection (a client looping over options is misbehaving).
-MAX_OPTIONS = 1024
 #: Requests queued or running on worker threads before the server stops reading from
 #: this client (back-pressure instead of unbounded memory).
 MAX_INFLIGHT = 64
-#: READs at least this long are answered sparsely (OFFSET_HOLE for zero extents) when
-#: structured replies are on; shorter ones are not worth a block-status lookup.
-SPARSE_READ_MIN = 64 * 1024
 
 # Plain ints: enum comparisons cost more than the rest of a request's bookkeeping.
 _READ, _WRITE, _FLUSH = int(p.Command.READ), int(p.Command.WRITE), int(p.Command.FLUSH)
-_TRIM, _ZERO, _CACHE = int(p.Command.TRIM), int(p.Command.WRITE_ZEROES), int(p.Command.CACHE)
-_BS, _DISC = int(p.Command.BLOCK_STATUS), int(p.Command.DISC)
-_MODIFYING = frozenset((_WRITE, _TRIM, _ZERO))
-_FUA, _NO_HOLE, _DF = int(p.CmdFlag.FUA), int(p.CmdFlag.NO_HOLE), int(p.CmdFlag.DF)
-_FAST_ZERO, _REQ_ONE = int(p.CmdFlag.FAST_ZERO), int(p.CmdFlag.REQ_ONE)
-_ZERO_FLAG = int(p.StateFlag.ZERO)
+_ZERO, _BS, _DISC = int(p.Command.WRITE_ZEROES), int(p.Command.BLOCK_STATUS), int(p.Command.DISC)
+_MODIFYING = frozenset((_WRITE, int(p.Command.TRIM), _ZERO))
+_FUA = int(p.CmdFlag.FUA)
 _NEED_DATA, _PAUSED = p.NEED_DATA, p.PAUSED
-
-#: Metadata contexts loft serves, with the fixed id each gets when selected.
-BASE_ALLOCATION = "base:allocation"
-ALLOCATION_DEPTH = "qemu:allocation-depth"
-_CONTEXT_IDS = {BASE_ALLOCATION: 1, ALLOCATION_DEPTH: 2}
 
 #: Socket buffer size asked for (the kernel caps it at net.core.[rw]mem_max).
 SOCKET_BUFFER = 4 * 1024 * 1024
@@ -79,8 +73,6 @@ BATCH_BUFFERS_BEFORE_SLEEP = 8
 #: READ replies at least this large are written at once, not batched.
 _WRITE_NOW = 128 * 1024
 
-_ReadPieces = list[tuple[int, int, Any]]  # (offset, length, data or None for a hole)
-
 
 def _grow_socket_buffers(transport: asyncio.BaseTransport) -> None:
     """Ask for socket buffers that hold a few large requests/replies: one writev moves a
@@ -91,20 +83,6 @@ def _grow_socket_buffers(transport: asyncio.BaseTransport) -> None:
     for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
-
-
-class _WouldBlock(Exception):
-    """An inline read found its data not in memory; retry it on a worker thread."""
-
-
-def _nowait_reader(backend: Backend) -> Callable[[int, int], Any]:
-    def read(offset: int, length: int) -> Any:
-        data = backend.pread_nowait(offset, length)
-        if data is None:
-            raise _WouldBlock
-        return data
-
-    return read
 
 
 def _overlaps(a: p.Request, b: p.Request) -> bool:
@@ -123,16 +101,19 @@ class NBDConnection(asyncio.BufferedProtocol):
         self._loop = asyncio.get_running_loop()
         self._proto = p.Connection(p.SERVER)
         self._transport: asyncio.BaseTransport | None = None
-        self._trusted = trusted
-        self._tls_required = tls_required
-        self._tls = False
-        self.identity: str | None = None
+        self._nego = Negotiation(
+            server.exports,
+            server.authorizer,
+            trusted=trusted,
+            tls_required=tls_required,
+            tls_available=server.ssl_context is not None,
+        )
         self.peer = ""
         self.export: Export | None = None
         self._backend: Backend | None = None
         self._view = ExportView(0, 0, False, False)
+        #: the meta contexts selected in the handshake, by id (for BLOCK_STATUS)
         self._contexts: dict[int, str] = {}
-        self._meta_export: str | None = None
         self._ops: list[p.Request] = []
         self._waiting: deque[p.Request] = deque()
         self._write_paused = False
@@ -140,12 +121,9 @@ class NBDConnection(asyncio.BufferedProtocol):
         #: handshake work in flight off the loop (a TLS upgrade, an export lookup):
         #: nothing more is read or processed until it is done
         self._suspended = False
-        #: exports resolved off the loop for the option being answered (blocking lookups)
-        self._resolved: dict[str, Export | None] | None = None
         self._closing = False
         self._closed = False
         self._wrote = False
-        self._options = 0
         self.requests = 0
         self.started = time.time()
         self._timer: asyncio.TimerHandle | None = None
@@ -299,143 +277,57 @@ class NBDConnection(asyncio.BufferedProtocol):
 
     # --- handshake ------------------------------------------------------------------
 
-    def _lookup(self, name: str) -> Export | None:
-        resolved = self._resolved
-        export = resolved.get(name) if resolved is not None else self._server.exports.lookup(name)
-        if export is None:
-            return None
-        if not self._trusted:
-            authz = self._server.authorizer
-            if authz is None or not authz.allows(self.identity, export.name):
-                return None  # refused exactly like an unknown export
-        return export
+    @property
+    def identity(self) -> str | None:
+        """The TLS client certificate's identity (None without TLS)."""
+        return self._nego.identity
 
     def _on_handshake(self, event: object) -> None:
-        etype = type(event)
-        if etype is p.ConnectionClosed:
+        if type(event) is p.ConnectionClosed:
             self._client_closed()
             return
-        if etype is p.ClientFlags:
-            assert isinstance(event, p.ClientFlags)
-            if not event.fixed_newstyle:
-                self._abort("client does not speak fixed newstyle")
-            return
-        self._options += 1
-        if self._options > MAX_OPTIONS:
-            self._abort("too many options")
-            return
-        option = self._proto.current_option
-        assert option is not None
-        if (
-            self._tls_required
-            and not self._tls
-            and etype
-            not in (
-                p.StartTLSOption,
-                p.AbortOption,
-            )
-        ):
-            if etype is p.ExportNameOption:
-                self._abort("EXPORT_NAME before STARTTLS on a TLS-only listener")
-            else:
-                self._send(p.OptionError(option, p.OptionReplyType.ERR_TLS_REQD, "TLS required"))
-            return
-        handler = _OPTION_HANDLERS.get(etype)
-        if handler is None:
-            if isinstance(event, p.InvalidOption):
-                self._send(p.OptionError(option, p.OptionReplyType.ERR_INVALID, event.reason))
-            else:
-                self._send(p.OptionError(option, p.OptionReplyType.ERR_UNSUP, "unsupported"))
-            return
-        if etype in _RESOLVING and self._server.exports.blocking:
-            # The catalog may take milliseconds (or a failover) to answer: resolve on a
-            # worker thread so other connections' requests keep flowing meanwhile.
+        option = self._proto.current_option or 0
+        answer = self._nego.answer(event, option, self._proto.structured_replies)
+        if answer.action is RESOLVE:
             self._suspended = True
             self._update_reading()
-            self._server._spawn(self._resolve_then_answer(handler, event, option))
+            self._server._spawn(self._resolve_then_answer(event, option))
             return
-        handler(self, event, option)
+        self._apply(answer)
 
-    async def _resolve_then_answer(self, handler: Any, event: Any, option: int) -> None:
+    async def _resolve_then_answer(self, event: object, option: int) -> None:
         exports = self._server.exports
-        field = _RESOLVING[type(event)]
-        name = getattr(event, field) if field else ""
-
-        def resolve() -> dict[str, Export | None]:
-            if type(event) is p.ListOption:
-                return {e.name: e for e in exports.exports()}
-            return {name: exports.lookup(name)}
-
         try:
-            resolved = await self._loop.run_in_executor(None, resolve)
+            resolved = await self._loop.run_in_executor(None, resolve_exports, exports, event)
         except Exception as e:
             self._abort(f"export lookup failed: {e}")
             return
         if self._closed:
             return
-        self._resolved = resolved
-        try:
-            handler(self, event, option)
-        finally:
-            self._resolved = None
+        answer = self._nego.answer(event, option, self._proto.structured_replies, resolved)
         self._suspended = False
+        self._apply(answer)
         self._update_reading()
         self._process()
 
-    def _transmission_flags(self, backend: Backend) -> int:
-        tf = p.TransmissionFlag
-        flags = tf.HAS_FLAGS
-        writable = backend.can_write()
-        if not writable:
-            flags |= tf.READ_ONLY
-        if backend.can_flush():
-            flags |= tf.SEND_FLUSH | tf.SEND_FUA
-        if writable:
-            flags |= tf.SEND_WRITE_ZEROES
-            if backend.can_trim():
-                flags |= tf.SEND_TRIM
-            if backend.can_fast_zero():
-                flags |= tf.SEND_FAST_ZERO
-        if backend.can_cache():
-            flags |= tf.SEND_CACHE
-        if backend.can_multi_conn():
-            flags |= tf.CAN_MULTI_CONN
-        if self._proto.structured_replies:
-            flags |= tf.SEND_DF
-        return int(flags)
-
-    def _opt_export_name(self, event: p.ExportNameOption, option: int) -> None:
-        export = self._lookup(event.name)
-        if export is None:
-            # EXPORT_NAME has no error reply: the spec's answer is a hard disconnect.
-            self._abort(f"unknown export {event.name!r}")
+    def _apply(self, answer: Answer) -> None:
+        """Send an answer's replies and do what it says next."""
+        action = answer.action
+        if action is ABORT:
+            self._abort(answer.reason)
             return
-        flags = self._transmission_flags(export.backend)
-        self._send(p.ExportNameReply(export.backend.size, flags))
-        self._enter_transmission(export, flags)
-
-    def _opt_info(self, event: p.InfoOption | p.GoOption, option: int) -> None:
-        export = self._lookup(event.name)
-        if export is None:
-            self._send(
-                p.OptionError(option, p.OptionReplyType.ERR_UNKNOWN, f"no export {event.name!r}")
-            )
-            return
-        backend = export.backend
-        flags = self._transmission_flags(backend)
-        send = self._send
-        send(p.OptionInfoExport(option, backend.size, flags))
-        if p.InfoType.NAME in event.info_requests:
-            send(p.OptionInfoName(option, export.name))
-        if p.InfoType.DESCRIPTION in event.info_requests and export.description:
-            send(p.OptionInfoDescription(option, export.description[: p.MAX_NAME_LENGTH]))
-        bs = backend.block_sizes()
-        send(p.OptionInfoBlockSize(option, bs.minimum, bs.preferred, bs.maximum))
-        send(p.OptionAck(option))
-        if isinstance(event, p.GoOption):
-            if self._meta_export != export.name:
-                self._contexts = {}
-            self._enter_transmission(export, flags)
+        for reply in answer.replies:
+            self._send(reply)
+        if action is ENTER:
+            assert answer.export is not None
+            self._enter_transmission(answer.export, answer.flags)
+        elif action is START_TLS:
+            # Stop reading now: the client's TLS hello must reach the TLS layer, not us.
+            self._suspended = True
+            self._update_reading()
+            self._server._spawn(self._start_tls())
+        elif action is CLOSE:
+            self._close()
 
     def _enter_transmission(self, export: Export, flags: int) -> None:
         if self._timer is not None:
@@ -443,85 +335,11 @@ class NBDConnection(asyncio.BufferedProtocol):
             self._timer = None
         self.export = export
         self._backend = export.backend
+        self._contexts = self._nego.contexts
         self._view = ExportView(
             export.backend.size, flags, self._proto.structured_replies, bool(self._contexts)
         )
         log.info("nbd.open peer=%s export=%s flags=0x%x", self.peer, export.name, flags)
-
-    def _opt_list(self, event: p.ListOption, option: int) -> None:
-        resolved = self._resolved
-        listing = resolved.values() if resolved is not None else self._server.exports.exports()
-        for export in listing:
-            if export is None:
-                continue
-            if self._lookup(export.name) is not None:
-                desc = export.description[: p.MAX_NAME_LENGTH]
-                self._send(p.OptionServer(option, export.name, desc))
-        self._send(p.OptionAck(option))
-
-    def _opt_abort(self, event: p.AbortOption, option: int) -> None:
-        self._send(p.OptionAck(option))
-        self._close()
-
-    def _opt_structured(self, event: p.StructuredReplyOption, option: int) -> None:
-        self._send(p.OptionAck(option))
-
-    def _opt_meta(
-        self, event: p.ListMetaContextOption | p.SetMetaContextOption, option: int
-    ) -> None:
-        is_set = isinstance(event, p.SetMetaContextOption)
-        if is_set:  # SET replaces the selection even when it fails
-            self._contexts = {}
-            self._meta_export = None
-        if not self._proto.structured_replies:
-            self._send(
-                p.OptionError(
-                    option, p.OptionReplyType.ERR_INVALID, "negotiate structured replies first"
-                )
-            )
-            return
-        export = self._lookup(event.export_name)
-        if export is None:
-            self._send(
-                p.OptionError(
-                    option, p.OptionReplyType.ERR_UNKNOWN, f"no export {event.export_name!r}"
-                )
-            )
-            return
-        available = [BASE_ALLOCATION]
-        if export.backend.can_allocation_depth():
-            available.append(ALLOCATION_DEPTH)
-        if not event.queries and not is_set:
-            chosen = available
-        else:
-            chosen = []
-            for q in event.queries:
-                for name in available:
-                    if (q == name or (q.endswith(":") and name.startswith(q))) and (
-                        name not in chosen
-                    ):
-                        chosen.append(name)
-        for name in chosen:
-            cid = _CONTEXT_IDS[name] if is_set else 0
-            self._send(p.OptionMetaContext(option, cid, name))
-        if is_set:
-            self._contexts = {_CONTEXT_IDS[n]: n for n in chosen}
-            self._meta_export = export.name
-        self._send(p.OptionAck(option))
-
-    def _opt_starttls(self, event: p.StartTLSOption, option: int) -> None:
-        ctx = self._server.ssl_context
-        if ctx is None:
-            self._send(p.OptionError(option, p.OptionReplyType.ERR_UNSUP, "TLS not configured"))
-            return
-        if self._tls:
-            self._send(p.OptionError(option, p.OptionReplyType.ERR_INVALID, "TLS already on"))
-            return
-        self._send(p.OptionAck(option))
-        # Stop reading now: the client's TLS hello must reach the TLS layer, not us.
-        self._suspended = True
-        self._update_reading()
-        self._server._spawn(self._start_tls())
 
     async def _start_tls(self) -> None:
         t = self._transport
@@ -543,10 +361,7 @@ class NBDConnection(asyncio.BufferedProtocol):
             return
         self._transport = new
         self._reading_paused = False
-        self._tls = True
-        self.identity = peer_identity(new.get_extra_info("peercert"))
-        self._contexts = {}
-        self._meta_export = None
+        self._nego.tls_started(peer_identity(new.get_extra_info("peercert")))
         try:
             self._proto.tls_established()
         except p.ProtocolError as e:
@@ -599,8 +414,8 @@ class NBDConnection(asyncio.BufferedProtocol):
             or not backend.is_resident(req.offset, req.length)
         ):
             try:
-                result = self._execute(req, True)
-            except _WouldBlock:
+                result = execute(backend, req, self._view.structured_replies, self._contexts, True)
+            except WouldBlock:
                 pass  # data not in memory after all: read it on a worker thread
             except Exception as e:
                 self._reply_failure(req, e)
@@ -611,7 +426,8 @@ class NBDConnection(asyncio.BufferedProtocol):
                 self._reply(req, result)
                 return
         self._ops.append(req)
-        fut = self._loop.run_in_executor(self._server.executor, self._execute, req, False)
+        run = partial(execute, backend, req, self._view.structured_replies, self._contexts, False)
+        fut = self._loop.run_in_executor(self._server.executor, run)
         fut.add_done_callback(partial(self._op_done, req))
 
     def _op_done(self, req: p.Request, fut: asyncio.Future[Any]) -> None:
@@ -635,112 +451,6 @@ class NBDConnection(asyncio.BufferedProtocol):
             self._maybe_finish()
         else:
             self._process()
-
-    def _execute(self, req: p.Request, inline: bool) -> Any:
-        """Run one validated request against the backend (any thread; no transport).
-
-        ``inline`` (on the event loop): reads use ``pread_nowait`` and raise
-        :class:`_WouldBlock` instead of waiting for the disk."""
-        backend = self._backend
-        assert backend is not None
-        command = req.command
-        if command == _READ:
-            if (
-                self._view.structured_replies
-                and req.length >= SPARSE_READ_MIN
-                and not req.flags & _DF
-                and backend.can_extents()
-            ):
-                read = _nowait_reader(backend) if inline else backend.pread
-                return self._sparse_read(backend, read, req.offset, req.length)
-            if not inline:
-                return backend.pread(req.offset, req.length)
-            data = backend.pread_nowait(req.offset, req.length)
-            if data is None:
-                raise _WouldBlock
-            return data
-        if command == _WRITE:
-            assert req.payload is not None
-            backend.pwrite(req.offset, req.payload, bool(req.flags & _FUA))
-        elif command == _FLUSH:
-            backend.flush()
-        elif command == _ZERO:
-            backend.zero(
-                req.offset,
-                req.length,
-                fua=bool(req.flags & _FUA),
-                may_trim=not req.flags & _NO_HOLE,
-                fast_only=bool(req.flags & _FAST_ZERO),
-            )
-        elif command == _TRIM:
-            backend.trim(req.offset, req.length, bool(req.flags & _FUA))
-        elif command == _CACHE:
-            backend.cache(req.offset, req.length)
-        elif command == _BS:
-            return self._block_status(backend, req)
-        return None
-
-    @staticmethod
-    def _sparse_read(
-        backend: Backend, read: Callable[[int, int], Any], offset: int, length: int
-    ) -> _ReadPieces:
-        end = offset + length
-        pieces: _ReadPieces = []
-        pos = offset
-        data_start = -1
-        while pos < end:
-            extents = backend.extents(pos, end - pos)
-            if not extents:
-                break
-            for n, flags in extents:
-                n = min(n, end - pos)
-                if n <= 0:
-                    continue
-                if flags & _ZERO_FLAG:
-                    if data_start >= 0:
-                        pieces.append((data_start, pos - data_start, None))
-                        data_start = -1
-                    pieces.append((pos, n, False))
-                elif data_start < 0:
-                    data_start = pos
-                pos += n
-                if pos >= end:
-                    break
-        if pos < end and data_start < 0:
-            data_start = pos
-        if data_start >= 0:
-            pieces.append((data_start, end - data_start, None))
-        out: _ReadPieces = []
-        for off, n, kind in pieces:
-            out.append((off, n, read(off, n) if kind is None else None))
-        return out
-
-    def _block_status(self, backend: Backend, req: p.Request) -> list[tuple[int, list[Any]]]:
-        out = []
-        for cid, name in self._contexts.items():
-            if name == BASE_ALLOCATION:
-                raw = backend.extents(req.offset, req.length)
-            else:
-                raw = backend.allocation_depth(req.offset, req.length)
-            extents: list[tuple[int, int]] = []
-            left = req.length
-            for n, flags in raw:
-                n = min(n, left)
-                if n <= 0:
-                    continue
-                if extents and extents[-1][1] == flags:
-                    extents[-1] = (extents[-1][0] + n, flags)
-                else:
-                    extents.append((n, flags))
-                left -= n
-                if left == 0:
-                    break
-            if not extents:
-                raise OSError(5, "backend reported no extents")
-            if req.flags & _REQ_ONE:
-                extents = extents[:1]
-            out.append((cid, extents))
-        return out
 
     # --- replies --------------------------------------------------------------------
 
@@ -820,31 +530,8 @@ class NBDConnection(asyncio.BufferedProtocol):
             "peer": self.peer,
             "identity": self.identity,
             "export": self.export.name if self.export else None,
-            "tls": self._tls,
+            "tls": self._nego.tls,
             "requests": self.requests,
             "inflight": len(self._ops) + len(self._waiting),
             "since": self.started,
         }
-
-
-#: Options that look exports up, with the event field naming the export (LIST: all).
-_RESOLVING: dict[type, str] = {
-    p.ExportNameOption: "name",
-    p.GoOption: "name",
-    p.InfoOption: "name",
-    p.ListOption: "",
-    p.ListMetaContextOption: "export_name",
-    p.SetMetaContextOption: "export_name",
-}
-
-_OPTION_HANDLERS: dict[type, Any] = {
-    p.ExportNameOption: NBDConnection._opt_export_name,
-    p.GoOption: NBDConnection._opt_info,
-    p.InfoOption: NBDConnection._opt_info,
-    p.ListOption: NBDConnection._opt_list,
-    p.AbortOption: NBDConnection._opt_abort,
-    p.StructuredReplyOption: NBDConnection._opt_structured,
-    p.ListMetaContextOption: NBDConnection._opt_meta,
-    p.SetMetaContextOption: NBDConnection._opt_meta,
-    p.StartTLSOption: NBDConnection._opt_starttls,
-}

@@ -1,21 +1,15 @@
 """The one place where a failure becomes an NBD error number.
 
-Only the spec's values ever reach the wire: a raw host errno or an unknown exception
-becomes EIO.
+The core knows only errno (nbdkit's habit): a backend fails by raising an ``OSError``
+(:class:`~loft.nbd.backends.BackendError` is one) whose errno says how; translating its
+own storage's exceptions is the backend's job. Only the spec's values ever reach the
+wire: an errno the spec lacks, or any other exception, becomes EIO.
 """
 
 from __future__ import annotations
 
 import errno as _os_errno
 
-from loft.blockstore.errors import (
-    BlockstoreError,
-    InvalidArgument,
-    LeaseLost,
-    NotFast,
-    ReadOnlyVolume,
-)
-from loft.nbd.backends.base import BackendError
 from loft.nbd.protocol import Errno
 
 __all__ = ["errno_for"]
@@ -37,19 +31,6 @@ _OS_ERRNO: dict[int, Errno] = {
 
 def errno_for(exc: BaseException) -> Errno:
     """Map a backend failure to the NBD errno sent to the client."""
-    if isinstance(exc, BackendError):
-        return exc.errno
-    if isinstance(exc, BlockstoreError):
-        if isinstance(exc, ReadOnlyVolume):
-            return Errno.EPERM
-        if isinstance(exc, NotFast):
-            return Errno.ENOTSUP
-        if isinstance(exc, LeaseLost):
-            # The lease is gone: this server may no longer serve the volume.
-            return Errno.ESHUTDOWN
-        if isinstance(exc, InvalidArgument):
-            return Errno.EINVAL
-        return Errno.EIO
     if isinstance(exc, OSError):
         return _OS_ERRNO.get(exc.errno or 0, Errno.EIO)
     if isinstance(exc, MemoryError):

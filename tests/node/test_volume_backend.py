@@ -10,10 +10,18 @@ import pytest
 from nbd_helpers import Client, ServerThread
 
 from loft.blockstore import Blockstore
+from loft.blockstore.errors import (
+    BlockstoreError,
+    InvalidArgument,
+    LeaseLost,
+    NotFast,
+    ReadOnlyVolume,
+    VolumeIOError,
+)
 from loft.config import Settings
 from loft.nbd import protocol as p
-from loft.nbd.backends.volume import VolumeBackend
-from loft.nbd.server import ExportRegistry
+from loft.nbd.server import ExportRegistry, errno_for
+from loft.node.volume_backend import VolumeBackend, backend_error
 
 C = p.Command
 MIB = 1 << 20
@@ -92,3 +100,19 @@ def test_volume_and_snapshot_over_nbd(blockstore: Blockstore, tmp_path: Path) ->
     finally:
         vol.close()
         view.close()
+
+
+@pytest.mark.parametrize(
+    ("exc", "want"),
+    [
+        (ReadOnlyVolume("x"), p.Errno.EPERM),
+        (NotFast("x"), p.Errno.ENOTSUP),
+        (LeaseLost("x"), p.Errno.ESHUTDOWN),
+        (InvalidArgument("x"), p.Errno.EINVAL),
+        (VolumeIOError("x"), p.Errno.EIO),
+    ],
+)
+def test_volume_backend_translates_blockstore_errors(exc: BlockstoreError, want: p.Errno) -> None:
+    err = backend_error(exc)
+    assert isinstance(err, OSError) and errno_for(err) == want
+    assert str(err) == str(exc)  # the message (and hint) reach the client unchanged

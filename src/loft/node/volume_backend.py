@@ -1,10 +1,12 @@
-"""Serve a loft volume (read-write, holding its lease) or a snapshot view (read-only).
+"""Serve a loft volume (read-write, holding its lease) or a snapshot view (read-only):
+the NBD backend over the blockstore, which is why it lives here, above both.
 
 A thin adapter: the volume already speaks in NBD terms (``block_status`` flags are
 ``base:allocation``'s, ``allocation_depth`` is ``qemu:allocation-depth``'s), so every
 method is one call. Data is passed through as the server received it (a WRITE payload
-buffer goes straight to ``os.pwrite``), and blockstore errors propagate unchanged to
-:func:`loft.nbd.server.errno_for`, which maps them to NBD errnos.
+buffer goes straight to ``os.pwrite``). Blockstore errors become errno-carrying
+:class:`~loft.nbd.backends.BackendError` here (:func:`backend_error`): the NBD server
+core knows only errno.
 
 The server asks :meth:`is_resident` before each request: resident ranges are served on
 the event loop thread, the rest (lazy fetches from the chunk store) on worker threads.
@@ -12,12 +14,47 @@ the event loop thread, the rest (lazy fetches from the chunk store) on worker th
 
 from __future__ import annotations
 
+import errno
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Protocol
 
-from loft.nbd.backends.base import Backend, BlockSizes, Buffer
+from loft.blockstore.errors import (
+    BlockstoreError,
+    InvalidArgument,
+    LeaseLost,
+    NotFast,
+    ReadOnlyVolume,
+)
+from loft.nbd.backends.base import Backend, BackendError, BlockSizes, Buffer
 from loft.nbd.protocol import MAX_PAYLOAD
 
-__all__ = ["VolumeBackend", "VolumeLike"]
+__all__ = ["VolumeBackend", "VolumeLike", "backend_error"]
+
+#: The errno each kind of blockstore failure is reported with (anything else is EIO).
+_ERRNO: tuple[tuple[type[BlockstoreError], int], ...] = (
+    (ReadOnlyVolume, errno.EPERM),
+    (NotFast, errno.EOPNOTSUPP),
+    # The lease is gone: this server may no longer serve the volume.
+    (LeaseLost, errno.ESHUTDOWN),
+    (InvalidArgument, errno.EINVAL),
+)
+
+
+def backend_error(exc: BlockstoreError) -> BackendError:
+    """The errno-carrying error a blockstore failure is answered with."""
+    for kind, code in _ERRNO:
+        if isinstance(exc, kind):
+            return BackendError(str(exc), code)
+    return BackendError(str(exc), errno.EIO)
+
+
+@contextmanager
+def _translated() -> Iterator[None]:
+    try:
+        yield
+    except BlockstoreError as e:
+        raise backend_error(e) from e
 
 
 class VolumeLike(Protocol):
@@ -52,8 +89,7 @@ class VolumeBackend(Backend):
         # The per-request calls go straight to the volume: one Python call less each, which
         # is a measurable share of a 4 KiB read served from the page cache.
         self.is_resident = volume.is_resident  # type: ignore[method-assign]
-        self.pread = volume.read  # type: ignore[method-assign]
-        self.pread_nowait = volume.read  # type: ignore[method-assign]
+        self._read: Callable[[int, int], bytes] = volume.read
 
     def can_trim(self) -> bool:
         return not self.readonly
@@ -82,10 +118,16 @@ class VolumeBackend(Backend):
         return self.volume.is_resident(offset, length)
 
     def pread(self, offset: int, length: int) -> Buffer:
-        return self.volume.read(offset, length)
+        try:  # no context manager here: this is every read's path
+            return self._read(offset, length)
+        except BlockstoreError as e:
+            raise backend_error(e) from e
+
+    pread_nowait = pread
 
     def pwrite(self, offset: int, data: Buffer, fua: bool = False) -> None:
-        self.volume.write(offset, data, fua)  # type: ignore[attr-defined]
+        with _translated():
+            self.volume.write(offset, data, fua)  # type: ignore[attr-defined]
 
     def zero(
         self,
@@ -96,24 +138,30 @@ class VolumeBackend(Backend):
         may_trim: bool = True,
         fast_only: bool = False,
     ) -> None:
-        self.volume.zero(  # type: ignore[attr-defined]
-            offset, length, fua=fua, may_trim=may_trim, fast_only=fast_only
-        )
+        with _translated():
+            self.volume.zero(  # type: ignore[attr-defined]
+                offset, length, fua=fua, may_trim=may_trim, fast_only=fast_only
+            )
 
     def trim(self, offset: int, length: int, fua: bool = False) -> None:
-        self.volume.trim(offset, length, fua)  # type: ignore[attr-defined]
+        with _translated():
+            self.volume.trim(offset, length, fua)  # type: ignore[attr-defined]
 
     def flush(self) -> None:
-        self.volume.flush()
+        with _translated():
+            self.volume.flush()
 
     def cache(self, offset: int, length: int) -> None:
-        self.volume.cache(offset, length)
+        with _translated():
+            self.volume.cache(offset, length)
 
     def extents(self, offset: int, length: int) -> list[tuple[int, int]]:
-        return self.volume.block_status(offset, length)
+        with _translated():
+            return self.volume.block_status(offset, length)
 
     def allocation_depth(self, offset: int, length: int) -> list[tuple[int, int]]:
-        return self.volume.allocation_depth(offset, length)
+        with _translated():
+            return self.volume.allocation_depth(offset, length)
 
     def close(self) -> None:
         """The volume belongs to whoever opened it (it holds the lease): not closed here."""
