@@ -66,7 +66,7 @@ def test_structured_replies_round_trip(handle: int, data: s.DataObject, bytewise
     for a, b in zip(got, sent, strict=True):
         if isinstance(a, p.OffsetDataChunk):
             assert bytes(a.data) == bytes(b.data)  # type: ignore[attr-defined]
-    assert handle not in pair.client.pending_reads
+    assert pair.client.reply_length(handle) is None
 
 
 @given(length=s.integers(0, 2000), error=s.one_of(s.just(0), errnos), bytewise=s.booleans())
@@ -100,7 +100,7 @@ def test_large_write_payload_is_received_into_its_own_buffer() -> None:
         with conn.get_buffer() as target:
             n = min(len(target), len(wire) - pos, 65536)
             target[:n] = wire[pos : pos + n]
-            seen_payload_buffer |= target.obj is not conn.buf
+            seen_payload_buffer |= target.obj is not conn._buf
         conn.buffer_updated(n)
         pos += n
         ev = conn.next_event()
@@ -109,7 +109,7 @@ def test_large_write_payload_is_received_into_its_own_buffer() -> None:
     assert seen_payload_buffer
     assert isinstance(ev, p.Request) and ev.payload_bytes() == payload
     # The payload must not alias the receive buffer (it may outlive later reads).
-    assert ev.payload is not None and ev.payload is not conn.buf
+    assert ev.payload is not None and ev.payload is not conn._buf
 
 
 def test_after_a_large_write_the_next_header_is_read_alone() -> None:
@@ -129,7 +129,7 @@ def test_after_a_large_write_the_next_header_is_read_alone() -> None:
             n = min(len(target), len(wire) - pos)
             target[:n] = wire[pos : pos + n]
             sizes.append(len(target))
-            if target.obj is conn.buf:
+            if target.obj is conn._buf:
                 into_receive_buffer += n
         conn.buffer_updated(n)
         pos += n
@@ -180,7 +180,7 @@ def test_recycled_payload_buffers_are_reused_and_refilled() -> None:
     # Another size, small buffers and foreign objects are not taken.
     conn.recycle(bytearray(100))
     conn.recycle(b"x" * (1 << 20))
-    assert conn.new_payload(100) is not buffer and len(conn.new_payload(1 << 20)) == 1 << 20
+    assert conn._new_payload(100) is not buffer and len(conn._new_payload(1 << 20)) == 1 << 20
 
 
 def test_partial_write_at_eof_is_discarded() -> None:

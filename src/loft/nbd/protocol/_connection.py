@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 from loft.nbd.protocol import _events as ev
 from loft.nbd.protocol import _state as st
@@ -17,7 +18,7 @@ from loft.nbd.protocol._constants import (
     ReplyType,
 )
 from loft.nbd.protocol._errors import LocalProtocolError, RemoteProtocolError
-from loft.nbd.protocol._readers import READERS, read_request
+from loft.nbd.protocol._readers import DIRECT_PAYLOAD_MIN, READERS, WriteHeader, read_request
 from loft.nbd.protocol._writers import WRITERS, Buffers
 
 __all__ = ["RECEIVE_BUFFER_SIZE", "Connection"]
@@ -31,6 +32,7 @@ RECYCLE_MIN = 64 * 1024
 #: same-sized writes in flight needs no more).
 MAX_SPARE_PAYLOADS = 4
 _DISC = int(Command.DISC)
+_WRITE = int(Command.WRITE)
 #: Structured OFFSET_DATA chunk header with its offset field, packed in one go.
 _DATA_CHUNK = struct.Struct(">IHHQIQ")
 _DONE = int(ReplyFlag.DONE)
@@ -38,6 +40,17 @@ _OFFSET_DATA = int(ReplyType.OFFSET_DATA)
 
 #: Compact the receive buffer when less than this is free at its end.
 _MIN_FREE = 64 * 1024
+#: Events that end (a simple reply) or may end (a chunk with DONE) a request's reply.
+_REPLIES = frozenset(
+    (
+        ev.SimpleReply,
+        ev.OffsetDataChunk,
+        ev.OffsetHoleChunk,
+        ev.BlockStatusChunk,
+        ev.ErrorChunk,
+        ev.NoneChunk,
+    )
+)
 
 
 class Connection:
@@ -54,27 +67,29 @@ class Connection:
             raise LocalProtocolError("role must be CLIENT or SERVER")
         self.role = role
         self._st = st.ConnectionState()
-        self.buf = bytearray(RECEIVE_BUFFER_SIZE)
-        self.start = 0
-        self.end = 0
+        #: received bytes not yet parsed are _buf[_start:_end]
+        self._buf = bytearray(RECEIVE_BUFFER_SIZE)
+        self._start = 0
+        self._end = 0
         #: bytes the current partial message needs in the buffer (a growth hint)
-        self.need = 0
-        self.no_zeroes = False
+        self._need = 0
+        self._no_zeroes = False
         self._greeting_no_zeroes = True
         #: client side: handle -> READ length of every request still waiting for its reply
-        self.pending_reads: dict[int, int] = {}
+        self._pending_reads: dict[int, int] = {}
         self._eof = False
+        #: a WRITE whose payload is being received into its own buffer
         self._payload: bytearray | None = None
         self._payload_filled = 0
-        self._payload_fields: tuple[int, int, int, int, int] | None = None
+        self._payload_header: WriteHeader | None = None
         #: WRITE payload buffers handed back by :meth:`recycle`, reused by later payloads
         #: of the same size (the socket overwrites every byte, so no zero-filling)
         self._spare_payloads: list[bytearray] = []
-        #: set by the request reader after a large WRITE (DIRECT_PAYLOAD_MIN): the next
-        #: read takes one request header only, so that if another large payload
-        #: follows, the socket writes it straight into its buffer instead of into the
-        #: receive buffer, from where it would have to be copied
-        self.header_only = False
+        #: set after a large WRITE (DIRECT_PAYLOAD_MIN): the next read takes one request
+        #: header only, so that if another large payload follows, the socket writes it
+        #: straight into its buffer instead of into the receive buffer, from where it
+        #: would have to be copied
+        self._header_only = False
 
     # --- state ----------------------------------------------------------------------
 
@@ -93,9 +108,19 @@ class Connection:
         """The option being answered, in OPTION_REPLY."""
         return self._st.current_option
 
+    @property
+    def no_zeroes(self) -> bool:
+        """Both sides agreed to leave out the 124 zero bytes after an EXPORT_NAME reply."""
+        return self._no_zeroes
+
+    def reply_length(self, handle: int) -> int | None:
+        """Client side: the READ length of request ``handle`` (0: not a READ), or None
+        when no request with that handle awaits its reply."""
+        return self._pending_reads.get(handle)
+
     def tls_established(self) -> None:
         """Tell the connection the TLS handshake after STARTTLS succeeded."""
-        if self.end != self.start:
+        if self._end != self._start:
             raise RemoteProtocolError("plaintext data after STARTTLS")
         try:
             self._st.tls_established()
@@ -113,23 +138,23 @@ class Connection:
         payload = self._payload
         if payload is not None and self._payload_filled < len(payload):
             return memoryview(payload)[self._payload_filled :]
-        buf = self.buf
-        if self.start == self.end:
-            self.start = self.end = 0
-        free = len(buf) - self.end
-        if free < _MIN_FREE or free < self.need - (self.end - self.start):
-            used = self.end - self.start
-            want = max(len(buf), self.need, used + _MIN_FREE)
+        buf = self._buf
+        if self._start == self._end:
+            self._start = self._end = 0
+        free = len(buf) - self._end
+        if free < _MIN_FREE or free < self._need - (self._end - self._start):
+            used = self._end - self._start
+            want = max(len(buf), self._need, used + _MIN_FREE)
             if want > len(buf):
                 new = bytearray(want)
-                new[:used] = memoryview(buf)[self.start : self.end]
-                self.buf = buf = new
+                new[:used] = memoryview(buf)[self._start : self._end]
+                self._buf = buf = new
             else:
-                buf[:used] = memoryview(buf)[self.start : self.end]
-            self.start, self.end = 0, used
-        if self.header_only and self.end - self.start < REQUEST_HEADER.size:
-            return memoryview(buf)[self.end : self.start + REQUEST_HEADER.size]
-        return memoryview(buf)[self.end :]
+                buf[:used] = memoryview(buf)[self._start : self._end]
+            self._start, self._end = 0, used
+        if self._header_only and self._end - self._start < REQUEST_HEADER.size:
+            return memoryview(buf)[self._end : self._start + REQUEST_HEADER.size]
+        return memoryview(buf)[self._end :]
 
     def buffer_updated(self, nbytes: int) -> bool:
         """``nbytes`` were written into the buffer last returned by :meth:`get_buffer`.
@@ -140,10 +165,10 @@ class Connection:
         if payload is not None and self._payload_filled < len(payload):
             self._payload_filled += nbytes
             return self._payload_filled >= len(payload)
-        self.end += nbytes
+        self._end += nbytes
         return True
 
-    def new_payload(self, length: int) -> bytearray:
+    def _new_payload(self, length: int) -> bytearray:
         """A buffer for a WRITE payload of ``length`` bytes (a recycled one if any fits)."""
         spare = self._spare_payloads
         for i in range(len(spare)):
@@ -177,13 +202,16 @@ class Connection:
             self.buffer_updated(n)
             pos += n
 
-    def begin_payload(
-        self, fields: tuple[int, int, int, int, int], payload: bytearray, filled: int
-    ) -> None:
-        """Called by the request reader: the rest of this WRITE goes into ``payload``."""
-        self._payload_fields = fields
+    def _begin_payload(self, header: WriteHeader) -> None:
+        """Receive the rest of this WRITE straight into its own buffer (see get_buffer),
+        starting with the part already in the receive buffer."""
+        payload = self._new_payload(header.length)
+        have = self._end - self._start
+        payload[:have] = memoryview(self._buf)[self._start : self._end]
+        self._start = self._end
+        self._payload_header = header
         self._payload = payload
-        self._payload_filled = filled
+        self._payload_filled = have
 
     def next_event(self) -> object:
         """Return the next event, :data:`NEED_DATA` or :data:`PAUSED`.
@@ -195,14 +223,26 @@ class Connection:
         if state is st.TRANSMISSION and self.role is st.SERVER and self._payload is None:
             # The per-request hot path: only NBD_CMD_DISC changes the state here.
             try:
-                request = read_request(self)
+                got = read_request(self._buf, self._start, self._end, self)
             except RemoteProtocolError:
                 self._st.state = st.ERROR
                 raise
-            if request is None:
-                return self._need_data() if self._payload is None else st.NEED_DATA
-            if request.command == _DISC:
-                self._st.process(request)
+            if type(got) is int:
+                return self._need_data()
+            request: Any
+            request, used = got  # type: ignore[misc]
+            self._start += used
+            if type(request) is WriteHeader:
+                self._header_only = request.length >= DIRECT_PAYLOAD_MIN
+                self._begin_payload(request)
+                return st.NEED_DATA
+            command = request.command
+            if command == _WRITE:
+                self._header_only = request.length >= DIRECT_PAYLOAD_MIN
+            else:
+                self._header_only = False
+                if command == _DISC:
+                    self._st.process(request)
             return request
         if state is st.ERROR:
             raise RemoteProtocolError("connection is in the ERROR state")
@@ -210,11 +250,12 @@ class Connection:
         if payload is not None:
             if self._payload_filled < len(payload):
                 return self._need_data()
-            fields = self._payload_fields
-            assert fields is not None
-            self._payload = self._payload_fields = None
-            command, handle, offset, length, flags = fields
-            event: object = ev.Request.from_wire(command, handle, offset, length, flags, payload)
+            h = self._payload_header
+            assert h is not None
+            self._payload = self._payload_header = None
+            event: object = ev.Request.from_wire(
+                h.command, h.handle, h.offset, h.length, h.flags, payload
+            )
         else:
             reader = READERS.get((self.role, state))
             if reader is None:
@@ -222,29 +263,32 @@ class Connection:
                     return st.PAUSED if not self._eof else st.NEED_DATA
                 return st.PAUSED
             try:
-                got = reader(self)
+                got = reader(self._buf, self._start, self._end, self)
             except RemoteProtocolError:
                 self._st.state = st.ERROR
                 raise
-            if got is None:
-                if self._payload is not None:
-                    return self.next_event()
+            if type(got) is int:
+                if got:
+                    self._need = got
                 return self._need_data()
-            event = got
-            self.need = 0
+            event, used = got  # type: ignore[misc]
+            self._start += used
+            self._need = 0
+            if self.role is st.CLIENT and type(event) in _REPLIES and getattr(event, "done", True):
+                self._pending_reads.pop(event.handle)  # type: ignore[attr-defined]
         err = self._st.process(event)
         if err is not None:  # a reader produced an event the state machine refuses
             self._st.state = st.ERROR
             raise RemoteProtocolError(err)
         if type(event) is ev.ClientFlags:
-            self.no_zeroes = event.no_zeroes
+            self._no_zeroes = event.no_zeroes
         elif type(event) is ev.Greeting:
             self._greeting_no_zeroes = event.no_zeroes
         return event
 
     def _need_data(self) -> object:
         if self._eof:
-            if self.start == self.end and self._payload is None:
+            if self._start == self._end and self._payload is None:
                 if self._st.state is st.CLOSED:
                     return st.NEED_DATA
                 self._st.process(ev.ConnectionClosed())
@@ -301,10 +345,10 @@ class Connection:
         if type(event) is ev.ClientFlags:
             if event.no_zeroes and not self._greeting_no_zeroes:
                 raise LocalProtocolError("server did not offer NO_ZEROES")
-            self.no_zeroes = event.no_zeroes
+            self._no_zeroes = event.no_zeroes
         elif type(event) is ev.Request and self.role is st.CLIENT and event.command != Command.DISC:
-            self.pending_reads[event.handle] = event.length if event.command == Command.READ else 0
-        return writer(event, self.no_zeroes)
+            self._pending_reads[event.handle] = event.length if event.command == Command.READ else 0
+        return writer(event, self._no_zeroes)
 
 
 # A partial option can need more than the default buffer; make sure it can grow enough.

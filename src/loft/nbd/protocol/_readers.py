@@ -1,15 +1,21 @@
-"""Parsers, one per (role, state): each returns an event, None when it needs more
-bytes, or raises :class:`RemoteProtocolError`.
+"""Parsers, one per (role, state), in h11's manner: each takes the receive buffer's
+unread part (``buf[start:end]``) and returns what it parsed, or raises
+:class:`RemoteProtocolError`. A reader changes nothing; the connection applies the
+result.
 
-Readers look at ``conn.buf[conn.start:conn.end]`` and advance ``conn.start`` only when
-they return an event, so a partial message is simply left in place.
+A reader returns ``(event, consumed)`` when a whole message is there, or an ``int`` when
+it needs more bytes: the message's total length counted from ``start`` when the header
+says it (a hint to grow the buffer), else 0. A large WRITE is returned as a
+:class:`WriteHeader` (consumed: the request header) as soon as its header is complete,
+so the connection can receive the payload straight into a buffer of its own.
 """
 
 from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import Protocol
 
 from loft.nbd.protocol import _events as ev
 from loft.nbd.protocol import _state as st
@@ -41,13 +47,43 @@ from loft.nbd.protocol._constants import (
 )
 from loft.nbd.protocol._errors import RemoteProtocolError
 
-if TYPE_CHECKING:
-    from loft.nbd.protocol._connection import Connection
+__all__ = ["DIRECT_PAYLOAD_MIN", "READERS", "ReadContext", "Reader", "WriteHeader", "read_request"]
 
-__all__ = ["READERS"]
 
-Event = object
-Reader = Callable[["Connection"], Event | None]
+class ReadContext(Protocol):
+    """What readers may ask of the connection (they never change it)."""
+
+    @property
+    def current_option(self) -> int | None:
+        """The option a reply is expected for (client side)."""
+        ...
+
+    @property
+    def no_zeroes(self) -> bool:
+        """The 124 zero bytes after an EXPORT_NAME reply are left out."""
+        ...
+
+    def reply_length(self, handle: int) -> int | None:
+        """The READ length of the request ``handle`` (0: not a READ), or None when no
+        request with that handle awaits its reply (client side)."""
+        ...
+
+
+#: A whole message and how many bytes it took, or the bytes still needed (see above).
+Parsed = tuple[object, int] | int
+Reader = Callable[[bytearray, int, int, ReadContext], Parsed]
+
+
+@dataclass(frozen=True, slots=True)
+class WriteHeader:
+    """A WRITE request whose payload has not all arrived yet (server side)."""
+
+    command: int
+    handle: int
+    offset: int
+    length: int
+    flags: int
+
 
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
@@ -55,25 +91,27 @@ _U64 = struct.Struct(">Q")
 _GREETING = struct.Struct(">QQH")
 _EXPORT_NAME_REPLY = struct.Struct(">QH")
 _from_wire = ev.Request.from_wire
+_WRITE = int(Command.WRITE)
 #: After a WRITE at least this large, the next request is read header first (see
-#: Connection.header_only).
+#: Connection.get_buffer).
 DIRECT_PAYLOAD_MIN = 64 * 1024
+_REQUEST = REQUEST_HEADER.size
 
 
 # --- server side: what a client sends -------------------------------------------------
 
 
-def read_client_flags(conn: Connection) -> Event | None:
-    if conn.end - conn.start < 4:
-        return None
-    (flags,) = _U32.unpack_from(conn.buf, conn.start)
-    conn.start += 4
+def read_client_flags(buf: bytearray, start: int, end: int, conn: ReadContext) -> Parsed:
+    if end - start < 4:
+        return 0
+    (flags,) = _U32.unpack_from(buf, start)
     if flags & ~CLIENT_FLAGS_KNOWN:
         raise RemoteProtocolError(f"unknown client flags 0x{flags:x}")
-    return ev.ClientFlags(
+    event = ev.ClientFlags(
         fixed_newstyle=bool(flags & ClientFlag.FIXED_NEWSTYLE),
         no_zeroes=bool(flags & ClientFlag.NO_ZEROES),
     )
+    return event, 4
 
 
 class _Invalid(Exception):
@@ -115,7 +153,7 @@ class _Cursor:
             raise _Invalid("option data has trailing bytes")
 
 
-def _parse_option(option: int, data: bytes) -> Event:
+def _parse_option(option: int, data: bytes) -> object:
     cur = _Cursor(data)
     if option == Option.EXPORT_NAME:
         try:
@@ -157,78 +195,63 @@ def _parse_option(option: int, data: bytes) -> Event:
     return ev.UnknownOption(option, data)
 
 
-def read_option(conn: Connection) -> Event | None:
-    if conn.end - conn.start < OPTION_HEADER.size:
-        return None
-    magic, option, length = OPTION_HEADER.unpack_from(conn.buf, conn.start)
+def read_option(buf: bytearray, start: int, end: int, conn: ReadContext) -> Parsed:
+    if end - start < OPTION_HEADER.size:
+        return 0
+    magic, option, length = OPTION_HEADER.unpack_from(buf, start)
     if magic != IHAVEOPT:
         raise RemoteProtocolError("bad option magic")
     if length > MAX_OPTION_LENGTH:
         raise RemoteProtocolError(f"option data of {length} bytes exceeds {MAX_OPTION_LENGTH}")
-    total = OPTION_HEADER.size + length
-    if conn.end - conn.start < total:
-        conn.need = total
-        return None
-    data = bytes(conn.buf[conn.start + OPTION_HEADER.size : conn.start + total])
-    conn.start += total
+    total: int = OPTION_HEADER.size + length
+    if end - start < total:
+        return total
+    data = bytes(buf[start + OPTION_HEADER.size : start + total])
     try:
-        return _parse_option(option, data)
+        return _parse_option(option, data), total
     except _Invalid as e:
-        return ev.InvalidOption(option, str(e))
+        return ev.InvalidOption(option, str(e)), total
 
 
-def read_request(conn: Connection) -> ev.Request | None:
-    start = conn.start
-    avail = conn.end - start
-    if avail < 28:
-        return None
-    magic, flags, command, handle, offset, length = REQUEST_HEADER.unpack_from(conn.buf, start)
+def read_request(buf: bytearray, start: int, end: int, conn: ReadContext) -> Parsed:
+    if end - start < _REQUEST:
+        return 0
+    magic, flags, command, handle, offset, length = REQUEST_HEADER.unpack_from(buf, start)
     if magic != REQUEST_MAGIC:
         raise RemoteProtocolError("bad request magic")
-    if command != Command.WRITE:
-        conn.start = start + 28
-        conn.header_only = False
-        return _from_wire(command, handle, offset, length, flags, None)
+    if command != _WRITE:
+        return _from_wire(command, handle, offset, length, flags, None), _REQUEST
     if length > MAX_PAYLOAD:
         # The payload cannot be skipped safely without reading it all; the spec lets a
         # server drop a client that exceeds the advertised maximum.
         raise RemoteProtocolError(f"WRITE of {length} bytes exceeds {MAX_PAYLOAD}")
-    start += 28
-    have = conn.end - start
-    conn.header_only = length >= DIRECT_PAYLOAD_MIN
-    if have >= length:
-        conn.start = start + length
-        return _from_wire(command, handle, offset, length, flags, conn.buf[start : start + length])
-    # Receive the rest of the payload straight into its own buffer (see get_buffer).
-    payload = conn.new_payload(length)
-    payload[:have] = memoryview(conn.buf)[start : conn.end]
-    conn.start = conn.end
-    conn.begin_payload((command, handle, offset, length, flags), payload, have)
-    return None
+    data = start + _REQUEST
+    if end - data >= length:
+        request = _from_wire(command, handle, offset, length, flags, buf[data : data + length])
+        return request, _REQUEST + length
+    return WriteHeader(command, handle, offset, length, flags), _REQUEST
 
 
 # --- client side: what a server sends -------------------------------------------------
 
 
-def read_greeting(conn: Connection) -> Event | None:
-    if conn.end - conn.start < _GREETING.size:
-        return None
-    magic, opt, flags = _GREETING.unpack_from(conn.buf, conn.start)
-    conn.start += _GREETING.size
+def read_greeting(buf: bytearray, start: int, end: int, conn: ReadContext) -> Parsed:
+    if end - start < _GREETING.size:
+        return 0
+    magic, opt, flags = _GREETING.unpack_from(buf, start)
     if magic != NBDMAGIC or opt != IHAVEOPT:
         raise RemoteProtocolError("not a fixed newstyle NBD server")
     if not flags & HandshakeFlag.FIXED_NEWSTYLE:
         raise RemoteProtocolError("server does not speak fixed newstyle")
-    return ev.Greeting(no_zeroes=bool(flags & HandshakeFlag.NO_ZEROES))
+    return ev.Greeting(no_zeroes=bool(flags & HandshakeFlag.NO_ZEROES)), _GREETING.size
 
 
-def read_export_name_reply(conn: Connection) -> Event | None:
+def read_export_name_reply(buf: bytearray, start: int, end: int, conn: ReadContext) -> Parsed:
     need = _EXPORT_NAME_REPLY.size + (0 if conn.no_zeroes else 124)
-    if conn.end - conn.start < need:
-        return None
-    size, flags = _EXPORT_NAME_REPLY.unpack_from(conn.buf, conn.start)
-    conn.start += need
-    return ev.ExportNameReply(size, flags)
+    if end - start < need:
+        return 0
+    size, flags = _EXPORT_NAME_REPLY.unpack_from(buf, start)
+    return ev.ExportNameReply(size, flags), need
 
 
 def _string(data: bytes) -> str:
@@ -238,7 +261,7 @@ def _string(data: bytes) -> str:
         raise RemoteProtocolError("server sent invalid UTF-8") from None
 
 
-def _parse_option_reply(option: int, rtype: int, data: bytes) -> Event:
+def _parse_option_reply(option: int, rtype: int, data: bytes) -> object:
     if rtype == OptionReplyType.ACK:
         return ev.OptionAck(option)
     if rtype == OptionReplyType.SERVER:
@@ -277,27 +300,25 @@ def _parse_option_reply(option: int, rtype: int, data: bytes) -> Event:
     return ev.OptionError(option, err, _string(data))
 
 
-def read_option_reply(conn: Connection) -> Event | None:
+def read_option_reply(buf: bytearray, start: int, end: int, conn: ReadContext) -> Parsed:
     hdr = OPTION_REPLY_HEADER
-    if conn.end - conn.start < hdr.size:
-        return None
-    magic, option, rtype, length = hdr.unpack_from(conn.buf, conn.start)
+    if end - start < hdr.size:
+        return 0
+    magic, option, rtype, length = hdr.unpack_from(buf, start)
     if magic != OPTION_REPLY_MAGIC:
         raise RemoteProtocolError("bad option reply magic")
     if length > MAX_OPTION_LENGTH:
         raise RemoteProtocolError("option reply too long")
-    total = hdr.size + length
-    if conn.end - conn.start < total:
-        conn.need = total
-        return None
-    data = bytes(conn.buf[conn.start + hdr.size : conn.start + total])
-    conn.start += total
+    total: int = hdr.size + length
+    if end - start < total:
+        return total
+    data = bytes(buf[start + hdr.size : start + total])
     if option != conn.current_option:
         raise RemoteProtocolError(f"reply to option {option}, expected {conn.current_option}")
-    return _parse_option_reply(option, rtype, data)
+    return _parse_option_reply(option, rtype, data), total
 
 
-def _parse_chunk(handle: int, flags: int, rtype: int, data: bytes) -> Event:
+def _parse_chunk(handle: int, flags: int, rtype: int, data: bytes) -> object:
     done = bool(flags & ReplyFlag.DONE)
     if rtype == ReplyType.NONE:
         if data or not done:
@@ -342,49 +363,40 @@ def _parse_chunk(handle: int, flags: int, rtype: int, data: bytes) -> Event:
     raise RemoteProtocolError(f"unknown structured reply type {rtype}")
 
 
-def read_reply(conn: Connection) -> Event | None:
-    start = conn.start
-    avail = conn.end - start
+def read_reply(buf: bytearray, start: int, end: int, conn: ReadContext) -> Parsed:
+    """A simple reply or one structured chunk. The connection forgets the handle once its
+    reply is over (a simple reply, or a chunk with DONE)."""
+    avail = end - start
     if avail < 4:
-        return None
-    (magic,) = _U32.unpack_from(conn.buf, start)
+        return 0
+    (magic,) = _U32.unpack_from(buf, start)
     if magic == SIMPLE_REPLY_MAGIC:
         if avail < SIMPLE_REPLY.size:
-            return None
-        _, error, handle = SIMPLE_REPLY.unpack_from(conn.buf, start)
-        length = conn.pending_reads.get(handle)
+            return 0
+        _, error, handle = SIMPLE_REPLY.unpack_from(buf, start)
+        length = conn.reply_length(handle)
         if length is None:
             raise RemoteProtocolError(f"reply for unknown handle {handle}")
         if error:
-            conn.start = start + SIMPLE_REPLY.size
-            conn.pending_reads.pop(handle)
-            return ev.SimpleReply(handle, error)
-        total = SIMPLE_REPLY.size + length
+            return ev.SimpleReply(handle, error), SIMPLE_REPLY.size
+        total: int = SIMPLE_REPLY.size + length
         if avail < total:
-            conn.need = total
-            return None
-        conn.start = start + total
-        conn.pending_reads.pop(handle)
-        data = bytes(conn.buf[start + SIMPLE_REPLY.size : start + total]) if length else None
-        return ev.SimpleReply(handle, 0, data)
+            return total
+        data = bytes(buf[start + SIMPLE_REPLY.size : start + total]) if length else None
+        return ev.SimpleReply(handle, 0, data), total
     if magic == STRUCTURED_REPLY_MAGIC:
         if avail < STRUCTURED_HEADER.size:
-            return None
-        _, flags, rtype, handle, length = STRUCTURED_HEADER.unpack_from(conn.buf, start)
+            return 0
+        _, flags, rtype, handle, length = STRUCTURED_HEADER.unpack_from(buf, start)
         if length > MAX_PAYLOAD + 8:
             raise RemoteProtocolError("structured chunk too long")
         total = STRUCTURED_HEADER.size + length
         if avail < total:
-            conn.need = total
-            return None
-        data = bytes(conn.buf[start + STRUCTURED_HEADER.size : start + total])
-        conn.start = start + total
-        if handle not in conn.pending_reads:
+            return total
+        data = bytes(buf[start + STRUCTURED_HEADER.size : start + total])
+        if conn.reply_length(handle) is None:
             raise RemoteProtocolError(f"reply for unknown handle {handle}")
-        chunk = _parse_chunk(handle, flags, rtype, data)
-        if flags & ReplyFlag.DONE:
-            conn.pending_reads.pop(handle)
-        return chunk
+        return _parse_chunk(handle, flags, rtype, data), total
     raise RemoteProtocolError("bad reply magic")
 
 
