@@ -157,9 +157,10 @@ class VolumeServer(Server):
 
     def drain(self) -> None:
         """Commit everything the last run wrote (what a snapshot would wait for)."""
-        from loft.node.control import request
+        from loft.node import api
+        from loft.node.client import call
 
-        request(str(self.control), "commit", volume=VOLUME, timeout=900)
+        call(str(self.control), api.CommitRequest(VOLUME), api.CommitAnswer, timeout=900)
 
 
 def run_fio(

@@ -213,6 +213,11 @@ def test_ls_connections_shows_who_is_connected(node: Node) -> None:
         assert holder.stdout.readline().strip() == b"up"
         conns = json.loads(node.loft("disk", "ls-connections", "--json").stdout)
         assert [c.get("export") for c in conns] == ["v"]
+        # The table a person reads, too: SINCE is the time the client connected.
+        table = node.loft("disk", "ls-connections").stdout
+        row = next(line for line in table.splitlines() if " v " in line)
+        since = time.strftime("%H:%M:%S", time.localtime(conns[0]["since"]))
+        assert since in row, table
     finally:
         holder.kill()
         holder.wait(10)

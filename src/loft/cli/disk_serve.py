@@ -150,22 +150,24 @@ def ls_connections(socket_path: Path | None, as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from loft.node.control import request
+    from loft.node import api
+    from loft.node.client import call
+    from loft.node.jsoncodec import encode
 
-    conns = request(str(_control_path(socket_path)), "connections")["connections"]
+    path = str(_control_path(socket_path))
+    conns = call(path, api.ConnectionsRequest(), api.ConnectionsAnswer).connections
     if as_json:
-        click.echo(json.dumps(conns, indent=2, sort_keys=True))
+        click.echo(json.dumps([encode(c) for c in conns], indent=2, sort_keys=True))
         return
     table = Table("PEER", "IDENTITY", "EXPORT", "REQUESTS", "IN FLIGHT", "SINCE")
     for c in conns:
-        since = c.get("connected_at")
         table.add_row(
-            str(c.get("peer", "-")),
-            str(c.get("identity") or "-"),
-            str(c.get("export") or "-"),
-            str(c.get("requests", "-")),
-            str(c.get("inflight", "-")),
-            time.strftime("%H:%M:%S", time.localtime(since)) if since else "-",
+            c.peer,
+            c.identity or "-",
+            c.export or "-",
+            str(c.requests),
+            str(c.inflight),
+            time.strftime("%H:%M:%S", time.localtime(c.since)),
         )
     Console().print(table)
 
@@ -176,9 +178,10 @@ def ls_connections(socket_path: Path | None, as_json: bool) -> None:
 def release(volume: str, socket_path: Path | None) -> None:
     """Commit VOLUME and release its lease in the running disk service (so that it can be
     restored or removed); it is opened again when a client next uses it."""
-    from loft.node.control import request
+    from loft.node import api
+    from loft.node.client import call
 
-    request(str(_control_path(socket_path)), "release", volume=volume)
+    call(str(_control_path(socket_path)), api.ReleaseRequest(volume), api.ReleaseAnswer)
     click.echo(f"released {volume}")
 
 

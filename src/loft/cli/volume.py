@@ -161,7 +161,11 @@ def info(name: str, as_json: bool) -> None:
     with _blockstore() as bs:
         served = bs.served_at(name)
         if served:
-            data: dict[str, Any] = _control(served, "info", volume=name)
+            from loft.node import api
+            from loft.node.client import call
+            from loft.node.jsoncodec import encode
+
+            data: dict[str, Any] = encode(call(served, api.InfoRequest(name), api.InfoAnswer))
         else:
             data = bs.info(name).as_dict()
 
@@ -207,28 +211,24 @@ def import_(name: str, file: str) -> None:
     )
 
 
-def _control(socket_path: str, op: str, /, **args: Any) -> dict[str, Any]:
-    from loft.node.control import request
-
-    answer = request(socket_path, op, **args)
-    answer.pop("ok", None)
-    return answer
-
-
 def _import_served(control: str, name: str, file: str) -> None:
     """Import through the disk service serving the volume (it owns the working copy).
     Standard input is spooled to a file first, so a too-large image changes nothing."""
     import shutil
     import tempfile
 
+    from loft.node import api
+    from loft.node.client import call
+
     if file != "-":
-        answer = _control(control, "import", volume=name, path=os.path.abspath(file))
+        req = api.ImportRequest(name, os.path.abspath(file))
+        answer = call(control, req, api.ImportAnswer)
     else:
         with tempfile.NamedTemporaryFile(prefix="loft-import-") as spool:
             shutil.copyfileobj(sys.stdin.buffer, spool, 1 << 20)
             spool.flush()
-            answer = _control(control, "import", volume=name, path=spool.name)
-    _err.print(f"imported {format_size(answer['bytes'])} into {name} through the disk service")
+            answer = call(control, api.ImportRequest(name, spool.name), api.ImportAnswer)
+    _err.print(f"imported {format_size(answer.bytes)} into {name} through the disk service")
 
 
 @volume.command()
@@ -245,7 +245,11 @@ def export(ref: str, file: str) -> None:
         name, snap = split_ref(ref)
         served = bs.served_at(name)
         if served and snap is None:
-            _control(served, "commit", volume=name)  # export what clients wrote so far
+            from loft.node import api
+            from loft.node.client import call
+
+            # export what clients wrote so far
+            call(served, api.CommitRequest(name), api.CommitAnswer)
         view = bs.view(ref)
         dst: BinaryIO
         if file == "-":
@@ -276,8 +280,11 @@ def snapshot(name: str, snap: str) -> None:
         bs.ctx.check_store()
         served = bs.served_at(name)
         if served:
-            answer = _control(served, "snapshot", volume=name, name=snap)
-            click.echo(f"snapshot {name}@{answer['snapshot']} (version {answer['version']})")
+            from loft.node import api
+            from loft.node.client import call
+
+            answer = call(served, api.SnapshotRequest(name, snap), api.SnapshotAnswer)
+            click.echo(f"snapshot {name}@{answer.snapshot} (version {answer.version})")
             return
         s = bs.snapshot(name, snap)
     click.echo(f"snapshot {name}@{s.name} (version {s.version})")

@@ -3,8 +3,9 @@
 Exports are ``NAME`` (the volume, read-write; the service takes its lease on first use
 and keeps it while it runs) and ``NAME@SNAP`` (a read-only view of a snapshot). All
 connections to one volume share one :class:`Volume`, so CAN_MULTI_CONN holds. While a
-volume is served, its catalog row names this service's control socket, through which the
-CLI snapshots, inspects and imports into it (see :mod:`loft.node.control`).
+volume is served, its catalog row names this service's control socket, where the node
+API (:mod:`loft.node.api`) answers: the CLI snapshots, inspects and imports into a served
+volume through it.
 
 SIGTERM or SIGINT: stop listening, let connections finish, then commit and release every
 volume.
@@ -21,15 +22,25 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from loft.blockstore import Blockstore, SnapshotView, Volume
-from loft.blockstore.errors import BlockstoreError, InvalidArgument, SnapshotNotFound
+from loft.blockstore.errors import (
+    BlockstoreError,
+    InvalidArgument,
+    LeaseLost,
+    SnapshotExists,
+    SnapshotNotFound,
+    VolumeBusy,
+    VolumeExists,
+    VolumeNotFound,
+)
 from loft.blockstore.heads import DEFAULT_LEASE_MARGIN, DEFAULT_LEASE_TTL, VolumeRecord
 from loft.blockstore.names import split_ref
 from loft.errors import LoftError
 from loft.nbd.server import Authorizer, Export, NBDServer
-from loft.node.control import MAX_LINE
+from loft.node import api
+from loft.node.apiserver import ApiServer
+from loft.node.jsoncodec import CodecError
 from loft.node.served import ServedVolume
 from loft.node.volume_backend import VolumeBackend
 from loft.units import format_size
@@ -50,6 +61,8 @@ class CatalogExports:
     def __init__(self, service: DiskService) -> None:
         self._service = service
         self._exports: dict[str, Export] = {}
+        #: what each export serves: the service opened it, so the service closes it
+        self._targets: dict[str, ServedVolume | SnapshotView] = {}
         self._lock = threading.Lock()
 
     def lookup(self, name: str) -> Export | None:
@@ -73,7 +86,7 @@ class CatalogExports:
                     json.dumps(f"volume is in use by {rec.holder}"),
                 )
                 return None
-            backend_target: Any = ServedVolume(
+            target: ServedVolume | SnapshotView = ServedVolume(
                 rec.name, rec.size, rec.extent_size, self._service.open_volume
             )
             desc = f"volume {rec.name} ({format_size(rec.size)}, {rec.durability})"
@@ -82,11 +95,14 @@ class CatalogExports:
                 s = heads.get_snapshot(rec, snap)
             except SnapshotNotFound:
                 return None
-            backend_target = SnapshotView(self._service.blockstore.ctx, rec, s.root, name)
+            target = SnapshotView(self._service.blockstore.ctx, rec, s.root, name)
             desc = f"snapshot {name} (read-only, version {s.version})"
-        export = Export(name, VolumeBackend(backend_target, description=desc), desc)
+        export = Export(name, VolumeBackend(target, description=desc), desc)
         with self._lock:
-            return self._exports.setdefault(name, export)
+            if name not in self._exports:
+                self._exports[name] = export
+                self._targets[name] = target
+            return self._exports[name]
 
     def exports(self) -> list[Export]:
         bs = self._service.blockstore
@@ -99,27 +115,28 @@ class CatalogExports:
     def served(self) -> list[ServedVolume]:
         """Volumes the service has an export object for (opened or not)."""
         with self._lock:
-            backends = [e.backend for e in self._exports.values()]
-        return [t for b in backends if isinstance(t := getattr(b, "volume", None), ServedVolume)]
+            return [t for t in self._targets.values() if isinstance(t, ServedVolume)]
 
     def served_volume(self, name: str) -> ServedVolume | None:
-        export = self.lookup(name)
-        target = getattr(export.backend, "volume", None) if export else None
+        """The read-write export of volume ``name``, when this service may serve it."""
+        if self.lookup(name) is None:
+            return None
+        with self._lock:
+            target = self._targets.get(name)
         return target if isinstance(target, ServedVolume) else None
 
     def close(self) -> None:
         with self._lock:
-            exports = list(self._exports.values())
+            targets = list(self._targets.items())
             self._exports.clear()
-        for e in exports:
+            self._targets.clear()
+        for name, target in targets:
             try:
                 # The service opened these volumes and views, so it closes them (the NBD
                 # backend adapter does not own what it serves).
-                target = getattr(e.backend, "volume", None)
-                if target is not None:
-                    target.close()
+                target.close()
             except LoftError as err:
-                log.error("disk.close export=%s error=%s", e.name, json.dumps(str(err)))
+                log.error("disk.close export=%s error=%s", name, json.dumps(str(err)))
 
 
 class DiskService:
@@ -144,6 +161,7 @@ class DiskService:
         self.exports = CatalogExports(self)
         self.server = NBDServer(self.exports, authorizer=authorizer, ssl_context=ssl_context)
         self._holders: set[str] = set()
+        self._api = ApiServer(self._run_operation, _status_of)
         self._control: asyncio.base_events.Server | None = None
         self._stopped = asyncio.Event()
 
@@ -175,9 +193,7 @@ class DiskService:
             await self.server.serve_tcp(*listen)
         if self.control_path.exists():
             self.control_path.unlink()
-        self._control = await asyncio.start_unix_server(
-            self._handle_control, str(self.control_path), limit=MAX_LINE
-        )
+        self._control = await asyncio.start_unix_server(self._api.handle, str(self.control_path))
         os.chmod(self.control_path, 0o600)
         log.info("disk.ready socket=%s control=%s", self.socket_path, self.control_path)
 
@@ -197,103 +213,100 @@ class DiskService:
         self.control_path.unlink(missing_ok=True)
         log.info("disk.stopped")
 
-    # -- control socket -----------------------------------------------------------------
+    # -- the node API ---------------------------------------------------------------------
 
-    async def _handle_control(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        try:
-            line = await asyncio.wait_for(reader.readline(), 10)
-            req = json.loads(line)
-            op = req.pop("op")
-            handler = _HANDLERS.get(op)
-            if handler is None:
-                raise InvalidArgument(f"unknown control request {op!r}")
-            loop = asyncio.get_running_loop()
-            result = await loop.run_in_executor(None, lambda: handler(self, **req))
-            answer: dict[str, Any] = {"ok": True, **result}
-        except LoftError as e:
-            answer = {"ok": False, "error": e.message, "hint": e.hint}
-        except (ValueError, KeyError, TypeError, TimeoutError) as e:
-            answer = {"ok": False, "error": f"bad control request: {e}"}
-        except Exception as e:  # never let one request kill the service
-            log.exception("disk.control.error")
-            answer = {"ok": False, "error": f"internal error: {e}"}
-        try:
-            writer.write(json.dumps(answer).encode() + b"\n")
-            await writer.drain()
-            writer.close()
-        except (ConnectionError, OSError):
-            pass
+    async def _run_operation(self, op: api.Operation, req: object) -> object:
+        """Run one API request on a worker thread (volumes and the catalog block)."""
+        served = self._served(getattr(req, "volume")) if op.needs_served else None  # noqa: B009
+        handler = _HANDLERS[op.request]
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, handler, self, req, served)
 
     def _served(self, volume: str) -> ServedVolume:
         sv = self.exports.served_volume(volume)
         if sv is None:
-            raise InvalidArgument(f"volume {volume!r} is not served here")
+            raise NotServed(
+                f"volume {volume!r} is not served here",
+                hint="it is unknown, or another disk service holds it",
+            )
         return sv
 
-    def ctl_ping(self) -> dict[str, Any]:
-        return {"served": [sv.name for sv in self.exports.served() if sv.volume is not None]}
+    def api_ping(self, req: api.PingRequest, _: None) -> api.PingAnswer:
+        return api.PingAnswer([sv.name for sv in self.exports.served() if sv.volume is not None])
 
-    def ctl_snapshot(self, volume: str, name: str) -> dict[str, Any]:
+    def api_snapshot(self, req: api.SnapshotRequest, sv: ServedVolume) -> api.SnapshotAnswer:
         """Commit everything flushed (and written) so far, then record the snapshot."""
-        vol = self._served(volume).get()
-        rec = vol.commit()
-        snap = self.blockstore.heads.add_snapshot(rec, name, rec.version, rec.root)
-        log.info("disk.snapshot volume=%s snapshot=%s version=%d", volume, name, snap.version)
-        return {"snapshot": snap.name, "version": snap.version}
+        rec = sv.get().commit()
+        snap = self.blockstore.heads.add_snapshot(rec, req.name, rec.version, rec.root)
+        log.info(
+            "disk.snapshot volume=%s snapshot=%s version=%d", req.volume, req.name, snap.version
+        )
+        return api.SnapshotAnswer(snap.name, snap.version)
 
-    def ctl_commit(self, volume: str) -> dict[str, Any]:
-        rec = self._served(volume).get().commit()
-        return {"version": rec.version}
+    def api_commit(self, req: api.CommitRequest, sv: ServedVolume) -> api.CommitAnswer:
+        return api.CommitAnswer(sv.get().commit().version)
 
-    def ctl_info(self, volume: str) -> dict[str, Any]:
-        sv = self._served(volume)
-        info = self.blockstore.info(volume).as_dict()
+    def api_info(self, req: api.InfoRequest, sv: ServedVolume) -> api.InfoAnswer:
+        info = self.blockstore.info(req.volume).as_dict()
         vol = sv.volume
         if vol is not None:
             info["extents_present"] = vol.present_extents
             info["extents_dirty"] = vol.dirty_extents
-        info["served_by"] = str(self.control_path)
-        return info
+        return api.InfoAnswer(**info, served_by=str(self.control_path))  # type: ignore[arg-type]
 
-    def ctl_import(self, volume: str, path: str) -> dict[str, Any]:
+    def api_import(self, req: api.ImportRequest, sv: ServedVolume) -> api.ImportAnswer:
         """Write a raw image file into a served volume through its live working copy."""
-        vol = self._served(volume).get()
+        vol = sv.get()
         started = time.monotonic()
-        size = os.stat(path).st_size
+        size = os.stat(req.path).st_size
         if size > vol.size:
             raise InvalidArgument(
-                f"image is {size} bytes but volume {volume!r} is {vol.size} bytes",
+                f"image is {size} bytes but volume {req.volume!r} is {vol.size} bytes",
                 hint="create a bigger volume",
             )
         es = vol.extent_size
-        with open(path, "rb") as f:
+        with open(req.path, "rb") as f:
             offset = 0
             while chunk := f.read(es):
                 vol.write(offset, chunk)
                 offset += len(chunk)
         rec = vol.commit()
-        return {"bytes": offset, "seconds": time.monotonic() - started, "version": rec.version}
+        return api.ImportAnswer(offset, time.monotonic() - started, rec.version)
 
-    def ctl_connections(self) -> dict[str, Any]:
-        return {"connections": self.server.connections()}
+    def api_connections(self, req: api.ConnectionsRequest, _: None) -> api.ConnectionsAnswer:
+        return api.ConnectionsAnswer([api.ConnectionInfo(**c) for c in self.server.connections()])
 
-    def ctl_release(self, volume: str) -> dict[str, Any]:
+    def api_release(self, req: api.ReleaseRequest, sv: ServedVolume) -> api.ReleaseAnswer:
         """Commit and release a volume (it is opened again on next use)."""
-        self._served(volume).close()
-        return {"released": volume}
+        sv.close()
+        return api.ReleaseAnswer(req.volume)
 
 
-_HANDLERS: dict[str, Callable[..., dict[str, Any]]] = {
-    "ping": DiskService.ctl_ping,
-    "snapshot": DiskService.ctl_snapshot,
-    "commit": DiskService.ctl_commit,
-    "info": DiskService.ctl_info,
-    "import": DiskService.ctl_import,
-    "connections": DiskService.ctl_connections,
-    "release": DiskService.ctl_release,
+class NotServed(LoftError):
+    """The volume an operation names is not served by this disk service."""
+
+
+def _status_of(e: LoftError) -> int:
+    """The HTTP status of an error (4xx: the caller can act on it)."""
+    if isinstance(e, NotServed | VolumeNotFound | SnapshotNotFound):
+        return 404
+    if isinstance(e, VolumeBusy | VolumeExists | SnapshotExists | LeaseLost):
+        return 409
+    if isinstance(e, InvalidArgument | CodecError):
+        return 400
+    return 500
+
+
+_HANDLERS: dict[type, Callable[..., object]] = {
+    api.PingRequest: DiskService.api_ping,
+    api.SnapshotRequest: DiskService.api_snapshot,
+    api.CommitRequest: DiskService.api_commit,
+    api.InfoRequest: DiskService.api_info,
+    api.ImportRequest: DiskService.api_import,
+    api.ConnectionsRequest: DiskService.api_connections,
+    api.ReleaseRequest: DiskService.api_release,
 }
+assert set(_HANDLERS) == {op.request for op in api.OPERATIONS}, "every operation has a handler"
 
 
-__all__ = ["BlockstoreError", "CatalogExports", "DiskService", "default_socket"]
+__all__ = ["BlockstoreError", "CatalogExports", "DiskService", "NotServed", "default_socket"]
