@@ -27,8 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from _common import GIB, MIB, Payload, emit, log, open_node, seaweedfs, weed_version, workdir
-from loft.blockstore.chunkstore import DEFAULT_PARALLELISM
 from loft.blockstore.commit import BATCH_EXTENTS, encode_extent
+from loft.objstore import DEFAULT_PARALLELISM
 
 EXTENT = 4 * MIB
 COUNT = 64

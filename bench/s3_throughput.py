@@ -1,4 +1,4 @@
-"""How fast does S3ChunkStore move extents to and from an S3 API store?
+"""How fast does S3ObjectStore move extents to and from an S3 API store?
 
 Starts a private SeaweedFS (``weed mini`` on loopback), then measures, for each parallelism:
 
@@ -34,7 +34,7 @@ from botocore.config import Config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from loft.blockstore.s3 import S3ChunkStore
+from loft.objstore.s3 import S3ObjectStore
 from services import SeaweedFS, start_seaweedfs, weed_binary
 
 MIB = 1024 * 1024
@@ -48,7 +48,7 @@ def make_values(count: int, size: int) -> list[bytes]:
 
 
 class Boto3Anchor:
-    """Plain boto3 with a thread pool: the baseline S3ChunkStore is compared with."""
+    """Plain boto3 with a thread pool: the baseline S3ObjectStore is compared with."""
 
     def __init__(self, server: SeaweedFS, prefix: str, parallelism: int) -> None:
         self.prefix = prefix
@@ -156,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         small = make_values(args.small_objects, 64 * 1024)
         results = []
         for p in levels:
-            store = S3ChunkStore(
+            store = S3ObjectStore(
                 BUCKET,
                 f"loft-p{p}",
                 endpoint=server.endpoint,
@@ -206,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     report = {
         "benchmark": "s3_throughput",
-        "question": "S3ChunkStore PUT/GET throughput vs plain boto3 on a local SeaweedFS",
+        "question": "S3ObjectStore PUT/GET throughput vs plain boto3 on a local SeaweedFS",
         "server": f"SeaweedFS weed mini ({version}) on 127.0.0.1",
         "host": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "large_objects": args.large_objects,

@@ -177,7 +177,7 @@ class SeaweedFS:
         return self.process.pid
 
     def env(self) -> dict[str, str]:
-        """AWS environment variables that make :class:`S3ChunkStore` authenticate here."""
+        """AWS environment variables that make :class:`S3ObjectStore` authenticate here."""
         return {"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key}
 
     def url(self, bucket: str, prefix: str = "") -> str:

@@ -6,8 +6,10 @@ stderr and exits non-zero. Each package defines its own subclasses::
 
     LoftError
      +-- CatalogError            (loft.catalog)
+     +-- ObjectStoreError        (loft.objstore)
+     |    +-- ObjectNotFound
      +-- BlockstoreError         (loft.blockstore)
-     |    +-- ChunkStoreError, ChunkNotFound, VolumeNotFound, LeaseError, ...
+     |    +-- ChunkNotFound (also an ObjectNotFound), VolumeNotFound, LeaseLost, ...
      +-- EnvstoreError           (loft.envstore)
      +-- NBDError                (loft.nbd)
 """

@@ -7,10 +7,10 @@ The catalog and the chunk store live outside every node's data dir, so a node ca
 
 ``deployment`` is parametrised over every catalog x chunk store combination:
 
-    sqlite-file   SQLite file catalog, FileChunkStore
-    sqlite-s3     SQLite file catalog, S3ChunkStore on SeaweedFS
-    pg-file       PostgreSQL (a fresh database), FileChunkStore
-    pg-s3         PostgreSQL, S3ChunkStore on SeaweedFS
+    sqlite-file   SQLite file catalog, FileObjectStore
+    sqlite-s3     SQLite file catalog, S3ObjectStore on SeaweedFS
+    pg-file       PostgreSQL (a fresh database), FileObjectStore
+    pg-s3         PostgreSQL, S3ObjectStore on SeaweedFS
 
 Tests that want one combination use :func:`make_deployment` through the ``deployment_of``
 factory fixture.

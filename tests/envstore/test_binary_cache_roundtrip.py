@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from loft.blockstore.chunkstore import open_chunk_store
 from loft.envstore import nar
 from loft.envstore.binary_cache import (
     BinaryCacheError,
@@ -25,6 +24,7 @@ from loft.envstore.binary_cache import (
 from loft.envstore.narinfo import parse_narinfo, render_narinfo
 from loft.envstore.signing import SecretKey
 from loft.envstore.store import HashMismatch, PathInfo, Store
+from loft.objstore import open_object_store
 
 _n = itertools.count()
 
@@ -132,7 +132,7 @@ def test_pull_detects_tampered_nar(
     store, env, paths = src
     url = f"memory://cache-{next(_n)}"
     push(store, [env.path], url, key)
-    objs = open_chunk_store(url)
+    objs = open_object_store(url)
     lib = paths[0]
     ni = parse_narinfo(objs.get(narinfo_key(lib.path)).decode())
     data = bytearray(
@@ -166,7 +166,7 @@ def test_pull_detects_corrupt_file(
     store, env, paths = src
     url = f"memory://cache-{next(_n)}"
     push(store, [env.path], url, key)
-    objs = open_chunk_store(url)
+    objs = open_object_store(url)
     ni = parse_narinfo(objs.get(narinfo_key(paths[0].path)).decode())
     objs.put(ni.url, b"garbage")
     dst = Store(tmp_path / "dst", durable=False)
@@ -194,10 +194,10 @@ def test_pull_missing_path_and_missing_cache(tmp_path: Path, key: SecretKey) -> 
     with pytest.raises(BinaryCacheError, match="not a binary cache"):
         pull(dst, [ghost], f"file://{tmp_path / 'empty'}", [key.public()])
     url = f"memory://cache-{next(_n)}"
-    open_chunk_store(url).put("nix-cache-info", cache_info_text().encode())
+    open_object_store(url).put("nix-cache-info", cache_info_text().encode())
     with pytest.raises(BinaryCacheError, match="not in the binary cache"):
         pull(dst, [ghost], url, [key.public()])
-    open_chunk_store(url).put("nix-cache-info", cache_info_text("/gnu/store").encode())
+    open_object_store(url).put("nix-cache-info", cache_info_text("/gnu/store").encode())
     with pytest.raises(BinaryCacheError, match="/gnu/store"):
         pull(dst, [ghost], url, [key.public()])
 
@@ -306,7 +306,7 @@ def test_pull_reads_every_compression(
     store, env, paths = src
     url = f"memory://cache-{next(_n)}"
     push(store, [env.path], url, key)
-    objs = open_chunk_store(url)
+    objs = open_object_store(url)
     for p in paths:  # re-compress every NAR; the signature does not cover the file
         ni = parse_narinfo(objs.get(narinfo_key(p.path)).decode())
         raw = zstandard.ZstdDecompressor().decompress(objs.get(ni.url), max_output_size=1 << 24)
@@ -334,7 +334,7 @@ def test_pull_stops_a_nar_longer_than_declared(
     store, env, paths = src
     url = f"memory://cache-{next(_n)}"
     push(store, [env.path], url, key)
-    objs = open_chunk_store(url)
+    objs = open_object_store(url)
     lib = paths[0]
     ni = parse_narinfo(objs.get(narinfo_key(lib.path)).decode())
     # A (trusted but wrong) narinfo declaring a tiny NAR: the restore must stop early.

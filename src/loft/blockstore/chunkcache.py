@@ -10,13 +10,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from loft.blockstore.chunks import chunk_key
-from loft.blockstore.chunkstore import ChunkStore
+from loft.blockstore.errors import ChunkNotFound
+from loft.objstore import ObjectNotFound, ObjectStore
 
 
 class ChunkCache:
     """A read-through cache in front of a chunk store, keyed by chunk digest."""
 
-    def __init__(self, store: ChunkStore, directory: Path | None, max_bytes: int) -> None:
+    def __init__(self, store: ObjectStore, directory: Path | None, max_bytes: int) -> None:
         self.store = store
         self.directory = directory
         self.max_bytes = max_bytes
@@ -57,7 +58,10 @@ class ChunkCache:
             else:
                 out[d] = value
         if missing:
-            fetched = self.store.get_many([chunk_key(d) for d in missing])
+            try:
+                fetched = self.store.get_many([chunk_key(d) for d in missing])
+            except ObjectNotFound as e:  # referenced, so it must exist: say what went wrong
+                raise ChunkNotFound(e.key) from e
             for d in missing:
                 value = fetched[chunk_key(d)]
                 out[d] = value

@@ -11,10 +11,10 @@ from pathlib import Path
 from loft.blockstore.budget import ExtentBudget
 from loft.blockstore.chunkcache import ChunkCache
 from loft.blockstore.chunks import ChunkCodec, deployment_secret
-from loft.blockstore.chunkstore import ChunkStore, open_chunk_store
 from loft.blockstore.heads import Heads
 from loft.catalog import Catalog
 from loft.config import Settings
+from loft.objstore import ObjectStore, open_object_store
 
 #: Niceness of background work (commits: hashing, compression, uploads), so that on a
 #: small machine it yields the CPU to the data path serving clients.
@@ -38,7 +38,7 @@ class BlockstoreContext:
     settings: Settings
     catalog: Catalog
     heads: Heads
-    store: ChunkStore
+    store: ObjectStore
     codec: ChunkCodec
     cache: ChunkCache
     budget: ExtentBudget
@@ -61,7 +61,7 @@ class BlockstoreContext:
         catalog = catalog or Catalog.open(settings)
         with catalog.write() as conn:
             secret = deployment_secret(conn)
-        store = open_chunk_store(settings.chunks_url)
+        store = open_object_store(settings.chunks_url)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         cache = ChunkCache(store, settings.data_dir / "chunk-cache", settings.chunk_cache_bytes)
         return cls(
@@ -75,7 +75,7 @@ class BlockstoreContext:
         )
 
     def check_store(self) -> None:
-        """Fail fast (ChunkStoreError) when the chunk store is unreachable or refuses us."""
+        """Fail fast (ObjectStoreError) when the chunk store is unreachable or refuses us."""
         self.store.stat("heads/.probe")
 
     def close(self) -> None:

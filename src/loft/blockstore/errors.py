@@ -1,13 +1,27 @@
-"""Errors of loft.blockstore. The NBD server maps them to wire errors in one place."""
+"""Errors of loft.blockstore. The disk service's NBD backend maps them to errnos
+(:mod:`loft.node.volume_backend`); the object store's own errors pass through."""
 
 from __future__ import annotations
 
-from loft.blockstore.chunkstore import ChunkNotFound, ChunkStoreError
 from loft.errors import LoftError
+from loft.objstore import ObjectNotFound, ObjectStoreError
 
 
 class BlockstoreError(LoftError):
     """Base of every volume error."""
+
+
+class ChunkNotFound(BlockstoreError, ObjectNotFound):
+    """A chunk (or manifest page) the catalog refers to is absent from the chunk store:
+    the store lost it, which only tampering or a forced GC can do."""
+
+    def __init__(self, key: str) -> None:
+        ObjectNotFound.__init__(
+            self,
+            key,
+            f"object {key!r} is missing from the chunk store",
+            hint="the store was modified outside loft or a GC ran with --force",
+        )
 
 
 class InvalidArgument(BlockstoreError):
@@ -64,11 +78,12 @@ class GCRefused(BlockstoreError):
 __all__ = [
     "BlockstoreError",
     "ChunkNotFound",
-    "ChunkStoreError",
     "GCRefused",
     "InvalidArgument",
     "LeaseLost",
     "NotFast",
+    "ObjectNotFound",
+    "ObjectStoreError",
     "ReadOnlyVolume",
     "SnapshotExists",
     "SnapshotNotFound",

@@ -23,11 +23,11 @@ from dataclasses import asdict, dataclass
 from sqlalchemy import select, update
 
 from loft.blockstore.chunks import CHUNK_PREFIX, ZERO_HASH, chunk_key
-from loft.blockstore.chunkstore import ChunkNotFound
 from loft.blockstore.commit import DEFAULT_GC_GRACE, HEAD_PREFIX, manifest_for
 from loft.blockstore.context import BlockstoreContext
 from loft.blockstore.errors import GCRefused
 from loft.catalog.schema import gc_state, inflight_chunks
+from loft.objstore import ObjectNotFound
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def check_head_records(ctx: BlockstoreContext) -> list[str]:
     for info in ctx.store.list(HEAD_PREFIX):
         try:
             records.append((info.key, json.loads(ctx.store.get(info.key))))
-        except ChunkNotFound:
+        except ObjectNotFound:
             continue  # the volume was removed since the listing
         except Exception:
             problems.append(f"unreadable head record {info.key}")

@@ -9,7 +9,6 @@ from collections import OrderedDict
 from collections.abc import Iterator
 
 from loft.blockstore.chunks import ZERO_HASH
-from loft.blockstore.chunkstore import ChunkStoreError
 from loft.blockstore.commit import manifest_for, zeros
 from loft.blockstore.context import BlockstoreContext
 from loft.blockstore.errors import InvalidArgument, ReadOnlyVolume, VolumeIOError
@@ -21,6 +20,7 @@ from loft.blockstore.extents import (
     entry_depth,
 )
 from loft.blockstore.heads import VolumeRecord, writer_tag
+from loft.objstore import ObjectStoreError
 
 _DECODED_EXTENTS = 16
 
@@ -65,7 +65,7 @@ class SnapshotView:
             return zeros(self._elen(e))
         try:
             data = self.ctx.codec.decode(self.ctx.cache.get(digest), expect=digest)
-        except ChunkStoreError as err:
+        except ObjectStoreError as err:
             raise VolumeIOError(f"{self.name}: fetching extent {e} failed: {err}") from err
         with self._lock:
             self._decoded[e] = data
@@ -133,7 +133,7 @@ class SnapshotView:
         ]
         try:
             self.ctx.cache.get_many(digests)
-        except ChunkStoreError as err:
+        except ObjectStoreError as err:
             raise VolumeIOError(f"{self.name}: prefetch failed: {err}") from err
 
     def written_extents(self) -> Iterator[tuple[int, bytes]]:

@@ -29,7 +29,6 @@ from typing import BinaryIO
 from loft.blockstore.budget import Evictable
 from loft.blockstore.capture import Capture
 from loft.blockstore.chunks import ZERO_HASH
-from loft.blockstore.chunkstore import ChunkStoreError
 from loft.blockstore.commit import CommitResult, manifest_for
 from loft.blockstore.committer import Committer
 from loft.blockstore.context import BlockstoreContext
@@ -59,6 +58,7 @@ from loft.blockstore.heads import (
 from loft.blockstore.lease import LeaseKeeper
 from loft.blockstore.manifest import Manifest
 from loft.blockstore.workcopy import ABSENT, CLEAN, DIRTY, Header, WorkingCopy, punch_hole
+from loft.objstore import ObjectStoreError
 
 __all__ = ["STATE_HOLE", "STATE_ZERO", "Volume", "open_volume"]
 
@@ -443,7 +443,7 @@ class Volume:
                 if len(data) != self._elen(e):
                     raise VolumeIOError(f"chunk {d.hex()} has the wrong size for extent {e}")
                 write_pieces(self._fd, data, e * es)
-        except ChunkStoreError as err:
+        except ObjectStoreError as err:
             raise VolumeIOError(f"volume {self.name!r}: fetching extents failed: {err}") from err
         victims: list[tuple[Evictable, int]] = []
         with self._lock:

@@ -31,12 +31,12 @@ from urllib.parse import urlsplit
 
 import zstandard
 
-from loft.blockstore.chunkstore import ChunkNotFound, ChunkStore, open_chunk_store
 from loft.envstore import EnvstoreError, nar, nixbase32
 from loft.envstore.narinfo import NarInfo, parse_narinfo, render_narinfo
 from loft.envstore.signing import PublicKey, SecretKey, verify_any
 from loft.envstore.store import HashMismatch, PathInfo, Store, format_nar_hash
 from loft.envstore.store_path import STORE_DIR, hash_part
+from loft.objstore import ObjectNotFound, ObjectStore, open_object_store
 
 CACHE_INFO_KEY = "nix-cache-info"
 #: Below the priority of cache.nixos.org (40 is its value too; lower wins in Nix).
@@ -70,10 +70,10 @@ class BinaryCacheError(EnvstoreError):
 
 
 class CacheReader(Protocol):
-    """What :func:`pull` needs from a cache: whole objects by key (a ChunkStore has it)."""
+    """What :func:`pull` needs from a cache: whole objects by key (an ObjectStore has it)."""
 
     def get(self, key: str) -> bytes:
-        """The object under ``key``; :class:`ChunkNotFound` when absent."""
+        """The object under ``key``; :class:`~loft.objstore.ObjectNotFound` when absent."""
         ...
 
     def close(self) -> None:
@@ -89,14 +89,15 @@ class HttpCache:
         self.timeout = timeout
 
     def get(self, key: str) -> bytes:
-        """GET ``<url>/<key>``; 404 is :class:`ChunkNotFound`, other failures an error."""
+        """GET ``<url>/<key>``; 404 is :class:`~loft.objstore.ObjectNotFound`, other
+        failures an error."""
         try:
             with urllib.request.urlopen(f"{self.url}/{key}", timeout=self.timeout) as r:
                 data: bytes = r.read()
                 return data
         except urllib.error.HTTPError as e:
             if e.code in (403, 404):
-                raise ChunkNotFound(key) from None
+                raise ObjectNotFound(key) from None
             raise BinaryCacheError(f"{self.url}/{key}: HTTP {e.code} {e.reason}") from None
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
@@ -113,7 +114,7 @@ def open_cache_reader(url: str) -> CacheReader:
     """``http(s)://`` caches read over HTTP; everything else is a chunk store URL."""
     if urlsplit(url).scheme in ("http", "https"):
         return HttpCache(url)
-    return open_chunk_store(url)
+    return open_object_store(url)
 
 
 def cache_info_text(store_dir: str = STORE_DIR, priority: int = DEFAULT_PRIORITY) -> str:
@@ -181,7 +182,7 @@ def push(
     *,
     parallelism: int = DEFAULT_PARALLELISM,
     level: int = DEFAULT_ZSTD_LEVEL,
-    objects: ChunkStore | None = None,
+    objects: ObjectStore | None = None,
 ) -> PushReport:
     """Upload the closure of ``paths`` to the cache at ``to_url``, signed with ``key``.
 
@@ -190,7 +191,7 @@ def push(
     """
     t0 = time.monotonic()
     own = objects is None
-    objs = open_chunk_store(to_url) if objects is None else objects
+    objs = open_object_store(to_url) if objects is None else objects
     try:
         report = PushReport()
         closure = sorted(store.closure(paths))
@@ -223,7 +224,7 @@ def push(
 
 
 def _upload_one(
-    store: Store, objs: ChunkStore, info: PathInfo, key: SecretKey, level: int
+    store: Store, objs: ObjectStore, info: PathInfo, key: SecretKey, level: int
 ) -> tuple[int, int]:
     h = hashlib.sha256()
     size = 0
@@ -325,7 +326,7 @@ def pull(
 def _check_cache_info(objs: CacheReader, store_dir: str, url: str) -> None:
     try:
         text = objs.get(CACHE_INFO_KEY).decode()
-    except ChunkNotFound:
+    except ObjectNotFound:
         raise BinaryCacheError(
             f"{url} is not a binary cache (no nix-cache-info)",
             hint="push to it first with loft env push",
@@ -339,8 +340,11 @@ def _check_cache_info(objs: CacheReader, store_dir: str, url: str) -> None:
 def _fetch_narinfo(objs: CacheReader, path: str, store_dir: str) -> NarInfo:
     try:
         text = objs.get(narinfo_key(path)).decode()
-    except ChunkNotFound:
-        raise BinaryCacheError(f"{path} is not in the binary cache") from None
+    except ObjectNotFound:
+        raise BinaryCacheError(
+            f"{path} is not in the binary cache",
+            hint="push it there with `loft env push`, or build the lock here with `loft env build`",
+        ) from None
     return parse_narinfo(text, store_dir)
 
 
@@ -404,8 +408,11 @@ def _fetch_one(store: Store, objs: CacheReader, ni: NarInfo, url: str) -> tuple[
     decompress = _decompressor(ni.compression)
     try:
         data = objs.get(key)
-    except ChunkNotFound:
-        raise BinaryCacheError(f"{url} lacks {key}, the NAR of {ni.store_path}") from None
+    except ObjectNotFound:
+        raise BinaryCacheError(
+            f"{url} lacks {key}, the NAR of {ni.store_path}",
+            hint="the cache is incomplete: push the environment to it again",
+        ) from None
     if ni.file_size is not None and len(data) != ni.file_size:
         raise HashMismatch(f"{key} in {url} is {len(data)} bytes, narinfo says {ni.file_size}")
     if ni.file_hash is not None and format_nar_hash(hashlib.sha256(data).digest()) != (

@@ -1,5 +1,5 @@
-"""S3ChunkStore under faults: nothing listening, a stalled server, errors, wrong credentials,
-a missing bucket, and a SeaweedFS killed mid-test. Every failure must be a ChunkStoreError
+"""S3ObjectStore under faults: nothing listening, a stalled server, errors, wrong credentials,
+a missing bucket, and a SeaweedFS killed mid-test. Every failure must be a ObjectStoreError
 with a useful message, and must arrive within a bounded time."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from loft.blockstore.chunkstore import ChunkNotFound, ChunkStoreError, open_chunk_store
-from loft.blockstore.s3 import S3ChunkStore
+from loft.objstore import ObjectNotFound, ObjectStoreError, open_object_store
+from loft.objstore.s3 import S3ObjectStore
 from services import SeaweedFS, free_port, start_seaweedfs
 
 pytestmark = pytest.mark.timeout(120)
@@ -40,7 +40,7 @@ def fake_creds(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.usefixtures("fake_creds")
 def test_unreachable_endpoint_fails_fast() -> None:
     port = free_port()  # nothing listens here
-    store = open_chunk_store(f"s3://bucket/prefix?endpoint=http://127.0.0.1:{port}")
+    store = open_object_store(f"s3://bucket/prefix?endpoint=http://127.0.0.1:{port}")
     try:
         for call in (
             lambda: store.put("k", b"v"),
@@ -49,8 +49,8 @@ def test_unreachable_endpoint_fails_fast() -> None:
             lambda: list(store.list("")),
         ):
             err, took = timed(call)
-            assert isinstance(err, ChunkStoreError), err
-            assert not isinstance(err, ChunkNotFound)
+            assert isinstance(err, ObjectStoreError), err
+            assert not isinstance(err, ObjectNotFound)
             assert took < 10, f"took {took:.1f} s"
             assert "cannot reach" in str(err)
             assert f"127.0.0.1:{port}" in str(err)
@@ -68,7 +68,7 @@ def stalled_endpoint() -> Iterator[str]:
 
 
 def test_stalled_server_is_bounded_by_the_operation_timeout(stalled_endpoint: str) -> None:
-    store = S3ChunkStore(
+    store = S3ObjectStore(
         "bucket",
         endpoint=stalled_endpoint,
         access_key="a",
@@ -79,7 +79,7 @@ def test_stalled_server_is_bounded_by_the_operation_timeout(stalled_endpoint: st
     )
     try:
         err, took = timed(lambda: store.get("k"))
-        assert isinstance(err, ChunkStoreError), err
+        assert isinstance(err, ObjectStoreError), err
         # Attempts start only when they can end before the deadline (2 s each here).
         assert took <= 4.0 + 0.5, f"took {took:.1f} s"
         assert took >= 1.0  # it did wait for the server at least once
@@ -115,7 +115,7 @@ def test_server_errors_are_retried_then_reported() -> None:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _AlwaysFailing)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    store = S3ChunkStore(
+    store = S3ObjectStore(
         "bucket",
         endpoint=f"http://127.0.0.1:{server.server_address[1]}",
         access_key="a",
@@ -125,14 +125,14 @@ def test_server_errors_are_retried_then_reported() -> None:
     try:
         _AlwaysFailing.requests = 0
         err, took = timed(lambda: store.put("k", b"v"))
-        assert isinstance(err, ChunkStoreError), err
+        assert isinstance(err, ObjectStoreError), err
         assert "open bucket" in str(err) and "500" in str(err)  # HEAD carries no error body
         assert _AlwaysFailing.requests == 3  # standard retries, then give up
         assert took < 10
         store._bucket_ready.set()  # now the PUT itself
         _AlwaysFailing.requests = 0
         err, took = timed(lambda: store.put("k", b"v"))
-        assert isinstance(err, ChunkStoreError), err
+        assert isinstance(err, ObjectStoreError), err
         assert "put k" in str(err) and "InternalError" in str(err)
         assert _AlwaysFailing.requests == 3
         assert took < 10
@@ -147,11 +147,11 @@ def test_wrong_secret_mentions_credentials(
 ) -> None:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", seaweedfs.access_key)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
-    store = open_chunk_store(seaweedfs.fresh_url())
+    store = open_object_store(seaweedfs.fresh_url())
     try:
         for call in (lambda: store.put("k", b"v"), lambda: store.get("k")):
             err, took = timed(call)
-            assert isinstance(err, ChunkStoreError), err
+            assert isinstance(err, ObjectStoreError), err
             assert "credentials" in str(err)
             assert "AWS_ACCESS_KEY_ID" in str(err)
             assert took < 10
@@ -164,9 +164,9 @@ def test_unknown_access_key_mentions_credentials(
 ) -> None:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "nobody")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", seaweedfs.secret_key)
-    store = open_chunk_store(seaweedfs.fresh_url())
+    store = open_object_store(seaweedfs.fresh_url())
     try:
-        with pytest.raises(ChunkStoreError, match="AWS_ACCESS_KEY_ID"):
+        with pytest.raises(ObjectStoreError, match="AWS_ACCESS_KEY_ID"):
             store.stat("k")
     finally:
         store.close()
@@ -175,10 +175,10 @@ def test_unknown_access_key_mentions_credentials(
 def test_wrong_credentials_after_bucket_check(seaweedfs: SeaweedFS) -> None:
     # The bucket exists (a good store made it); a store with a bad key then fails per call.
     url = seaweedfs.fresh_url()
-    good = open_chunk_store(url)
+    good = open_object_store(url)
     good.put("k", b"v")
     good.close()
-    bad = S3ChunkStore(
+    bad = S3ObjectStore(
         "loft-test",
         url.split("?")[0].split("/", 3)[3],
         endpoint=seaweedfs.endpoint,
@@ -196,8 +196,8 @@ def test_wrong_credentials_after_bucket_check(seaweedfs: SeaweedFS) -> None:
             lambda: list(bad.list("")),
         ):
             err, _ = timed(call)
-            assert isinstance(err, ChunkStoreError), err
-            assert not isinstance(err, ChunkNotFound)
+            assert isinstance(err, ObjectStoreError), err
+            assert not isinstance(err, ObjectNotFound)
             assert "AWS_SECRET_ACCESS_KEY" in str(err)
     finally:
         bad.close()
@@ -205,7 +205,7 @@ def test_wrong_credentials_after_bucket_check(seaweedfs: SeaweedFS) -> None:
 
 def test_missing_bucket_is_created_on_first_use(seaweedfs: SeaweedFS) -> None:
     bucket = seaweedfs.fresh_bucket()
-    store = open_chunk_store(seaweedfs.url(bucket, "p"))
+    store = open_object_store(seaweedfs.url(bucket, "p"))
     try:
         store.put("k", b"v")
         assert store.get("k") == b"v"
@@ -222,19 +222,19 @@ def test_missing_bucket_is_created_on_first_use(seaweedfs: SeaweedFS) -> None:
 
 def test_missing_bucket_without_create_is_a_clear_error(seaweedfs: SeaweedFS) -> None:
     bucket = seaweedfs.fresh_bucket()
-    store = open_chunk_store(seaweedfs.url(bucket, "p") + "&create_bucket=0")
+    store = open_object_store(seaweedfs.url(bucket, "p") + "&create_bucket=0")
     try:
-        with pytest.raises(ChunkStoreError, match=f"bucket '{bucket}' does not exist"):
+        with pytest.raises(ObjectStoreError, match=f"bucket '{bucket}' does not exist"):
             store.get("k")
     finally:
         store.close()
 
 
 def test_bad_urls_are_rejected() -> None:
-    with pytest.raises(ChunkStoreError, match="bad S3"):
-        open_chunk_store("s3:///no-bucket")
-    with pytest.raises(ChunkStoreError, match="unknown option"):
-        open_chunk_store("s3://b/p?endpoint=http://127.0.0.1:1&colour=blue")
+    with pytest.raises(ObjectStoreError, match="bad S3"):
+        open_object_store("s3:///no-bucket")
+    with pytest.raises(ObjectStoreError, match="unknown option"):
+        open_object_store("s3://b/p?endpoint=http://127.0.0.1:1&colour=blue")
 
 
 @pytest.mark.timeout(180)
@@ -243,7 +243,7 @@ def test_seaweedfs_killed_mid_test_fails_fast(monkeypatch: pytest.MonkeyPatch) -
     try:
         for name, value in private.env().items():
             monkeypatch.setenv(name, value)
-        store = open_chunk_store(private.fresh_url())
+        store = open_object_store(private.fresh_url())
         try:
             store.put_many([(f"k{i}", b"v" * 1000) for i in range(8)])
             assert store.get("k0") == b"v" * 1000
@@ -260,8 +260,8 @@ def test_seaweedfs_killed_mid_test_fails_fast(monkeypatch: pytest.MonkeyPatch) -
                 lambda: list(store.list("k")),
             ):
                 err, took = timed(call)
-                assert isinstance(err, ChunkStoreError), err
-                assert not isinstance(err, ChunkNotFound)
+                assert isinstance(err, ObjectStoreError), err
+                assert not isinstance(err, ObjectNotFound)
                 assert "cannot reach" in str(err)
                 assert took < 10, f"took {took:.1f} s"
         finally:

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from loft.blockstore.chunkstore import ChunkNotFound, ChunkStore, ObjectInfo, open_chunk_store
-from loft.blockstore.file import FileChunkStore
-from loft.blockstore.memory import MemoryChunkStore
-from loft.blockstore.s3 import S3ChunkStore
+from loft.objstore import ObjectInfo, ObjectNotFound, ObjectStore, open_object_store
+from loft.objstore.file import FileObjectStore
+from loft.objstore.memory import MemoryObjectStore
+from loft.objstore.s3 import S3ObjectStore
 
 BACKENDS = ["memory", "file", "s3"]
 MIB = 1024 * 1024
@@ -26,16 +26,16 @@ pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture(params=BACKENDS)
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ChunkStore]:
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ObjectStore]:
     """A fresh, empty store of each back end."""
     if request.param == "memory":
-        s: ChunkStore = MemoryChunkStore.from_url(f"memory://conformance-{uuid.uuid4().hex}")
+        s: ObjectStore = MemoryObjectStore.from_url(f"memory://conformance-{uuid.uuid4().hex}")
     elif request.param == "file":
-        s = FileChunkStore(tmp_path / "chunks")
+        s = FileObjectStore(tmp_path / "chunks")
     else:
-        s = open_chunk_store(request.getfixturevalue("s3_url"))
-        assert isinstance(s, S3ChunkStore)
-    assert isinstance(s, ChunkStore)
+        s = open_object_store(request.getfixturevalue("s3_url"))
+        assert isinstance(s, S3ObjectStore)
+    assert isinstance(s, ObjectStore)
     try:
         yield s
     finally:
@@ -48,24 +48,24 @@ def payload(n: int, size: int = 100) -> bytes:
     return (seed * (size // len(seed) + 1))[:size]
 
 
-def test_put_get_roundtrip(store: ChunkStore) -> None:
+def test_put_get_roundtrip(store: ObjectStore) -> None:
     store.put("chunks/aa/aa01", b"hello world")
     assert store.get("chunks/aa/aa01") == b"hello world"
 
 
-def test_get_absent_raises_chunk_not_found(store: ChunkStore) -> None:
-    with pytest.raises(ChunkNotFound) as info:
+def test_get_absent_raises_chunk_not_found(store: ObjectStore) -> None:
+    with pytest.raises(ObjectNotFound) as info:
         store.get("chunks/ff/missing")
     assert info.value.key == "chunks/ff/missing"
 
 
-def test_get_many_absent_raises_chunk_not_found(store: ChunkStore) -> None:
+def test_get_many_absent_raises_chunk_not_found(store: ObjectStore) -> None:
     store.put("a/present", b"x")
-    with pytest.raises(ChunkNotFound):
+    with pytest.raises(ObjectNotFound):
         store.get_many(["a/present", "a/absent"])
 
 
-def test_stat_and_stat_many(store: ChunkStore) -> None:
+def test_stat_and_stat_many(store: ObjectStore) -> None:
     before = time.time()
     store.put("meta/one", b"12345")
     info = store.stat("meta/one")
@@ -82,7 +82,7 @@ def test_stat_and_stat_many(store: ChunkStore) -> None:
     assert one is not None and one.size == 5
 
 
-def test_touch_refreshes_mtime(store: ChunkStore) -> None:
+def test_touch_refreshes_mtime(store: ObjectStore) -> None:
     store.put("gc/old", b"payload")
     first = store.stat("gc/old")
     assert first is not None
@@ -96,12 +96,12 @@ def test_touch_refreshes_mtime(store: ChunkStore) -> None:
     assert store.get("gc/old") == b"payload"
 
 
-def test_touch_absent_is_false(store: ChunkStore) -> None:
+def test_touch_absent_is_false(store: ObjectStore) -> None:
     assert store.touch("gc/absent") is False
     assert store.stat("gc/absent") is None
 
 
-def test_put_many_get_many(store: ChunkStore) -> None:
+def test_put_many_get_many(store: ObjectStore) -> None:
     items = [(f"bulk/{i:03d}", payload(i, 1000 + i)) for i in range(50)]
     store.put_many(items)
     got = store.get_many([k for k, _ in items])
@@ -110,27 +110,27 @@ def test_put_many_get_many(store: ChunkStore) -> None:
     assert {k: s.size for k, s in stats.items() if s is not None} == {k: len(v) for k, v in items}
 
 
-def test_many_with_empty_input(store: ChunkStore) -> None:
+def test_many_with_empty_input(store: ObjectStore) -> None:
     store.put_many([])
     assert store.get_many([]) == {}
     assert store.stat_many([]) == {}
     store.delete_many([])
 
 
-def test_delete_many(store: ChunkStore) -> None:
+def test_delete_many(store: ObjectStore) -> None:
     items = [(f"del/{i}", payload(i)) for i in range(10)]
     store.put_many(items)
     store.delete_many(["del/0", "del/1", "del/never-existed", "del/1"])
     assert store.stat("del/0") is None
     assert store.stat("del/1") is None
-    with pytest.raises(ChunkNotFound):
+    with pytest.raises(ObjectNotFound):
         store.get("del/0")
     assert sorted(o.key for o in store.list("del/")) == [f"del/{i}" for i in range(2, 10)]
     store.delete_many([k for k, _ in items])
     assert list(store.list("del/")) == []
 
 
-def test_list_returns_only_the_prefix(store: ChunkStore) -> None:
+def test_list_returns_only_the_prefix(store: ObjectStore) -> None:
     store.put_many([(f"chunks/{i}", payload(i, 10 + i)) for i in range(5)])
     store.put_many([(f"heads/{i}", payload(i)) for i in range(3)])
     store.put("chunksx", b"not under chunks/")
@@ -142,7 +142,7 @@ def test_list_returns_only_the_prefix(store: ChunkStore) -> None:
     assert list(store.list("nothing/")) == []
 
 
-def test_list_many_objects(store: ChunkStore) -> None:
+def test_list_many_objects(store: ObjectStore) -> None:
     items = [(f"many/{i:05d}", b"") for i in range(150)]
     store.put_many(items)
     assert sorted(o.key for o in store.list("many/")) == [k for k, _ in items]
@@ -152,9 +152,9 @@ def test_list_many_objects(store: ChunkStore) -> None:
 
 def test_s3_list_follows_pages(s3_url: str) -> None:
     # A small page size makes the paginator cross page boundaries without 1000s of objects.
-    base = open_chunk_store(s3_url)
-    assert isinstance(base, S3ChunkStore)
-    store = S3ChunkStore(base.bucket, base.prefix, endpoint=base.endpoint, list_page_size=7)
+    base = open_object_store(s3_url)
+    assert isinstance(base, S3ObjectStore)
+    store = S3ObjectStore(base.bucket, base.prefix, endpoint=base.endpoint, list_page_size=7)
     try:
         keys = [f"p/{i:03d}" for i in range(40)]
         store.put_many([(k, b"v") for k in keys])
@@ -164,7 +164,7 @@ def test_s3_list_follows_pages(s3_url: str) -> None:
         base.close()
 
 
-def test_overwrite_is_atomic(store: ChunkStore) -> None:
+def test_overwrite_is_atomic(store: ObjectStore) -> None:
     old, new = b"A" * (2 * MIB), b"B" * (2 * MIB)
     store.put("atomic/x", old)
     seen: list[bytes] = []
@@ -188,7 +188,7 @@ def test_overwrite_is_atomic(store: ChunkStore) -> None:
     assert all(v in (old, new) for v in seen), "a reader saw a torn value"
 
 
-def test_nested_slashes_in_keys(store: ChunkStore) -> None:
+def test_nested_slashes_in_keys(store: ObjectStore) -> None:
     # (No key is also a "directory" of another key: the file store cannot hold both.)
     keys = ["a/b/c/d/e/f", "a/b/c/g", "a/bc", "x/y/z.bin"]
     store.put_many([(k, k.encode()) for k in keys])
@@ -198,14 +198,14 @@ def test_nested_slashes_in_keys(store: ChunkStore) -> None:
     assert {o.key for o in store.list("a/b/c/d/")} == {"a/b/c/d/e/f"}
 
 
-def test_empty_value(store: ChunkStore) -> None:
+def test_empty_value(store: ObjectStore) -> None:
     store.put("empty", b"")
     assert store.get("empty") == b""
     info = store.stat("empty")
     assert info is not None and info.size == 0
 
 
-def test_five_mib_value(store: ChunkStore) -> None:
+def test_five_mib_value(store: ObjectStore) -> None:
     value = os.urandom(5 * MIB + 123)
     store.put("big/extent", value)
     assert store.get("big/extent") == value
@@ -213,9 +213,9 @@ def test_five_mib_value(store: ChunkStore) -> None:
     assert info is not None and info.size == len(value)
 
 
-def test_store_has_url_that_reopens_it(store: ChunkStore) -> None:
+def test_store_has_url_that_reopens_it(store: ObjectStore) -> None:
     store.put("reopen/k", b"v")
-    again = open_chunk_store(store.url)
+    again = open_object_store(store.url)
     try:
         assert again.get("reopen/k") == b"v"
     finally:

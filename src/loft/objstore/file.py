@@ -1,4 +1,4 @@
-"""A chunk store in a local directory: one file per key, written tmp + fsync + rename."""
+"""An object store in a local directory: one file per key, written tmp + fsync + rename."""
 
 from __future__ import annotations
 
@@ -10,17 +10,17 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from loft.blockstore.chunkstore import (
+from loft.objstore.store import (
     DEFAULT_PARALLELISM,
-    ChunkNotFound,
-    ChunkStoreError,
     ObjectInfo,
+    ObjectNotFound,
+    ObjectStoreError,
 )
 
 _TMP_SUFFIX = ".tmp"
 
 
-class FileChunkStore:
+class FileObjectStore:
     """Objects as files under ``root``; the key's slashes become directories."""
 
     def __init__(self, root: Path, *, parallelism: int = DEFAULT_PARALLELISM) -> None:
@@ -32,16 +32,16 @@ class FileChunkStore:
         try:
             root.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise ChunkStoreError(
-                f"cannot create chunk store directory {root}: {e.strerror}"
+            raise ObjectStoreError(
+                f"cannot create object store directory {root}: {e.strerror}"
             ) from e
 
     @classmethod
-    def from_url(cls, url: str) -> FileChunkStore:
+    def from_url(cls, url: str) -> FileObjectStore:
         """Open ``file:///absolute/path``."""
         parts = urlsplit(url)
         if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
-            raise ChunkStoreError(f"bad file chunk store URL {url!r}", hint="use file:///abs/path")
+            raise ObjectStoreError(f"bad file object store URL {url!r}", hint="use file:///abs/path")
         return cls(Path(unquote(parts.path)))
 
     def _path(self, key: str) -> Path:
@@ -68,7 +68,7 @@ class FileChunkStore:
             os.replace(tmp, path)
         except OSError as e:
             tmp.unlink(missing_ok=True)
-            raise ChunkStoreError(f"cannot write {path}: {e.strerror}") from e
+            raise ObjectStoreError(f"cannot write {path}: {e.strerror}") from e
         return path
 
     def _sync_dirs(self, paths: Sequence[Path]) -> None:
@@ -95,9 +95,9 @@ class FileChunkStore:
             with open(self._path(key), "rb") as f:
                 return f.read()
         except FileNotFoundError:
-            raise ChunkNotFound(key) from None
+            raise ObjectNotFound(key) from None
         except OSError as e:
-            raise ChunkStoreError(f"cannot read {key}: {e.strerror}") from e
+            raise ObjectStoreError(f"cannot read {key}: {e.strerror}") from e
 
     def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
         if len(keys) <= 1:

@@ -1,4 +1,4 @@
-"""A chunk store in any S3 API object store (AWS S3, GCS interop, Ceph RGW, MinIO, SeaweedFS).
+"""An object store on any S3 API (AWS S3, GCS interop, Ceph RGW, MinIO, SeaweedFS).
 
 Keys live under an optional prefix in one bucket: ``s3://bucket/some/prefix`` stores the key
 ``chunks/ab/ab12...`` as the object ``some/prefix/chunks/ab/ab12...``. Addressing is
@@ -7,7 +7,7 @@ path-style, so any endpoint works without wildcard DNS.
 Every call is bounded. Each HTTP attempt is bounded by the connect and read timeouts, and
 a retry is only started when it can finish before the operation's deadline
 (``operation_timeout``, all retries included), so an unreachable or stalled endpoint
-surfaces as :class:`ChunkStoreError` instead of hanging the caller. Errors from boto3 are
+surfaces as :class:`ObjectStoreError` instead of hanging the caller. Errors from boto3 are
 translated into loft's exceptions here, at the edge, and nowhere else.
 """
 
@@ -35,13 +35,13 @@ from botocore.exceptions import (
     ResponseStreamingError,
 )
 
-from loft.blockstore.chunkstore import (
+from loft.objstore.store import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_OPERATION_TIMEOUT,
     DEFAULT_PARALLELISM,
-    ChunkNotFound,
-    ChunkStoreError,
     ObjectInfo,
+    ObjectNotFound,
+    ObjectStoreError,
 )
 
 if TYPE_CHECKING:
@@ -51,7 +51,7 @@ __all__ = [
     "DEFAULT_MAX_ATTEMPTS",
     "DEFAULT_READ_TIMEOUT",
     "DEFAULT_REGION",
-    "S3ChunkStore",
+    "S3ObjectStore",
 ]
 
 #: Seconds a single HTTP attempt may wait for the server between bytes. Values are at
@@ -97,7 +97,7 @@ class _DeadlineExceeded(Exception):
     """Raised inside botocore (before-send hook) to stop a retry that would overrun."""
 
 
-class S3ChunkStore:
+class S3ObjectStore:
     """Objects in an S3 bucket under a key prefix; one thread-safe client, a worker pool."""
 
     def __init__(
@@ -119,8 +119,8 @@ class S3ChunkStore:
         list_page_size: int = 1000,
     ) -> None:
         if not bucket:
-            raise ChunkStoreError(
-                "S3 chunk store URL names no bucket", hint="use s3://bucket/prefix"
+            raise ObjectStoreError(
+                "S3 object store URL names no bucket", hint="use s3://bucket/prefix"
             )
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
@@ -165,12 +165,12 @@ class S3ChunkStore:
         try:
             self._client: S3Client = session.client("s3", endpoint_url=endpoint, config=config)
         except (BotoCoreError, ValueError) as e:
-            raise ChunkStoreError(f"cannot set up S3 client for {self.url}: {e}") from e
+            raise ObjectStoreError(f"cannot set up S3 client for {self.url}: {e}") from e
         self._client.meta.events.register("before-send.s3", self._check_deadline)
         self._pool = ThreadPoolExecutor(parallelism, thread_name_prefix="s3store")
 
     @classmethod
-    def from_url(cls, url: str) -> S3ChunkStore:
+    def from_url(cls, url: str) -> S3ObjectStore:
         """Open ``s3://bucket/prefix?endpoint=http://host:port[&region=R][&create_bucket=0]``.
 
         Credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (and
@@ -180,16 +180,16 @@ class S3ChunkStore:
         """
         parts = urlsplit(url)
         if parts.scheme != "s3" or not parts.netloc:
-            raise ChunkStoreError(
-                f"bad S3 chunk store URL {url!r}",
+            raise ObjectStoreError(
+                f"bad S3 object store URL {url!r}",
                 hint="use s3://bucket/prefix?endpoint=http://host:port",
             )
         query = parse_qs(parts.query)
         known = {"endpoint", "region", "create_bucket"}
         unknown = set(query) - known
         if unknown:
-            raise ChunkStoreError(
-                f"unknown option(s) {', '.join(sorted(unknown))} in S3 chunk store URL {url!r}",
+            raise ObjectStoreError(
+                f"unknown option(s) {', '.join(sorted(unknown))} in S3 object store URL {url!r}",
                 hint="known options: endpoint, region, create_bucket",
             )
 
@@ -247,30 +247,30 @@ class S3ChunkStore:
         finally:
             self._local.deadline = None
 
-    def _translate(self, what: str, e: BaseException) -> ChunkStoreError:
+    def _translate(self, what: str, e: BaseException) -> ObjectStoreError:
         where = f"S3 endpoint {self.endpoint or 'default AWS'}"
         if isinstance(e, _DeadlineExceeded):
-            return ChunkStoreError(
+            return ObjectStoreError(
                 f"{what}: no answer from {where} within {self.operation_timeout:g} s",
                 hint=_UNREACHABLE_HINT,
             )
         if isinstance(e, _CONNECTION_ERRORS):
-            return ChunkStoreError(f"{what}: cannot reach {where}: {e}", hint=_UNREACHABLE_HINT)
+            return ObjectStoreError(f"{what}: cannot reach {where}: {e}", hint=_UNREACHABLE_HINT)
         if isinstance(e, NoCredentialsError | PartialCredentialsError):
-            return ChunkStoreError(f"{what}: no S3 credentials found", hint=_CREDENTIALS_HINT)
+            return ObjectStoreError(f"{what}: no S3 credentials found", hint=_CREDENTIALS_HINT)
         if isinstance(e, ClientError):
             code = str(e.response.get("Error", {}).get("Code", ""))
             if code in _CREDENTIAL_CODES:
-                return ChunkStoreError(
+                return ObjectStoreError(
                     f"{what}: {where} rejected the credentials ({code})", hint=_CREDENTIALS_HINT
                 )
             if code == "NoSuchBucket":
-                return ChunkStoreError(
+                return ObjectStoreError(
                     f"{what}: bucket {self.bucket!r} does not exist at {where}",
-                    hint="create it, or drop create_bucket=0 from the chunk store URL",
+                    hint="create it, or drop create_bucket=0 from the store URL",
                 )
-            return ChunkStoreError(f"{what}: {where} answered {code or 'an error'}: {e}")
-        return ChunkStoreError(f"{what}: S3 request failed: {e}")
+            return ObjectStoreError(f"{what}: {where} answered {code or 'an error'}: {e}")
+        return ObjectStoreError(f"{what}: S3 request failed: {e}")
 
     @staticmethod
     def _code(e: ClientError) -> str:
@@ -294,10 +294,10 @@ class S3ChunkStore:
             if self._code(e) not in ("404", "NoSuchBucket", "NotFound"):
                 raise
         if not self.create_bucket:
-            raise ChunkStoreError(
+            raise ObjectStoreError(
                 f"bucket {self.bucket!r} does not exist at S3 endpoint "
                 f"{self.endpoint or 'default AWS'}",
-                hint="create it, or drop create_bucket=0 from the chunk store URL",
+                hint="create it, or drop create_bucket=0 from the store URL",
             )
         kwargs: dict[str, Any] = {"Bucket": self.bucket}
         if self.region != "us-east-1":
@@ -309,7 +309,7 @@ class S3ChunkStore:
             if self._code(e) not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
                 raise
 
-    # -- the ChunkStore protocol ------------------------------------------------------------
+    # -- the ObjectStore protocol ------------------------------------------------------------
 
     def put(self, key: str, value: bytes) -> None:
         """Store ``value`` under ``key``; a single PUT is atomic in S3."""
@@ -328,7 +328,7 @@ class S3ChunkStore:
                 resp = self._client.get_object(Bucket=self.bucket, Key=name)
             except ClientError as e:
                 if self._code(e) in _NOT_FOUND_CODES:
-                    raise ChunkNotFound(key) from None
+                    raise ObjectNotFound(key) from None
                 raise
             body = resp["Body"]
             try:
@@ -343,7 +343,7 @@ class S3ChunkStore:
         return self._call(f"get {key}", fetch)
 
     def get(self, key: str) -> bytes:
-        """Return the value under ``key``; :class:`ChunkNotFound` if absent."""
+        """Return the value under ``key``; :class:`ObjectNotFound` if absent."""
         self._ensure_bucket()
         return self._get_one(key)
 
@@ -395,7 +395,7 @@ class S3ChunkStore:
             pass
 
     def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
-        """Fetch several values in parallel; :class:`ChunkNotFound` if any is absent."""
+        """Fetch several values in parallel; :class:`ObjectNotFound` if any is absent."""
         self._ensure_bucket()
         return dict(zip(keys, self._pool.map(self._get_one, keys), strict=True))
 
@@ -421,7 +421,7 @@ class S3ChunkStore:
             errors = [e for e in resp.get("Errors", []) if e.get("Code") != "NoSuchKey"]
             if errors:
                 first = errors[0]
-                raise ChunkStoreError(
+                raise ObjectStoreError(
                     f"could not delete {len(errors)} object(s), first "
                     f"{first.get('Key')!r}: {first.get('Code')} {first.get('Message', '')}"
                 )

@@ -1,4 +1,4 @@
-"""An in-memory chunk store: a real back end, used by tests and as a fault-injection base."""
+"""An in-memory object store: a real back end, used by tests and as a fault-injection base."""
 
 from __future__ import annotations
 
@@ -6,13 +6,13 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 
-from loft.blockstore.chunkstore import ChunkNotFound, ObjectInfo
+from loft.objstore.store import ObjectInfo, ObjectNotFound
 
-_REGISTRY: dict[str, MemoryChunkStore] = {}
+_REGISTRY: dict[str, MemoryObjectStore] = {}
 _REGISTRY_LOCK = threading.Lock()
 
 
-class MemoryChunkStore:
+class MemoryObjectStore:
     """Objects in a dict. ``memory://name`` URLs opened in one process share one store."""
 
     def __init__(self, url: str = "memory://") -> None:
@@ -21,7 +21,7 @@ class MemoryChunkStore:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_url(cls, url: str) -> MemoryChunkStore:
+    def from_url(cls, url: str) -> MemoryObjectStore:
         """Return the process-wide store registered under ``url``, creating it."""
         with _REGISTRY_LOCK:
             store = _REGISTRY.get(url)
@@ -37,7 +37,7 @@ class MemoryChunkStore:
         with self._lock:
             item = self._objects.get(key)
         if item is None:
-            raise ChunkNotFound(key)
+            raise ObjectNotFound(key)
         return item[0]
 
     def stat(self, key: str) -> ObjectInfo | None:

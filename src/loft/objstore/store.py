@@ -1,12 +1,15 @@
-"""The chunk store interface: a flat key -> bytes store of immutable objects.
+"""The object store interface: a flat key -> bytes store of immutable objects.
 
-Back ends (``file.py``, ``s3.py``, ``memory.py``) know nothing of chunks, manifests or
-volumes: they store opaque values under string keys such as ``chunks/ab/ab12...`` or
-``heads/<volume-id>``. Content addressing, compression and dedup live above them
-(:mod:`loft.blockstore.chunks`), so a new back end is a few dozen lines.
+Back ends (``file.py``, ``s3.py``, ``memory.py``) know nothing of what they hold: they
+store opaque values under string keys such as ``chunks/ab/ab12...``, ``heads/<uid>`` or
+``nar/<hash>.nar.zst``. The blockstore keeps volumes' chunks in one (content addressing,
+compression and dedup live there, :mod:`loft.blockstore.chunks`); the env store's binary
+cache can live in one. A new back end is a few dozen lines.
 
 Every call is bounded: a back end that cannot reach its store raises
-:class:`ChunkStoreError` within its operation timeout instead of stalling the caller.
+:class:`ObjectStoreError` within its operation timeout instead of stalling the caller.
+An absent key is :class:`ObjectNotFound`; what that means (a GC gone wrong, a cache
+that lacks a path) is for the caller to say.
 """
 
 from __future__ import annotations
@@ -26,18 +29,15 @@ DEFAULT_OPERATION_TIMEOUT = 20.0
 DEFAULT_PARALLELISM = 8
 
 
-class ChunkStoreError(LoftError):
-    """The chunk store failed or could not be reached (after retries)."""
+class ObjectStoreError(LoftError):
+    """The object store failed or could not be reached (after retries)."""
 
 
-class ChunkNotFound(ChunkStoreError):
-    """A key that should exist is absent from the chunk store."""
+class ObjectNotFound(ObjectStoreError):
+    """A key is absent from the object store."""
 
-    def __init__(self, key: str) -> None:
-        super().__init__(
-            f"object {key!r} is missing from the chunk store",
-            hint="the store was modified outside loft or a GC ran with --force",
-        )
+    def __init__(self, key: str, message: str | None = None, *, hint: str | None = None) -> None:
+        super().__init__(message or f"object {key!r} is missing from the store", hint=hint)
         self.key = key
 
 
@@ -51,7 +51,7 @@ class ObjectInfo:
 
 
 @runtime_checkable
-class ChunkStore(Protocol):
+class ObjectStore(Protocol):
     """A flat store of immutable values. Implementations must be thread-safe."""
 
     url: str
@@ -61,7 +61,7 @@ class ChunkStore(Protocol):
         ...
 
     def get(self, key: str) -> bytes:
-        """Return the value under ``key``; :class:`ChunkNotFound` if absent."""
+        """Return the value under ``key``; :class:`ObjectNotFound` if absent."""
         ...
 
     def stat(self, key: str) -> ObjectInfo | None:
@@ -77,7 +77,7 @@ class ChunkStore(Protocol):
         ...
 
     def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
-        """Fetch several values in parallel; :class:`ChunkNotFound` if any is absent."""
+        """Fetch several values in parallel; :class:`ObjectNotFound` if any is absent."""
         ...
 
     def stat_many(self, keys: Sequence[str]) -> dict[str, ObjectInfo | None]:
@@ -97,26 +97,26 @@ class ChunkStore(Protocol):
         ...
 
 
-def open_chunk_store(url: str) -> ChunkStore:
-    """Open a chunk store from a URL.
+def open_object_store(url: str) -> ObjectStore:
+    """Open an object store from a URL.
 
     ``file:///path`` (a local directory), ``s3://bucket/prefix?endpoint=http://host:port``
     (credentials from the usual AWS environment variables) or ``memory://name``.
     """
     scheme = urlsplit(url).scheme
     if scheme == "file":
-        from loft.blockstore.file import FileChunkStore
+        from loft.objstore.file import FileObjectStore
 
-        return FileChunkStore.from_url(url)
+        return FileObjectStore.from_url(url)
     if scheme == "s3":
-        from loft.blockstore.s3 import S3ChunkStore
+        from loft.objstore.s3 import S3ObjectStore
 
-        return S3ChunkStore.from_url(url)
+        return S3ObjectStore.from_url(url)
     if scheme == "memory":
-        from loft.blockstore.memory import MemoryChunkStore
+        from loft.objstore.memory import MemoryObjectStore
 
-        return MemoryChunkStore.from_url(url)
-    raise ChunkStoreError(
-        f"unsupported chunk store URL {url!r}",
+        return MemoryObjectStore.from_url(url)
+    raise ObjectStoreError(
+        f"unsupported object store URL {url!r}",
         hint="use file:///path or s3://bucket/prefix?endpoint=http://host:port",
     )
