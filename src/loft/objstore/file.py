@@ -41,7 +41,9 @@ class FileObjectStore:
         """Open ``file:///absolute/path``."""
         parts = urlsplit(url)
         if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
-            raise ObjectStoreError(f"bad file object store URL {url!r}", hint="use file:///abs/path")
+            raise ObjectStoreError(
+                f"bad file object store URL {url!r}", hint="use file:///abs/path"
+            )
         return cls(Path(unquote(parts.path)))
 
     def _path(self, key: str) -> Path:
