@@ -40,9 +40,11 @@ def _cert(
     *,
     ca: bool = False,
     server: bool = False,
+    subject: x509.Name | None = None,
+    san: str | None = None,
 ) -> x509.Certificate:
     now = datetime.datetime.now(datetime.UTC)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    name = subject if subject is not None else x509.Name([_cn(cn)])
     b = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -71,7 +73,13 @@ def _cert(
             ),
             critical=False,
         )
+    elif san is not None:
+        b = b.add_extension(x509.SubjectAlternativeName([x509.DNSName(san)]), critical=not name)
     return b.sign(issuer_key, hashes.SHA256())
+
+
+def _cn(value: str) -> x509.NameAttribute:
+    return x509.NameAttribute(NameOID.COMMON_NAME, value)
 
 
 def _pem(c: x509.Certificate) -> bytes:
@@ -92,12 +100,21 @@ class PKI:
         )
         (root / "server-key.pem").write_bytes(_pem_key(skey))
 
-    def client_dir(self, cn: str, *, signed_by_ca: bool = True) -> Path:
+    def client_dir(
+        self,
+        cn: str,
+        *,
+        signed_by_ca: bool = True,
+        subject: x509.Name | None = None,
+        san: str | None = None,
+    ) -> Path:
+        """A client's certificate directory (named ``cn``); ``subject`` replaces the
+        subject ``CN=cn``."""
         d = self.root / cn
         d.mkdir(mode=0o700)
         key = _key()
         if signed_by_ca:
-            cert = _cert(cn, key, self.ca.subject, self.ca_key)
+            cert = _cert(cn, key, self.ca.subject, self.ca_key, subject=subject, san=san)
         else:
             other = _key()
             cert = _cert(
@@ -189,3 +206,35 @@ def test_no_tls_or_untrusted_certificate_is_refused(
     # The server survived all of that and still serves the Unix socket.
     assert server.alive
     assert run(["nbdinfo", "--size", server.uri("bob-disk")]).stdout.strip() == str(8 << 20)
+
+
+#: Certificates that name no single identity: no CN at all, or several.
+NO_IDENTITY = {
+    "organisation-only": (
+        x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "alice")]),
+        None,
+    ),
+    "san-only": (x509.Name([]), "alice"),
+    "cn-twice": (x509.Name([_cn("mallory"), _cn("alice")]), None),
+    "cn-twice-reversed": (x509.Name([_cn("alice"), _cn("mallory")]), None),
+    "cn-twice-in-one-rdn": (
+        x509.Name([x509.RelativeDistinguishedName([_cn("alice"), _cn("mallory")])]),
+        None,
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(NO_IDENTITY))
+def test_certificate_without_one_identity_gets_nothing(
+    tls_server: tuple[NBDServerProcess, PKI, int], kind: str
+) -> None:
+    """Trust comes from the listener: on TCP, a verified certificate that names no single
+    identity (no commonName, or several) sees no export and opens none, read or write."""
+    server, pki, port = tls_server
+    subject, san = NO_IDENTITY[kind]
+    certs = pki.client_dir(kind, subject=subject, san=san)
+    listed = json.loads(run(["nbdinfo", "--json", "--list", _uri(port, "", certs)]).stdout)
+    assert listed["exports"] == []
+    for export in ("alice-disk", "alice-disk@snap", "bob-disk"):
+        assert run(["nbdinfo", _uri(port, export, certs)], check=False).returncode != 0
+    assert server.alive

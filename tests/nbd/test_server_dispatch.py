@@ -116,3 +116,41 @@ def test_handshake_abort_closes_and_blocking_lookups_resolve_first() -> None:
     assert n.answer(p.GoOption("a", ()), 7, True).action is RESOLVE
     ans = n.answer(p.GoOption("a", ()), 7, True, resolved={"a": None})
     assert isinstance(ans.replies[0], p.OptionError)  # answered from what was resolved
+
+
+def test_handshake_tcp_client_without_identity_sees_nothing() -> None:
+    """Trust comes from the listener, not from a missing identity: on TCP, a client whose
+    certificate names no identity is refused every export, whatever the rules say."""
+    n = negotiation(trusted=False, authz=Authorizer({"alice": ("*",), "": ("*",)}))
+    n.answer(p.StartTLSOption(), int(p.Option.STARTTLS), False)
+    n.tls_started(None)
+    listing = n.answer(p.ListOption(), int(p.Option.LIST), False).replies
+    assert not any(isinstance(r, p.OptionServer) for r in listing)
+    for name in ("a", "b"):
+        ans = n.answer(p.GoOption(name, ()), int(p.Option.GO), True)
+        assert ans.action is not ENTER and isinstance(ans.replies[0], p.OptionError)
+        assert n.answer(p.ExportNameOption(name), 1, True).action is ABORT
+
+
+@pytest.mark.parametrize(
+    ("subject", "identity"),
+    [
+        ((("commonName", "alice"),), "alice"),
+        ((("organizationName", "alice"),), None),
+        ((), None),
+        ((("commonName", ""),), None),
+        ((("commonName", "mallory"),), None),  # with a second RDN below
+        ((("commonName", "alice"), ("commonName", "mallory")), None),
+    ],
+)
+def test_peer_identity_is_exactly_one_common_name(
+    subject: tuple[tuple[str, str], ...], identity: str | None
+) -> None:
+    from loft.nbd.server import peer_identity
+
+    rdns = [subject] if subject else []
+    if subject == (("commonName", "mallory"),):
+        rdns.append((("commonName", "alice"),))
+    cert = {"subject": tuple(rdns), "subjectAltName": (("DNS", "alice"),)}
+    assert peer_identity(cert) == identity
+    assert peer_identity(None) is None and peer_identity({}) is None

@@ -42,7 +42,7 @@ def test_authz_file_json_and_toml(tmp_path: Path) -> None:
     a = load_authz(j)
     assert a.allows("alice", "vol-a") and a.allows("alice", "vol-a@snap1")
     assert not a.allows("alice", "vol-b") and not a.allows("mallory", "vol-a")
-    assert a.allows(None, "anything")  # trusted local client
+    assert not a.allows(None, "anything")  # no identity: nothing (trust is the listener's)
     assert load_authz(t).allows("bob", "vol-b")
     bad = tmp_path / "bad.json"
     bad.write_text('{"clients": {"x": "not-a-list"}}')
@@ -111,4 +111,88 @@ def test_blocking_lookups_run_off_the_loop(tmp_path: Path) -> None:
         assert st.thread.ident not in reg.threads
         for c in (stuck, other, listing, broken):
             c.close()
+    reg.close()
+
+
+LONG = "n" * p.MAX_NAME_LENGTH  # as long as the protocol lets a name be
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("blocking", [False, True], ids=["registry", "blocking-lookups"])
+@pytest.mark.parametrize(
+    "option",
+    [
+        p.InfoOption(LONG),
+        p.GoOption(LONG),
+        p.ListMetaContextOption(LONG, ("base:allocation",)),
+        p.SetMetaContextOption(LONG, ("base:allocation",)),
+        p.GoOption("é" * (p.MAX_NAME_LENGTH // 2)),  # the limit counts bytes, not characters
+    ],
+    ids=["info", "go", "list-meta", "set-meta", "go-multibyte"],
+)
+def test_longest_unknown_export_name_is_answered_at_once(
+    tmp_path: Path, blocking: bool, option: object
+) -> None:
+    """An error reply quoting a name as long as the protocol allows must itself fit the
+    protocol: the client gets ERR_UNKNOWN promptly, not a 30 s wait on a dead task."""
+    reg = BlockingExports() if blocking else ExportRegistry()
+    with ServerThread(reg, tmp_path / "run" / "nbd.sock") as st:
+        c = Client(st.sock)
+        c.sock.settimeout(5)
+        c.next()
+        c.send(p.ClientFlags())
+        c.option(p.StructuredReplyOption())
+        (reply,) = c.option(option)
+        assert isinstance(reply, p.OptionError) and reply.error == p.OptionReplyType.ERR_UNKNOWN
+        assert len(reply.message.encode()) <= p.MAX_NAME_LENGTH
+        c.close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("blocking", [False, True], ids=["registry", "blocking-lookups"])
+def test_longest_export_name_option_disconnects_at_once(tmp_path: Path, blocking: bool) -> None:
+    reg = BlockingExports() if blocking else ExportRegistry()
+    with ServerThread(reg, tmp_path / "run" / "nbd.sock") as st:
+        c = Client(st.sock)
+        c.sock.settimeout(5)
+        c.next()
+        c.send(p.ClientFlags(), p.ExportNameOption(LONG))
+        assert c.sock.recv(10) == b""  # EXPORT_NAME has no error reply: a prompt close
+        c.close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("blocking", [False, True], ids=["registry", "blocking-lookups"])
+def test_a_handler_that_raises_ends_that_connection_at_once(
+    tmp_path: Path, blocking: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Any unexpected exception while answering a client ends that client promptly (never
+    a hang until the handshake timeout), and the server goes on serving others."""
+    from loft.nbd.server import Negotiation
+
+    img = tmp_path / "a.img"
+    img.write_bytes(b"y" * 8192)
+    reg = BlockingExports() if blocking else ExportRegistry()
+    reg.add("disk", FileBackend(img))
+    real = Negotiation.answer
+
+    def answer(self: Negotiation, event: object, *args: object) -> object:
+        # With blocking lookups, fail once the exports are resolved: on the task that
+        # answers off the event loop's callbacks.
+        if isinstance(event, p.InfoOption) and (not blocking or len(args) == 3):
+            raise RuntimeError("bug")
+        return real(self, event, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Negotiation, "answer", answer)
+    with ServerThread(reg, tmp_path / "run" / "nbd.sock") as st:
+        c = Client(st.sock)
+        c.sock.settimeout(5)
+        c.next()
+        c.send(p.ClientFlags(), p.InfoOption("disk"))
+        assert c.sock.recv(10) == b""
+        other = Client(st.sock)
+        other.handshake("disk")
+        assert other.read(0, 4096) == b"y" * 4096
+        for x in (c, other):
+            x.close()
     reg.close()

@@ -225,6 +225,12 @@ class NBDConnection(asyncio.BufferedProtocol):
             t.resume_reading()  # type: ignore[attr-defined]
             self._reading_paused = False
 
+    def _fail(self, exc: BaseException) -> None:
+        """An unexpected error while handling this client: log it and drop the client at
+        once (its peers and the server go on)."""
+        log.error("nbd.internal_error peer=%s error=%r", self.peer, exc, exc_info=exc)
+        self._abort(f"internal error: {type(exc).__name__}")
+
     def _abort(self, why: str) -> None:
         log.warning("nbd.drop peer=%s reason=%s", self.peer, why)
         self._closing = True
@@ -265,10 +271,15 @@ class NBDConnection(asyncio.BufferedProtocol):
                     return
                 if event is _NEED_DATA or event is _PAUSED:
                     break
-                if type(event) is p.Request:
-                    self._on_request(event)
-                else:
-                    self._on_handshake(event)
+                try:
+                    if type(event) is p.Request:
+                        self._on_request(event)
+                    else:
+                        self._on_handshake(event)
+                except Exception as e:  # a bug must end this client now, not hang it
+                    self._batch = None
+                    self._fail(e)
+                    return
         finally:
             self._batch = None
         if batch:
@@ -304,9 +315,13 @@ class NBDConnection(asyncio.BufferedProtocol):
             return
         if self._closed:
             return
-        answer = self._nego.answer(event, option, self._proto.structured_replies, resolved)
-        self._suspended = False
-        self._apply(answer)
+        try:
+            answer = self._nego.answer(event, option, self._proto.structured_replies, resolved)
+            self._suspended = False
+            self._apply(answer)
+        except Exception as e:  # a task that dies silently would leave the client waiting
+            self._fail(e)
+            return
         self._update_reading()
         self._process()
 
@@ -361,11 +376,14 @@ class NBDConnection(asyncio.BufferedProtocol):
             return
         self._transport = new
         self._reading_paused = False
-        self._nego.tls_started(peer_identity(new.get_extra_info("peercert")))
         try:
+            self._nego.tls_started(peer_identity(new.get_extra_info("peercert")))
             self._proto.tls_established()
         except p.ProtocolError as e:
             self._abort(str(e))
+            return
+        except Exception as e:
+            self._fail(e)
             return
         log.info("nbd.tls peer=%s identity=%s", self.peer, self.identity)
         self._suspended = False

@@ -84,19 +84,21 @@ class ExportRegistry:
 
 @dataclass(frozen=True)
 class Authorizer:
-    """Which exports each client identity (TLS certificate subject CN) may open.
+    """Which exports each TCP client identity (its certificate's subject CN, see
+    :func:`~loft.nbd.server.peer_identity`) may see and open.
 
     Patterns use shell wildcards (``vol-a@*`` allows every snapshot of ``vol-a``).
-    ``None`` as identity means a trusted local client (the Unix socket, whose
-    directory only root can enter): it may open everything.
+    Clients of a trusted listener (the Unix socket, whose directory only root can
+    enter) are never asked about: the listener, not the identity, says who is trusted.
     """
 
     rules: Mapping[str, tuple[str, ...]]
 
     def allows(self, identity: str | None, export: str) -> bool:
-        """True when ``identity`` may see and open ``export``."""
+        """True when ``identity`` may see and open ``export``; a client without an
+        identity (None) may open nothing."""
         if identity is None:
-            return True
+            return False
         patterns = self.rules.get(identity, ())
         return any(fnmatch.fnmatchcase(export, p) for p in patterns)
 

@@ -32,11 +32,15 @@ __all__ = [
     "Answer",
     "Negotiation",
     "resolve_exports",
+    "shown",
     "transmission_flags",
 ]
 
 #: Options accepted per connection (a client looping over options is misbehaving).
 MAX_OPTIONS = 1024
+#: How much of a client-chosen name an error message or log line quotes: a name may be
+#: as long as the protocol's own limit, and the message around it must stay within it.
+SHOWN_NAME = 64
 #: The fixed id each metadata context gets when selected.
 CONTEXT_IDS = {BASE_ALLOCATION: 1, ALLOCATION_DEPTH: 2}
 
@@ -180,9 +184,10 @@ class Negotiation:
         export = resolved.get(name) if resolved is not None else self._exports.lookup(name)
         if export is None:
             return None
-        if not self._trusted:
+        if not self._trusted:  # a TCP client: only what its identity is granted
             authz = self._authorizer
-            if authz is None or not authz.allows(self.identity, export.name):
+            identity = self.identity
+            if identity is None or authz is None or not authz.allows(identity, export.name):
                 return None  # refused exactly like an unknown export
         return export
 
@@ -195,7 +200,7 @@ class Negotiation:
         export = self._lookup(o.event.name, o.resolved)
         if export is None:
             # EXPORT_NAME has no error reply: the spec's answer is a hard disconnect.
-            return Answer(action=ABORT, reason=f"unknown export {o.event.name!r}")
+            return Answer(action=ABORT, reason=f"unknown export {shown(o.event.name)}")
         flags = transmission_flags(export.backend, o.structured)
         reply = p.ExportNameReply(export.backend.size, flags)
         return Answer([reply], ENTER, export=export, flags=flags)
@@ -204,7 +209,7 @@ class Negotiation:
         event, option = o.event, o.option
         export = self._lookup(event.name, o.resolved)
         if export is None:
-            return _error(option, p.OptionReplyType.ERR_UNKNOWN, f"no export {event.name!r}")
+            return _error(option, p.OptionReplyType.ERR_UNKNOWN, f"no export {shown(event.name)}")
         backend = export.backend
         flags = transmission_flags(backend, o.structured)
         replies: list[object] = [p.OptionInfoExport(option, backend.size, flags)]
@@ -292,7 +297,19 @@ class _Option:
     resolved: dict[str, Export | None] | None
 
 
+def shown(name: str) -> str:
+    """A client-chosen name as messages quote it: repr'd, at most :data:`SHOWN_NAME`
+    characters of it."""
+    if len(name) <= SHOWN_NAME:
+        return repr(name)
+    return repr(name[:SHOWN_NAME]) + f"... ({len(name)} characters)"
+
+
 def _error(option: int, kind: p.OptionReplyType, message: str) -> Answer:
+    # Whatever goes into the message, the reply must stay within the protocol's limit.
+    raw = message.encode()
+    if len(raw) > p.MAX_NAME_LENGTH:
+        message = raw[: p.MAX_NAME_LENGTH].decode("utf-8", "ignore")
     return Answer([p.OptionError(option, kind, message)])
 
 

@@ -23,11 +23,20 @@ def make_server_ssl_context(
 
 
 def peer_identity(peercert: dict[str, Any] | None) -> str | None:
-    """The commonName of a verified peer certificate, or None."""
+    """A TCP client's identity: the one commonName (CN) attribute of its verified
+    certificate's subject, or None.
+
+    Exactly one non-empty CN makes an identity. A subject without a CN (``/O=SomeOrg``, a
+    certificate naming itself only in subjectAltName) or with several CNs (in one RDN or
+    in several, which readers disagree on the order of) has none, and a client without an
+    identity is refused every export: absence of an identity never means trust (trust
+    comes from the listener, see :class:`~loft.nbd.server.Negotiation`). subjectAltName
+    and every other field are ignored."""
     if not peercert:
         return None
-    for rdn in peercert.get("subject", ()):
-        for key, value in rdn:
-            if key == "commonName":
-                return str(value)
-    return None
+    names = [
+        value for rdn in peercert.get("subject", ()) for key, value in rdn if key == "commonName"
+    ]
+    if len(names) != 1 or not isinstance(names[0], str) or not names[0]:
+        return None
+    return names[0]
