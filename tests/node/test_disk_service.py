@@ -117,36 +117,106 @@ def test_snapshot_through_the_service_holds_what_a_client_flushed(
     assert node.stop() == 0
 
 
-def test_restore_and_rm_are_refused_while_served(node: Node) -> None:
+def _write(node: Node, export: str, *commands: str) -> None:
+    args = ["qemu-io", "-f", "raw", "-t", "writeback"]
+    for c in (*commands, "flush"):
+        args += ["-c", c]
+    run([*args, node.uri(export)])
+
+
+class Holder:
+    """A real NBD client keeping a connection to an export open (libnbd's Python)."""
+
+    def __init__(self, uri: str) -> None:
+        self.proc = subprocess.Popen(
+            [
+                DEBIAN_PYTHON,
+                "-c",
+                "import nbd, sys, time; h = nbd.NBD(); h.connect_uri(sys.argv[1]); "
+                "h.pread(4096, 0); print('up', flush=True); time.sleep(60)",
+                uri,
+            ],
+            stdout=subprocess.PIPE,
+        )
+        assert self.proc.stdout is not None
+        assert self.proc.stdout.readline().strip() == b"up"
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+
+
+def test_restore_and_rm_of_a_served_volume_go_through_the_service(node: Node) -> None:
+    """What the README tour does: a served volume that no client is using is restored and
+    removed through the service; with a client connected the refusal names it."""
     node.loft("volume", "create", "v", "--size", "16M")
     node.loft("volume", "snapshot", "v", "empty")
     node.serve()
-    run(
-        [
-            "qemu-io",
-            "-f",
-            "raw",
-            "-t",
-            "writeback",
-            "-c",
-            "write -P 7 0 64k",
-            "-c",
-            "flush",
-            node.uri("v"),
-        ]
-    )
-    for args in (("volume", "restore", "v", "empty"), ("volume", "rm", "v")):
-        proc = node.loft(*args, check=False)
-        assert proc.returncode == 1
-        assert "served by the disk service" in proc.stderr
-        assert "loft disk release v" in proc.stderr
+    _write(node, "v", "write -P 7 0 64k")
+    run(["qemu-img", "info", node.uri("v")])  # what the tour ran before restoring
+    holder = Holder(node.uri("v"))
+    try:
+        for args in (("volume", "restore", "v", "empty"), ("volume", "rm", "v")):
+            proc = node.loft(*args, check=False)
+            assert proc.returncode == 1
+            assert "1 client(s) connected" in proc.stderr and " on v" in proc.stderr
+            assert "loft disk ls-connections" in proc.stderr
+    finally:
+        holder.close()
     assert "v" in _volumes(node)
-    node.loft("disk", "release", "v")
-    node.loft("volume", "restore", "v", "empty")
+    out = node.loft("volume", "restore", "v", "empty").stdout
+    assert "restored v to empty" in out and "previous state kept as v@restore-" in out
     snaps = json.loads(node.loft("volume", "snapshots", "v", "--json").stdout)
     assert any(s["auto"] for s in snaps), "the replaced head is kept as an automatic snapshot"
-    # The service opens the restored volume again on next use.
+    # The service opens the restored volume again on next use, with the restored data.
     run(["qemu-io", "-r", "-f", "raw", "-c", "read -P 0 0 64k", node.uri("v")])
+    # A snapshot's reader blocks rm of its volume too.
+    holder = Holder(node.uri("v@empty"))
+    try:
+        proc = node.loft("volume", "rm", "v", check=False)
+        assert proc.returncode == 1 and "on v@empty" in proc.stderr
+    finally:
+        holder.close()
+    node.loft("volume", "rm", "v")
+    assert "v" not in _volumes(node)
+    assert run(["nbdinfo", node.uri("v")], check=False).returncode != 0
+    assert node.stop() == 0
+
+
+def test_removed_snapshot_is_no_longer_served(node: Node) -> None:
+    node.loft("volume", "create", "v", "--size", "16M")
+    node.serve()
+    _write(node, "v", "write -P 1 0 64k")
+    node.loft("volume", "snapshot", "v", "s1")
+    run(["qemu-io", "-r", "-f", "raw", "-c", "read -P 1 0 64k", node.uri("v@s1")])
+    node.loft("volume", "rm", "v@s1")
+    assert run(["nbdinfo", node.uri("v@s1")], check=False).returncode != 0
+    listing = run(["nbdinfo", "--list", "--json", node.uri("")]).stdout
+    assert "v@s1" not in listing
+    # The same name made again means the new snapshot, not a cached view of the old one.
+    _write(node, "v", "write -P 2 0 64k")
+    node.loft("volume", "snapshot", "v", "s1")
+    run(["qemu-io", "-r", "-f", "raw", "-c", "read -P 2 0 64k", node.uri("v@s1")])
+    assert node.stop() == 0
+
+
+@pytest.mark.parametrize("how", ["through-the-service", "after-release"])
+def test_volume_removed_and_created_again_is_served_as_the_new_one(node: Node, how: str) -> None:
+    node.loft("volume", "create", "v", "--size", "64M")
+    node.serve()
+    _write(node, "v", "write -P 5 0 1M", "write -P 6 60M 1M")
+    if how == "after-release":  # the service no longer holds it: the CLI removes it alone
+        node.loft("disk", "release", "v")
+    node.loft("volume", "rm", "v")
+    node.loft("volume", "create", "v", "--size", "16M")
+    info = json.loads(run(["nbdinfo", "--json", node.uri("v")]).stdout)
+    assert info["exports"][0]["export-size"] == 16 * MIB  # not the old 64M
+    run(["qemu-io", "-r", "-f", "raw", "-c", "read -P 0 0 1M", node.uri("v")])
+    past = run(["qemu-io", "-r", "-f", "raw", "-c", "read 60M 1M", node.uri("v")], check=False)
+    assert past.returncode != 0 or "error" in past.stdout.lower() + past.stderr.lower()
+    # The service is unharmed and serves the new volume read-write.
+    _write(node, "v", "write -P 9 0 4k")
+    run(["qemu-io", "-r", "-f", "raw", "-c", "read -P 9 0 4k", node.uri("v")])
     assert node.stop() == 0
 
 

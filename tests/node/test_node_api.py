@@ -60,7 +60,7 @@ def test_node_api_typed_client_round_trip(served: Node) -> None:
     ("method", "path", "body", "status", "says"),
     [
         ("GET", "/v1/nothing", None, 404, "no such endpoint"),
-        ("DELETE", "/v1/volumes/v", None, 405, "not allowed"),
+        ("PUT", "/v1/volumes/v", None, 405, "not allowed"),
         ("POST", "/v1/volumes/v/snapshots", "{not json", 400, "bad snapshot request"),
         ("POST", "/v1/volumes/v/snapshots", '{"name": 5}', 400, "name: expected str"),
         ("POST", "/v1/volumes/v/snapshots", "{}", 400, "name: required"),

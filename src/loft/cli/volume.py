@@ -332,9 +332,18 @@ def restore(name: str, snap: str) -> None:
     snapshot, so a restore can itself be undone."""
     with _blockstore() as bs:
         bs.ctx.check_store()
-        rec, auto = bs.restore(name, snap)
+        served = bs.served_at(name)
+        if served:  # the service owns the volume: it restores once no client uses it
+            from loft.node import api
+            from loft.node.client import call
+
+            answer = call(served, api.RestoreRequest(name, snap), api.RestoreAnswer)
+            version, auto = answer.version, answer.undo_snapshot
+        else:
+            rec, auto = bs.restore(name, snap)
+            version = rec.version
     click.echo(
-        f"restored {name} to {snap} (version {rec.version}); previous state kept as {name}@{auto}"
+        f"restored {name} to {snap} (version {version}); previous state kept as {name}@{auto}"
     )
 
 
@@ -346,7 +355,13 @@ def rm(ref: str) -> None:
 
     name, snap = split_ref(ref)
     with _blockstore() as bs:
-        if snap is None:
+        served = bs.served_at(name) if snap is None else None
+        if served:  # the service owns the volume: it removes it once no client uses it
+            from loft.node import api
+            from loft.node.client import call
+
+            call(served, api.RemoveRequest(name), api.RemoveAnswer)
+        elif snap is None:
             bs.remove(name)
         else:
             bs.remove_snapshot(name, snap)

@@ -36,6 +36,10 @@ __all__ = [
     "PingRequest",
     "ReleaseAnswer",
     "ReleaseRequest",
+    "RemoveAnswer",
+    "RemoveRequest",
+    "RestoreAnswer",
+    "RestoreRequest",
     "SnapshotAnswer",
     "SnapshotRequest",
     "match",
@@ -151,6 +155,37 @@ class ReleaseAnswer:
 
 
 @dataclass(frozen=True, slots=True)
+class RestoreRequest:
+    """Point a served volume no client is using back at one of its snapshots (undoable:
+    the replaced state is kept as an automatic snapshot)."""
+
+    volume: str
+    snapshot: str
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreAnswer:
+    """The new head version, and the automatic snapshot that undoes the restore."""
+
+    version: int
+    undo_snapshot: str
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveRequest:
+    """Delete a served volume no client is using (of it or of its snapshots)."""
+
+    volume: str
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveAnswer:
+    """The volume removed."""
+
+    removed: str
+
+
+@dataclass(frozen=True, slots=True)
 class ConnectionsRequest:
     """Who is connected to which export."""
 
@@ -226,6 +261,10 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation(
         "release", "POST", "/v1/volumes/{volume}/release", ReleaseRequest, ReleaseAnswer, True
     ),
+    Operation(
+        "restore", "POST", "/v1/volumes/{volume}/restore", RestoreRequest, RestoreAnswer, True
+    ),
+    Operation("remove", "DELETE", "/v1/volumes/{volume}", RemoveRequest, RemoveAnswer, True),
 )
 
 _BY_REQUEST = {op.request: op for op in OPERATIONS}

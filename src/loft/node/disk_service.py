@@ -14,13 +14,15 @@ volume.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from loft.blockstore import Blockstore, SnapshotView, Volume
@@ -34,7 +36,12 @@ from loft.blockstore.errors import (
     VolumeExists,
     VolumeNotFound,
 )
-from loft.blockstore.heads import DEFAULT_LEASE_MARGIN, DEFAULT_LEASE_TTL, VolumeRecord
+from loft.blockstore.heads import (
+    DEFAULT_LEASE_MARGIN,
+    DEFAULT_LEASE_TTL,
+    SnapshotRecord,
+    VolumeRecord,
+)
 from loft.blockstore.names import split_ref
 from loft.errors import LoftError
 from loft.nbd.server import Authorizer, Export, NBDServer
@@ -53,16 +60,31 @@ def default_socket(data_dir: Path) -> Path:
     return data_dir / "run" / "nbd.sock"
 
 
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """One export the service built: what it serves, and which volume (by uid) and
+    snapshot (by id) the name meant when it was built."""
+
+    key: tuple[str, int | None]
+    export: Export
+    target: ServedVolume | SnapshotView
+
+
 class CatalogExports:
-    """The export set of the disk service: volumes and snapshots from the catalog."""
+    """The export set of the disk service: volumes and snapshots from the catalog.
+
+    A name is looked up in the catalog every time (NBD looks exports up only in the
+    handshake); the export built for it is reused only while the name still means the
+    same volume (uid) or snapshot (id). A removed snapshot, or a volume removed and
+    created again under its old name, is never served from a stale export."""
 
     blocking = True  # every lookup reads the catalog
 
     def __init__(self, service: DiskService) -> None:
         self._service = service
-        self._exports: dict[str, Export] = {}
-        #: what each export serves: the service opened it, so the service closes it
-        self._targets: dict[str, ServedVolume | SnapshotView] = {}
+        self._entries: dict[str, _Entry] = {}
+        #: volumes an operation (restore, rm) has taken away from NBD for its duration
+        self._withheld: set[str] = set()
         self._lock = threading.Lock()
 
     def lookup(self, name: str) -> Export | None:
@@ -72,13 +94,28 @@ class CatalogExports:
             return None
         heads = self._service.blockstore.heads
         rec = heads.find(vol_name)
+        s = None
+        if rec is not None and snap is not None:
+            try:
+                s = heads.get_snapshot(rec, snap)
+            except SnapshotNotFound:
+                rec = None
+        if rec is None:
+            self.drop(name)
+            return None
+        return self._export(name, rec, s)
+
+    def _export(self, name: str, rec: VolumeRecord, s: SnapshotRecord | None) -> Export | None:
+        key = (rec.uid, s.id if s is not None else None)
         with self._lock:
-            export = self._exports.get(name)
-            if rec is None:
+            if rec.name in self._withheld:
                 return None
-            if export is not None:
-                return export
-        if snap is None:
+            entry = self._entries.get(name)
+        if entry is not None:
+            if entry.key == key:
+                return entry.export
+            self.drop(name)  # the name means another volume or snapshot now
+        if s is None:
             if self._service.held_elsewhere(rec):
                 log.warning(
                     "nbd.refuse export=%s reason=%s",
@@ -87,56 +124,91 @@ class CatalogExports:
                 )
                 return None
             target: ServedVolume | SnapshotView = ServedVolume(
-                rec.name, rec.size, rec.extent_size, self._service.open_volume
+                rec.name, rec.uid, rec.size, rec.extent_size, self._service.open_volume
             )
             desc = f"volume {rec.name} ({format_size(rec.size)}, {rec.durability})"
         else:
-            try:
-                s = heads.get_snapshot(rec, snap)
-            except SnapshotNotFound:
-                return None
             target = SnapshotView(self._service.blockstore.ctx, rec, s.root, name)
             desc = f"snapshot {name} (read-only, version {s.version})"
-        export = Export(name, VolumeBackend(target, description=desc), desc)
+        built = _Entry(key, Export(name, VolumeBackend(target, description=desc), desc), target)
         with self._lock:
-            if name not in self._exports:
-                self._exports[name] = export
-                self._targets[name] = target
-            return self._exports[name]
+            entry = self._entries.setdefault(name, built)
+        if entry is not built:
+            target.close()  # another lookup got there first; this one was never used
+        return entry.export
+
+    def drop(self, name: str) -> None:
+        """Forget the export called ``name`` (closing what it served); the next lookup
+        builds it afresh from the catalog."""
+        with self._lock:
+            entry = self._entries.pop(name, None)
+        if entry is not None:
+            _close_target(name, entry.target)
+
+    def drop_volume(self, volume: str) -> None:
+        """Forget the exports of a volume and of all its snapshots."""
+        with self._lock:
+            names = [n for n in self._entries if n == volume or n.startswith(volume + "@")]
+        for n in names:
+            self.drop(n)
+
+    @contextlib.contextmanager
+    def withheld(self, volume: str) -> Iterator[None]:
+        """While the block runs, no new client gets an export of ``volume`` or of its
+        snapshots (restore and rm run without racing a new connection)."""
+        with self._lock:
+            if volume in self._withheld:
+                raise VolumeBusy(f"volume {volume!r} is being restored or removed")
+            self._withheld.add(volume)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._withheld.discard(volume)
 
     def exports(self) -> list[Export]:
         bs = self._service.blockstore
-        names = []
+        out = []
         for rec in bs.volumes():
-            names.append(rec.name)
-            names += [f"{rec.name}@{s.name}" for s in bs.heads.snapshots(rec)]
-        return [e for n in names if (e := self.lookup(n)) is not None]
+            for name, s in [
+                (rec.name, None),
+                *((f"{rec.name}@{s.name}", s) for s in bs.heads.snapshots(rec)),
+            ]:
+                export = self._export(name, rec, s)
+                if export is not None:
+                    out.append(export)
+        return out
 
     def served(self) -> list[ServedVolume]:
         """Volumes the service has an export object for (opened or not)."""
         with self._lock:
-            return [t for t in self._targets.values() if isinstance(t, ServedVolume)]
+            targets = [e.target for e in self._entries.values()]
+        return [t for t in targets if isinstance(t, ServedVolume)]
 
     def served_volume(self, name: str) -> ServedVolume | None:
         """The read-write export of volume ``name``, when this service may serve it."""
         if self.lookup(name) is None:
             return None
         with self._lock:
-            target = self._targets.get(name)
+            entry = self._entries.get(name)
+        target = entry.target if entry is not None else None
         return target if isinstance(target, ServedVolume) else None
 
     def close(self) -> None:
         with self._lock:
-            targets = list(self._targets.items())
-            self._exports.clear()
-            self._targets.clear()
-        for name, target in targets:
-            try:
-                # The service opened these volumes and views, so it closes them (the NBD
-                # backend adapter does not own what it serves).
-                target.close()
-            except LoftError as err:
-                log.error("disk.close export=%s error=%s", name, json.dumps(str(err)))
+            entries = list(self._entries.items())
+            self._entries.clear()
+        for name, entry in entries:
+            _close_target(name, entry.target)
+
+
+def _close_target(name: str, target: ServedVolume | SnapshotView) -> None:
+    """Close what an export served: the service opened these volumes and views, so it
+    closes them (the NBD backend adapter does not own what it serves)."""
+    try:
+        target.close()
+    except LoftError as err:
+        log.error("disk.close export=%s error=%s", name, json.dumps(str(err)))
 
 
 class DiskService:
@@ -278,8 +350,42 @@ class DiskService:
 
     def api_release(self, req: api.ReleaseRequest, sv: ServedVolume) -> api.ReleaseAnswer:
         """Commit and release a volume (it is opened again on next use)."""
-        sv.close()
+        self.exports.drop(req.volume)
         return api.ReleaseAnswer(req.volume)
+
+    def api_restore(self, req: api.RestoreRequest, sv: ServedVolume) -> api.RestoreAnswer:
+        """Restore a served volume that no client is using: commit and release it, then
+        restore (undoably) as the CLI would; it is opened again on next use."""
+        with self.exports.withheld(req.volume):
+            self._refuse_if_connected(req.volume, "restore", snapshots=False)
+            self.exports.drop(req.volume)
+            rec, auto = self.blockstore.restore(req.volume, req.snapshot)
+        log.info("disk.restore volume=%s snapshot=%s undo=%s", req.volume, req.snapshot, auto)
+        return api.RestoreAnswer(rec.version, auto)
+
+    def api_remove(self, req: api.RemoveRequest, sv: ServedVolume) -> api.RemoveAnswer:
+        """Remove a served volume that no client is using (of it or its snapshots)."""
+        with self.exports.withheld(req.volume):
+            self._refuse_if_connected(req.volume, "remove", snapshots=True)
+            self.exports.drop_volume(req.volume)
+            self.blockstore.remove(req.volume)
+        log.info("disk.remove volume=%s", req.volume)
+        return api.RemoveAnswer(req.volume)
+
+    def _refuse_if_connected(self, volume: str, what: str, *, snapshots: bool) -> None:
+        """VolumeBusy naming the clients connected to the volume (or its snapshots)."""
+        users = [
+            c
+            for c in self.server.connections()
+            if c["export"] == volume
+            or (snapshots and str(c["export"] or "").startswith(volume + "@"))
+        ]
+        if users:
+            who = ", ".join(f"{c['peer']} on {c['export']}" for c in users)
+            raise VolumeBusy(
+                f"cannot {what} volume {volume!r}: {len(users)} client(s) connected ({who})",
+                hint="disconnect them first; `loft disk ls-connections` shows them",
+            )
 
 
 class NotServed(LoftError):
@@ -305,6 +411,8 @@ _HANDLERS: dict[type, Callable[..., object]] = {
     api.ImportRequest: DiskService.api_import,
     api.ConnectionsRequest: DiskService.api_connections,
     api.ReleaseRequest: DiskService.api_release,
+    api.RestoreRequest: DiskService.api_restore,
+    api.RemoveRequest: DiskService.api_remove,
 }
 assert set(_HANDLERS) == {op.request for op in api.OPERATIONS}, "every operation has a handler"
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from loft.blockstore import Volume
+from loft.blockstore import Volume, VolumeIOError
 
 
 class ServedVolume:
@@ -21,11 +21,13 @@ class ServedVolume:
     def __init__(
         self,
         name: str,
+        uid: str,
         size: int,
         extent_size: int,
         opener: Callable[[str], Volume],
     ) -> None:
         self.name = name
+        self.uid = uid
         self.size = size
         self.extent_size = extent_size
         self._opener = opener
@@ -38,12 +40,21 @@ class ServedVolume:
         return self._vol
 
     def get(self) -> Volume:
-        """The open volume, opening it (taking its lease) on first use."""
+        """The open volume, opening it (taking its lease) on first use. Refused when the
+        name now belongs to another volume than the one this export was made for (a
+        client must never see another volume's data under an old size)."""
         vol = self._vol
         if vol is None:
             with self._lock:
                 if self._vol is None:
-                    self._vol = self._opener(self.name)
+                    opened = self._opener(self.name)
+                    if opened.record.uid != self.uid:
+                        opened.close()
+                        raise VolumeIOError(
+                            f"volume {self.name!r} was removed and created again",
+                            hint="connect again to use the new volume",
+                        )
+                    self._vol = opened
                 vol = self._vol
         return vol
 

@@ -114,7 +114,9 @@ class NBDServer:
 
     def connections(self) -> list[dict[str, Any]]:
         """One dict per live connection: peer, identity, export, requests, in flight."""
-        return [c.info() for c in self._connections]
+        # A copy first: the event loop may add or drop connections meanwhile, and a
+        # caller may be on another thread (the node API's operations are).
+        return [c.info() for c in list(self._connections)]
 
     async def close(self, timeout: float = 10.0) -> None:
         """Stop listening, let connections finish what is in flight, then stop workers.
