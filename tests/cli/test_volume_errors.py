@@ -132,6 +132,19 @@ def test_import_larger_than_volume(loft: Loft, tmp_path: Path) -> None:
     assert loft.state() == before
 
 
+def test_import_of_a_special_file_is_refused_up_front(loft: Loft, tmp_path: Path) -> None:
+    """A device or a pipe has no size to check and may never end: only a regular file
+    (or stdin) is imported, refused before anything is read, nothing changed."""
+    before = loft.state()
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)  # opening it must not wait for a writer
+    link = tmp_path / "zero"
+    link.symlink_to("/dev/zero")
+    for source in ("/dev/urandom", "/dev/zero", str(fifo), str(link)):
+        assert_one_error(loft("volume", "import", "v", source), "not a regular file")
+        assert loft.state() == before
+
+
 def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -292,3 +292,59 @@ def test_ls_connections_shows_who_is_connected(node: Node) -> None:
         holder.kill()
         holder.wait(10)
     assert node.stop() == 0
+
+
+def test_failed_import_into_a_served_volume_changes_nothing(node: Node, tmp_path: Path) -> None:
+    """Only a regular file (or stdin, spooled) is imported, and a refused or failed import
+    leaves the served volume exactly as it was (was: /dev/urandom overwrote it, then an
+    error)."""
+    node.loft("volume", "create", "v", "--size", "16M")
+    node.serve()
+    _write(node, "v", "write -P 3 0 2M", "write -P 4 15M 1M")
+    before = tmp_path / "before.img"
+    node.loft("volume", "export", "v", str(before))
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    link = tmp_path / "link"
+    link.symlink_to("/dev/zero")
+    big = tmp_path / "big.img"
+    with open(big, "wb") as f:
+        f.truncate(17 * MIB)
+    for source, says in [
+        ("/dev/urandom", "not a regular file"),
+        (str(fifo), "not a regular file"),
+        (str(link), "not a regular file"),
+        (str(tmp_path), "is a directory"),
+        (str(big), "bytes but volume"),
+    ]:
+        proc = node.loft("volume", "import", "v", source, check=False)
+        assert proc.returncode != 0 and says in proc.stderr, (source, proc.stderr)
+    spooled = subprocess.run(
+        [*loft_command(), "volume", "import", "v", "-"],
+        input=b"\x01" * (17 * MIB),
+        env=node.env,
+        capture_output=True,
+        timeout=120,
+    )
+    assert spooled.returncode == 1 and b"bytes but volume" in spooled.stderr
+    after = tmp_path / "after.img"
+    node.loft("volume", "export", "v", str(after))
+    assert after.read_bytes() == before.read_bytes()
+    # A good image still goes through, whole.
+    good = tmp_path / "good.img"
+    good.write_bytes(b"\x07" * (3 * MIB))
+    node.loft("volume", "import", "v", str(good))
+    run(
+        [
+            "qemu-io",
+            "-r",
+            "-f",
+            "raw",
+            "-c",
+            "read -P 7 0 3M",
+            "-c",
+            "read -P 4 15M 1M",
+            node.uri("v"),
+        ]
+    )
+    assert node.stop() == 0

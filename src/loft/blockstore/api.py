@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import fcntl
 import os
+import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -70,6 +72,26 @@ class TransferReport:
     seconds: float
     extents_written: int
     uploaded_bytes: int = 0
+
+
+@contextmanager
+def open_image(path: str) -> Iterator[tuple[BinaryIO, int]]:
+    """Open an image to import: a regular file only (its size is known up front; a
+    device or a pipe would be read without end), with its size."""
+    # O_NONBLOCK: opening a FIFO must not wait for a writer before it can be refused.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise InvalidArgument(
+                f"{path} is not a regular file",
+                hint="import a device or a pipe through stdin: loft volume import NAME - < FILE",
+            )
+    except BaseException:
+        os.close(fd)
+        raise
+    with os.fdopen(fd, "rb") as f:  # O_NONBLOCK means nothing to a regular file's reads
+        yield f, st.st_size
 
 
 class Blockstore:

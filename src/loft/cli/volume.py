@@ -190,25 +190,27 @@ def import_(name: str, file: str) -> None:
         if served:
             _import_served(served, name, file)
             return
-        src: BinaryIO
-        if file == "-":
-            src, size = sys.stdin.buffer, None
-        else:
-            try:
-                src = open(file, "rb")  # noqa: SIM115 - closed below
-            except OSError as e:
-                raise LoftError(f"cannot read {file}: {e.strerror}") from e
-            size = os.fstat(src.fileno()).st_size
-        try:
-            with _progress(size, f"import {name}") as advance:
-                rep = bs.import_image(name, src, size, advance)
-        finally:
-            if src is not sys.stdin.buffer:
-                src.close()
+        with _image(file) as (src, size), _progress(size, f"import {name}") as advance:
+            rep = bs.import_image(name, src, size, advance)
     rate = rep.bytes / rep.seconds / (1 << 20) if rep.seconds else 0.0
     _err.print(
         f"imported {format_size(rep.bytes)} into {name} in {rep.seconds:.2f}s ({rate:.0f} MiB/s)"
     )
+
+
+@contextmanager
+def _image(file: str) -> Iterator[tuple[BinaryIO, int | None]]:
+    """The image to import and its size: stdin (size unknown), or a regular file."""
+    if file == "-":
+        yield sys.stdin.buffer, None
+        return
+    from loft.blockstore.api import open_image
+
+    try:
+        with open_image(file) as (f, size):
+            yield f, size
+    except OSError as e:
+        raise LoftError(f"cannot read {file}: {e.strerror}") from e
 
 
 def _import_served(control: str, name: str, file: str) -> None:
@@ -221,8 +223,9 @@ def _import_served(control: str, name: str, file: str) -> None:
     from loft.node.client import call
 
     if file != "-":
-        req = api.ImportRequest(name, os.path.abspath(file))
-        answer = call(control, req, api.ImportAnswer)
+        with _image(file):  # refused here already when it is not a regular file
+            pass
+        answer = call(control, api.ImportRequest(name, os.path.abspath(file)), api.ImportAnswer)
     else:
         with tempfile.NamedTemporaryFile(prefix="loft-import-") as spool:
             shutil.copyfileobj(sys.stdin.buffer, spool, 1 << 20)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loft.blockstore import Blockstore, SnapshotView, Volume
+from loft.blockstore.api import open_image
 from loft.blockstore.errors import (
     BlockstoreError,
     InvalidArgument,
@@ -327,23 +328,19 @@ class DiskService:
         return api.InfoAnswer(**info, served_by=str(self.control_path))  # type: ignore[arg-type]
 
     def api_import(self, req: api.ImportRequest, sv: ServedVolume) -> api.ImportAnswer:
-        """Write a raw image file into a served volume through its live working copy."""
+        """Import a raw image file into a served volume. The image streams to the chunk
+        store and the head moves once, at the end (then the working copy drops what it
+        replaced), so a refused or failed import leaves the volume as it was."""
         vol = sv.get()
         started = time.monotonic()
-        size = os.stat(req.path).st_size
-        if size > vol.size:
-            raise InvalidArgument(
-                f"image is {size} bytes but volume {req.volume!r} is {vol.size} bytes",
-                hint="create a bigger volume",
-            )
-        es = vol.extent_size
-        with open(req.path, "rb") as f:
-            offset = 0
-            while chunk := f.read(es):
-                vol.write(offset, chunk)
-                offset += len(chunk)
-        rec = vol.commit()
-        return api.ImportAnswer(offset, time.monotonic() - started, rec.version)
+        with open_image(req.path) as (f, size):
+            if size > vol.size:
+                raise InvalidArgument(
+                    f"image is {size} bytes but volume {req.volume!r} is {vol.size} bytes",
+                    hint="create a bigger volume",
+                )
+            res = vol.import_image(f)
+        return api.ImportAnswer(size, time.monotonic() - started, res.record.version)
 
     def api_connections(self, req: api.ConnectionsRequest, _: None) -> api.ConnectionsAnswer:
         return api.ConnectionsAnswer([api.ConnectionInfo(**c) for c in self.server.connections()])
