@@ -48,13 +48,14 @@ from loft.envstore.environment import (
     write_layer,
 )
 from loft.envstore.fetch import copy_local, download, verify_file
+from loft.envstore.fields import MAX_ARTEFACT_SIZE, check_artefact, check_size
 from loft.envstore.lock import ArtefactKind, Lock, LockedArtefact, LockedPath
 from loft.envstore.resolve_debian import AptConfig, DebianArtefact, resolve_debian
 from loft.envstore.resolve_npm import NpmArtefact, resolve_npm
 from loft.envstore.resolve_pypi import PyPIArtefact, PythonTarget, resolve_pypi
 from loft.envstore.spec import Spec
 from loft.envstore.store import Batch, PathInfo, Store
-from loft.envstore.store_path import fixed_output_path, name_part
+from loft.envstore.store_path import fixed_output_path, name_part, validate_name
 from loft.envstore.unpack import unpack
 
 __all__ = [
@@ -104,7 +105,15 @@ class Pin:
     integrity: str = ""  # SRI, npm only
     location: str = ""
     bin: dict[str, str] = field(default_factory=dict)
+    size: int = 0  # declared bytes of the file (Packages index, lock); 0 when unknown
     expected: LockedArtefact | None = None
+
+    def __post_init__(self) -> None:
+        # Resolvers' answers are as untrusted as a lock: same checks, before any fetch.
+        check_artefact(self.kind, self.name, self.version, self.url, self.location, self.bin)
+        validate_name(self.file_name)
+        validate_name(self.out_name)
+        check_size(self.size, f"{self.what}: size", MAX_ARTEFACT_SIZE)
 
     @property
     def what(self) -> str:
@@ -119,7 +128,7 @@ class Pin:
             kind="deb", name=a.name, version=a.version, url=a.url,
             registry_hash=f"sha256:{a.sha256}", file_sha256=a.sha256,
             file_name=store_name(a.filename.rsplit("/", 1)[-1]),
-            out_name=store_name(f"{a.name}-{a.version}"),
+            out_name=store_name(f"{a.name}-{a.version}"), size=a.size,
         )  # fmt: skip
 
     @classmethod
@@ -148,7 +157,7 @@ class Pin:
             kind=a.kind, name=a.name, version=a.version, url=a.url,
             registry_hash=a.registry_hash, file_sha256=a.file_sha256, file_name=a.file_name,
             integrity=a.registry_hash if a.kind == "npm" else "", out_name=a.output.name,
-            location=a.location, bin=dict(a.bin), expected=a,
+            location=a.location, bin=dict(a.bin), size=a.size, expected=a,
         )  # fmt: skip
 
 
@@ -172,6 +181,7 @@ class _Realisations:
     by_source: dict[str, list[PathInfo]]  # fixed-output path -> trees unpacked from it
 
     by_inputs: dict[str, list[PathInfo]]  # compose key -> layers and environments
+    store: Store
 
     @classmethod
     def scan(cls, store: Store) -> _Realisations:
@@ -190,7 +200,7 @@ class _Realisations:
                 by_source.setdefault(str(r["from"]), []).append(info)
             if r.get("builder") in (_LAYER, _ENV) and isinstance(r.get("inputs"), str):
                 by_inputs.setdefault(str(r["inputs"]), []).append(info)
-        return cls(by_hash, by_source, by_inputs)
+        return cls(by_hash, by_source, by_inputs, store)
 
     def composed(self, key: str) -> tuple[list[LockedPath], LockedPath] | None:
         """Layers and environment already composed from the inputs ``key``, if any."""
@@ -219,6 +229,7 @@ class _Realisations:
                     registry_hash=pin.registry_hash, file_sha256=sha,
                     file_name=pin.file_name, fixed_path=fixed,
                     output=_locked(info, pin.out_name), location=pin.location, bin=dict(pin.bin),
+                    size=self.store.physical(fixed).stat().st_size,
                 )  # fmt: skip
         return None
 
@@ -342,6 +353,7 @@ class Builder:
         """Stage an artefact: its file as a fixed output, its tree as a source (hashed now,
         registered when the batch commits)."""
         pin = st.pin
+        size = st.file.stat().st_size
         if st.fresh:
             recipe: dict[str, object] = {"url": pin.url, "hash": pin.registry_hash}
             batch.add_fixed_file(st.file, pin.file_name, st.sha256, recipe=recipe)
@@ -351,7 +363,7 @@ class Builder:
             kind=pin.kind, name=pin.name, version=pin.version, url=pin.url,
             registry_hash=pin.registry_hash, file_sha256=st.sha256, file_name=pin.file_name,
             fixed_path=st.fixed, output=_locked(out, pin.out_name), location=pin.location,
-            bin=dict(pin.bin),
+            bin=dict(pin.bin), size=size,
         )  # fmt: skip
         exp = pin.expected
         if exp is not None and (got.output.path, got.fixed_path) != (
@@ -361,6 +373,11 @@ class Builder:
             raise BuildError(
                 f"{pin.what}: unpacked to {got.output.path}, the lock says {exp.output.path}",
                 hint="the build is not reproducible here, or the lock was edited",
+            )
+        if exp is not None and exp.size and exp.size != size:
+            raise BuildError(
+                f"{pin.what}: the file is {size} bytes, the lock says {exp.size}",
+                hint="the lock was edited",
             )
         return got
 
