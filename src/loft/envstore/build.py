@@ -324,7 +324,10 @@ class Builder:
         if src is not None:
             copy_local(src, dest)
         else:
-            download(pin.url, dest, pin.what, lambda n: self._count_bytes(task, n))
+            # A lock's size (or the Packages index's) bounds the download; without one,
+            # the global cap does: no artefact can fill the scratch space.
+            limit = pin.size or MAX_ARTEFACT_SIZE
+            download(pin.url, dest, pin.what, lambda n: self._count_bytes(task, n), limit)
         self._progress.advance(task)
         sha = verify_file(dest, pin.what, sha256=pin.file_sha256, integrity=pin.integrity)
         return _Staged(pin, fixed_output_path(sha, pin.file_name), dest, sha, True)
