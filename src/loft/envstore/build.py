@@ -34,6 +34,7 @@ from rich.progress import (
 
 from loft.envstore import EnvstoreError, nixbase32
 from loft.envstore.certs import ca_hash_links
+from loft.envstore.confined import Beneath
 from loft.envstore.environment import (
     CA_SHARE,
     Layer,
@@ -41,6 +42,7 @@ from loft.envstore.environment import (
     alternatives_layer,
     ca_bundle_layer,
     ca_certificates,
+    maintainer_scripts,
     passwd_layer,
     plan_forest,
     provided_paths,
@@ -438,11 +440,11 @@ class Builder:
                 ca = by_name["ca-certificates"]
                 certs = ca_certificates(ca)
                 gen.append(ca_bundle_layer(ca, ca_hash_links(ca / CA_SHARE, certs, scratch)))
-            scripts = [
-                p.read_text(errors="replace")
+            scripts = {
+                f"{a.what}: {name}": text
                 for a in debs
-                for p in sorted((phys[a.output.path] / "var/lib/dpkg/info").glob("*.postinst"))
-            ]
+                for name, text in maintainer_scripts(phys[a.output.path]).items()
+            }
             gen.append(alternatives_layer(scripts, provided_paths(packages)))
             for k, layer in enumerate(gen):
                 tree = scratch / f"layer-{k}"
@@ -452,7 +454,7 @@ class Builder:
                 info = batch.add_tree(tree, layer.name, recipe=recipe)
                 layers.append(_locked(info, layer.name))
                 generated.append(Placement(info.path, tree))
-            forest = plan_forest([*generated, *packages])
+            forest = plan_forest([*generated, *packages], reserved=[MANIFEST])
             _add_bin_links(forest, npms)
             tree = scratch / "env"
             tree.mkdir()
@@ -502,9 +504,8 @@ def _write_manifest(
         ],
         "layers": [{"name": lp.name, "path": lp.path} for lp in layers],
     }
-    dest = tree / MANIFEST
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+    with Beneath(tree) as out:
+        out.write_file(MANIFEST, (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode())
 
 
 def _locked(info: PathInfo, name: str) -> LockedPath:
