@@ -12,6 +12,11 @@ so a reader never finds a narinfo whose NAR or references are missing. :func:`pu
 substitutes paths: narinfo → signature check against trusted keys → NAR → FileHash,
 NarHash and NarSize checks (in the store's :meth:`~loft.envstore.store.Store.import_nar`)
 → registration, again references first.
+
+A cache is untrusted until a signature says otherwise, and a narinfo is read before its
+signature can be checked: every object is read with a size limit (:data:`MAX_NARINFO_SIZE`,
+:data:`MAX_CACHE_INFO_SIZE`, and for a NAR what its signed NarSize allows), so a hostile
+cache cannot make a pull hold more than that in memory.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import zstandard
 
 from loft.blockstore.chunkstore import ChunkNotFound, ChunkStore, open_chunk_store
 from loft.envstore import EnvstoreError, nar, nixbase32
+from loft.envstore.bounded import read_bounded, too_large
 from loft.envstore.narinfo import NarInfo, parse_narinfo, render_narinfo
 from loft.envstore.signing import PublicKey, SecretKey, verify_any
 from loft.envstore.store import HashMismatch, PathInfo, Store, format_nar_hash
@@ -47,11 +53,20 @@ DEFAULT_PARALLELISM = 4
 _DECOMPRESSED_CHUNK = 1 << 20
 #: Seconds an HTTP cache may take per request before the pull fails.
 HTTP_TIMEOUT = 30.0
+#: Largest narinfo read (it is read before its signature is checked). A narinfo is a
+#: dozen short lines plus ~50 bytes per reference: 1 MiB holds ~20,000 references, far
+#: more than any store path has (a full desktop closure is a few thousand paths).
+MAX_NARINFO_SIZE = 1 << 20
+#: Largest ``nix-cache-info`` read: three short lines.
+MAX_CACHE_INFO_SIZE = 64 << 10
 
 __all__ = [
     "CACHE_INFO_KEY",
+    "MAX_CACHE_INFO_SIZE",
+    "MAX_NARINFO_SIZE",
     "BinaryCacheError",
     "CacheReader",
+    "ChunkStoreCache",
     "HttpCache",
     "PullReport",
     "PushReport",
@@ -70,10 +85,12 @@ class BinaryCacheError(EnvstoreError):
 
 
 class CacheReader(Protocol):
-    """What :func:`pull` needs from a cache: whole objects by key (a ChunkStore has it)."""
+    """What :func:`pull` needs from a cache: whole objects by key, each up to a limit."""
 
-    def get(self, key: str) -> bytes:
-        """The object under ``key``; :class:`ChunkNotFound` when absent."""
+    def get(self, key: str, limit: int) -> bytes:
+        """The object under ``key``; :class:`ChunkNotFound` when absent,
+        :class:`~loft.envstore.bounded.TooLarge` (before reading much more than ``limit``
+        bytes) when it is larger than ``limit``."""
         ...
 
     def close(self) -> None:
@@ -88,12 +105,14 @@ class HttpCache:
         self.url = url.rstrip("/")
         self.timeout = timeout
 
-    def get(self, key: str) -> bytes:
+    def get(self, key: str, limit: int) -> bytes:
         """GET ``<url>/<key>``; 404 is :class:`ChunkNotFound`, other failures an error."""
+        url = f"{self.url}/{key}"
         try:
-            with urllib.request.urlopen(f"{self.url}/{key}", timeout=self.timeout) as r:
-                data: bytes = r.read()
-                return data
+            with urllib.request.urlopen(url, timeout=self.timeout) as r:
+                declared = r.headers.get("Content-Length")
+                size = int(declared) if declared and declared.isdigit() else None
+                return read_bounded(r, limit, url, size)
         except urllib.error.HTTPError as e:
             if e.code in (403, 404):
                 raise ChunkNotFound(key) from None
@@ -109,11 +128,36 @@ class HttpCache:
         """Nothing to release: each request has its own connection."""
 
 
+class ChunkStoreCache:
+    """A cache kept on a chunk store (``file://``, ``s3://``), read with size limits."""
+
+    def __init__(self, objects: ChunkStore) -> None:
+        self.objects = objects
+
+    def get(self, key: str, limit: int) -> bytes:
+        """The object under ``key``, its size checked before it is read (and after: a
+        cache that replaced it in between is caught, though only once it is in memory)."""
+        info = self.objects.stat(key)
+        if info is None:
+            raise ChunkNotFound(key)
+        what = f"{self.objects.url}/{key}"
+        if info.size > limit:
+            raise too_large(what, limit, f"is {info.size} bytes")
+        data = self.objects.get(key)
+        if len(data) > limit:
+            raise too_large(what, limit, f"is {len(data)} bytes")
+        return data
+
+    def close(self) -> None:
+        """Close the chunk store."""
+        self.objects.close()
+
+
 def open_cache_reader(url: str) -> CacheReader:
     """``http(s)://`` caches read over HTTP; everything else is a chunk store URL."""
     if urlsplit(url).scheme in ("http", "https"):
         return HttpCache(url)
-    return open_chunk_store(url)
+    return ChunkStoreCache(open_chunk_store(url))
 
 
 def cache_info_text(store_dir: str = STORE_DIR, priority: int = DEFAULT_PRIORITY) -> str:
@@ -324,7 +368,7 @@ def pull(
 
 def _check_cache_info(objs: CacheReader, store_dir: str, url: str) -> None:
     try:
-        text = objs.get(CACHE_INFO_KEY).decode()
+        text = objs.get(CACHE_INFO_KEY, MAX_CACHE_INFO_SIZE).decode(errors="replace")
     except ChunkNotFound:
         raise BinaryCacheError(
             f"{url} is not a binary cache (no nix-cache-info)",
@@ -338,7 +382,7 @@ def _check_cache_info(objs: CacheReader, store_dir: str, url: str) -> None:
 
 def _fetch_narinfo(objs: CacheReader, path: str, store_dir: str) -> NarInfo:
     try:
-        text = objs.get(narinfo_key(path)).decode()
+        text = objs.get(narinfo_key(path), MAX_NARINFO_SIZE).decode(errors="replace")
     except ChunkNotFound:
         raise BinaryCacheError(f"{path} is not in the binary cache") from None
     return parse_narinfo(text, store_dir)
@@ -397,13 +441,20 @@ def _decompressor(compression: str) -> Callable[[bytes], Iterator[bytes]]:
     return table[compression]
 
 
+def _nar_file_limit(ni: NarInfo) -> int:
+    """The most bytes a NAR file may have: its FileSize, and never more than its signed
+    NarSize compressed at worst (bzip2 adds up to 1% + 600 bytes, xz and zstd less)."""
+    worst = ni.nar_size + ni.nar_size // 64 + (1 << 20)
+    return worst if ni.file_size is None else min(ni.file_size, worst)
+
+
 def _fetch_one(store: Store, objs: CacheReader, ni: NarInfo, url: str) -> tuple[int, int]:
     key = ni.url
     if key.startswith("/") or ".." in key.split("/") or "://" in key:
         raise BinaryCacheError(f"narinfo for {ni.store_path} has a bad URL {key!r}")
     decompress = _decompressor(ni.compression)
     try:
-        data = objs.get(key)
+        data = objs.get(key, _nar_file_limit(ni))
     except ChunkNotFound:
         raise BinaryCacheError(f"{url} lacks {key}, the NAR of {ni.store_path}") from None
     if ni.file_size is not None and len(data) != ni.file_size:
