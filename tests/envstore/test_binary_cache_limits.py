@@ -22,6 +22,7 @@ from loft.envstore.binary_cache import (
     push,
 )
 from loft.envstore.bounded import TooLarge
+from loft.envstore.fetch import FetchError
 from loft.envstore.narinfo import parse_narinfo, render_narinfo
 from loft.envstore.signing import SecretKey
 from loft.envstore.store import PathInfo, Store
@@ -134,3 +135,9 @@ def test_pull_within_the_limits_still_works(
     info, _, _ = pushed
     dst = Store(tmp_path / "dst", durable=False)
     assert pull(dst, [info.path], server.base, [key.public()]).fetched == [info.path]
+
+
+def test_pull_redirect_out_of_http_refused(tmp_path: Path, server: Server, key: SecretKey) -> None:
+    server.add(narinfo_key(GHOST), Route(status=302, location="ftp://127.0.0.1/x.narinfo"))
+    with pytest.raises(FetchError, match="redirects elsewhere"):
+        pull(Store(tmp_path / "dst", durable=False), [GHOST], server.base, [key.public()])

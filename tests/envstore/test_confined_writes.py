@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from loft.envstore.bounded import TooLarge
 from loft.envstore.confined import Beneath, ConfinementError, UnsafePath, check_relative
 
 
@@ -82,7 +83,7 @@ def test_beneath_creates_and_reads_a_tree(tmp_path: Path) -> None:
         assert sorted(b.files("a")) == ["b/c", "b/d"]  # regular files only
         with pytest.raises(ConfinementError, match="a file is already there"):
             b.write_file("a/b/c", b"again")
-        with pytest.raises(ConfinementError, match="larger than 2 bytes"):
+        with pytest.raises(TooLarge, match="more than the 2 bytes"):
             b.read_bytes("a/b/c", limit=2)
         with pytest.raises(FileNotFoundError):
             b.read_bytes("a/missing")

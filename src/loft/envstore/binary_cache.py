@@ -38,7 +38,8 @@ import zstandard
 
 from loft.blockstore.chunkstore import ChunkNotFound, ChunkStore, open_chunk_store
 from loft.envstore import EnvstoreError, nar, nixbase32
-from loft.envstore.bounded import read_bounded, too_large
+from loft.envstore.bounded import announced, read_bounded, too_large
+from loft.envstore.fetch import open_http
 from loft.envstore.narinfo import NarInfo, parse_narinfo, render_narinfo
 from loft.envstore.signing import PublicKey, SecretKey, verify_any
 from loft.envstore.store import HashMismatch, PathInfo, Store, format_nar_hash
@@ -109,10 +110,8 @@ class HttpCache:
         """GET ``<url>/<key>``; 404 is :class:`ChunkNotFound`, other failures an error."""
         url = f"{self.url}/{key}"
         try:
-            with urllib.request.urlopen(url, timeout=self.timeout) as r:
-                declared = r.headers.get("Content-Length")
-                size = int(declared) if declared and declared.isdigit() else None
-                return read_bounded(r, limit, url, size)
+            with open_http(url, self.timeout) as r:
+                return read_bounded(r, limit, url, announced(r.headers.get("Content-Length")))
         except urllib.error.HTTPError as e:
             if e.code in (403, 404):
                 raise ChunkNotFound(key) from None

@@ -15,7 +15,7 @@ from typing import Protocol
 
 from loft.envstore import EnvstoreError
 
-__all__ = ["TooLarge", "read_bounded", "read_file_bounded", "too_large"]
+__all__ = ["TooLarge", "announced", "read_bounded", "read_file_bounded", "too_large"]
 
 _PIECE = 1 << 20
 
@@ -47,6 +47,13 @@ def read_bounded(stream: Readable, limit: int, what: str, declared: int | None =
         parts.append(piece)
         got += len(piece)
     raise too_large(what, limit, "is longer")
+
+
+def announced(content_length: str | None) -> int | None:
+    """The length a ``Content-Length`` header announces; None when absent or malformed."""
+    if content_length is None or not content_length.isdigit():
+        return None
+    return int(content_length)
 
 
 def read_file_bounded(path: Path, limit: int, what: str) -> bytes:

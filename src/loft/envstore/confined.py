@@ -29,6 +29,7 @@ from types import TracebackType
 from typing import NoReturn
 
 from loft.envstore import EnvstoreError
+from loft.envstore.bounded import read_bounded
 
 __all__ = [
     "MAX_COMPONENT",
@@ -155,8 +156,8 @@ class Beneath:
             f"refusing {rel!r} under {self.root}: {prefix!r} is {target}", hint=_HINT
         )
 
-    def _parent(self, rel: str, what: str, create: bool) -> tuple[int, str]:
-        parts = check_relative(rel, what)
+    def _parent(self, rel: str, create: bool) -> tuple[int, str]:
+        parts = check_relative(rel)
         return self._dir(parts[:-1], rel, create), parts[-1]
 
     # -- writing --------------------------------------------------------------------------
@@ -169,7 +170,7 @@ class Beneath:
 
     def write_file(self, rel: str, data: bytes, mode: int = 0o644) -> None:
         """Create the new file ``rel`` (and missing parents) holding ``data``."""
-        fd, name = self._parent(rel, "path", create=True)
+        fd, name = self._parent(rel, create=True)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
             out = os.open(name, flags, mode, dir_fd=fd)
@@ -187,7 +188,7 @@ class Beneath:
         link content here: nothing is ever written through it."""
         if not target or "\0" in target or len(target) > MAX_PATH:
             raise UnsafePath(f"symlink target for {rel!r} is empty, too long or has a NUL")
-        fd, name = self._parent(rel, "path", create=True)
+        fd, name = self._parent(rel, create=True)
         try:
             os.symlink(target, name, dir_fd=fd)
         except FileExistsError:
@@ -202,9 +203,9 @@ class Beneath:
     # -- reading --------------------------------------------------------------------------
 
     def read_bytes(self, rel: str, limit: int = MAX_READ) -> bytes:
-        """The contents of the regular file ``rel``; at most ``limit`` bytes are read
-        (a longer file is :class:`ConfinementError`). Missing: FileNotFoundError."""
-        fd, name = self._parent(rel, "path", create=False)
+        """The contents of the regular file ``rel``; a file over ``limit`` bytes is
+        :class:`~loft.envstore.bounded.TooLarge`, a missing one FileNotFoundError."""
+        fd, name = self._parent(rel, create=False)
         try:
             f = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
                         dir_fd=fd)  # fmt: skip
@@ -213,12 +214,10 @@ class Beneath:
                 raise
             self._refuse(rel, rel, fd, name)
         with os.fdopen(f, "rb") as fo:
-            if not stat.S_ISREG(os.fstat(f).st_mode):
+            st = os.fstat(f)
+            if not stat.S_ISREG(st.st_mode):
                 raise ConfinementError(f"refusing {rel!r} under {self.root}: not a regular file")
-            data = fo.read(limit + 1)
-        if len(data) > limit:
-            raise ConfinementError(f"{rel!r} under {self.root} is larger than {limit} bytes")
-        return data
+            return read_bounded(fo, limit, f"{self.root}/{rel}", st.st_size)
 
     def is_dir(self, rel: str) -> bool:
         """True when ``rel`` is a real directory reached without following a symlink."""

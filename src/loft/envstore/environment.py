@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from loft.envstore import EnvstoreError
-from loft.envstore.confined import MAX_COMPONENT, MAX_PATH, Beneath, check_relative
+from loft.envstore.confined import MAX_COMPONENT, Beneath, check_relative
 
 __all__ = [
     "CA_SHARE",
@@ -260,9 +260,10 @@ def parse_alternatives(
 ) -> list[tuple[str, str, str, int, list[tuple[str, str, str]]]]:
     """``(link, name, path, priority, slaves)`` for each literal ``--install`` in a script.
 
-    Links and paths must be normal absolute paths and names plain file names (what
-    ``update-alternatives`` itself requires); anything else is :class:`AlternativesError`
-    naming ``source``: the links are written into a layer, so a ``..`` must never reach it.
+    Links and paths must be normal absolute paths and names plain file names
+    (update-alternatives itself refuses relative links and names with ``/``; Debian's
+    scripts have no ``..``); anything else is :class:`AlternativesError` naming ``source``:
+    the links are written into a layer, so no ``..`` may reach it.
     """
     text = script.replace("\\\n", " ")
     found = []
@@ -291,7 +292,7 @@ def parse_alternatives(
 
 def _check_alternative(link: str, name: str, path: str, source: str) -> None:
     for what, p in (("link", link), ("path", path)):
-        if not p.startswith("/") or len(p) > MAX_PATH:
+        if not p.startswith("/"):
             raise AlternativesError(f"{source}: alternative {what} {p[:200]!r} is not absolute")
         try:
             check_relative(p[1:], f"alternative {what}")

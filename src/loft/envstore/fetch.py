@@ -15,19 +15,27 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import http.client
 import shutil
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from http.client import HTTPMessage
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urljoin
 
 from loft.envstore import EnvstoreError
+from loft.envstore.bounded import announced
 from loft.envstore.fields import MAX_ARTEFACT_SIZE, InvalidField, check_url
 
-__all__ = ["FetchError", "HashMismatch", "download", "parse_integrity", "verify_file"]
+__all__ = [
+    "FetchError",
+    "HashMismatch",
+    "download",
+    "open_http",
+    "parse_integrity",
+    "verify_file",
+]
 
 _CHUNK = 1 << 20
 _TIMEOUT = 60
@@ -84,7 +92,12 @@ class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
     (urllib itself would follow one to ``ftp:``, and fail others as an HTTP error)."""
 
     def http_error_302(
-        self, req: urllib.request.Request, fp: IO[bytes], code: int, msg: str, headers: HTTPMessage
+        self,
+        req: urllib.request.Request,
+        fp: IO[bytes],
+        code: int,
+        msg: str,
+        headers: http.client.HTTPMessage,
     ) -> Any:
         newurl = urljoin(req.full_url, headers.get("location") or headers.get("uri") or "")
         try:
@@ -98,6 +111,14 @@ class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
 
 
 _OPENER = urllib.request.build_opener(_HttpOnlyRedirects)
+
+
+def open_http(url: str, timeout: float) -> http.client.HTTPResponse:
+    """GET ``url``, following redirects only to ``http(s)://`` (:class:`FetchError`
+    otherwise); urllib's errors pass through for the caller to judge."""
+    req = urllib.request.Request(url, headers={"User-Agent": "loft-envstore"})
+    response: http.client.HTTPResponse = _OPENER.open(req, timeout=timeout)
+    return response
 
 
 def download(
@@ -141,10 +162,9 @@ def download(
 def _download_once(
     url: str, dest: Path, progress: Callable[[int], None] | None, max_bytes: int, what: str
 ) -> None:
-    req = urllib.request.Request(url, headers={"User-Agent": "loft-envstore"})
-    with _OPENER.open(req, timeout=_TIMEOUT) as r, dest.open("wb") as f:
-        declared = r.headers.get("Content-Length")
-        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+    with open_http(url, _TIMEOUT) as r, dest.open("wb") as f:
+        declared = announced(r.headers.get("Content-Length"))
+        if declared is not None and declared > max_bytes:
             raise _too_big(what, url, max_bytes, f"announces {declared} bytes")
         done = 0
         while chunk := r.read(min(_CHUNK, max_bytes + 1 - done)):
