@@ -113,13 +113,13 @@ def data_members(files: dict[str, bytes | str]) -> list[tuple[tarfile.TarInfo, b
     return out
 
 
-def npm_pin(server: Server, name: str, location: str, tgz: bytes, **kw: object) -> Pin:
+def npm_pin(server: Server, name: str, location: str, tgz: bytes) -> Pin:
     """A pin for an npm tarball served by ``server``."""
     sri = "sha512-" + base64.b64encode(hashlib.sha512(tgz).digest()).decode()
     url = server.add(f"{name}-1.0.0.tgz", tgz)
     return Pin(kind="npm", name=name, version="1.0.0", url=url, registry_hash=sri,
                integrity=sri, file_name=f"{name}-1.0.0.tgz", out_name=f"npm-{name}-1.0.0",
-               location=location, **kw)  # type: ignore[arg-type]  # fmt: skip
+               location=location)  # fmt: skip
 
 
 def deb_pin(server: Server, name: str, deb: bytes) -> Pin:

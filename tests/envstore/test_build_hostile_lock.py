@@ -132,6 +132,7 @@ ESCAPES = 40 * "/.."  # more than any scratch directory is deep
         ("/usr/bin/x", "a/b", ""),
         ("/usr/bin/x", "x", " --slave /usr/bin{up}{outside}/y y /usr/bin/real"),
         ("/usr/bin/x", "x", " --slave /usr/bin/y ../../y /usr/bin/real"),
+        ("/usr/bin/x", "x", " --slave /usr/bin/y y /usr/bin/../../etc/shadow"),
         ("/usr/bin/./x", "x", ""),
         ("/usr/bin/" + "x" * 300, "x", ""),
     ],

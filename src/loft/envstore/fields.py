@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 from loft.envstore import EnvstoreError
-from loft.envstore.confined import MAX_COMPONENT, check_relative
+from loft.envstore.confined import MAX_COMPONENT, MAX_PATH, check_relative
 
 __all__ = [
     "ALLOWED_URL_SCHEMES",
@@ -138,7 +138,7 @@ def check_artefact(
     if not _VERSION[kind].fullmatch(version):
         raise InvalidField(f"{version[:100]!r} is not a valid {kind} version of {name}")
     check_url(url, f"URL of {name} {version}")
-    location = _text(location, f"location of {name}", 4096)
+    location = _text(location, f"location of {name}", MAX_PATH)
     if not isinstance(bin, Mapping):
         raise InvalidField(f"bin of {name} is not a mapping")
     if kind != "npm":
@@ -147,10 +147,10 @@ def check_artefact(
         return
     if not _NPM_LOCATION.fullmatch(location):
         raise InvalidField(f"npm location {location[:200]!r} of {name} is not node_modules/...")
-    check_relative(location, f"npm location of {name}")  # length and component bounds
+    check_relative(location, f"npm location of {name}")  # component lengths
     for link, target in bin.items():
         link = _text(link, f"bin name of {name}", MAX_COMPONENT)
         if not link or link.startswith(".") or "/" in link or "\0" in link:
             raise InvalidField(f"bin name {link[:100]!r} of {name} is not a plain file name")
-        target = _text(target, f"bin {link} of {name}", 4096)
+        target = _text(target, f"bin {link} of {name}", MAX_PATH)
         check_relative(posixpath.normpath(target), f"bin {link} of {name}")
