@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from envbuild_support import Example, example, loft, store_snapshot
+from hostile_support import serve
 
 from loft.envstore import nar
 from loft.envstore.build import build_lock, lock_spec
@@ -89,23 +90,22 @@ def test_two_envs_share_python(ex: Example) -> None:
 def test_tampered_artefact_is_named_and_store_unchanged(ex: Example, tmp_path: Path) -> None:
     (lp,) = [a for a in ex.lock.artefacts if a.kind == "npm"]
     good = ex.store.physical(lp.fixed_path).read_bytes()
-    bad = tmp_path / "left-pad-1.3.0.tgz"
-    bad.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
-    evil = replace(lp, url=bad.as_uri())
-    # Some good artefacts around the bad one (all of them would only make the test slower).
-    good_ones = [a for a in ex.lock.artefacts if a.kind == "wheel" or a.name in ("dash", "sed")]
-    lock = replace(ex.lock, artefacts=(*good_ones, evil))
-    store = Store(tmp_path / "envstore", durable=False)
-    mirror = Store(tmp_path / "mirror", durable=False)  # empty: the tampered file is fetched
-    before = store_snapshot(store)
-    # The good ones come from the first store; left-pad only from the tampered URL.
-    with pytest.raises(HashMismatch, match=r"npm package left-pad 1\.3\.0: .*mismatch"):
-        build_lock(lock, store, mirrors=[_without(ex.store, lp.fixed_path), mirror])
-    assert store_snapshot(store) == before
-    # The CLI says the same in one line and exits 1.
-    (tmp_path / "p").mkdir()
-    (tmp_path / "p/loft.lock").write_text(dumps(replace(lock, artefacts=(evil,))))
-    r = loft(["env", "build"], tmp_path / "data", tmp_path / "p")
+    with serve() as server:  # the registry, serving a tampered tarball
+        evil = replace(lp, url=server.add("left-pad-1.3.0.tgz", good[:-1] + bytes([good[-1] ^ 1])))
+        # Some good artefacts around the bad one (all of them would only make the test slower).
+        good_ones = [a for a in ex.lock.artefacts if a.kind == "wheel" or a.name in ("dash", "sed")]
+        lock = replace(ex.lock, artefacts=(*good_ones, evil))
+        store = Store(tmp_path / "envstore", durable=False)
+        mirror = Store(tmp_path / "mirror", durable=False)  # empty: the tampered file is fetched
+        before = store_snapshot(store)
+        # The good ones come from the first store; left-pad only from the tampered URL.
+        with pytest.raises(HashMismatch, match=r"npm package left-pad 1\.3\.0: .*mismatch"):
+            build_lock(lock, store, mirrors=[_without(ex.store, lp.fixed_path), mirror])
+        assert store_snapshot(store) == before
+        # The CLI says the same in one line and exits 1.
+        (tmp_path / "p").mkdir()
+        (tmp_path / "p/loft.lock").write_text(dumps(replace(lock, artefacts=(evil,))))
+        r = loft(["env", "build"], tmp_path / "data", tmp_path / "p")
     assert r.returncode == 1
     assert r.stderr.startswith("loft: error: npm package left-pad 1.3.0: sha256 mismatch")
     assert Store(tmp_path / "data/envstore").all_paths() == []

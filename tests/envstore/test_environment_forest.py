@@ -95,7 +95,7 @@ def test_alternatives_from_postinst() -> None:
     ]  # fmt: skip
     gawk = "update-alternatives --install /usr/bin/awk awk /usr/bin/gawk 10\n"
     provided = {"/usr/bin/mawk", "/usr/bin/more", "/usr/share/man/man1/mawk.1.gz"}
-    layer = alternatives_layer([POSTINST, gawk], provided)  # gawk not provided: mawk wins
+    layer = alternatives_layer({"mawk": POSTINST, "gawk": gawk}, provided)  # gawk not provided
     assert layer.links == {
         "usr/bin/awk": "/etc/alternatives/awk",
         "etc/alternatives/awk": "/usr/bin/mawk",

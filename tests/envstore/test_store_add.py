@@ -196,6 +196,15 @@ def test_canonicalise_rejects_special_files_and_breaks_hard_links(tmp_path: Path
     os.link(t / "a", t / "b")
     canonicalise(t)
     assert (t / "a").stat().st_nlink == 1 and (t / "b").read_bytes() == b"x"
+    # A link where a temporary copy could have gone is never written through.
+    (tmp_path / "outside").write_bytes(b"host file")
+    (t / "c").write_bytes(b"y")
+    os.link(t / "c", t / "d")
+    for n in ("c", "d"):
+        os.symlink(tmp_path / "outside", t / f"{n}.loft-unlink")
+    canonicalise(t)
+    assert (tmp_path / "outside").read_bytes() == b"host file"
+    assert (t / "d").read_bytes() == b"y" and (t / "c").stat().st_nlink == 1
     u = tmp_path / "u"
     u.mkdir()
     with socket.socket(socket.AF_UNIX) as sock:

@@ -11,7 +11,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from tar_support import member, tar_bytes
+from tar_support import deb_bytes, member, tar_bytes
 
 from loft.envstore.sandbox import NOBODY, jail_writable, unpack_argv
 from loft.envstore.unpack import UnpackError, unpack
@@ -19,26 +19,8 @@ from loft.envstore.unpack import UnpackError, unpack
 pytestmark = pytest.mark.timeout(60)
 
 
-def ar(files: list[tuple[str, bytes]]) -> bytes:
-    """A minimal ar archive, the container format of a .deb."""
-    out = bytearray(b"!<arch>\n")
-    for name, data in files:
-        out += f"{name:<16}{0:<12}{0:<6}{0:<6}{0o100644:<8o}{len(data):<10}`\n".encode()
-        out += data + (b"\n" if len(data) % 2 else b"")
-    return bytes(out)
-
-
 def raw_deb(path: Path, members: list[tuple[tarfile.TarInfo, bytes]]) -> Path:
-    control = tar_bytes([(member("./control"), b"Package: evil\nVersion: 1\nArchitecture: all\n")])
-    path.write_bytes(
-        ar(
-            [
-                ("debian-binary", b"2.0\n"),
-                ("control.tar", control),
-                ("data.tar", tar_bytes(members)),
-            ]
-        )
-    )
+    path.write_bytes(deb_bytes(members))
     return path
 
 

@@ -12,6 +12,11 @@ so a reader never finds a narinfo whose NAR or references are missing. :func:`pu
 substitutes paths: narinfo → signature check against trusted keys → NAR → FileHash,
 NarHash and NarSize checks (in the store's :meth:`~loft.envstore.store.Store.import_nar`)
 → registration, again references first.
+
+A cache is untrusted until a signature says otherwise, and a narinfo is read before its
+signature can be checked: every object is read with a size limit (:data:`MAX_NARINFO_SIZE`,
+:data:`MAX_CACHE_INFO_SIZE`, and for a NAR what its signed NarSize allows), so a hostile
+cache cannot make a pull hold more than that in memory.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ from urllib.parse import urlsplit
 import zstandard
 
 from loft.envstore import EnvstoreError, nar, nixbase32
+from loft.envstore.bounded import announced, read_bounded, too_large
+from loft.envstore.fetch import open_http
 from loft.envstore.narinfo import NarInfo, parse_narinfo, render_narinfo
 from loft.envstore.signing import PublicKey, SecretKey, verify_any
 from loft.envstore.store import HashMismatch, PathInfo, Store, format_nar_hash
@@ -47,12 +54,21 @@ DEFAULT_PARALLELISM = 4
 _DECOMPRESSED_CHUNK = 1 << 20
 #: Seconds an HTTP cache may take per request before the pull fails.
 HTTP_TIMEOUT = 30.0
+#: Largest narinfo read (it is read before its signature is checked). A narinfo is a
+#: dozen short lines plus ~50 bytes per reference: 1 MiB holds ~20,000 references, far
+#: more than any store path has (a full desktop closure is a few thousand paths).
+MAX_NARINFO_SIZE = 1 << 20
+#: Largest ``nix-cache-info`` read: three short lines.
+MAX_CACHE_INFO_SIZE = 64 << 10
 
 __all__ = [
     "CACHE_INFO_KEY",
+    "MAX_CACHE_INFO_SIZE",
+    "MAX_NARINFO_SIZE",
     "BinaryCacheError",
     "CacheReader",
     "HttpCache",
+    "ObjectStoreCache",
     "PullReport",
     "PushReport",
     "cache_info_text",
@@ -70,10 +86,13 @@ class BinaryCacheError(EnvstoreError):
 
 
 class CacheReader(Protocol):
-    """What :func:`pull` needs from a cache: whole objects by key (an ObjectStore has it)."""
+    """What :func:`pull` needs from a cache: whole objects by key, each up to a limit (an
+    object store has it through :class:`ObjectStoreCache`)."""
 
-    def get(self, key: str) -> bytes:
-        """The object under ``key``; :class:`~loft.objstore.ObjectNotFound` when absent."""
+    def get(self, key: str, limit: int) -> bytes:
+        """The object under ``key``; :class:`~loft.objstore.ObjectNotFound` when absent,
+        :class:`~loft.envstore.bounded.TooLarge` (before reading much more than ``limit``
+        bytes) when it is larger than ``limit``."""
         ...
 
     def close(self) -> None:
@@ -88,13 +107,13 @@ class HttpCache:
         self.url = url.rstrip("/")
         self.timeout = timeout
 
-    def get(self, key: str) -> bytes:
+    def get(self, key: str, limit: int) -> bytes:
         """GET ``<url>/<key>``; 404 is :class:`~loft.objstore.ObjectNotFound`, other
         failures an error."""
+        url = f"{self.url}/{key}"
         try:
-            with urllib.request.urlopen(f"{self.url}/{key}", timeout=self.timeout) as r:
-                data: bytes = r.read()
-                return data
+            with open_http(url, self.timeout) as r:
+                return read_bounded(r, limit, url, announced(r.headers.get("Content-Length")))
         except urllib.error.HTTPError as e:
             if e.code in (403, 404):
                 raise ObjectNotFound(key) from None
@@ -110,11 +129,36 @@ class HttpCache:
         """Nothing to release: each request has its own connection."""
 
 
+class ObjectStoreCache:
+    """A cache kept on an object store (``file://``, ``s3://``), read with size limits."""
+
+    def __init__(self, objects: ObjectStore) -> None:
+        self.objects = objects
+
+    def get(self, key: str, limit: int) -> bytes:
+        """The object under ``key``, its size checked before it is read (and after: a
+        cache that replaced it in between is caught, though only once it is in memory)."""
+        info = self.objects.stat(key)
+        if info is None:
+            raise ObjectNotFound(key)
+        what = f"{self.objects.url}/{key}"
+        if info.size > limit:
+            raise too_large(what, limit, f"is {info.size} bytes")
+        data = self.objects.get(key)
+        if len(data) > limit:
+            raise too_large(what, limit, f"is {len(data)} bytes")
+        return data
+
+    def close(self) -> None:
+        """Close the object store."""
+        self.objects.close()
+
+
 def open_cache_reader(url: str) -> CacheReader:
-    """``http(s)://`` caches read over HTTP; everything else is a chunk store URL."""
+    """``http(s)://`` caches read over HTTP; everything else is an object store URL."""
     if urlsplit(url).scheme in ("http", "https"):
         return HttpCache(url)
-    return open_object_store(url)
+    return ObjectStoreCache(open_object_store(url))
 
 
 def cache_info_text(store_dir: str = STORE_DIR, priority: int = DEFAULT_PRIORITY) -> str:
@@ -325,7 +369,7 @@ def pull(
 
 def _check_cache_info(objs: CacheReader, store_dir: str, url: str) -> None:
     try:
-        text = objs.get(CACHE_INFO_KEY).decode()
+        text = objs.get(CACHE_INFO_KEY, MAX_CACHE_INFO_SIZE).decode(errors="replace")
     except ObjectNotFound:
         raise BinaryCacheError(
             f"{url} is not a binary cache (no nix-cache-info)",
@@ -339,7 +383,7 @@ def _check_cache_info(objs: CacheReader, store_dir: str, url: str) -> None:
 
 def _fetch_narinfo(objs: CacheReader, path: str, store_dir: str) -> NarInfo:
     try:
-        text = objs.get(narinfo_key(path)).decode()
+        text = objs.get(narinfo_key(path), MAX_NARINFO_SIZE).decode(errors="replace")
     except ObjectNotFound:
         raise BinaryCacheError(
             f"{path} is not in the binary cache",
@@ -401,13 +445,20 @@ def _decompressor(compression: str) -> Callable[[bytes], Iterator[bytes]]:
     return table[compression]
 
 
+def _nar_file_limit(ni: NarInfo) -> int:
+    """The most bytes a NAR file may have: its FileSize, and never more than its signed
+    NarSize compressed at worst (bzip2 adds up to 1% + 600 bytes, xz and zstd less)."""
+    worst = ni.nar_size + ni.nar_size // 64 + (1 << 20)
+    return worst if ni.file_size is None else min(ni.file_size, worst)
+
+
 def _fetch_one(store: Store, objs: CacheReader, ni: NarInfo, url: str) -> tuple[int, int]:
     key = ni.url
     if key.startswith("/") or ".." in key.split("/") or "://" in key:
         raise BinaryCacheError(f"narinfo for {ni.store_path} has a bad URL {key!r}")
     decompress = _decompressor(ni.compression)
     try:
-        data = objs.get(key)
+        data = objs.get(key, _nar_file_limit(ni))
     except ObjectNotFound:
         raise BinaryCacheError(
             f"{url} lacks {key}, the NAR of {ni.store_path}",

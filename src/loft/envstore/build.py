@@ -34,6 +34,7 @@ from rich.progress import (
 
 from loft.envstore import EnvstoreError, nixbase32
 from loft.envstore.certs import ca_hash_links
+from loft.envstore.confined import Beneath
 from loft.envstore.environment import (
     CA_SHARE,
     Layer,
@@ -41,6 +42,7 @@ from loft.envstore.environment import (
     alternatives_layer,
     ca_bundle_layer,
     ca_certificates,
+    maintainer_scripts,
     passwd_layer,
     plan_forest,
     provided_paths,
@@ -48,13 +50,14 @@ from loft.envstore.environment import (
     write_layer,
 )
 from loft.envstore.fetch import copy_local, download, verify_file
+from loft.envstore.fields import MAX_ARTEFACT_SIZE, check_artefact, check_size
 from loft.envstore.lock import ArtefactKind, Lock, LockedArtefact, LockedPath
 from loft.envstore.resolve_debian import AptConfig, DebianArtefact, resolve_debian
 from loft.envstore.resolve_npm import NpmArtefact, resolve_npm
 from loft.envstore.resolve_pypi import PyPIArtefact, PythonTarget, resolve_pypi
 from loft.envstore.spec import Spec
 from loft.envstore.store import Batch, PathInfo, Store
-from loft.envstore.store_path import fixed_output_path, name_part
+from loft.envstore.store_path import fixed_output_path, name_part, validate_name
 from loft.envstore.unpack import unpack
 
 __all__ = [
@@ -104,7 +107,15 @@ class Pin:
     integrity: str = ""  # SRI, npm only
     location: str = ""
     bin: dict[str, str] = field(default_factory=dict)
+    size: int = 0  # declared bytes of the file (Packages index, lock); 0 when unknown
     expected: LockedArtefact | None = None
+
+    def __post_init__(self) -> None:
+        # Resolvers' answers are as untrusted as a lock: same checks, before any fetch.
+        check_artefact(self.kind, self.name, self.version, self.url, self.location, self.bin)
+        validate_name(self.file_name)
+        validate_name(self.out_name)
+        check_size(self.size, f"{self.what}: size", MAX_ARTEFACT_SIZE)
 
     @property
     def what(self) -> str:
@@ -119,7 +130,7 @@ class Pin:
             kind="deb", name=a.name, version=a.version, url=a.url,
             registry_hash=f"sha256:{a.sha256}", file_sha256=a.sha256,
             file_name=store_name(a.filename.rsplit("/", 1)[-1]),
-            out_name=store_name(f"{a.name}-{a.version}"),
+            out_name=store_name(f"{a.name}-{a.version}"), size=a.size,
         )  # fmt: skip
 
     @classmethod
@@ -148,7 +159,7 @@ class Pin:
             kind=a.kind, name=a.name, version=a.version, url=a.url,
             registry_hash=a.registry_hash, file_sha256=a.file_sha256, file_name=a.file_name,
             integrity=a.registry_hash if a.kind == "npm" else "", out_name=a.output.name,
-            location=a.location, bin=dict(a.bin), expected=a,
+            location=a.location, bin=dict(a.bin), size=a.size, expected=a,
         )  # fmt: skip
 
 
@@ -172,6 +183,7 @@ class _Realisations:
     by_source: dict[str, list[PathInfo]]  # fixed-output path -> trees unpacked from it
 
     by_inputs: dict[str, list[PathInfo]]  # compose key -> layers and environments
+    store: Store
 
     @classmethod
     def scan(cls, store: Store) -> _Realisations:
@@ -190,7 +202,7 @@ class _Realisations:
                 by_source.setdefault(str(r["from"]), []).append(info)
             if r.get("builder") in (_LAYER, _ENV) and isinstance(r.get("inputs"), str):
                 by_inputs.setdefault(str(r["inputs"]), []).append(info)
-        return cls(by_hash, by_source, by_inputs)
+        return cls(by_hash, by_source, by_inputs, store)
 
     def composed(self, key: str) -> tuple[list[LockedPath], LockedPath] | None:
         """Layers and environment already composed from the inputs ``key``, if any."""
@@ -219,6 +231,7 @@ class _Realisations:
                     registry_hash=pin.registry_hash, file_sha256=sha,
                     file_name=pin.file_name, fixed_path=fixed,
                     output=_locked(info, pin.out_name), location=pin.location, bin=dict(pin.bin),
+                    size=self.store.physical(fixed).stat().st_size,
                 )  # fmt: skip
         return None
 
@@ -313,7 +326,10 @@ class Builder:
         if src is not None:
             copy_local(src, dest)
         else:
-            download(pin.url, dest, pin.what, lambda n: self._count_bytes(task, n))
+            # A lock's size (or the Packages index's) bounds the download; without one,
+            # the global cap does: no artefact can fill the scratch space.
+            limit = pin.size or MAX_ARTEFACT_SIZE
+            download(pin.url, dest, pin.what, lambda n: self._count_bytes(task, n), limit)
         self._progress.advance(task)
         sha = verify_file(dest, pin.what, sha256=pin.file_sha256, integrity=pin.integrity)
         return _Staged(pin, fixed_output_path(sha, pin.file_name), dest, sha, True)
@@ -342,6 +358,7 @@ class Builder:
         """Stage an artefact: its file as a fixed output, its tree as a source (hashed now,
         registered when the batch commits)."""
         pin = st.pin
+        size = st.file.stat().st_size
         if st.fresh:
             recipe: dict[str, object] = {"url": pin.url, "hash": pin.registry_hash}
             batch.add_fixed_file(st.file, pin.file_name, st.sha256, recipe=recipe)
@@ -351,7 +368,7 @@ class Builder:
             kind=pin.kind, name=pin.name, version=pin.version, url=pin.url,
             registry_hash=pin.registry_hash, file_sha256=st.sha256, file_name=pin.file_name,
             fixed_path=st.fixed, output=_locked(out, pin.out_name), location=pin.location,
-            bin=dict(pin.bin),
+            bin=dict(pin.bin), size=size,
         )  # fmt: skip
         exp = pin.expected
         if exp is not None and (got.output.path, got.fixed_path) != (
@@ -361,6 +378,11 @@ class Builder:
             raise BuildError(
                 f"{pin.what}: unpacked to {got.output.path}, the lock says {exp.output.path}",
                 hint="the build is not reproducible here, or the lock was edited",
+            )
+        if exp is not None and exp.size and exp.size != size:
+            raise BuildError(
+                f"{pin.what}: the file is {size} bytes, the lock says {exp.size}",
+                hint="the lock was edited",
             )
         return got
 
@@ -418,11 +440,11 @@ class Builder:
                 ca = by_name["ca-certificates"]
                 certs = ca_certificates(ca)
                 gen.append(ca_bundle_layer(ca, ca_hash_links(ca / CA_SHARE, certs, scratch)))
-            scripts = [
-                p.read_text(errors="replace")
+            scripts = {
+                f"{a.what}: {name}": text
                 for a in debs
-                for p in sorted((phys[a.output.path] / "var/lib/dpkg/info").glob("*.postinst"))
-            ]
+                for name, text in maintainer_scripts(phys[a.output.path]).items()
+            }
             gen.append(alternatives_layer(scripts, provided_paths(packages)))
             for k, layer in enumerate(gen):
                 tree = scratch / f"layer-{k}"
@@ -432,7 +454,7 @@ class Builder:
                 info = batch.add_tree(tree, layer.name, recipe=recipe)
                 layers.append(_locked(info, layer.name))
                 generated.append(Placement(info.path, tree))
-            forest = plan_forest([*generated, *packages])
+            forest = plan_forest([*generated, *packages], reserved=[MANIFEST])
             _add_bin_links(forest, npms)
             tree = scratch / "env"
             tree.mkdir()
@@ -482,9 +504,8 @@ def _write_manifest(
         ],
         "layers": [{"name": lp.name, "path": lp.path} for lp in layers],
     }
-    dest = tree / MANIFEST
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+    with Beneath(tree) as out:
+        out.write_file(MANIFEST, (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode())
 
 
 def _locked(info: PathInfo, name: str) -> LockedPath:

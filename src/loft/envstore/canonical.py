@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import tempfile
 from pathlib import Path
 
 from loft.envstore import EnvstoreError
@@ -54,11 +55,21 @@ def _canon(p: bytes, as_root: bool) -> None:
 
 
 def _break_hard_link(p: bytes) -> None:
-    """Replace ``p`` by a private copy so no two store files share an inode."""
-    tmp = p + b".loft-unlink"
+    """Replace ``p`` by a private copy so no two store files share an inode.
+
+    The copy is made under a fresh name (``O_EXCL``): a tree may hold a symlink under any
+    name a fixed temporary name could have, and the copy must not be written through it.
+    """
     parent = os.path.dirname(p)
     pst = os.stat(parent)
     if pst.st_mode & 0o200 == 0:
         os.chmod(parent, pst.st_mode | 0o700)
-    shutil.copy2(p, tmp, follow_symlinks=False)
-    os.replace(tmp, p)
+    fd, tmp = tempfile.mkstemp(prefix=b".loft-unlink-", dir=parent)
+    try:
+        with os.fdopen(fd, "wb") as out, open(p, "rb") as src:  # p: lstat said a file
+            shutil.copyfileobj(src, out)
+        shutil.copystat(p, tmp, follow_symlinks=False)
+        os.replace(tmp, p)
+    except BaseException:
+        os.unlink(tmp)
+        raise

@@ -19,6 +19,7 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
+from loft.envstore.confined import Beneath
 from loft.envstore.sandbox import jail_writable, tool_argv
 from loft.envstore.unpack import UnpackError
 
@@ -61,12 +62,13 @@ def ca_hash_links(certs_root: Path, rels: Sequence[str], scratch: Path) -> dict[
             raise UnpackError(f"openssl rehash linked {made[0]} elsewhere for {rel}")
         by_hash.setdefault(made[0][:8], []).append(rel)
     links: dict[str, str] = {}
-    for h, group in sorted(by_hash.items()):
-        kept: list[tuple[str, bytes]] = []
-        for rel in sorted(group):
-            data = (certs_root / rel).read_bytes()
-            if all(data != other for _, other in kept):
-                kept.append((rel, data))
-        for n, (rel, _) in enumerate(kept):
-            links[f"{h}.{n}"] = rel
+    with Beneath(certs_root) as certs:  # package content: no symlink of it is followed
+        for h, group in sorted(by_hash.items()):
+            kept: list[tuple[str, bytes]] = []
+            for rel in sorted(group):
+                data = certs.read_bytes(rel)
+                if all(data != other for _, other in kept):
+                    kept.append((rel, data))
+            for n, (rel, _) in enumerate(kept):
+                links[f"{h}.{n}"] = rel
     return links

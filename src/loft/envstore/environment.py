@@ -18,7 +18,10 @@ generated here, each as its own small store path (a "layer"):
   sandbox user.
 
 Planning (:func:`plan_forest`) only reads trees and returns a dict; :func:`write_forest`
-materialises it.
+materialises it. Package trees are untrusted: every file read from one and every write of
+a forest or layer goes through :class:`~loft.envstore.confined.Beneath`, so a symlink a
+package ships is copied as a link but never followed, and a path that would lead through
+one (an npm package placed below another's ``node_modules -> /elsewhere``) is refused.
 """
 
 from __future__ import annotations
@@ -30,14 +33,21 @@ import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
+
+from loft.envstore import EnvstoreError
+from loft.envstore.confined import MAX_COMPONENT, Beneath, check_relative
 
 __all__ = [
     "CA_SHARE",
+    "AlternativesError",
+    "ForestConflict",
     "Layer",
     "Placement",
     "alternatives_layer",
     "ca_bundle_layer",
     "ca_certificates",
+    "maintainer_scripts",
     "passwd_layer",
     "plan_forest",
     "write_forest",
@@ -47,6 +57,14 @@ __all__ = [
 _ROOTS = {"usr": "", "etc": "etc"}
 _RUNNER = "runner:x:1000:1000:loft workspace user:/home/runner:/bin/bash\n"
 _RUNNER_GROUP = "runner:x:1000:\n"
+
+
+class ForestConflict(EnvstoreError):
+    """A package would be placed through a symlink or file another package ships."""
+
+
+class AlternativesError(EnvstoreError):
+    """A maintainer script names an alternative whose link or name is not a plain path."""
 
 
 @dataclass(frozen=True)
@@ -79,18 +97,28 @@ CA_SHARE = "usr/share/ca-certificates"
 Forest = dict[str, str | None]
 
 
-def plan_forest(placements: Iterable[Placement]) -> Forest:
+def plan_forest(placements: Iterable[Placement], reserved: Iterable[str] = ()) -> Forest:
     """Merge the trees in order; the first to claim a path keeps it.
 
     A directory only one package provides becomes a single link to that package's
     directory (as Nix's buildEnv does); when a second package brings the same directory,
     the link is split back into a real directory holding both packages' entries.
+    ``reserved`` are files the caller writes itself (the manifest): no package may claim
+    them, their directories are real, and they are not in the plan. A placement below a
+    path a package claimed as a symlink or file is :class:`ForestConflict`.
     """
     planner = _Planner()
+    reserved = list(reserved)
+    for rel in reserved:
+        planner.ensure_dirs(rel, rel)
+        planner.forest[rel] = ""  # claimed: "first wins" keeps every package off it
     for pl in placements:
         if pl.at:
-            planner.ensure_dirs(pl.at)
+            check_relative(pl.at, f"where {pl.store_path} is placed")
+            planner.ensure_dirs(pl.at, pl.store_path)
             planner.claim_dir(pl.at, pl.physical, pl.store_path)
+            if pl.at not in planner.dir_links and planner.forest[pl.at] is not None:
+                planner.conflict(pl.at, pl.store_path, pl.at)
             continue
         for top, dest in _ROOTS.items():
             src = pl.physical / top
@@ -98,6 +126,8 @@ def plan_forest(placements: Iterable[Placement]) -> Forest:
                 if dest:
                     planner.forest.setdefault(dest, None)
                 planner.merge(src, f"{pl.store_path}/{top}", dest)
+    for rel in reserved:
+        del planner.forest[rel]
     return planner.forest
 
 
@@ -107,13 +137,25 @@ class _Planner:
         #: Entries that are links to a whole package directory: rel -> (physical, logical).
         self.dir_links: dict[str, tuple[Path, str]] = {}
 
-    def ensure_dirs(self, rel: str) -> None:
+    def ensure_dirs(self, rel: str, placing: str) -> None:
+        """Make every parent of ``rel`` a real directory of the forest."""
         parts = rel.split("/")
         for i in range(1, len(parts)):
             parent = "/".join(parts[:i])
             if parent in self.dir_links:
                 self.split(parent)
-            self.forest.setdefault(parent, None)
+            if self.forest.setdefault(parent, None) is not None:
+                # Written as planned, the placement would go through this link (out of
+                # the environment when it points elsewhere) or fail on the file.
+                self.conflict(rel, placing, parent)
+
+    def conflict(self, rel: str, placing: str, claimed: str) -> NoReturn:
+        raise ForestConflict(
+            f"cannot place {placing} at {rel!r}: a package claims {claimed!r} "
+            f"as {self.forest[claimed]!r}, not as a directory",
+            hint="a package ships a symlink where another package goes; "
+            "the lock or one of its packages is broken or hostile",
+        )
 
     def split(self, rel: str) -> None:
         physical, logical = self.dir_links.pop(rel)
@@ -162,34 +204,31 @@ def write_forest(forest: Forest, dest: Path, store_paths: Iterable[str] = ()) ->
     """
     short: dict[str, str] = {}
     paths = sorted(set(store_paths))
-    if paths:
-        (dest / PACKAGES_DIR).mkdir()
+    with Beneath(dest) as out:
         for i, sp in enumerate(paths):
             short[sp] = f"{i:x}"
-            os.symlink(sp, dest / PACKAGES_DIR / short[sp])
-    for rel in sorted(forest):
-        target = forest[rel]
-        p = dest / rel
-        if target is None:
-            p.mkdir()
-            continue
-        store_path = "/" + "/".join(target.split("/")[1:4]) if target.startswith("/") else ""
-        if store_path in short:
-            up = "../" * rel.count("/")
-            tail = target[len(store_path) :]
-            target = f"{up}{PACKAGES_DIR}/{short[store_path]}{tail}"
-        os.symlink(target, p)
+            out.symlink(f"{PACKAGES_DIR}/{short[sp]}", sp)
+        for rel in sorted(forest):
+            target = forest[rel]
+            if target is None:
+                out.mkdir(rel)
+                continue
+            store_path = "/" + "/".join(target.split("/")[1:4]) if target.startswith("/") else ""
+            if store_path in short:
+                up = "../" * rel.count("/")
+                tail = target[len(store_path) :]
+                target = f"{up}{PACKAGES_DIR}/{short[store_path]}{tail}"
+            out.symlink(rel, target)
 
 
 def ca_certificates(ca_certificates_tree: Path) -> list[str]:
     """The certificates (``mozilla/X.crt``...) under the package's
-    ``usr/share/ca-certificates``, sorted; symlinks are not followed out of the tree."""
-    base = ca_certificates_tree / CA_SHARE
-    return sorted(
-        p.relative_to(base).as_posix()
-        for p in base.rglob("*.crt")
-        if p.is_file() and not p.is_symlink()
-    )
+    ``usr/share/ca-certificates``, sorted; symlinks are neither followed nor listed."""
+    with Beneath(ca_certificates_tree) as pkg:
+        try:
+            return sorted(rel for rel in pkg.files(CA_SHARE) if rel.endswith(".crt"))
+        except FileNotFoundError:
+            return []
 
 
 def ca_bundle_layer(
@@ -198,11 +237,11 @@ def ca_bundle_layer(
     """The CA directory ``update-ca-certificates`` builds from the package's certificates:
     the bundle, and the ``<subject-hash>.<n>`` links (``hash_links``, from
     :func:`loft.envstore.certs.ca_hash_links`) that OpenSSL's ``-CApath`` lookups use."""
-    base = ca_certificates_tree / CA_SHARE
     bundle = bytearray()
-    for rel in ca_certificates(ca_certificates_tree):
-        data = (base / rel).read_bytes()
-        bundle += data if data.endswith(b"\n") else data + b"\n"
+    with Beneath(ca_certificates_tree) as pkg:
+        for rel in ca_certificates(ca_certificates_tree):
+            data = pkg.read_bytes(f"{CA_SHARE}/{rel}")
+            bundle += data if data.endswith(b"\n") else data + b"\n"
     links = {
         f"etc/ssl/certs/{name}": f"/{CA_SHARE}/{rel}" for name, rel in (hash_links or {}).items()
     }
@@ -216,8 +255,16 @@ def ca_bundle_layer(
 _UA = re.compile(r"update-alternatives\s+(?:--quiet\s+)?--install\b(?P<rest>.*)")
 
 
-def parse_alternatives(script: str) -> list[tuple[str, str, str, int, list[tuple[str, str, str]]]]:
-    """``(link, name, path, priority, slaves)`` for each literal ``--install`` in a script."""
+def parse_alternatives(
+    script: str, source: str = "a postinst"
+) -> list[tuple[str, str, str, int, list[tuple[str, str, str]]]]:
+    """``(link, name, path, priority, slaves)`` for each literal ``--install`` in a script.
+
+    Links and paths must be normal absolute paths and names plain file names
+    (update-alternatives itself refuses relative links and names with ``/``; Debian's
+    scripts have no ``..``); anything else is :class:`AlternativesError` naming ``source``:
+    the links are written into a layer, so no ``..`` may reach it.
+    """
     text = script.replace("\\\n", " ")
     found = []
     for line in text.splitlines():
@@ -237,18 +284,33 @@ def parse_alternatives(script: str) -> list[tuple[str, str, str, int, list[tuple
         while len(rest) >= 4 and rest[0] == "--slave":
             slaves.append((rest[1], rest[2], rest[3]))
             rest = rest[4:]
+        for lk, nm, target in [(link, name, path), *slaves]:
+            _check_alternative(lk, nm, target, source)
         found.append((link, name, path, prio, slaves))
     return found
 
 
-def alternatives_layer(scripts: Iterable[str], provided: set[str]) -> Layer:
+def _check_alternative(link: str, name: str, path: str, source: str) -> None:
+    for what, p in (("link", link), ("path", path)):
+        if not p.startswith("/"):
+            raise AlternativesError(f"{source}: alternative {what} {p[:200]!r} is not absolute")
+        try:
+            check_relative(p[1:], f"alternative {what}")
+        except EnvstoreError as e:
+            raise AlternativesError(f"{source}: {e.message}") from None
+    if name in (".", "..") or not 0 < len(name) <= MAX_COMPONENT or "/" in name or "\0" in name:
+        raise AlternativesError(f"{source}: alternative name {name[:200]!r} is not a file name")
+
+
+def alternatives_layer(scripts: Mapping[str, str], provided: set[str]) -> Layer:
     """Links for every alternative whose chosen target the environment provides.
 
+    ``scripts`` maps where each postinst came from (named in errors) to its text;
     ``provided`` holds absolute paths (``/usr/bin/mawk``) present in the forest.
     """
     best: dict[str, tuple[int, str, str, list[tuple[str, str, str]]]] = {}
-    for script in scripts:
-        for link, name, path, prio, slaves in parse_alternatives(script):
+    for source, script in sorted(scripts.items()):
+        for link, name, path, prio, slaves in parse_alternatives(script, source):
             if _usr(path) not in provided:
                 continue
             cur = best.get(name)
@@ -257,7 +319,7 @@ def alternatives_layer(scripts: Iterable[str], provided: set[str]) -> Layer:
     links: dict[str, str] = {}
     for name, (_, link, path, slaves) in sorted(best.items()):
         for lk, nm, target in [(link, name, path), *slaves]:
-            if _usr(target) not in provided or "/" in nm:
+            if _usr(target) not in provided:
                 continue
             rel = _usr(lk).lstrip("/")
             links[rel] = f"/etc/alternatives/{nm}"
@@ -277,10 +339,13 @@ def passwd_layer(base_passwd_tree: Path | None) -> Layer:
     """/etc/passwd and /etc/group as base-passwd's postinst would write them, plus runner."""
     passwd = group = b""
     if base_passwd_tree is not None:
-        share = base_passwd_tree / "usr/share/base-passwd"
-        if (share / "passwd.master").is_file():
-            passwd = (share / "passwd.master").read_bytes()
-            group = (share / "group.master").read_bytes()
+        share = "usr/share/base-passwd"
+        with Beneath(base_passwd_tree) as pkg:
+            try:
+                passwd = pkg.read_bytes(f"{share}/passwd.master")
+                group = pkg.read_bytes(f"{share}/group.master")
+            except FileNotFoundError:
+                passwd = group = b""
     return Layer(
         name="passwd",
         files={
@@ -293,14 +358,27 @@ def passwd_layer(base_passwd_tree: Path | None) -> Layer:
 
 def write_layer(layer: Layer, dest: Path) -> None:
     """Materialise a generated layer's tree in the empty directory ``dest``."""
-    for rel, data in sorted(layer.files.items()):
-        p = dest / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(data)
-    for rel, target in sorted(layer.links.items()):
-        p = dest / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        os.symlink(target, p)
+    with Beneath(dest) as out:
+        for rel, data in sorted(layer.files.items()):
+            out.write_file(rel, data)
+        for rel, target in sorted(layer.links.items()):
+            out.symlink(rel, target)
+
+
+def maintainer_scripts(package_tree: Path, suffix: str = ".postinst") -> dict[str, str]:
+    """The kept maintainer scripts of an unpacked .deb (``var/lib/dpkg/info/<pkg>.postinst``)
+    by file name, read without following any symlink the package ships."""
+    info = "var/lib/dpkg/info"
+    out: dict[str, str] = {}
+    with Beneath(package_tree) as pkg:
+        try:
+            names = sorted(rel for rel in pkg.files(info) if rel.endswith(suffix))
+        except FileNotFoundError:
+            return out
+        for rel in names:
+            if "/" not in rel:
+                out[rel] = pkg.read_bytes(f"{info}/{rel}").decode(errors="replace")
+    return out
 
 
 def provided_paths(placements: Iterable[Placement]) -> set[str]:
@@ -311,6 +389,8 @@ def provided_paths(placements: Iterable[Placement]) -> set[str]:
             continue
         for top, dest in _ROOTS.items():
             base = pl.physical / top
+            if base.is_symlink():
+                continue  # as in plan_forest: a package's top-level link is not followed
             prefix = "/etc" if dest else "/usr"
             for dirpath, dirnames, filenames in os.walk(base):
                 rel = os.path.relpath(dirpath, base)

@@ -5,16 +5,30 @@ PyPI sha256, npm SRI ``integrity``) and by what it produces here (its fixed-outp
 path and the unpacked store path + NAR hash). The generated layers and the environment
 itself are recorded the same way, so a lock can be realised from a binary cache without
 resolving anything, and a rebuild proves itself reproducible by matching the lock.
+
+A lock is untrusted input (it comes from a repository): every field is checked when its
+:class:`LockedArtefact` or :class:`LockedPath` is made (:mod:`loft.envstore.fields`), so
+:func:`loads` refuses a hostile lock before anything is fetched or written.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from loft.envstore import EnvstoreError
+from loft.envstore import EnvstoreError, nixbase32
+from loft.envstore.fields import (
+    MAX_ARTEFACT_SIZE,
+    InvalidField,
+    check_artefact,
+    check_integrity,
+    check_sha256_hex,
+    check_size,
+)
 from loft.envstore.spec import Spec
+from loft.envstore.store_path import fixed_output_path, name_part, parse, validate_name
 
 __all__ = [
     "DEFAULT_LOCK_FILE",
@@ -30,6 +44,8 @@ __all__ = [
 DEFAULT_LOCK_FILE = "loft.lock"
 LOCK_VERSION = 1
 ArtefactKind = Literal["deb", "wheel", "npm"]
+#: Largest NAR size a lock may record (Nix's sizes are unsigned 64-bit; ours fit SQLite).
+_MAX_NAR_SIZE = (1 << 63) - 1
 
 
 class LockError(EnvstoreError):
@@ -44,6 +60,16 @@ class LockedPath:
     nar_hash: str
     nar_size: int
     name: str = ""
+
+    def __post_init__(self) -> None:
+        parse(self.path)
+        if self.name and name_part(self.path) != self.name:
+            raise InvalidField(f"{self.path} is not named {self.name!r}")
+        h = self.nar_hash
+        if not (isinstance(h, str) and h.startswith("sha256:") and len(h) == 7 + 52
+                and all(c in nixbase32.ALPHABET for c in h[7:])):  # fmt: skip
+            raise InvalidField(f"NAR hash {h!r:.80} of {self.path} is not sha256:<base-32>")
+        check_size(self.nar_size, f"NAR size of {self.path}", _MAX_NAR_SIZE)
 
 
 @dataclass(frozen=True)
@@ -61,6 +87,23 @@ class LockedArtefact:
     output: LockedPath  # the unpacked tree
     location: str = ""  # npm: node_modules/... ; empty otherwise
     bin: dict[str, str] = field(default_factory=dict)  # npm bin links
+    size: int = 0  # bytes of the artefact file; 0 in locks written before it was recorded
+
+    def __post_init__(self) -> None:
+        check_artefact(self.kind, self.name, self.version, self.url, self.location, self.bin)
+        what = self.what
+        check_sha256_hex(self.file_sha256, f"{what}: file sha256")
+        if self.kind == "npm":
+            check_integrity(self.registry_hash, f"{what}: integrity")
+        elif self.registry_hash != f"sha256:{self.file_sha256}":
+            raise InvalidField(f"{what}: registry hash {self.registry_hash!r:.100} is not "
+                               "the file's sha256")  # fmt: skip
+        validate_name(self.file_name)
+        if self.fixed_path != fixed_output_path(self.file_sha256, self.file_name):
+            raise InvalidField(f"{what}: {self.fixed_path!r:.200} is not its fixed-output path")
+        if not self.output.name:
+            raise InvalidField(f"{what}: its output has no name")
+        check_size(self.size, f"{what}: size", MAX_ARTEFACT_SIZE)
 
     @property
     def what(self) -> str:
@@ -111,23 +154,45 @@ def loads(text: str, *, source: str = DEFAULT_LOCK_FILE) -> Lock:
             f"{source}: lock format version {doc.get('version')!r} is not {LOCK_VERSION}",
             hint="re-create it with `loft env lock`",
         )
+    where = "the lock"
     try:
         spec = Spec(**{k: tuple(v) for k, v in doc["spec"].items()})
-        artefacts = tuple(_artefact(a) for a in doc["artefacts"])
+        platform = _platform(doc["platform"])
+        artefacts = []
+        for i, raw in enumerate(doc["artefacts"]):
+            where = f"artefact {i}"
+            artefacts.append(_artefact(raw))
+        where = "layers"
         layers = tuple(_path(lp) for lp in doc["layers"])
+        where = "env"
         env = _path(doc["env"])
-        platform = {str(k): str(v) for k, v in doc["platform"].items()}
-    except (KeyError, TypeError, AttributeError) as e:
+    except (KeyError, TypeError, AttributeError, ValueError) as e:
         raise LockError(f"{source}: malformed lock ({type(e).__name__}: {e})") from e
-    return Lock(spec=spec, platform=platform, artefacts=artefacts, layers=layers, env=env)
+    except EnvstoreError as e:
+        raise LockError(
+            f"{source}: {where}: {e.message}",
+            hint="the lock is damaged or hostile; nothing was fetched or written",
+        ) from e
+    return Lock(spec=spec, platform=platform, artefacts=tuple(artefacts), layers=layers, env=env)
 
 
 def _artefact(raw: dict[str, Any]) -> LockedArtefact:
     raw = dict(raw)
     raw["output"] = _path(raw["output"])
-    if raw["kind"] not in ("deb", "wheel", "npm"):
-        raise TypeError(f"unknown artefact kind {raw['kind']!r}")
     return LockedArtefact(**raw)
+
+
+#: What each platform key may hold: it reaches the unpack jail (python) and recipes.
+_PLATFORM = {"python": r"[0-9]{1,2}\.[0-9]{1,3}", "suite": r"[a-z0-9][a-z0-9.-]{0,63}",
+             "arch": r"[a-z0-9][a-z0-9-]{0,63}"}  # fmt: skip
+
+
+def _platform(raw: dict[str, Any]) -> dict[str, str]:
+    out = {str(k): str(v) for k, v in raw.items()}
+    for k, v in out.items():
+        if k not in _PLATFORM or not re.fullmatch(_PLATFORM[k], v):
+            raise InvalidField(f"platform {k[:40]!r} = {v[:40]!r} is not a known platform value")
+    return out
 
 
 def _path_doc(lp: LockedPath) -> dict[str, Any]:
@@ -138,6 +203,6 @@ def _path_doc(lp: LockedPath) -> dict[str, Any]:
 
 def _path(raw: dict[str, Any]) -> LockedPath:
     return LockedPath(
-        path=raw["store_path"], nar_hash=raw["nar_hash"], nar_size=int(raw["nar_size"]),
+        path=raw["store_path"], nar_hash=raw["nar_hash"], nar_size=raw["nar_size"],
         name=raw.get("name", ""),
     )  # fmt: skip

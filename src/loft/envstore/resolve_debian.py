@@ -14,13 +14,16 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from loft.envstore import EnvstoreError
+from loft.envstore.bounded import read_bounded
 
 __all__ = [
     "DEBIAN_PYTHON",
+    "MAX_APT_ANSWER_SIZE",
     "AptConfig",
     "DebianArtefact",
     "DebianResolveError",
@@ -36,6 +39,10 @@ DEFAULT_SECURITY_MIRROR = "http://deb.debian.org/debian-security"
 _KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 _HOST_LISTS = Path("/var/lib/apt/lists")
 _APT_HELPER = "/usr/lib/apt/apt-helper"
+#: Largest answer read from the resolver helper (~300 bytes per package: the whole
+#: archive, ~65,000 packages, would be ~20 MB). The indexes it reads are apt's: their
+#: sizes and hashes are pinned by the signed InRelease, whose own size apt bounds.
+MAX_APT_ANSWER_SIZE = 32 << 20
 
 
 class DebianResolveError(EnvstoreError):
@@ -158,19 +165,28 @@ def resolve_debian(
     """Resolve ``packages`` (plus the Essential set) to the full closure, sorted by name."""
     config.prepare()
     request = {"config": config.options(), "packages": packages, "essential": essential}
-    r = subprocess.run(
-        [DEBIAN_PYTHON, "-I", str(_HELPER)],
-        input=json.dumps(request),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if r.returncode != 0:
-        raise DebianResolveError(
-            "the Debian resolver crashed",
-            hint=(r.stderr.strip().splitlines() or ["is python3-apt installed?"])[-1],
-        )
-    out = json.loads(r.stdout)
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen([DEBIAN_PYTHON, "-I", str(_HELPER)], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=err)  # fmt: skip
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            with proc.stdin:
+                proc.stdin.write(json.dumps(request).encode())
+            with proc.stdout:
+                what = "the Debian resolver's answer"
+                answer = read_bounded(proc.stdout, MAX_APT_ANSWER_SIZE, what)
+        except BaseException:
+            proc.kill()  # refused (or interrupted) while it may still be writing
+            raise
+        finally:
+            rc = proc.wait()
+        if rc != 0:
+            err.seek(max(0, err.seek(0, os.SEEK_END) - (1 << 16)))  # its last lines
+            lines = err.read().decode(errors="replace").strip().splitlines()
+            raise DebianResolveError(
+                "the Debian resolver crashed", hint=(lines or ["is python3-apt installed?"])[-1]
+            )
+    out = json.loads(answer)
     if "error" in out:
         raise DebianResolveError(out["error"], hint="check the [env] debian list in loft.toml")
     return [DebianArtefact(**p) for p in out["packages"]]

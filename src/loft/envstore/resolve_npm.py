@@ -18,11 +18,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loft.envstore import EnvstoreError
+from loft.envstore.bounded import read_file_bounded
 
-__all__ = ["DEFAULT_REGISTRY", "NpmArtefact", "NpmResolveError", "resolve_npm", "split_spec"]
+__all__ = [
+    "DEFAULT_REGISTRY",
+    "MAX_NPM_LOCK_SIZE",
+    "NpmArtefact",
+    "NpmResolveError",
+    "resolve_npm",
+    "split_spec",
+]
 
 #: Override with LOFT_NPM_REGISTRY.
 DEFAULT_REGISTRY = "https://registry.npmjs.org"
+#: Largest package-lock.json read. npm fetches the registry's metadata itself; the lock
+#: it writes is ~500 bytes per package, so even a 20,000-package tree is ~10 MB.
+MAX_NPM_LOCK_SIZE = 64 << 20
 
 
 class NpmResolveError(EnvstoreError):
@@ -67,7 +78,9 @@ def resolve_npm(specs: list[str]) -> list[NpmArtefact]:
         r = subprocess.run(argv, cwd=tmp, capture_output=True, text=True, check=False)
         if r.returncode != 0:
             raise NpmResolveError(_npm_error(r.stderr, specs), hint="check [env] npm in loft.toml")
-        lock = json.loads(Path(tmp, "package-lock.json").read_text())
+        lock = json.loads(
+            read_file_bounded(Path(tmp, "package-lock.json"), MAX_NPM_LOCK_SIZE, "npm's lock")
+        )
     out = []
     for location, entry in lock.get("packages", {}).items():
         if not location:

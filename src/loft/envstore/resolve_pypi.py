@@ -19,11 +19,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loft.envstore import EnvstoreError
+from loft.envstore.bounded import read_file_bounded
 
-__all__ = ["DEFAULT_INDEX", "PyPIArtefact", "PyPIResolveError", "PythonTarget", "resolve_pypi"]
+__all__ = [
+    "DEFAULT_INDEX",
+    "MAX_PIP_REPORT_SIZE",
+    "PyPIArtefact",
+    "PyPIResolveError",
+    "PythonTarget",
+    "resolve_pypi",
+]
 
 #: Override with LOFT_PYPI_INDEX (a PEP 503 simple index).
 DEFAULT_INDEX = "https://pypi.org/simple"
+#: Largest pip report read. pip fetches the index pages and metadata itself; its report
+#: repeats each wheel's metadata (a long README is ~100 KB), so a few hundred packages
+#: stay under ~30 MB. An index serving huge metadata must not make loft hold it all.
+MAX_PIP_REPORT_SIZE = 64 << 20
 
 
 class PyPIResolveError(EnvstoreError):
@@ -102,7 +114,7 @@ def resolve_pypi(requirements: list[str], target: PythonTarget) -> list[PyPIArte
         r = subprocess.run(argv, capture_output=True, text=True, check=False)
         if r.returncode != 0:
             raise PyPIResolveError(_pip_error(r.stderr, requirements), hint="check [env] pypi")
-        data = json.loads(report.read_text())
+        data = json.loads(read_file_bounded(report, MAX_PIP_REPORT_SIZE, "pip's report"))
     out = []
     for item in data["install"]:
         info = item["download_info"]
