@@ -17,9 +17,11 @@ from envbuild_support import Example, example, loft, store_snapshot
 from loft.envstore import nar
 from loft.envstore.build import build_lock, lock_spec
 from loft.envstore.fetch import HashMismatch
+from loft.envstore.fs import disk_usage
 from loft.envstore.lock import dumps
+from loft.envstore.pathinfo import format_nar_hash
 from loft.envstore.spec import parse_spec
-from loft.envstore.store import Store, disk_usage, format_nar_hash
+from loft.envstore.store import Store
 
 pytestmark = pytest.mark.timeout(900)
 

@@ -16,7 +16,8 @@ import click
 
 from loft.config import Settings
 from loft.envstore import EnvstoreError
-from loft.envstore.store import InvalidPath, Store
+from loft.envstore.pathinfo import InvalidPath
+from loft.envstore.store import Store
 
 
 def _store() -> Store:
