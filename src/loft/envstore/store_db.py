@@ -4,7 +4,17 @@ One file, ``db.sqlite`` (WAL, ``synchronous=FULL``, foreign keys on), one connec
 thread. A path is valid when it has a row in ``paths``; its references are rows in
 ``refs`` whose foreign keys make "a valid path's references are valid" hold inside SQLite.
 :class:`~loft.envstore.store.Store` builds on this class: the files are its business, the
-rows this module's.
+rows this module's. The database stays per node: which store paths exist on this disk is
+node state, not the fleet's, so it is not in the catalog.
+
+The schema is versioned in SQLite's ``PRAGMA user_version``: :data:`MIGRATIONS` holds one
+function per version, each run in a ``BEGIN IMMEDIATE`` transaction that also records the
+new version, so concurrent openers serialise and a failed step leaves the version before
+it. A database newer than this code is refused (an older loft must not write a newer
+store); there are no downgrades. Not Alembic, as the catalog has: the store speaks plain
+``sqlite3``, and importing SQLAlchemy takes ~150 ms (~225 ms with Alembic), more than a
+whole ``loft env`` command (~115 ms), which ``loft env run`` pays on every call; opening a
+database at the newest version here costs one pragma read.
 """
 
 from __future__ import annotations
@@ -14,36 +24,51 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
+from loft.envstore import EnvstoreError
 from loft.envstore.pathinfo import InvalidPath, PathInfo
 
-__all__ = ["StoreDB"]
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "StoreDB"]
 
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS paths (
-    path          TEXT PRIMARY KEY,
-    nar_hash      TEXT NOT NULL,
-    nar_size      INTEGER NOT NULL,
-    deriver       TEXT,
-    ca            TEXT,
-    recipe        TEXT,
-    registered_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS refs (
-    referrer  TEXT NOT NULL REFERENCES paths(path) ON DELETE CASCADE,
-    reference TEXT NOT NULL REFERENCES paths(path),
-    PRIMARY KEY (referrer, reference)
-);
-CREATE INDEX IF NOT EXISTS refs_by_reference ON refs(reference);
-CREATE TABLE IF NOT EXISTS roots (
-    name       TEXT PRIMARY KEY,
-    path       TEXT NOT NULL,
-    created_at REAL NOT NULL
-);
-"""
+#: Version 1, the schema before it was versioned; ``IF NOT EXISTS`` lets that step adopt
+#: such a database (``user_version`` 0, these very tables) without touching its rows.
+_V1 = (
+    """CREATE TABLE IF NOT EXISTS paths (
+        path          TEXT PRIMARY KEY,
+        nar_hash      TEXT NOT NULL,
+        nar_size      INTEGER NOT NULL,
+        deriver       TEXT,
+        ca            TEXT,
+        recipe        TEXT,
+        registered_at REAL NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS refs (
+        referrer  TEXT NOT NULL REFERENCES paths(path) ON DELETE CASCADE,
+        reference TEXT NOT NULL REFERENCES paths(path),
+        PRIMARY KEY (referrer, reference)
+    )""",
+    "CREATE INDEX IF NOT EXISTS refs_by_reference ON refs(reference)",
+    """CREATE TABLE IF NOT EXISTS roots (
+        name       TEXT PRIMARY KEY,
+        path       TEXT NOT NULL,
+        created_at REAL NOT NULL
+    )""",
+)
+
+
+def _v1(conn: sqlite3.Connection) -> None:
+    for statement in _V1:
+        conn.execute(statement)
+
+
+#: ``MIGRATIONS[n]`` takes the database from version n to n + 1 (0: empty or unversioned).
+#: Append only; a step runs inside the transaction that records its version.
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1,)
+#: The version this code reads and writes.
+SCHEMA_VERSION = len(MIGRATIONS)
 
 
 class StoreDB:
@@ -57,8 +82,7 @@ class StoreDB:
         self.db_file = db_file
         self.store_dir = store_dir
         self._local = threading.local()
-        # executescript manages its own transaction; CREATE ... IF NOT EXISTS is idempotent.
-        self._conn().executescript(_SCHEMA)
+        self._migrate()
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -88,6 +112,30 @@ class StoreDB:
         if conn is not None:
             conn.close()
             self._local.conn = None
+
+    def _migrate(self) -> None:
+        """Bring the database to the newest version, one transaction per step; refuse one
+        newer than this code. At the newest version already, this reads one pragma."""
+        latest = len(MIGRATIONS)
+        version = self._version()
+        while version != latest:
+            if version > latest:
+                raise EnvstoreError(
+                    f"the environment store database {self.db_file} has schema version "
+                    f"{version}; this loft knows versions up to {latest}",
+                    hint="upgrade loft on this node: an older loft must not write a newer store",
+                )
+            with self._db() as conn:
+                # Read again under the write lock: another process may have migrated.
+                version = self._version()
+                if version < latest:
+                    MIGRATIONS[version](conn)
+                    version += 1
+                    conn.execute(f"PRAGMA user_version = {version}")
+
+    def _version(self) -> int:
+        row = self._conn().execute("PRAGMA user_version").fetchone()
+        return int(row[0])
 
     # -- queries --------------------------------------------------------------------------
 
