@@ -12,9 +12,14 @@ import click
 
 from loft.config import Settings
 from loft.envstore import EnvstoreError
+from loft.envstore.progress import BytesFetched, TaskAdvanced, TasksFinished, TaskStarted
 
 if TYPE_CHECKING:  # imported lazily: `loft --help` should not pay for the env builder
+    from rich.console import Console
+    from rich.progress import TaskID
+
     from loft.envstore.lock import Lock
+    from loft.envstore.progress import BuildEvent, BuildProgress
     from loft.envstore.store import Store
 
 __all__ = ["register"]
@@ -24,6 +29,55 @@ def _store() -> Store:
     from loft.envstore.store import Store
 
     return Store.open(Settings.from_env())
+
+
+class _BuildBars:
+    """The builder's tasks (:mod:`loft.envstore.progress`) as transient rich bars on
+    stderr: name, bar, done/total, bytes fetched, elapsed time."""
+
+    def __init__(self, console: Console) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self._bars = Progress(
+            TextColumn("{task.description:<11}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        )
+        self._tasks: dict[str, TaskID] = {}
+
+    def __call__(self, event: BuildEvent) -> None:
+        match event:
+            case TaskStarted(task, total):
+                if not self._tasks:
+                    self._bars.start()
+                self._tasks[task] = self._bars.add_task(task, total=total, info="")
+            case TaskAdvanced(task):
+                self._bars.advance(self._tasks[task])
+            case BytesFetched(task, total):
+                self._bars.update(self._tasks[task], info=f"{total / 1e6:.1f} MB")
+            case TasksFinished() if self._tasks:
+                self._bars.stop()
+                for t in self._tasks.values():
+                    self._bars.remove_task(t)
+                self._tasks = {}
+
+
+def _progress() -> BuildProgress | None:
+    """Progress bars for a build when stderr is a terminal; nothing otherwise."""
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    return _BuildBars(console) if console.is_terminal else None
 
 
 @click.command()
@@ -50,7 +104,7 @@ def lock(spec_file: Path, output: Path | None, jobs: int, refresh: bool, as_json
 
     t0 = time.monotonic()
     spec = load_spec(spec_file)
-    locked = lock_spec(spec, _store(), jobs=jobs, refresh=refresh)
+    locked = lock_spec(spec, _store(), jobs=jobs, refresh=refresh, progress=_progress())
     out = output or spec_file.with_name("loft.lock")
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(dumps(locked))
@@ -87,7 +141,7 @@ def build(lock_file: Path, jobs: int, as_json: bool) -> None:
     from loft.envstore.build import build_lock
 
     t0 = time.monotonic()
-    env = build_lock(_load_lock(lock_file), _store(), jobs=jobs)
+    env = build_lock(_load_lock(lock_file), _store(), jobs=jobs, progress=_progress())
     if as_json:
         click.echo(json.dumps({"env": env.path, "nar_hash": env.nar_hash,
                                "seconds": round(time.monotonic() - t0, 3)}, indent=2))  # fmt: skip
@@ -119,7 +173,7 @@ def run(env_ref: str, command: tuple[str, ...], setenv: tuple[str, ...]) -> None
     if Path(env_ref).is_file():
         from loft.envstore.build import build_lock
 
-        env_path = build_lock(_load_lock(Path(env_ref)), store).path
+        env_path = build_lock(_load_lock(Path(env_ref)), store, progress=_progress()).path
     else:
         from loft.cli.env import resolve_env
 
