@@ -24,6 +24,7 @@ MODULES = [
     "profiles",
     "gc",
     "info",
+    "env_ref",
     "progress",
 ]
 

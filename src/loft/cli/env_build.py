@@ -175,9 +175,10 @@ def run(env_ref: str, command: tuple[str, ...], setenv: tuple[str, ...]) -> None
 
         env_path = build_lock(_load_lock(Path(env_ref)), store, progress=_progress()).path
     else:
-        from loft.cli.env import resolve_env
+        from loft.cli.env import open_profiles
+        from loft.envstore.env_ref import resolve_env
 
-        env_path = resolve_env(store, env_ref)
+        env_path = resolve_env(store, env_ref, open_profiles)
     sys.exit(run_in_env(store, env_path, list(command), extra_env=extra))
 
 
