@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from loft.cli import output
 from loft.config import Settings
 
 
@@ -147,27 +148,26 @@ def serve(
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def ls_connections(socket_path: Path | None, as_json: bool) -> None:
     """Show who is connected to which export of the running disk service."""
-    from rich.console import Console
-    from rich.table import Table
-
     from loft.node.control import request
 
     conns = request(str(_control_path(socket_path)), "connections")["connections"]
     if as_json:
-        click.echo(json.dumps(conns, indent=2, sort_keys=True))
+        output.echo_json(conns)
         return
-    table = Table("PEER", "IDENTITY", "EXPORT", "REQUESTS", "IN FLIGHT", "SINCE")
+    rows = []
     for c in conns:
         since = c.get("connected_at")
-        table.add_row(
-            str(c.get("peer", "-")),
-            str(c.get("identity") or "-"),
-            str(c.get("export") or "-"),
-            str(c.get("requests", "-")),
-            str(c.get("inflight", "-")),
-            time.strftime("%H:%M:%S", time.localtime(since)) if since else "-",
+        rows.append(
+            [
+                str(c.get("peer", "-")),
+                str(c.get("identity") or "-"),
+                str(c.get("export") or "-"),
+                str(c.get("requests", "-")),
+                str(c.get("inflight", "-")),
+                time.strftime("%H:%M:%S", time.localtime(since)) if since else "-",
+            ]
         )
-    Console().print(table)
+    output.table(rows, ["PEER", "IDENTITY", "EXPORT", "REQUESTS", "IN FLIGHT", "SINCE"])
 
 
 @click.command()

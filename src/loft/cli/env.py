@@ -6,13 +6,13 @@ this group at the bottom of the module.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
+from loft.cli.output import echo_json, size
 from loft.config import Settings
 from loft.envstore import EnvstoreError
 from loft.envstore.env_ref import read_lock_paths, resolve_env
@@ -34,18 +34,6 @@ def open_profiles() -> Profiles:
     from loft.envstore.profiles import Profiles
 
     return Profiles(Catalog.open(Settings.from_env()))
-
-
-def _echo_json(obj: object) -> None:
-    click.echo(json.dumps(obj, indent=2, sort_keys=True))
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
 
 
 @click.group()
@@ -123,10 +111,10 @@ def push(env_ref: str, to_url: str, key_file: str, jobs: int, as_json: bool) -> 
                 raise InvalidPath(p)
     r = do_push(store, paths, to_url, key, parallelism=jobs)
     if as_json:
-        _echo_json({"env": path, "to": to_url, **r.__dict__})
+        echo_json({"env": path, "to": to_url, **r.__dict__})
         return
     click.echo(
-        f"pushed {len(r.pushed)} paths ({_human(r.nar_bytes)} NAR, {_human(r.file_bytes)} "
+        f"pushed {len(r.pushed)} paths ({size(r.nar_bytes)} NAR, {size(r.file_bytes)} "
         f"compressed), {len(r.already_present)} already present, in {r.seconds:.2f}s"
     )
 
@@ -165,11 +153,11 @@ def pull(
     expected = {p: h for p, h in wanted.items() if h is not None}
     r = do_pull(store, list(wanted), from_url, keys, expected=expected, parallelism=jobs)
     if as_json:
-        _echo_json({"from": from_url, **r.__dict__})
+        echo_json({"from": from_url, **r.__dict__})
         return
     click.echo(
-        f"fetched {len(r.fetched)} paths ({_human(r.file_bytes)} downloaded, "
-        f"{_human(r.nar_bytes)} unpacked), {len(r.already_valid)} already valid, "
+        f"fetched {len(r.fetched)} paths ({size(r.file_bytes)} downloaded, "
+        f"{size(r.nar_bytes)} unpacked), {len(r.already_valid)} already valid, "
         f"in {r.seconds:.2f}s"
     )
 
@@ -187,13 +175,13 @@ def info(env_ref: str, as_json: bool) -> None:
     store = _store()
     i = env_info(store, resolve_env(store, env_ref, open_profiles))
     if as_json:
-        _echo_json(i.to_json())
+        echo_json(i.to_json())
         return
-    click.echo(f"{i.path}\n  NAR hash: {i.nar_hash}\n  NAR size: {_human(i.nar_size)}")
-    click.echo(f"  closure:  {i.closure_paths} paths, {_human(i.closure_nar_size)}")
+    click.echo(f"{i.path}\n  NAR hash: {i.nar_hash}\n  NAR size: {size(i.nar_size)}")
+    click.echo(f"  closure:  {i.closure_paths} paths, {size(i.closure_nar_size)}")
     click.echo(f"  references ({len(i.references)}):")
     for ref in i.references:
-        click.echo(f"    {ref.name:50} {_human(ref.nar_size):>10}  {ref.path}")
+        click.echo(f"    {ref.name:50} {size(ref.nar_size):>10}  {ref.path}")
 
 
 @env.command()
@@ -217,14 +205,14 @@ def gc(dry_run: bool, keep_sources: bool, as_json: bool) -> None:
     store = _store()
     r = collect(store, open_profiles().all_env_paths(), dry_run=dry_run, keep_sources=keep_sources)
     if as_json:
-        _echo_json(r.__dict__)
+        echo_json(r.__dict__)
         return
     verb = "would delete" if dry_run else "deleted"
     for p in r.deleted:
         click.echo(f"{verb} {p}")
     click.echo(
         f"{verb} {len(r.deleted)} paths and {len(r.garbage)} leftovers, "
-        f"{_human(r.freed_bytes)} freed; {len(r.roots)} roots keep {r.live} paths"
+        f"{size(r.freed_bytes)} freed; {len(r.roots)} roots keep {r.live} paths"
     )
 
 
@@ -244,7 +232,7 @@ def verify(paths: tuple[str, ...], as_json: bool) -> None:
     problems = store.verify(targets)
     checked = len(targets) if targets is not None else len(store.all_paths())
     if as_json:
-        _echo_json({"checked": checked, "problems": problems})
+        echo_json({"checked": checked, "problems": problems})
     else:
         for p, why in problems.items():
             click.echo(f"{p}: {why}", err=True)
@@ -283,7 +271,7 @@ def root_list(as_json: bool) -> None:
     """List in-use roots."""
     roots = _store().roots()
     if as_json:
-        _echo_json(roots)
+        echo_json(roots)
         return
     for n, p in roots.items():
         click.echo(f"{n}\t{p}")
@@ -314,7 +302,7 @@ def switch(name: str, env_ref: str, as_json: bool) -> None:
     path = resolve_env(store, env_ref, lambda: profiles)
     g = profiles.switch(name, path)
     if as_json:
-        _echo_json(g.__dict__)
+        echo_json(g.__dict__)
         return
     click.echo(f"{name}: generation {g.number} -> {g.env_path}")
 
@@ -328,7 +316,7 @@ def generations(name: str, as_json: bool) -> None:
 
     gens = open_profiles().generations(name)
     if as_json:
-        _echo_json([g.__dict__ for g in gens])
+        echo_json([g.__dict__ for g in gens])
         return
     for g in gens:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(g.created_at))
@@ -344,7 +332,7 @@ def rollback(name: str, to: int | None, as_json: bool) -> None:
     """Make the previous generation (or --to N) current again. Instant: a pointer move."""
     g = open_profiles().rollback(name, to)
     if as_json:
-        _echo_json(g.__dict__)
+        echo_json(g.__dict__)
         return
     click.echo(f"{name}: generation {g.number} -> {g.env_path}")
 
@@ -362,7 +350,7 @@ def prune(name: str, keep: int, as_json: bool) -> None:
         raise EnvstoreError("--keep must be at least 1")
     gone = open_profiles().delete_generations(name, keep)
     if as_json:
-        _echo_json([g.__dict__ for g in gone])
+        echo_json([g.__dict__ for g in gone])
         return
     click.echo(f"{name}: deleted {len(gone)} generations")
 
@@ -373,7 +361,7 @@ def profiles_cmd(as_json: bool) -> None:
     """List profiles and their current generation."""
     rows = open_profiles().list()
     if as_json:
-        _echo_json(rows)
+        echo_json(rows)
         return
     for n, g in rows.items():
         click.echo(f"{n}\t{g}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -10,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from loft.cli.output import echo_json
 from loft.config import Settings
 from loft.envstore import EnvstoreError
 from loft.envstore.progress import BytesFetched, TaskAdvanced, TasksFinished, TaskStarted
@@ -112,7 +112,7 @@ def lock(spec_file: Path, output: Path | None, jobs: int, refresh: bool, as_json
     summary = {"lock": str(out), "env": locked.env.path, "artefacts": len(locked.artefacts),
                "seconds": round(time.monotonic() - t0, 3)}  # fmt: skip
     if as_json:
-        click.echo(json.dumps(summary, indent=2, sort_keys=True))
+        echo_json(summary)
     else:
         click.echo(f"locked {len(locked.artefacts)} artefacts to {out}\n{locked.env.path}")
 
@@ -143,8 +143,8 @@ def build(lock_file: Path, jobs: int, as_json: bool) -> None:
     t0 = time.monotonic()
     env = build_lock(_load_lock(lock_file), _store(), jobs=jobs, progress=_progress())
     if as_json:
-        click.echo(json.dumps({"env": env.path, "nar_hash": env.nar_hash,
-                               "seconds": round(time.monotonic() - t0, 3)}, indent=2))  # fmt: skip
+        echo_json({"env": env.path, "nar_hash": env.nar_hash,
+                   "seconds": round(time.monotonic() - t0, 3)})  # fmt: skip
     else:
         click.echo(env.path)
 
