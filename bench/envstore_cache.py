@@ -25,8 +25,9 @@ from pathlib import Path
 
 from loft.envstore import nar
 from loft.envstore.binary_cache import pull, push
+from loft.envstore.fs import disk_usage
 from loft.envstore.signing import SecretKey
-from loft.envstore.store import Store, disk_usage
+from loft.envstore.store import Store
 
 SOURCES = [
     "/usr/lib/python3.11",

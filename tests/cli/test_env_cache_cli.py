@@ -12,8 +12,9 @@ from click.testing import CliRunner
 
 from loft.cli import main
 from loft.config import Settings
+from loft.envstore.pathinfo import PathInfo
 from loft.envstore.signing import SecretKey
-from loft.envstore.store import PathInfo, Store
+from loft.envstore.store import Store
 
 
 def loft(data_dir: Path, *args: str, code: int = 0) -> str:

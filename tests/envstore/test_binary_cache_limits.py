@@ -24,8 +24,9 @@ from loft.envstore.binary_cache import (
 from loft.envstore.bounded import TooLarge
 from loft.envstore.fetch import FetchError
 from loft.envstore.narinfo import parse_narinfo, render_narinfo
+from loft.envstore.pathinfo import PathInfo
 from loft.envstore.signing import SecretKey
-from loft.envstore.store import PathInfo, Store
+from loft.envstore.store import Store
 
 pytestmark = pytest.mark.timeout(120)
 MiB = 1 << 20

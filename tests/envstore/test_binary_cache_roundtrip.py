@@ -22,8 +22,9 @@ from loft.envstore.binary_cache import (
     topo_levels,
 )
 from loft.envstore.narinfo import parse_narinfo, render_narinfo
+from loft.envstore.pathinfo import HashMismatch, PathInfo
 from loft.envstore.signing import SecretKey
-from loft.envstore.store import HashMismatch, PathInfo, Store
+from loft.envstore.store import Store
 from loft.objstore import open_object_store
 
 _n = itertools.count()
@@ -143,7 +144,7 @@ def test_pull_detects_tampered_nar(
     # A consistent FileHash, so only the (signed) NarHash can catch it.
     new_url = f"nar/{hashlib.sha256(evil).hexdigest()}.nar.zst"
     objs.put(new_url, evil)
-    from loft.envstore.store import format_nar_hash
+    from loft.envstore.pathinfo import format_nar_hash
 
     forged = type(ni)(
         **{
@@ -301,7 +302,7 @@ def test_pull_reads_every_compression(
     import lzma
 
     from loft.envstore.binary_cache import nar_key
-    from loft.envstore.store import format_nar_hash
+    from loft.envstore.pathinfo import format_nar_hash
 
     store, env, paths = src
     url = f"memory://cache-{next(_n)}"

@@ -16,11 +16,20 @@ from envbuild_support import Example, example, loft, store_snapshot
 from hostile_support import serve
 
 from loft.envstore import nar
-from loft.envstore.build import build_lock, lock_spec
+from loft.envstore.build import Builder, Pin, build_lock, lock_spec
 from loft.envstore.fetch import HashMismatch
+from loft.envstore.fs import disk_usage
 from loft.envstore.lock import dumps
+from loft.envstore.pathinfo import format_nar_hash
+from loft.envstore.progress import (
+    BuildEvent,
+    BytesFetched,
+    TaskAdvanced,
+    TasksFinished,
+    TaskStarted,
+)
 from loft.envstore.spec import parse_spec
-from loft.envstore.store import Store, disk_usage, format_nar_hash
+from loft.envstore.store import Store
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -109,6 +118,34 @@ def test_tampered_artefact_is_named_and_store_unchanged(ex: Example, tmp_path: P
     assert r.returncode == 1
     assert r.stderr.startswith("loft: error: npm package left-pad 1.3.0: sha256 mismatch")
     assert Store(tmp_path / "data/envstore").all_paths() == []
+
+
+def test_builder_reports_its_tasks_to_the_progress_callback(ex: Example, tmp_path: Path) -> None:
+    # The wheels come from the first store (a mirror); left-pad is downloaded (file://), so
+    # there are fetched bytes to report.
+    (lp,) = [a for a in ex.lock.artefacts if a.kind == "npm"]
+    tgz = tmp_path / "left-pad-1.3.0.tgz"
+    tgz.write_bytes(ex.store.physical(lp.fixed_path).read_bytes())
+    wheels = [a for a in ex.lock.artefacts if a.kind == "wheel"]
+    pins = [Pin.from_lock(a) for a in (*wheels, replace(lp, url=tgz.as_uri()))]
+    events: list[BuildEvent] = []
+    builder = Builder(
+        Store(tmp_path / "envstore", durable=False),
+        mirrors=[_without(ex.store, lp.fixed_path)],
+        progress=events.append,
+    )
+    got = builder.realise(pins)
+    assert [a.output.path for a in got] == [a.output.path for a in (*wheels, lp)]
+    n = len(pins)
+    assert events[:2] == [TaskStarted("downloading", n), TaskStarted("unpacking", n)]
+    assert events[-1] == TasksFinished() and events.count(TasksFinished()) == 1
+    done = [e.task for e in events if isinstance(e, TaskAdvanced)]
+    assert done.count("downloading") == n and done.count("unpacking") == n
+    fetched = [e.total for e in events if isinstance(e, BytesFetched)]
+    assert fetched == sorted(fetched) and fetched[-1] == tgz.stat().st_size
+    # Nothing left to do: no tasks at all.
+    events.clear()
+    assert builder.realise(pins) == got and events == []
 
 
 class _without(Store):

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from loft.envstore.gc import collect
-from loft.envstore.store import PathInfo, Store
+from loft.envstore.pathinfo import PathInfo
+from loft.envstore.store import Store
 
 
 def add(store: Store, content: bytes, name: str, refs: list[str] | None = None) -> PathInfo:

@@ -13,14 +13,9 @@ import pytest
 
 from loft.envstore import nar
 from loft.envstore.canonical import UnsupportedFileType, canonicalise
-from loft.envstore.store import (
-    HashMismatch,
-    InvalidPath,
-    PathInfo,
-    Store,
-    disk_usage,
-    force_rmtree,
-)
+from loft.envstore.fs import disk_usage, force_rmtree
+from loft.envstore.pathinfo import HashMismatch, InvalidPath, PathInfo
+from loft.envstore.store import Store
 from loft.envstore.store_path import fixed_output_path, source_path
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from test_store_crash import check_consistent, killed_at
 
-from loft.envstore.store import InvalidPath, Store
+from loft.envstore.pathinfo import InvalidPath
+from loft.envstore.store import Store
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -111,7 +112,7 @@ def test_kill_during_a_batch_commit_registers_none_of_it(tmp_path: Path, point: 
 def test_background_writeback_while_filling_and_the_flush_still_guards_registration(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import loft.envstore.store as store_mod
+    import loft.envstore.batch as batch_mod
 
     store = Store(tmp_path / "s")
     calls: list[tuple[str, int]] = []
@@ -125,7 +126,7 @@ def test_background_writeback_while_filling_and_the_flush_still_guards_registrat
         calls.append(("flush", len(self.all_paths())))
         real_flush(self)
 
-    monkeypatch.setattr(store_mod, "WRITEBACK_BYTES", 1)
+    monkeypatch.setattr(batch_mod, "WRITEBACK_BYTES", 1)
     monkeypatch.setattr(Store, "_writeback", writeback)
     monkeypatch.setattr(Store, "_flush", flush)
     with store.tmpdir() as t, store.batch() as b:

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from loft.envstore.store import PathInfo, Store
+from loft.envstore.pathinfo import PathInfo
+from loft.envstore.store import Store
 
 
 def add_same(store: Store, i: int) -> PathInfo:

@@ -14,7 +14,8 @@ import pytest
 
 from loft.envstore import nar
 from loft.envstore.gc import collect
-from loft.envstore.store import Store, format_nar_hash
+from loft.envstore.pathinfo import format_nar_hash
+from loft.envstore.store import Store
 
 # The child adds trees (each referencing the previous one) and fixed files forever,
 # printing each added path; the parent SIGKILLs it at a random moment.
@@ -93,6 +94,7 @@ FAULT_PREAMBLE = r"""
 import os, signal, sys
 from pathlib import Path
 import loft.envstore.store as s
+import loft.envstore.store_db as db
 point = sys.argv[2]
 def die(*a, **k):
     os.kill(os.getpid(), signal.SIGKILL)
@@ -107,7 +109,7 @@ if point.startswith("rename:"):
 elif point == "in_flush":
     s.Store._flush = die
 elif point == "in_transaction":
-    s.time.time = die  # only read inside the registering transaction
+    db.time.time = die  # only read inside the registering transaction
 store = s.Store(Path(sys.argv[1]))
 """
 

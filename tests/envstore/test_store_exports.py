@@ -13,6 +13,10 @@ MODULES = [
     "nar",
     "refs",
     "canonical",
+    "pathinfo",
+    "fs",
+    "store_db",
+    "batch",
     "store",
     "narinfo",
     "signing",
@@ -20,6 +24,8 @@ MODULES = [
     "profiles",
     "gc",
     "info",
+    "env_ref",
+    "progress",
 ]
 
 

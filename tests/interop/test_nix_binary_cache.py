@@ -16,8 +16,9 @@ import pytest
 from nixtool import Nix
 
 from loft.envstore.binary_cache import pull, push
+from loft.envstore.pathinfo import PathInfo
 from loft.envstore.signing import PublicKey, SecretKey
-from loft.envstore.store import PathInfo, Store
+from loft.envstore.store import Store
 
 
 def add(store: Store, files: dict[str, bytes | str], name: str, refs: list[str]) -> PathInfo:

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "envstore"))
 
 from envbuild_support import Example, example, loft
 
-from loft.envstore.store import parse_nar_hash
+from loft.envstore.pathinfo import parse_nar_hash
 
 pytestmark = pytest.mark.timeout(900)  # the first module to ask builds the example env
 

@@ -14,7 +14,8 @@ import pytest
 from nixtool import Nix
 
 from loft.envstore import nar, nixbase32
-from loft.envstore.store import Store, format_nar_hash
+from loft.envstore.pathinfo import format_nar_hash
+from loft.envstore.store import Store
 from loft.envstore.store_path import fixed_output_path, source_path, text_path
 
 

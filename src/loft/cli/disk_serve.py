@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from loft.cli import output
 from loft.config import Settings
 
 
@@ -147,9 +148,6 @@ def serve(
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def ls_connections(socket_path: Path | None, as_json: bool) -> None:
     """Show who is connected to which export of the running disk service."""
-    from rich.console import Console
-    from rich.table import Table
-
     from loft.node import api
     from loft.node.client import call
     from loft.node.jsoncodec import encode
@@ -157,19 +155,21 @@ def ls_connections(socket_path: Path | None, as_json: bool) -> None:
     path = str(_control_path(socket_path))
     conns = call(path, api.ConnectionsRequest(), api.ConnectionsAnswer).connections
     if as_json:
-        click.echo(json.dumps([encode(c) for c in conns], indent=2, sort_keys=True))
+        output.echo_json([encode(c) for c in conns])
         return
-    table = Table("PEER", "IDENTITY", "EXPORT", "REQUESTS", "IN FLIGHT", "SINCE")
+    rows = []
     for c in conns:
-        table.add_row(
-            c.peer,
-            c.identity or "-",
-            c.export or "-",
-            str(c.requests),
-            str(c.inflight),
-            time.strftime("%H:%M:%S", time.localtime(c.since)),
+        rows.append(
+            [
+                c.peer,
+                c.identity or "-",
+                c.export or "-",
+                str(c.requests),
+                str(c.inflight),
+                time.strftime("%H:%M:%S", time.localtime(c.since)),
+            ]
         )
-    Console().print(table)
+    output.table(rows, ["PEER", "IDENTITY", "EXPORT", "REQUESTS", "IN FLIGHT", "SINCE"])
 
 
 @click.command()

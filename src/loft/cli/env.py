@@ -6,100 +6,34 @@ this group at the bottom of the module.
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 
+from loft.cli.output import echo_json, size
 from loft.config import Settings
 from loft.envstore import EnvstoreError
-from loft.envstore.store import InvalidPath, Store
+from loft.envstore.env_ref import read_lock_paths, resolve_env
+from loft.envstore.pathinfo import InvalidPath
+from loft.envstore.store import Store
+
+if TYPE_CHECKING:
+    from loft.envstore.profiles import Profiles
 
 
 def _store() -> Store:
     return Store.open(Settings.from_env())
 
 
-def _profiles() -> Any:
+def open_profiles() -> Profiles:
+    """The catalog's profiles (opened only when a command needs them: the catalog is
+    slower to open than the store)."""
     from loft.catalog import Catalog
     from loft.envstore.profiles import Profiles
 
     return Profiles(Catalog.open(Settings.from_env()))
-
-
-def _echo_json(obj: object) -> None:
-    click.echo(json.dumps(obj, indent=2, sort_keys=True))
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
-
-
-def _walk_lock(obj: object) -> Iterator[dict[str, Any]]:
-    """Every dict in a lock document that names a store path."""
-    if isinstance(obj, dict):
-        if isinstance(obj.get("store_path"), str):
-            yield obj
-        for v in obj.values():
-            yield from _walk_lock(v)
-    elif isinstance(obj, list):
-        for v in obj:
-            yield from _walk_lock(v)
-
-
-def read_lock_paths(lock_file: Path) -> tuple[str | None, dict[str, str | None]]:
-    """(env path or None, {store path: expected NAR hash or None}) named by a lock file."""
-    try:
-        doc = json.loads(lock_file.read_text())
-    except (OSError, ValueError) as e:
-        raise EnvstoreError(f"cannot read lock file {lock_file}: {e}") from None
-    paths: dict[str, str | None] = {}
-    for entry in _walk_lock(doc):
-        nar_hash = entry.get("nar_hash")
-        paths[entry["store_path"]] = nar_hash if isinstance(nar_hash, str) else None
-    env_path: str | None = None
-    if isinstance(doc, dict):
-        env = doc.get("env")
-        if isinstance(env, dict):
-            env = env.get("store_path") or env.get("path")
-        if isinstance(env, str):
-            env_path = env
-        elif isinstance(doc.get("env_path"), str):
-            env_path = doc["env_path"]
-    if env_path is not None:
-        paths.setdefault(env_path, None)
-    if not paths:
-        raise EnvstoreError(f"lock file {lock_file} names no store paths")
-    return env_path, paths
-
-
-def resolve_env(store: Store, ref: str) -> str:
-    """A store path from ENV: a store path, a lock file, or a profile name (current gen)."""
-    if ref.startswith(store.store_dir + "/"):
-        if not store.is_valid(ref):
-            raise InvalidPath(ref)
-        return ref
-    if os.path.isfile(ref):
-        env_path, _ = read_lock_paths(Path(ref))
-        if env_path is None:
-            raise EnvstoreError(f"lock file {ref} does not name an environment path")
-        if not store.is_valid(env_path):
-            raise InvalidPath(env_path)
-        return env_path
-    gen = _profiles().current(ref)
-    if gen is None:
-        raise EnvstoreError(
-            f"{ref!r} is neither a store path, a lock file nor a profile",
-            hint=f"give a path under {store.store_dir}, a loft.lock, or a profile name",
-        )
-    return str(gen.env_path)
 
 
 @click.group()
@@ -168,7 +102,7 @@ def push(env_ref: str, to_url: str, key_file: str, jobs: int, as_json: bool) -> 
 
     store = _store()
     key = SecretKey.parse(Path(key_file).read_text())
-    path = resolve_env(store, env_ref)
+    path = resolve_env(store, env_ref, open_profiles)
     paths = [path]
     if os.path.isfile(env_ref):
         paths += sorted(read_lock_paths(Path(env_ref))[1])
@@ -177,10 +111,10 @@ def push(env_ref: str, to_url: str, key_file: str, jobs: int, as_json: bool) -> 
                 raise InvalidPath(p)
     r = do_push(store, paths, to_url, key, parallelism=jobs)
     if as_json:
-        _echo_json({"env": path, "to": to_url, **r.__dict__})
+        echo_json({"env": path, "to": to_url, **r.__dict__})
         return
     click.echo(
-        f"pushed {len(r.pushed)} paths ({_human(r.nar_bytes)} NAR, {_human(r.file_bytes)} "
+        f"pushed {len(r.pushed)} paths ({size(r.nar_bytes)} NAR, {size(r.file_bytes)} "
         f"compressed), {len(r.already_present)} already present, in {r.seconds:.2f}s"
     )
 
@@ -219,11 +153,11 @@ def pull(
     expected = {p: h for p, h in wanted.items() if h is not None}
     r = do_pull(store, list(wanted), from_url, keys, expected=expected, parallelism=jobs)
     if as_json:
-        _echo_json({"from": from_url, **r.__dict__})
+        echo_json({"from": from_url, **r.__dict__})
         return
     click.echo(
-        f"fetched {len(r.fetched)} paths ({_human(r.file_bytes)} downloaded, "
-        f"{_human(r.nar_bytes)} unpacked), {len(r.already_valid)} already valid, "
+        f"fetched {len(r.fetched)} paths ({size(r.file_bytes)} downloaded, "
+        f"{size(r.nar_bytes)} unpacked), {len(r.already_valid)} already valid, "
         f"in {r.seconds:.2f}s"
     )
 
@@ -239,15 +173,15 @@ def info(env_ref: str, as_json: bool) -> None:
     from loft.envstore.info import env_info
 
     store = _store()
-    i = env_info(store, resolve_env(store, env_ref))
+    i = env_info(store, resolve_env(store, env_ref, open_profiles))
     if as_json:
-        _echo_json(i.to_json())
+        echo_json(i.to_json())
         return
-    click.echo(f"{i.path}\n  NAR hash: {i.nar_hash}\n  NAR size: {_human(i.nar_size)}")
-    click.echo(f"  closure:  {i.closure_paths} paths, {_human(i.closure_nar_size)}")
+    click.echo(f"{i.path}\n  NAR hash: {i.nar_hash}\n  NAR size: {size(i.nar_size)}")
+    click.echo(f"  closure:  {i.closure_paths} paths, {size(i.closure_nar_size)}")
     click.echo(f"  references ({len(i.references)}):")
     for ref in i.references:
-        click.echo(f"    {ref.name:50} {_human(ref.nar_size):>10}  {ref.path}")
+        click.echo(f"    {ref.name:50} {size(ref.nar_size):>10}  {ref.path}")
 
 
 @env.command()
@@ -269,16 +203,16 @@ def gc(dry_run: bool, keep_sources: bool, as_json: bool) -> None:
     from loft.envstore.gc import collect
 
     store = _store()
-    r = collect(store, _profiles().all_env_paths(), dry_run=dry_run, keep_sources=keep_sources)
+    r = collect(store, open_profiles().all_env_paths(), dry_run=dry_run, keep_sources=keep_sources)
     if as_json:
-        _echo_json(r.__dict__)
+        echo_json(r.__dict__)
         return
     verb = "would delete" if dry_run else "deleted"
     for p in r.deleted:
         click.echo(f"{verb} {p}")
     click.echo(
         f"{verb} {len(r.deleted)} paths and {len(r.garbage)} leftovers, "
-        f"{_human(r.freed_bytes)} freed; {len(r.roots)} roots keep {r.live} paths"
+        f"{size(r.freed_bytes)} freed; {len(r.roots)} roots keep {r.live} paths"
     )
 
 
@@ -294,11 +228,11 @@ def verify(paths: tuple[str, ...], as_json: bool) -> None:
     store = _store()
     targets = None
     if paths:
-        targets = sorted(store.closure(resolve_env(store, p) for p in paths))
+        targets = sorted(store.closure(resolve_env(store, p, open_profiles) for p in paths))
     problems = store.verify(targets)
     checked = len(targets) if targets is not None else len(store.all_paths())
     if as_json:
-        _echo_json({"checked": checked, "problems": problems})
+        echo_json({"checked": checked, "problems": problems})
     else:
         for p, why in problems.items():
             click.echo(f"{p}: {why}", err=True)
@@ -318,7 +252,7 @@ def root() -> None:
 def root_add(name: str, env_ref: str) -> None:
     """Mark ENV in use under NAME (replacing NAME's previous path)."""
     store = _store()
-    path = resolve_env(store, env_ref)
+    path = resolve_env(store, env_ref, open_profiles)
     store.add_root(name, path)
     click.echo(f"{name} -> {path}")
 
@@ -337,7 +271,7 @@ def root_list(as_json: bool) -> None:
     """List in-use roots."""
     roots = _store().roots()
     if as_json:
-        _echo_json(roots)
+        echo_json(roots)
         return
     for n, p in roots.items():
         click.echo(f"{n}\t{p}")
@@ -364,11 +298,11 @@ def profile(ctx: click.Context, name: str) -> None:
 def switch(name: str, env_ref: str, as_json: bool) -> None:
     """Make ENV the profile's new current generation."""
     store = _store()
-    profiles = _profiles()
-    path = resolve_env(store, env_ref)
+    profiles = open_profiles()
+    path = resolve_env(store, env_ref, lambda: profiles)
     g = profiles.switch(name, path)
     if as_json:
-        _echo_json(g.__dict__)
+        echo_json(g.__dict__)
         return
     click.echo(f"{name}: generation {g.number} -> {g.env_path}")
 
@@ -380,9 +314,9 @@ def generations(name: str, as_json: bool) -> None:
     """List the profile's generations; the current one is marked."""
     import time
 
-    gens = _profiles().generations(name)
+    gens = open_profiles().generations(name)
     if as_json:
-        _echo_json([g.__dict__ for g in gens])
+        echo_json([g.__dict__ for g in gens])
         return
     for g in gens:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(g.created_at))
@@ -396,9 +330,9 @@ def generations(name: str, as_json: bool) -> None:
 @click.pass_obj
 def rollback(name: str, to: int | None, as_json: bool) -> None:
     """Make the previous generation (or --to N) current again. Instant: a pointer move."""
-    g = _profiles().rollback(name, to)
+    g = open_profiles().rollback(name, to)
     if as_json:
-        _echo_json(g.__dict__)
+        echo_json(g.__dict__)
         return
     click.echo(f"{name}: generation {g.number} -> {g.env_path}")
 
@@ -414,9 +348,9 @@ def prune(name: str, keep: int, as_json: bool) -> None:
     """
     if keep < 1:
         raise EnvstoreError("--keep must be at least 1")
-    gone = _profiles().delete_generations(name, keep)
+    gone = open_profiles().delete_generations(name, keep)
     if as_json:
-        _echo_json([g.__dict__ for g in gone])
+        echo_json([g.__dict__ for g in gone])
         return
     click.echo(f"{name}: deleted {len(gone)} generations")
 
@@ -425,9 +359,9 @@ def prune(name: str, keep: int, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def profiles_cmd(as_json: bool) -> None:
     """List profiles and their current generation."""
-    rows = _profiles().list()
+    rows = open_profiles().list()
     if as_json:
-        _echo_json(rows)
+        echo_json(rows)
         return
     for n, g in rows.items():
         click.echo(f"{n}\t{g}")

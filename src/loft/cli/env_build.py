@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -10,11 +9,17 @@ from typing import TYPE_CHECKING
 
 import click
 
+from loft.cli.output import echo_json
 from loft.config import Settings
 from loft.envstore import EnvstoreError
+from loft.envstore.progress import BytesFetched, TaskAdvanced, TasksFinished, TaskStarted
 
 if TYPE_CHECKING:  # imported lazily: `loft --help` should not pay for the env builder
+    from rich.console import Console
+    from rich.progress import TaskID
+
     from loft.envstore.lock import Lock
+    from loft.envstore.progress import BuildEvent, BuildProgress
     from loft.envstore.store import Store
 
 __all__ = ["register"]
@@ -24,6 +29,55 @@ def _store() -> Store:
     from loft.envstore.store import Store
 
     return Store.open(Settings.from_env())
+
+
+class _BuildBars:
+    """The builder's tasks (:mod:`loft.envstore.progress`) as transient rich bars on
+    stderr: name, bar, done/total, bytes fetched, elapsed time."""
+
+    def __init__(self, console: Console) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self._bars = Progress(
+            TextColumn("{task.description:<11}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        )
+        self._tasks: dict[str, TaskID] = {}
+
+    def __call__(self, event: BuildEvent) -> None:
+        match event:
+            case TaskStarted(task, total):
+                if not self._tasks:
+                    self._bars.start()
+                self._tasks[task] = self._bars.add_task(task, total=total, info="")
+            case TaskAdvanced(task):
+                self._bars.advance(self._tasks[task])
+            case BytesFetched(task, total):
+                self._bars.update(self._tasks[task], info=f"{total / 1e6:.1f} MB")
+            case TasksFinished() if self._tasks:
+                self._bars.stop()
+                for t in self._tasks.values():
+                    self._bars.remove_task(t)
+                self._tasks = {}
+
+
+def _progress() -> BuildProgress | None:
+    """Progress bars for a build when stderr is a terminal; nothing otherwise."""
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    return _BuildBars(console) if console.is_terminal else None
 
 
 @click.command()
@@ -50,7 +104,7 @@ def lock(spec_file: Path, output: Path | None, jobs: int, refresh: bool, as_json
 
     t0 = time.monotonic()
     spec = load_spec(spec_file)
-    locked = lock_spec(spec, _store(), jobs=jobs, refresh=refresh)
+    locked = lock_spec(spec, _store(), jobs=jobs, refresh=refresh, progress=_progress())
     out = output or spec_file.with_name("loft.lock")
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(dumps(locked))
@@ -58,7 +112,7 @@ def lock(spec_file: Path, output: Path | None, jobs: int, refresh: bool, as_json
     summary = {"lock": str(out), "env": locked.env.path, "artefacts": len(locked.artefacts),
                "seconds": round(time.monotonic() - t0, 3)}  # fmt: skip
     if as_json:
-        click.echo(json.dumps(summary, indent=2, sort_keys=True))
+        echo_json(summary)
     else:
         click.echo(f"locked {len(locked.artefacts)} artefacts to {out}\n{locked.env.path}")
 
@@ -87,10 +141,10 @@ def build(lock_file: Path, jobs: int, as_json: bool) -> None:
     from loft.envstore.build import build_lock
 
     t0 = time.monotonic()
-    env = build_lock(_load_lock(lock_file), _store(), jobs=jobs)
+    env = build_lock(_load_lock(lock_file), _store(), jobs=jobs, progress=_progress())
     if as_json:
-        click.echo(json.dumps({"env": env.path, "nar_hash": env.nar_hash,
-                               "seconds": round(time.monotonic() - t0, 3)}, indent=2))  # fmt: skip
+        echo_json({"env": env.path, "nar_hash": env.nar_hash,
+                   "seconds": round(time.monotonic() - t0, 3)})  # fmt: skip
     else:
         click.echo(env.path)
 
@@ -119,11 +173,12 @@ def run(env_ref: str, command: tuple[str, ...], setenv: tuple[str, ...]) -> None
     if Path(env_ref).is_file():
         from loft.envstore.build import build_lock
 
-        env_path = build_lock(_load_lock(Path(env_ref)), store).path
+        env_path = build_lock(_load_lock(Path(env_ref)), store, progress=_progress()).path
     else:
-        from loft.cli.env import resolve_env
+        from loft.cli.env import open_profiles
+        from loft.envstore.env_ref import resolve_env
 
-        env_path = resolve_env(store, env_ref)
+        env_path = resolve_env(store, env_ref, open_profiles)
     sys.exit(run_in_env(store, env_path, list(command), extra_env=extra))
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -19,10 +18,10 @@ from rich.progress import (
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
-from rich.table import Table
 
+from loft.cli import output
 from loft.errors import LoftError
-from loft.units import format_size, parse_size
+from loft.units import parse_size
 
 if TYPE_CHECKING:
     from loft.blockstore import Blockstore
@@ -49,13 +48,6 @@ def _blockstore() -> Iterator[Blockstore]:
         yield bs
     finally:
         bs.close()
-
-
-def _emit(data: Any, as_json: bool, table: Callable[[], Table] | None = None) -> None:
-    if as_json or table is None:
-        click.echo(json.dumps(data, indent=2, sort_keys=True))
-    else:
-        Console().print(table())
 
 
 def _when(ts: float) -> str:
@@ -116,7 +108,7 @@ def create(name: str, size: int, extent_size: int, durability: str, commit_inter
             durability=durability,
             commit_interval=commit_interval,
         )
-    click.echo(f"created volume {rec.name} ({format_size(rec.size)})")
+    click.echo(f"created volume {rec.name} ({output.size(rec.size, compact=True)})")
 
 
 @volume.command("ls")
@@ -137,20 +129,23 @@ def ls(as_json: bool) -> None:
             for v in bs.volumes()
         ]
 
-    def table() -> Table:
-        t = Table("NAME", "SIZE", "DURABILITY", "VERSION", "IN USE BY", "CREATED")
-        for r in rows:
-            t.add_row(
+    if as_json:
+        output.echo_json(rows)
+        return
+    output.table(
+        (
+            [
                 r["name"],
-                format_size(r["size"]),
+                output.size(r["size"], compact=True),
                 r["durability"],
                 str(r["version"]),
                 r["holder"] or "-",
                 _when(r["created_at"]),
-            )
-        return t
-
-    _emit(rows, as_json, table)
+            ]
+            for r in rows
+        ),
+        ["NAME", "SIZE", "DURABILITY", "VERSION", "IN USE BY", "CREATED"],
+    )
 
 
 @volume.command()
@@ -169,14 +164,14 @@ def info(name: str, as_json: bool) -> None:
         else:
             data = bs.info(name).as_dict()
 
-    def table() -> Table:
-        t = Table("FIELD", "VALUE", show_header=False)
-        for k, v in data.items():
-            shown = format_size(v) if k in ("size", "extent_size") else v
-            t.add_row(k, "-" if v is None else str(shown))
-        return t
-
-    _emit(data, as_json, table)
+    if as_json:
+        output.echo_json(data)
+        return
+    fields = []
+    for k, v in data.items():
+        shown = output.size(v, compact=True) if k in ("size", "extent_size") else v
+        fields.append([k, "-" if v is None else str(shown)])
+    output.table(fields, ["FIELD", "VALUE"], show_header=False)
 
 
 @volume.command("import")
@@ -193,9 +188,8 @@ def import_(name: str, file: str) -> None:
         with _image(file) as (src, size), _progress(size, f"import {name}") as advance:
             rep = bs.import_image(name, src, size, advance)
     rate = rep.bytes / rep.seconds / (1 << 20) if rep.seconds else 0.0
-    _err.print(
-        f"imported {format_size(rep.bytes)} into {name} in {rep.seconds:.2f}s ({rate:.0f} MiB/s)"
-    )
+    moved = output.size(rep.bytes, compact=True)
+    _err.print(f"imported {moved} into {name} in {rep.seconds:.2f}s ({rate:.0f} MiB/s)")
 
 
 @contextmanager
@@ -231,7 +225,8 @@ def _import_served(control: str, name: str, file: str) -> None:
             shutil.copyfileobj(sys.stdin.buffer, spool, 1 << 20)
             spool.flush()
             answer = call(control, api.ImportRequest(name, spool.name), api.ImportAnswer)
-    _err.print(f"imported {format_size(answer.bytes)} into {name} through the disk service")
+    moved = output.size(answer.bytes, compact=True)
+    _err.print(f"imported {moved} into {name} through the disk service")
 
 
 @volume.command()
@@ -269,9 +264,8 @@ def export(ref: str, file: str) -> None:
             if dst is not sys.stdout.buffer:
                 dst.close()
     rate = rep.bytes / rep.seconds / (1 << 20) if rep.seconds else 0.0
-    _err.print(
-        f"exported {format_size(rep.bytes)} from {ref} in {rep.seconds:.2f}s ({rate:.0f} MiB/s)"
-    )
+    moved = output.size(rep.bytes, compact=True)
+    _err.print(f"exported {moved} from {ref} in {rep.seconds:.2f}s ({rate:.0f} MiB/s)")
 
 
 @volume.command()
@@ -304,15 +298,16 @@ def snapshots(name: str, as_json: bool) -> None:
             for s in bs.snapshots(name)
         ]
 
-    def table() -> Table:
-        t = Table("SNAPSHOT", "VERSION", "CREATED", "AUTO")
-        for r in rows:
-            t.add_row(
-                r["name"], str(r["version"]), _when(r["created_at"]), "yes" if r["auto"] else ""
-            )
-        return t
-
-    _emit(rows, as_json, table)
+    if as_json:
+        output.echo_json(rows)
+        return
+    output.table(
+        (
+            [r["name"], str(r["version"]), _when(r["created_at"]), "yes" if r["auto"] else ""]
+            for r in rows
+        ),
+        ["SNAPSHOT", "VERSION", "CREATED", "AUTO"],
+    )
 
 
 @volume.command()
@@ -394,10 +389,9 @@ def gc(as_json: bool, dry_run: bool, grace: float, max_fraction: float, force: b
     with _blockstore() as bs:
         rep = bs.gc(grace=grace, max_fraction=max_fraction, force=force, dry_run=dry_run)
     if as_json:
-        click.echo(json.dumps(rep.as_dict(), indent=2, sort_keys=True))
+        output.echo_json(rep.as_dict())
     else:
         verb = "would free" if dry_run else "freed"
-        click.echo(
-            f"{verb} {rep.chunks_freed} of {rep.chunks_total} chunks, "
-            f"{format_size(rep.bytes_freed)} of {format_size(rep.bytes_total)}"
-        )
+        freed = output.size(rep.bytes_freed, compact=True)
+        total = output.size(rep.bytes_total, compact=True)
+        click.echo(f"{verb} {rep.chunks_freed} of {rep.chunks_total} chunks, {freed} of {total}")

@@ -2,7 +2,8 @@
 
 Pure format modules (``nixbase32``, ``store_path``, ``nar``, ``narinfo``, ``signing``)
 do no I/O beyond what their arguments hand them; :mod:`loft.envstore.store` is the thin
-layer that owns the physical directory and its SQLite metadata.
+layer that owns the physical directory, over its SQLite metadata
+(:mod:`loft.envstore.store_db`).
 """
 
 from __future__ import annotations

@@ -40,8 +40,9 @@ from loft.envstore import EnvstoreError, nar, nixbase32
 from loft.envstore.bounded import announced, read_bounded, too_large
 from loft.envstore.fetch import open_http
 from loft.envstore.narinfo import NarInfo, parse_narinfo, render_narinfo
+from loft.envstore.pathinfo import HashMismatch, PathInfo, format_nar_hash
 from loft.envstore.signing import PublicKey, SecretKey, verify_any
-from loft.envstore.store import HashMismatch, PathInfo, Store, format_nar_hash
+from loft.envstore.store import Store
 from loft.envstore.store_path import STORE_DIR, hash_part
 from loft.objstore import ObjectNotFound, ObjectStore, open_object_store
 

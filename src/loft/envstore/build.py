@@ -16,23 +16,15 @@ import hashlib
 import json
 import os
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-)
-
 from loft.envstore import EnvstoreError, nixbase32
+from loft.envstore.batch import Batch
 from loft.envstore.certs import ca_hash_links
 from loft.envstore.confined import Beneath
 from loft.envstore.environment import (
@@ -52,11 +44,20 @@ from loft.envstore.environment import (
 from loft.envstore.fetch import copy_local, download, verify_file
 from loft.envstore.fields import MAX_ARTEFACT_SIZE, check_artefact, check_size
 from loft.envstore.lock import ArtefactKind, Lock, LockedArtefact, LockedPath
+from loft.envstore.pathinfo import PathInfo
+from loft.envstore.progress import (
+    BuildProgress,
+    BytesFetched,
+    Task,
+    TaskAdvanced,
+    TasksFinished,
+    TaskStarted,
+)
 from loft.envstore.resolve_debian import AptConfig, DebianArtefact, resolve_debian
 from loft.envstore.resolve_npm import NpmArtefact, resolve_npm
 from loft.envstore.resolve_pypi import PyPIArtefact, PythonTarget, resolve_pypi
 from loft.envstore.spec import Spec
-from loft.envstore.store import Batch, PathInfo, Store
+from loft.envstore.store import Store
 from loft.envstore.store_path import fixed_output_path, name_part, validate_name
 from loft.envstore.unpack import unpack
 
@@ -246,25 +247,15 @@ class Builder:
         python_version: str = "3.11",
         jobs: int = DEFAULT_JOBS,
         mirrors: Sequence[Store] = (),
-        progress: bool | None = None,
+        progress: BuildProgress | None = None,
     ) -> None:
         self.store = store
         self.python_version = python_version
         self.jobs = jobs
         #: Other local stores to copy artefacts from before downloading them.
         self.mirrors = tuple(mirrors)
-        console = Console(stderr=True)
-        show = console.is_terminal if progress is None else progress
-        self._progress = Progress(
-            TextColumn("{task.description:<11}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(),
-            console=console,
-            transient=True,
-            disable=not show,
-        )
+        #: Told what the build is doing (see :mod:`loft.envstore.progress`).
+        self._progress: BuildProgress = progress or (lambda _event: None)
         self._lock = threading.Lock()
         self._bytes = 0
 
@@ -298,10 +289,12 @@ class Builder:
             return [done[i] for i in range(len(pins))]
         # The batch registers on leaving the block, so only when every artefact of
         # stage 1 succeeded: one flush and one transaction for all of them.
-        with self._progress, self.store.tmpdir() as scratch, self.store.batch() as batch:
+        with self._tasks(), self.store.tmpdir() as scratch, self.store.batch() as batch:
             fetching = sum(1 for i in todo if not self._in_store(pins[i]))
-            dl = self._progress.add_task("downloading", total=fetching, info="")
-            up = self._progress.add_task("unpacking", total=len(todo), info="")
+            dl: Task = "downloading"
+            up: Task = "unpacking"
+            self._progress(TaskStarted(dl, fetching))
+            self._progress(TaskStarted(up, len(todo)))
             self._bytes = 0
 
             def stage1(k: int) -> LockedArtefact:
@@ -310,14 +303,14 @@ class Builder:
                 tree = scratch / f"tree-{k}"
                 unpack(staged.pin.kind, staged.file, tree, staged.pin.what, extra)
                 got = self._add(batch, replace(staged, tree=tree))
-                self._progress.advance(up)
+                self._progress(TaskAdvanced(up))
                 return got
 
             for k, res in enumerate(self._parallel(stage1, range(len(todo)))):
                 done[todo[k]] = res
         return [done[i] for i in range(len(pins))]
 
-    def _fetch(self, pin: Pin, dest: Path, task: TaskID) -> _Staged:
+    def _fetch(self, pin: Pin, dest: Path, task: Task) -> _Staged:
         """The verified artefact: the store's copy if valid, else a mirror's or a download."""
         fixed = self._fixed_path(pin)
         if fixed and self.store.is_valid(fixed):
@@ -330,7 +323,7 @@ class Builder:
             # the global cap does: no artefact can fill the scratch space.
             limit = pin.size or MAX_ARTEFACT_SIZE
             download(pin.url, dest, pin.what, lambda n: self._count_bytes(task, n), limit)
-        self._progress.advance(task)
+        self._progress(TaskAdvanced(task))
         sha = verify_file(dest, pin.what, sha256=pin.file_sha256, integrity=pin.integrity)
         return _Staged(pin, fixed_output_path(sha, pin.file_name), dest, sha, True)
 
@@ -338,10 +331,18 @@ class Builder:
         fixed = self._fixed_path(pin)
         return bool(fixed) and self.store.is_valid(fixed)
 
-    def _count_bytes(self, task: TaskID, n: int) -> None:
+    def _count_bytes(self, task: Task, n: int) -> None:
         with self._lock:
             self._bytes += n
-            self._progress.update(task, info=f"{self._bytes / 1e6:.1f} MB")
+            self._progress(BytesFetched(task, self._bytes))
+
+    @contextmanager
+    def _tasks(self) -> Iterator[None]:
+        """Around stage 1 and its commit: the tasks end when it does, failed or not."""
+        try:
+            yield
+        finally:
+            self._progress(TasksFinished())
 
     def _fixed_path(self, pin: Pin) -> str:
         if pin.file_sha256:
@@ -550,11 +551,16 @@ def lock_spec(
     mirrors: Sequence[Store] = (),
     jobs: int = 0,
     refresh: bool = False,
+    progress: BuildProgress | None = None,
 ) -> Lock:
     """Resolve, realise and compose ``spec``; the lock records every hash it produced."""
     pins, platform = resolve_spec(spec, store, refresh=refresh)
     builder = Builder(
-        store, python_version=platform["python"], mirrors=mirrors, jobs=jobs or DEFAULT_JOBS
+        store,
+        python_version=platform["python"],
+        mirrors=mirrors,
+        jobs=jobs or DEFAULT_JOBS,
+        progress=progress,
     )
     artefacts = builder.realise(pins)
     layers, env = builder.compose(artefacts)
@@ -563,7 +569,12 @@ def lock_spec(
 
 
 def build_lock(
-    lock: Lock, store: Store, *, mirrors: Sequence[Store] = (), jobs: int = 0
+    lock: Lock,
+    store: Store,
+    *,
+    mirrors: Sequence[Store] = (),
+    jobs: int = 0,
+    progress: BuildProgress | None = None,
 ) -> LockedPath:
     """Realise ``lock`` exactly; a lock whose environment is already valid costs one query."""
     if store.is_valid(lock.env.path):
@@ -575,6 +586,7 @@ def build_lock(
         python_version=lock.platform.get("python", "3.11"),
         mirrors=mirrors,
         jobs=jobs or DEFAULT_JOBS,
+        progress=progress,
     )
     artefacts = builder.realise([Pin.from_lock(a) for a in lock.artefacts])
     layers, env = builder.compose(artefacts)

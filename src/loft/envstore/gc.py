@@ -20,7 +20,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from loft.envstore.binary_cache import topo_levels
-from loft.envstore.store import Store, disk_usage, force_rmtree
+from loft.envstore.fs import disk_usage, force_rmtree
+from loft.envstore.store import Store
 
 __all__ = ["GCReport", "collect", "live_set"]
 

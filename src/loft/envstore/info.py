@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from loft.envstore.store import InvalidPath, Store
+from loft.envstore.pathinfo import InvalidPath
+from loft.envstore.store import Store
 from loft.envstore.store_path import name_part
 
 __all__ = ["EnvInfo", "PathSummary", "env_info"]
