@@ -27,7 +27,7 @@ class ChunkCache:
         self.fetched_bytes = 0  # values read from the chunk store (the lazy-load metric)
         self.fetched_count = 0
         if directory is not None and max_bytes > 0:
-            directory.mkdir(parents=True, exist_ok=True)
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             self._scan()
 
     def _scan(self) -> None:
@@ -102,7 +102,9 @@ class ChunkCache:
         path = self.directory / digest.hex()
         tmp = path.with_name(f"{path.name}.{threading.get_ident()}.tmp")
         try:
-            tmp.write_bytes(value)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(value)
             os.replace(tmp, path)
         except OSError:
             tmp.unlink(missing_ok=True)

@@ -14,6 +14,7 @@ from loft.blockstore.chunks import ChunkCodec, deployment_secret
 from loft.blockstore.heads import Heads
 from loft.catalog import Catalog
 from loft.config import Settings
+from loft.datadir import private_data_dir
 from loft.objstore import ObjectStore, open_object_store
 
 #: Niceness of background work (commits: hashing, compression, uploads), so that on a
@@ -61,8 +62,8 @@ class BlockstoreContext:
         catalog = catalog or Catalog.open(settings)
         with catalog.write() as conn:
             secret = deployment_secret(conn)
+        private_data_dir(settings.data_dir)
         store = open_object_store(settings.chunks_url)
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
         cache = ChunkCache(store, settings.data_dir / "chunk-cache", settings.chunk_cache_bytes)
         return cls(
             settings=settings,

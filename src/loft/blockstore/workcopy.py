@@ -17,6 +17,7 @@ import struct
 import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import BinaryIO
 
 ABSENT = 0
 CLEAN = 1
@@ -111,11 +112,11 @@ class WorkingCopy:
         """A fresh working copy with every extent absent."""
         if directory.exists():
             shutil.rmtree(directory)
-        directory.mkdir(parents=True)
+        directory.mkdir(mode=0o700, parents=True)
         n = -(-header.size // header.extent_size)
-        with open(directory / "data", "wb") as f:
+        with _private_file(directory / "data") as f:
             f.truncate(header.size)
-        with open(directory / "state", "wb") as f:
+        with _private_file(directory / "state") as f:
             f.write(header.pack().ljust(HEADER_SIZE, b"\0"))
             f.truncate(HEADER_SIZE + n)
             os.fsync(f.fileno())
@@ -171,6 +172,12 @@ class WorkingCopy:
         """Close and delete the working copy."""
         self.close()
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _private_file(path: Path) -> BinaryIO:
+    """A new file only its owner may read: a tenant's disk."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    return os.fdopen(fd, "wb")
 
 
 def _fsync_dir(path: Path) -> None:

@@ -13,6 +13,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from loft.config import Settings
+from loft.datadir import private_database_file
 from loft.errors import LoftError
 
 #: The newest migration; a catalog at this revision skips Alembic entirely on open.
@@ -42,8 +43,8 @@ class Catalog:
         self.dialect = parsed.get_backend_name()
         kwargs: dict[str, Any] = {}
         if self.dialect == "sqlite":
-            if parsed.database:
-                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            if parsed.database and parsed.database != ":memory:":
+                private_database_file(Path(parsed.database))
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
         elif self.dialect == "postgresql":
             kwargs["connect_args"] = {"connect_timeout": 3}

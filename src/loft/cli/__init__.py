@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
 import click
 
+from loft.datadir import PRIVATE_UMASK
 from loft.errors import LoftError
 
 
@@ -40,6 +42,8 @@ def main() -> None:
     in $LOFT_CHUNKS (file:///path or s3://bucket/prefix?endpoint=URL); the catalog in
     $LOFT_CATALOG_URL (SQLite under the data dir, or postgresql://...).
     """
+    # Everything a loft process creates is its owner's alone (see loft.datadir).
+    os.umask(PRIVATE_UMASK)
 
 
 def _register() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from loft.config import Settings
+from loft.datadir import private_data_dir
 
 _BANNER = """
 loft is up.
@@ -31,6 +32,6 @@ def up(verbose: bool) -> None:
     from loft.cli.disk_serve import run_disk_service
 
     s = Settings.from_env()
-    s.data_dir.mkdir(parents=True, exist_ok=True)
+    private_data_dir(s.data_dir)
     banner = _BANNER.format(data_dir=s.data_dir, chunks=s.chunks_url, catalog=s.catalog_url)
     run_disk_service(None, verbose=verbose, banner=banner)

@@ -28,6 +28,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from loft.datadir import private_data_dir
 from loft.envstore import EnvstoreError, nar
 from loft.envstore.batch import Batch, open_batch
 from loft.envstore.canonical import canonicalise
@@ -54,17 +55,20 @@ class Store(StoreDB):
         #: Flush data to disk before registering (power-loss safety). Tests may turn it off.
         self.durable = durable
         self.real_store_dir = self.root / store_dir.lstrip("/")
+        # The store's root is private (its database, locks and scratch space); store
+        # paths inside keep the modes the Nix format gives them.
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.real_store_dir.mkdir(parents=True, exist_ok=True)
-        (self.root / "tmp").mkdir(exist_ok=True)
-        (self.root / "locks").mkdir(exist_ok=True)
+        (self.root / "tmp").mkdir(mode=0o700, exist_ok=True)
+        (self.root / "locks").mkdir(mode=0o700, exist_ok=True)
         self._temp_lock = threading.Lock()
         self._temp_fds: dict[int, int] = {}
         super().__init__(self.root / "db.sqlite", store_dir)
 
     @classmethod
     def open(cls, settings: Settings) -> Store:
-        """The node's store, under ``<data dir>/envstore``."""
-        return cls(Path(settings.data_dir) / "envstore")
+        """The node's store, under ``<data dir>/envstore`` (the data dir checked private)."""
+        return cls(private_data_dir(Path(settings.data_dir)) / "envstore")
 
     # -- paths ----------------------------------------------------------------------------
 
@@ -87,7 +91,7 @@ class Store(StoreDB):
 
     @contextlib.contextmanager
     def _flock(self, path: Path, mode: int) -> Iterator[None]:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, mode)
             yield

@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
+from loft.datadir import private_database_file
 from loft.envstore import EnvstoreError
 from loft.envstore.pathinfo import InvalidPath, PathInfo
 
@@ -79,7 +80,7 @@ class StoreDB:
     """
 
     def __init__(self, db_file: Path, store_dir: str) -> None:
-        self.db_file = db_file
+        self.db_file = private_database_file(db_file)
         self.store_dir = store_dir
         self._local = threading.local()
         self._migrate()

@@ -30,7 +30,7 @@ class FileObjectStore:
         self._tmp_counter = 0
         self._tmp_lock = threading.Lock()
         try:
-            root.mkdir(parents=True, exist_ok=True)
+            root.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as e:
             raise ObjectStoreError(
                 f"cannot create object store directory {root}: {e.strerror}"
@@ -58,8 +58,9 @@ class FileObjectStore:
             n = self._tmp_counter
         tmp = path.with_name(f"{path.name}.{os.getpid()}.{n}{_TMP_SUFFIX}")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            # Private: what a store holds (chunks of every tenant's disk) is the service's.
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
                 view = memoryview(value)
                 while view:

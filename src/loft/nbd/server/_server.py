@@ -63,11 +63,18 @@ class NBDServer:
         if not parent.exists():
             parent.mkdir(mode=0o700, parents=True)
             os.chmod(parent, 0o700)
-        elif parent.stat().st_mode & 0o077:
-            raise NBDError(
-                f"socket directory {parent} is accessible to other users",
-                hint=f"use a private directory (chmod 700 {parent}) or another --socket path",
-            )
+        else:
+            st = parent.stat()
+            if st.st_uid != os.geteuid():  # its owner could replace our socket
+                raise NBDError(
+                    f"socket directory {parent} is owned by uid {st.st_uid}, not by this server",
+                    hint="use a directory this user owns, or another --socket path",
+                )
+            if st.st_mode & 0o077:
+                raise NBDError(
+                    f"socket directory {parent} is accessible to other users",
+                    hint=f"use a private directory (chmod 700 {parent}) or another --socket path",
+                )
         with contextlib.suppress(FileNotFoundError):
             if stat.S_ISSOCK(sock.lstat().st_mode):
                 sock.unlink()
