@@ -121,20 +121,21 @@ def test_tampered_artefact_is_named_and_store_unchanged(ex: Example, tmp_path: P
 
 
 def test_builder_reports_its_tasks_to_the_progress_callback(ex: Example, tmp_path: Path) -> None:
-    # The wheels come from the first store (a mirror); left-pad is downloaded (file://), so
-    # there are fetched bytes to report.
+    # The wheels come from the first store (a mirror); left-pad is downloaded (over
+    # loopback HTTP), so there are fetched bytes to report.
     (lp,) = [a for a in ex.lock.artefacts if a.kind == "npm"]
-    tgz = tmp_path / "left-pad-1.3.0.tgz"
-    tgz.write_bytes(ex.store.physical(lp.fixed_path).read_bytes())
+    tgz = ex.store.physical(lp.fixed_path).read_bytes()
     wheels = [a for a in ex.lock.artefacts if a.kind == "wheel"]
-    pins = [Pin.from_lock(a) for a in (*wheels, replace(lp, url=tgz.as_uri()))]
     events: list[BuildEvent] = []
     builder = Builder(
         Store(tmp_path / "envstore", durable=False),
         mirrors=[_without(ex.store, lp.fixed_path)],
         progress=events.append,
     )
-    got = builder.realise(pins)
+    with serve() as server:
+        pins = [Pin.from_lock(a) for a in wheels]
+        pins.append(Pin.from_lock(replace(lp, url=server.add("left-pad-1.3.0.tgz", tgz))))
+        got = builder.realise(pins)
     assert [a.output.path for a in got] == [a.output.path for a in (*wheels, lp)]
     n = len(pins)
     assert events[:2] == [TaskStarted("downloading", n), TaskStarted("unpacking", n)]
@@ -142,7 +143,7 @@ def test_builder_reports_its_tasks_to_the_progress_callback(ex: Example, tmp_pat
     done = [e.task for e in events if isinstance(e, TaskAdvanced)]
     assert done.count("downloading") == n and done.count("unpacking") == n
     fetched = [e.total for e in events if isinstance(e, BytesFetched)]
-    assert fetched == sorted(fetched) and fetched[-1] == tgz.stat().st_size
+    assert fetched == sorted(fetched) and fetched[-1] == len(tgz)
     # Nothing left to do: no tasks at all.
     events.clear()
     assert builder.realise(pins) == got and events == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +21,8 @@ from loft.errors import LoftError
 HEAD_REVISION = "0002"
 _MIGRATIONS = Path(__file__).with_name("migrations")
 _SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+log = logging.getLogger("loft.catalog")
 
 
 class CatalogError(LoftError):
@@ -114,10 +117,16 @@ class Catalog:
     def migrate(self) -> None:
         """Bring the schema to the newest revision (cheap when it already is)."""
         with self._migrate_lock:
-            if self._revision() == HEAD_REVISION:
+            current = self._revision()
+            if current == HEAD_REVISION:
                 return
             from alembic import command
             from alembic.config import Config
+
+            # One line for people; Alembic's step-by-step chatter only when debugging.
+            if not log.isEnabledFor(logging.DEBUG):
+                logging.getLogger("alembic").setLevel(logging.WARNING)
+            log.info("catalog.migrate from=%s to=%s", current or "empty", HEAD_REVISION)
 
             cfg = Config()
             cfg.set_main_option("script_location", str(_MIGRATIONS))

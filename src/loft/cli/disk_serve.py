@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import signal
 import sys
 import time
@@ -15,32 +16,54 @@ import click
 
 from loft.cli import output
 from loft.config import Settings
+from loft.errors import redact
 
 
 class JsonLogFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, event and its key=value fields."""
+    """One JSON object per line: time, level, logger, and either the event and its fields
+    (loft's ``event key=value ...`` lines, values JSON where they parse) or, for any other
+    message (a library's sentence), the message whole. Secrets in URLs are redacted."""
 
     def format(self, record: logging.LogRecord) -> str:
-        msg = record.getMessage()
-        event, _, rest = msg.partition(" ")
+        msg = redact(record.getMessage())
         out: dict[str, Any] = {
             "ts": round(record.created, 3),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "event": event,
         }
-        for part in rest.split(" ") if rest else ():
-            key, sep, value = part.partition("=")
-            if sep:
-                try:
-                    out[key] = json.loads(value)
-                except ValueError:
-                    out[key] = value
-            elif part:
-                out.setdefault("msg", []).append(part)
+        event, _, rest = msg.partition(" ")
+        fields = _fields(rest) if _EVENT.fullmatch(event) else None
+        if fields is None:
+            out["msg"] = msg
+        else:
+            out["event"] = event
+            out.update(fields)
         if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
+            out["exc"] = redact(self.formatException(record.exc_info))
         return json.dumps(out)
+
+
+#: An event name: ``disk.open``, ``nbd.request_failed``.
+_EVENT = re.compile(r"[a-z][a-z0-9_]*(?:\.[a-z0-9_]+)+")
+#: One ``key=value`` field; a value is a JSON string (which may hold spaces) or a word.
+_FIELD = re.compile(r'\s*([A-Za-z_][A-Za-z0-9_]*)=("(?:[^"\\]|\\.)*"|\S*)')
+
+
+def _fields(rest: str) -> dict[str, Any] | None:
+    """The ``key=value`` fields of an event line, or None when it is not made of them."""
+    out: dict[str, Any] = {}
+    pos = 0
+    while pos < len(rest):
+        m = _FIELD.match(rest, pos)
+        if m is None or m.end() == pos:
+            return None if rest[pos:].strip() else out
+        key, value = m.groups()
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+        pos = m.end()
+    return out
 
 
 def _setup_logging(verbose: bool) -> None:

@@ -6,6 +6,7 @@ import click
 
 from loft.config import Settings
 from loft.datadir import private_data_dir
+from loft.errors import redact
 
 _BANNER = """
 loft is up.
@@ -33,5 +34,7 @@ def up(verbose: bool) -> None:
 
     s = Settings.from_env()
     private_data_dir(s.data_dir)
-    banner = _BANNER.format(data_dir=s.data_dir, chunks=s.chunks_url, catalog=s.catalog_url)
+    banner = _BANNER.format(
+        data_dir=s.data_dir, chunks=redact(s.chunks_url), catalog=redact(s.catalog_url)
+    )
     run_disk_service(None, verbose=verbose, banner=banner)

@@ -39,7 +39,8 @@ def ca_hash_links(certs_root: Path, rels: Sequence[str], scratch: Path) -> dict[
     if not rels:
         return {}
     work = scratch / "rehash"
-    work.mkdir()
+    work.mkdir(mode=0o755)  # the jail's unprivileged uid enters it (it is /jail/out)
+    os.chmod(work, 0o755)  # whatever the umask
     for i, rel in enumerate(rels):
         jail_writable(work / str(i))
         os.symlink(f"/jail/in/{rel}", work / str(i) / "c.crt")

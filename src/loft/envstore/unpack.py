@@ -8,6 +8,7 @@ leaves is then canonicalised and added by the store.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import threading
 from pathlib import Path
@@ -38,6 +39,7 @@ def unpack(kind: Kind, artefact: Path, out: Path, what: str, extra: str = "") ->
     ``var/lib/dpkg/info``) and the python version (``3.11``) for a wheel.
     """
     jail_writable(out)
+    jail_readable(artefact)
     argv = unpack_argv(compiled_helper(out.parent), kind, artefact, out, extra)
     r = subprocess.run(argv, capture_output=True, text=True, timeout=_TIMEOUT, check=False)
     if r.returncode == 0:
@@ -71,5 +73,14 @@ def compiled_helper(scratch: Path) -> Path:
         )
         if r.returncode != 0:
             return HELPER
+        jail_readable(tmp)
         tmp.replace(pyc)
         return pyc
+
+
+def jail_readable(path: Path) -> None:
+    """Let the jail's unprivileged uid read ``path`` (an artefact, loft's own helper): a
+    loft process creates files 0600 (see :mod:`loft.datadir`), but what the jail reads is
+    public, and it stays inside the private scratch space all the same."""
+    if os.stat(path).st_mode & 0o004 == 0:
+        os.chmod(path, 0o644)

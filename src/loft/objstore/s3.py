@@ -35,6 +35,7 @@ from botocore.exceptions import (
     ResponseStreamingError,
 )
 
+from loft.errors import redact
 from loft.objstore.store import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_OPERATION_TIMEOUT,
@@ -131,7 +132,9 @@ class S3ObjectStore:
         self.list_page_size = list_page_size
         # An attempt may take this long at most (connect, then the server's silence).
         self._attempt_budget = connect_timeout + read_timeout
-        query = {"endpoint": endpoint} if endpoint else {}
+        # For messages and listings: an endpoint's password never shows (percent-encoded
+        # in a query, it would escape loft.errors.redact).
+        query = {"endpoint": redact(endpoint)} if endpoint else {}
         if region:
             query["region"] = region
         if not create_bucket:
