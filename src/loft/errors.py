@@ -9,6 +9,7 @@ stderr and exits non-zero. Each package defines its own subclasses::
      +-- BlockstoreError         (loft.blockstore)
      |    +-- ChunkStoreError, ChunkNotFound, VolumeNotFound, LeaseError, ...
      +-- EnvstoreError           (loft.envstore)
+     +-- IsolationError          (loft.isolation)
      +-- NBDError                (loft.nbd)
 """
 
