@@ -11,6 +11,7 @@ stderr and exits non-zero. Each package defines its own subclasses::
      +-- BlockstoreError         (loft.blockstore)
      |    +-- ChunkNotFound (also an ObjectNotFound), VolumeNotFound, LeaseLost, ...
      +-- EnvstoreError           (loft.envstore)
+     +-- IsolationError          (loft.isolation)
      +-- NBDError                (loft.nbd)
 """
 

@@ -11,9 +11,17 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from escape_support import (
+    ATTEMPTS,
+    PROBE,
+    assert_no_privileges,
+    attempt_problem,
+    lease_break_time_kept,
+    syscall_numbers,
+)
 from tar_support import deb_bytes, member, tar_bytes
 
-from loft.envstore.sandbox import NOBODY, jail_writable, unpack_argv
+from loft.envstore.sandbox import NOBODY, jail_writable, unpack_jail
 from loft.envstore.unpack import UnpackError, unpack
 
 pytestmark = pytest.mark.timeout(60)
@@ -170,7 +178,7 @@ def test_jail_is_nobody_without_network_or_host_files(tmp_path: Path) -> None:
     artefact.write_bytes(b"x")
     out = tmp_path / "out"
     jail_writable(out)
-    subprocess.run(unpack_argv(probe, "x", artefact, out, ""), check=True)
+    unpack_jail(probe, "x", artefact, out, "").run(check=True)
     r = json.loads((out / "r.json").read_text())
     assert r["uid"] == NOBODY
     # Unprivileged on the host as well (as root, a user namespace would have mapped the
@@ -184,3 +192,23 @@ def test_jail_is_nobody_without_network_or_host_files(tmp_path: Path) -> None:
     assert [ln.split(":")[0].strip() for ln in r["net"] if ln.strip()] == ["lo"]
     assert r["root"] == ["bin", "dev", "jail", "lib", "lib64", "proc", "sbin", "tmp", "usr"]
     assert r["artefact_writable"] is False and r["home"] is False
+
+
+def test_jail_escape_attempts_fail(tmp_path: Path) -> None:
+    # The runner's escape probe (test_run_escape.py), on the host's python in the jail.
+    artefact = tmp_path / "a.bin"
+    artefact.write_bytes(b"x")
+    out = tmp_path / "out"
+    jail_writable(out)
+    with lease_break_time_kept():
+        jail = unpack_jail(PROBE, "x", artefact, out, syscall_numbers())
+        r = jail.run(capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert sorted(result["attempts"]) == ATTEMPTS
+    assert [p for p in (attempt_problem(result["attempts"], n) for n in ATTEMPTS) if p] == []
+    assert_no_privileges(result["status"])
+    # The setuid copy it left in its writable bind (a host directory) is nobody's (or the
+    # caller's), and was made on a nosuid mount.
+    suid = (out / "suid-probe").stat()
+    assert suid.st_uid == (NOBODY if os.geteuid() == 0 else os.geteuid()) != 0

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
 from loft.envstore.confined import Beneath
-from loft.envstore.sandbox import jail_writable, tool_argv
+from loft.envstore.sandbox import jail_writable, tool_jail
 from loft.envstore.unpack import UnpackError
 
 __all__ = ["OPENSSL", "ca_hash_links"]
@@ -45,8 +44,8 @@ def ca_hash_links(certs_root: Path, rels: Sequence[str], scratch: Path) -> dict[
         jail_writable(work / str(i))
         os.symlink(f"/jail/in/{rel}", work / str(i) / "c.crt")
     dirs = [f"/jail/out/{i}" for i in range(len(rels))]
-    argv = tool_argv(certs_root, work, [OPENSSL, "rehash", *dirs])
-    r = subprocess.run(argv, capture_output=True, text=True, timeout=_TIMEOUT, check=False)
+    jail = tool_jail(certs_root, work, [OPENSSL, "rehash", *dirs])
+    r = jail.run(capture_output=True, text=True, timeout=_TIMEOUT, check=False)
     if r.returncode != 0:
         last = (r.stderr.strip().splitlines() or [f"exit status {r.returncode}"])[-1]
         raise UnpackError(f"openssl rehash of the CA certificates failed: {last}")

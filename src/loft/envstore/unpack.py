@@ -1,7 +1,7 @@
 """Unpack an artefact into a scratch tree, inside the bubblewrap jail.
 
 The privileged builder never parses an artefact itself: ``_unpack_helper.py`` does, as
-uid nobody with no network (see :func:`loft.envstore.sandbox.unpack_argv`). The tree it
+uid nobody with no network (see :func:`loft.envstore.sandbox.unpack_jail`). The tree it
 leaves is then canonicalised and added by the store.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from loft.envstore import EnvstoreError
-from loft.envstore.sandbox import jail_writable, unpack_argv
+from loft.envstore.sandbox import jail_writable, unpack_jail
 
 __all__ = ["HELPER", "Kind", "UnpackError", "unpack"]
 
@@ -40,8 +40,8 @@ def unpack(kind: Kind, artefact: Path, out: Path, what: str, extra: str = "") ->
     """
     jail_writable(out)
     jail_readable(artefact)
-    argv = unpack_argv(compiled_helper(out.parent), kind, artefact, out, extra)
-    r = subprocess.run(argv, capture_output=True, text=True, timeout=_TIMEOUT, check=False)
+    jail = unpack_jail(compiled_helper(out.parent), kind, artefact, out, extra)
+    r = jail.run(capture_output=True, text=True, timeout=_TIMEOUT, check=False)
     if r.returncode == 0:
         return
     try:
