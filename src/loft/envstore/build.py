@@ -19,11 +19,11 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
-from loft.envstore import EnvstoreError, nixbase32
+from loft.envstore import EnvstoreError
 from loft.envstore.batch import Batch
 from loft.envstore.certs import ca_hash_links
 from loft.envstore.confined import Beneath
@@ -42,9 +42,9 @@ from loft.envstore.environment import (
     write_layer,
 )
 from loft.envstore.fetch import copy_local, download, verify_file
-from loft.envstore.fields import MAX_ARTEFACT_SIZE, check_artefact, check_size
-from loft.envstore.lock import ArtefactKind, Lock, LockedArtefact, LockedPath
-from loft.envstore.pathinfo import PathInfo
+from loft.envstore.fields import MAX_ARTEFACT_SIZE
+from loft.envstore.lock import Lock, LockedArtefact, LockedPath
+from loft.envstore.pin import Pin, store_name
 from loft.envstore.progress import (
     BuildProgress,
     BytesFetched,
@@ -53,12 +53,13 @@ from loft.envstore.progress import (
     TasksFinished,
     TaskStarted,
 )
-from loft.envstore.resolve_debian import AptConfig, DebianArtefact, resolve_debian
-from loft.envstore.resolve_npm import NpmArtefact, resolve_npm
-from loft.envstore.resolve_pypi import PyPIArtefact, PythonTarget, resolve_pypi
+from loft.envstore.realisations import ENV, ENV_NAME, LAYER, UNPACKER, Realisations, locked
+from loft.envstore.resolve_debian import AptConfig, resolve_debian
+from loft.envstore.resolve_npm import resolve_npm
+from loft.envstore.resolve_pypi import PythonTarget, resolve_pypi
 from loft.envstore.spec import Spec
 from loft.envstore.store import Store
-from loft.envstore.store_path import fixed_output_path, name_part, validate_name
+from loft.envstore.store_path import fixed_output_path
 from loft.envstore.unpack import unpack
 
 __all__ = [
@@ -74,94 +75,13 @@ __all__ = [
 #: Debian packages every environment gets besides the Essential set: without the CA
 #: certificates nothing in the environment can speak TLS.
 ALWAYS_DEBIAN = ("ca-certificates",)
-ENV_NAME = "loft-env"
 DEFAULT_JOBS = 8
-_UNPACKER = "loft-unpack/1"
-_LAYER = "loft-layer/3"  # 3: CA hash links
-_ENV = "loft-env/2"
 
 T = TypeVar("T")
 
 
 class BuildError(EnvstoreError):
     """A build could not finish, or did not reproduce what the lock says."""
-
-
-def store_name(raw: str) -> str:
-    """A store path name from any registry name/version: invalid characters become ``_``."""
-    out = "".join(c if c.isalnum() or c in "+-._?=" else "_" for c in raw).lstrip(".")
-    return out[:200] or "artefact"
-
-
-@dataclass(frozen=True)
-class Pin:
-    """An artefact to realise: where to get it, how to check it, what to call it."""
-
-    kind: ArtefactKind
-    name: str
-    version: str
-    url: str
-    registry_hash: str
-    file_name: str
-    out_name: str
-    file_sha256: str = ""  # hex; unknown for npm until downloaded (npm pins sha512)
-    integrity: str = ""  # SRI, npm only
-    location: str = ""
-    bin: dict[str, str] = field(default_factory=dict)
-    size: int = 0  # declared bytes of the file (Packages index, lock); 0 when unknown
-    expected: LockedArtefact | None = None
-
-    def __post_init__(self) -> None:
-        # Resolvers' answers are as untrusted as a lock: same checks, before any fetch.
-        check_artefact(self.kind, self.name, self.version, self.url, self.location, self.bin)
-        validate_name(self.file_name)
-        validate_name(self.out_name)
-        check_size(self.size, f"{self.what}: size", MAX_ARTEFACT_SIZE)
-
-    @property
-    def what(self) -> str:
-        """How errors name it."""
-        kind = {"deb": "Debian package", "wheel": "PyPI wheel", "npm": "npm package"}
-        return f"{kind[self.kind]} {self.name} {self.version}"
-
-    @classmethod
-    def from_debian(cls, a: DebianArtefact) -> Pin:
-        """A pin for a resolved .deb."""
-        return cls(
-            kind="deb", name=a.name, version=a.version, url=a.url,
-            registry_hash=f"sha256:{a.sha256}", file_sha256=a.sha256,
-            file_name=store_name(a.filename.rsplit("/", 1)[-1]),
-            out_name=store_name(f"{a.name}-{a.version}"), size=a.size,
-        )  # fmt: skip
-
-    @classmethod
-    def from_pypi(cls, a: PyPIArtefact) -> Pin:
-        """A pin for a resolved wheel."""
-        return cls(
-            kind="wheel", name=a.name, version=a.version, url=a.url,
-            registry_hash=f"sha256:{a.sha256}", file_sha256=a.sha256,
-            file_name=store_name(a.filename), out_name=store_name(f"python3-{a.name}-{a.version}"),
-        )  # fmt: skip
-
-    @classmethod
-    def from_npm(cls, a: NpmArtefact) -> Pin:
-        """A pin for a resolved npm tarball."""
-        flat = a.name.lstrip("@").replace("/", "-")
-        return cls(
-            kind="npm", name=a.name, version=a.version, url=a.url, registry_hash=a.integrity,
-            integrity=a.integrity, file_name=store_name(f"{flat}-{a.version}.tgz"),
-            out_name=store_name(f"npm-{flat}-{a.version}"), location=a.location, bin=a.bin,
-        )  # fmt: skip
-
-    @classmethod
-    def from_lock(cls, a: LockedArtefact) -> Pin:
-        """A pin that must reproduce exactly what the lock recorded."""
-        return cls(
-            kind=a.kind, name=a.name, version=a.version, url=a.url,
-            registry_hash=a.registry_hash, file_sha256=a.file_sha256, file_name=a.file_name,
-            integrity=a.registry_hash if a.kind == "npm" else "", out_name=a.output.name,
-            location=a.location, bin=dict(a.bin), size=a.size, expected=a,
-        )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -174,67 +94,6 @@ class _Staged:
     sha256: str
     fresh: bool  # not yet in the store
     tree: Path = Path()
-
-
-@dataclass
-class _Realisations:
-    """What the store already made from which artefact (from the recipes it records)."""
-
-    by_hash: dict[str, tuple[str, str]]  # registry hash -> (fixed-output path, its sha256)
-    by_source: dict[str, list[PathInfo]]  # fixed-output path -> trees unpacked from it
-
-    by_inputs: dict[str, list[PathInfo]]  # compose key -> layers and environments
-    store: Store
-
-    @classmethod
-    def scan(cls, store: Store) -> _Realisations:
-        by_hash: dict[str, tuple[str, str]] = {}
-        by_source: dict[str, list[PathInfo]] = {}
-        by_inputs: dict[str, list[PathInfo]] = {}
-        for p in store.all_paths():
-            info = store.query(p)
-            r = info.recipe if info is not None else None
-            if info is None or not r:
-                continue
-            if isinstance(r.get("hash"), str) and info.ca and info.ca.startswith("fixed:sha256:"):
-                sha = nixbase32.decode(info.ca.rsplit(":", 1)[1]).hex()
-                by_hash[str(r["hash"])] = (p, sha)
-            if r.get("builder") == _UNPACKER and isinstance(r.get("from"), str):
-                by_source.setdefault(str(r["from"]), []).append(info)
-            if r.get("builder") in (_LAYER, _ENV) and isinstance(r.get("inputs"), str):
-                by_inputs.setdefault(str(r["inputs"]), []).append(info)
-        return cls(by_hash, by_source, by_inputs, store)
-
-    def composed(self, key: str) -> tuple[list[LockedPath], LockedPath] | None:
-        """Layers and environment already composed from the inputs ``key``, if any."""
-        made = self.by_inputs.get(key, [])
-        envs = [i for i in made if i.recipe and i.recipe.get("builder") == _ENV]
-        if len(envs) != 1:
-            return None
-        layers = sorted(
-            (i for i in made if i.recipe and i.recipe.get("builder") == _LAYER),
-            key=lambda i: int(str(i.recipe["order"])) if i.recipe else 0,
-        )
-        if not set(envs[0].references) >= {i.path for i in layers}:
-            return None
-        return [_locked(i, name_part(i.path)) for i in layers], _locked(envs[0], ENV_NAME)
-
-    def find(self, pin: Pin, recipe: dict[str, object]) -> LockedArtefact | None:
-        """The artefact as already realised, if the same unpacker made it from the same file."""
-        fixed, sha = self.by_hash.get(pin.registry_hash, ("", ""))
-        if not fixed or fixed != fixed_output_path(sha, pin.file_name):
-            return None
-        for info in self.by_source.get(fixed, []):
-            want = {**recipe, "from": fixed}
-            if info.recipe == want and name_part(info.path) == pin.out_name:
-                return LockedArtefact(
-                    kind=pin.kind, name=pin.name, version=pin.version, url=pin.url,
-                    registry_hash=pin.registry_hash, file_sha256=sha,
-                    file_name=pin.file_name, fixed_path=fixed,
-                    output=_locked(info, pin.out_name), location=pin.location, bin=dict(pin.bin),
-                    size=self.store.physical(fixed).stat().st_size,
-                )  # fmt: skip
-        return None
 
 
 class Builder:
@@ -272,14 +131,14 @@ class Builder:
         """
         done: dict[int, LockedArtefact] = {}
         todo: list[int] = []
-        known: _Realisations | None = None
+        known: Realisations | None = None
         for i, pin in enumerate(pins):
             exp = pin.expected
             if exp is not None and self.store.is_valid(exp.output.path):
                 done[i] = exp
                 continue
             if exp is None:  # resolved just now: maybe unpacked by an earlier build
-                known = known or _Realisations.scan(self.store)
+                known = known or Realisations.scan(self.store)
                 hit = known.find(pin, self._unpack_recipe(pin, ""))
                 if hit is not None:
                     done[i] = hit
@@ -368,7 +227,7 @@ class Builder:
         got = LockedArtefact(
             kind=pin.kind, name=pin.name, version=pin.version, url=pin.url,
             registry_hash=pin.registry_hash, file_sha256=st.sha256, file_name=pin.file_name,
-            fixed_path=st.fixed, output=_locked(out, pin.out_name), location=pin.location,
+            fixed_path=st.fixed, output=locked(out, pin.out_name), location=pin.location,
             bin=dict(pin.bin), size=size,
         )  # fmt: skip
         exp = pin.expected
@@ -389,7 +248,7 @@ class Builder:
 
     def _unpack_recipe(self, pin: Pin, fixed: str) -> dict[str, object]:
         """How a tree was made: everything its content depends on besides the artefact."""
-        recipe: dict[str, object] = {"builder": _UNPACKER, "kind": pin.kind, "from": fixed}
+        recipe: dict[str, object] = {"builder": UNPACKER, "kind": pin.kind, "from": fixed}
         if pin.kind == "wheel":
             recipe["python"] = self.python_version
         return recipe
@@ -419,7 +278,7 @@ class Builder:
         inputs, it is returned without writing a single file.
         """
         key = _compose_key(artefacts)
-        found = _Realisations.scan(self.store).composed(key)
+        found = Realisations.scan(self.store).composed(key)
         if found is not None:
             return found
         debs = sorted((a for a in artefacts if a.kind == "deb"), key=lambda a: a.name)
@@ -451,9 +310,9 @@ class Builder:
                 tree = scratch / f"layer-{k}"
                 tree.mkdir()
                 write_layer(layer, tree)
-                recipe = {"builder": _LAYER, "inputs": key, "order": k}
+                recipe = {"builder": LAYER, "inputs": key, "order": k}
                 info = batch.add_tree(tree, layer.name, recipe=recipe)
-                layers.append(_locked(info, layer.name))
+                layers.append(locked(info, layer.name))
                 generated.append(Placement(info.path, tree))
             forest = plan_forest([*generated, *packages], reserved=[MANIFEST])
             _add_bin_links(forest, npms)
@@ -463,16 +322,16 @@ class Builder:
             _write_manifest(tree, artefacts, layers)
             refs = [a.output.path for a in artefacts] + [lp.path for lp in layers]
             info = batch.add_tree(
-                tree, ENV_NAME, references_from=refs, recipe={"builder": _ENV, "inputs": key}
+                tree, ENV_NAME, references_from=refs, recipe={"builder": ENV, "inputs": key}
             )
-        return layers, _locked(info, ENV_NAME)
+        return layers, locked(info, ENV_NAME)
 
 
 def _compose_key(artefacts: Sequence[LockedArtefact]) -> str:
     """A digest of everything an environment is composed from."""
     parts = sorted((a.kind, a.location, a.output.path, json.dumps(a.bin, sort_keys=True))
                    for a in artefacts)  # fmt: skip
-    return hashlib.sha256(json.dumps([_ENV, _LAYER, parts]).encode()).hexdigest()
+    return hashlib.sha256(json.dumps([ENV, LAYER, parts]).encode()).hexdigest()
 
 
 def _add_bin_links(forest: dict[str, str | None], npms: Sequence[LockedArtefact]) -> None:
@@ -507,10 +366,6 @@ def _write_manifest(
     }
     with Beneath(tree) as out:
         out.write_file(MANIFEST, (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode())
-
-
-def _locked(info: PathInfo, name: str) -> LockedPath:
-    return LockedPath(path=info.path, nar_hash=info.nar_hash, nar_size=info.nar_size, name=name)
 
 
 # -- the two entry points -----------------------------------------------------------------
