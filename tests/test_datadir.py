@@ -68,3 +68,26 @@ def test_data_dir_owned_by_someone_else_is_refused(tmp_path: Path) -> None:
     os.chown(data, NOBODY, NOBODY)
     with pytest.raises(DataDirError, match="owned by uid"):
         check_private(data)
+
+
+def test_private_database_file_never_opens_a_live_database(tmp_path: Path) -> None:
+    """Closing any descriptor of a file drops this process's POSIX locks on it, SQLite's
+    included: making sure a database is private must not open an existing one."""
+    import sqlite3
+
+    db = tmp_path / "db.sqlite"
+    first = sqlite3.connect(db, isolation_level=None)
+    first.execute("CREATE TABLE t (x)")
+    first.execute("BEGIN IMMEDIATE")  # this process holds the write lock
+    from loft.datadir import private_database_file
+
+    private_database_file(db)
+    other = subprocess.run(
+        [sys.executable, "-c", "import sqlite3, sys; c = sqlite3.connect(sys.argv[1], "
+         "timeout=0.2); c.execute('BEGIN IMMEDIATE')", str(db)],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert other.returncode != 0 and "locked" in other.stderr  # the lock survived
+    first.execute("COMMIT")
+    assert (tmp_path / "fresh.db").exists() is False
+    assert private_database_file(tmp_path / "fresh.db").stat().st_mode & 0o777 == 0o600

@@ -77,6 +77,12 @@ def private_database_file(path: Path) -> Path:
     the umask), so its journal and WAL files, which SQLite gives the database's mode,
     are private too. Returns ``path``."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    # O_EXCL: never open an existing database here. Closing any descriptor of a file
+    # drops every POSIX lock this process holds on it, SQLite's included (and SQLite
+    # may already have it open in this process): that corrupts a live database.
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        return path
     os.close(fd)
     return path

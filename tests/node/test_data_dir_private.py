@@ -60,10 +60,15 @@ def test_everything_under_the_data_dir_is_private(tmp_path: Path, open_parent: P
                 st = p.lstat()
                 if stat.S_ISLNK(st.st_mode):
                     continue
+                # The documented exception: the store directory and its paths keep
+                # their Nix modes inside the private envstore directory.
+                if p.is_relative_to(data / "envstore" / "nix"):
+                    continue
                 if stat.S_IMODE(st.st_mode) & 0o077:
                     open_to_others.append(f"{p.relative_to(data)} {stat.S_IMODE(st.st_mode):o}")
         assert not open_to_others, open_to_others
         assert stat.S_IMODE(data.stat().st_mode) == 0o700
+        assert stat.S_IMODE((data / "envstore").stat().st_mode) == 0o700
         # A second local account cannot read a tenant's disk, the chunks or the catalog
         # (which holds the chunk-key secret), nor reach the sockets.
         victims = [data / "catalog.db", *(data / "volumes").glob("*/data")]

@@ -211,8 +211,11 @@ _DROP_TO_NOBODY = [
 
 def jail_writable(path: Path) -> None:
     """Create ``path`` for the jail to write into: owned by nobody when loft runs as root
-    (what the jail leaves is chowned back to root when it is canonicalised)."""
+    (what the jail leaves is chowned back to root when it is canonicalised), and 0755
+    whatever loft's umask: bubblewrap, root without capabilities by then, enters it as
+    the jail's working directory. It stays inside the private scratch space."""
     path.mkdir(exist_ok=True)
+    os.chmod(path, 0o755)
     if os.geteuid() == 0:
         os.chown(path, NOBODY, NOBODY)
 

@@ -55,10 +55,16 @@ class Store(StoreDB):
         #: Flush data to disk before registering (power-loss safety). Tests may turn it off.
         self.durable = durable
         self.real_store_dir = self.root / store_dir.lstrip("/")
-        # The store's root is private (its database, locks and scratch space); store
-        # paths inside keep the modes the Nix format gives them.
+        # The store's root is private (its database, locks and scratch space). Inside it,
+        # the store directory and its paths keep the modes the Nix format gives them
+        # (0755 here, 0555/0444 for paths), whatever loft's umask: a sandbox's
+        # unprivileged uid reaches its closure through them (a bind of the store).
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.real_store_dir.mkdir(parents=True, exist_ok=True)
+        d = self.real_store_dir
+        while d != self.root:
+            os.chmod(d, 0o755)
+            d = d.parent
         (self.root / "tmp").mkdir(mode=0o700, exist_ok=True)
         (self.root / "locks").mkdir(mode=0o700, exist_ok=True)
         self._temp_lock = threading.Lock()
