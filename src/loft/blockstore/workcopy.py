@@ -112,7 +112,9 @@ class WorkingCopy:
         """A fresh working copy with every extent absent."""
         if directory.exists():
             shutil.rmtree(directory)
-        directory.mkdir(mode=0o700, parents=True)
+        # Not mkdir(parents=True) alone: it makes missing parents with the default mode.
+        directory.parent.mkdir(mode=0o700, exist_ok=True)
+        directory.mkdir(mode=0o700)
         n = -(-header.size // header.extent_size)
         with _private_file(directory / "data") as f:
             f.truncate(header.size)
