@@ -70,9 +70,7 @@ def wait_socket(path: Path, proc: subprocess.Popen[bytes], what: str) -> None:
 
 def loft_command() -> list[str]:
     exe = Path(sys.executable).parent / "loft"
-    return (
-        [str(exe)] if exe.exists() else [sys.executable, "-c", "from loft.cli import main; main()"]
-    )
+    return [str(exe)] if exe.exists() else [sys.executable, "-c", "from loft.cli import run; run()"]
 
 
 class Server:

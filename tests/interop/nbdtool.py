@@ -22,7 +22,7 @@ def loft_command() -> list[str]:
     exe = Path(sys.executable).parent / "loft"
     if exe.exists():
         return [str(exe)]
-    return [sys.executable, "-c", "from loft.cli import main; main()"]
+    return [sys.executable, "-c", "from loft.cli import run; run()"]
 
 
 def run(

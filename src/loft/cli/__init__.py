@@ -42,8 +42,14 @@ def main() -> None:
     in $LOFT_CHUNKS (file:///path or s3://bucket/prefix?endpoint=URL); the catalog in
     $LOFT_CATALOG_URL (SQLite under the data dir, or postgresql://...).
     """
-    # Everything a loft process creates is its owner's alone (see loft.datadir).
+
+
+def run() -> None:
+    """The ``loft`` program: the command line, in a process whose every new file is its
+    owner's alone (umask 077, see :mod:`loft.datadir`). Set here, not in :func:`main`,
+    so code that calls the command group in-process (tests) keeps its own umask."""
     os.umask(PRIVATE_UMASK)
+    main()
 
 
 def _register() -> None:

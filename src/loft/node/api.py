@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from loft.blockstore.api import VolumeInfo
 from loft.node.jsoncodec import schema
 
 __all__ = [
@@ -71,25 +72,10 @@ class InfoRequest:
     volume: str
 
 
-@dataclass(frozen=True, slots=True)
-class InfoAnswer:
+@dataclass(frozen=True)
+class InfoAnswer(VolumeInfo):
     """A volume as the catalog has it, plus what the serving node holds of it."""
 
-    name: str
-    uid: str
-    size: int
-    extent_size: int
-    durability: str
-    version: int
-    epoch: int
-    parent: str | None
-    holder: str | None
-    snapshots: int
-    extents_total: int
-    extents_written: int
-    extents_present: int | None
-    extents_dirty: int | None
-    bytes_stored: int
     served_by: str
 
 
