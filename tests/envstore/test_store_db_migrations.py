@@ -103,6 +103,7 @@ def test_a_new_store_starts_at_the_newest_version(tmp_path: Path) -> None:
 
 def test_a_database_newer_than_the_code_is_refused(tmp_path: Path) -> None:
     data = tmp_path / "data"
+    data.mkdir(mode=0o700)  # private, as loft makes it (the CLI refuses one that is not)
     Store(data / "envstore", durable=False).close()
     db = data / "envstore" / "db.sqlite"
     newer = store_db.SCHEMA_VERSION + 1
