@@ -75,5 +75,5 @@ def test_loft_up_banner_and_logs_show_no_password(tmp_path: Path, postgres_db_ur
     logs = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
     migrations = [e for e in logs if e.get("event") == "catalog.migrate"]
     assert len(migrations) == 1 and migrations[0]["to"]
-    assert all(e["logger"] != "alembic.runtime.migration" for e in logs), "alembic chatter"
+    assert not [e for e in logs if e["logger"].startswith("alembic")], "alembic chatter"
     assert all(isinstance(e.get("msg", ""), str) for e in logs), "messages stay whole"

@@ -120,12 +120,13 @@ class Catalog:
             current = self._revision()
             if current == HEAD_REVISION:
                 return
+            # One line for people; Alembic's chatter (its plugins announce themselves on
+            # import, then every step) only when debugging.
+            if not log.isEnabledFor(logging.DEBUG):
+                logging.getLogger("alembic").setLevel(logging.WARNING)
             from alembic import command
             from alembic.config import Config
 
-            # One line for people; Alembic's step-by-step chatter only when debugging.
-            if not log.isEnabledFor(logging.DEBUG):
-                logging.getLogger("alembic").setLevel(logging.WARNING)
             log.info("catalog.migrate from=%s to=%s", current or "empty", HEAD_REVISION)
 
             cfg = Config()
