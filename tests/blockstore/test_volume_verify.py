@@ -1,0 +1,276 @@
+"""A working copy's bytes are checked before they are trusted after a restart.
+
+The working copy lives on the node's disk, which may rot, or be changed, while no service
+holds the volume. Every clean extent kept from before a start is checked against its
+chunk digest on first use (a read, a partial write or zero, a prefetch, an import's
+partial last extent); one that does not match is counted, logged and fetched again, so
+its bad bytes are neither served nor built into the next commit. Extents this run
+fetched or wrote are trusted. Bytes changed while the volume is open are out of scope.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from bsfixtures import EXTENT, KIB, Deployment
+from sqlalchemy import update
+
+from loft.blockstore import STATE_HOLE, STATE_ZERO, Blockstore
+from loft.blockstore.workcopy import punch_hole
+from loft.catalog.schema import volumes as volumes_table
+
+pytestmark = pytest.mark.timeout(60)
+
+#: Extents 0-3 hold data, 4 was written with zeros, 5-8 were never written; 8 is short.
+N_DATA = 4
+WRITTEN_ZERO = 4
+NEVER_WRITTEN = 5
+SIZE = 8 * EXTENT + 12 * KIB
+ZERO = STATE_HOLE | STATE_ZERO
+
+
+def _content() -> bytes:
+    return random.Random(9).randbytes(N_DATA * EXTENT)
+
+
+@pytest.fixture
+def node(deployment_of: Callable[[str], Deployment]) -> Blockstore:
+    """Volume ``v`` written, committed and closed cleanly, with every extent read once
+    (so each is clean in the working copy the next open keeps)."""
+    bs = deployment_of("sqlite-file").node("a")
+    bs.create("v", size=SIZE, extent_size=EXTENT, commit_interval=60.0)
+    vol = bs.open("v")
+    vol.write(0, _content())
+    vol.write(WRITTEN_ZERO * EXTENT, bytes(EXTENT))
+    vol.commit()
+    vol.read(0, SIZE)
+    assert vol.present_extents == 9
+    vol.close()
+    return bs
+
+
+def _data_file(bs: Blockstore) -> Path:
+    return bs.ctx.volumes_dir / bs.get("v").uid / "data"
+
+
+def _tamper(bs: Blockstore, offset: int, data: bytes = b"\xff") -> None:
+    """Change the working copy's bytes while no service holds the volume."""
+    fd = os.open(_data_file(bs), os.O_WRONLY)
+    try:
+        os.pwrite(fd, data, offset)
+    finally:
+        os.close(fd)
+
+
+def _committed(bs: Blockstore) -> bytes:
+    """The volume's committed head, read from the chunk store (not the working copy)."""
+    return bs.view("v").read(0, SIZE)
+
+
+def _expected() -> bytearray:
+    return bytearray(_content()) + bytearray(SIZE - N_DATA * EXTENT)
+
+
+def test_verify_read_serves_committed_bytes(
+    node: Blockstore, caplog: pytest.LogCaptureFixture
+) -> None:
+    _tamper(node, EXTENT + 5)
+    vol = node.open("v")
+    try:
+        assert not vol.is_resident(EXTENT, 16)  # sent to a worker thread to be checked
+        with caplog.at_level(logging.WARNING, logger="loft.blockstore.volume"):
+            assert vol.read(EXTENT, 16) == _content()[EXTENT : EXTENT + 16]
+        assert vol.corrupt_extents == 1
+        assert vol.is_resident(EXTENT, 16)
+        # Checked once: the lock-free read serves it from now on, the counter stays.
+        assert vol.read(EXTENT + 5, 1) == _content()[EXTENT + 5 : EXTENT + 6]
+        assert vol.read(0, EXTENT) == _content()[:EXTENT]  # intact: kept, not counted
+        assert vol.corrupt_extents == 1
+    finally:
+        vol.close()
+    digest = node.view("v").digest(1).hex()
+    (message,) = [r.getMessage() for r in caplog.records if "extent_corrupt" in r.getMessage()]
+    assert message.startswith("volume.extent_corrupt volume=v extent=1 ")
+    assert f'expected="{digest[:16]}"' in message
+
+
+def test_verify_partial_write_commits_the_correct_remainder(node: Blockstore) -> None:
+    _tamper(node, 2 * EXTENT + 100, b"rot")
+    vol = node.open("v")
+    try:
+        vol.write(2 * EXTENT + 1000, b"new!")
+    finally:
+        vol.close()
+    want = _expected()
+    want[2 * EXTENT + 1000 : 2 * EXTENT + 1004] = b"new!"
+    assert _committed(node) == bytes(want)
+    assert vol.corrupt_extents == 1
+
+
+def test_verify_partial_zero_commits_the_correct_remainder(node: Blockstore) -> None:
+    _tamper(node, 3 * EXTENT + 5 * KIB, b"rot")
+    vol = node.open("v")
+    try:
+        vol.zero(3 * EXTENT, 4 * KIB)
+    finally:
+        vol.close()
+    want = _expected()
+    want[3 * EXTENT : 3 * EXTENT + 4 * KIB] = bytes(4 * KIB)
+    assert _committed(node) == bytes(want)
+    assert vol.corrupt_extents == 1
+
+
+def test_verify_partial_trim_leaves_the_extent_to_be_checked(node: Blockstore) -> None:
+    """A trim never fetches; of an unchecked extent it drops nothing (it is advisory)."""
+    _tamper(node, 3 * EXTENT + 5 * KIB, b"rot")
+    vol = node.open("v")
+    try:
+        vol.trim(3 * EXTENT, 4 * KIB)
+        assert vol.dirty_extents == 0
+        assert vol.read(3 * EXTENT, EXTENT) == _content()[3 * EXTENT :]
+        assert vol.corrupt_extents == 1
+    finally:
+        vol.close()
+    assert _committed(node) == bytes(_expected())
+
+
+def test_verify_whole_write_needs_no_check(node: Blockstore) -> None:
+    """Bytes overwritten whole are never trusted, so they need no check."""
+    _tamper(node, EXTENT, b"rot")
+    new = random.Random(3).randbytes(EXTENT)
+    vol = node.open("v")
+    try:
+        vol.write(EXTENT, new)
+        vol.zero(2 * EXTENT, EXTENT)
+    finally:
+        vol.close()
+    want = _expected()
+    want[EXTENT : 3 * EXTENT] = new + bytes(EXTENT)
+    assert _committed(node) == bytes(want)
+    assert vol.corrupt_extents == 0
+
+
+def test_verify_cache_fetches_a_corrupt_extent_again(node: Blockstore) -> None:
+    _tamper(node, 5)
+    vol = node.open("v")
+    try:
+        vol.cache(0, 2 * EXTENT)
+        with open(_data_file(node), "rb") as f:  # the working copy itself is mended
+            assert f.read(2 * EXTENT) == _content()[: 2 * EXTENT]
+        assert vol.is_resident(0, 2 * EXTENT)
+        assert vol.corrupt_extents == 1
+    finally:
+        vol.close()
+
+
+@pytest.mark.parametrize("extent", [WRITTEN_ZERO, NEVER_WRITTEN, 8])
+def test_verify_zero_extent_filled_with_garbage(node: Blockstore, extent: int) -> None:
+    _tamper(node, extent * EXTENT + 4 * KIB, b"garbage")
+    vol = node.open("v")
+    try:
+        elen = min(EXTENT, SIZE - extent * EXTENT)
+        # Block status answers from the manifest for an unchecked extent, so a client
+        # reading sparsely skips the garbage too.
+        assert vol.block_status(extent * EXTENT, elen) == [(elen, ZERO)]
+        assert vol.read(extent * EXTENT, elen) == bytes(elen)
+        assert vol.corrupt_extents == 1
+        assert vol.block_status(extent * EXTENT, elen) == [(elen, ZERO)]
+    finally:
+        vol.close()
+
+
+def test_verify_block_status_of_a_data_extent_punched_to_zeros(node: Blockstore) -> None:
+    fd = os.open(_data_file(node), os.O_WRONLY)
+    try:
+        punch_hole(fd, 2 * EXTENT, EXTENT)
+    finally:
+        os.close(fd)
+    vol = node.open("v")
+    try:
+        assert vol.block_status(2 * EXTENT, EXTENT) == [(EXTENT, 0)]
+        # Allocation depth never looked at the bytes: it needs no check either.
+        assert vol.allocation_depth(2 * EXTENT, EXTENT) == [(EXTENT, 1)]
+        assert vol.corrupt_extents == 0
+        assert vol.read(2 * EXTENT, EXTENT) == _content()[2 * EXTENT : 3 * EXTENT]
+        assert vol.corrupt_extents == 1
+    finally:
+        vol.close()
+
+
+def test_verify_several_extents_in_one_read(node: Blockstore) -> None:
+    for e in (0, 2, 3, NEVER_WRITTEN):
+        _tamper(node, e * EXTENT + e, b"\x5a")
+    vol = node.open("v")
+    try:
+        assert vol.read(0, SIZE) == bytes(_expected())
+        assert vol.corrupt_extents == 4
+    finally:
+        vol.close()
+
+
+def test_verify_import_keeps_the_correct_tail_of_a_partial_last_extent(
+    node: Blockstore,
+) -> None:
+    _tamper(node, EXTENT + EXTENT // 2 + 10, b"rot")
+    image = random.Random(4).randbytes(EXTENT + EXTENT // 2)
+    vol = node.open("v")
+    try:
+        vol.import_image(io.BytesIO(image))
+    finally:
+        vol.close()
+    want = _expected()
+    want[: len(image)] = image
+    assert _committed(node) == bytes(want)
+    assert vol.corrupt_extents == 1
+
+
+def test_verify_import_drops_unchecked_extents_it_replaces(node: Blockstore) -> None:
+    image = random.Random(5).randbytes(2 * EXTENT)
+    vol = node.open("v")
+    try:
+        vol.import_image(io.BytesIO(image))
+        assert vol.read(0, 2 * EXTENT) == image
+        assert vol.corrupt_extents == 0  # replaced, not mistaken for rot
+    finally:
+        vol.close()
+
+
+def test_verify_unchecked_extents_are_kept_across_restarts(node: Blockstore) -> None:
+    """A start that never touched an extent keeps it clean on disk, to be checked by
+    the next start: what a restart does not verify it neither trusts nor drops."""
+    vol = node.open("v")
+    vol.read(0, EXTENT)
+    vol.close()
+    _tamper(node, 3 * EXTENT + 7)
+    fetched = node.ctx.cache.fetched_count
+    vol = node.open("v")
+    try:
+        assert vol.present_extents == 9
+        assert vol.read(EXTENT, 2 * EXTENT) == _content()[EXTENT : 3 * EXTENT]
+        assert node.ctx.cache.fetched_count == fetched  # matched: nothing fetched
+        assert vol.read(3 * EXTENT, EXTENT) == _content()[3 * EXTENT :]
+        assert vol.corrupt_extents == 1
+    finally:
+        vol.close()
+
+
+def test_verify_unclean_stop_discards_clean_extents(node: Blockstore) -> None:
+    vol = node.open("v")
+    wc = vol.detach()  # a crash: nothing written back, the lease left to lapse
+    wc.close()
+    with node.ctx.catalog.write() as conn:
+        conn.execute(update(volumes_table).values(lease_expires=0.0))
+    _tamper(node, EXTENT)
+    vol = node.open("v")
+    try:
+        assert vol.present_extents == 0  # nothing kept, so nothing to check
+        assert vol.read(0, SIZE) == bytes(_expected())
+        assert vol.corrupt_extents == 0
+    finally:
+        vol.close()
