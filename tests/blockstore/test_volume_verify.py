@@ -274,3 +274,32 @@ def test_verify_unclean_stop_discards_clean_extents(node: Blockstore) -> None:
         assert vol.corrupt_extents == 0
     finally:
         vol.close()
+
+
+@pytest.mark.parametrize("fetch", ["verify", "download"])
+def test_verify_import_during_a_fetch_wins(node: Blockstore, fetch: str) -> None:
+    """An import that replaces an extent while it is being fetched (or checked) leaves
+    it absent: the fetch must not mark the replaced chunk's bytes clean."""
+    if fetch == "download":
+        _tamper(node, 0)  # checked, found bad, then fetched
+    digest = node.view("v").digest(0)
+    image = random.Random(6).randbytes(EXTENT)
+    vol = node.open("v")
+    hooked = vol._verify if fetch == "verify" else node.ctx.cache.get_many
+    calls = []
+
+    def import_first(*args: object) -> object:
+        if not calls and (fetch == "verify" or digest in args[0]):  # type: ignore[operator]
+            calls.append(1)
+            vol.import_image(io.BytesIO(image))
+        return hooked(*args)  # type: ignore[operator]
+
+    try:
+        if fetch == "verify":
+            vol._verify = import_first  # type: ignore[method-assign]
+        else:
+            node.ctx.cache.get_many = import_first  # type: ignore[method-assign]
+        assert vol.read(0, EXTENT) == image
+        assert calls
+    finally:
+        vol.close()

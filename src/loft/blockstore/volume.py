@@ -117,6 +117,8 @@ class Volume:
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
         self._fetching: dict[int, threading.Event] = {}
+        #: extents an import replaced while they were being fetched (see _committed())
+        self._superseded: set[int] = set()
         self._closed = False
         self.lease = LeaseKeeper(
             ctx.heads,
@@ -442,6 +444,7 @@ class Volume:
             with self._lock:
                 for e in to_fetch:
                     self._fetching.pop(e).set()
+                    self._superseded.discard(e)
         for ev in waits:
             if not ev.wait(_FETCH_WAIT):
                 evict_all(victims)
@@ -452,7 +455,8 @@ class Volume:
         """Fetch, write into the data file and mark clean; returns the extents the budget
         wants evicted to make room. The ``unverified`` among them are checked first and
         fetched only if their bytes do not match their chunk. The caller registered every
-        extent in ``_fetching``: nobody else changes their bytes or states meanwhile."""
+        extent in ``_fetching``: nobody else changes their bytes or states meanwhile (an
+        import may replace them in the manifest: see ``_superseded``)."""
         try:
             digests = {e: self._manifest.entry(e)[:32] for e in extents}
             for e in self._verify(unverified, digests):
@@ -472,7 +476,11 @@ class Volume:
         victims: list[tuple[Evictable, int]] = []
         with self._lock:
             for e in extents:
-                if self._states[e] == ABSENT:
+                if e in self._superseded:
+                    # An import replaced the extent while we fetched the chunk it had.
+                    self._unverified[e] = 0
+                    punch_hole(self._fd, e * self.extent_size, self._elen(e))
+                elif self._states[e] == ABSENT:
                     self._states[e] = CLEAN
                     self._unverified[e] = 0
                     victims += self.ctx.budget.add(self, e, self._elen(e))
@@ -573,7 +581,9 @@ class Volume:
         victims: list[tuple[Evictable, int]] = []
         if cap is None:
             for e in res.digests:
-                if self._droppable(e):
+                if self._states[e] != CLEAN and e in self._fetching:
+                    self._superseded.add(e)  # its fetch holds the replaced chunk
+                elif self._droppable(e):
                     self.ctx.budget.forget(self, e)
                     self._drop_locked(e)
         else:
