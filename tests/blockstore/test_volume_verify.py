@@ -22,7 +22,7 @@ from bsfixtures import EXTENT, KIB, Deployment
 from sqlalchemy import update
 
 from loft.blockstore import STATE_HOLE, STATE_ZERO, Blockstore
-from loft.blockstore.workcopy import punch_hole
+from loft.blockstore.workcopy import HEADER_SIZE, punch_hole
 from loft.catalog.schema import volumes as volumes_table
 
 pytestmark = pytest.mark.timeout(60)
@@ -256,6 +256,48 @@ def test_verify_unchecked_extents_are_kept_across_restarts(node: Blockstore) -> 
         assert node.ctx.cache.fetched_count == fetched  # matched: nothing fetched
         assert vol.read(3 * EXTENT, EXTENT) == _content()[3 * EXTENT :]
         assert vol.corrupt_extents == 1
+    finally:
+        vol.close()
+
+
+def test_verify_state_byte_that_is_no_state(node: Blockstore) -> None:
+    """The state file rots too: an unknown state is read as absent (fetched)."""
+    _tamper(node, EXTENT, b"rot")
+    state = _data_file(node).with_name("state")
+    fd = os.open(state, os.O_WRONLY)
+    try:
+        os.pwrite(fd, b"\x07", HEADER_SIZE + 1)
+    finally:
+        os.close(fd)
+    vol = node.open("v")
+    try:
+        assert vol.read(0, SIZE) == bytes(_expected())
+    finally:
+        vol.close()
+
+
+def test_verify_truncated_data_file(node: Blockstore) -> None:
+    os.truncate(_data_file(node), 2 * EXTENT + 100)
+    vol = node.open("v")
+    try:
+        assert vol.read(0, SIZE) == bytes(_expected())
+        assert vol.corrupt_extents == 2  # extents 2 and 3 held data; the rest are zeros
+    finally:
+        vol.close()
+    assert _data_file(node).stat().st_size == SIZE
+
+
+def test_verify_absent_zero_extent_filled_with_garbage(
+    deployment_of: Callable[[str], Deployment],
+) -> None:
+    """An absent extent is a hole by rule: a fetch of a zero extent makes sure."""
+    bs = deployment_of("sqlite-file").node("a")
+    bs.create("v", size=SIZE, extent_size=EXTENT)
+    bs.open("v").close()
+    _tamper(bs, 2 * EXTENT, b"garbage")
+    vol = bs.open("v")
+    try:
+        assert vol.read(2 * EXTENT, 16) == bytes(16)
     finally:
         vol.close()
 

@@ -33,7 +33,9 @@ _MAGIC = b"LFTW"
 _HEADER = struct.Struct(">4sHH32sQQ32sQI")
 _CRC = struct.Struct(">I")
 FLAG_CLEAN_SHUTDOWN = 1
-#: ``bytes.translate`` tables: CLEAN kept and the rest made 0; CLEAN made ABSENT.
+#: ``bytes.translate`` tables: a byte that is no state made ABSENT; CLEAN kept and the
+#: rest made 0; CLEAN made ABSENT.
+_KNOWN_ONLY = bytes(b if b in (ABSENT, CLEAN, DIRTY) else ABSENT for b in range(256))
 _ONLY_CLEAN = bytes(CLEAN if b == CLEAN else 0 for b in range(256))
 _CLEAN_TO_ABSENT = bytes(ABSENT if b == CLEAN else b for b in range(256))
 
@@ -145,8 +147,10 @@ class WorkingCopy:
         if header is None or not (directory / "data").exists():
             return None
         n = -(-header.size // header.extent_size)
+        # A state byte that is no state (the file rotted) is read as ABSENT: the volume
+        # then fetches the extent rather than trust or commit bytes nobody vouches for.
         states = bytearray(raw[HEADER_SIZE : HEADER_SIZE + n].ljust(n, b"\0"))
-        return cls(directory, header, states)
+        return cls(directory, header, states.translate(_KNOWN_ONLY))
 
     def hold_unverified(self) -> None:
         """Set every CLEAN extent aside as unverified: ABSENT in ``states`` (in place),
