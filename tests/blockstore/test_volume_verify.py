@@ -22,6 +22,7 @@ from bsfixtures import EXTENT, KIB, Deployment
 from sqlalchemy import update
 
 from loft.blockstore import STATE_HOLE, STATE_ZERO, Blockstore
+from loft.blockstore.chunks import chunk_key
 from loft.blockstore.workcopy import HEADER_SIZE, punch_hole
 from loft.catalog.schema import volumes as volumes_table
 
@@ -345,3 +346,24 @@ def test_verify_import_during_a_fetch_wins(node: Blockstore, fetch: str) -> None
         assert calls
     finally:
         vol.close()
+
+
+def test_verify_refetch_past_a_corrupt_chunk_cache(node: Blockstore) -> None:
+    """The node's chunk cache is on the same disk: a value it kept that fails its check
+    is dropped and fetched from the chunk store, not served nor failed on forever."""
+    digest = node.view("v").digest(1)
+    good = node.ctx.store.get(chunk_key(digest))
+    node.view("v").read(EXTENT, EXTENT)  # now kept in the node's chunk cache
+    cached = node.ctx.settings.data_dir / "chunk-cache" / digest.hex()
+    assert cached.read_bytes() == good
+    cached.write_bytes(good[:-1] + bytes([good[-1] ^ 0xFF]))
+    _tamper(node, EXTENT + 5)
+    vol = node.open("v")
+    try:
+        assert vol.read(EXTENT, EXTENT) == _content()[EXTENT : 2 * EXTENT]
+        assert vol.corrupt_extents == 1
+    finally:
+        vol.close()
+    assert cached.read_bytes() == good
+    cached.write_bytes(b"rot")
+    assert node.view("v").read(EXTENT, EXTENT) == _content()[EXTENT : 2 * EXTENT]

@@ -470,7 +470,7 @@ class Volume:
                     # otherwise after a restart): one cheap call, once per fetch.
                     punch_hole(self._fd, e * es, self._elen(e))
                     continue
-                data = self.ctx.codec.decode(values[d], expect=d)
+                data = self.ctx.decode_chunk(d, values[d])
                 if len(data) != self._elen(e):
                     raise VolumeIOError(f"chunk {d.hex()} has the wrong size for extent {e}")
                 write_pieces(self._fd, data, e * es)
