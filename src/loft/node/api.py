@@ -90,6 +90,7 @@ class InfoAnswer:
     extents_present: int | None
     extents_dirty: int | None
     bytes_stored: int
+    extents_corrupt: int | None
     served_by: str
 
 
