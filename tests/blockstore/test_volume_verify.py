@@ -14,17 +14,17 @@ import io
 import logging
 import os
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from bsfixtures import EXTENT, KIB, Deployment
-from sqlalchemy import update
+from test_volume_recovery import crash
 
 from loft.blockstore import STATE_HOLE, STATE_ZERO, Blockstore
 from loft.blockstore.chunks import chunk_key
 from loft.blockstore.workcopy import HEADER_SIZE, punch_hole
-from loft.catalog.schema import volumes as volumes_table
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -60,13 +60,19 @@ def _data_file(bs: Blockstore) -> Path:
     return bs.ctx.volumes_dir / bs.get("v").uid / "data"
 
 
-def _tamper(bs: Blockstore, offset: int, data: bytes = b"\xff") -> None:
-    """Change the working copy's bytes while no service holds the volume."""
-    fd = os.open(_data_file(bs), os.O_WRONLY)
+@contextmanager
+def _opened(bs: Blockstore, name: str = "data") -> Iterator[int]:
+    """A file of the working copy, to change while no service holds the volume."""
+    fd = os.open(_data_file(bs).with_name(name), os.O_WRONLY)
     try:
-        os.pwrite(fd, data, offset)
+        yield fd
     finally:
         os.close(fd)
+
+
+def _tamper(bs: Blockstore, offset: int, data: bytes = b"\xff", name: str = "data") -> None:
+    with _opened(bs, name) as fd:
+        os.pwrite(fd, data, offset)
 
 
 def _committed(bs: Blockstore) -> bytes:
@@ -187,11 +193,8 @@ def test_verify_zero_extent_filled_with_garbage(node: Blockstore, extent: int) -
 
 
 def test_verify_block_status_of_a_data_extent_punched_to_zeros(node: Blockstore) -> None:
-    fd = os.open(_data_file(node), os.O_WRONLY)
-    try:
+    with _opened(node) as fd:
         punch_hole(fd, 2 * EXTENT, EXTENT)
-    finally:
-        os.close(fd)
     vol = node.open("v")
     try:
         assert vol.block_status(2 * EXTENT, EXTENT) == [(EXTENT, 0)]
@@ -264,12 +267,7 @@ def test_verify_unchecked_extents_are_kept_across_restarts(node: Blockstore) -> 
 def test_verify_state_byte_that_is_no_state(node: Blockstore) -> None:
     """The state file rots too: an unknown state is read as absent (fetched)."""
     _tamper(node, EXTENT, b"rot")
-    state = _data_file(node).with_name("state")
-    fd = os.open(state, os.O_WRONLY)
-    try:
-        os.pwrite(fd, b"\x07", HEADER_SIZE + 1)
-    finally:
-        os.close(fd)
+    _tamper(node, HEADER_SIZE + 1, b"\x07", "state")
     vol = node.open("v")
     try:
         assert vol.read(0, SIZE) == bytes(_expected())
@@ -304,11 +302,7 @@ def test_verify_absent_zero_extent_filled_with_garbage(
 
 
 def test_verify_unclean_stop_discards_clean_extents(node: Blockstore) -> None:
-    vol = node.open("v")
-    wc = vol.detach()  # a crash: nothing written back, the lease left to lapse
-    wc.close()
-    with node.ctx.catalog.write() as conn:
-        conn.execute(update(volumes_table).values(lease_expires=0.0))
+    crash(node, node.open("v"))
     _tamper(node, EXTENT)
     vol = node.open("v")
     try:

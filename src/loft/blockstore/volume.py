@@ -479,13 +479,13 @@ class Volume:
         victims: list[tuple[Evictable, int]] = []
         with self._lock:
             for e in extents:
+                self._unverified[e] = 0  # checked by now, or replaced
                 if e in self._superseded:
                     # An import replaced the extent while we fetched the chunk it had.
-                    self._unverified[e] = 0
+                    self.ctx.budget.forget(self, e)
                     punch_hole(self._fd, e * self.extent_size, self._elen(e))
                 elif self._states[e] == ABSENT:
                     self._states[e] = CLEAN
-                    self._unverified[e] = 0
                     victims += self.ctx.budget.add(self, e, self._elen(e))
         return victims
 
