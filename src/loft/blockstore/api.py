@@ -61,6 +61,9 @@ class VolumeInfo:
     extents_present: int | None
     extents_dirty: int | None
     bytes_stored: int
+    #: clean extents found not to match their chunk since the volume was opened (and
+    #: fetched again); None when it is not open in this process
+    extents_corrupt: int | None = None
 
     def as_dict(self) -> dict[str, object]:
         return dict(self.__dict__)

@@ -74,6 +74,17 @@ class ChunkCache:
         """One stored value."""
         return self.get_many([digest])[digest]
 
+    def discard(self, digest: bytes) -> bool:
+        """Forget a value kept locally (it failed its check); False if none was kept."""
+        with self._lock:
+            size = self._lru.pop(digest, None)
+            if size is None:
+                return False
+            self._bytes -= size
+        assert self.directory is not None  # nothing is kept without one
+        (self.directory / digest.hex()).unlink(missing_ok=True)
+        return True
+
     def insert(self, digest: bytes, value: bytes) -> None:
         """Add a value we just uploaded (so forks on this node find it locally)."""
         self._insert(digest, value)

@@ -189,6 +189,6 @@ def manifest_for(ctx: BlockstoreContext, rec: VolumeRecord, root: bytes | None =
     """The manifest of ``rec``'s head (or of another root of the same geometry)."""
 
     def load(digest: bytes) -> bytes:
-        return ctx.codec.decode(ctx.cache.get(digest), expect=digest)
+        return ctx.decode_chunk(digest, ctx.cache.get(digest))
 
     return Manifest(rec.root if root is None else root, rec.n_extents, load)

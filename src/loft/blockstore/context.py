@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -11,11 +12,14 @@ from pathlib import Path
 from loft.blockstore.budget import ExtentBudget
 from loft.blockstore.chunkcache import ChunkCache
 from loft.blockstore.chunks import ChunkCodec, deployment_secret
+from loft.blockstore.errors import VolumeIOError
 from loft.blockstore.heads import Heads
 from loft.catalog import Catalog
 from loft.config import Settings
 from loft.datadir import private_data_dir
 from loft.objstore import ObjectStore, open_object_store
+
+log = logging.getLogger(__name__)
 
 #: Niceness of background work (commits: hashing, compression, uploads), so that on a
 #: small machine it yields the CPU to the data path serving clients.
@@ -74,6 +78,19 @@ class BlockstoreContext:
             cache=cache,
             budget=ExtentBudget(settings.cache_bytes),
         )
+
+    def decode_chunk(self, digest: bytes, value: bytes) -> bytes:
+        """The raw bytes of chunk ``digest`` from its ``value`` (from :attr:`cache`),
+        checked against the key. A value the node's chunk cache kept that fails the check
+        (its disk rotted) is dropped and fetched from the chunk store once more, rather
+        than failing every read of the chunk until it is evicted."""
+        try:
+            return self.codec.decode(value, expect=digest)
+        except VolumeIOError:
+            if not self.cache.discard(digest):
+                raise  # the store's copy is bad: nothing here to mend
+            log.warning('chunk_cache.corrupt chunk="%s"', digest[:8].hex())
+            return self.codec.decode(self.cache.get(digest), expect=digest)
 
     def check_store(self) -> None:
         """Fail fast (ObjectStoreError) when the chunk store is unreachable or refuses us."""

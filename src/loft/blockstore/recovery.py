@@ -32,6 +32,10 @@ def recover_working_copy(ctx: BlockstoreContext, tk: Takeover) -> WorkingCopy | 
     if h.uid != rec.uid or h.size != rec.size or h.extent_size != rec.extent_size:
         wc.destroy()
         return None
+    if os.fstat(wc.data_fd).st_size != h.size:
+        # Cut or grown behind our back: reads past a short end would come back short
+        # (what was cut reads as zeros; a clean extent it held fails its check).
+        os.ftruncate(wc.data_fd, h.size)
     if h.epoch != tk.previous_epoch:
         if wc.dirty_extents():
             salvage_orphan(ctx, rec, wc)

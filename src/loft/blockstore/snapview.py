@@ -64,7 +64,7 @@ class SnapshotView:
         if digest == ZERO_HASH:
             return zeros(self._elen(e))
         try:
-            data = self.ctx.codec.decode(self.ctx.cache.get(digest), expect=digest)
+            data = self.ctx.decode_chunk(digest, self.ctx.cache.get(digest))
         except ObjectStoreError as err:
             raise VolumeIOError(f"{self.name}: fetching extent {e} failed: {err}") from err
         with self._lock:

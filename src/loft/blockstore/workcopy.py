@@ -5,6 +5,11 @@
 A DIRTY byte is written before the data it covers, so after a crash every extent holding
 writes is marked dirty; CLEAN bytes are trusted only after a clean shutdown (a clean extent
 may hold writes that were never flushed, so after a crash it is discarded and re-fetched).
+
+Even then a clean extent's bytes are not trusted as they are: the disk may have rotted or
+been changed while nobody served the volume. :meth:`WorkingCopy.hold_unverified` sets such
+extents aside as *unverified* -- ABSENT in ``states``, so nothing serves or builds on their
+bytes, yet CLEAN in the state file -- until the volume checks them against their chunk.
 """
 
 from __future__ import annotations
@@ -29,6 +34,11 @@ _MAGIC = b"LFTW"
 _HEADER = struct.Struct(">4sHH32sQQ32sQI")
 _CRC = struct.Struct(">I")
 FLAG_CLEAN_SHUTDOWN = 1
+#: ``bytes.translate`` tables: a byte that is no state made ABSENT; CLEAN kept and the
+#: rest made 0; CLEAN made ABSENT.
+_KNOWN_ONLY = bytes(b if b in (ABSENT, CLEAN, DIRTY) else ABSENT for b in range(256))
+_ONLY_CLEAN = bytes(CLEAN if b == CLEAN else 0 for b in range(256))
+_CLEAN_TO_ABSENT = bytes(ABSENT if b == CLEAN else b for b in range(256))
 
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
@@ -103,6 +113,9 @@ class WorkingCopy:
         self.directory = directory
         self.header = header
         self.states = states
+        #: CLEAN where the state file says CLEAN but the bytes are not checked yet (their
+        #: ``states`` byte is ABSENT meanwhile), 0 elsewhere; see hold_unverified()
+        self.unverified = bytearray(len(states))
         self.n_extents = len(states)
         self.data_fd = os.open(directory / "data", os.O_RDWR)
         self.state_fd = os.open(directory / "state", os.O_RDWR)
@@ -137,19 +150,36 @@ class WorkingCopy:
         if header is None or not (directory / "data").exists():
             return None
         n = -(-header.size // header.extent_size)
+        # A state byte that is no state (the file rotted) is read as ABSENT: the volume
+        # then fetches the extent rather than trust or commit bytes nobody vouches for.
         states = bytearray(raw[HEADER_SIZE : HEADER_SIZE + n].ljust(n, b"\0"))
-        return cls(directory, header, states)
+        return cls(directory, header, states.translate(_KNOWN_ONLY))
+
+    def hold_unverified(self) -> None:
+        """Set every CLEAN extent aside as unverified: ABSENT in ``states`` (in place),
+        CLEAN in ``unverified`` and, until it is settled, in the state file."""
+        self.unverified[:] = self.states.translate(_ONLY_CLEAN)
+        self.states[:] = self.states.translate(_CLEAN_TO_ABSENT)
 
     def set_state(self, extent: int, state: int) -> None:
         """Change one extent's state in memory and in the state file (not synced)."""
         self.states[extent] = state
+        self.unverified[extent] = 0
         os.pwrite(self.state_fd, bytes((state,)), HEADER_SIZE + extent)
 
     def write_all(self, header: Header) -> None:
-        """Rewrite the header and every state byte (after a commit, at shutdown)."""
+        """Rewrite the header and every state byte (after a commit, at shutdown); an
+        unverified extent stays CLEAN in the file, to be checked again on the next start."""
         self.header = header
+        states: bytes | bytearray = self.states
+        if CLEAN in self.unverified:
+            # An unverified extent's ``states`` byte is ABSENT (0), so OR-ing in its CLEAN
+            # flag is the byte the file keeps; as big integers it is one C loop, not n.
+            n = self.n_extents
+            merged = int.from_bytes(states, "big") | int.from_bytes(self.unverified, "big")
+            states = merged.to_bytes(n, "big")
         os.pwrite(self.state_fd, header.pack(), 0)
-        os.pwrite(self.state_fd, self.states, HEADER_SIZE)
+        os.pwrite(self.state_fd, states, HEADER_SIZE)
 
     def set_header(self, **changes: object) -> None:
         self.write_all(replace(self.header, **changes))  # type: ignore[arg-type]

@@ -76,7 +76,7 @@ class InfoRequest:
 class InfoAnswer(VolumeInfo):
     """A volume as the catalog has it, plus what the serving node holds of it."""
 
-    served_by: str
+    served_by: str = field(kw_only=True)  # after VolumeInfo's fields with defaults
 
 
 @dataclass(frozen=True, slots=True)

@@ -325,6 +325,7 @@ class DiskService:
         if vol is not None:
             info["extents_present"] = vol.present_extents
             info["extents_dirty"] = vol.dirty_extents
+            info["extents_corrupt"] = vol.corrupt_extents
         return api.InfoAnswer(**info, served_by=str(self.control_path))  # type: ignore[arg-type]
 
     def api_import(self, req: api.ImportRequest, sv: ServedVolume) -> api.ImportAnswer:
