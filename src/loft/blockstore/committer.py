@@ -27,12 +27,13 @@ from typing import BinaryIO
 from loft.blockstore.budget import Evictable
 from loft.blockstore.capture import Capture
 from loft.blockstore.commit import CommitResult, commit_extents
-from loft.blockstore.context import BlockstoreContext, lower_thread_priority
+from loft.blockstore.context import BlockstoreContext
 from loft.blockstore.errors import InvalidArgument, LeaseLost, VolumeIOError
 from loft.blockstore.extents import evict_all
 from loft.blockstore.heads import VolumeRecord
 from loft.blockstore.lease import LeaseKeeper
 from loft.blockstore.manifest import Manifest
+from loft.priority import lower_thread_priority
 
 log = logging.getLogger("loft.blockstore.volume")
 

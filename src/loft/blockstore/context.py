@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,22 +17,9 @@ from loft.catalog import Catalog
 from loft.config import Settings
 from loft.datadir import private_data_dir
 from loft.objstore import ObjectStore, open_object_store
+from loft.priority import lower_thread_priority
 
 log = logging.getLogger(__name__)
-
-#: Niceness of background work (commits: hashing, compression, uploads), so that on a
-#: small machine it yields the CPU to the data path serving clients.
-BACKGROUND_NICENESS = 10
-
-
-def lower_thread_priority() -> None:
-    """Lower the calling thread's CPU priority (Linux: per-thread niceness)."""
-    try:
-        tid = threading.get_native_id()
-        current = os.getpriority(os.PRIO_PROCESS, tid)
-        os.setpriority(os.PRIO_PROCESS, tid, max(current, BACKGROUND_NICENESS))
-    except (OSError, AttributeError):  # not permitted, or not Linux: run at normal priority
-        pass
 
 
 @dataclass

@@ -6,7 +6,6 @@ import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -16,6 +15,7 @@ from loft.objstore.store import (
     ObjectNotFound,
     ObjectStoreError,
 )
+from loft.priority import PriorityPools
 
 _TMP_SUFFIX = ".tmp"
 
@@ -26,7 +26,8 @@ class FileObjectStore:
     def __init__(self, root: Path, *, parallelism: int = DEFAULT_PARALLELISM) -> None:
         self.root = root
         self.url = f"file://{root}"
-        self._pool = ThreadPoolExecutor(parallelism, thread_name_prefix="filestore")
+        # Transfers run at their caller's priority: a commit's uploads in the background.
+        self._pool = PriorityPools(parallelism, "filestore")
         self._tmp_counter = 0
         self._tmp_lock = threading.Lock()
         try:

@@ -17,7 +17,6 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -44,6 +43,7 @@ from loft.objstore.store import (
     ObjectNotFound,
     ObjectStoreError,
 )
+from loft.priority import PriorityPools
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
@@ -155,8 +155,9 @@ class S3ObjectStore:
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
             retries={"mode": "standard", "total_max_attempts": max_attempts},
-            # One connection per worker plus the caller's own thread.
-            max_pool_connections=parallelism + 2,
+            # One connection per worker (foreground and background pools: see
+            # PriorityPools) plus the callers' own threads.
+            max_pool_connections=2 * parallelism + 2,
             s3={"addressing_style": "path"},
             signature_version="s3v4",
             # Flexible checksums are not implemented by every S3 API server; keep to the
@@ -170,7 +171,8 @@ class S3ObjectStore:
         except (BotoCoreError, ValueError) as e:
             raise ObjectStoreError(f"cannot set up S3 client for {self.url}: {e}") from e
         self._client.meta.events.register("before-send.s3", self._check_deadline)
-        self._pool = ThreadPoolExecutor(parallelism, thread_name_prefix="s3store")
+        # Transfers run at their caller's priority: a commit's uploads in the background.
+        self._pool = PriorityPools(parallelism, "s3store")
 
     @classmethod
     def from_url(cls, url: str) -> S3ObjectStore:
