@@ -11,7 +11,7 @@ from sqlalchemy import create_engine, insert, inspect, select, text
 
 from loft.catalog import HEAD_REVISION, Catalog, database
 from loft.catalog.database import normalize_url
-from loft.catalog.schema import inflight_chunks, metadata, settings
+from loft.catalog.schema import gc_state, inflight_chunks, metadata, settings, volumes
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -108,3 +108,42 @@ def test_unreachable_catalog_is_a_clear_error(tmp_path: Path) -> None:
         Catalog("postgresql://nobody@127.0.0.1:1/loft")
     assert "\n" not in info.value.message
     assert "unavailable" in info.value.message
+
+
+def test_max_dirty_and_sweeps_are_added_to_an_old_catalog(url: str) -> None:
+    """0003 gives existing volumes the default max_dirty and GC a sweep count of 0, and
+    goes back down cleanly."""
+    from alembic import command
+    from alembic.config import Config
+
+    cat = Catalog(url, migrate=False)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(database.__file__).with_name("migrations")))
+    with cat.engine.connect() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0002")
+        conn.commit()
+    with cat.engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO volumes (uid, name, size, extent_size, durability, "
+                "commit_interval, lineage, created_at, root, version, epoch) VALUES "
+                "('u', 'old', 1024, 1024, 'local', 5.0, '[]', 0, '00', 0, 0)"
+            )
+        )
+    cat.close()
+
+    upgraded = Catalog(url)
+    try:
+        with upgraded.read() as conn:
+            assert conn.execute(select(volumes.c.max_dirty)).scalar_one() == 1 << 30
+            assert conn.execute(select(gc_state.c.sweeps)).scalar_one() == 0
+        with upgraded.engine.connect() as conn:
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "0002")
+            conn.commit()
+        assert _revision(url) == "0002"
+        with upgraded.engine.connect() as conn:
+            assert "max_dirty" not in {c["name"] for c in inspect(conn).get_columns("volumes")}
+    finally:
+        upgraded.close()

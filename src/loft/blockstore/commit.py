@@ -84,7 +84,7 @@ def store_chunks(
         return
     unique = dict(items)
     keys = {chunk_key(d): d for d in unique}
-    if ctx.heads.register_chunks(commit_id, keys):
+    if ctx.heads.register_chunks(commit_id, keys).sweeping:
         # A sweep started before we registered: it may be deleting one of these right now.
         ctx.heads.wait_for_sweep()
     infos = ctx.store.stat_many(list(keys))

@@ -120,6 +120,16 @@ class SnapshotRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class Registration:
+    """What a commit learns when it registers chunk keys: whether a GC sweep is running
+    (then it must wait before trusting that an existing chunk stays) and how many sweeps
+    have started so far (the presence index trusts only entries recorded at this count)."""
+
+    sweeping: bool
+    sweeps: int
+
+
+@dataclass(frozen=True, slots=True)
 class Takeover:
     """The result of taking a volume's lease: the head as it now is, and what it was."""
 
@@ -317,14 +327,16 @@ class Heads:
             assert pk is not None
             return int(pk[0])
 
-    def register_chunks(self, commit_id: int, keys: Iterable[str]) -> bool:
-        """Record chunk keys the commit will reference. Returns True when a GC sweep is
-        running: the caller must then wait (:meth:`wait_for_sweep`) before it trusts that
-        an existing chunk will stay."""
+    def register_chunks(self, commit_id: int, keys: Iterable[str]) -> Registration:
+        """Record chunk keys the commit will reference, in the transaction that reads GC's
+        state. When a sweep is running the caller must wait (:meth:`wait_for_sweep`)
+        before it trusts that an existing chunk will stay."""
         keys = sorted(set(keys))
         with self.catalog.write() as conn:
             row = conn.execute(
-                select(gc_state.c.sweeping_until).where(gc_state.c.id == 1).with_for_update()
+                select(gc_state.c.sweeping_until, gc_state.c.sweeps)
+                .where(gc_state.c.id == 1)
+                .with_for_update()
             ).first()
             existing = {
                 r[0]
@@ -336,10 +348,12 @@ class Heads:
             if new:
                 conn.execute(insert(inflight_chunks), new)
             until = None if row is None else row[0]
-            return until is not None and until > self.catalog.now(conn)
+            sweeping = until is not None and until > self.catalog.now(conn)
+            return Registration(sweeping, 0 if row is None else int(row[1]))
 
-    def wait_for_sweep(self, timeout: float = 120.0) -> None:
-        """Block until no GC sweep is running (or its lease expired)."""
+    def wait_for_sweep(self, timeout: float = 120.0) -> bool:
+        """Block until no GC sweep is running (or its lease expired); False when it was
+        still running after ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self.catalog.read() as conn:
@@ -347,8 +361,9 @@ class Heads:
                     select(gc_state.c.sweeping_until).where(gc_state.c.id == 1)
                 ).first()
                 if row is None or row[0] is None or row[0] <= self.catalog.now(conn):
-                    return
+                    return True
             time.sleep(0.05)
+        return False
 
     def end_commit(self, commit_id: int, conn: Connection | None = None) -> None:
         """Forget a commit's registration (after its head advanced, or it failed)."""
