@@ -19,7 +19,9 @@ import os
 import time
 from pathlib import Path
 
+from loft.blockstore.chunks import HEADER_SIZE
 from loft.blockstore.extents import WRITE_PIECE
+from loft.blockstore.workcopy import pread_full
 
 BLOCK = 4096
 
@@ -87,21 +89,24 @@ class Capture:
             os.pwritev(dst, [piece[:n]], offset + done)
             done += n
 
-    def read_extent(self, data_fd: int, extent: int, length: int) -> bytes:
-        """The extent's bytes as of the capture (data file overlaid with aside blocks).
+    def read_extent(self, data_fd: int, extent: int, buf: bytearray) -> bytearray:
+        """Fill the framed buffer ``buf`` (:func:`~loft.blockstore.chunks.framed`) with the
+        extent's bytes as of the capture (data file overlaid with aside blocks), and
+        return it.
 
         Needs no lock against writers (so the uploader never holds the volume's lock,
         which the event loop's reads take): a writer copies a block aside, then marks it,
         then overwrites it. A block this pread saw torn or new was marked before the write
         began, so before the bitmap is read below, and comes from the aside copy."""
+        view = memoryview(buf)[HEADER_SIZE:]
+        length = len(view)
         base = extent * self.extent_size
-        data = os.pread(data_fd, length, base)
+        pread_full(data_fd, view, base)
         # The extent stays protected until the whole commit is done: a retry after a failed
         # upload must read exactly the same bytes again.
         bitmap = self._aside.get(extent)
         if bitmap is None:
-            return data
-        buf = bytearray(data)
+            return buf
         b, n = 0, min(len(bitmap), -(-length // BLOCK))
         while b < n:
             if not bitmap[b]:
@@ -111,9 +116,9 @@ class Capture:
             while run < n and bitmap[run]:
                 run += 1
             lo, hi = b * BLOCK, min(run * BLOCK, length)
-            buf[lo:hi] = os.pread(self._fd, hi - lo, base + lo)
+            pread_full(self._fd, view[lo:hi], base + lo)
             b = run
-        return bytes(buf)
+        return buf
 
     def drop(self, extent: int) -> None:
         """Forget an extent (it was committed by an earlier capture with the same data)."""

@@ -26,7 +26,8 @@ from typing import BinaryIO
 
 from loft.blockstore.budget import Evictable
 from loft.blockstore.capture import Capture
-from loft.blockstore.commit import CommitResult, commit_extents
+from loft.blockstore.chunks import HEADER_SIZE
+from loft.blockstore.commit import Buffers, CommitResult, commit_extents
 from loft.blockstore.context import BlockstoreContext
 from loft.blockstore.errors import InvalidArgument, LeaseLost, VolumeIOError
 from loft.blockstore.extents import evict_all
@@ -197,8 +198,10 @@ class Committer:
             self._commit(cap)
 
     def _commit(self, cap: Capture) -> None:
-        def source(e: int) -> bytes:
-            return cap.read_extent(self._fd, e, self._elen(e))
+        buffers = Buffers()
+
+        def source(e: int) -> bytearray:
+            return cap.read_extent(self._fd, e, buffers.get(self._elen(e)))
 
         lease = self._lease
         sent = time.monotonic()
@@ -210,6 +213,7 @@ class Committer:
                 self.manifest,
                 sorted(cap.gens),
                 source,
+                buffers=buffers,
                 ttl=lease.ttl,
             )
         except LeaseLost as lost:
@@ -264,21 +268,34 @@ class Committer:
         last extent. An image larger than the volume raises InvalidArgument before the
         head moves."""
         es = self._extent_size
-        blocks: dict[int, tuple[bytearray, int]] = {}
+        buffers = Buffers()
+        blocks: dict[int, bytearray] = {}
 
         def extents() -> Iterator[int]:
             e = 0
             while True:
-                buf = bytearray(es)  # a fresh buffer each time: handed on without a copy
-                n = _read_full(src, memoryview(buf))
+                buf = buffers.get(es)
+                n = _read_full(src, memoryview(buf)[HEADER_SIZE:])
                 if n == 0:
+                    buffers.release(buf)
                     return
                 if e >= n_extents or n > self._elen(e):
                     raise InvalidArgument(
                         f"image is larger than volume {self.name!r} ({size} bytes)",
                         hint="create a bigger volume",
                     )
-                blocks[e] = (buf, n)
+                if n < es:
+                    # A partial last extent keeps what the volume had after the image's
+                    # end, and the volume's own last extent may be shorter than others.
+                    rest = read(e * es + n, self._elen(e) - n)
+                    whole = buffers.get(self._elen(e))
+                    whole[HEADER_SIZE : HEADER_SIZE + n] = memoryview(buf)[
+                        HEADER_SIZE : HEADER_SIZE + n
+                    ]
+                    whole[HEADER_SIZE + n :] = rest
+                    buffers.release(buf)
+                    buf = whole
+                blocks[e] = buf
                 if progress:
                     progress(n)
                 yield e
@@ -286,20 +303,20 @@ class Committer:
                 if n < es:
                     return
 
-        def source(e: int) -> bytes:
-            buf, n = blocks.pop(e)
-            if n == len(buf) == self._elen(e):
-                return buf  # type: ignore[return-value]  # bytes-like is all we need
-            # A partial last extent keeps what the volume had after the image's end.
-            return bytes(buf[:n]) + read(e * es + n, self._elen(e) - n)
-
         with self._cond:
             if self.busy:
                 raise VolumeIOError(f"volume {self.name!r} is being written; import refused")
             rec, manifest = self.record, self.manifest
         lease = self._lease
         res = commit_extents(
-            self.ctx, rec, lease.holder, manifest, extents(), source, ttl=lease.ttl
+            self.ctx,
+            rec,
+            lease.holder,
+            manifest,
+            extents(),
+            blocks.pop,
+            buffers=buffers,
+            ttl=lease.ttl,
         )
         with self._cond:
             self.record, self.manifest = res.record, res.manifest

@@ -13,6 +13,7 @@ from loft.blockstore.chunkcache import ChunkCache
 from loft.blockstore.chunks import ChunkCodec, deployment_secret
 from loft.blockstore.errors import VolumeIOError
 from loft.blockstore.heads import Heads
+from loft.blockstore.presence import PresenceIndex
 from loft.catalog import Catalog
 from loft.config import Settings
 from loft.datadir import private_data_dir
@@ -33,6 +34,8 @@ class BlockstoreContext:
     codec: ChunkCodec
     cache: ChunkCache
     budget: ExtentBudget
+    #: chunks known to be in the store (hash-first commits skip asking it)
+    presence: PresenceIndex = field(default_factory=PresenceIndex)
     pool: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(
             max(4, (os.cpu_count() or 2) * 2),

@@ -52,7 +52,7 @@ class FileObjectStore:
             raise ValueError(f"invalid key {key!r}")
         return self.root / key
 
-    def _write(self, key: str, value: bytes) -> Path:
+    def _write(self, key: str, value: bytes | bytearray) -> Path:
         path = self._path(key)
         with self._tmp_lock:
             self._tmp_counter += 1
@@ -83,10 +83,10 @@ class FileObjectStore:
             finally:
                 os.close(fd)
 
-    def put(self, key: str, value: bytes) -> None:
+    def put(self, key: str, value: bytes | bytearray) -> None:
         self._sync_dirs([self._write(key, value)])
 
-    def put_many(self, items: Sequence[tuple[str, bytes]]) -> None:
+    def put_many(self, items: Sequence[tuple[str, bytes | bytearray]]) -> None:
         if len(items) <= 1:
             for key, value in items:
                 self.put(key, value)
