@@ -42,7 +42,12 @@ def heads(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Heads]:
 
 def new_volume(heads: Heads, name: str = "v") -> VolumeRecord:
     return heads.create(
-        name, size=1 << 20, extent_size=64 << 10, durability="local", commit_interval=5.0
+        name,
+        size=1 << 20,
+        extent_size=64 << 10,
+        durability="local",
+        commit_interval=5.0,
+        max_dirty=1 << 20,
     )
 
 

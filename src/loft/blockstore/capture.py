@@ -36,6 +36,9 @@ class Capture:
         self.aside_path = aside_path
         self.extent_size = extent_size
         self.created = time.monotonic()
+        #: when the oldest flush this capture commits happened (an earlier capture it
+        #: replaced may have been taken before it)
+        self.since = self.created
         self._aside: dict[int, bytearray] = {}
         self._fd = -1
         self._scratch: memoryview | None = None

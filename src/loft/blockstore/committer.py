@@ -91,6 +91,8 @@ class Committer:
         self._committed_seq = 0
         self._fail_count = 0
         self._last_error: BaseException | None = None
+        #: the longest a flushed write waited to be committed, seconds
+        self.max_lag = 0.0
         self._stop = False
         self._thread = threading.Thread(target=self._run, name=f"volume-{rec.name}", daemon=True)
 
@@ -132,6 +134,14 @@ class Committer:
         if self._pending_since is None:
             self._pending_since = time.monotonic()
         return self._seq
+
+    def lag(self) -> float:
+        """How long the oldest flushed write not yet committed has waited, seconds (0
+        when every flush is committed). Lock held."""
+        oldest = [c.since for c in (self._uploading,) if c is not None]
+        if self._pending_since is not None:
+            oldest.append(self._pending_since)
+        return time.monotonic() - min(oldest) if oldest else 0.0
 
     # -- waiting and lifecycle ------------------------------------------------------------
 
@@ -185,6 +195,7 @@ class Committer:
                             due = (self._pending_since or now) + self.commit_interval
                             if self._urgent or now >= due:
                                 cap = self._uploading = self._pending
+                                cap.since = self._pending_since or cap.created
                                 self._pending = None
                                 self._pending_since = None
                                 self._urgent = False
@@ -230,6 +241,7 @@ class Committer:
             return
         with self._cond:
             lease.extend(sent)  # the head's compare-and-swap renewed the lease too
+            self.max_lag = max(self.max_lag, time.monotonic() - cap.since)
             self._backoff = _RETRY_BACKOFF_MIN
             self.manifest = res.manifest
             self.record = res.record

@@ -53,6 +53,8 @@ class VolumeRecord:
     extent_size: int
     durability: str
     commit_interval: float
+    #: bytes of uncommitted writes past which writers wait for a commit
+    max_dirty: int
     parent_uid: str | None
     parent_snapshot: str | None
     lineage: tuple[str, ...]
@@ -83,6 +85,7 @@ class VolumeRecord:
             extent_size=row["extent_size"],
             durability=row["durability"],
             commit_interval=row["commit_interval"],
+            max_dirty=row["max_dirty"],
             parent_uid=row["parent_uid"],
             parent_snapshot=row["parent_snapshot"],
             lineage=tuple(json.loads(row["lineage"])),
@@ -186,6 +189,7 @@ class Heads:
         extent_size: int,
         durability: str,
         commit_interval: float,
+        max_dirty: int,
         root: bytes = ZERO_HASH,
         parent_uid: str | None = None,
         parent_snapshot: str | None = None,
@@ -201,6 +205,7 @@ class Heads:
                     extent_size=extent_size,
                     durability=durability,
                     commit_interval=commit_interval,
+                    max_dirty=max_dirty,
                     root=root,
                     parent_uid=parent_uid,
                     parent_snapshot=parent_snapshot,
@@ -216,6 +221,7 @@ class Heads:
             extent_size=extent_size,
             durability=durability,
             commit_interval=commit_interval,
+            max_dirty=max_dirty,
             parent_uid=parent_uid,
             parent_snapshot=parent_snapshot,
             lineage=json.dumps(list(lineage)),

@@ -93,6 +93,7 @@ def salvage_orphan(ctx: BlockstoreContext, rec: VolumeRecord, wc: WorkingCopy) -
                 extent_size=rec.extent_size,
                 durability=rec.durability,
                 commit_interval=rec.commit_interval,
+                max_dirty=rec.max_dirty,
                 root=base_root,
                 parent_uid=rec.uid,
                 parent_snapshot=parent_snapshot,

@@ -67,6 +67,11 @@ log = logging.getLogger(__name__)
 
 _ALIGN = 4096
 _FETCH_WAIT = 60.0
+#: The largest single write a client sends (NBD's maximum payload): near ``max_dirty``,
+#: is_resident() sends every request to a worker thread while one this large could still
+#: find the volume full and have to wait for a commit, which must not happen on the
+#: event loop.
+_LARGEST_WRITE = 32 << 20
 
 
 class Volume:
@@ -92,6 +97,13 @@ class Volume:
         self.holder = holder
         self.durability = rec.durability
         self.commit_interval = rec.commit_interval
+        self.max_dirty = rec.max_dirty
+        #: dirty extents past which a write that dirties more waits for a commit
+        self._dirty_limit = max(1, rec.max_dirty // rec.extent_size)
+        #: dirty extents from which requests leave the event loop (see _LARGEST_WRITE)
+        self._dirty_soft = max(0, self._dirty_limit - _LARGEST_WRITE // rec.extent_size - 1)
+        #: writes that waited for a commit because the volume held max_dirty
+        self.throttled_writes = 0
         self._wc = wc
         self._fd = wc.data_fd
         # Clean extents kept from before this start are local copies nobody has checked:
@@ -162,6 +174,17 @@ class Volume:
         return len(self._dirty)
 
     @property
+    def commit_lag(self) -> float:
+        """Seconds the oldest flushed write not committed yet has waited (0: none)."""
+        with self._lock:
+            return self._committer.lag()
+
+    @property
+    def max_commit_lag(self) -> float:
+        """The longest a flushed write waited to be committed since the volume opened."""
+        return self._committer.max_lag
+
+    @property
     def present_extents(self) -> int:
         """Extents the working copy holds bytes of (unverified ones included)."""
         return self._n - self._states.count(ABSENT) + self._unverified.count(CLEAN)
@@ -192,6 +215,8 @@ class Volume:
         (nor a check of an unverified extent: those are ABSENT until checked)."""
         if length <= 0:
             return True
+        if len(self._dirty) >= self._dirty_soft:
+            return False  # a write might have to wait for a commit: not on the event loop
         es = self.extent_size
         first, last = offset // es, (offset + length - 1) // es
         st = self._states
@@ -311,6 +336,7 @@ class Volume:
         try:
             for _ in range(4):
                 with self._lock:
+                    self._throttle_locked(offset, length)
                     need = self._needs_fetch(offset, length)
                     if not need:
                         self._mutating(offset, length)
@@ -322,6 +348,33 @@ class Volume:
             raise VolumeIOError(f"volume {self.name!r}: could not fetch extents to {what}")
         finally:
             evict_all(victims)
+
+    def _throttle_locked(self, offset: int, length: int) -> None:
+        """Wait (lock held; released while waiting) while dirtying the range would take
+        the volume's uncommitted data past ``max_dirty``. Writes to extents already dirty
+        never wait, and neither does one when nothing else is dirty, however large.
+
+        A commit is what makes room, and a commit needs a flush point: a capture waiting
+        for its interval is made urgent, and writes not captured yet (the client has not
+        flushed them) are captured at once, so a client that never flushes is slowed
+        down, never stalled. That capture is a flush point the volume makes itself: the
+        disk as it is now, every completed write in it, as after a power cut at this
+        instant, never a mixture of states."""
+        es = self.extent_size
+        first, last = offset // es, (offset + length - 1) // es
+        if len(self._dirty) + last - first + 1 <= self._dirty_limit:
+            return  # the common case: one comparison
+        waited = False
+        while True:
+            new = sum(1 for e in range(first, last + 1) if self._states[e] != DIRTY)
+            if not new or not self._dirty or len(self._dirty) + new <= self._dirty_limit:
+                return
+            self._check_writable()  # fenced or closed: fail rather than wait for nothing
+            if not waited:
+                waited = True
+                self.throttled_writes += 1
+            self._capture_locked(urgent=True)
+            self._cond.wait(1.0)
 
     def _zero_locked(self, offset: int, length: int) -> None:
         end = offset + length
