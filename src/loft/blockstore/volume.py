@@ -429,7 +429,12 @@ class Volume:
             while pos < end and len(out) < MAX_STATUS_EXTENTS:
                 e = pos // es
                 stop = min(end, e * es + self._elen(e))
-                if self._states[e] == ABSENT:
+                if self._states[e] != DIRTY:
+                    # An absent or clean extent is its chunk, whole: the manifest says. Only
+                    # a dirty one needs the file asked (SEEK_DATA/SEEK_HOLE), which waits for
+                    # the file's lock while a fetch writes another extent: during cold reads
+                    # (every 1 MiB read asks its block status first) the event loop was
+                    # seen blocked in ext4_llseek, holding the volume's lock meanwhile.
                     zero = self._manifest.entry(e)[:32] == ZERO_HASH
                     append_run(out, stop - pos, STATE_HOLE | STATE_ZERO if zero else 0)
                     pos = stop
