@@ -95,7 +95,7 @@ def hash_extent(ctx: BlockstoreContext, buf: bytearray) -> bytes:
     """The digest of a framed buffer's extent; ``ZERO_HASH`` when it is all zeros (told
     from the keyed hash of zeros, so no extra pass over the data)."""
     data = memoryview(buf)[HEADER_SIZE:]
-    digest = ctx.codec.hash(data, parallel=False)
+    digest = ctx.codec.hash(data)
     return ZERO_HASH if digest == ctx.codec.zero_digest(len(data)) else digest
 
 

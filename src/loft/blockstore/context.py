@@ -43,6 +43,13 @@ class BlockstoreContext:
             initializer=lower_thread_priority,
         )
     )
+    #: fetches ahead of sequential readers (readahead.py), at normal priority: a client
+    #: is about to wait for them
+    fetch_pool: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(
+            max(4, (os.cpu_count() or 2) * 2), thread_name_prefix="readahead"
+        )
+    )
 
     @property
     def volumes_dir(self) -> Path:
@@ -73,19 +80,26 @@ class BlockstoreContext:
         checked against the key. A value the node's chunk cache kept that fails the check
         (its disk rotted) is dropped and fetched from the chunk store once more, rather
         than failing every read of the chunk until it is evicted."""
+        data = self.chunk_view(digest, value)
+        return data if isinstance(data, bytes) else bytes(data)
+
+    def chunk_view(self, digest: bytes, value: bytes) -> bytes | memoryview:
+        """:meth:`decode_chunk` without copying a chunk stored raw: a view into the
+        value (to write it into a working copy)."""
         try:
-            return self.codec.decode(value, expect=digest)
+            return self.codec.decode_view(value, expect=digest)
         except VolumeIOError:
             if not self.cache.discard(digest):
                 raise  # the store's copy is bad: nothing here to mend
             log.warning('chunk_cache.corrupt chunk="%s"', digest[:8].hex())
-            return self.codec.decode(self.cache.get(digest), expect=digest)
+            return self.codec.decode_view(self.cache.get(digest), expect=digest)
 
     def check_store(self) -> None:
         """Fail fast (ObjectStoreError) when the chunk store is unreachable or refuses us."""
         self.store.stat("heads/.probe")
 
     def close(self) -> None:
+        self.fetch_pool.shutdown(wait=True)
         self.pool.shutdown(wait=True)
         self.store.close()
         self.catalog.close()

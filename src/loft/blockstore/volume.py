@@ -58,6 +58,7 @@ from loft.blockstore.heads import (
 )
 from loft.blockstore.lease import LeaseKeeper
 from loft.blockstore.manifest import Manifest
+from loft.blockstore.readahead import DEFAULT_WINDOW, ReadAhead
 from loft.blockstore.workcopy import ABSENT, CLEAN, DIRTY, Header, WorkingCopy, punch_hole
 from loft.objstore import ObjectStoreError
 
@@ -132,6 +133,18 @@ class Volume:
         #: extents an import replaced while they were being fetched (see _committed())
         self._superseded: set[int] = set()
         self._closed = False
+        self._readahead = ReadAhead(
+            self._n,
+            # Only when the window is at most an eighth of the node's budget: fetching
+            # ahead must not evict what a reader is about to use (and it may overshoot
+            # the budget by the fetches under way, until they evict what they displace).
+            DEFAULT_WINDOW if ctx.budget.max_bytes >= 8 * DEFAULT_WINDOW * rec.extent_size else 0,
+            ctx.fetch_pool,
+            absent=lambda e: self._states[e] == ABSENT and e not in self._fetching,
+            fetch=self._fetch_ahead,
+        )
+        #: extents fetched ahead and not read since (see readahead.py)
+        self._ra_marks = self._readahead.marks
         self.lease = LeaseKeeper(
             ctx.heads,
             rec,
@@ -244,6 +257,8 @@ class Volume:
                     except OSError:
                         data = None  # closed meanwhile? the locked path below says
                     if data is not None and evictions[first] == seen and not self._closed:
+                        if self._ra_marks[first]:
+                            self._readahead.used(first)
                         return data
         else:
             self._check_range(offset, length)
@@ -261,7 +276,14 @@ class Volume:
                         if not fetched:  # a read that fetched is no second use
                             for e in extents:
                                 self._referenced[e] = 1
-                        return os.pread(self._fd, length, offset)
+                        marked = [e for e in extents if self._ra_marks[e]]
+                        out = os.pread(self._fd, length, offset)
+                if not missing:
+                    for e in marked:
+                        self._readahead.used(e)
+                    return out
+                if not fetched:
+                    self._readahead.missed(missing[0], missing[-1])
                 victims += self._ensure_present(missing)
                 fetched = True
         finally:
@@ -509,6 +531,11 @@ class Volume:
                 raise VolumeIOError(f"volume {self.name!r}: timed out waiting for a fetch")
         return victims
 
+    def _fetch_ahead(self, extent: int) -> None:
+        """Fetch one extent ahead of a sequential reader (on the fetch pool)."""
+        if not self._closed:
+            evict_all(self._ensure_present([extent]))
+
     def _fetch(self, extents: list[int], unverified: list[int]) -> list[tuple[Evictable, int]]:
         """Fetch, write into the data file and mark clean; returns the extents the budget
         wants evicted to make room. The ``unverified`` among them are checked first and
@@ -528,7 +555,7 @@ class Volume:
                     # otherwise after a restart): one cheap call, once per fetch.
                     punch_hole(self._fd, e * es, self._elen(e))
                     continue
-                data = self.ctx.decode_chunk(d, values[d])
+                data = self.ctx.chunk_view(d, values[d])
                 if len(data) != self._elen(e):
                     raise VolumeIOError(f"chunk {d.hex()} has the wrong size for extent {e}")
                 write_pieces(self._fd, data, e * es)
@@ -704,6 +731,7 @@ class Volume:
         return self.lease.fenced is not None
 
     def _stop_worker(self) -> None:
+        self._readahead.stop()  # before the data file closes: its fetches write there
         self._committer.stop()
         self.lease.stop()
 
