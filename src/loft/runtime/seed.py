@@ -1,0 +1,53 @@
+"""What a workspace's filesystem gets on its first start, so it works out of the box.
+
+``/etc`` is the workspace's own (it persists and the user may change it): each entry the
+environment has in its ``etc`` that the workspace lacks is linked there (``/etc/ssl``,
+``/etc/alternatives``… follow the environment as it changes), except ``passwd`` and
+``group``, which are copied so ``useradd`` can edit them (root, and ``runner`` with
+uid/gid 1000, come from the environment's). Then ``/etc/hosts``, ``/home/runner`` owned
+by runner, ``/root`` (0700) and ``/var/tmp`` (1777). Nothing that exists is touched.
+
+It runs *inside* the started container, as its root, with ``/usr/bin/sh`` from the
+environment: every path is then resolved in the workspace's own view, so no link the
+tenant left on its volume can point a write of the host's at a host file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = ["SEED_SCRIPT", "needs_seed"]
+
+SEED_SCRIPT = r"""
+set -e
+umask 022
+mkdir -p /etc /home /var/tmp
+[ -e /root ] || { mkdir /root; chmod 0700 /root; }
+chmod 1777 /var/tmp
+for entry in /usr/etc/* /usr/etc/.[!.]*; do
+    [ -e "$entry" ] || [ -L "$entry" ] || continue
+    name=${entry##*/}
+    [ -e "/etc/$name" ] || [ -L "/etc/$name" ] && continue
+    case $name in
+        passwd|group) cp "$entry" "/etc/$name" ;;
+        *) ln -s "/usr/etc/$name" "/etc/$name" ;;
+    esac
+done
+if [ ! -e /etc/hosts ] && [ ! -L /etc/hosts ]; then
+    host=$(cat /proc/sys/kernel/hostname)
+    printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n127.0.1.1\t%s\n' \
+        "$host" > /etc/hosts
+fi
+if [ ! -e /home/runner ] && [ ! -L /home/runner ]; then
+    mkdir /home/runner
+    chown 1000:1000 /home/runner
+fi
+"""
+
+
+def needs_seed(rootfs: Path) -> bool:
+    """Whether the filesystem mounted (host side) at ``rootfs`` lacks what the seed makes
+    (a cheap check on every start: the seed runs on the first). The answer only decides
+    whether the seed runs inside, so a tenant's link on the way misleads nothing else."""
+    return not all(os.path.lexists(rootfs / p) for p in ("etc/passwd", "etc/hosts", "home/runner"))
