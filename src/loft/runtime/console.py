@@ -1,9 +1,13 @@
-"""Terminals: the master side of a pty that runc makes for a process, handed over a
-Unix socket (``runc exec --console-socket``), and the process's window size.
+"""Terminals: a process on a new pty in a workspace, and its window size.
 
-The socket lives in the workspace's bundle directory (0700, root's), so no other local
-account can connect to it first and hand runc's process a terminal of its own choosing,
-or take the master; it accepts one connection and is removed.
+runc offers two ways. With ``--console-socket`` it hands the new pty's master over a Unix
+socket, but only when it detaches (``-d``): the process then belongs to the container's
+init, which reaps it, and its exit status is lost. Without, runc allocates the pty itself
+and relays between it and its own standard streams, which must be a terminal: that is
+what is done here. loft opens a pty pair, gives runc the slave as stdin, stdout and
+stderr, and keeps the master; runc stays until the process exits and exits with its
+status. A resize sets the outer terminal's size and tells runc (SIGWINCH), which copies
+it to the inner one, so the process gets its SIGWINCH as on any terminal.
 """
 
 from __future__ import annotations
@@ -11,72 +15,26 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import secrets
-import select
-import socket
+import signal
 import struct
 import subprocess
 import termios
 from dataclasses import dataclass
-from pathlib import Path
 
-from loft.runtime import RuncError
 from loft.runtime.spec import WindowSize
 
-__all__ = ["ConsoleSocket", "PtySession", "set_window_size"]
-
-_ACCEPT_TIMEOUT = 10.0  # seconds: runc connects within milliseconds of starting
+__all__ = ["PtySession", "set_window_size"]
 
 
 def set_window_size(fd: int, size: WindowSize) -> None:
-    """Set the window size of the terminal ``fd`` (the process gets SIGWINCH)."""
+    """Set the window size of the terminal ``fd``."""
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", size.rows, size.cols, 0, 0))
-
-
-class ConsoleSocket:
-    """A listening Unix socket, 0600, in ``directory``, for one pty master."""
-
-    def __init__(self, directory: Path) -> None:
-        self.path = directory / f"console-{secrets.token_hex(8)}.sock"
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        try:
-            self._sock.bind(str(self.path))
-            os.chmod(self.path, 0o600)
-            self._sock.listen(1)
-        except BaseException:
-            self.close()
-            raise
-
-    def receive(self, process: subprocess.Popen[bytes]) -> int:
-        """The pty master runc sends, as a file descriptor (close-on-exec); fails when
-        ``process`` (runc) exits first or nothing comes in time."""
-        waited = 0.0
-        while not select.select([self._sock], [], [], 0.05)[0]:
-            waited += 0.05
-            if process.poll() is not None or waited > _ACCEPT_TIMEOUT:
-                raise RuncError("runc exec did not hand over a terminal "
-                                f"(exit status {process.poll()})")  # fmt: skip
-        conn, _ = self._sock.accept()
-        with conn:
-            _, fds, _, _ = socket.recv_fds(conn, 4096, 1)
-        if len(fds) != 1:
-            for fd in fds:
-                os.close(fd)
-            raise RuncError("runc sent no terminal over the console socket")
-        os.set_inheritable(fds[0], False)
-        return fds[0]
-
-    def close(self) -> None:
-        """Stop listening and remove the socket."""
-        self._sock.close()
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
 
 
 @dataclass
 class PtySession:
-    """A process on a terminal in a workspace: read and write ``master``; ``wait`` for
-    its exit status (runc's, which is the process's)."""
+    """A process on a terminal in a workspace: read and write ``master`` (the outer
+    terminal, which runc relays); :meth:`wait` for the process's exit status."""
 
     master: int
     process: subprocess.Popen[bytes]
@@ -84,9 +42,11 @@ class PtySession:
     def resize(self, size: WindowSize) -> None:
         """Change the terminal's window size."""
         set_window_size(self.master, size)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.process.pid, signal.SIGWINCH)
 
     def wait(self, timeout: float | None = None) -> int:
-        """The process's exit status once it has exited."""
+        """The process's exit status once it has exited (128 + N if killed by signal N)."""
         return self.process.wait(timeout)
 
     def close(self) -> None:

@@ -34,6 +34,7 @@ import contextlib
 import ctypes
 import os
 import shutil
+import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,9 +89,17 @@ class RuntimeDirs:
         return self.stage(workspace) / "store"
 
     def prepare(self, spec: WorkspaceSpec) -> None:
-        """Create the directories for ``spec`` with their modes and owners."""
+        """Create the directories for ``spec`` with their modes and owners; refuse a data
+        dir below a directory the workspace's mapped root may not search."""
         for d in (self.data_dir, self.root, self.root / "roots"):
             search_only_dir(d)
+        for d in self.data_dir.resolve().parents:
+            if not os.stat(d).st_mode & stat.S_IXOTH:
+                raise WorkspaceError(
+                    f"{d} above the data dir is closed to other users: a workspace's "
+                    "init cannot reach its root filesystem through it",
+                    hint=f"chmod o+x {d} (search only), or put the data dir elsewhere",
+                )
         for d in (self.runc_root, self.root / "bundles", self.bundle(spec.id)):
             d.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.chmod(d, 0o700)

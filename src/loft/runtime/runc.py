@@ -124,18 +124,18 @@ class Runc:
         workspace: str,
         process_fd: int,
         *,
-        console_socket: Path | None = None,
+        tty: bool = False,
         stdin: Stdio = None,
         stdout: Stdio = None,
         stderr: Stdio = None,
     ) -> subprocess.Popen[bytes]:
         """``runc exec --process`` (the OCI process read from ``process_fd``): runc passes
         the standard streams to the process as they are (no copy), stays until it exits,
-        and exits with its status (128 + signal when killed). With ``console_socket``,
-        the process gets a new terminal whose master runc sends there."""
+        and exits with its status (128 + signal when killed). With ``tty``, the process
+        gets a new terminal, which runc relays to its own streams (a terminal too)."""
         args = ["exec", "--process", f"/proc/self/fd/{process_fd}"]
-        if console_socket is not None:
-            args += ["--console-socket", str(console_socket)]
+        if tty:
+            args.append("--tty")
         return subprocess.Popen(self._argv(*args, workspace), stdin=stdin, stdout=stdout,
                                 stderr=stderr, pass_fds=[process_fd])  # fmt: skip
 

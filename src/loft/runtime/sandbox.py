@@ -32,7 +32,7 @@ from typing import Any
 
 from loft.runtime import NotSupported, UnknownWorkspace, WorkspaceError
 from loft.runtime.cgroups import cgroup_dirs
-from loft.runtime.console import ConsoleSocket, PtySession
+from loft.runtime.console import PtySession, set_window_size
 from loft.runtime.forward import Forwarder, connect_in
 from loft.runtime.fsfreeze import freeze_filesystem, thaw_filesystem
 from loft.runtime.interface import Runtime, RuntimeSnapshot, Stats, WorkspaceStatus
@@ -255,23 +255,17 @@ class SandboxRuntime(Runtime):
 
     def pty(self, workspace: str, request: ExecRequest, size: WindowSize) -> PtySession:
         self._checked(workspace, Command.PTY)
-        console = ConsoleSocket(self.dirs.bundle(workspace))
+        master, slave = os.openpty()
         try:
+            set_window_size(slave, size)
             with _process_fd(process_config(request, size)) as fd:
-                proc = self.runc.exec(workspace, fd, console_socket=console.path,
-                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.PIPE)  # fmt: skip
-            try:
-                master = console.receive(proc)
-            except BaseException:
-                proc.kill()
-                _, err = proc.communicate()
-                raise WorkspaceError(
-                    f"no terminal in workspace {workspace}: "
-                    f"{err.decode(errors='replace').strip()[:500]}"
-                ) from None
+                proc = self.runc.exec(workspace, fd, tty=True, stdin=slave, stdout=slave,
+                                      stderr=slave)  # fmt: skip
+        except BaseException:
+            os.close(master)
+            raise
         finally:
-            console.close()
+            os.close(slave)
         return PtySession(master, proc)
 
     def forward(self, workspace: str, port: int, listener: socket.socket) -> Forwarder:
