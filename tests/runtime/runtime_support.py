@@ -50,14 +50,19 @@ class Volume:
         image, mount = directory / "disk.img", directory / "mnt"
         with open(image, "wb") as f:
             f.truncate(size_mb * 2**20)
-        subprocess.run(["mkfs.ext4", "-q", "-F", "-E", "root_owner=0:0", str(image)],
-                       check=True, capture_output=True)  # fmt: skip
+        subprocess.run(
+            ["mkfs.ext4", "-q", "-F", "-E", "root_owner=0:0", str(image)],
+            check=True,
+            capture_output=True,
+        )
         mount.mkdir()
-        device = subprocess.run(["losetup", "--find", "--show", str(image)], check=True,
-                                capture_output=True, text=True).stdout.strip()  # fmt: skip
+        device = subprocess.run(
+            ["losetup", "--find", "--show", str(image)], check=True, capture_output=True, text=True
+        ).stdout.strip()
         try:
-            subprocess.run(["mount", "-o", "nosuid,nodev", device, str(mount)], check=True,
-                           capture_output=True)  # fmt: skip
+            subprocess.run(
+                ["mount", "-o", "nosuid,nodev", device, str(mount)], check=True, capture_output=True
+            )
         except BaseException:
             subprocess.run(["losetup", "-d", device], check=False)
             raise
@@ -98,10 +103,12 @@ class Workspaces:
         self.runtime.start(spec)
         return spec
 
-    def sh(self, spec: WorkspaceSpec, script: str, user: int = 1000,
-           timeout: float = 60) -> tuple[int, str, str]:  # fmt: skip
-        done = self.runtime.run(spec.id, ExecRequest(("sh", "-c", script), user=user),
-                                timeout=timeout)  # fmt: skip
+    def sh(
+        self, spec: WorkspaceSpec, script: str, user: int = 1000, timeout: float = 60
+    ) -> tuple[int, str, str]:
+        done = self.runtime.run(
+            spec.id, ExecRequest(("sh", "-c", script), user=user), timeout=timeout
+        )
         return done.status, done.stdout.decode(), done.stderr.decode()
 
     def close(self) -> None:

@@ -48,9 +48,11 @@ def two(ws: Workspaces) -> tuple[WorkspaceSpec, WorkspaceSpec]:
 
 def _probe(ws: Workspaces, spec: WorkspaceSpec, user: int) -> dict[str, Any]:
     with lease_break_time_kept() as before:
-        done = ws.runtime.run(spec.id, ExecRequest(("python3", "-c", PROBE.read_text(),
-                                                    syscall_numbers()), user=user),
-                              timeout=120)  # fmt: skip
+        done = ws.runtime.run(
+            spec.id,
+            ExecRequest(("python3", "-c", PROBE.read_text(), syscall_numbers()), user=user),
+            timeout=120,
+        )
         assert done.status == 0, done.stderr
         result: dict[str, Any] = json.loads(done.stdout)
         result["lease_break_time"] = (before, LEASE_BREAK_TIME.read_text())
@@ -114,7 +116,8 @@ out = {f"read {p}": attempt(lambda p=p: listdir(p) if os.path.isdir(p) else open
 out["node API socket"] = attempt(lambda: connect(socket.AF_UNIX, paths["socket"]))
 out["abstract socket"] = attempt(lambda: connect(socket.AF_UNIX, "\0" + paths["abstract"]))
 out["host loopback"] = attempt(lambda: connect(socket.AF_INET, ("127.0.0.1", paths["port"])))
-out["mknod block device"] = attempt(lambda: os.mknod("/tmp/sda", 0o600 | 0o060000, os.makedev(8, 0)))
+BLOCK = 0o060000
+out["mknod block device"] = attempt(lambda: os.mknod("/tmp/sda", 0o600 | BLOCK, os.makedev(8, 0)))
 for dev in ("/dev/sda", "/dev/vda", "/dev/loop0", "/dev/mem", "/dev/kmsg", "/dev/fuse"):
     out[f"open {dev}"] = attempt(lambda dev=dev: os.close(os.open(dev, os.O_RDONLY)))
 out["devices"] = sorted(os.listdir("/dev"))
@@ -136,22 +139,51 @@ def test_sandbox_escape_host_paths_sockets_and_devices(
     tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     tcp.bind(("127.0.0.1", 0))
     tcp.listen(1)
-    paths = [str(marker), str(CHECKOUT), str(CHECKOUT / "pyproject.toml"), str(ws.runtime.dirs.data_dir),
-             str(two[1].rootfs), str(ws.runtime.dirs.stage(two[1].id)), str(two[0].env.store_dir)]  # fmt: skip
-    args = {"paths": paths, "socket": str(tmp_path / "control.sock"),
-            "abstract": f"loft-test-{os.getpid()}", "port": tcp.getsockname()[1]}  # fmt: skip
+    paths = [
+        str(marker),
+        str(CHECKOUT),
+        str(CHECKOUT / "pyproject.toml"),
+        str(ws.runtime.dirs.data_dir),
+        str(two[1].rootfs),
+        str(ws.runtime.dirs.stage(two[1].id)),
+        str(two[0].env.store_dir),
+    ]
+    args = {
+        "paths": paths,
+        "socket": str(tmp_path / "control.sock"),
+        "abstract": f"loft-test-{os.getpid()}",
+        "port": tcp.getsockname()[1],
+    }
     try:
         for user in (1000, 0):
-            done = ws.runtime.run(two[0].id, ExecRequest(("python3", "-c", INSIDE, json.dumps(args)),
-                                                         user=user), timeout=60)  # fmt: skip
+            done = ws.runtime.run(
+                two[0].id,
+                ExecRequest(("python3", "-c", INSIDE, json.dumps(args)), user=user),
+                timeout=60,
+            )
             assert done.status == 0, done.stderr
             out = json.loads(done.stdout)
             devices = out.pop("devices")
             worked = [name for name, err in out.items() if err == 0]
             assert not worked, (user, worked)
-            assert set(devices) <= {"console", "full", "mqueue", "null", "ptmx", "pts", "random",
-                                    "shm", "tty", "urandom", "zero", "core", "fd", "stdin",
-                                    "stdout", "stderr"}  # fmt: skip
+            assert set(devices) <= {
+                "console",
+                "full",
+                "mqueue",
+                "null",
+                "ptmx",
+                "pts",
+                "random",
+                "shm",
+                "tty",
+                "urandom",
+                "zero",
+                "core",
+                "fd",
+                "stdin",
+                "stdout",
+                "stderr",
+            }
     finally:
         for s in (sock, abstract, tcp):
             s.close()
@@ -184,9 +216,11 @@ def test_sandbox_escape_host_sees_the_workspace_range(
     ws: Workspaces, two: tuple[WorkspaceSpec, WorkspaceSpec]
 ) -> None:
     spec = two[0]
-    script = ("cp /usr/bin/id /root/suid-id && chmod 4755 /root/suid-id && "
-              "cp /usr/bin/id /home/runner/suid-id && chmod 4755 /home/runner/suid-id && "
-              "(sleep 30 >/dev/null 2>&1 &) && echo ready")  # fmt: skip
+    script = (
+        "cp /usr/bin/id /root/suid-id && chmod 4755 /root/suid-id && "
+        "cp /usr/bin/id /home/runner/suid-id && chmod 4755 /home/runner/suid-id && "
+        "(sleep 30 >/dev/null 2>&1 &) && echo ready"
+    )
     assert ws.sh(spec, script, user=0)[1] == "ready\n"
     # Run as runner, the setuid-root copy gives nothing (nosuid, no_new_privs).
     assert ws.sh(spec, "/home/runner/suid-id -u")[1] == "1000\n"

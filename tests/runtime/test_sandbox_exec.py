@@ -30,8 +30,10 @@ def one(ws: Workspaces) -> WorkspaceSpec:
 
 
 def test_sandbox_exec_runs_the_environment(ws: Workspaces, one: WorkspaceSpec) -> None:
-    status, out, err = ws.sh(one, "id; python3 -c 'import sys; print(sys.version_info[0])'; "
-                                  "git --version; echo $HOME; pwd")  # fmt: skip
+    status, out, err = ws.sh(
+        one,
+        "id; python3 -c 'import sys; print(sys.version_info[0])'; git --version; echo $HOME; pwd",
+    )
     assert status == 0, err
     ident, py, git, home, cwd = out.splitlines()
     assert ident == "uid=1000(runner) gid=1000(runner) groups=1000(runner)"
@@ -41,8 +43,11 @@ def test_sandbox_exec_runs_the_environment(ws: Workspaces, one: WorkspaceSpec) -
 
 
 def test_sandbox_exec_streams_and_status(ws: Workspaces, one: WorkspaceSpec) -> None:
-    req = ExecRequest(("sh", "-c", "cat; echo err >&2; echo $GREETING; pwd; exit 3"),
-                      cwd="/tmp", env={"GREETING": "hello"})  # fmt: skip
+    req = ExecRequest(
+        ("sh", "-c", "cat; echo err >&2; echo $GREETING; pwd; exit 3"),
+        cwd="/tmp",
+        env={"GREETING": "hello"},
+    )
     done = ws.runtime.run(one.id, req, input=b"from stdin\n", timeout=30)
     assert done.status == 3
     assert done.stdout == b"from stdin\nhello\n/tmp\n"
@@ -78,8 +83,11 @@ def test_sandbox_pty_has_a_terminal_of_its_size(ws: Workspaces, one: WorkspaceSp
 
 
 def test_sandbox_usr_is_the_environment_read_only(ws: Workspaces, one: WorkspaceSpec) -> None:
-    status, out, _ = ws.sh(one, "touch /usr/x; echo $?; touch /nix/store/x/y; echo $?; "
-                                "ls /nix/store; readlink /bin", user=0)  # fmt: skip
+    _status, out, _ = ws.sh(
+        one,
+        "touch /usr/x; echo $?; touch /nix/store/x/y; echo $?; ls /nix/store; readlink /bin",
+        user=0,
+    )
     lines = out.splitlines()
     assert lines[0] != "0" and lines[1] != "0"
     assert sorted(lines[2:-1]) == sorted(p.removeprefix("/nix/store/") for p in one.env.closure)
@@ -87,9 +95,12 @@ def test_sandbox_usr_is_the_environment_read_only(ws: Workspaces, one: Workspace
 
 
 def test_sandbox_out_of_the_box(ws: Workspaces, one: WorkspaceSpec) -> None:
-    status, out, err = ws.sh(one, "getent passwd runner root | cut -d: -f1,3,6; "
-                                  "test -s /etc/ssl/certs/ca-certificates.crt && echo certs; "
-                                  "cat /proc/sys/kernel/hostname; ls -ld /home/runner /tmp")  # fmt: skip
+    status, out, err = ws.sh(
+        one,
+        "getent passwd runner root | cut -d: -f1,3,6; "
+        "test -s /etc/ssl/certs/ca-certificates.crt && echo certs; "
+        "cat /proc/sys/kernel/hostname; ls -ld /home/runner /tmp",
+    )
     assert status == 0, err
     lines = out.splitlines()
     assert lines[:3] == ["runner:1000:/home/runner", "root:0:/root", "certs"]
@@ -115,8 +126,11 @@ def test_sandbox_files_persist_across_a_restart(ws: Workspaces) -> None:
 
 def test_sandbox_sees_only_its_own_processes_and_lo(ws: Workspaces, one: WorkspaceSpec) -> None:
     me = os.getpid()  # a host pid: far above what the workspace's few processes get
-    status, out, _ = ws.sh(one, "ls /proc | grep -c '^[0-9]'; tr '\\0' ' ' < /proc/1/cmdline; "
-                                f"echo; ls /sys/class/net; test -e /proc/{me} && echo {me}")  # fmt: skip
+    _status, out, _ = ws.sh(
+        one,
+        "ls /proc | grep -c '^[0-9]'; tr '\\0' ' ' < /proc/1/cmdline; "
+        f"echo; ls /sys/class/net; test -e /proc/{me} && echo {me}",
+    )
     count, pid1, *nets = out.splitlines()
     # init, sh, ls, grep and whatever runc's exec left for a moment
     assert int(count) <= 6

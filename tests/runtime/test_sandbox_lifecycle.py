@@ -23,8 +23,10 @@ from loft.runtime.sandbox import SandboxRuntime
 from loft.runtime.spec import ExecRequest, Limits, WindowSize, WorkspaceSpec
 
 pytestmark = [pytest.mark.serial, needs_runc, pytest.mark.timeout(900)]
-COUNTER = "nohup sh -c 'i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.02; done' " \
-          ">/dev/null 2>&1 &"  # fmt: skip
+COUNTER = (
+    "nohup sh -c 'i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.02; done' "
+    ">/dev/null 2>&1 &"
+)
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +43,11 @@ def _leftovers(ws: Workspaces, spec: WorkspaceSpec) -> list[str]:
     found += [ln for ln in Path("/proc/self/mountinfo").read_text().splitlines() if data in ln]
     found += [str(d) for d in cgroup_dirs(cgroup_path(spec.id))]
     found += [s.id for s in ws.runtime.runc.list() if s.id == spec.id]
-    found += [str(p) for p in (ws.runtime.dirs.bundle(spec.id), ws.runtime.dirs.stage(spec.id))
-              if p.exists()]  # fmt: skip
+    found += [
+        str(p)
+        for p in (ws.runtime.dirs.bundle(spec.id), ws.runtime.dirs.stage(spec.id))
+        if p.exists()
+    ]
     return found
 
 
@@ -93,8 +98,9 @@ def test_sandbox_frozen_filesystem_holds_writes(ws: Workspaces) -> None:
     ws.runtime.freeze(spec.id)
     ws.runtime.freeze_filesystem(spec.id)
     ws.runtime.thaw(spec.id)  # processes run; the filesystem still holds their writes
-    writer = ws.runtime.exec(spec.id, ExecRequest(("sh", "-c", "echo x > ~/f; sync; echo done")),
-                             stdout=subprocess.PIPE)  # fmt: skip
+    writer = ws.runtime.exec(
+        spec.id, ExecRequest(("sh", "-c", "echo x > ~/f; sync; echo done")), stdout=subprocess.PIPE
+    )
     try:
         time.sleep(0.5)
         assert writer.poll() is None
@@ -112,8 +118,9 @@ def test_sandbox_frozen_filesystem_holds_writes(ws: Workspaces) -> None:
 
 def test_sandbox_five_at_once_each_with_a_shell(ws: Workspaces) -> None:
     specs = [ws.start(Limits(memory=256 * 2**20, cpus=0.5, pids=256)) for _ in range(5)]
-    shells = [ws.runtime.pty(s.id, ExecRequest(("bash", "--norc", "-i")), WindowSize())
-              for s in specs]  # fmt: skip
+    shells = [
+        ws.runtime.pty(s.id, ExecRequest(("bash", "--norc", "-i")), WindowSize()) for s in specs
+    ]
     try:
         for spec, shell in zip(specs, shells, strict=True):
             os.write(shell.master, b"echo ready-$HOSTNAME; exit 7\n")
@@ -176,8 +183,14 @@ def _http_get(path: Path) -> bytes:
 
 def test_sandbox_forward_a_port_over_a_unix_socket(ws: Workspaces, tmp_path: Path) -> None:
     spec = ws.start()
-    assert ws.sh(spec, "echo served > ~/index.html; nohup python3 -m http.server 8000 "
-                       "--bind 127.0.0.1 >/dev/null 2>&1 &")[0] == 0  # fmt: skip
+    assert (
+        ws.sh(
+            spec,
+            "echo served > ~/index.html; nohup python3 -m http.server 8000 "
+            "--bind 127.0.0.1 >/dev/null 2>&1 &",
+        )[0]
+        == 0
+    )
     path = tmp_path / "fwd.sock"
     fwd = ws.runtime.forward(spec.id, 8000, unix_listener(path))
     try:

@@ -43,8 +43,12 @@ def test_sandbox_limits_memory_kills_the_hog_only(ws: Workspaces) -> None:
 
 def test_sandbox_limits_pids_stop_a_fork_bomb(ws: Workspaces) -> None:
     spec = ws.start(Limits(pids=64, cpus=0.5))
-    bomb = ws.runtime.exec(spec.id, ExecRequest(("bash", "-c", "b() { b | b & }; b")),
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    bomb = ws.runtime.exec(
+        spec.id,
+        ExecRequest(("bash", "-c", "b() { b | b & }; b")),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 20
         while ws.runtime.stats(spec.id).pids < 64:
@@ -81,7 +85,7 @@ def test_sandbox_limits_cpu_quota_throttles(ws: Workspaces) -> None:
 
 def test_sandbox_limits_full_disk_is_the_writers_own(ws: Workspaces, tmp_path: Path) -> None:
     spec = ws.start(size_mb=32)
-    status, out, err = ws.sh(spec, "dd if=/dev/zero of=$HOME/fill bs=1M count=64 2>&1; echo $?")
+    _status, out, _err = ws.sh(spec, "dd if=/dev/zero of=$HOME/fill bs=1M count=64 2>&1; echo $?")
     assert "No space left on device" in out and out.strip().endswith("1")
     assert ws.sh(spec, "rm $HOME/fill; echo ok > $HOME/after; cat $HOME/after")[1] == "ok\n"
     (tmp_path / "host").write_bytes(b"x" * MiB)  # the host's disks are not the volume
