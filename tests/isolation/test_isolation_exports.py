@@ -8,7 +8,7 @@ import inspect
 import pytest
 
 
-@pytest.mark.parametrize("name", ["seccomp", "userns", "mountns"])
+@pytest.mark.parametrize("name", ["seccomp", "userns", "mountns", "idmap"])
 def test_isolation_all_matches_public_definitions(name: str) -> None:
     mod = importlib.import_module(f"loft.isolation.{name}")
     exported = set(mod.__all__)

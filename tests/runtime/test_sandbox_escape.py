@@ -90,6 +90,7 @@ def test_sandbox_escape_privileges(
         assert caps == int(status["CapBnd"], 16) != 0
         assert bin(caps).count("1") == len(CAPABILITIES)
     assert int(status["CapAmb"], 16) == int(status["CapInh"], 16) == 0
+    assert probes[user]["personality"] == 0  # what the filter allows still works
 
 
 # Each reports 0 (it worked: a failure of the test) or the errno it failed with.
