@@ -132,18 +132,22 @@ def test_oci_process_environment_and_terminal() -> None:
 def _oci_denies(entries: list[dict[str, Any]], name: str, args: list[int]) -> int | None:
     """libseccomp's reading of the entries: the errno of the first entry for ``name``
     whose comparisons all hold, else None (the default action, allow)."""
-    ops = {
-        "SCMP_CMP_EQ": lambda a, c: a == c["value"],
-        "SCMP_CMP_NE": lambda a, c: a != c["value"],
-        "SCMP_CMP_MASKED_EQ": lambda a, c: a & c["value"] == c["valueTwo"],
-    }
     for e in entries:
-        if name in e["names"] and all(ops[c["op"]](args[c["index"]], c) for c in e.get("args", [])):
+        comparisons = e.get("args", [])
+        # libseccomp keeps one comparison per argument: an entry must not need more.
+        assert len({c["index"] for c in comparisons}) == len(comparisons), e
+        assert all(c["op"] == "SCMP_CMP_MASKED_EQ" for c in comparisons), e
+        if name in e["names"] and all(
+            args[c["index"]] & c["value"] == c["valueTwo"] for c in comparisons
+        ):
             return int(e["errnoRet"])
     return None
 
 
 def _rule_denies(rule: Rule, args: list[int]) -> bool:
+    """What loft's BPF program decides: it reads the low 32 bits of an argument (the
+    kernel reads no more of these)."""
+    args = [a & 0xFFFFFFFF for a in args]
     w = rule.when
     if isinstance(w, Always):
         return True
@@ -155,9 +159,12 @@ def _rule_denies(rule: Rule, args: list[int]) -> bool:
     return args[w.arg] not in w.values
 
 
+_interesting = [0, 8, 0x20000, 0x20008, 0xFFFFFFFF, 0x40000, 0x10000000, 0x5412, 0x541C, 17]
 _values = st.one_of(
-    st.integers(0, 2**32 - 1),
-    st.sampled_from([0, 8, 0x20000, 0x20008, 0xFFFFFFFF, 0x10000000, 0x5412, 0x541C, 17]),
+    st.integers(0, 2**64 - 1),
+    st.sampled_from(_interesting),
+    # the same with high bits set, which the kernel drops and libseccomp would compare
+    st.builds(lambda v, hi: v | hi << 32, st.sampled_from(_interesting), st.integers(1, 2**32 - 1)),
 )
 
 
@@ -173,9 +180,13 @@ def test_oci_seccomp_denies_nested_user_namespaces() -> None:
     entries = oci_seccomp()["syscalls"]
     for call in ("clone", "unshare"):
         assert _oci_denies(entries, call, [0x10000000, 0, 0, 0, 0, 0]) == errno.EPERM
+        assert _oci_denies(entries, call, [0x10000000 | 1 << 40, 0, 0, 0, 0, 0]) == errno.EPERM
         assert _oci_denies(entries, call, [0x10000000 | 17, 0, 0, 0, 0, 0]) == errno.EPERM
         assert _oci_denies(entries, call, [17, 0, 0, 0, 0, 0]) is None  # a plain fork
     assert _oci_denies(entries, "clone3", [0] * 6) == errno.ENOSYS
+    assert _oci_denies(entries, "ioctl", [0, 0x5412 | 1 << 32, 0, 0, 0, 0]) == errno.EPERM
+    assert _oci_denies(entries, "personality", [0xFFFFFFFF, 0, 0, 0, 0, 0]) is None
+    assert _oci_denies(entries, "personality", [0x40000, 0, 0, 0, 0, 0]) == errno.EPERM
 
 
 def test_oci_seccomp_per_architecture() -> None:

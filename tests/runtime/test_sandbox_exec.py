@@ -68,16 +68,22 @@ def _read_until(fd: int, want: bytes, timeout: float = 20) -> bytes:
 
 
 def test_sandbox_pty_has_a_terminal_of_its_size(ws: Workspaces, one: WorkspaceSpec) -> None:
-    req = ExecRequest(("sh", "-c", "tty; stty size; read line; stty size; echo got $line"))
-    session = ws.runtime.pty(one.id, req, WindowSize(40, 120))
+    script = "tty; stty size; while read line; do stty size; [ $line = end ] && exit 5; done"
+    session = ws.runtime.pty(one.id, ExecRequest(("sh", "-c", script)), WindowSize(40, 120))
     try:
         first = _read_until(session.master, b"40 120")
         assert b"/dev/pts/" in first
         session.resize(WindowSize(50, 100))
-        os.write(session.master, b"typed\n")
-        rest = _read_until(session.master, b"got typed")
-        assert b"50 100" in rest
-        assert session.wait(20) == 0
+        # runc copies the new size to the inner terminal when its SIGWINCH arrives.
+        deadline = time.monotonic() + 20
+        got = b""
+        while b"50 100" not in got:
+            assert time.monotonic() < deadline, got
+            os.write(session.master, b"again\n")
+            got += _read_until(session.master, b"\n", 5)
+            time.sleep(0.05)
+        os.write(session.master, b"end\n")
+        assert session.wait(20) == 5
     finally:
         session.close()
 

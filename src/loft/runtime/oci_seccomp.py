@@ -8,9 +8,17 @@ sandbox gets, nested user namespaces included) are translated, not rewritten:
 - ``AnyBit(i, mask)`` -> one entry per bit of the mask, each ``SCMP_CMP_MASKED_EQ`` (bit,
   bit): libseccomp matches a call when any entry for it matches, so together they deny
   "any bit set" (clone and unshare with a namespace flag, CLONE_NEWUSER among them);
-- ``ArgIn(i, values)`` -> one ``SCMP_CMP_EQ`` entry per value;
-- ``ArgNotIn(i, values)`` -> one entry whose comparisons are ``SCMP_CMP_NE`` for each
-  value: the comparisons of an entry must all hold, so it denies "none of these".
+- ``ArgIn(i, values)`` -> one entry per value, ``SCMP_CMP_MASKED_EQ`` (0xFFFFFFFF, value);
+- ``ArgNotIn(i, values)`` -> the 32-bit numbers outside ``values``, cut into aligned
+  blocks, one ``SCMP_CMP_MASKED_EQ`` entry per block (a few dozen for personality).
+
+Two things libseccomp does that the translation must not trip on. An entry holds at most
+one comparison per argument (runc 1.1.5 with libseccomp 2.5.4 took ``NE a, NE b, …`` on
+one argument and denied *every* personality call, measured), so a "none of these" is a
+union of blocks instead. And libseccomp compares all 64 bits of an argument while the
+kernel reads these arguments as 32-bit ``int``: an ``EQ TIOCSTI`` would let
+``TIOCSTI | 1 << 32`` through. Every comparison is therefore masked to the low 32 bits,
+which is also what loft's own BPF program tests.
 
 The default action allows; the filter is for the native architecture only, so a call
 through another ABI (i386's ``int 0x80``) or an x32 number meets libseccomp's bad-arch
@@ -26,10 +34,34 @@ from loft.isolation.seccomp import POLICY, Always, AnyBit, Arch, ArgIn, ArgNotIn
 __all__ = ["oci_seccomp"]
 
 _SCMP_ARCH = {"x86_64": "SCMP_ARCH_X86_64", "aarch64": "SCMP_ARCH_AARCH64"}
+_LOW32 = 0xFFFF_FFFF
 
 
-def _arg(index: int, value: int, op: str, two: int = 0) -> dict[str, Any]:
-    return {"index": index, "value": value, "valueTwo": two, "op": op}
+def _blocks(first: int, last: int) -> list[tuple[int, int]]:
+    """[first, last] as aligned blocks: (start, size) with start a multiple of size, a
+    power of two."""
+    out = []
+    while first <= last:
+        size = first & -first if first else _LOW32 + 1
+        while first + size - 1 > last:
+            size //= 2
+        out.append((first, size))
+        first += size
+    return out
+
+
+def _outside(values: tuple[int, ...]) -> list[tuple[int, int]]:
+    """The 32-bit numbers not in ``values``, as aligned blocks."""
+    blocks, start = [], 0
+    for v in sorted(set(values)):
+        blocks += _blocks(start, v - 1)
+        start = v + 1
+    return blocks + _blocks(start, _LOW32)
+
+
+def _masked(arg: int, value: int, mask: int = _LOW32) -> list[dict[str, Any]]:
+    """One comparison: the argument's bits under ``mask`` equal ``value``."""
+    return [{"index": arg, "value": mask, "valueTwo": value, "op": "SCMP_CMP_MASKED_EQ"}]
 
 
 def _entries(rule: Rule) -> list[list[dict[str, Any]]]:
@@ -38,12 +70,12 @@ def _entries(rule: Rule) -> list[list[dict[str, Any]]]:
     if isinstance(when, Always):
         return [[]]
     if isinstance(when, AnyBit):
-        bits = [1 << b for b in range(64) if when.mask >> b & 1]
-        return [[_arg(when.arg, bit, "SCMP_CMP_MASKED_EQ", bit)] for bit in bits]
+        assert when.mask <= _LOW32, rule
+        return [_masked(when.arg, 1 << b, 1 << b) for b in range(32) if when.mask >> b & 1]
     if isinstance(when, ArgIn):
-        return [[_arg(when.arg, v, "SCMP_CMP_EQ")] for v in when.values]
+        return [_masked(when.arg, v) for v in when.values]
     assert isinstance(when, ArgNotIn)
-    return [[_arg(when.arg, v, "SCMP_CMP_NE") for v in when.values]]
+    return [_masked(when.arg, start, _LOW32 & ~(size - 1)) for start, size in _outside(when.values)]
 
 
 def oci_seccomp(rules: tuple[Rule, ...] = POLICY, arch: Arch | None = None) -> dict[str, Any]:

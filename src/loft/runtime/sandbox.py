@@ -159,11 +159,13 @@ class SandboxRuntime(Runtime):
                 hint="use the default network (none) and forward ports",
             )
         with self._lock(spec.id):
-            phase = self._phase(spec.id)
+            live = self._live.get(spec.id)
+            state = None if live else self.runc.state(spec.id)
+            phase = live.phase if live else state.phase if state else Phase.STOPPED
             check(spec.id, Command.START, phase)
             self._check_inputs(spec)
             try:
-                return self._start(spec)
+                return self._start(spec, leftover=state is not None)
             except BaseException:
                 self._teardown(spec.id)
                 raise
@@ -176,8 +178,8 @@ class SandboxRuntime(Runtime):
             raise WorkspaceError(f"environment paths are missing from the store: {missing[0]}",
                                  hint="realise the environment first")  # fmt: skip
 
-    def _start(self, spec: WorkspaceSpec) -> WorkspaceStatus:
-        if self.runc.state(spec.id) is not None:  # a stopped container of that name
+    def _start(self, spec: WorkspaceSpec, leftover: bool) -> WorkspaceStatus:
+        if leftover:  # a stopped container of that name (its init died)
             self.runc.delete(spec.id)
         self.dirs.prepare(spec)
         merge_usr(spec.rootfs)
