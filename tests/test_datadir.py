@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from loft.datadir import DataDirError, check_private, private_data_dir
+from loft.datadir import DataDirError, check_private, private_data_dir, search_only_dir
 
 NOBODY = 65534
 
@@ -39,6 +39,7 @@ def test_data_dir_is_created_private(tmp_path: Path) -> None:
         ("volumes", 0o711, "mode 0711"),
         ("catalog.db", 0o644, "mode 0644"),
         ("envstore", 0o705, "open to other users"),
+        ("runtime", 0o751, "mode 0751"),
     ],
 )
 def test_data_dir_open_to_others_is_refused_at_start(
@@ -54,6 +55,19 @@ def test_data_dir_open_to_others_is_refused_at_start(
         proc = loft(data, *args)
         assert proc.returncode == 1, proc.stderr
         assert "is open to other users" in proc.stderr and says in proc.stderr, proc.stderr
+
+
+def test_data_dir_and_runtime_may_be_search_only(tmp_path: Path) -> None:
+    """The path to workspaces' root filesystems: 0711 is accepted there, and only there."""
+    data = search_only_dir(tmp_path / "data")
+    search_only_dir(data / "runtime")
+    assert data.stat().st_mode & 0o777 == 0o711
+    private_data_dir(data)
+    check_private(data / "runtime", search_only=True)
+    (data / "chunks").mkdir(mode=0o711)
+    os.chmod(data / "chunks", 0o711)
+    with pytest.raises(DataDirError, match="mode 0711"):
+        private_data_dir(data)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")

@@ -226,6 +226,8 @@ def test_sandbox_escape_host_sees_the_workspace_range(
     # Run as runner, the setuid-root copy gives nothing (nosuid, no_new_privs).
     assert ws.sh(spec, "/home/runner/suid-id -u")[1] == "1000\n"
     init = ws.runtime.status(spec.id).pid
+    # The host's mount table holds nothing of a running workspace's.
+    assert str(ws.runtime.dirs.data_dir) not in Path("/proc/self/mountinfo").read_text()
     pids = _container_pids(init)
     assert init in pids and len(pids) >= 2
     for pid in pids:
