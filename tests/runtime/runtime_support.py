@@ -10,6 +10,7 @@ import contextlib
 import itertools
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,11 +78,6 @@ class Workspaces:
     """Starts workspaces on one runtime and removes all it started."""
 
     def __init__(self, tmp: Path, env: EnvironmentView) -> None:
-        # A workspace's init (its mapped root) must search every directory down to the
-        # data dir, and pytest makes its temporary directories 0700.
-        for d in (tmp, *tmp.parents):
-            if d.stat().st_uid == 0 and not d.stat().st_mode & 0o001:
-                d.chmod(d.stat().st_mode | 0o011)
         self.tmp = tmp
         self.env = env
         self.runtime = SandboxRuntime(tmp / "data")
@@ -134,12 +130,19 @@ def _ranges_in_use() -> list[IdRange]:
 
 
 @contextlib.contextmanager
-def workspaces(tmp: Path, ex: Example) -> Iterator[Workspaces]:
+def workspaces(ex: Example) -> Iterator[Workspaces]:
+    """Workspaces whose data dir and volumes are in a directory of their own under /tmp,
+    0711: a workspace's init (its mapped root) must search every directory down to the
+    data dir, and pytest keeps its own temporary directories 0700 (resetting their root to
+    0700 whenever a session starts)."""
+    tmp = Path(tempfile.mkdtemp(prefix="loft-runtime-test-"))
+    tmp.chmod(0o711)
     ws = Workspaces(tmp, environment(ex))
     try:
         yield ws
     finally:
         ws.close()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 __all__ = ["Volume", "Workspaces", "environment", "example", "needs_runc", "workspaces"]

@@ -37,7 +37,7 @@ WORKSPACE_ATTEMPTS = [a for a in ATTEMPTS if a not in NOT_APPLICABLE]
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspaces]:
     ex = example(tmp_path_factory)
-    with workspaces(tmp_path_factory.mktemp("ws"), ex) as ws:
+    with workspaces(ex) as ws:
         yield ws
 
 

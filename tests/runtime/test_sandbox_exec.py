@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.serial, needs_runc, pytest.mark.timeout(900)]
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspaces]:
     ex = example(tmp_path_factory)
-    with workspaces(tmp_path_factory.mktemp("ws"), ex) as ws:
+    with workspaces(ex) as ws:
         yield ws
 
 

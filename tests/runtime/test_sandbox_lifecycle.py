@@ -5,6 +5,7 @@ teardown after a stop and after a start that failed half way."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -32,7 +33,7 @@ COUNTER = (
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspaces]:
     ex = example(tmp_path_factory)
-    with workspaces(tmp_path_factory.mktemp("ws"), ex) as ws:
+    with workspaces(ex) as ws:
         yield ws
 
 
@@ -155,6 +156,21 @@ def test_sandbox_adopted_by_a_new_runtime(ws: Workspaces) -> None:
     again.freeze(spec.id)
     assert SandboxRuntime(ws.runtime.dirs.data_dir).status(spec.id).phase is Phase.PAUSED
     again.stop(spec.id)
+    assert not _leftovers(ws, spec)
+
+
+def test_sandbox_init_killed_from_outside_is_stopped(ws: Workspaces) -> None:
+    spec = ws.start()
+    os.kill(ws.runtime.status(spec.id).pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while ws.runtime.status(spec.id).phase is not Phase.STOPPED:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    with pytest.raises(PhaseError):
+        ws.runtime.run(spec.id, ExecRequest(("true",)))
+    ws.runtime.start(spec)  # the dead container is deleted first
+    assert ws.runtime.run(spec.id, ExecRequest(("true",))).status == 0
+    ws.runtime.stop(spec.id, grace=0)
     assert not _leftovers(ws, spec)
 
 

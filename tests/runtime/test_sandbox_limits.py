@@ -25,7 +25,7 @@ MiB = 2**20
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspaces]:
     ex = example(tmp_path_factory)
-    with workspaces(tmp_path_factory.mktemp("ws"), ex) as ws:
+    with workspaces(ex) as ws:
         yield ws
 
 

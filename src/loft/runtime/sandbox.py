@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import shutil
 import socket
 import subprocess
@@ -59,21 +60,39 @@ def catatonit() -> str:
 
 @dataclass
 class _Live:
-    """What the runtime holds for a running workspace beyond runc's state."""
+    """What the runtime holds for a running workspace beyond runc's state: a pidfd and
+    the network namespace of its init (both stay valid for that very process, never a
+    later one with a reused pid), its forwarders, and whether its filesystem is frozen."""
 
     spec: WorkspaceSpec
     pid: int
     phase: Phase
+    pidfd: int
     netns: int
     forwarders: list[Forwarder] = field(default_factory=list)
     fs_frozen: bool = False
+
+    @classmethod
+    def open(cls, spec: WorkspaceSpec, pid: int, phase: Phase) -> _Live:
+        pidfd = os.pidfd_open(pid)
+        try:
+            netns = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        except BaseException:
+            os.close(pidfd)
+            raise
+        return cls(spec, pid, phase, pidfd, netns)
+
+    def alive(self) -> bool:
+        """Whether the init still runs (a pidfd turns readable when it exits)."""
+        return not select.select([self.pidfd], [], [], 0)[0]
 
     def release(self) -> None:
         for fwd in self.forwarders:
             fwd.close()
         self.forwarders.clear()
-        with contextlib.suppress(OSError):
-            os.close(self.netns)
+        for fd in (self.netns, self.pidfd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 class SandboxRuntime(Runtime):
@@ -96,8 +115,18 @@ class SandboxRuntime(Runtime):
         with self._table:
             return self._locks[workspace]
 
-    def _phase(self, workspace: str) -> Phase:
+    def _live_one(self, workspace: str) -> _Live | None:
+        """What is held for ``workspace``, unless its init has died meanwhile (the OOM
+        killer, a kill from the host): then runc says it is stopped."""
         live = self._live.get(workspace)
+        if live is not None and not live.alive():
+            self._live.pop(workspace, None)
+            live.release()
+            return None
+        return live
+
+    def _phase(self, workspace: str) -> Phase:
+        live = self._live_one(workspace)
         if live is not None:
             return live.phase
         state = self.runc.state(workspace)
@@ -106,7 +135,7 @@ class SandboxRuntime(Runtime):
     def _checked(self, workspace: str, command: Command) -> _Live:
         """The live workspace, when its phase allows ``command``; a running one this
         runtime did not start (another agent's, before a restart) is adopted first."""
-        live = self._live.get(workspace)
+        live = self._live_one(workspace)
         if live is None:
             state = self.runc.state(workspace)
             if state is not None and state.phase in (Phase.RUNNING, Phase.PAUSED):
@@ -118,7 +147,7 @@ class SandboxRuntime(Runtime):
         return live
 
     def status(self, workspace: str) -> WorkspaceStatus:
-        live = self._live.get(workspace)
+        live = self._live_one(workspace)
         if live is not None:
             return WorkspaceStatus(workspace, live.phase, live.pid)
         state = self.runc.state(workspace)
@@ -129,9 +158,9 @@ class SandboxRuntime(Runtime):
     # -- life --------------------------------------------------------------------------
 
     def _adopt_one(self, workspace: str, pid: int, phase: Phase) -> _Live:
-        spec = load_spec(self.dirs.bundle(workspace))
-        netns = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        live = self._live[workspace] = _Live(spec, pid, phase, netns)
+        live = self._live[workspace] = _Live.open(
+            load_spec(self.dirs.bundle(workspace)), pid, phase
+        )
         return live
 
     def adopt(self) -> list[WorkspaceStatus]:
@@ -159,7 +188,7 @@ class SandboxRuntime(Runtime):
                 hint="use the default network (none) and forward ports",
             )
         with self._lock(spec.id):
-            live = self._live.get(spec.id)
+            live = self._live_one(spec.id)
             state = None if live else self.runc.state(spec.id)
             phase = live.phase if live else state.phase if state else Phase.STOPPED
             check(spec.id, Command.START, phase)
@@ -190,8 +219,7 @@ class SandboxRuntime(Runtime):
         with staged(spec, self.dirs) as stage:
             pid = self.runc.create(spec.id, bundle, preexec_fn=stage.enter,
                                    pass_fds=stage.fds)  # fmt: skip
-        netns = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        self._live[spec.id] = _Live(spec, pid, Phase.CREATED, netns)
+        self._live[spec.id] = _Live.open(spec, pid, Phase.CREATED)
         self.runc.start(spec.id)
         self._live[spec.id].phase = Phase.RUNNING
         if needs_seed(spec.rootfs):
