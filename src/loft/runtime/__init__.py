@@ -12,8 +12,11 @@ namespace and cgroup code. The modules, one idea each:
 - :mod:`~loft.runtime.layout`: the directories under the data dir, and the stage that
   hands runc an idmapped root filesystem;
 - :mod:`~loft.runtime.runc`: the runc command line, typed;
-- :mod:`~loft.runtime.console`, :mod:`~loft.runtime.forward`, :mod:`~loft.runtime.fsfreeze`:
-  terminals, port forwarding, filesystem freezing;
+- :mod:`~loft.runtime.console`, :mod:`~loft.runtime.forward`, :mod:`~loft.runtime.egress`,
+  :mod:`~loft.runtime.fsfreeze`: terminals, port forwarding, outbound networking and its
+  policy, filesystem freezing;
+- :mod:`~loft.runtime.seed`, :mod:`~loft.runtime.cgroups`: a first start's ``/etc``, and
+  where runc put a workspace's cgroup;
 - :mod:`~loft.runtime.persist`: the plain, versioned state kept beside each bundle.
 
 Errors::

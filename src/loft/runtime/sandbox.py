@@ -34,6 +34,7 @@ from typing import Any
 from loft.runtime import NotSupported, UnknownWorkspace, WorkspaceError
 from loft.runtime.cgroups import cgroup_dirs
 from loft.runtime.console import PtySession, set_window_size
+from loft.runtime.egress import NAMESERVER, apply_ruleset, egress_ruleset, start_stack, stop_stack
 from loft.runtime.forward import Forwarder, connect_in
 from loft.runtime.fsfreeze import freeze_filesystem, thaw_filesystem
 from loft.runtime.interface import Runtime, RuntimeSnapshot, Stats, WorkspaceStatus
@@ -71,6 +72,7 @@ class _Live:
     netns: int
     forwarders: list[Forwarder] = field(default_factory=list)
     fs_frozen: bool = False
+    stack: subprocess.Popen[bytes] | None = None
 
     @classmethod
     def open(cls, spec: WorkspaceSpec, pid: int, phase: Phase) -> _Live:
@@ -90,6 +92,9 @@ class _Live:
         for fwd in self.forwarders:
             fwd.close()
         self.forwarders.clear()
+        if self.stack is not None:
+            self.stack.terminate()
+            self.stack.wait()
         for fd in (self.netns, self.pidfd):
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -100,9 +105,12 @@ class SandboxRuntime(Runtime):
 
     kind = "sandbox"
 
-    def __init__(self, data_dir: Path, *, runc: Runc | None = None,
-                 init: str | None = None) -> None:  # fmt: skip
+    def __init__(self, data_dir: Path, *, runc: Runc | None = None, init: str | None = None,
+                 egress_netns: Path | None = None) -> None:  # fmt: skip
+        """``egress_netns``: the network namespace (a path such as ``/run/netns/NAME``) the
+        userspace stacks of ``nat`` workspaces run in; default: the agent's."""
         self.dirs = RuntimeDirs(data_dir)
+        self.egress_netns = egress_netns
         self.runc = runc or Runc(self.dirs.runc_root)
         self.init = init or catatonit()
         self._live: dict[str, _Live] = {}
@@ -182,11 +190,6 @@ class SandboxRuntime(Runtime):
         return running
 
     def start(self, spec: WorkspaceSpec) -> WorkspaceStatus:
-        if spec.network is not Network.NONE:
-            raise NotSupported(
-                "outbound networking (nat) is not supported yet",
-                hint="use the default network (none) and forward ports",
-            )
         with self._lock(spec.id):
             live = self._live_one(spec.id)
             state = None if live else self.runc.state(spec.id)
@@ -219,12 +222,18 @@ class SandboxRuntime(Runtime):
         with staged(spec, self.dirs) as stage:
             pid = self.runc.create(spec.id, bundle, preexec_fn=stage.enter,
                                    pass_fds=stage.fds)  # fmt: skip
-        self._live[spec.id] = _Live.open(spec, pid, Phase.CREATED)
+        live = self._live[spec.id] = _Live.open(spec, pid, Phase.CREATED)
+        nat = spec.network is Network.NAT
+        if nat:  # before the init runs anything of the tenant's
+            apply_ruleset(live.netns, egress_ruleset(spec.deny))
+            live.stack = start_stack(pid, bundle / "stack.log", self.egress_netns)
+            (bundle / "stack.pid").write_text(str(live.stack.pid))
         self.runc.start(spec.id)
-        self._live[spec.id].phase = Phase.RUNNING
-        if needs_seed(spec.rootfs):
-            done = self.run(spec.id, ExecRequest(("/usr/bin/sh", "-c", SEED_SCRIPT), user=0,
-                                                 cwd="/"), timeout=60)  # fmt: skip
+        live.phase = Phase.RUNNING
+        if needs_seed(spec.rootfs, nat):
+            env = {"LOFT_NAMESERVER": NAMESERVER} if nat else {}
+            seed = ExecRequest(("/usr/bin/sh", "-c", SEED_SCRIPT), user=0, cwd="/", env=env)
+            done = self.run(spec.id, seed, timeout=60)
             if done.status != 0:
                 raise WorkspaceError(f"preparing workspace {spec.id}'s filesystem failed: "
                                      f"{done.stderr.decode(errors='replace')[-500:]}")  # fmt: skip
@@ -252,6 +261,8 @@ class SandboxRuntime(Runtime):
             if state.phase in (Phase.RUNNING, Phase.PAUSED) and grace > 0:
                 self._terminate(workspace, grace)
             self.runc.delete(workspace)
+        with contextlib.suppress(OSError, ValueError):  # an adopted workspace's stack
+            stop_stack(int((self.dirs.bundle(workspace) / "stack.pid").read_text()))
         for d in cgroup_dirs(cgroup_path(workspace)):
             with contextlib.suppress(OSError):
                 d.rmdir()  # only ever empty: runc delete killed every task in it

@@ -4,8 +4,9 @@
 environment has in its ``etc`` that the workspace lacks is linked there (``/etc/ssl``,
 ``/etc/alternatives``… follow the environment as it changes), except ``passwd`` and
 ``group``, which are copied so ``useradd`` can edit them (root, and ``runner`` with
-uid/gid 1000, come from the environment's). Then ``/etc/hosts``, ``/home/runner`` owned
-by runner, ``/root`` (0700) and ``/var/tmp`` (1777). Nothing that exists is touched.
+uid/gid 1000, come from the environment's). Then ``/etc/hosts``, ``/etc/resolv.conf``
+(with ``nat``: the stack's DNS forwarder), ``/home/runner`` owned by runner, ``/root``
+(0700) and ``/var/tmp`` (1777). Nothing that exists is touched.
 
 It runs *inside* the started container, as its root, with ``/usr/bin/sh`` from the
 environment: every path is then resolved in the workspace's own view, so no link the
@@ -39,6 +40,9 @@ if [ ! -e /etc/hosts ] && [ ! -L /etc/hosts ]; then
     printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n127.0.1.1\t%s\n' \
         "$host" > /etc/hosts
 fi
+if [ -n "${LOFT_NAMESERVER:-}" ] && [ ! -e /etc/resolv.conf ] && [ ! -L /etc/resolv.conf ]; then
+    echo "nameserver $LOFT_NAMESERVER" > /etc/resolv.conf
+fi
 if [ ! -e /home/runner ] && [ ! -L /home/runner ]; then
     mkdir /home/runner
     chown 1000:1000 /home/runner
@@ -46,8 +50,10 @@ fi
 """
 
 
-def needs_seed(rootfs: Path) -> bool:
+def needs_seed(rootfs: Path, nat: bool = False) -> bool:
     """Whether the filesystem mounted (host side) at ``rootfs`` lacks what the seed makes
-    (a cheap check on every start: the seed runs on the first). The answer only decides
-    whether the seed runs inside, so a tenant's link on the way misleads nothing else."""
-    return not all(os.path.lexists(rootfs / p) for p in ("etc/passwd", "etc/hosts", "home/runner"))
+    (a cheap check on every start: the seed runs on the first, and on the first with
+    ``nat``). The answer only decides whether the seed runs inside, so a tenant's link on
+    the way misleads nothing else."""
+    paths = ["etc/passwd", "etc/hosts", "home/runner", *(["etc/resolv.conf"] if nat else [])]
+    return not all(os.path.lexists(rootfs / p) for p in paths)

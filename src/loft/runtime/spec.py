@@ -51,8 +51,8 @@ class Network(enum.Enum):
     """How a workspace reaches the network.
 
     ``NONE``: its own network namespace with only ``lo``; ports reach it through
-    :mod:`loft.runtime.forward`. ``NAT``: outbound through a userspace stack with an egress
-    policy (not supported yet: see docs/runtime.md)."""
+    :mod:`loft.runtime.forward`. ``NAT``: outbound too, through a userspace stack, never
+    to the host, private or link-local ranges (:mod:`loft.runtime.egress`)."""
 
     NONE = "none"
     NAT = "nat"
