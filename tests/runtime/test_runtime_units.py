@@ -123,8 +123,9 @@ def test_persist_spec_round_trip_and_format_check(tmp_path: Path) -> None:
         load_spec(tmp_path)
 
 
-MODULES = ["cgroups", "console", "egress", "fsfreeze", "forward", "ids", "interface", "layout", "oci",
-           "oci_seccomp", "persist", "phase", "runc", "sandbox", "seed", "spec"]  # fmt: skip
+MODULES = ["cgroups", "console", "egress", "fsfreeze", "forward", "ids", "interface",
+           "layout", "oci", "oci_seccomp", "persist", "phase", "runc", "sandbox", "seed",
+           "spec"]  # fmt: skip
 
 
 @pytest.mark.parametrize("name", MODULES)
