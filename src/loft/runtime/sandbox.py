@@ -4,13 +4,14 @@ The controller: every command first checks the workspace's phase against
 :data:`loft.runtime.phase.ALLOWED`, and phase-changing commands hold the workspace's lock,
 so two callers cannot start or stop one workspace at once. runc is the source of truth
 for what runs (its state lives under the data dir and outlives the agent: :meth:`adopt`);
-what runc does not keep (the spec, the network namespace, forwarders, a frozen
-filesystem) is held per running workspace in :class:`_Live`.
+what runc does not keep (the spec, the network namespace, forwarders, the ``nat`` stack,
+a frozen filesystem) is held per running workspace in :class:`_Live`.
 
 Start: check the root filesystem's mount, create the directories, the usr-merge links,
 ``config.json`` and ``workspace.json``; stage the idmapped root and the store
-(:func:`loft.runtime.layout.staged`), ``runc create`` and ``runc start``; seed ``/etc`` and
-``/home/runner`` on a first start (:mod:`loft.runtime.seed`). Whatever fails on the way,
+(:func:`loft.runtime.layout.staged`), ``runc create``; with ``nat``, the egress policy and
+the stack (:mod:`loft.runtime.egress`); ``runc start``; seed ``/etc`` and ``/home/runner``
+on a first start (:mod:`loft.runtime.seed`). Whatever fails on the way,
 the container is deleted and the directories removed; there are no host mounts to undo.
 """
 
@@ -63,7 +64,8 @@ def catatonit() -> str:
 class _Live:
     """What the runtime holds for a running workspace beyond runc's state: a pidfd and
     the network namespace of its init (both stay valid for that very process, never a
-    later one with a reused pid), its forwarders, and whether its filesystem is frozen."""
+    later one with a reused pid), its forwarders, its userspace network stack (``nat``,
+    when this runtime started it), and whether its filesystem is frozen."""
 
     spec: WorkspaceSpec
     pid: int
