@@ -115,7 +115,8 @@ def test_oci_process_capabilities_for_root_only() -> None:
         "CAP_SYS_PTRACE",
     ):
         assert dropped not in CAPABILITIES
-    assert runner["user"] == {"uid": 1000, "gid": 1000} and runner["cwd"] == "/home/runner"
+    assert runner["user"] == {"uid": 1000, "gid": 1000, "umask": 0o022}
+    assert runner["cwd"] == "/home/runner"
     assert root["cwd"] == "/root" and "HOME=/root" in root["env"]
 
 

@@ -187,13 +187,13 @@ def _http_get(path: Path) -> bytes:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(10)
         s.connect(str(path))
-        s.sendall(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
         data = b""
         try:
+            s.sendall(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
             while chunk := s.recv(65536):
                 data += chunk
-        except ConnectionResetError:  # nothing listens inside yet: the forwarder hung up
-            return b""
+        except (ConnectionResetError, BrokenPipeError):
+            return b""  # nothing listens inside yet: the forwarder hung up
     return data
 
 

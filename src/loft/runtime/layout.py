@@ -170,8 +170,12 @@ def staged(spec: WorkspaceSpec, dirs: RuntimeDirs) -> Iterator[Stage]:
     rootfs, store_dir = dirs.rootfs(spec.id), dirs.store(spec.id)
 
     def enter() -> None:
-        # Between fork and exec of runc: system calls only. A namespace of its own that
-        # receives the host's mount events but sends none back.
+        # Between fork and exec of runc: system calls only. runc makes missing mount
+        # points (/nix/store on a fresh volume, /run/loft) with its umask: the agent's 077
+        # would leave /nix its root's alone, and runner unable to reach the closure.
+        os.umask(0o022)
+        # A mount namespace of its own that receives the host's mount events but sends
+        # none back.
         if _libc.unshare(_CLONE_NEWNS) != 0:
             raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS)")
         if _libc.mount(None, b"/", None, _MS_REC | _MS_SLAVE, None) != 0:

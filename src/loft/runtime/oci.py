@@ -69,6 +69,7 @@ MASKED_PATHS = (
 #: Kernel settings and triggers, read-only.
 READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
 _NAMESPACES = ("user", "pid", "mount", "ipc", "uts", "cgroup", "network")
+_UMASK = 0o022  # what a login gives on Debian
 _CPU_PERIOD = 100_000  # microseconds: the kernel's default CFS period
 _BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
 _ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -141,7 +142,7 @@ def bundle_config(spec: WorkspaceSpec, dirs: RuntimeDirs, init: str) -> dict[str
         "ociVersion": OCI_VERSION,
         "process": {
             "terminal": False,
-            "user": {"uid": 0, "gid": 0},
+            "user": {"uid": 0, "gid": 0, "umask": _UMASK},
             "args": [INIT_PATH, "-P"],
             "env": [f"PATH={_BASE_PATH}"],
             "cwd": "/",
@@ -191,7 +192,8 @@ def process_config(req: ExecRequest, size: WindowSize | None = None) -> dict[str
     terminal of that size."""
     process: dict[str, Any] = {
         "terminal": size is not None,
-        "user": {"uid": req.user, "gid": req.user},
+        # A umask of its own: runc would pass on the agent's (077, loft.datadir).
+        "user": {"uid": req.user, "gid": req.user, "umask": _UMASK},
         "args": list(req.argv),
         "env": _environment(req, size is not None),
         "cwd": req.cwd or req.home,
