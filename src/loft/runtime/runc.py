@@ -103,6 +103,10 @@ class Runc:
 
     def state(self, workspace: str) -> ContainerState | None:
         """``runc state``, or None when runc knows no such container."""
+        if not (self.root / workspace).is_dir():
+            # runc keeps each container's state in a directory of its name under the root:
+            # without one there is nothing to ask (and a start saves a runc run).
+            return None
         r = subprocess.run(self._argv("state", workspace), stdin=subprocess.DEVNULL,
                            capture_output=True, text=True, timeout=_TIMEOUT,
                            check=False)  # fmt: skip
