@@ -10,7 +10,9 @@ uid/gid 1000, come from the environment's). Then ``/etc/hosts``, ``/etc/resolv.c
 
 It runs *inside* the started container, as its root, with ``/usr/bin/sh`` from the
 environment: every path is then resolved in the workspace's own view, so no link the
-tenant left on its volume can point a write of the host's at a host file.
+tenant left on its volume can point a write of the host's at a host file. It starts as
+few programs as it can (one ``ln`` for every link, one ``cp``): each is a fork and exec
+that a first start waits for.
 """
 
 from __future__ import annotations
@@ -23,30 +25,31 @@ __all__ = ["SEED_SCRIPT", "needs_seed"]
 SEED_SCRIPT = r"""
 set -e
 umask 022
-mkdir -p /etc /home /var/tmp
-[ -e /root ] || { mkdir /root; chmod 0700 /root; }
-chmod 1777 /var/tmp
+mkdir -p /etc /home
+[ -e /root ] || [ -L /root ] || mkdir -m 0700 /root
+[ -e /var/tmp ] || [ -L /var/tmp ] || mkdir -p -m 1777 /var/tmp
+copies=""
+set --
 for entry in /usr/etc/* /usr/etc/.[!.]*; do
     [ -e "$entry" ] || [ -L "$entry" ] || continue
     name=${entry##*/}
     [ -e "/etc/$name" ] || [ -L "/etc/$name" ] && continue
     case $name in
-        passwd|group) cp "$entry" "/etc/$name" ;;
-        *) ln -s "/usr/etc/$name" "/etc/$name" ;;
+        passwd|group) copies="$copies $entry" ;;
+        *) set -- "$@" "$entry" ;;
     esac
 done
+[ -z "$copies" ] || cp $copies /etc/
+[ $# -eq 0 ] || ln -s "$@" /etc/
 if [ ! -e /etc/hosts ] && [ ! -L /etc/hosts ]; then
-    host=$(cat /proc/sys/kernel/hostname)
+    read -r host < /proc/sys/kernel/hostname
     printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n127.0.1.1\t%s\n' \
         "$host" > /etc/hosts
 fi
 if [ -n "${LOFT_NAMESERVER:-}" ] && [ ! -e /etc/resolv.conf ] && [ ! -L /etc/resolv.conf ]; then
     echo "nameserver $LOFT_NAMESERVER" > /etc/resolv.conf
 fi
-if [ ! -e /home/runner ] && [ ! -L /home/runner ]; then
-    mkdir /home/runner
-    chown 1000:1000 /home/runner
-fi
+[ -e /home/runner ] || [ -L /home/runner ] || install -d -o 1000 -g 1000 /home/runner
 """
 
 
