@@ -7,6 +7,7 @@ directory; it is stopped by PID (SIGTERM, then SIGKILL) when the test ends.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -84,6 +85,15 @@ class NBDServerProcess:
                 raise AssertionError(f"server did not listen: {self.log.read_text()}")
             time.sleep(0.02)
         return self
+
+    def tcp_port(self, timeout: float = 20) -> int:
+        """The TCP port the server reports listening on (``--listen HOST:0``)."""
+        deadline = time.monotonic() + timeout
+        while not (m := re.search(r"listening on [^ ]+:(\d+)", self.log.read_text())):
+            if time.monotonic() > deadline or not self.alive:
+                raise AssertionError(f"server did not listen on TCP: {self.log.read_text()}")
+            time.sleep(0.05)
+        return int(m.group(1))
 
     @property
     def alive(self) -> bool:
