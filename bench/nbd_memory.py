@@ -39,7 +39,6 @@ import signal
 import socket
 import ssl
 import struct
-import subprocess
 import sys
 import tempfile
 import threading
@@ -54,6 +53,7 @@ sys.path.insert(0, str(ROOT / "tests" / "interop"))
 sys.path.insert(0, str(ROOT / "tests" / "nbd"))
 
 from nbd_helpers import Client
+from nbdtool import NBDServerProcess
 from pki import PKI
 
 from loft.nbd import protocol as p
@@ -65,53 +65,6 @@ REQUEST_SIZE = 32 * MIB
 TWO_SWEEPS = 11.0
 _REQUEST = struct.Struct(">IHHQQI")
 _MAGIC = 0x25609513
-
-
-def rss_mib(pid: int) -> float:
-    """The resident set of process ``pid``, MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
-
-
-class Server:
-    """``loft disk serve-file`` with a Unix socket and a TLS-only TCP listener."""
-
-    def __init__(self, bench: Bench) -> None:
-        work = bench.work
-        self.sock = work / "run" / "nbd.sock"
-        self.log = work / "server.log"
-        env = dict(os.environ)
-        if bench.args.src:
-            env["PYTHONPATH"] = str(Path(bench.args.src) / "src")
-        cmd = [sys.executable, "-c", "from loft.cli import main; main()", "disk", "serve-file"]
-        cmd += ["--socket", str(self.sock), "--listen", "127.0.0.1:0", *bench.pki.server_args()]
-        cmd += ["--authz", str(work / "authz.json"), *shlex.split(bench.args.server_args)]
-        cmd.append(f"disk={bench.image}")
-        with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, env=env)
-        deadline = time.monotonic() + 30
-        while True:
-            text = self.log.read_text()
-            if self.sock.exists() and "listening on" in text:
-                self.port = int(text.split("listening on 127.0.0.1:")[1].split()[0])
-                break
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"server did not start: {text}")
-            time.sleep(0.05)
-
-    def rss(self) -> float:
-        return rss_mib(self.proc.pid)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
 
 
 class Bench:
@@ -127,36 +80,38 @@ class Bench:
         (work / "authz.json").write_text(json.dumps({"clients": {"bench": ["disk"]}}))
         self.tls = ssl.create_default_context(cafile=str(certs / "ca-cert.pem"))
         self.tls.load_cert_chain(certs / "client-cert.pem", certs / "client-key.pem")
+        self.port = 0
 
     @contextlib.contextmanager
-    def server(self) -> Iterator[Server]:
-        server = Server(self)
-        try:
+    def server(self) -> Iterator[NBDServerProcess]:
+        """A fresh server: --listen with TLS and --authz, then --server-args."""
+        extra = ["--listen", "127.0.0.1:0", *self.pki.server_args()]
+        extra += ["--authz", str(self.work / "authz.json"), *shlex.split(self.args.server_args)]
+        with NBDServerProcess(self.work, {"disk": self.image}, extra=extra) as server:
+            self.port = server.tcp_port()
             time.sleep(0.5)
             yield server
-        finally:
-            server.stop()
 
-    def unix_client(self, server: Server) -> Client:
+    def unix_client(self, server: NBDServerProcess) -> Client:
         c = Client(server.sock)
         c.handshake("disk", structured=False)
         return c
 
-    def tls_client(self, server: Server) -> Client:
-        c = Client(sock=socket.create_connection(("127.0.0.1", server.port), timeout=30))
+    def tls_client(self, server: NBDServerProcess) -> Client:
+        c = Client(sock=socket.create_connection(("127.0.0.1", self.port), timeout=30))
         c.handshake("disk", structured=False, tls=self.tls)
         return c
 
-    def greeted(self, server: Server) -> Client:
+    def greeted(self, server: NBDServerProcess) -> Client:
         """A TCP client that reads the greeting and sends nothing."""
-        c = Client(sock=socket.create_connection(("127.0.0.1", server.port), timeout=30))
+        c = Client(sock=socket.create_connection(("127.0.0.1", self.port), timeout=30))
         assert isinstance(c.next(), p.Greeting)
         return c
 
 
-def idle_scenario(bench: Bench, make: Callable[[Server], Client]) -> dict[str, Any]:
+def idle_scenario(bench: Bench, make: Callable[[NBDServerProcess], Client]) -> dict[str, Any]:
     with bench.server() as server:
-        before = server.rss()
+        before = server.rss_mib()
         kept: list[Client] = []
         refused = 0
         for _ in range(bench.args.connections):
@@ -165,9 +120,9 @@ def idle_scenario(bench: Bench, make: Callable[[Server], Client]) -> dict[str, A
             except (ConnectionError, OSError, ssl.SSLError, AssertionError, p.ProtocolError):
                 refused += 1
         time.sleep(1.0)
-        opened_rss = server.rss()
+        opened_rss = server.rss_mib()
         time.sleep(TWO_SWEEPS)
-        idle_rss = server.rss()
+        idle_rss = server.rss_mib()
         for c in kept:
             c.close()
         time.sleep(1.0)
@@ -178,7 +133,7 @@ def idle_scenario(bench: Bench, make: Callable[[Server], Client]) -> dict[str, A
             "rss_before_mib": round(before, 1),
             "rss_open_mib": round(opened_rss, 1),
             "rss_idle_mib": round(idle_rss, 1),
-            "rss_after_close_mib": round(server.rss(), 1),
+            "rss_after_close_mib": round(server.rss_mib(), 1),
             "kib_per_connection_open": round((opened_rss - before) * 1024 / n, 1),
             "kib_per_connection_idle": round((idle_rss - before) * 1024 / n, 1),
         }
@@ -187,7 +142,7 @@ def idle_scenario(bench: Bench, make: Callable[[Server], Client]) -> dict[str, A
 def greedy_scenario(bench: Bench, clients: int) -> dict[str, Any]:
     args = bench.args
     with bench.server() as server:
-        before = server.rss()
+        before = server.rss_mib()
         greedy = []
         for _ in range(clients):
             c = bench.unix_client(server)
@@ -223,8 +178,9 @@ def greedy_scenario(bench: Bench, clients: int) -> dict[str, Any]:
         killed = False
         deadline = time.monotonic() + args.seconds
         while time.monotonic() < deadline:
-            peak = max(peak, server.rss())
+            peak = max(peak, server.rss_mib())
             if peak > args.rss_limit:  # protect the machine: stop this server now
+                assert server.proc is not None
                 os.kill(server.proc.pid, signal.SIGKILL)
                 killed = True
                 break
@@ -247,7 +203,7 @@ def greedy_scenario(bench: Bench, clients: int) -> dict[str, Any]:
 
 def trickle_scenario(bench: Bench, clients: int) -> dict[str, Any]:
     with bench.server() as server:
-        before = server.rss()
+        before = server.rss_mib()
         kept = []
         for i in range(clients):
             c = bench.unix_client(server)
@@ -257,7 +213,7 @@ def trickle_scenario(bench: Bench, clients: int) -> dict[str, Any]:
                 c.sock.send(_REQUEST.pack(_MAGIC, 0, 1, i + 1, 0, REQUEST_SIZE) + bytes(MIB))
             kept.append(c)
         time.sleep(2.0)
-        rss = server.rss()
+        rss = server.rss_mib()
         for c in kept:
             c.close()
         return {"clients": clients, "rss_before_mib": round(before, 1), "rss_mib": round(rss, 1)}
@@ -285,6 +241,8 @@ def main() -> None:
     ap.add_argument("--server-args", default="", help="extra serve-file options")
     ap.add_argument("--scenarios", default="unix_idle,tcp_handshake,tls_idle,greedy,trickle")
     args = ap.parse_args()
+    if args.src:  # the server process imports loft from there
+        os.environ["PYTHONPATH"] = str(Path(args.src) / "src")
     wanted = args.scenarios.split(",")
     results: dict[str, Any] = {}
 
@@ -299,7 +257,7 @@ def main() -> None:
             for _ in range(IMAGE_SIZE // MIB):
                 f.write(block)
         bench = Bench(Path(tmp), image, args)
-        idle: dict[str, Callable[[Server], Client]] = {
+        idle: dict[str, Callable[[NBDServerProcess], Client]] = {
             "unix_idle": bench.unix_client,
             "tcp_handshake": bench.greeted,
             "tls_idle": bench.tls_client,

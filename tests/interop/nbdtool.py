@@ -99,6 +99,14 @@ class NBDServerProcess:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def rss_mib(self) -> float:
+        """The server's resident set size (VmRSS), MiB."""
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        raise AssertionError("no VmRSS")
+
     def stop(self) -> int:
         """SIGTERM (clean shutdown with flush), SIGKILL after 15 s; return the exit code."""
         assert self.proc is not None

@@ -29,19 +29,12 @@ MIB = 1 << 20
 REQUEST = struct.Struct(">IHHQQI")
 
 
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
-
-
-def peak_rss(pid: int, seconds: float, limit: float) -> float:
-    """The highest RSS over ``seconds``; stops early once past ``limit`` (MiB)."""
+def peak_rss(server: NBDServerProcess, seconds: float, limit: float) -> float:
+    """The server's highest RSS over ``seconds``; stops early once past ``limit`` (MiB)."""
     peak = 0.0
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline and peak <= limit:
-        peak = max(peak, rss_mib(pid))
+        peak = max(peak, server.rss_mib())
         time.sleep(0.05)
     return peak
 
@@ -85,16 +78,15 @@ def tls_client(port: int, ctx: ssl.SSLContext) -> Client:
 def test_idle_unix_connections_cost_a_few_kib(tmp_path: Path) -> None:
     img = make_image(tmp_path / "disk.img", 8 * MIB)
     with NBDServerProcess(tmp_path, {"disk": img}) as server:
-        assert server.proc is not None
         time.sleep(0.5)
-        before = rss_mib(server.proc.pid)
+        before = server.rss_mib()
         clients = []
         for _ in range(1000):
             c = Client(server.sock)
             c.handshake("disk")
             clients.append(c)
         time.sleep(0.5)
-        grown = rss_mib(server.proc.pid) - before
+        grown = server.rss_mib() - before
         assert grown < 16, f"{grown:.1f} MiB for 1000 idle connections"  # was 250 MiB
         assert clients[500].read(0, 4096) == bytes(4096)
         for c in clients:
@@ -107,13 +99,12 @@ def test_idle_tls_connections_cost_tens_of_kib(
     _, ctx, extra = tls_setup
     img = make_image(tmp_path / "disk.img", 8 * MIB)
     with NBDServerProcess(tmp_path, {"disk": img}, extra=extra) as server:
-        assert server.proc is not None
         port = server.tcp_port()
         time.sleep(0.5)
-        before = rss_mib(server.proc.pid)
+        before = server.rss_mib()
         clients = [tls_client(port, ctx) for _ in range(200)]
         time.sleep(0.5)
-        grown = rss_mib(server.proc.pid) - before
+        grown = server.rss_mib() - before
         assert grown < 200 * 96 / 1024, f"{grown:.1f} MiB for 200 TLS connections"  # was 57
         assert clients[100].read(0, 4096) == bytes(4096)
         for c in clients:
@@ -129,11 +120,10 @@ def test_handshake_flood_is_capped_cheap_and_logged(
     _, ctx, extra = tls_setup
     img = make_image(tmp_path / "disk.img", 8 * MIB)
     with NBDServerProcess(tmp_path, {"disk": img}, extra=extra) as server:
-        assert server.proc is not None
         port = server.tcp_port()
         established = tls_client(port, ctx)
         time.sleep(0.5)
-        before = rss_mib(server.proc.pid)
+        before = server.rss_mib()
         flood, refused = [], 0
         for _ in range(1000):
             s = socket.create_connection(("127.0.0.1", port), timeout=10)
@@ -148,7 +138,7 @@ def test_handshake_flood_is_capped_cheap_and_logged(
                 s.close()
             if len(flood) % 100 == 1:
                 assert established.read(0, 512) == bytes(512)
-        grown = rss_mib(server.proc.pid) - before
+        grown = server.rss_mib() - before
         assert refused >= 800 and len(flood) <= 200, (refused, len(flood))
         assert grown < 8, f"{grown:.1f} MiB"  # was 250 MiB
         time.sleep(1.2)
@@ -202,11 +192,10 @@ def test_readers_that_read_no_replies_keep_the_server_bounded(
     at most its budgets' worth (64 MiB a connection, --max-inflight for all), and a real
     client (libnbd) keeps being served."""
     with NBDServerProcess(tmp_path, {"disk": tmpfs_image}, extra=extra) as server:
-        assert server.proc is not None
         time.sleep(0.5)
-        base = rss_mib(server.proc.pid)
+        base = server.rss_mib()
         greedy = [_greedy(server.sock, 64) for _ in range(clients)]
-        peak = peak_rss(server.proc.pid, 3.0, base + bound)
+        peak = peak_rss(server, 3.0, base + bound)
         assert peak - base < bound, f"{peak - base:.0f} MiB above {base:.0f}"  # was GiBs
         script = HONEST.replace("URI", repr(server.uri()))
         assert run([DEBIAN_PYTHON, "-c", script], timeout=60).stdout.strip() == "ok"
