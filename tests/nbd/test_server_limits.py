@@ -152,6 +152,17 @@ def check_honest(server: ServerThread, tag: int) -> None:
     h.close()
 
 
+def sweep_twice(server: ServerThread) -> None:
+    """Run the server's sweep of idle connections twice (on its loop), as 10 s would."""
+
+    async def sweep() -> None:
+        assert server.server is not None
+        server.server._sweep()
+
+    server.call(sweep())
+    server.call(sweep())
+
+
 def all_released(server: ServerThread) -> None:
     """Once every client is gone, nothing is left charged or waiting."""
     assert server.server is not None
@@ -364,12 +375,7 @@ def test_handshakes_holding_partial_options_are_bounded(tmp_path: Path, image: P
                 c.sock.sendall(wire[: len(wire) // 2])
             wait_for(lambda: sum(c._proto.buffered for c in server.server._connections) > 0)  # type: ignore[union-attr]
             quiet()
-
-            async def sweep() -> None:
-                server.server._sweep()  # type: ignore[union-attr]
-
-            server.call(sweep())
-            server.call(sweep())
+            sweep_twice(server)
             assert peak() < 100 * 96 * 1024, peak()
         for c, wire in zip(clients, wires, strict=True):
             c.sock.sendall(wire[len(wire) // 2 :])
@@ -395,12 +401,7 @@ def test_idle_connections_hold_no_buffers(tmp_path: Path, image: Path) -> None:
             wait_for(lambda: len(server.server.connections()) == 350)  # type: ignore[union-attr]
             for c in idle + waiting:
                 c.conn.trim()  # the client ends are measured too: keep them as lean
-
-            async def sweep() -> None:
-                server.server._sweep()  # type: ignore[union-attr]
-
-            server.call(sweep())
-            server.call(sweep())
+            sweep_twice(server)
             conns = list(server.server._connections)
             assert all(c._proto.buffered == 0 for c in conns)
             per_connection = (tracemalloc.get_traced_memory()[0] - base) / 350
