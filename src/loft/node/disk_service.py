@@ -45,7 +45,13 @@ from loft.blockstore.heads import (
 )
 from loft.blockstore.names import split_ref
 from loft.errors import LoftError
-from loft.nbd.server import Authorizer, Export, NBDServer
+from loft.nbd.server import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_CONNECTIONS,
+    Authorizer,
+    Export,
+    NBDServer,
+)
 from loft.node import api
 from loft.node.apiserver import ApiServer
 from loft.node.jsoncodec import CodecError
@@ -225,6 +231,8 @@ class DiskService:
         ssl_context: ssl.SSLContext | None = None,
         lease_ttl: float = DEFAULT_LEASE_TTL,
         lease_margin: float = DEFAULT_LEASE_MARGIN,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        max_bytes_in_flight: int = DEFAULT_MAX_BYTES,
     ) -> None:
         self.blockstore = blockstore
         self.socket_path = socket_path
@@ -232,7 +240,13 @@ class DiskService:
         self.lease_ttl = lease_ttl
         self.lease_margin = lease_margin
         self.exports = CatalogExports(self)
-        self.server = NBDServer(self.exports, authorizer=authorizer, ssl_context=ssl_context)
+        self.server = NBDServer(
+            self.exports,
+            authorizer=authorizer,
+            ssl_context=ssl_context,
+            max_connections=max_connections,
+            max_bytes_in_flight=max_bytes_in_flight,
+        )
         self._holders: set[str] = set()
         self._api = ApiServer(self._run_operation, _status_of)
         self._control: asyncio.base_events.Server | None = None
