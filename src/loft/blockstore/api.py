@@ -26,8 +26,9 @@ from loft.blockstore.heads import (
     DEFAULT_LEASE_TTL,
     SnapshotRecord,
     VolumeRecord,
-    new_holder_id,
+    lease_held,
 )
+from loft.blockstore.holder import describe, new_holder_id
 from loft.blockstore.names import check_geometry, check_name, split_ref
 from loft.blockstore.snapview import SnapshotView
 from loft.blockstore.volume import Volume, open_volume
@@ -215,7 +216,7 @@ class Blockstore:
             return False
         with self.ctx.catalog.read() as conn:
             now = self.ctx.catalog.now(conn)
-        return (rec.lease_expires or 0) + DEFAULT_LEASE_MARGIN > now
+        return lease_held(rec, now)
 
     def served_at(self, name: str) -> str | None:
         """The control socket of the disk service serving the volume, if one is."""
@@ -232,7 +233,7 @@ class Blockstore:
                 hint=f"run `loft disk release {rec.name}` or stop that disk service first",
             )
         raise VolumeBusy(
-            f"cannot {what} volume {rec.name!r}: it is in use by {rec.holder}",
+            f"cannot {what} volume {rec.name!r}: it is in use by {describe(rec.holder or '')}",
             hint="stop the writer using it first, or wait for its lease to expire",
         )
 

@@ -52,9 +52,9 @@ from loft.blockstore.heads import (
     DEFAULT_LEASE_MARGIN,
     DEFAULT_LEASE_TTL,
     VolumeRecord,
-    new_holder_id,
     writer_tag,
 )
+from loft.blockstore.holder import new_holder_id
 from loft.blockstore.lease import LeaseKeeper
 from loft.blockstore.manifest import Manifest
 from loft.blockstore.workcopy import ABSENT, CLEAN, DIRTY, Header, WorkingCopy, punch_hole

@@ -42,7 +42,9 @@ from loft.blockstore.heads import (
     DEFAULT_LEASE_TTL,
     SnapshotRecord,
     VolumeRecord,
+    lease_held,
 )
+from loft.blockstore.holder import describe
 from loft.blockstore.names import split_ref
 from loft.errors import LoftError
 from loft.nbd.server import Authorizer, Export, NBDServer
@@ -121,7 +123,7 @@ class CatalogExports:
                 log.warning(
                     "nbd.refuse export=%s reason=%s",
                     name,
-                    json.dumps(f"volume is in use by {rec.holder}"),
+                    json.dumps(f"volume is in use by {describe(rec.holder or '')}"),
                 )
                 return None
             target: ServedVolume | SnapshotView = ServedVolume(
@@ -241,12 +243,13 @@ class DiskService:
     # -- volumes ------------------------------------------------------------------------
 
     def held_elsewhere(self, rec: VolumeRecord) -> bool:
-        """True when another writer holds a live lease on the volume."""
+        """True when another writer holds a live lease on the volume (a dead process of
+        this node holds none: the takeover reclaims its lease at once)."""
         if rec.holder is None or rec.holder in self._holders:
             return False
         with self.blockstore.ctx.catalog.read() as conn:
             now = self.blockstore.ctx.catalog.now(conn)
-        return (rec.lease_expires or 0) + self.lease_margin > now
+        return lease_held(rec, now, self.lease_margin)
 
     def open_volume(self, name: str) -> Volume:
         """Open a volume for serving: take its lease and publish our control socket."""
