@@ -62,6 +62,7 @@ class VolumeInfo:
     extents_present: int | None
     extents_dirty: int | None
     bytes_stored: int
+    raw_written: bool
 
     def as_dict(self) -> dict[str, object]:
         return dict(self.__dict__)
@@ -178,6 +179,7 @@ class Blockstore:
             extents_present=present,
             extents_dirty=dirty,
             bytes_stored=stored,
+            raw_written=rec.raw_written,
         )
 
     def open(
@@ -289,6 +291,7 @@ class Blockstore:
             parent_uid=rec.uid,
             parent_snapshot=s.name,
             lineage=(rec.uid, *rec.lineage),
+            raw_written=rec.raw_written,
         )
 
     def restore(self, name: str, snap: str) -> tuple[VolumeRecord, str]:
@@ -337,10 +340,17 @@ class Blockstore:
     # -- import / export ----------------------------------------------------------------
 
     def import_image(
-        self, name: str, src: BinaryIO, size: int | None, progress: Progress | None = None
+        self,
+        name: str,
+        src: BinaryIO,
+        size: int | None,
+        progress: Progress | None = None,
+        *,
+        raw_written: bool = True,
     ) -> TransferReport:
         """Write a raw image into the volume from offset 0, then commit. An image larger
-        than the volume changes nothing."""
+        than the volume changes nothing. The volume is flagged raw-written (see
+        :meth:`Volume.import_image`)."""
         rec = self.get(name)
         if size is not None and size > rec.size:
             raise InvalidArgument(
@@ -351,7 +361,7 @@ class Blockstore:
         started = time.monotonic()
         vol = self.open(name)
         try:
-            res = vol.import_image(src, progress)
+            res = vol.import_image(src, progress, raw_written=raw_written)
         finally:
             vol.close()
         n = len(res.digests)

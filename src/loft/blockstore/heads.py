@@ -71,6 +71,9 @@ class VolumeRecord:
     holder: str | None
     lease_expires: float | None
     control_socket: str | None
+    #: written raw (an import, an NBD write outside a workspace attachment): never
+    #: mounted by the host
+    raw_written: bool
 
     @property
     def n_extents(self) -> int:
@@ -101,6 +104,7 @@ class VolumeRecord:
             holder=row["holder"],
             lease_expires=row["lease_expires"],
             control_socket=row["control_socket"],
+            raw_written=bool(row["raw_written"]),
         )
 
 
@@ -189,6 +193,7 @@ class Heads:
         parent_uid: str | None = None,
         parent_snapshot: str | None = None,
         lineage: Iterable[str] = (),
+        raw_written: bool = False,
         conn: Connection | None = None,
     ) -> VolumeRecord:
         """Insert a new volume row (version 0, epoch 0, no holder)."""
@@ -204,6 +209,7 @@ class Heads:
                     parent_uid=parent_uid,
                     parent_snapshot=parent_snapshot,
                     lineage=lineage,
+                    raw_written=raw_written,
                     conn=c,
                 )
         if conn.execute(select(volumes.c.id).where(volumes.c.name == name)).first():
@@ -222,12 +228,19 @@ class Heads:
             root=root.hex(),
             version=0,
             epoch=0,
+            raw_written=raw_written,
         )
         try:
             conn.execute(insert(volumes).values(**values))
         except IntegrityError:
             raise VolumeExists(name) from None
         return self.get(name, conn)
+
+    def mark_raw_written(self, volume_id: int) -> None:
+        """Record that the volume now holds raw-written bytes (for good: nothing clears
+        the flag, and forks inherit it)."""
+        with self.catalog.write() as conn:
+            conn.execute(update(volumes).where(volumes.c.id == volume_id).values(raw_written=True))
 
     def delete(self, record: VolumeRecord) -> None:
         with self.catalog.write() as conn:

@@ -125,6 +125,7 @@ def ls(as_json: bool) -> None:
                 "version": v.version,
                 "holder": v.holder,
                 "created_at": v.created_at,
+                "raw_written": v.raw_written,
             }
             for v in bs.volumes()
         ]
@@ -138,13 +139,14 @@ def ls(as_json: bool) -> None:
                 r["name"],
                 output.size(r["size"], compact=True),
                 r["durability"],
+                "yes" if r["raw_written"] else "",
                 str(r["version"]),
                 r["holder"] or "-",
                 _when(r["created_at"]),
             ]
             for r in rows
         ),
-        ["NAME", "SIZE", "DURABILITY", "VERSION", "IN USE BY", "CREATED"],
+        ["NAME", "SIZE", "DURABILITY", "RAW", "VERSION", "IN USE BY", "CREATED"],
     )
 
 
