@@ -38,6 +38,8 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+from loft.procfs import pid_namespace, proc_is_ours, proc_stat
+
 __all__ = ["HolderId", "describe", "new_holder_id", "parse_holder", "provably_dead"]
 
 _PREFIX = "loft1"
@@ -79,37 +81,17 @@ def node_identity() -> str:
     return hashlib.sha256(f"loft-node\0{machine}\0{boot}".encode()).hexdigest()[:32]
 
 
-def _pid_namespace() -> int:
-    try:
-        return os.stat("/proc/self/ns/pid").st_ino
-    except OSError:
-        return 0
-
-
-def _process_state(pid: int) -> tuple[str, int] | None:
-    """``(state letter, start time)`` of a process from ``/proc/PID/stat``; None when
-    there is no such process."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_bytes()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    # The command name (field 2) is in parentheses and may hold spaces and ')': the
-    # fields that follow start after the last ')'.
-    fields = raw[raw.rindex(b")") + 2 :].split()
-    return fields[0].decode(), int(fields[19])
-
-
 def new_holder_id(pid: int | None = None) -> str:
     """A holder identity for this process (or process ``pid`` of this node), unique to
     this call."""
     pid = os.getpid() if pid is None else pid
-    state = _process_state(pid)
+    stat = proc_stat(pid)
     return str(
         HolderId(
             node=node_identity(),
-            pidns=_pid_namespace(),
+            pidns=pid_namespace(),
             pid=pid,
-            start=state[1] if state is not None else 0,
+            start=stat.start if stat is not None else 0,
             token=secrets.token_hex(4),
             hostname=socket.gethostname()[:_MAX_HOSTNAME].replace("@", "_"),
         )
@@ -129,31 +111,19 @@ def parse_holder(holder: str) -> HolderId | None:
         return None
 
 
-def _proc_is_ours() -> bool:
-    """True when ``/proc`` shows this process's PID namespace (a container may be handed
-    the host's ``/proc``, where our PIDs would name other processes)."""
-    try:
-        return os.readlink("/proc/self") == str(os.getpid())
-    except OSError:
-        return False
-
-
 def provably_dead(holder: str) -> bool:
     """True when ``holder`` is a process of this node's current boot, in this PID
     namespace, that no longer runs. False whenever that cannot be proved."""
     h = parse_holder(holder)
     if h is None or h.node == _UNKNOWN or h.node != node_identity():
         return False
-    if h.pidns != _pid_namespace() or h.pidns == 0 or not _proc_is_ours():
+    if h.pidns != pid_namespace() or h.pidns == 0 or not proc_is_ours():
         return False
     try:
-        state = _process_state(h.pid)
+        stat = proc_stat(h.pid)
     except (OSError, ValueError, IndexError):  # unreadable: cannot prove anything
         return False
-    if state is None:
-        return True
-    letter, start = state
-    return start != h.start or letter in ("Z", "X")
+    return stat is None or stat.start != h.start or stat.exited
 
 
 def describe(holder: str) -> str:
