@@ -1,6 +1,6 @@
 """The raw-written flag in the blockstore: an import sets it (before any byte lands),
-forks and orphans inherit it, nothing clears it; a new volume, and an image loft made
-itself, are not flagged."""
+forks inherit it, nothing clears it; a new volume, and writes through the blockstore
+API (what loft itself writes), are not flagged."""
 
 from __future__ import annotations
 
@@ -43,12 +43,3 @@ def test_volume_raw_written_even_by_a_refused_import(bs: Blockstore) -> None:
     with pytest.raises(InvalidArgument):  # too big: refused once the stream runs over
         bs.import_image("v", io.BytesIO(b"\x01" * (5 * EXTENT)), None)
     assert bs.get("v").raw_written
-
-
-def test_volume_raw_written_not_for_an_image_loft_made(bs: Blockstore) -> None:
-    bs.create("t", size=4 * EXTENT, extent_size=EXTENT)
-    bs.import_image("t", io.BytesIO(b"\x02" * EXTENT), EXTENT, raw_written=False)
-    assert not bs.get("t").raw_written
-    bs.snapshot("t", "base")
-    bs.fork("t@base", "ws")
-    assert not bs.get("ws").raw_written

@@ -29,7 +29,7 @@ from loft.blockstore.heads import (
     lease_held,
 )
 from loft.blockstore.holder import describe, new_holder_id
-from loft.blockstore.names import check_geometry, check_name, split_ref
+from loft.blockstore.names import check_geometry, check_name, check_not_reserved, split_ref
 from loft.blockstore.snapview import SnapshotView
 from loft.blockstore.volume import Volume, open_volume
 from loft.blockstore.workcopy import ABSENT, DIRTY, WorkingCopy
@@ -122,7 +122,7 @@ class Blockstore:
         commit_interval: float = DEFAULT_COMMIT_INTERVAL,
     ) -> VolumeRecord:
         """A new, empty (all-zero) volume."""
-        check_name(name, new=True)
+        check_not_reserved(check_name(name, new=True))
         check_geometry(size, extent_size)
         if durability not in DURABILITIES:
             raise InvalidArgument(f"durability must be 'remote' or 'local', not {durability!r}")
@@ -276,7 +276,7 @@ class Blockstore:
         name, snap = split_ref(ref)
         if snap is None:
             raise InvalidArgument(f"fork needs NAME@SNAPSHOT, got {ref!r}")
-        check_name(new, new=True)
+        check_not_reserved(check_name(new, new=True))
         if self.heads.find(new) is not None:
             raise VolumeExists(new)
         rec = self.heads.get(name)
@@ -340,13 +340,7 @@ class Blockstore:
     # -- import / export ----------------------------------------------------------------
 
     def import_image(
-        self,
-        name: str,
-        src: BinaryIO,
-        size: int | None,
-        progress: Progress | None = None,
-        *,
-        raw_written: bool = True,
+        self, name: str, src: BinaryIO, size: int | None, progress: Progress | None = None
     ) -> TransferReport:
         """Write a raw image into the volume from offset 0, then commit. An image larger
         than the volume changes nothing. The volume is flagged raw-written (see
@@ -361,7 +355,7 @@ class Blockstore:
         started = time.monotonic()
         vol = self.open(name)
         try:
-            res = vol.import_image(src, progress, raw_written=raw_written)
+            res = vol.import_image(src, progress)
         finally:
             vol.close()
         n = len(res.digests)

@@ -549,11 +549,7 @@ class Volume:
             self._cond.notify_all()
 
     def import_image(
-        self,
-        src: BinaryIO,
-        progress: Callable[[int], None] | None = None,
-        *,
-        raw_written: bool = True,
+        self, src: BinaryIO, progress: Callable[[int], None] | None = None
     ) -> CommitResult:
         """Replace the volume's first bytes with a raw image read from ``src`` and commit,
         streaming extents straight to the chunk store (not through the working copy).
@@ -561,15 +557,13 @@ class Volume:
 
         The volume is flagged raw-written before any byte of the image lands (a failed
         import may have changed nothing and still flags it: the flag errs on the safe
-        side). ``raw_written=False`` is only for images loft itself made and formatted
-        (a workspace template), never for anything a tenant supplied."""
+        side)."""
         self.commit()  # the import applies on top of a clean, committed volume
         with self._cond:
             if self._dirty:
                 raise VolumeIOError(f"volume {self.name!r} is being written; import refused")
             self._check_writable()
-        if raw_written:
-            self.ctx.heads.mark_raw_written(self.record.id)
+        self.ctx.heads.mark_raw_written(self.record.id)
         return self._committer.import_image(
             src, progress, n_extents=self._n, size=self.size, read=self.read
         )

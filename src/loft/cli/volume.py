@@ -113,8 +113,11 @@ def create(name: str, size: int, extent_size: int, durability: str, commit_inter
 
 @volume.command("ls")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def ls(as_json: bool) -> None:
-    """List volumes."""
+@click.option("--all", "show_all", is_flag=True, help="Also loft's own (workspace templates).")
+def ls(as_json: bool, show_all: bool) -> None:
+    """List volumes (loft's own, named loft-*, only with --all)."""
+    from loft.blockstore.names import RESERVED_PREFIX
+
     with _blockstore() as bs:
         rows: list[dict[str, Any]] = [
             {
@@ -128,6 +131,7 @@ def ls(as_json: bool) -> None:
                 "raw_written": v.raw_written,
             }
             for v in bs.volumes()
+            if show_all or not v.name.startswith(RESERVED_PREFIX)
         ]
 
     if as_json:
