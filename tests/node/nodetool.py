@@ -8,9 +8,11 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from nbdtool import loft_command
+from nbdtool import loft_command, run
 
 
 class Node:
@@ -75,3 +77,28 @@ class Node:
 
     def uri(self, export: str) -> str:
         return f"nbd+unix:///{export}?socket={self.sock}"
+
+
+@contextmanager
+def tmpfs(path: Path, size: int) -> Iterator[Path]:
+    """A small filesystem of its own at ``path`` (a data disk that can fill up),
+    unmounted by path when done."""
+    path.mkdir()
+    run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)])
+    try:
+        yield path
+    finally:
+        run(["umount", str(path)], check=False)
+
+
+def fill_to(root: Path, free: int) -> Path:
+    """Take space on ``root``'s filesystem until ``free`` bytes are left (and give the
+    disk service's reserve check time to see it); the filler file's path."""
+    from loft.blockstore.reserve import CHECK_INTERVAL
+
+    st = os.statvfs(root)
+    filler = root / "filler"
+    with open(filler, "wb") as f:
+        os.posix_fallocate(f.fileno(), 0, st.f_bavail * st.f_frsize - free)
+    time.sleep(2 * CHECK_INTERVAL)
+    return filler

@@ -30,11 +30,13 @@ def settings_under(root: Path) -> Settings:
 
 
 class Served:
-    """A node whose disk service runs, and its Blockstore."""
+    """A node whose disk service runs (once :meth:`Node.serve` is called), and its
+    Blockstore; ``env``: more LOFT_* settings for both."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, **env: str) -> None:
         self.node = Node(root, "node-a")
-        self.bs = Blockstore.from_settings(settings_under(root))
+        self.node.env.update(env)
+        self.bs = Blockstore.from_settings(Settings.from_env(self.node.env))
 
     @property
     def data_dir(self) -> Path:
@@ -55,8 +57,8 @@ class Served:
 
 
 @contextmanager
-def served_node(root: Path) -> Iterator[Served]:
-    s = Served(root)
+def served_node(root: Path, **env: str) -> Iterator[Served]:
+    s = Served(root, **env)
     try:
         s.node.serve()
         yield s

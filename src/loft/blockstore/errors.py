@@ -67,6 +67,10 @@ class VolumeIOError(BlockstoreError):
     """Reading or writing the volume failed (local disk or chunk store)."""
 
 
+class NoSpace(BlockstoreError):
+    """The node's data disk is under its free-space reserve: growth is refused."""
+
+
 class NotFast(BlockstoreError):
     """A fast-only zero could not be done without reading or writing data."""
 
@@ -81,6 +85,7 @@ __all__ = [
     "GCRefused",
     "InvalidArgument",
     "LeaseLost",
+    "NoSpace",
     "NotFast",
     "ObjectNotFound",
     "ObjectStoreError",

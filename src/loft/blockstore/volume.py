@@ -293,6 +293,8 @@ class Volume:
             for _ in range(4):
                 with self._lock:
                     need = self._needs_fetch(offset, length)
+                    if self.ctx.reserve.low() and self._grows(offset, length, what, need):
+                        self.ctx.reserve.refuse_growth(f"volume {self.name!r}: {what}")
                     if not need:
                         self._mutating(offset, length)
                         apply()
@@ -303,6 +305,14 @@ class Volume:
             raise VolumeIOError(f"volume {self.name!r}: could not fetch extents to {what}")
         finally:
             evict_all(victims)
+
+    def _grows(self, offset: int, length: int, what: str, need: list[int]) -> bool:
+        """Whether a mutation takes new space in the working copy (lock held): a write
+        into any hole (an absent extent, or a zero one fetched as a hole), or a zeroing
+        that must fetch the extents it covers only partly (``need``)."""
+        if what != "write":
+            return bool(need)
+        return os.lseek(self._fd, offset, os.SEEK_HOLE) < offset + length
 
     def _zero_locked(self, offset: int, length: int) -> None:
         end = offset + length
