@@ -33,7 +33,7 @@ import ctypes
 import os
 import sys
 
-__all__ = ["PR_SET_IO_FLUSHER", "command", "set_io_flusher"]
+__all__ = ["PR_SET_IO_FLUSHER", "command", "main", "set_io_flusher"]
 
 PR_SET_IO_FLUSHER = 57
 
