@@ -107,7 +107,7 @@ class DiskReserve:
 
     def refuse_chunk_growth(self) -> None:
         """NoSpace while under the reserve, when new chunks would land on this disk."""
-        if self._chunk_dir is not None and self._same_filesystem(self._chunk_dir):
+        if self.low() and self._chunk_dir is not None and self._same_filesystem(self._chunk_dir):
             self.refuse_growth("new chunks refused")
 
     def _same_filesystem(self, path: Path) -> bool:
