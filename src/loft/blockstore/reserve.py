@@ -26,7 +26,8 @@ goes on:
 
 Free space is read with ``statvfs`` (the space available to unprivileged users, so
 root's own reserved blocks stay untouched) at most every :data:`CHECK_INTERVAL`, so the
-common write costs a clock read; the reserve absorbs what is written in between.
+common write costs a clock read; the reserve absorbs what is written in between. A
+refusal always reads it afresh, so freed space is used at once.
 """
 
 from __future__ import annotations
@@ -80,14 +81,14 @@ class DiskReserve:
         self._reserve = 0
         self._lock = threading.Lock()
 
-    def low(self) -> bool:
+    def low(self, *, fresh: bool = False) -> bool:
         """True while free space is under the reserve (re-read at most every
-        :data:`CHECK_INTERVAL`)."""
+        :data:`CHECK_INTERVAL`, unless ``fresh``)."""
         now = time.monotonic()
-        if now - self._checked < CHECK_INTERVAL:
+        if now - self._checked < CHECK_INTERVAL and not fresh:
             return self._low
         with self._lock:
-            if now - self._checked >= CHECK_INTERVAL:
+            if fresh or now - self._checked >= CHECK_INTERVAL:
                 st = os.statvfs(self.data_dir)
                 self._free = st.f_bavail * st.f_frsize
                 self._reserve = reserve_bytes(self.spec, st.f_blocks * st.f_frsize)
@@ -96,8 +97,9 @@ class DiskReserve:
         return self._low
 
     def refuse_growth(self, what: str) -> None:
-        """NoSpace (ENOSPC on the wire) while the disk is under its reserve."""
-        if self.low():
+        """NoSpace (ENOSPC on the wire) while the disk is under its reserve. Never on a
+        stale figure: space freed a moment ago admits the growth at once."""
+        if self.low(fresh=True):
             raise NoSpace(
                 f"{what}: the data disk is down to {format_size(self._free)} free, under "
                 f"its reserve of {format_size(self._reserve)}",
