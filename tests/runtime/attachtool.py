@@ -64,3 +64,12 @@ def served_node(root: Path, **env: str) -> Iterator[Served]:
         yield s
     finally:
         s.cleanup()
+
+
+def mount_options(root: Path) -> set[str]:
+    """The options ``root`` is mounted with (AssertionError when it is not mounted)."""
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        if fields[4] == str(root):
+            return set(fields[5].split(","))
+    raise AssertionError(f"{root} is not mounted")

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from attachtool import Served, served_node
+from attachtool import Served, mount_options, served_node
 
 from loft.procfs import mounts, proc_stat
 from loft.runtime.attach import (
@@ -49,17 +49,10 @@ def _attach(s: Served, volume: str, workspace: str, **kw: object) -> Attachment:
     return attach(s.bs, volume, workspace, socket=s.attach_socket, **kw)  # type: ignore[arg-type]
 
 
-def _options(root: Path) -> set[str]:
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        fields = line.split()
-        if fields[4] == str(root):
-            return set(fields[5].split(","))
-    raise AssertionError(f"{root} is not mounted")
-
-
 def _nothing_left(s: Served, att: Attachment) -> None:
     assert str(att.root) not in mounts() and str(att.fuse_file.parent) not in mounts()
-    assert proc_stat(att.nbdfuse_pid) is None or proc_stat(att.nbdfuse_pid).exited  # type: ignore[union-attr]
+    stat_ = proc_stat(att.nbdfuse_pid)
+    assert stat_ is None or stat_.start != att.nbdfuse_start or stat_.exited
     backing = [p.read_text().strip() for p in Path("/sys/block").glob("loop*/loop/backing_file")]
     assert str(att.fuse_file) not in backing
     assert att.workspace not in attached_workspaces(s.data_dir)
@@ -73,7 +66,7 @@ def test_attach_volume_mounts_a_template_fork(served: Served) -> None:
     try:
         assert a.root == workspace_dir(served.data_dir, "ws-a") / "root"
         assert mounts()[str(a.root)] == ("ext4", a.device)
-        assert {"nosuid", "nodev"} <= _options(a.root)
+        assert {"nosuid", "nodev"} <= mount_options(a.root)
         dev = Path(a.device).name
         assert Path(f"/sys/block/{dev}/loop/dio").read_text().strip() == "1"
         assert os.getsid(a.nbdfuse_pid) == a.nbdfuse_pid != os.getsid(0)  # own session

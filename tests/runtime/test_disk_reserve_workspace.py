@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from attachtool import served_node
+from attachtool import mount_options, served_node
 from nodetool import fill_to, tmpfs
 
 from loft.blockstore.reserve import CHECK_INTERVAL
@@ -30,14 +30,6 @@ def _write(path: Path, size: int) -> None:
         os.close(fd)
 
 
-def _options(root: Path) -> list[str]:
-    for line in Path("/proc/self/mounts").read_text().splitlines():
-        fields = line.split()
-        if fields[1] == str(root):
-            return fields[3].split(",")
-    raise AssertionError(f"{root} is not mounted")
-
-
 def test_disk_reserve_workspace_gets_enospc(tmp_path: Path) -> None:
     with (
         tmpfs(tmp_path / "disk", 192 * MIB) as disk,
@@ -52,7 +44,7 @@ def test_disk_reserve_workspace_gets_enospc(tmp_path: Path) -> None:
             _write(home / "new", 16 * MIB)
         assert refused.value.errno == errno.ENOSPC
         assert len((home / "before").read_bytes()) == 8 * MIB
-        assert "rw" in _options(att.root)  # no journal abort, no remount read-only
+        assert "rw" in mount_options(att.root)  # no journal abort, no remount read-only
         filler.unlink()
         time.sleep(2 * CHECK_INTERVAL)
         _write(home / "after", 4 * MIB)
