@@ -93,6 +93,7 @@ def test_attach_volume_mounts_a_template_fork(served: Served) -> None:
         detach(b)
     _nothing_left(served, a)
     _nothing_left(served, b)
+    assert not served.bs.get("vol-a").raw_written  # its own filesystem's writes: not raw
     # The data went to the disk service: attached again, it is there.
     again = _attach(served, "vol-a", "ws-a")
     try:
