@@ -82,6 +82,26 @@ def _control_path(socket_path: Path | None) -> Path:
     return sock.with_name("control.sock")
 
 
+def _become_io_flusher() -> None:
+    """Mark this process as on the I/O path (see :mod:`loft.runtime.io_flusher`): the
+    writeback of a mounted workspace goes through it."""
+    from loft.runtime.io_flusher import set_io_flusher
+
+    try:
+        set_io_flusher()
+    except OSError as e:
+        logging.getLogger("loft.disk").warning(
+            "disk.io_flusher ok=false error=%s hint=%s",
+            json.dumps(e.strerror or str(e)),
+            json.dumps(
+                "needs CAP_SYS_RESOURCE; without it, writeback under memory pressure "
+                "may deadlock through attached workspaces"
+            ),
+        )
+    else:
+        logging.getLogger("loft.disk").info("disk.io_flusher ok=true")
+
+
 def run_disk_service(
     socket_path: Path | None,
     listen: str | None = None,
@@ -104,6 +124,7 @@ def run_disk_service(
     from loft.node.disk_service import DiskService, default_socket
 
     _setup_logging(verbose)
+    _become_io_flusher()  # before any thread starts: threads inherit the flag
     settings = Settings.from_env()
     sock = socket_path or default_socket(settings.data_dir)
     ssl_ctx = server_tls(tls_cert, tls_key, tls_ca, listen)
