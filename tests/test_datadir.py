@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from loft.datadir import DataDirError, check_private, private_data_dir, search_only_dir
+from loft.datadir import DataDirError, check_private, private_data_dir
 
 NOBODY = 65534
 
@@ -39,7 +39,8 @@ def test_data_dir_is_created_private(tmp_path: Path) -> None:
         ("volumes", 0o711, "mode 0711"),
         ("catalog.db", 0o644, "mode 0644"),
         ("envstore", 0o705, "open to other users"),
-        ("runtime", 0o751, "mode 0751"),
+        ("workspaces", 0o755, "mode 0755"),
+        ("workspaces", 0o701, "mode 0701"),
     ],
 )
 def test_data_dir_open_to_others_is_refused_at_start(
@@ -57,17 +58,16 @@ def test_data_dir_open_to_others_is_refused_at_start(
         assert "is open to other users" in proc.stderr and says in proc.stderr, proc.stderr
 
 
-def test_data_dir_and_runtime_may_be_search_only(tmp_path: Path) -> None:
-    """The path to workspaces' root filesystems: 0711 is accepted there, and only there."""
-    data = search_only_dir(tmp_path / "data")
-    search_only_dir(data / "runtime")
-    assert data.stat().st_mode & 0o777 == 0o711
-    private_data_dir(data)
-    check_private(data / "runtime", search_only=True)
-    (data / "chunks").mkdir(mode=0o711)
-    os.chmod(data / "chunks", 0o711)
-    with pytest.raises(DataDirError, match="mode 0711"):
-        private_data_dir(data)
+def test_data_dir_search_only_on_the_way_to_workspaces(tmp_path: Path) -> None:
+    """The documented exception: the data dir and workspaces/ may be 0711 (search only)
+    so that a container's init reaches a workspace's root filesystem."""
+    data = tmp_path / "data"
+    assert loft(data, "volume", "ls").returncode == 0
+    (data / "workspaces").mkdir(mode=0o700)
+    os.chmod(data / "workspaces", 0o711)
+    os.chmod(data, 0o711)
+    proc = loft(data, "volume", "ls")
+    assert proc.returncode == 0, proc.stderr
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")

@@ -9,10 +9,8 @@ the command that fixes it, when one is open to group or others or owned by someo
 
 Two documented exceptions: store paths keep the modes the Nix format gives them
 (0444/0555) inside the private store directory, and the directories leading to a
-workspace's root filesystem, the data dir itself and :data:`SEARCH_ONLY` entries, may be
-0711 (search only: nobody else can list them, and every entry in them is private or, for
-a workspace's own directory, its mapped root's alone) so that a container's init, running
-as the workspace's unprivileged mapped root, can reach it (:func:`search_only_dir`).
+workspace's root filesystem may be 0711 (search only) so that a container's init,
+running as the workspace's unprivileged mapped root, can reach it.
 """
 
 from __future__ import annotations
@@ -37,20 +35,32 @@ __all__ = [
 #: The umask of every loft process: what it creates is its owner's alone.
 PRIVATE_UMASK = 0o077
 #: The entries loft creates directly under the data dir, checked at every start.
-TOP_LEVEL = ("catalog.db", "chunks", "chunk-cache", "envstore", "run", "runtime", "volumes")
-#: Top-level entries that may be search-only (0711), like the data dir itself: the path
-#: to workspaces' root filesystems (see :mod:`loft.runtime.layout`).
-SEARCH_ONLY = ("runtime",)
-_SEARCH_BITS = 0o011
+TOP_LEVEL = (
+    "catalog.db",
+    "chunks",
+    "chunk-cache",
+    "envstore",
+    "run",
+    "runtime",
+    "templates",
+    "volumes",
+    "workspaces",
+)
+#: The one mode other than private that the data dir and ``workspaces`` may have: search
+#: only, so a container's init can walk to a workspace's root filesystem by its path
+#: without being able to list or read anything on the way.
+SEARCH_ONLY = 0o711
+#: The top-level entries that may be :data:`SEARCH_ONLY` (the data dir itself may too).
+_SEARCH_ONLY_OK = ("workspaces",)
 
 
 class DataDirError(LoftError):
     """The data dir (or an entry under it) is not private to this service."""
 
 
-def check_private(path: Path, *, search_only: bool = False) -> None:
+def check_private(path: Path, *, search_only_ok: bool = False) -> None:
     """Refuse ``path`` unless this process's user owns it and nobody else may access it
-    (but search it, with ``search_only``: mode 0711 passes too).
+    (with ``search_only_ok``, a directory may also be exactly :data:`SEARCH_ONLY`).
 
     The mode is checked on what the path names (a link to a private directory is fine);
     the owner too, so a directory made by another account cannot be adopted."""
@@ -62,8 +72,8 @@ def check_private(path: Path, *, search_only: bool = False) -> None:
             f"data {kind} {path} is owned by uid {st.st_uid}, not by this service (uid {me})",
             hint=f"chown -R {me} {path}, or point LOFT_DATA_DIR elsewhere",
         )
-    others = st.st_mode & 0o077
-    if others and not (search_only and kind == "directory" and others == _SEARCH_BITS):
+    search_only = search_only_ok and kind == "directory"
+    if st.st_mode & 0o077 and not (search_only and stat.S_IMODE(st.st_mode) == SEARCH_ONLY):
         raise DataDirError(
             f"data {kind} {path} is open to other users (mode {stat.S_IMODE(st.st_mode):04o})",
             hint=f"chmod -R go-rwx {path}",
@@ -74,20 +84,19 @@ def private_data_dir(data_dir: Path) -> Path:
     """Create the data dir 0700 when missing, then check it and its top-level entries
     (:data:`TOP_LEVEL`) with :func:`check_private`. Returns ``data_dir``."""
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    check_private(data_dir, search_only=True)
+    check_private(data_dir, search_only_ok=True)
     for name in TOP_LEVEL:
         entry = data_dir / name
         if entry.exists():
-            check_private(entry, search_only=name in SEARCH_ONLY)
+            check_private(entry, search_only_ok=name in _SEARCH_ONLY_OK)
     return data_dir
 
 
 def search_only_dir(path: Path) -> Path:
-    """Create ``path`` (0700 at first) when missing and make it 0711: searchable by every
-    uid, listable and writable only by its owner. For the data dir itself, the
-    :data:`SEARCH_ONLY` entries and the directories under them only. Returns ``path``."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(path, 0o711)
+    """Make directory ``path`` exist with mode :data:`SEARCH_ONLY` (one of the documented
+    directories leading to a workspace's root filesystem). Returns ``path``."""
+    path.mkdir(mode=0o700, exist_ok=True)
+    os.chmod(path, SEARCH_ONLY)
     return path
 
 

@@ -108,3 +108,39 @@ def test_unreachable_catalog_is_a_clear_error(tmp_path: Path) -> None:
         Catalog("postgresql://nobody@127.0.0.1:1/loft")
     assert "\n" not in info.value.message
     assert "unavailable" in info.value.message
+
+
+def test_upgrade_flags_existing_volumes_raw_written(url: str) -> None:
+    """0003: nothing recorded how older volumes were written, so the host must treat
+    them as raw-written; volumes created afterwards start unflagged."""
+    from alembic import command
+    from alembic.config import Config
+
+    from loft.blockstore.heads import Heads
+
+    cat = Catalog(url, migrate=False)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(database.__file__).with_name("migrations")))
+    with cat.engine.connect() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0002")
+        conn.commit()
+    with cat.engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO volumes (uid, name, size, extent_size, durability,"
+                " commit_interval, lineage, created_at, root, version, epoch)"
+                " VALUES ('ab', 'old', 4096, 65536, 'local', 5, '[]', 0, '00', 0, 0)"
+            )
+        )
+    cat.close()
+    upgraded = Catalog(url)
+    try:
+        heads = Heads(upgraded)
+        assert heads.get("old").raw_written
+        new = heads.create(
+            "new", size=4096, extent_size=65536, durability="local", commit_interval=5.0
+        )
+        assert not new.raw_written
+    finally:
+        upgraded.close()

@@ -81,7 +81,7 @@ def test_oci_config_masked_and_read_only_paths() -> None:
 
 def test_oci_config_mounts_the_environment_read_only() -> None:
     mounts = {m["destination"]: m for m in config()["mounts"]}
-    stage = "/data/runtime/roots/ws1/store"
+    stage = "/data/workspaces/ws1/sandbox/store"
     assert mounts["/usr"]["source"] == f"{stage}/{ENV.removeprefix('/nix/store/')}"
     for path in (ENV, LIBC):
         assert mounts[path]["source"] == f"{stage}/{path.removeprefix('/nix/store/')}"
@@ -92,7 +92,7 @@ def test_oci_config_mounts_the_environment_read_only() -> None:
     # /nix/store (a tmpfs) comes before the closure's paths bound into it.
     order = [m["destination"] for m in config()["mounts"]]
     assert order.index("/nix/store") < order.index(ENV)
-    assert config()["root"] == {"path": "/data/runtime/roots/ws1/rootfs", "readonly": False}
+    assert config()["root"] == {"path": "/data/workspaces/ws1/sandbox/rootfs", "readonly": False}
 
 
 def test_oci_process_capabilities_for_root_only() -> None:

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from runtime_support import Workspaces, example, needs_runc, workspaces
 
-from loft.runtime import PhaseError, RuncError
 from loft.runtime.cgroups import cgroup_dirs
+from loft.runtime.errors import PhaseError, RuncError
 from loft.runtime.forward import unix_listener
 from loft.runtime.oci import cgroup_path
 from loft.runtime.phase import Phase

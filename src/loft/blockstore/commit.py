@@ -97,6 +97,8 @@ def store_chunks(
                 tally.dedup_hits += 1
             continue
         puts.append((key, unique[digest]))
+    if puts:
+        ctx.reserve.refuse_chunk_growth()
     ctx.store.put_many(puts)
     if tally:
         tally.uploaded_chunks += len(puts)

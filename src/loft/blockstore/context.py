@@ -14,6 +14,7 @@ from loft.blockstore.chunkcache import ChunkCache
 from loft.blockstore.chunks import ChunkCodec, deployment_secret
 from loft.blockstore.errors import VolumeIOError
 from loft.blockstore.heads import Heads
+from loft.blockstore.reserve import DiskReserve
 from loft.catalog import Catalog
 from loft.config import Settings
 from loft.datadir import private_data_dir
@@ -47,6 +48,7 @@ class BlockstoreContext:
     codec: ChunkCodec
     cache: ChunkCache
     budget: ExtentBudget
+    reserve: DiskReserve
     pool: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(
             max(4, (os.cpu_count() or 2) * 2),
@@ -77,6 +79,7 @@ class BlockstoreContext:
             codec=ChunkCodec(secret),
             cache=cache,
             budget=ExtentBudget(settings.cache_bytes),
+            reserve=DiskReserve(settings.data_dir, settings.disk_reserve, settings.chunks_url),
         )
 
     def decode_chunk(self, digest: bytes, value: bytes) -> bytes:

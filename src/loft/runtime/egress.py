@@ -31,7 +31,7 @@ import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 
-from loft.runtime import WorkspaceError
+from loft.runtime.errors import WorkspaceError
 
 __all__ = [
     "DENIED_V4",

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from loft.isolation.userns import ENV_RUN_IDS, IdRange
-from loft.runtime import WorkspaceError
+from loft.runtime.errors import WorkspaceError
 
 __all__ = ["FIRST_HOST_ID", "LAST_HOST_ID", "RANGE_SIZE", "allocate_range", "host_ids"]
 

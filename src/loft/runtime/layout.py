@@ -3,26 +3,28 @@
 ::
 
     $LOFT_DATA_DIR/                 0711 root   (search only: see loft.datadir)
-      runtime/                      0711 root
+      runtime/                      0700 root
         runc/                       0700 root   runc --root: what runs (runc state, list)
-        bundles/<id>/               0700 root   config.json, workspace.json, console sockets
-        roots/                      0711 root
-          <id>/                     0700 H      H = the workspace's mapped root on the host
+        bundles/<id>/               0700 root   config.json, workspace.json, init.pid, logs
+      workspaces/                   0711 root   (shared with loft.runtime.attach)
+        <id>/                       0711 root   (or root:GID 0710: see attach.py)
+          sandbox/                  0700 H      H = the workspace's mapped root on the host
             rootfs/                 empty on the host; see below
             store/                  empty on the host; see below
 
 **The stage.** runc's init runs as the workspace's mapped root (host uid H, no privilege
 outside its user namespace) when it mounts the container's root and binds, so it can only
-reach paths every directory of which it may search: hence 0711 down to ``roots/``, and
-``roots/<id>`` which only H may enter (not another workspace's root, not another local
+reach paths every directory of which it may search: hence 0711 down to ``<id>``, and
+``sandbox`` which only H may enter (not another workspace's root, not another local
 account). Nothing is mounted there on the host: :func:`staged` makes two *detached*
 mounts as root — the workspace's filesystem, idmapped onto H's range, nosuid, nodev
 (:func:`loft.isolation.idmap.idmapped_clone`), and the physical store directory, read-only
 — and ``runc create`` attaches them on ``rootfs/`` and ``store/`` in a mount namespace of
 its own (``preexec_fn``), which the container's copies. So the host's mount table never
-holds a workspace's files (no other account or process can walk into them, and no mount
-is ever left behind, whatever fails), and when runc has pivoted into the root, the store
-directory is gone from the container but for the closure's paths it bound.
+holds a workspace's files through the stage (no other account or process can walk into
+them, and no mount is ever left behind, whatever fails), and when runc has pivoted into
+the root, the store directory is gone from the container but for the closure's paths it
+bound.
 
 The host-side ``rootfs/`` path must still exist: runc starts its init, for ``create`` and
 every ``exec``, with that path as working directory (as root, before it joins anything).
@@ -49,7 +51,7 @@ from loft.isolation.idmap import (
     idmapped_clone,
 )
 from loft.isolation.userns import user_namespace
-from loft.runtime import WorkspaceError
+from loft.runtime.errors import WorkspaceError
 from loft.runtime.spec import WorkspaceSpec, check_workspace_id
 
 __all__ = ["MERGED_LINKS", "RuntimeDirs", "Stage", "check_rootfs", "merge_usr", "staged"]
@@ -79,8 +81,12 @@ class RuntimeDirs:
     def bundle(self, workspace: str) -> Path:
         return self.root / "bundles" / check_workspace_id(workspace)
 
+    def workspace(self, workspace: str) -> Path:
+        """``workspaces/<id>``, which :mod:`loft.runtime.attach` may have made first."""
+        return self.data_dir / "workspaces" / check_workspace_id(workspace)
+
     def stage(self, workspace: str) -> Path:
-        return self.root / "roots" / check_workspace_id(workspace)
+        return self.workspace(workspace) / "sandbox"
 
     def rootfs(self, workspace: str) -> Path:
         return self.stage(workspace) / "rootfs"
@@ -91,8 +97,11 @@ class RuntimeDirs:
     def prepare(self, spec: WorkspaceSpec) -> None:
         """Create the directories for ``spec`` with their modes and owners; refuse a data
         dir below a directory the workspace's mapped root may not search."""
-        for d in (self.data_dir, self.root, self.root / "roots"):
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for d in (self.data_dir, self.data_dir / "workspaces"):
             search_only_dir(d)
+        if not self.workspace(spec.id).exists():  # attach's own modes stay as they are
+            search_only_dir(self.workspace(spec.id))
         for d in self.data_dir.resolve().parents:
             if not os.stat(d).st_mode & stat.S_IXOTH:
                 raise WorkspaceError(
@@ -100,7 +109,7 @@ class RuntimeDirs:
                     "init cannot reach its root filesystem through it",
                     hint=f"chmod o+x {d} (search only), or put the data dir elsewhere",
                 )
-        for d in (self.runc_root, self.root / "bundles", self.bundle(spec.id)):
+        for d in (self.root, self.runc_root, self.root / "bundles", self.bundle(spec.id)):
             d.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.chmod(d, 0o700)
         stage = self.stage(spec.id)
@@ -111,12 +120,14 @@ class RuntimeDirs:
             d.mkdir(mode=0o700, exist_ok=True)
 
     def remove(self, workspace: str) -> None:
-        """Remove a workspace's bundle and stage directories (its container is gone)."""
+        """Remove a workspace's bundle and stage directories (its container is gone), and
+        ``workspaces/<id>`` when nothing else (an attachment) is in it."""
         shutil.rmtree(self.bundle(workspace), ignore_errors=True)
-        stage = self.stage(workspace)
-        for d in (self.rootfs(workspace), self.store(workspace), stage):
+        for d in (self.rootfs(workspace), self.store(workspace), self.stage(workspace)):
             with contextlib.suppress(FileNotFoundError):
                 d.rmdir()  # empty mount points: never a recursive removal under them
+        with contextlib.suppress(OSError):
+            self.workspace(workspace).rmdir()
 
 
 def check_rootfs(rootfs: Path) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from loft.isolation.userns import IdRange
-from loft.runtime import WorkspaceError
+from loft.runtime.errors import WorkspaceError
 from loft.runtime.spec import EnvironmentView, Limits, Network, WorkspaceSpec
 
 __all__ = ["FORMAT", "load_spec", "save_spec", "spec_from_json", "spec_to_json", "write_private"]

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import enum
 
-from loft.runtime import PhaseError
+from loft.runtime.errors import PhaseError
 
 __all__ = ["ALLOWED", "Command", "Phase", "check"]
 

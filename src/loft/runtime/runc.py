@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from loft.runtime import RuncError, UnknownWorkspace, WorkspaceError
+from loft.runtime.errors import RuncError, UnknownWorkspace, WorkspaceError
 from loft.runtime.phase import Phase
 
 __all__ = ["ContainerState", "Runc", "Stdio", "runc_binary"]

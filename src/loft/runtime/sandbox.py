@@ -32,12 +32,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loft.runtime import NotSupported, UnknownWorkspace, WorkspaceError
 from loft.runtime.cgroups import cgroup_dirs
 from loft.runtime.console import PtySession, set_window_size
 from loft.runtime.egress import NAMESERVER, apply_ruleset, egress_ruleset, start_stack, stop_stack
+from loft.runtime.errors import NotSupported, UnknownWorkspace, WorkspaceError
 from loft.runtime.forward import Forwarder, connect_in
-from loft.runtime.fsfreeze import freeze_filesystem, thaw_filesystem
+from loft.runtime.freeze import freeze, syncfs, thaw
 from loft.runtime.interface import Runtime, RuntimeSnapshot, Stats, WorkspaceStatus
 from loft.runtime.layout import RuntimeDirs, check_rootfs, merge_usr, staged
 from loft.runtime.oci import bundle_config, cgroup_path, process_config
@@ -232,7 +232,8 @@ class SandboxRuntime(Runtime):
             (bundle / "stack.pid").write_text(str(live.stack.pid))
         self.runc.start(spec.id)
         live.phase = Phase.RUNNING
-        if needs_seed(spec.rootfs, nat):
+        etc = spec.env.store_dir / spec.env.basename(spec.env.path) / "etc"
+        if needs_seed(spec.rootfs, os.listdir(etc) if etc.is_dir() else [], nat):
             env = {"LOFT_NAMESERVER": NAMESERVER} if nat else {}
             seed = ExecRequest(("/usr/bin/sh", "-c", SEED_SCRIPT), user=0, cwd="/", env=env)
             done = self.run(spec.id, seed, timeout=60)
@@ -255,7 +256,7 @@ class SandboxRuntime(Runtime):
         if spec is not None:
             # A frozen filesystem would hold the dying processes' writes forever.
             with contextlib.suppress(OSError):
-                thaw_filesystem(spec.rootfs)
+                thaw(spec.rootfs)
         state = self.runc.state(workspace)
         if state is not None:
             if state.phase is Phase.PAUSED:
@@ -336,13 +337,14 @@ class SandboxRuntime(Runtime):
     def freeze_filesystem(self, workspace: str) -> None:
         with self._lock(workspace):
             live = self._checked(workspace, Command.FREEZE_FS)
-            freeze_filesystem(live.spec.rootfs)
+            syncfs(live.spec.rootfs)  # the bulk written back while writers still run
+            freeze(live.spec.rootfs)
             live.fs_frozen = True
 
     def thaw_filesystem(self, workspace: str) -> None:
         with self._lock(workspace):
             live = self._checked(workspace, Command.THAW_FS)
-            thaw_filesystem(live.spec.rootfs)
+            thaw(live.spec.rootfs)
             live.fs_frozen = False
 
     def stats(self, workspace: str) -> Stats:

@@ -18,6 +18,7 @@ that a first start waits for.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 __all__ = ["SEED_SCRIPT", "needs_seed"]
@@ -53,10 +54,13 @@ fi
 """
 
 
-def needs_seed(rootfs: Path, nat: bool = False) -> bool:
-    """Whether the filesystem mounted (host side) at ``rootfs`` lacks what the seed makes
-    (a cheap check on every start: the seed runs on the first, and on the first with
-    ``nat``). The answer only decides whether the seed runs inside, so a tenant's link on
-    the way misleads nothing else."""
-    paths = ["etc/passwd", "etc/hosts", "home/runner", *(["etc/resolv.conf"] if nat else [])]
+def needs_seed(rootfs: Path, etc_entries: Iterable[str], nat: bool = False) -> bool:
+    """Whether the filesystem mounted (host side) at ``rootfs`` lacks what the seed makes:
+    one of the environment's ``etc_entries`` in ``/etc``, ``/etc/hosts``, ``/home/runner``
+    (or, with ``nat``, ``/etc/resolv.conf``). A cheap check on every start (a few
+    ``lstat``): the seed runs on the first, and after the environment gained an entry.
+    The answer only decides whether the seed runs inside, so a tenant's link on the way
+    misleads nothing else."""
+    paths = [*(f"etc/{e}" for e in etc_entries), "etc/hosts", "home/runner"]
+    paths += ["etc/resolv.conf"] if nat else []
     return not all(os.path.lexists(rootfs / p) for p in paths)
