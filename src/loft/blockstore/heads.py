@@ -7,6 +7,9 @@ A lease keeps others out until it expires, or until its holder is provably dead
 (:func:`~loft.blockstore.holder.provably_dead`: a process of this very node that is
 gone); either way the taker goes through the same epoch bump, so fencing and recovery
 do not depend on which it was.
+
+A little over 500 lines because it is every statement on the volumes, snapshots and
+in-flight-commit tables: the compare-and-swap rules only hold if one module writes them.
 """
 
 from __future__ import annotations
