@@ -436,4 +436,11 @@ def _sparse_target(dst: BinaryIO) -> tuple[bool, int]:
     return True, start
 
 
-__all__ = ["Blockstore", "SnapshotNotFound", "TransferReport", "VolumeInfo", "new_holder_id"]
+__all__ = [
+    "Blockstore",
+    "SnapshotNotFound",
+    "TransferReport",
+    "VolumeInfo",
+    "new_holder_id",
+    "open_image",
+]

@@ -508,4 +508,12 @@ _HANDLERS: dict[type, Callable[..., object]] = {
 assert set(_HANDLERS) == {op.request for op in api.OPERATIONS}, "every operation has a handler"
 
 
-__all__ = ["BlockstoreError", "CatalogExports", "DiskService", "NotServed", "default_socket"]
+__all__ = [
+    "AttachmentExports",
+    "BlockstoreError",
+    "CatalogExports",
+    "DiskService",
+    "NotServed",
+    "attach_socket",
+    "default_socket",
+]
