@@ -53,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import KIB, MIB, emit, log
 from loft.blockstore.api import Blockstore
 from loft.blockstore.context import BlockstoreContext
-from loft.blockstore.heads import new_holder_id
+from loft.blockstore.holder import new_holder_id
 from loft.blockstore.volume import open_volume
 from loft.config import Settings
 

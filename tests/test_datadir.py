@@ -39,6 +39,8 @@ def test_data_dir_is_created_private(tmp_path: Path) -> None:
         ("volumes", 0o711, "mode 0711"),
         ("catalog.db", 0o644, "mode 0644"),
         ("envstore", 0o705, "open to other users"),
+        ("workspaces", 0o755, "mode 0755"),
+        ("workspaces", 0o701, "mode 0701"),
     ],
 )
 def test_data_dir_open_to_others_is_refused_at_start(
@@ -54,6 +56,18 @@ def test_data_dir_open_to_others_is_refused_at_start(
         proc = loft(data, *args)
         assert proc.returncode == 1, proc.stderr
         assert "is open to other users" in proc.stderr and says in proc.stderr, proc.stderr
+
+
+def test_data_dir_search_only_on_the_way_to_workspaces(tmp_path: Path) -> None:
+    """The documented exception: the data dir and workspaces/ may be 0711 (search only)
+    so that a container's init reaches a workspace's root filesystem."""
+    data = tmp_path / "data"
+    assert loft(data, "volume", "ls").returncode == 0
+    (data / "workspaces").mkdir(mode=0o700)
+    os.chmod(data / "workspaces", 0o711)
+    os.chmod(data, 0o711)
+    proc = loft(data, "volume", "ls")
+    assert proc.returncode == 0, proc.stderr
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")

@@ -102,3 +102,26 @@ def test_imports_follow_the_layers() -> None:
 def test_the_contract_catches_a_new_wrong_import(package: str, source: str, says: str) -> None:
     (why,) = violations(package, imported_packages(source), layers())
     assert says in why
+
+
+def real_edges() -> dict[str, set[str]]:
+    """Package -> the loft packages its modules import, from the code."""
+    edges: dict[str, set[str]] = {}
+    for path in SRC.rglob("*.py"):
+        if path == SRC / "__init__.py":
+            continue
+        package = package_of(path)
+        edges.setdefault(package, set()).update(imported_packages(path.read_text()) - {package})
+    return {k: v for k, v in edges.items() if v}
+
+
+def test_the_map_draws_the_real_edges() -> None:
+    """docs/architecture.md's "Real edges today" paragraph is what the code imports."""
+    text = ARCHITECTURE.read_text()
+    m = re.search(r"Real edges today: (.*?)\.\s", text, re.S)
+    assert m, "docs/architecture.md lost its 'Real edges today' paragraph"
+    drawn = {
+        src.strip(): {t.strip() for t in targets.split(",")}
+        for src, targets in re.findall(r"`(\w+) → ([\w, \n]+)`", m.group(1))
+    }
+    assert drawn == real_edges()

@@ -110,8 +110,49 @@ def test_unreachable_catalog_is_a_clear_error(tmp_path: Path) -> None:
     assert "unavailable" in info.value.message
 
 
+def test_upgrade_flags_existing_volumes_raw_written(url: str) -> None:
+    """0003: nothing recorded how older volumes were written, so the host must treat
+    them as raw-written; volumes created afterwards start unflagged."""
+    from alembic import command
+    from alembic.config import Config
+
+    from loft.blockstore.heads import Heads
+
+    cat = Catalog(url, migrate=False)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(database.__file__).with_name("migrations")))
+    with cat.engine.connect() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0002")
+        conn.commit()
+    with cat.engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO volumes (uid, name, size, extent_size, durability,"
+                " commit_interval, lineage, created_at, root, version, epoch)"
+                " VALUES ('ab', 'old', 4096, 65536, 'local', 5, '[]', 0, '00', 0, 0)"
+            )
+        )
+    cat.close()
+    upgraded = Catalog(url)
+    try:
+        heads = Heads(upgraded)
+        assert heads.get("old").raw_written
+        new = heads.create(
+            "new",
+            size=4096,
+            extent_size=65536,
+            durability="local",
+            commit_interval=5.0,
+            max_dirty=65536,
+        )
+        assert not new.raw_written
+    finally:
+        upgraded.close()
+
+
 def test_max_dirty_and_sweeps_are_added_to_an_old_catalog(url: str) -> None:
-    """0003 gives existing volumes the default max_dirty and GC a sweep count of 0, and
+    """0004 gives existing volumes the default max_dirty and GC a sweep count of 0, and
     goes back down cleanly."""
     from alembic import command
     from alembic.config import Config
@@ -121,7 +162,7 @@ def test_max_dirty_and_sweeps_are_added_to_an_old_catalog(url: str) -> None:
     cfg.set_main_option("script_location", str(Path(database.__file__).with_name("migrations")))
     with cat.engine.connect() as conn:
         cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "0002")
+        command.upgrade(cfg, "0003")
         conn.commit()
     with cat.engine.begin() as conn:
         conn.execute(
@@ -140,9 +181,9 @@ def test_max_dirty_and_sweeps_are_added_to_an_old_catalog(url: str) -> None:
             assert conn.execute(select(gc_state.c.sweeps)).scalar_one() == 0
         with upgraded.engine.connect() as conn:
             cfg.attributes["connection"] = conn
-            command.downgrade(cfg, "0002")
+            command.downgrade(cfg, "0003")
             conn.commit()
-        assert _revision(url) == "0002"
+        assert _revision(url) == "0003"
         with upgraded.engine.connect() as conn:
             assert "max_dirty" not in {c["name"] for c in inspect(conn).get_columns("volumes")}
     finally:

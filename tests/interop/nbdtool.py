@@ -7,6 +7,7 @@ directory; it is stopped by PID (SIGTERM, then SIGKILL) when the test ends.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -85,9 +86,26 @@ class NBDServerProcess:
             time.sleep(0.02)
         return self
 
+    def tcp_port(self, timeout: float = 20) -> int:
+        """The TCP port the server reports listening on (``--listen HOST:0``)."""
+        deadline = time.monotonic() + timeout
+        while not (m := re.search(r"listening on [^ ]+:(\d+)", self.log.read_text())):
+            if time.monotonic() > deadline or not self.alive:
+                raise AssertionError(f"server did not listen on TCP: {self.log.read_text()}")
+            time.sleep(0.05)
+        return int(m.group(1))
+
     @property
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def rss_mib(self) -> float:
+        """The server's resident set size (VmRSS), MiB."""
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        raise AssertionError("no VmRSS")
 
     def stop(self) -> int:
         """SIGTERM (clean shutdown with flush), SIGKILL after 15 s; return the exit code."""

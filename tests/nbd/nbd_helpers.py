@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import socket
+import ssl
 import threading
 from pathlib import Path
 from typing import Any
@@ -146,10 +147,20 @@ class Client:
                 return out
 
     def handshake(
-        self, export: str = "", *, structured: bool = True, contexts: tuple[str, ...] = ()
+        self,
+        export: str = "",
+        *,
+        structured: bool = True,
+        contexts: tuple[str, ...] = (),
+        tls: ssl.SSLContext | None = None,
     ) -> list[object]:
+        """Negotiate up to GO (after STARTTLS with ``tls``); returns GO's replies."""
         assert isinstance(self.next(), p.Greeting)
         self.send(p.ClientFlags())
+        if tls is not None:
+            assert self.option(p.StartTLSOption()) == [p.OptionAck(p.Option.STARTTLS)]
+            self.sock = tls.wrap_socket(self.sock, server_hostname="localhost")
+            self.conn.tls_established()
         if structured:
             assert self.option(p.StructuredReplyOption()) == [
                 p.OptionAck(p.Option.STRUCTURED_REPLY)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -13,56 +12,10 @@ from pathlib import Path
 
 import pytest
 from nbdtool import DEBIAN_PYTHON, loft_command, run
+from nodetool import Node
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.serial]
 MIB = 1 << 20
-
-
-class Node:
-    """One node's environment (data dir) over a shared catalog and chunk store."""
-
-    def __init__(self, root: Path, name: str) -> None:
-        self.env = dict(os.environ)
-        self.env.update(
-            LOFT_DATA_DIR=str(root / name),
-            LOFT_CHUNKS=f"file://{root / 'chunks'}",
-            LOFT_CATALOG_URL=f"sqlite:///{root / 'catalog.db'}",
-        )
-        self.sock = root / name / "run" / "nbd.sock"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def loft(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(
-            [*loft_command(), *args], env=self.env, capture_output=True, text=True, timeout=120
-        )
-        if check and proc.returncode != 0:
-            raise AssertionError(f"loft {args} failed:\n{proc.stdout}\n{proc.stderr}")
-        return proc
-
-    def serve(self) -> None:
-        log = open(Path(self.env["LOFT_DATA_DIR"]).with_suffix(".log"), "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [*loft_command(), "disk", "serve"], env=self.env, stdout=log, stderr=log
-        )
-        control = self.sock.with_name("control.sock")
-        deadline = time.monotonic() + 30
-        while not control.exists():
-            assert self.proc.poll() is None, "disk service died at start"
-            assert time.monotonic() < deadline, "disk service did not start"
-            time.sleep(0.05)
-
-    def stop(self) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-            raise
-
-    def uri(self, export: str) -> str:
-        return f"nbd+unix:///{export}?socket={self.sock}"
 
 
 @pytest.fixture

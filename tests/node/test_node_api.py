@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_disk_service import Node
+from nodetool import Node
 
 from loft.node import api
 from loft.node.client import ControlError, call

@@ -26,9 +26,10 @@ from loft.blockstore.heads import (
     DEFAULT_LEASE_TTL,
     SnapshotRecord,
     VolumeRecord,
-    new_holder_id,
+    lease_held,
 )
-from loft.blockstore.names import check_geometry, check_name, split_ref
+from loft.blockstore.holder import describe, new_holder_id
+from loft.blockstore.names import check_geometry, check_name, check_not_reserved, split_ref
 from loft.blockstore.snapview import SnapshotView
 from loft.blockstore.volume import Volume, open_volume
 from loft.blockstore.workcopy import ABSENT, DIRTY, WorkingCopy
@@ -67,6 +68,7 @@ class VolumeInfo:
     extents_present: int | None
     extents_dirty: int | None
     bytes_stored: int
+    raw_written: bool
     #: clean extents found not to match their chunk since the volume was opened (and
     #: fetched again); None when it is not open in this process
     extents_corrupt: int | None = None
@@ -134,7 +136,7 @@ class Blockstore:
         max_dirty: int = DEFAULT_MAX_DIRTY,
     ) -> VolumeRecord:
         """A new, empty (all-zero) volume."""
-        check_name(name, new=True)
+        check_not_reserved(check_name(name, new=True))
         check_geometry(size, extent_size)
         if durability not in DURABILITIES:
             raise InvalidArgument(f"durability must be 'remote' or 'local', not {durability!r}")
@@ -197,6 +199,7 @@ class Blockstore:
             extents_present=present,
             extents_dirty=dirty,
             bytes_stored=stored,
+            raw_written=rec.raw_written,
         )
 
     def open(
@@ -235,7 +238,7 @@ class Blockstore:
             return False
         with self.ctx.catalog.read() as conn:
             now = self.ctx.catalog.now(conn)
-        return (rec.lease_expires or 0) + DEFAULT_LEASE_MARGIN > now
+        return lease_held(rec, now)
 
     def served_at(self, name: str) -> str | None:
         """The control socket of the disk service serving the volume, if one is."""
@@ -252,7 +255,7 @@ class Blockstore:
                 hint=f"run `loft disk release {rec.name}` or stop that disk service first",
             )
         raise VolumeBusy(
-            f"cannot {what} volume {rec.name!r}: it is in use by {rec.holder}",
+            f"cannot {what} volume {rec.name!r}: it is in use by {describe(rec.holder or '')}",
             hint="stop the writer using it first, or wait for its lease to expire",
         )
 
@@ -293,7 +296,7 @@ class Blockstore:
         name, snap = split_ref(ref)
         if snap is None:
             raise InvalidArgument(f"fork needs NAME@SNAPSHOT, got {ref!r}")
-        check_name(new, new=True)
+        check_not_reserved(check_name(new, new=True))
         if self.heads.find(new) is not None:
             raise VolumeExists(new)
         rec = self.heads.get(name)
@@ -309,6 +312,7 @@ class Blockstore:
             parent_uid=rec.uid,
             parent_snapshot=s.name,
             lineage=(rec.uid, *rec.lineage),
+            raw_written=rec.raw_written,
         )
 
     def restore(self, name: str, snap: str) -> tuple[VolumeRecord, str]:
@@ -360,7 +364,8 @@ class Blockstore:
         self, name: str, src: BinaryIO, size: int | None, progress: Progress | None = None
     ) -> TransferReport:
         """Write a raw image into the volume from offset 0, then commit. An image larger
-        than the volume changes nothing."""
+        than the volume changes nothing. The volume is flagged raw-written (see
+        :meth:`Volume.import_image`)."""
         rec = self.get(name)
         if size is not None and size > rec.size:
             raise InvalidArgument(
@@ -449,4 +454,11 @@ def _sparse_target(dst: BinaryIO) -> tuple[bool, int]:
     return True, start
 
 
-__all__ = ["Blockstore", "SnapshotNotFound", "TransferReport", "VolumeInfo", "new_holder_id"]
+__all__ = [
+    "Blockstore",
+    "SnapshotNotFound",
+    "TransferReport",
+    "VolumeInfo",
+    "new_holder_id",
+    "open_image",
+]

@@ -136,6 +136,8 @@ def store_chunks(
             hits.append(d)
         else:
             missing.append(d)
+    if missing:
+        ctx.reserve.refuse_chunk_growth()
     values = list(ctx.pool.map(lambda d: ctx.codec.frame(chunks[d]), missing))
     ctx.store.put_many([(keys[d], v) for d, v in zip(missing, values, strict=True)])
     if trusted:

@@ -14,6 +14,7 @@ from loft.blockstore.chunks import ChunkCodec, deployment_secret
 from loft.blockstore.errors import VolumeIOError
 from loft.blockstore.heads import Heads
 from loft.blockstore.presence import PresenceIndex
+from loft.blockstore.reserve import DiskReserve
 from loft.catalog import Catalog
 from loft.config import Settings
 from loft.datadir import private_data_dir
@@ -34,6 +35,7 @@ class BlockstoreContext:
     codec: ChunkCodec
     cache: ChunkCache
     budget: ExtentBudget
+    reserve: DiskReserve
     #: chunks known to be in the store (hash-first commits skip asking it)
     presence: PresenceIndex = field(default_factory=PresenceIndex)
     pool: ThreadPoolExecutor = field(
@@ -73,6 +75,7 @@ class BlockstoreContext:
             codec=ChunkCodec(secret),
             cache=cache,
             budget=ExtentBudget(settings.cache_bytes),
+            reserve=DiskReserve(settings.data_dir, settings.disk_reserve, settings.chunks_url),
         )
 
     def decode_chunk(self, digest: bytes, value: bytes) -> bytes:

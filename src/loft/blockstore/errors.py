@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import errno
+
 from loft.errors import LoftError
 from loft.objstore import ObjectNotFound, ObjectStoreError
 
@@ -67,6 +69,16 @@ class VolumeIOError(BlockstoreError):
     """Reading or writing the volume failed (local disk or chunk store)."""
 
 
+class NoSpace(BlockstoreError, OSError):
+    """The node's data disk is under its free-space reserve: growth is refused. Also an
+    OSError with errno ENOSPC, like the disk-full error it stands in for."""
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        BlockstoreError.__init__(self, message, hint=hint)
+        self.errno = errno.ENOSPC
+        self.strerror = self.message
+
+
 class NotFast(BlockstoreError):
     """A fast-only zero could not be done without reading or writing data."""
 
@@ -81,6 +93,7 @@ __all__ = [
     "GCRefused",
     "InvalidArgument",
     "LeaseLost",
+    "NoSpace",
     "NotFast",
     "ObjectNotFound",
     "ObjectStoreError",

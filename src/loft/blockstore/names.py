@@ -14,6 +14,9 @@ MIN_EXTENT_SIZE = 64 << 10
 MAX_EXTENT_SIZE = 64 << 20
 #: Volumes are a whole number of 4 KiB blocks (what NBD clients and filesystems expect).
 SIZE_ALIGNMENT = 4096
+#: Names loft gives its own volumes (workspace templates) start with this; people's
+#: volumes may not, so no one can stand in for one of loft's.
+RESERVED_PREFIX = "loft-"
 
 
 def check_name(name: str, what: str = "volume", *, new: bool = False) -> str:
@@ -23,6 +26,16 @@ def check_name(name: str, what: str = "volume", *, new: bool = False) -> str:
         raise InvalidArgument(
             f"bad {what} name {name!r}",
             hint="use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit",
+        )
+    return name
+
+
+def check_not_reserved(name: str) -> str:
+    """Return ``name`` unless it is one loft keeps for its own volumes."""
+    if name.startswith(RESERVED_PREFIX):
+        raise InvalidArgument(
+            f"volume names starting with {RESERVED_PREFIX!r} are reserved for loft's own",
+            hint="pick another name",
         )
     return name
 

@@ -98,6 +98,7 @@ def salvage_orphan(ctx: BlockstoreContext, rec: VolumeRecord, wc: WorkingCopy) -
                 parent_uid=rec.uid,
                 parent_snapshot=parent_snapshot,
                 lineage=(rec.uid, *rec.lineage),
+                raw_written=rec.raw_written,
             )
             break
         except VolumeExists:

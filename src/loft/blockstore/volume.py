@@ -53,9 +53,9 @@ from loft.blockstore.heads import (
     DEFAULT_LEASE_MARGIN,
     DEFAULT_LEASE_TTL,
     VolumeRecord,
-    new_holder_id,
     writer_tag,
 )
+from loft.blockstore.holder import new_holder_id
 from loft.blockstore.lease import LeaseKeeper
 from loft.blockstore.manifest import Manifest
 from loft.blockstore.readahead import DEFAULT_WINDOW, ReadAhead
@@ -360,6 +360,8 @@ class Volume:
                 with self._lock:
                     self._throttle_locked(offset, length)
                     need = self._needs_fetch(offset, length)
+                    if self.ctx.reserve.low() and self._grows(offset, length, what, need):
+                        self.ctx.reserve.refuse_growth(f"volume {self.name!r}: {what}")
                     if not need:
                         self._mutating(offset, length)
                         apply()
@@ -397,6 +399,14 @@ class Volume:
                 self.throttled_writes += 1
             self._capture_locked(urgent=True)
             self._cond.wait(1.0)
+
+    def _grows(self, offset: int, length: int, what: str, need: list[int]) -> bool:
+        """Whether a mutation takes new space in the working copy (lock held): a write
+        into any hole (an absent extent, or a zero one fetched as a hole), or a zeroing
+        that must fetch the extents it covers only partly (``need``)."""
+        if what != "write":
+            return bool(need)
+        return os.lseek(self._fd, offset, os.SEEK_HOLE) < offset + length
 
     def _zero_locked(self, offset: int, length: int) -> None:
         end = offset + length
@@ -714,12 +724,17 @@ class Volume:
     ) -> CommitResult:
         """Replace the volume's first bytes with a raw image read from ``src`` and commit,
         streaming extents straight to the chunk store (not through the working copy).
-        An image larger than the volume raises InvalidArgument before the head moves."""
+        An image larger than the volume raises InvalidArgument before the head moves.
+
+        The volume is flagged raw-written before any byte of the image lands (a failed
+        import may have changed nothing and still flags it: the flag errs on the safe
+        side)."""
         self.commit()  # the import applies on top of a clean, committed volume
         with self._cond:
             if self._dirty:
                 raise VolumeIOError(f"volume {self.name!r} is being written; import refused")
             self._check_writable()
+        self.ctx.heads.mark_raw_written(self.record.id)
         return self._committer.import_image(
             src, progress, n_extents=self._n, size=self.size, read=self.read
         )

@@ -19,6 +19,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
 
 metadata = MetaData()
@@ -59,6 +60,9 @@ volumes = Table(
     Column("lease_expires", Float, nullable=True),
     # The control socket of the disk service serving this volume, while it is served.
     Column("control_socket", Text, nullable=True),
+    # Written raw (an import, an NBD write outside a workspace attachment): the host
+    # never mounts it. Sticky, and inherited by forks.
+    Column("raw_written", Boolean, nullable=False, server_default=false()),
 )
 
 snapshots = Table(

@@ -10,11 +10,16 @@ import asyncio
 import logging
 import signal
 import ssl
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import click
 
 from loft.errors import LoftError
+from loft.units import parse_size
+
+_F = TypeVar("_F", bound=Callable[..., object])
 
 
 @click.group()
@@ -40,6 +45,36 @@ def server_tls(
             hint="add --tls-cert, --tls-key and --tls-ca",
         )
     return ssl_ctx
+
+
+def limit_options(command: _F) -> _F:
+    """``--max-connections`` and ``--max-inflight``, as every NBD-serving command has them
+    (the defaults are the server's, ``loft.nbd.server``; a test keeps them equal)."""
+    command = click.option(
+        "--max-inflight",
+        default="512M",
+        show_default=True,
+        help="Bytes of requests and replies held for all clients together (K/M/G); a "
+        "client that does not read its replies stops being read from.",
+    )(command)
+    return click.option(
+        "--max-connections",
+        type=click.IntRange(min=1),
+        default=1024,
+        show_default=True,
+        help="Clients served at once; more are closed at once, with a log line.",
+    )(command)
+
+
+def parse_max_inflight(value: str) -> int:
+    """The --max-inflight option in bytes."""
+    try:
+        n = parse_size(value)
+    except ValueError as e:
+        raise LoftError(f"bad --max-inflight: {e}") from None
+    if n < 1:
+        raise LoftError("--max-inflight must be positive", hint="e.g. --max-inflight 512M")
+    return n
 
 
 def _parse_listen(value: str) -> tuple[str, int]:
@@ -73,6 +108,7 @@ def _parse_listen(value: str) -> tuple[str, int]:
     help='JSON/TOML file {"clients": {"CN": ["export", ...]}} for TCP clients.',
 )
 @click.option("--workers", default=16, show_default=True, help="Worker threads.")
+@limit_options
 @click.option("-v", "--verbose", is_flag=True, help="Log every connection event.")
 def serve_file(
     images: tuple[str, ...],
@@ -84,6 +120,8 @@ def serve_file(
     tls_ca: str | None,
     authz: str | None,
     workers: int,
+    max_connections: int,
+    max_inflight: str,
     verbose: bool,
 ) -> None:
     """Serve raw image files over NBD in the foreground.
@@ -116,9 +154,17 @@ def serve_file(
             raise LoftError(f"cannot open {path}: {e.strerror}") from None
     ssl_ctx = server_tls(tls_cert, tls_key, tls_ca, listen)
     authorizer = load_authz(authz) if authz else None
+    max_bytes = parse_max_inflight(max_inflight)
 
     async def run() -> None:
-        server = NBDServer(registry, authorizer=authorizer, ssl_context=ssl_ctx, workers=workers)
+        server = NBDServer(
+            registry,
+            authorizer=authorizer,
+            ssl_context=ssl_ctx,
+            workers=workers,
+            max_connections=max_connections,
+            max_bytes_in_flight=max_bytes,
+        )
         await server.serve_unix(socket_path)
         if listen:
             host, port = _parse_listen(listen)

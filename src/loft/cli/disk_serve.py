@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from loft.cli import output
+from loft.cli.disk import limit_options, parse_max_inflight
 from loft.config import Settings
 from loft.errors import redact
 
@@ -81,6 +82,26 @@ def _control_path(socket_path: Path | None) -> Path:
     return sock.with_name("control.sock")
 
 
+def _become_io_flusher() -> None:
+    """Mark this process as on the I/O path (see :mod:`loft.runtime.io_flusher`): the
+    writeback of a mounted workspace goes through it."""
+    from loft.runtime.io_flusher import set_io_flusher
+
+    try:
+        set_io_flusher()
+    except OSError as e:
+        logging.getLogger("loft.disk").warning(
+            "disk.io_flusher ok=false error=%s hint=%s",
+            json.dumps(e.strerror or str(e)),
+            json.dumps(
+                "needs CAP_SYS_RESOURCE; without it, writeback under memory pressure "
+                "may deadlock through attached workspaces"
+            ),
+        )
+    else:
+        logging.getLogger("loft.disk").info("disk.io_flusher ok=true")
+
+
 def run_disk_service(
     socket_path: Path | None,
     listen: str | None = None,
@@ -90,16 +111,20 @@ def run_disk_service(
     authz: str | None = None,
     verbose: bool = False,
     banner: str | None = None,
+    max_connections: int | None = None,
+    max_bytes_in_flight: int | None = None,
 ) -> None:
-    """Run the disk service in the foreground until SIGTERM/SIGINT."""
+    """Run the disk service in the foreground until SIGTERM/SIGINT (the NBD server's
+    limits are its defaults where not given)."""
     import uvloop
 
     from loft.blockstore import Blockstore
     from loft.cli.disk import _parse_listen, server_tls
-    from loft.nbd.server import load_authz
+    from loft.nbd.server import DEFAULT_MAX_BYTES, DEFAULT_MAX_CONNECTIONS, load_authz
     from loft.node.disk_service import DiskService, default_socket
 
     _setup_logging(verbose)
+    _become_io_flusher()  # before any thread starts: threads inherit the flag
     settings = Settings.from_env()
     sock = socket_path or default_socket(settings.data_dir)
     ssl_ctx = server_tls(tls_cert, tls_key, tls_ca, listen)
@@ -109,7 +134,14 @@ def run_disk_service(
     bs.ctx.check_store()
 
     async def main() -> None:
-        service = DiskService(bs, sock, authorizer=authorizer, ssl_context=ssl_ctx)
+        service = DiskService(
+            bs,
+            sock,
+            authorizer=authorizer,
+            ssl_context=ssl_ctx,
+            max_connections=max_connections or DEFAULT_MAX_CONNECTIONS,
+            max_bytes_in_flight=max_bytes_in_flight or DEFAULT_MAX_BYTES,
+        )
         await service.start(address)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -142,6 +174,7 @@ def run_disk_service(
     type=click.Path(exists=True),
     help='Which exports each TCP client may open: {"clients": {"CN": ["vol", "vol@*"]}}.',
 )
+@limit_options
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def serve(
     socket_path: Path | None,
@@ -150,6 +183,8 @@ def serve(
     tls_key: str | None,
     tls_ca: str | None,
     authz: str | None,
+    max_connections: int,
+    max_inflight: str,
     verbose: bool,
 ) -> None:
     """Serve every volume over NBD, in the foreground, with structured (JSON) logs.
@@ -163,7 +198,17 @@ def serve(
       loft disk serve --socket /run/loft/nbd.sock &
       qemu-img info 'nbd+unix:///myvol?socket=/run/loft/nbd.sock'
     """
-    run_disk_service(socket_path, listen, tls_cert, tls_key, tls_ca, authz, verbose)
+    run_disk_service(
+        socket_path,
+        listen,
+        tls_cert,
+        tls_key,
+        tls_ca,
+        authz,
+        verbose,
+        max_connections=max_connections,
+        max_bytes_in_flight=parse_max_inflight(max_inflight),
+    )
 
 
 @click.command("ls-connections")

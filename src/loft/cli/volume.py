@@ -129,8 +129,11 @@ def create(
 
 @volume.command("ls")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def ls(as_json: bool) -> None:
-    """List volumes."""
+@click.option("--all", "show_all", is_flag=True, help="Also loft's own (workspace templates).")
+def ls(as_json: bool, show_all: bool) -> None:
+    """List volumes (loft's own, named loft-*, only with --all)."""
+    from loft.blockstore.names import RESERVED_PREFIX
+
     with _blockstore() as bs:
         rows: list[dict[str, Any]] = [
             {
@@ -141,8 +144,10 @@ def ls(as_json: bool) -> None:
                 "version": v.version,
                 "holder": v.holder,
                 "created_at": v.created_at,
+                "raw_written": v.raw_written,
             }
             for v in bs.volumes()
+            if show_all or not v.name.startswith(RESERVED_PREFIX)
         ]
 
     if as_json:
@@ -154,13 +159,14 @@ def ls(as_json: bool) -> None:
                 r["name"],
                 output.size(r["size"], compact=True),
                 r["durability"],
+                "yes" if r["raw_written"] else "",
                 str(r["version"]),
                 r["holder"] or "-",
                 _when(r["created_at"]),
             ]
             for r in rows
         ),
-        ["NAME", "SIZE", "DURABILITY", "VERSION", "IN USE BY", "CREATED"],
+        ["NAME", "SIZE", "DURABILITY", "RAW", "VERSION", "IN USE BY", "CREATED"],
     )
 
 

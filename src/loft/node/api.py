@@ -45,6 +45,8 @@ __all__ = [
     "SnapshotRequest",
     "match",
     "openapi",
+    "operation_for",
+    "path_exists",
 ]
 
 API_VERSION = "1"

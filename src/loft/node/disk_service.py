@@ -7,6 +7,11 @@ volume is served, its catalog row names this service's control socket, where the
 API (:mod:`loft.node.api`) answers: the CLI snapshots, inspects and imports into a served
 volume through it.
 
+Two NBD listeners serve the same volumes: ``nbd.sock`` (and TCP) for every client, whose
+writes are raw (they flag the volume, :mod:`loft.node.raw_writes`), and ``attach.sock``
+for the runtime's attachments of workspace filesystems, which offers only volumes never
+written raw, and lists nothing.
+
 SIGTERM or SIGINT: stop listening, let connections finish, then commit and release every
 volume.
 """
@@ -24,6 +29,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from loft.blockstore import Blockstore, SnapshotView, Volume
 from loft.blockstore.api import open_image
@@ -42,13 +48,22 @@ from loft.blockstore.heads import (
     DEFAULT_LEASE_TTL,
     SnapshotRecord,
     VolumeRecord,
+    lease_held,
 )
+from loft.blockstore.holder import describe
 from loft.blockstore.names import split_ref
 from loft.errors import LoftError
-from loft.nbd.server import Authorizer, Export, NBDServer
+from loft.nbd.server import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_CONNECTIONS,
+    Authorizer,
+    Export,
+    NBDServer,
+)
 from loft.node import api
 from loft.node.apiserver import ApiServer
 from loft.node.jsoncodec import CodecError
+from loft.node.raw_writes import RawWrites, WriteOrigin
 from loft.node.served import ServedVolume
 from loft.node.volume_backend import VolumeBackend
 from loft.units import format_size
@@ -61,14 +76,22 @@ def default_socket(data_dir: Path) -> Path:
     return data_dir / "run" / "nbd.sock"
 
 
+def attach_socket(nbd_socket: Path) -> Path:
+    """The attachment socket beside an NBD socket (see :mod:`loft.node.raw_writes`)."""
+    return nbd_socket.with_name("attach.sock")
+
+
 @dataclass(frozen=True, slots=True)
 class _Entry:
     """One export the service built: what it serves, and which volume (by uid) and
-    snapshot (by id) the name meant when it was built."""
+    snapshot (by id) the name meant when it was built. A volume has a second export,
+    for attachments, over the same served volume."""
 
     key: tuple[str, int | None]
     export: Export
     target: ServedVolume | SnapshotView
+    attachment: Export | None = None
+    origin: WriteOrigin | None = None
 
 
 class CatalogExports:
@@ -88,10 +111,14 @@ class CatalogExports:
         self._withheld: set[str] = set()
         self._lock = threading.Lock()
 
-    def lookup(self, name: str) -> Export | None:
+    def lookup(self, name: str, *, attachment: bool = False) -> Export | None:
+        """The export called ``name``; with ``attachment``, the attachment export of a
+        volume never written raw (claiming the volume for attachments), else None."""
         try:
             vol_name, snap = split_ref(name)
         except InvalidArgument:
+            return None
+        if attachment and snap is not None:
             return None
         heads = self._service.blockstore.heads
         rec = heads.find(vol_name)
@@ -104,9 +131,24 @@ class CatalogExports:
         if rec is None:
             self.drop(name)
             return None
-        return self._export(name, rec, s)
+        entry = self._entry(name, rec, s)
+        if entry is None or not attachment:
+            return None if entry is None else entry.export
+        assert entry.origin is not None
+        try:
+            if rec.raw_written:  # flagged since the export was built (an import)
+                raise VolumeBusy(f"volume {rec.name!r} was written raw")
+            entry.origin.attach()
+        except VolumeBusy as e:
+            log.warning("nbd.refuse export=%s reason=%s", name, json.dumps(str(e)))
+            return None
+        return entry.attachment
 
     def _export(self, name: str, rec: VolumeRecord, s: SnapshotRecord | None) -> Export | None:
+        entry = self._entry(name, rec, s)
+        return None if entry is None else entry.export
+
+    def _entry(self, name: str, rec: VolumeRecord, s: SnapshotRecord | None) -> _Entry | None:
         key = (rec.uid, s.id if s is not None else None)
         with self._lock:
             if rec.name in self._withheld:
@@ -114,29 +156,38 @@ class CatalogExports:
             entry = self._entries.get(name)
         if entry is not None:
             if entry.key == key:
-                return entry.export
+                return entry
             self.drop(name)  # the name means another volume or snapshot now
         if s is None:
             if self._service.held_elsewhere(rec):
                 log.warning(
                     "nbd.refuse export=%s reason=%s",
                     name,
-                    json.dumps(f"volume is in use by {rec.holder}"),
+                    json.dumps(f"volume is in use by {describe(rec.holder or '')}"),
                 )
                 return None
-            target: ServedVolume | SnapshotView = ServedVolume(
+            served = ServedVolume(
                 rec.name, rec.uid, rec.size, rec.extent_size, self._service.open_volume
             )
+            heads = self._service.blockstore.heads
+            origin = WriteOrigin(rec.name, rec.raw_written, lambda: heads.mark_raw_written(rec.id))
             desc = f"volume {rec.name} ({format_size(rec.size)}, {rec.durability})"
+            built = _Entry(
+                key,
+                Export(name, VolumeBackend(RawWrites(served, origin), description=desc), desc),
+                served,
+                Export(name, VolumeBackend(served, description=desc), desc),
+                origin,
+            )
         else:
-            target = SnapshotView(self._service.blockstore.ctx, rec, s.root, name)
+            view = SnapshotView(self._service.blockstore.ctx, rec, s.root, name)
             desc = f"snapshot {name} (read-only, version {s.version})"
-        built = _Entry(key, Export(name, VolumeBackend(target, description=desc), desc), target)
+            built = _Entry(key, Export(name, VolumeBackend(view, description=desc), desc), view)
         with self._lock:
             entry = self._entries.setdefault(name, built)
         if entry is not built:
-            target.close()  # another lookup got there first; this one was never used
-        return entry.export
+            built.target.close()  # another lookup got there first; this one was never used
+        return entry
 
     def drop(self, name: str) -> None:
         """Forget the export called ``name`` (closing what it served); the next lookup
@@ -195,12 +246,34 @@ class CatalogExports:
         target = entry.target if entry is not None else None
         return target if isinstance(target, ServedVolume) else None
 
+    def write_origin(self, name: str) -> WriteOrigin | None:
+        """Who writes volume ``name`` (attachment or raw), once it is served."""
+        with self._lock:
+            entry = self._entries.get(name)
+        return entry.origin if entry is not None else None
+
     def close(self) -> None:
         with self._lock:
             entries = list(self._entries.items())
             self._entries.clear()
         for name, entry in entries:
             _close_target(name, entry.target)
+
+
+class AttachmentExports:
+    """The export set of the attachment socket: each volume's attachment export, and no
+    listing (an attachment names its volume; NBD LIST there shows nothing)."""
+
+    blocking = True
+
+    def __init__(self, exports: CatalogExports) -> None:
+        self._exports = exports
+
+    def lookup(self, name: str) -> Export | None:
+        return self._exports.lookup(name, attachment=True)
+
+    def exports(self) -> list[Export]:
+        return []
 
 
 def _close_target(name: str, target: ServedVolume | SnapshotView) -> None:
@@ -225,14 +298,24 @@ class DiskService:
         ssl_context: ssl.SSLContext | None = None,
         lease_ttl: float = DEFAULT_LEASE_TTL,
         lease_margin: float = DEFAULT_LEASE_MARGIN,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        max_bytes_in_flight: int = DEFAULT_MAX_BYTES,
     ) -> None:
         self.blockstore = blockstore
         self.socket_path = socket_path
         self.control_path = control_path or socket_path.with_name("control.sock")
+        self.attach_path = attach_socket(socket_path)
         self.lease_ttl = lease_ttl
         self.lease_margin = lease_margin
         self.exports = CatalogExports(self)
-        self.server = NBDServer(self.exports, authorizer=authorizer, ssl_context=ssl_context)
+        self.server = NBDServer(
+            self.exports,
+            authorizer=authorizer,
+            ssl_context=ssl_context,
+            max_connections=max_connections,
+            max_bytes_in_flight=max_bytes_in_flight,
+        )
+        self.attach_server = NBDServer(AttachmentExports(self.exports))
         self._holders: set[str] = set()
         self._api = ApiServer(self._run_operation, _status_of)
         self._control: asyncio.base_events.Server | None = None
@@ -241,12 +324,13 @@ class DiskService:
     # -- volumes ------------------------------------------------------------------------
 
     def held_elsewhere(self, rec: VolumeRecord) -> bool:
-        """True when another writer holds a live lease on the volume."""
+        """True when another writer holds a live lease on the volume (a dead process of
+        this node holds none: the takeover reclaims its lease at once)."""
         if rec.holder is None or rec.holder in self._holders:
             return False
         with self.blockstore.ctx.catalog.read() as conn:
             now = self.blockstore.ctx.catalog.now(conn)
-        return (rec.lease_expires or 0) + self.lease_margin > now
+        return lease_held(rec, now, self.lease_margin)
 
     def open_volume(self, name: str) -> Volume:
         """Open a volume for serving: take its lease and publish our control socket."""
@@ -260,8 +344,10 @@ class DiskService:
     # -- lifecycle ----------------------------------------------------------------------
 
     async def start(self, listen: tuple[str, int] | None = None) -> None:
-        """Listen on the Unix socket (and on TCP with TLS when ``listen`` is given)."""
+        """Listen on the Unix sockets (and on TCP with TLS when ``listen`` is given). The
+        control socket comes last: once it exists, every listener is up."""
         await self.server.serve_unix(self.socket_path)
+        await self.attach_server.serve_unix(self.attach_path)
         if listen is not None:
             await self.server.serve_tcp(*listen)
         if self.control_path.exists():
@@ -281,7 +367,7 @@ class DiskService:
         log.info("disk.stopping")
         if self._control is not None:
             self._control.close()
-        await self.server.close()
+        await asyncio.gather(self.server.close(), self.attach_server.close())
         await asyncio.get_running_loop().run_in_executor(None, self.exports.close)
         self.control_path.unlink(missing_ok=True)
         log.info("disk.stopped")
@@ -336,6 +422,9 @@ class DiskService:
         replaced), so a refused or failed import leaves the volume as it was."""
         vol = sv.get()
         started = time.monotonic()
+        origin = self.exports.write_origin(req.volume)
+        if origin is not None:  # an import is a raw write: refused while attached
+            origin.raw_write()
         with open_image(req.path) as (f, size):
             if size > vol.size:
                 raise InvalidArgument(
@@ -346,7 +435,11 @@ class DiskService:
         return api.ImportAnswer(size, time.monotonic() - started, res.record.version)
 
     def api_connections(self, req: api.ConnectionsRequest, _: None) -> api.ConnectionsAnswer:
-        return api.ConnectionsAnswer([api.ConnectionInfo(**c) for c in self.server.connections()])
+        return api.ConnectionsAnswer([api.ConnectionInfo(**c) for c in self.connections()])
+
+    def connections(self) -> list[dict[str, Any]]:
+        """Every live NBD connection, of both listeners."""
+        return self.server.connections() + self.attach_server.connections()
 
     def api_release(self, req: api.ReleaseRequest, sv: ServedVolume) -> api.ReleaseAnswer:
         """Commit and release a volume (it is opened again on next use)."""
@@ -376,7 +469,7 @@ class DiskService:
         """VolumeBusy naming the clients connected to the volume (or its snapshots)."""
         users = [
             c
-            for c in self.server.connections()
+            for c in self.connections()
             if c["export"] == volume
             or (snapshots and str(c["export"] or "").startswith(volume + "@"))
         ]
@@ -417,4 +510,12 @@ _HANDLERS: dict[type, Callable[..., object]] = {
 assert set(_HANDLERS) == {op.request for op in api.OPERATIONS}, "every operation has a handler"
 
 
-__all__ = ["BlockstoreError", "CatalogExports", "DiskService", "NotServed", "default_socket"]
+__all__ = [
+    "AttachmentExports",
+    "BlockstoreError",
+    "CatalogExports",
+    "DiskService",
+    "NotServed",
+    "attach_socket",
+    "default_socket",
+]

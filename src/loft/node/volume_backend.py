@@ -23,6 +23,7 @@ from loft.blockstore.errors import (
     BlockstoreError,
     InvalidArgument,
     LeaseLost,
+    NoSpace,
     NotFast,
     ReadOnlyVolume,
 )
@@ -38,6 +39,8 @@ _ERRNO: tuple[tuple[type[BlockstoreError], int], ...] = (
     # The lease is gone: this server may no longer serve the volume.
     (LeaseLost, errno.ESHUTDOWN),
     (InvalidArgument, errno.EINVAL),
+    # The data disk is under its reserve: growth is refused, cleanly.
+    (NoSpace, errno.ENOSPC),
 )
 
 

@@ -6,7 +6,12 @@ bytes. It speaks both roles -- the server uses it for real, the client side driv
 tests and the fuzzer. No sockets, no asyncio: it can be fuzzed alone.
 """
 
-from loft.nbd.protocol._connection import RECEIVE_BUFFER_SIZE, Connection
+from loft.nbd.protocol._connection import (
+    INITIAL_RECEIVE_SIZE,
+    RECEIVE_BUFFER_SIZE,
+    Connection,
+    PayloadPool,
+)
 from loft.nbd.protocol._constants import (
     CMD_FLAGS_KNOWN,
     DEFAULT_PREFERRED_BLOCK_SIZE,
@@ -90,6 +95,7 @@ __all__ = [
     "DEFAULT_PREFERRED_BLOCK_SIZE",
     "ERROR",
     "EXPORT_NAME_REPLY",
+    "INITIAL_RECEIVE_SIZE",
     "MAX_NAME_LENGTH",
     "MAX_OPTION_LENGTH",
     "MAX_PAYLOAD",
@@ -138,6 +144,7 @@ __all__ = [
     "OptionMetaContext",
     "OptionReplyType",
     "OptionServer",
+    "PayloadPool",
     "ProtocolError",
     "RemoteProtocolError",
     "ReplyFlag",

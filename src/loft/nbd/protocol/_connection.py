@@ -8,7 +8,7 @@ from typing import Any
 from loft.nbd.protocol import _events as ev
 from loft.nbd.protocol import _state as st
 from loft.nbd.protocol._constants import (
-    MAX_OPTION_LENGTH,
+    MAX_PAYLOAD,
     REQUEST_HEADER,
     SIMPLE_REPLY,
     SIMPLE_REPLY_MAGIC,
@@ -21,16 +21,23 @@ from loft.nbd.protocol._errors import LocalProtocolError, RemoteProtocolError
 from loft.nbd.protocol._readers import DIRECT_PAYLOAD_MIN, READERS, WriteHeader, read_request
 from loft.nbd.protocol._writers import WRITERS, Buffers
 
-__all__ = ["RECEIVE_BUFFER_SIZE", "Connection"]
+__all__ = ["INITIAL_RECEIVE_SIZE", "RECEIVE_BUFFER_SIZE", "Connection", "PayloadPool"]
 
-#: Size of the receive buffer for headers and small payloads. Large WRITE payloads are
-#: received straight into their own buffer, so this only needs to hold many headers.
+#: Largest size the receive buffer grows to by itself, for headers and small payloads.
+#: Large WRITE payloads are received straight into their own buffer, so this only needs
+#: to hold many headers: 256 KiB takes a queue of 32 WRITEs of 4 KiB in one read.
 RECEIVE_BUFFER_SIZE = 256 * 1024
+#: The receive buffer is allocated on the first read at this size and doubles each time
+#: a read fills it, up to RECEIVE_BUFFER_SIZE (a message longer than that, an option of
+#: MAX_OPTION_LENGTH, gets a buffer of its size). trim() drops it: an idle connection
+#: then holds no receive buffer at all (a connection used to cost 256 KiB from its
+#: first byte; 3000 idle ones held 760 MiB).
+INITIAL_RECEIVE_SIZE = 4096
 #: Payload buffers at least this large are worth keeping for reuse (see recycle()).
 RECYCLE_MIN = 64 * 1024
-#: How many recycled payload buffers a connection keeps (a client's queue depth of
-#: same-sized writes in flight needs no more).
-MAX_SPARE_PAYLOADS = 4
+#: Bytes of spare payload buffers a connection keeps for itself when it is given no
+#: pool: a client's queue depth of same-sized writes in flight needs no more.
+DEFAULT_POOL_BYTES = 8 * 1024 * 1024
 _DISC = int(Command.DISC)
 _WRITE = int(Command.WRITE)
 #: Structured OFFSET_DATA chunk header with its offset field, packed in one go.
@@ -38,8 +45,8 @@ _DATA_CHUNK = struct.Struct(">IHHQIQ")
 _DONE = int(ReplyFlag.DONE)
 _OFFSET_DATA = int(ReplyType.OFFSET_DATA)
 
-#: Compact the receive buffer when less than this is free at its end.
-_MIN_FREE = 64 * 1024
+#: The payload of a held WRITE (see Connection.held_payload): not received yet.
+_HELD = bytearray()
 #: Events that end (a simple reply) or may end (a chunk with DONE) a request's reply.
 _REPLIES = frozenset(
     (
@@ -53,6 +60,42 @@ _REPLIES = frozenset(
 )
 
 
+class PayloadPool:
+    """Spare WRITE payload buffers, reused by later payloads of the same size instead of
+    allocating and zero-filling megabytes per request. Bounded in bytes, so the spares
+    of many connections never add up: a server gives all its connections one pool."""
+
+    def __init__(self, max_bytes: int = DEFAULT_POOL_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._spare: list[bytearray] = []
+
+    def take(self, length: int) -> bytearray | None:
+        """A spare buffer of exactly ``length`` bytes (its old contents), or None."""
+        spare = self._spare
+        for i in range(len(spare)):
+            if len(spare[i]) == length:
+                self.bytes -= length
+                return spare.pop(i)
+        return None
+
+    def give(self, buffer: bytearray) -> None:
+        """Keep ``buffer`` for reuse, dropping the oldest spares to stay within bounds."""
+        n = len(buffer)
+        if n > self.max_bytes:
+            return
+        spare = self._spare
+        while spare and self.bytes + n > self.max_bytes:
+            self.bytes -= len(spare.pop(0))
+        spare.append(buffer)
+        self.bytes += n
+
+    def clear(self) -> None:
+        """Drop every spare buffer."""
+        self._spare.clear()
+        self.bytes = 0
+
+
 class Connection:
     """One side of an NBD connection, without any I/O.
 
@@ -60,17 +103,34 @@ class Connection:
     :meth:`get_buffer` + :meth:`buffer_updated`), pull events with :meth:`next_event`
     until it returns :data:`NEED_DATA` or :data:`PAUSED`, and turn events into bytes
     with :meth:`send` / :meth:`send_buffers`.
+
+    ``pool`` holds spare WRITE payload buffers (one of its own by default).
+    ``hold_payloads_from``: a WRITE whose payload is at least this long is *held* once its
+    header is parsed: :meth:`next_event` returns :data:`PAUSED` and :attr:`held_payload`
+    says its length, and nothing of it is received until :meth:`accept_payload` -- so a
+    server can decide whether it has the memory for the payload before allocating it.
     """
 
-    def __init__(self, role: st.Sentinel) -> None:
+    def __init__(
+        self,
+        role: st.Sentinel,
+        *,
+        pool: PayloadPool | None = None,
+        hold_payloads_from: int | None = None,
+    ) -> None:
         if role not in (st.CLIENT, st.SERVER):
             raise LocalProtocolError("role must be CLIENT or SERVER")
         self.role = role
         self._st = st.ConnectionState()
-        #: received bytes not yet parsed are _buf[_start:_end]
-        self._buf = bytearray(RECEIVE_BUFFER_SIZE)
+        #: received bytes not yet parsed are _buf[_start:_end]; nothing is allocated
+        #: before the first read (see INITIAL_RECEIVE_SIZE)
+        self._buf = bytearray()
         self._start = 0
         self._end = 0
+        #: the size the receive buffer is (re)allocated at, and the free space below
+        #: which it is compacted or grown
+        self._size = INITIAL_RECEIVE_SIZE
+        self._min_free = INITIAL_RECEIVE_SIZE // 4
         #: bytes the current partial message needs in the buffer (a growth hint)
         self._need = 0
         self._no_zeroes = False
@@ -84,7 +144,8 @@ class Connection:
         self._payload_header: WriteHeader | None = None
         #: WRITE payload buffers handed back by :meth:`recycle`, reused by later payloads
         #: of the same size (the socket overwrites every byte, so no zero-filling)
-        self._spare_payloads: list[bytearray] = []
+        self._pool = pool if pool is not None else PayloadPool()
+        self._hold_from = MAX_PAYLOAD + 1 if hold_payloads_from is None else hold_payloads_from
         #: set after a large WRITE (DIRECT_PAYLOAD_MIN): the next read takes one request
         #: header only, so that if another large payload follows, the socket writes it
         #: straight into its buffer instead of into the receive buffer, from where it
@@ -139,22 +200,38 @@ class Connection:
         if payload is not None and self._payload_filled < len(payload):
             return memoryview(payload)[self._payload_filled :]
         buf = self._buf
-        if self._start == self._end:
-            self._start = self._end = 0
-        free = len(buf) - self._end
-        if free < _MIN_FREE or free < self._need - (self._end - self._start):
-            used = self._end - self._start
-            want = max(len(buf), self._need, used + _MIN_FREE)
-            if want > len(buf):
-                new = bytearray(want)
-                new[:used] = memoryview(buf)[self._start : self._end]
-                self._buf = buf = new
-            else:
-                buf[:used] = memoryview(buf)[self._start : self._end]
-            self._start, self._end = 0, used
-        if self._header_only and self._end - self._start < REQUEST_HEADER.size:
-            return memoryview(buf)[self._end : self._start + REQUEST_HEADER.size]
-        return memoryview(buf)[self._end :]
+        end = self._end
+        if end == len(buf):  # the last read filled the buffer (or there is none yet)
+            buf = self._make_room(grow=True)
+            end = self._end
+        elif self._start == end:
+            self._start = self._end = end = 0
+        else:
+            free = len(buf) - end
+            if free < self._min_free or free < self._need - (end - self._start):
+                buf = self._make_room(grow=False)
+                end = self._end
+        if self._header_only and end - self._start < REQUEST_HEADER.size:
+            return memoryview(buf)[end : self._start + REQUEST_HEADER.size]
+        return memoryview(buf)[end:]
+
+    def _make_room(self, grow: bool) -> bytearray:
+        """Move the unparsed bytes to the front, into a larger buffer when the message
+        being received needs one or when reads keep filling it (``grow``)."""
+        buf = self._buf
+        if grow and buf and self._size < RECEIVE_BUFFER_SIZE:
+            self._size = min(2 * self._size, RECEIVE_BUFFER_SIZE)
+            self._min_free = self._size // 4
+        used = self._end - self._start
+        want = max(self._size, self._need, used + self._min_free)
+        if want > len(buf):
+            new = bytearray(want)
+            new[:used] = memoryview(buf)[self._start : self._end]
+            self._buf = buf = new
+        elif self._start:
+            buf[:used] = memoryview(buf)[self._start : self._end]
+        self._start, self._end = 0, used
+        return buf
 
     def buffer_updated(self, nbytes: int) -> bool:
         """``nbytes`` were written into the buffer last returned by :meth:`get_buffer`.
@@ -168,23 +245,57 @@ class Connection:
         self._end += nbytes
         return True
 
+    def trim(self) -> bool:
+        """Give the receive buffer back when it holds nothing (an idle connection): the
+        next read allocates a small one again. Returns True when it was dropped."""
+        if self._start != self._end or self._payload is not None or self._need:
+            return False
+        self._buf = bytearray()
+        self._start = self._end = 0
+        self._size = INITIAL_RECEIVE_SIZE
+        self._min_free = INITIAL_RECEIVE_SIZE // 4
+        return True
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of memory this connection holds for received data: its receive buffer
+        and the payload being received."""
+        payload = self._payload
+        return len(self._buf) + (len(payload) if payload is not None else 0)
+
+    @property
+    def held_payload(self) -> int:
+        """The length of a held WRITE payload waiting for :meth:`accept_payload`, or 0."""
+        if self._payload is _HELD:
+            assert self._payload_header is not None
+            return self._payload_header.length
+        return 0
+
+    @property
+    def receiving_payload(self) -> bool:
+        """An accepted WRITE payload is being received (its request is not complete)."""
+        payload = self._payload
+        return payload is not None and payload is not _HELD
+
+    def accept_payload(self) -> None:
+        """Start receiving the held WRITE payload (into a buffer of its own)."""
+        header = self._payload_header
+        if self._payload is not _HELD or header is None:
+            raise LocalProtocolError("no WRITE payload is held")
+        self._payload = None
+        self._begin_payload(header)
+
     def _new_payload(self, length: int) -> bytearray:
         """A buffer for a WRITE payload of ``length`` bytes (a recycled one if any fits)."""
-        spare = self._spare_payloads
-        for i in range(len(spare)):
-            if len(spare[i]) == length:
-                return spare.pop(i)
-        return bytearray(length)
+        spare = self._pool.take(length)
+        return spare if spare is not None else bytearray(length)
 
     def recycle(self, payload: object) -> None:
         """Hand back the payload of a WRITE the caller is done with (nothing refers to it
         any more): a later payload of the same size reuses it instead of allocating and
         zero-filling megabytes. Small or foreign buffers are ignored."""
         if type(payload) is bytearray and len(payload) >= RECYCLE_MIN:
-            spare = self._spare_payloads
-            if len(spare) >= MAX_SPARE_PAYLOADS:
-                spare.pop(0)
-            spare.append(payload)
+            self._pool.give(payload)
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Add received bytes; an empty ``data`` means the peer closed its side."""
@@ -234,6 +345,10 @@ class Connection:
             self._start += used
             if type(request) is WriteHeader:
                 self._header_only = request.length >= DIRECT_PAYLOAD_MIN
+                if request.length >= self._hold_from:
+                    self._payload_header = request
+                    self._payload = _HELD
+                    return st.PAUSED
                 self._begin_payload(request)
                 return st.NEED_DATA
             command = request.command
@@ -248,6 +363,8 @@ class Connection:
             raise RemoteProtocolError("connection is in the ERROR state")
         payload = self._payload
         if payload is not None:
+            if payload is _HELD:
+                return st.PAUSED
             if self._payload_filled < len(payload):
                 return self._need_data()
             h = self._payload_header
@@ -349,7 +466,3 @@ class Connection:
         elif type(event) is ev.Request and self.role is st.CLIENT and event.command != Command.DISC:
             self._pending_reads[event.handle] = event.length if event.command == Command.READ else 0
         return writer(event, self._no_zeroes)
-
-
-# A partial option can need more than the default buffer; make sure it can grow enough.
-assert RECEIVE_BUFFER_SIZE >= 16 + MAX_OPTION_LENGTH

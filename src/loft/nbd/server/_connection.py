@@ -9,6 +9,18 @@ thread per request. FLUSH, FUA writes and ranges that need a fetch run on the se
 worker threads and are answered when they finish, possibly out of order -- but a
 request that overlaps an earlier unfinished one (and either modifies data) waits for
 it, so overlapping requests take effect in arrival order.
+
+Memory is bounded by what a connection does, not by how long it lives: the receive
+buffer is allocated on the first read and dropped again when the connection is idle
+(``sweep``), big socket buffers are asked for only once a client reaches transmission,
+and the bytes of requests and replies in flight are charged to the connection's and the
+server's byte budgets (:mod:`._budget`): a client that stops reading its replies stops
+being read from, instead of growing the server.
+
+Longer than most modules because it is the one place where a connection's bytes move:
+what is read, what runs, what is written back and what that holds. The rules it applies
+live elsewhere: options in ``_handshake``, requests in ``_dispatch``, budgets in
+``_budget``.
 """
 
 from __future__ import annotations
@@ -24,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from loft.nbd import protocol as p
 from loft.nbd.backends.base import Backend
+from loft.nbd.server._budget import LARGE_REQUEST
 from loft.nbd.server._dispatch import WouldBlock, execute
 from loft.nbd.server._errno import errno_for
 from loft.nbd.server._exports import Export
@@ -50,13 +63,26 @@ log = logging.getLogger("loft.nbd")
 #: Seconds a client has to finish the handshake (a silent client must not hold a slot).
 HANDSHAKE_TIMEOUT = 30.0
 #: Requests queued or running on worker threads before the server stops reading from
-#: this client (back-pressure instead of unbounded memory).
+#: this client (back-pressure on their number; their bytes have budgets, _budget.py).
 MAX_INFLIGHT = 64
+#: Reply bytes a transport may hold without being charged to the budgets: up to its
+#: high-water mark (64 KiB in uvloop) it keeps accepting replies, beyond it the
+#: connection stops reading (pause_writing), and a client that does not read is charged
+#: for everything queued.
+QUEUED_FREE = 64 * 1024
+#: Under TLS the encrypted replies wait in the TCP transport, which tells only the TLS
+#: layer when it drains: a connection with replies queued there looks again after this
+#: long, doubling up to DRAIN_POLL_MAX while nothing moves.
+DRAIN_POLL_MIN = 0.002
+DRAIN_POLL_MAX = 0.5
 
 # Plain ints: enum comparisons cost more than the rest of a request's bookkeeping.
 _READ, _WRITE, _FLUSH = int(p.Command.READ), int(p.Command.WRITE), int(p.Command.FLUSH)
 _ZERO, _BS, _DISC = int(p.Command.WRITE_ZEROES), int(p.Command.BLOCK_STATUS), int(p.Command.DISC)
 _MODIFYING = frozenset((_WRITE, int(p.Command.TRIM), _ZERO))
+#: Commands whose bytes stay in memory while they are in flight (READ: its reply data;
+#: WRITE: its payload). TRIM, WRITE_ZEROES and CACHE lengths are effects, not buffers.
+_HOLDING = frozenset((_READ, _WRITE))
 _FUA = int(p.CmdFlag.FUA)
 _NEED_DATA, _PAUSED = p.NEED_DATA, p.PAUSED
 
@@ -76,13 +102,19 @@ _WRITE_NOW = 128 * 1024
 
 def _grow_socket_buffers(transport: asyncio.BaseTransport) -> None:
     """Ask for socket buffers that hold a few large requests/replies: one writev moves a
-    whole 1 MiB READ reply instead of several trips through the event loop."""
+    whole 1 MiB READ reply instead of several trips through the event loop. Only once a
+    client is in transmission: the kernel may then queue megabytes for it."""
     sock = transport.get_extra_info("socket")
     if sock is None:
         return
     for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
+
+
+def _cost(req: p.Request) -> int:
+    """Bytes ``req`` holds while in flight."""
+    return req.length if req.command in _HOLDING else 0
 
 
 def _overlaps(a: p.Request, b: p.Request) -> bool:
@@ -99,8 +131,12 @@ class NBDConnection(asyncio.BufferedProtocol):
     def __init__(self, server: NBDServer, *, trusted: bool, tls_required: bool) -> None:
         self._server = server
         self._loop = asyncio.get_running_loop()
-        self._proto = p.Connection(p.SERVER)
+        self._proto = p.Connection(
+            p.SERVER, pool=server.payload_pool, hold_payloads_from=LARGE_REQUEST
+        )
         self._transport: asyncio.BaseTransport | None = None
+        #: under TLS, the TCP transport below it (the encrypted replies queue there)
+        self._raw: asyncio.BaseTransport | None = None
         self._nego = Negotiation(
             server.exports,
             server.authorizer,
@@ -114,17 +150,35 @@ class NBDConnection(asyncio.BufferedProtocol):
         self._view = ExportView(0, 0, False, False)
         #: the meta contexts selected in the handshake, by id (for BLOCK_STATUS)
         self._contexts: dict[int, str] = {}
+        #: requests on worker threads, and requests waiting behind an overlapping one;
+        #: both are charged to the account (see _start)
         self._ops: list[p.Request] = []
         self._waiting: deque[p.Request] = deque()
+        self._account = server.budget.account(self._wake)
+        #: reply bytes queued in the transport, as charged to the account
+        self._queued = 0
+        #: the charged payload of a WRITE being received, until its request arrives
+        self._payload_charged = 0
+        #: a large request (or, as its length, a held WRITE payload) that did not fit the
+        #: budgets: nothing more is read until it is admitted (see _wake)
+        self._deferred: p.Request | int | None = None
+        self._drain_timer: asyncio.TimerHandle | None = None
+        self._drain_delay = DRAIN_POLL_MIN
         self._write_paused = False
         self._reading_paused = False
+        #: no new request may be taken: MAX_INFLIGHT reached, a budget exhausted, or a
+        #: request deferred (kept up to date by _settle, so the loop tests one flag)
+        self._full = False
         #: handshake work in flight off the loop (a TLS upgrade, an export lookup):
         #: nothing more is read or processed until it is done
         self._suspended = False
+        self._registered = False
+        self._handshaking = True
         self._closing = False
         self._closed = False
         self._wrote = False
         self.requests = 0
+        self._swept_requests = -1
         self.started = time.time()
         self._timer: asyncio.TimerHandle | None = None
         #: replies produced while processing one batch of received requests, written
@@ -137,10 +191,12 @@ class NBDConnection(asyncio.BufferedProtocol):
         if self._transport is not None:  # start_tls re-attaches us to the TLS transport
             return
         self._transport = transport
-        _grow_socket_buffers(transport)
-        peer = transport.get_extra_info("peername")
-        self.peer = str(peer) if peer else "unix"
-        self._server._register(self)
+        self.peer = _peer_name(transport.get_extra_info("peername"))
+        if not self._server._register(self):
+            self._closing = self._closed = True
+            transport.close()
+            return
+        self._registered = True
         self._timer = self._loop.call_later(HANDSHAKE_TIMEOUT, self._handshake_timeout)
         self._write(self._proto.send_buffers(p.Greeting()))
         log.info("nbd.connect peer=%s", self.peer)
@@ -161,21 +217,34 @@ class NBDConnection(asyncio.BufferedProtocol):
 
     def pause_writing(self) -> None:
         self._write_paused = True
+        self._account_queued()
         self._update_reading()
 
     def resume_writing(self) -> None:
         self._write_paused = False
-        self._update_reading()
-        self._process()
+        self._account_queued()
+        self._wake()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._closed:
+        if not self._registered:
             return
+        self._registered = False
         self._closed = True
         self._closing = True
         if self._timer is not None:
             self._timer.cancel()
-        self._server._unregister(self)
+        if self._drain_timer is not None:
+            self._drain_timer.cancel()
+            self._drain_timer = None
+        self._server._unregister(self, self._handshaking)
+        # What nothing will release any more: queued replies, a half-received payload.
+        # Requests on worker threads release theirs when they finish (_op_done).
+        self._account_queued()
+        if self._payload_charged:
+            self._account.release(self._payload_charged)
+            self._payload_charged = 0
+        self._deferred = None
+        self._account.close()
         log.info(
             "nbd.disconnect peer=%s export=%s requests=%d",
             self.peer,
@@ -207,10 +276,12 @@ class NBDConnection(asyncio.BufferedProtocol):
         self._write(self._proto.send_buffers(event))
 
     def _busy(self) -> bool:
+        # A payload being received is read to its end whatever else holds: it is
+        # already admitted, and its request releases what it holds.
         return (
             self._write_paused
             or self._suspended
-            or len(self._ops) + len(self._waiting) >= MAX_INFLIGHT
+            or (self._full and not self._proto.receiving_payload)
         )
 
     def _update_reading(self) -> None:
@@ -224,6 +295,83 @@ class NBDConnection(asyncio.BufferedProtocol):
         elif not want_pause and self._reading_paused:
             t.resume_reading()  # type: ignore[attr-defined]
             self._reading_paused = False
+
+    def _settle(self) -> None:
+        """Decide whether more requests may be taken (after the requests in flight, the
+        bytes charged or the server's budget changed)."""
+        self._full = (
+            self._deferred is not None
+            or len(self._ops) + len(self._waiting) >= MAX_INFLIGHT
+            or self._account.blocked()
+        )
+
+    def _release(self, n: int) -> None:
+        """Give back ``n`` bytes; the connection may take requests again."""
+        self._account.release(n)
+        if self._full:
+            self._settle()
+
+    def _wake(self) -> None:
+        """Something was released (here, or anywhere when the server's budget was what
+        held this connection): admit what waits, then read on."""
+        if self._closed:
+            return
+        deferred = self._deferred
+        if deferred is not None:
+            if type(deferred) is int:
+                if not self._account.admit(deferred):
+                    return
+                self._deferred = None
+                self._proto.accept_payload()
+                self._payload_charged = deferred
+            else:
+                assert isinstance(deferred, p.Request)
+                if not self._account.admit(deferred.length):
+                    return
+                self._deferred = None
+                self._serve_admitted(deferred)
+        self._settle()
+        self._process()
+
+    def _account_queued(self) -> None:
+        """Charge the reply bytes queued in the transport beyond QUEUED_FREE (measured:
+        the transport says when it pauses and resumes, not how it drains)."""
+        queued = 0
+        if not self._closed and self._transport is not None:
+            queued = self._transport.get_write_buffer_size()  # type: ignore[attr-defined]
+            if self._raw is not None:
+                queued += self._raw.get_write_buffer_size()  # type: ignore[attr-defined]
+            if queued <= QUEUED_FREE:
+                queued = 0
+        delta = queued - self._queued
+        self._queued = queued
+        if delta > 0:
+            self._account.add(delta)
+        elif delta < 0:
+            self._release(-delta)
+        if not queued:
+            self._drain_delay = DRAIN_POLL_MIN
+        elif not self._write_paused and self._drain_timer is None:
+            # Queued below TLS, where no resume_writing will announce the drain.
+            self._drain_timer = self._loop.call_later(self._drain_delay, self._drain_poll)
+            self._drain_delay = min(2 * self._drain_delay, DRAIN_POLL_MAX)
+
+    def _drain_poll(self) -> None:
+        self._drain_timer = None
+        before = self._queued
+        self._account_queued()
+        if self._queued < before:
+            self._wake()
+
+    def sweep(self) -> bool:
+        """Called now and then by the server: a connection that received no request
+        since the last call drops its receive buffer (allocated again on the next
+        read), so idle connections cost a few KiB of objects each. True when idle."""
+        idle = self.requests == self._swept_requests and not (self._ops or self._waiting)
+        if idle:
+            self._proto.trim()
+        self._swept_requests = self.requests
+        return idle
 
     def _fail(self, exc: BaseException) -> None:
         """An unexpected error while handling this client: log it and drop the client at
@@ -261,7 +409,7 @@ class NBDConnection(asyncio.BufferedProtocol):
                 self._closing
                 or self._write_paused
                 or self._suspended
-                or len(self._ops) + len(self._waiting) >= MAX_INFLIGHT
+                or (self._full and not proto.receiving_payload)
             ):
                 try:
                     event = proto.next_event()
@@ -270,6 +418,14 @@ class NBDConnection(asyncio.BufferedProtocol):
                     self._abort(f"protocol error: {e}")
                     return
                 if event is _NEED_DATA or event is _PAUSED:
+                    if event is _PAUSED and (held := proto.held_payload):
+                        # A large WRITE's header: allocate its payload only if it fits.
+                        if self._account.admit(held):
+                            proto.accept_payload()
+                            self._payload_charged = held
+                            self._settle()
+                            continue
+                        self._defer(held)
                     break
                 try:
                     if type(event) is p.Request:
@@ -348,6 +504,10 @@ class NBDConnection(asyncio.BufferedProtocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._handshaking = False
+        self._server._handshake_done()
+        assert self._transport is not None
+        _grow_socket_buffers(self._transport)
         self.export = export
         self._backend = export.backend
         self._contexts = self._nego.contexts
@@ -375,6 +535,7 @@ class NBDConnection(asyncio.BufferedProtocol):
             self._abort("TLS handshake failed")
             return
         self._transport = new
+        self._raw = t
         self._reading_paused = False
         try:
             self._nego.tls_started(peer_identity(new.get_extra_info("peercert")))
@@ -403,20 +564,55 @@ class NBDConnection(asyncio.BufferedProtocol):
             return
         err = validate_request(command, req.flags, req.offset, req.length, self._view)
         if err:
+            if self._payload_charged:  # a rejected WRITE: its payload is dropped
+                self._release(self._payload_charged)
+                self._payload_charged = 0
             self._reply_error(req, err, "invalid request")
             return
-        if self._ops or self._waiting:
-            for other in self._ops:
-                if _overlaps(req, other):
-                    self._waiting.append(req)
-                    return
-            for other in self._waiting:
-                if _overlaps(req, other):
-                    self._waiting.append(req)
-                    return
-        self._start(req)
+        if req.length >= LARGE_REQUEST and command in _HOLDING:
+            if self._payload_charged:  # admitted when its header came (see _process)
+                self._payload_charged = 0
+            elif not self._account.admit(req.length):
+                self._defer(req)
+                return
+            self._serve_admitted(req)
+            return
+        if (self._ops or self._waiting) and self._must_wait(req):
+            self._account.add(_cost(req))
+            self._waiting.append(req)
+            self._settle()
+            return
+        self._start(req, False)
 
-    def _start(self, req: p.Request) -> None:
+    def _defer(self, what: p.Request | int) -> None:
+        """Hold a large request, or a WRITE payload, until the budgets have room; read
+        nothing more meanwhile."""
+        self._deferred = what
+        self._full = True
+
+    def _must_wait(self, req: p.Request) -> bool:
+        """``req`` overlaps an unfinished earlier request (one modifying data)."""
+        for other in self._ops:
+            if _overlaps(req, other):
+                return True
+        for other in self._waiting:  # noqa: SIM110 (plain loops: cheaper than any())
+            if _overlaps(req, other):
+                return True
+        return False
+
+    def _serve_admitted(self, req: p.Request) -> None:
+        """Run a large request whose bytes are charged already."""
+        if (self._ops or self._waiting) and self._must_wait(req):
+            self._waiting.append(req)
+            self._settle()
+        elif self._start(req, True):
+            self._release(req.length)
+            if self._raw is not None:  # its reply may sit below TLS: see _account_queued
+                self._account_queued()
+
+    def _start(self, req: p.Request, charged: bool) -> bool:
+        """Run ``req``: inline when its range is resident (True: it is answered), else on
+        a worker thread (False), charged to the account until it is done."""
         backend = self._backend
         assert backend is not None
         command = req.command
@@ -437,16 +633,20 @@ class NBDConnection(asyncio.BufferedProtocol):
                 pass  # data not in memory after all: read it on a worker thread
             except Exception as e:
                 self._reply_failure(req, e)
-                return
+                return True
             else:
                 if command == _WRITE and backend.copies_writes:
                     self._proto.recycle(req.payload)
                 self._reply(req, result)
-                return
+                return True
+        if not charged:
+            self._account.add(_cost(req))
         self._ops.append(req)
+        self._settle()
         run = partial(execute, backend, req, self._view.structured_replies, self._contexts, False)
         fut = self._loop.run_in_executor(self._server.executor, run)
         fut.add_done_callback(partial(self._op_done, req))
+        return False
 
     def _op_done(self, req: p.Request, fut: asyncio.Future[Any]) -> None:
         self._ops.remove(req)
@@ -456,19 +656,20 @@ class NBDConnection(asyncio.BufferedProtocol):
             self._reply_failure(req, exc)
         else:
             self._reply(req, fut.result())
+        self._release(_cost(req))
         if self._waiting:
             waiting, self._waiting = self._waiting, deque()
             for r in waiting:
-                if any(_overlaps(r, o) for o in self._ops) or any(
-                    _overlaps(r, o) for o in self._waiting
-                ):
+                if self._must_wait(r):
                     self._waiting.append(r)
-                else:
-                    self._start(r)
+                elif self._start(r, True):
+                    self._release(_cost(r))
+        # Replies written while the transport is paused add to its queue unannounced.
+        self._account_queued()
         if self._closing:
             self._maybe_finish()
         else:
-            self._process()
+            self._wake()
 
     # --- replies --------------------------------------------------------------------
 
@@ -553,3 +754,11 @@ class NBDConnection(asyncio.BufferedProtocol):
             "inflight": len(self._ops) + len(self._waiting),
             "since": self.started,
         }
+
+
+def _peer_name(peer: object) -> str:
+    """``host:port`` for a TCP peer (one word, as log fields are), ``unix`` otherwise."""
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        host = str(peer[0])
+        return f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
+    return "unix"

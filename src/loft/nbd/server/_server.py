@@ -1,4 +1,10 @@
-"""The NBD server: listeners, the worker pool, and the set of live connections."""
+"""The NBD server: listeners, the worker pool, and the set of live connections.
+
+It also owns what bounds the memory its clients can make it hold: a cap on connections
+(and on connections still in the handshake, which on TCP are not authenticated yet), the
+byte budget every connection draws on (:mod:`._budget`), one bounded pool of spare WRITE
+payload buffers, and a sweep that takes receive buffers from idle connections.
+"""
 
 from __future__ import annotations
 
@@ -8,22 +14,38 @@ import logging
 import os
 import ssl
 import stat
-from collections.abc import Coroutine
+import time
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from loft.nbd.protocol import NBDError
+from loft.nbd.protocol import NBDError, PayloadPool
+from loft.nbd.server._budget import DEFAULT_MAX_BYTES, DEFAULT_MAX_CONNECTION_BYTES, ServerBudget
 from loft.nbd.server._connection import NBDConnection
 from loft.nbd.server._exports import Authorizer, ExportLookup
 from loft.nbd.server._memory import tune_allocator
 
-__all__ = ["DEFAULT_WORKERS", "NBDServer"]
+__all__ = ["DEFAULT_MAX_CONNECTIONS", "DEFAULT_MAX_HANDSHAKES", "DEFAULT_WORKERS", "NBDServer"]
 
 log = logging.getLogger("loft.nbd")
 
 #: Worker threads for FLUSH, FUA writes and ranges that must be fetched first.
 DEFAULT_WORKERS = 16
+#: Connections served at once; more are accepted and closed at once. An idle connection
+#: costs a few KiB (no receive buffer), so the cap is about file descriptors and about
+#: what many busy clients may hold (see _budget.py), not about idle ones.
+DEFAULT_MAX_CONNECTIONS = 1024
+#: Connections not yet in transmission. On TCP these have not shown a certificate yet;
+#: each may hold an option of up to 64 KiB for HANDSHAKE_TIMEOUT, and a real client needs
+#: a few milliseconds here.
+DEFAULT_MAX_HANDSHAKES = 128
+#: Bytes of spare WRITE payload buffers kept for reuse, for all connections together.
+PAYLOAD_POOL_BYTES = 64 * 1024 * 1024
+#: Seconds between sweeps of idle connections' receive buffers.
+SWEEP_INTERVAL = 5.0
+#: At most one refusal is logged per this many seconds; the others are counted in it.
+REFUSAL_LOG_INTERVAL = 1.0
 
 
 class NBDServer:
@@ -33,6 +55,11 @@ class NBDServer:
     enter) and may open every export. TCP clients must STARTTLS with a client
     certificate, and see and open only the exports ``authorizer`` grants their
     certificate's common name.
+
+    Limits: ``max_connections`` served at once, ``max_handshakes`` of them not yet in
+    transmission (a client over either is closed at once, with a log line);
+    ``max_bytes_in_flight`` of requests and replies held for all clients together, and
+    ``max_connection_bytes`` for each (see :mod:`._budget`).
     """
 
     def __init__(
@@ -42,16 +69,33 @@ class NBDServer:
         authorizer: Authorizer | None = None,
         ssl_context: ssl.SSLContext | None = None,
         workers: int = DEFAULT_WORKERS,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        max_handshakes: int = DEFAULT_MAX_HANDSHAKES,
+        max_bytes_in_flight: int = DEFAULT_MAX_BYTES,
+        max_connection_bytes: int = DEFAULT_MAX_CONNECTION_BYTES,
     ) -> None:
+        if max_connections < 1 or max_handshakes < 1:
+            raise ValueError("max_connections and max_handshakes must be at least 1")
         self.exports = exports
         self.authorizer = authorizer
         self.ssl_context = ssl_context
+        self.max_connections = max_connections
+        self.max_handshakes = max_handshakes
         tune_allocator()  # big request buffers without a page fault per 4 KiB (_memory.py)
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="loft-nbd")
+        self.budget = ServerBudget(max_bytes_in_flight, max_connection_bytes, schedule=_call_soon)
+        self.payload_pool = PayloadPool(PAYLOAD_POOL_BYTES)
+        #: connections refused since the server started (over a cap)
+        self.refused = 0
         self._listeners: list[asyncio.base_events.Server] = []
         self._connections: set[NBDConnection] = set()
+        self._handshakes = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._unix_paths: list[Path] = []
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._refusal_logged_at = float("-inf")
+        self._refusals_unlogged = 0
+        self._refusal_summary: asyncio.TimerHandle | None = None
 
     # --- listeners ------------------------------------------------------------------
 
@@ -108,11 +152,76 @@ class NBDServer:
 
     # --- connections ----------------------------------------------------------------
 
-    def _register(self, conn: NBDConnection) -> None:
+    def _register(self, conn: NBDConnection) -> bool:
+        """Count a new connection in, or refuse it (False) when it is over a cap."""
+        if len(self._connections) >= self.max_connections:
+            self._refuse(conn, "max_connections", self.max_connections)
+            return False
+        if self._handshakes >= self.max_handshakes:
+            self._refuse(conn, "max_handshakes", self.max_handshakes)
+            return False
         self._connections.add(conn)
+        self._handshakes += 1
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().call_later(SWEEP_INTERVAL, self._sweep)
+        return True
 
-    def _unregister(self, conn: NBDConnection) -> None:
+    def _handshake_done(self) -> None:
+        self._handshakes -= 1
+
+    def _unregister(self, conn: NBDConnection, handshaking: bool) -> None:
         self._connections.discard(conn)
+        if handshaking:
+            self._handshakes -= 1
+
+    def _refuse(self, conn: NBDConnection, reason: str, limit: int) -> None:
+        """Log a refusal: the first one in each REFUSAL_LOG_INTERVAL, with the count of
+        those left out since the previous line, so a flood cannot flood the log."""
+        self.refused += 1
+        now = time.monotonic()
+        if now - self._refusal_logged_at < REFUSAL_LOG_INTERVAL:
+            self._refusals_unlogged += 1
+            if self._refusal_summary is None:
+                delay = self._refusal_logged_at + REFUSAL_LOG_INTERVAL - now
+                self._refusal_summary = asyncio.get_running_loop().call_later(
+                    delay, self._log_unlogged_refusals, reason, limit
+                )
+            return
+        self._refusal_logged_at = now
+        log.warning(
+            "nbd.refuse peer=%s reason=%s limit=%d connections=%d not_logged=%d",
+            conn.peer,
+            reason,
+            limit,
+            len(self._connections),
+            self._refusals_unlogged,
+        )
+        self._refusals_unlogged = 0
+
+    def _log_unlogged_refusals(self, reason: str, limit: int) -> None:
+        self._refusal_summary = None
+        if self._refusals_unlogged:
+            log.warning(
+                "nbd.refuse peer=* reason=%s limit=%d connections=%d not_logged=%d",
+                reason,
+                limit,
+                len(self._connections),
+                self._refusals_unlogged,
+            )
+            self._refusals_unlogged = 0
+            self._refusal_logged_at = time.monotonic()
+
+    def _sweep(self) -> None:
+        """Take the receive buffers of idle connections, and the spare payload buffers
+        when no connection sent a request since the last sweep."""
+        self._sweeper = None
+        idle = True
+        for conn in list(self._connections):
+            idle &= conn.sweep()
+        if idle:
+            self.payload_pool.clear()
+        if self._connections:
+            self._sweeper = asyncio.get_running_loop().call_later(SWEEP_INTERVAL, self._sweep)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -132,6 +241,10 @@ class NBDServer:
         """
         for listener in self._listeners:
             listener.close()
+        for handle in (self._sweeper, self._refusal_summary):
+            if handle is not None:
+                handle.cancel()
+        self._sweeper = self._refusal_summary = None
         for conn in list(self._connections):
             conn._client_closed()
         loop = asyncio.get_running_loop()
@@ -148,3 +261,7 @@ class NBDServer:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
         await loop.run_in_executor(None, self.executor.shutdown, True)
+
+
+def _call_soon(fn: Callable[[], None]) -> None:
+    asyncio.get_running_loop().call_soon(fn)

@@ -2,15 +2,15 @@
 commit (existing volumes get the default, 1 GiB); gc_state.sweeps: the number of GC sweeps
 ever started, which nodes' presence indexes of stored chunks are checked against.
 
-Revision ID: 0003
-Revises: 0002
+Revision ID: 0004
+Revises: 0003
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0003"
-down_revision = "0002"
+revision = "0004"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 

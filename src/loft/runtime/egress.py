@@ -1,0 +1,164 @@
+"""Outbound networking (``nat``): a userspace stack, and a policy on where packets may go.
+
+The workspace keeps its own network namespace; ``slirp4netns`` (one per workspace, a host
+process) gives it a ``tap0`` (10.0.2.100/24, gateway 10.0.2.2, DNS forwarder 10.0.2.3)
+and turns its connections into ordinary sockets of its own on the host side. It runs with
+``--disable-host-loopback`` (10.0.2.2 never reaches the host's 127.0.0.1),
+``--enable-sandbox`` (its own mount namespace, capabilities dropped) and
+``--enable-seccomp``. slirp4netns cannot filter by destination, so the policy is an
+nftables table *inside the workspace's network namespace*, loaded by the host between
+``runc create`` and ``runc start`` — before anything of the tenant's runs — and out of
+the tenant's reach: nothing in a workspace holds CAP_NET_ADMIN (or CAP_NET_RAW, so no
+packet socket slips past netfilter), and seccomp refuses a new network namespace. It
+rejects every packet to the host's loopback, the private, shared, link-local (cloud
+metadata) and multicast ranges, and the deployment's own endpoints (``spec.deny``),
+except DNS to slirp's forwarder.
+
+The stack may run in a network namespace of the operator's choosing (``egress_netns``:
+its own routes and firewall), else in the agent's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ipaddress
+import os
+import select
+import shutil
+import signal
+import subprocess
+from collections.abc import Iterable
+from pathlib import Path
+
+from loft.runtime.errors import WorkspaceError
+
+__all__ = [
+    "DENIED_V4",
+    "DENIED_V6",
+    "NAMESERVER",
+    "apply_ruleset",
+    "egress_ruleset",
+    "start_stack",
+    "stop_stack",
+]
+
+#: slirp4netns's DNS forwarder inside the workspace.
+NAMESERVER = "10.0.2.3"
+#: Where no packet of a workspace may go (besides ``spec.deny``): "this" network, private,
+#: shared (CGNAT), loopback, link-local (169.254.169.254: cloud metadata), IETF protocol
+#: assignments, benchmarking, multicast and reserved.
+DENIED_V4 = ("0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
+             "172.16.0.0/12", "192.0.0.0/24", "192.168.0.0/16", "198.18.0.0/15",
+             "224.0.0.0/4", "240.0.0.0/4")  # fmt: skip
+#: The same for IPv6: loopback, IPv4-mapped, unique local (fd00:ec2::254 among them),
+#: link-local, multicast.
+DENIED_V6 = ("::1/128", "::ffff:0:0/96", "fc00::/7", "fe80::/10", "ff00::/8")
+_Net = ipaddress.IPv4Network | ipaddress.IPv6Network
+_CLONE_NEWNET = 0x40000000
+_CLONE_NEWNS = 0x00020000
+_MS_REC, _MS_PRIVATE = 0x4000, 0x40000
+_READY_TIMEOUT = 10.0
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def egress_ruleset(deny: Iterable[_Net] = ()) -> str:
+    """The nftables script of a workspace's egress policy (pure)."""
+    v4 = [*DENIED_V4, *(str(n) for n in deny if n.version == 4)]
+    v6 = [*DENIED_V6, *(str(n) for n in deny if n.version == 6)]
+    return "\n".join([
+        "table inet loft_egress {",
+        "  chain output {",
+        "    type filter hook output priority 0; policy accept;",
+        '    oifname "lo" accept',
+        f"    ip daddr {NAMESERVER} udp dport 53 accept",
+        f"    ip daddr {NAMESERVER} tcp dport 53 accept",
+        f"    ip daddr {{ {', '.join(v4)} }} reject with icmpx type admin-prohibited",
+        f"    ip6 daddr {{ {', '.join(v6)} }} reject with icmpx type admin-prohibited",
+        "  }",
+        "}",
+        "",
+    ])  # fmt: skip
+
+
+def _binary(name: str, package: str) -> str:
+    exe = shutil.which(name)
+    if exe is None:
+        raise WorkspaceError(f"{name} is not installed", hint=f"run `make deps` ({package})")
+    return exe
+
+
+def _enter_netns(fd: int) -> None:
+    # Between fork and exec: system calls only.
+    if _libc.setns(fd, _CLONE_NEWNET) != 0:
+        raise OSError(ctypes.get_errno(), "setns(CLONE_NEWNET)")
+
+
+def _private_mounts() -> None:
+    """A mount namespace of the stack's own, receiving nothing and sending nothing back:
+    slirp4netns's ``--enable-sandbox`` rearranges mounts, and from the host's namespace
+    its unmounts propagated to shared mounts of the host (it took ``/run/netns/NAME``
+    away, measured)."""
+    if _libc.unshare(_CLONE_NEWNS) != 0:
+        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS)")
+    if _libc.mount(None, b"/", None, _MS_REC | _MS_PRIVATE, None) != 0:
+        raise OSError(ctypes.get_errno(), "mount --make-rprivate /")
+
+
+def apply_ruleset(netns: int, script: str) -> None:
+    """Load ``script`` with ``nft`` in the network namespace ``netns`` (a descriptor)."""
+    r = subprocess.run([_binary("nft", "nftables"), "-f", "-"], input=script, text=True,
+                       capture_output=True, pass_fds=[netns],
+                       preexec_fn=lambda: _enter_netns(netns), timeout=30,
+                       check=False)  # fmt: skip
+    if r.returncode != 0:
+        raise WorkspaceError(f"loading the egress policy failed: {r.stderr.strip()[:500]}")
+
+
+def start_stack(
+    init_pid: int, log: Path, egress_netns: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """Start slirp4netns for the network namespace of ``init_pid`` and wait until ``tap0``
+    is configured; it runs in its own session (it outlives an agent restart) and in
+    ``egress_netns`` when given."""
+    ready_r, ready_w = os.pipe()
+    netns_fd = -1
+    try:
+        argv = [_binary("slirp4netns", "slirp4netns"), "--configure", "--mtu=65520",
+                "--disable-host-loopback", "--enable-sandbox", "--enable-seccomp",
+                f"--ready-fd={ready_w}", str(init_pid), "tap0"]  # fmt: skip
+        if egress_netns is not None:
+            netns_fd = os.open(egress_netns, os.O_RDONLY | os.O_CLOEXEC)
+        fd = netns_fd
+
+        def enter() -> None:
+            if fd >= 0:
+                _enter_netns(fd)
+            _private_mounts()
+
+        with open(log, "ab") as err:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err,
+                                    pass_fds=[ready_w, *([fd] if fd >= 0 else [])],
+                                    preexec_fn=enter, start_new_session=True)  # fmt: skip
+        os.close(ready_w)
+        ready_w = -1
+        if not select.select([ready_r], [], [], _READY_TIMEOUT)[0] or os.read(ready_r, 1) != b"1":
+            proc.kill()
+            proc.wait()
+            raise WorkspaceError(f"slirp4netns did not come up: {log.read_text()[-500:]}")
+        return proc
+    finally:
+        for fd in (ready_r, ready_w, netns_fd):
+            if fd >= 0:
+                os.close(fd)
+
+
+def stop_stack(pid: int) -> None:
+    """Stop the slirp4netns of pid ``pid`` (only if that pid still is one)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return
+    if b"slirp4netns" in cmdline.split(b"\0")[0]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)

@@ -1,0 +1,139 @@
+"""Port forwarding into a workspace whose network is only its own ``lo``.
+
+A host-side listener (a Unix socket, 0600: only root reaches it; or a loopback TCP port,
+which every local account can reach) accepts; for each connection a socket is made
+*inside* the workspace's network namespace and connected to ``127.0.0.1:PORT`` there, and
+bytes are relayed both ways. The inside socket is made by a short thread that enters the
+namespace with ``setns(CLONE_NEWNET)`` (a thread's network namespace is its own; a socket
+keeps the namespace it was made in) and ends, so the forwarder's process never lives in
+the workspace's network. The workspace gains nothing: it is only ever the server end of
+connections to its own loopback, and it cannot name another destination.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import socket
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+__all__ = ["Forwarder", "connect_in", "loopback_listener", "unix_listener"]
+
+_CLONE_NEWNET = 0x40000000
+_BUFFER = 65536
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def connect_in(netns_fd: int, port: int, timeout: float = 10.0) -> socket.socket:
+    """A TCP connection to ``127.0.0.1:port`` inside the network namespace ``netns_fd``."""
+    result: list[socket.socket | OSError] = []
+
+    def inside() -> None:
+        try:
+            if _libc.setns(netns_fd, _CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns(CLONE_NEWNET)")
+            result.append(socket.create_connection(("127.0.0.1", port), timeout))
+        except OSError as e:
+            result.append(e)
+
+    thread = threading.Thread(target=inside, name="loft-netns")
+    thread.start()
+    thread.join()
+    if isinstance(result[0], OSError):
+        raise result[0]
+    result[0].settimeout(None)
+    return result[0]
+
+
+def unix_listener(path: Path) -> socket.socket:
+    """A listening Unix socket at ``path``, mode 0600 from the start (the socket's mode
+    is set before ``bind`` makes the file, so no other account can connect in between)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        os.fchmod(sock.fileno(), 0o600)
+        sock.bind(str(path))
+        os.chmod(path, 0o600)
+        sock.listen(16)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def loopback_listener(port: int) -> socket.socket:
+    """A listening TCP socket on ``127.0.0.1:port`` (0: any free port). Every local
+    account can connect to it."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
+        sock.listen(16)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _pump(src: socket.socket, dst: socket.socket) -> None:
+    """Copy ``src`` to ``dst`` until end of file, then pass the end on."""
+    with contextlib.suppress(OSError):
+        while data := src.recv(_BUFFER):
+            dst.sendall(data)
+    with contextlib.suppress(OSError):
+        dst.shutdown(socket.SHUT_WR)
+
+
+class Forwarder:
+    """Relays each connection accepted on ``listener`` to a new connection made by
+    ``connect`` (:func:`connect_in` bound to a workspace), on threads of its own, until
+    :meth:`close`. A connection that cannot be made inside is closed at once."""
+
+    def __init__(self, listener: socket.socket, connect: Callable[[], socket.socket]) -> None:
+        self.listener = listener
+        self._connect = connect
+        self._closed = threading.Event()
+        self._conns: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._accept, name="loft-forward", daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                outside, _ = self.listener.accept()
+            except OSError:
+                return  # the listener was closed
+            try:
+                inside = self._connect()
+            except OSError:
+                outside.close()
+                continue
+            with self._lock:
+                self._conns |= {outside, inside}
+            threading.Thread(target=self._serve, args=(outside, inside), daemon=True).start()
+
+    def _serve(self, outside: socket.socket, inside: socket.socket) -> None:
+        back = threading.Thread(target=_pump, args=(inside, outside), daemon=True)
+        back.start()
+        _pump(outside, inside)
+        back.join()
+        with self._lock:
+            self._conns -= {outside, inside}
+        outside.close()
+        inside.close()
+
+    def close(self) -> None:
+        """Stop accepting and cut every relayed connection."""
+        self._closed.set()
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
+        self.listener.close()
+        with self._lock:
+            for conn in self._conns:
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
+            self._conns.clear()
+        self._thread.join(5)

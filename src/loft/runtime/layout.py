@@ -1,0 +1,201 @@
+"""Where the sandbox runtime keeps things under the data dir, and how runc gets its root.
+
+::
+
+    $LOFT_DATA_DIR/                 0711 root   (search only: see loft.datadir)
+      runtime/                      0700 root
+        runc/                       0700 root   runc --root: what runs (runc state, list)
+        bundles/<id>/               0700 root   config.json, workspace.json, init.pid, logs
+      workspaces/                   0711 root   (shared with loft.runtime.attach)
+        <id>/                       0711 root   (or root:GID 0710: see attach.py)
+          sandbox/                  0700 H      H = the workspace's mapped root on the host
+            rootfs/                 empty on the host; see below
+            store/                  empty on the host; see below
+
+**The stage.** runc's init runs as the workspace's mapped root (host uid H, no privilege
+outside its user namespace) when it mounts the container's root and binds, so it can only
+reach paths every directory of which it may search: hence 0711 down to ``<id>``, and
+``sandbox`` which only H may enter (not another workspace's root, not another local
+account). Nothing is mounted there on the host: :func:`staged` makes two *detached*
+mounts as root — the workspace's filesystem, idmapped onto H's range, nosuid, nodev
+(:func:`loft.isolation.idmap.idmapped_clone`), and the physical store directory, read-only
+— and ``runc create`` attaches them on ``rootfs/`` and ``store/`` in a mount namespace of
+its own (``preexec_fn``), which the container's copies. So the host's mount table never
+holds a workspace's files through the stage (no other account or process can walk into
+them, and no mount is ever left behind, whatever fails), and when runc has pivoted into
+the root, the store directory is gone from the container but for the closure's paths it
+bound.
+
+The host-side ``rootfs/`` path must still exist: runc starts its init, for ``create`` and
+every ``exec``, with that path as working directory (as root, before it joins anything).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import shutil
+import stat
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from loft.datadir import search_only_dir
+from loft.isolation.idmap import (
+    MOUNT_ATTR_NODEV,
+    MOUNT_ATTR_NOSUID,
+    MOUNT_ATTR_RDONLY,
+    attach,
+    detached_bind,
+    idmapped_clone,
+)
+from loft.isolation.userns import user_namespace
+from loft.runtime.errors import WorkspaceError
+from loft.runtime.spec import WorkspaceSpec, check_workspace_id
+
+__all__ = ["MERGED_LINKS", "RuntimeDirs", "Stage", "check_rootfs", "merge_usr", "staged"]
+
+#: The usr-merge links a workspace's root needs so /usr (the environment) is the system's
+#: programs and libraries: the dynamic loader is /lib64/ld-linux-*.so.2 by ELF header.
+MERGED_LINKS = {"bin": "usr/bin", "lib": "usr/lib", "lib64": "usr/lib64", "sbin": "usr/sbin"}
+_CLONE_NEWNS = 0x00020000
+_MS_REC, _MS_SLAVE = 0x4000, 0x80000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+@dataclass(frozen=True)
+class RuntimeDirs:
+    """The runtime's directories under ``data_dir`` (see the module docstring)."""
+
+    data_dir: Path
+
+    @property
+    def root(self) -> Path:
+        return self.data_dir / "runtime"
+
+    @property
+    def runc_root(self) -> Path:
+        return self.root / "runc"
+
+    def bundle(self, workspace: str) -> Path:
+        return self.root / "bundles" / check_workspace_id(workspace)
+
+    def workspace(self, workspace: str) -> Path:
+        """``workspaces/<id>``, which :mod:`loft.runtime.attach` may have made first."""
+        return self.data_dir / "workspaces" / check_workspace_id(workspace)
+
+    def stage(self, workspace: str) -> Path:
+        return self.workspace(workspace) / "sandbox"
+
+    def rootfs(self, workspace: str) -> Path:
+        return self.stage(workspace) / "rootfs"
+
+    def store(self, workspace: str) -> Path:
+        return self.stage(workspace) / "store"
+
+    def prepare(self, spec: WorkspaceSpec) -> None:
+        """Create the directories for ``spec`` with their modes and owners; refuse a data
+        dir below a directory the workspace's mapped root may not search."""
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for d in (self.data_dir, self.data_dir / "workspaces"):
+            search_only_dir(d)
+        if not self.workspace(spec.id).exists():  # attach's own modes stay as they are
+            search_only_dir(self.workspace(spec.id))
+        for d in self.data_dir.resolve().parents:
+            if not os.stat(d).st_mode & stat.S_IXOTH:
+                raise WorkspaceError(
+                    f"{d} above the data dir is closed to other users: a workspace's "
+                    "init cannot reach its root filesystem through it",
+                    hint=f"chmod o+x {d} (search only), or put the data dir elsewhere",
+                )
+        for d in (self.root, self.runc_root, self.root / "bundles", self.bundle(spec.id)):
+            d.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(d, 0o700)
+        stage = self.stage(spec.id)
+        stage.mkdir(mode=0o700, exist_ok=True)
+        os.chown(stage, spec.ids.host, spec.ids.host)
+        os.chmod(stage, 0o700)
+        for d in (self.rootfs(spec.id), self.store(spec.id)):
+            d.mkdir(mode=0o700, exist_ok=True)
+
+    def remove(self, workspace: str) -> None:
+        """Remove a workspace's bundle and stage directories (its container is gone), and
+        ``workspaces/<id>`` when nothing else (an attachment) is in it."""
+        shutil.rmtree(self.bundle(workspace), ignore_errors=True)
+        for d in (self.rootfs(workspace), self.store(workspace), self.stage(workspace)):
+            with contextlib.suppress(FileNotFoundError):
+                d.rmdir()  # empty mount points: never a recursive removal under them
+        with contextlib.suppress(OSError):
+            self.workspace(workspace).rmdir()
+
+
+def check_rootfs(rootfs: Path) -> None:
+    """Refuse a root filesystem that is not a mount point mounted ``nosuid`` and ``nodev``:
+    on disk it holds whatever the tenant wrote, setuid-root files and device nodes
+    included, and its host-side mount must give them no power."""
+    if not os.path.ismount(rootfs):
+        raise WorkspaceError(f"{rootfs} is not a mount point",
+                             hint="mount the workspace's filesystem there first")  # fmt: skip
+    flags = os.statvfs(rootfs).f_flag
+    if not (flags & os.ST_NOSUID and flags & os.ST_NODEV):
+        raise WorkspaceError(f"{rootfs} is mounted without nosuid or nodev",
+                             hint="mount it with -o nosuid,nodev")  # fmt: skip
+
+
+def merge_usr(rootfs: Path) -> None:
+    """Create the usr-merge links (:data:`MERGED_LINKS`) at the top of the workspace's
+    filesystem where nothing of that name exists; a tenant's own file or link stays.
+
+    Each is made by ``symlinkat`` in a descriptor of the mount's root directory: one
+    name, no path to resolve, so nothing the tenant wrote can redirect it."""
+    fd = os.open(rootfs, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        for name, target in MERGED_LINKS.items():
+            with contextlib.suppress(FileExistsError):
+                os.symlink(target, name, dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """The detached mounts for one ``runc create`` and the ``preexec_fn`` attaching them."""
+
+    fds: tuple[int, int]
+    enter: Callable[[], None]
+
+
+@contextlib.contextmanager
+def staged(spec: WorkspaceSpec, dirs: RuntimeDirs) -> Iterator[Stage]:
+    """The stage for starting ``spec`` (see the module docstring); the detached mounts
+    are closed on exit, and with them anything runc did not take into its container."""
+    with user_namespace(spec.ids, spec.ids.host) as userns_fd:
+        root = idmapped_clone(spec.rootfs, userns_fd, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV)
+    try:
+        store = detached_bind(spec.env.store_dir,
+                              MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV)  # fmt: skip
+    except BaseException:
+        os.close(root)
+        raise
+    rootfs, store_dir = dirs.rootfs(spec.id), dirs.store(spec.id)
+
+    def enter() -> None:
+        # Between fork and exec of runc: system calls only. runc makes missing mount
+        # points (/nix/store on a fresh volume, /run/loft) with its umask: the agent's 077
+        # would leave /nix its root's alone, and runner unable to reach the closure.
+        os.umask(0o022)
+        # A mount namespace of its own that receives the host's mount events but sends
+        # none back.
+        if _libc.unshare(_CLONE_NEWNS) != 0:
+            raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS)")
+        if _libc.mount(None, b"/", None, _MS_REC | _MS_SLAVE, None) != 0:
+            raise OSError(ctypes.get_errno(), "mount --make-rslave /")
+        attach(root, rootfs)
+        attach(store, store_dir)
+
+    try:
+        yield Stage((root, store), enter)
+    finally:
+        os.close(root)
+        os.close(store)
