@@ -113,7 +113,8 @@ def test_workspace_lifecycle_persists_across_stop_and_start(node: AgentNode) -> 
     info = node.new("keep")
     node.sh("keep", "echo home > ~/h; mkdir -p ~/proj && echo code > ~/proj/main.py")
     node.sh("keep", "echo etc > /etc/mine; echo var > /var/lib/mine; echo opt > /opt/mine; "
-                    "echo root > /root/mine", "--user", "root")  # fmt: skip
+                    "echo root > /root/mine; echo local > /usr/local/bin/mine", "--user",
+                    "root")  # fmt: skip
     node.loft("stop", "keep")
     stopped = node.json("info", "keep")
     assert (stopped["phase"], stopped["pid"]) == ("stopped", 0)
@@ -121,8 +122,8 @@ def test_workspace_lifecycle_persists_across_stop_and_start(node: AgentNode) -> 
     assert not any(info["id"] in m for m in node.leftovers()["mounts"])
     node.loft("start", "keep")
     out = node.sh("keep", "cd /home/runner && cat h proj/main.py /etc/mine /var/lib/mine /opt/mine "
-                          "/root/mine", "--user", "root")  # fmt: skip
-    assert out.split() == ["home", "code", "etc", "var", "opt", "root"]
+                          "/root/mine /usr/local/bin/mine", "--user", "root")  # fmt: skip
+    assert out.split() == ["home", "code", "etc", "var", "opt", "root", "local"]
     # runner's home is runner's: the files runner wrote are runner's inside
     assert node.sh("keep", "stat -c %U ~/h").strip() == "runner"
 
