@@ -58,7 +58,7 @@ def open_node(
     chunk_cache_bytes: int = 1 * GIB,
 ) -> Node:
     """A Blockstore for a node whose working copies live in ``data_dir``."""
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # loft refuses an open data dir
     settings = Settings(
         data_dir=data_dir,
         chunks_url=chunks_url,

@@ -50,7 +50,12 @@ def sleeper() -> Iterator[subprocess.Popen[bytes]]:
 
 def _volume(heads: Heads) -> VolumeRecord:
     return heads.create(
-        "v", size=1 << 20, extent_size=64 << 10, durability="local", commit_interval=5.0
+        "v",
+        size=1 << 20,
+        extent_size=64 << 10,
+        durability="local",
+        commit_interval=5.0,
+        max_dirty=1 << 20,
     )
 
 

@@ -5,6 +5,12 @@ snapshot view, fork, restore, reopen, crash-reopen and GC) is checked against it
 chunk cache is off and the extent budget is tiny, so reads really go to the chunk store and
 a chunk GC wrongly deleted shows up as a failed read.
 
+GC runs on the writing node and on another one, with grace 0, interleaved with commits
+that rewrite pooled contents: a chunk a commit found (or uploaded) earlier may be garbage
+and gone by the next commit of the same bytes, so the writing node's presence index must
+never vouch for it (a commit that trusted it would leave the head pointing at nothing, a
+failed read here).
+
 Trim is advisory: whole extents and present parts become zeros, parts of absent extents
 stay as they were. The model checks each partial piece reads as either its old bytes or
 zeros right after the trim, and then adopts what the volume says.
@@ -63,10 +69,11 @@ picks = st.integers(0, 1000)
 class VolumeMachine(RuleBasedStateMachine):
     """One deployment node, a few volumes, and the model of what they must read as."""
 
-    def __init__(self, dep: Deployment, bs: Blockstore) -> None:
+    def __init__(self, dep: Deployment, bs: Blockstore, collector: Blockstore) -> None:
         super().__init__()
         self.dep = dep
         self.bs = bs
+        self.collector = collector
         self.prefix = f"m{next(_uniq)}"
         self.model: dict[str, bytearray] = {}
         self.snaps: dict[tuple[str, str], bytes] = {}
@@ -271,14 +278,16 @@ class VolumeMachine(RuleBasedStateMachine):
         expire_lease(self.bs, name)
         self._check_all(name)
 
-    @rule(i=picks)
-    def gc(self, i: int) -> None:
+    @rule(i=picks, elsewhere=st.booleans())
+    def gc(self, i: int, elsewhere: bool) -> None:
+        """GC on this node or on another (whose sweep this node's index must notice)."""
+        node = self.collector if elsewhere else self.bs
         try:
-            self.bs.gc(grace=0)
+            node.gc(grace=0)
         except GCRefused as e:
             # A tiny store trips the fraction guard easily; nothing else may refuse.
             assert "would delete" in str(e), str(e)
-            self.bs.gc(grace=0, force=True)
+            node.gc(grace=0, force=True)
         # After a sweep, what the store holds must still serve a volume from scratch.
         self._check_all(self._pick(i))
 
@@ -305,8 +314,8 @@ def _diff(got: bytes, want: bytes, base: int) -> str:
 def _run(dep: Deployment, examples: int, steps: int) -> None:
     dep.chunk_cache_bytes = 0  # every fetch goes to the chunk store
     dep.cache_bytes = 8 * EXTENT  # clean extents get evicted and fetched again
-    bs = dep.node("a")
-    factory: Callable[[], VolumeMachine] = lambda: VolumeMachine(dep, bs)  # noqa: E731
+    bs, collector = dep.node("a"), dep.node("gc")
+    factory: Callable[[], VolumeMachine] = lambda: VolumeMachine(dep, bs, collector)  # noqa: E731
     run_state_machine_as_test(
         factory,  # type: ignore[arg-type]
         settings=settings(max_examples=examples, stateful_step_count=steps),

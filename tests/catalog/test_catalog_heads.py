@@ -19,7 +19,7 @@ from loft.blockstore.errors import (
     VolumeExists,
     VolumeNotFound,
 )
-from loft.blockstore.heads import Heads, VolumeRecord
+from loft.blockstore.heads import Heads, Registration, VolumeRecord
 from loft.catalog import Catalog
 from loft.catalog.schema import gc_state
 
@@ -42,7 +42,12 @@ def heads(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Heads]:
 
 def new_volume(heads: Heads, name: str = "v") -> VolumeRecord:
     return heads.create(
-        name, size=1 << 20, extent_size=64 << 10, durability="local", commit_interval=5.0
+        name,
+        size=1 << 20,
+        extent_size=64 << 10,
+        durability="local",
+        commit_interval=5.0,
+        max_dirty=1 << 20,
     )
 
 
@@ -209,15 +214,25 @@ def test_snapshots_and_restore(heads: Heads) -> None:
 def test_commit_registrations_and_gc_lease(heads: Heads) -> None:
     rec = new_volume(heads)
     cid = heads.begin_commit(rec.id)
-    assert not heads.register_chunks(cid, ["chunks/aa/" + "aa" * 32])
-    assert not heads.register_chunks(cid, ["chunks/aa/" + "aa" * 32, "chunks/bb/" + "bb" * 32])
+    assert not heads.register_chunks(cid, ["chunks/aa/" + "aa" * 32]).sweeping
+    reg = heads.register_chunks(cid, ["chunks/aa/" + "aa" * 32, "chunks/bb/" + "bb" * 32])
+    assert reg == Registration(sweeping=False, sweeps=0)
     with heads.catalog.write() as conn:
         now = heads.catalog.now(conn)
-        conn.execute(update(gc_state).where(gc_state.c.id == 1).values(sweeping_until=now + 0.5))
-    assert heads.register_chunks(cid, ["chunks/cc/" + "cc" * 32])  # a sweep is running
+        conn.execute(
+            update(gc_state)
+            .where(gc_state.c.id == 1)
+            .values(sweeping_until=now + 0.5, sweeps=gc_state.c.sweeps + 1)
+        )
+    # A sweep is running, the first ever started.
+    reg = heads.register_chunks(cid, ["chunks/cc/" + "cc" * 32])
+    assert reg == Registration(sweeping=True, sweeps=1)
     started = time.monotonic()
-    heads.wait_for_sweep(timeout=10)
+    assert heads.wait_for_sweep(timeout=10)
     assert 0.2 < time.monotonic() - started < 5
+    with heads.catalog.write() as conn:
+        conn.execute(update(gc_state).where(gc_state.c.id == 1).values(sweeping_until=now + 60))
+    assert not heads.wait_for_sweep(timeout=0.2)  # still sweeping: the caller must not trust
     with heads.catalog.read() as conn:
         assert len(heads.all_roots(conn)) == 1
     heads.end_commit(cid)

@@ -11,7 +11,7 @@ from sqlalchemy import create_engine, insert, inspect, select, text
 
 from loft.catalog import HEAD_REVISION, Catalog, database
 from loft.catalog.database import normalize_url
-from loft.catalog.schema import inflight_chunks, metadata, settings
+from loft.catalog.schema import gc_state, inflight_chunks, metadata, settings, volumes
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -139,16 +139,60 @@ def test_upgrade_flags_existing_volumes_raw_written(url: str) -> None:
         heads = Heads(upgraded)
         assert heads.get("old").raw_written
         new = heads.create(
-            "new", size=4096, extent_size=65536, durability="local", commit_interval=5.0
+            "new",
+            size=4096,
+            extent_size=65536,
+            durability="local",
+            commit_interval=5.0,
+            max_dirty=65536,
         )
         assert not new.raw_written
     finally:
         upgraded.close()
 
 
+def test_max_dirty_and_sweeps_are_added_to_an_old_catalog(url: str) -> None:
+    """0004 gives existing volumes the default max_dirty and GC a sweep count of 0, and
+    goes back down cleanly."""
+    from alembic import command
+    from alembic.config import Config
+
+    cat = Catalog(url, migrate=False)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(database.__file__).with_name("migrations")))
+    with cat.engine.connect() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0003")
+        conn.commit()
+    with cat.engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO volumes (uid, name, size, extent_size, durability, "
+                "commit_interval, lineage, created_at, root, version, epoch) VALUES "
+                "('u', 'old', 1024, 1024, 'local', 5.0, '[]', 0, '00', 0, 0)"
+            )
+        )
+    cat.close()
+
+    upgraded = Catalog(url)
+    try:
+        with upgraded.read() as conn:
+            assert conn.execute(select(volumes.c.max_dirty)).scalar_one() == 1 << 30
+            assert conn.execute(select(gc_state.c.sweeps)).scalar_one() == 0
+        with upgraded.engine.connect() as conn:
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "0003")
+            conn.commit()
+        assert _revision(url) == "0003"
+        with upgraded.engine.connect() as conn:
+            assert "max_dirty" not in {c["name"] for c in inspect(conn).get_columns("volumes")}
+    finally:
+        upgraded.close()
+
+
 def test_upgrade_adds_workspace_tables_and_downgrade_drops_them(url: str) -> None:
-    """0004: workspaces, their runtime state and snapshot environments; existing data
-    stays, and the downgrade leaves the catalog as 0003 had it."""
+    """0005: workspaces, their runtime state and snapshot environments; existing data
+    stays, and the downgrade leaves the catalog as 0004 had it."""
     from alembic import command
     from alembic.config import Config
 
@@ -160,7 +204,7 @@ def test_upgrade_adds_workspace_tables_and_downgrade_drops_them(url: str) -> Non
     cfg.set_main_option("script_location", str(Path(database.__file__).with_name("migrations")))
     with cat.engine.connect() as conn:
         cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "0003")
+        command.upgrade(cfg, "0004")
         conn.commit()
     with cat.engine.begin() as conn:
         conn.execute(insert(settings).values(key="old", value="kept"))
@@ -182,7 +226,7 @@ def test_upgrade_adds_workspace_tables_and_downgrade_drops_them(url: str) -> Non
         assert Records(upgraded).get("root", "dev").record == rec
         with upgraded.engine.connect() as conn:
             cfg.attributes["connection"] = conn
-            command.downgrade(cfg, "0003")
+            command.downgrade(cfg, "0004")
             conn.commit()
         insp = inspect(upgraded.engine)
         assert not any(

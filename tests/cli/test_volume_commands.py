@@ -66,6 +66,9 @@ def test_volume_lifecycle(loft: Loft, tmp_path: Path) -> None:
     loft(
         "volume", "create", "r", "--size", "512K", "--extent-size", "64K", "--durability", "remote"
     )
+    loft("volume", "create", "m", "--size", "1M", "--extent-size", "64K", "--max-dirty", "256K")
+    assert loft.json("volume", "info", "m")["max_dirty"] == 256 * KIB
+    loft("volume", "rm", "m")
 
     vols = {v["name"]: v for v in loft.json("volume", "ls")}
     assert set(vols) == {"r", "v"}
@@ -75,6 +78,7 @@ def test_volume_lifecycle(loft: Loft, tmp_path: Path) -> None:
 
     info = loft.json("volume", "info", "v")
     assert info["name"] == "v" and info["size"] == MIB and info["version"] == 0
+    assert info["max_dirty"] == 1 << 30  # the default
     assert info["extents_total"] == 16 and info["extents_written"] == 0
     assert info["bytes_stored"] == 0 and info["parent"] is None
     assert "extents_total" in loft("volume", "info", "v").stdout

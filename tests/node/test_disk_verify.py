@@ -34,6 +34,8 @@ def test_verify_nbd_read_after_restart_serves_committed_bytes(tmp_path: Path) ->
         run(["qemu-io", "-r", "-f", "raw", "-c", "read -P 0xab 0 1M", node.uri("v")])
         info = json.loads(node.loft("volume", "info", "v", "--json").stdout)
         assert info["extents_corrupt"] == 1
+        # A served volume says how far behind its commits are (nothing written: none).
+        assert info["commit_lag_s"] == 0 and info["commit_lag_max_s"] >= 0
     finally:
         assert node.stop() == 0
     log = Path(node.env["LOFT_DATA_DIR"]).with_suffix(".log").read_text().splitlines()

@@ -26,13 +26,15 @@ from typing import BinaryIO
 
 from loft.blockstore.budget import Evictable
 from loft.blockstore.capture import Capture
-from loft.blockstore.commit import CommitResult, commit_extents
-from loft.blockstore.context import BlockstoreContext, lower_thread_priority
+from loft.blockstore.chunks import HEADER_SIZE
+from loft.blockstore.commit import Buffers, CommitResult, commit_extents
+from loft.blockstore.context import BlockstoreContext
 from loft.blockstore.errors import InvalidArgument, LeaseLost, VolumeIOError
 from loft.blockstore.extents import evict_all
 from loft.blockstore.heads import VolumeRecord
 from loft.blockstore.lease import LeaseKeeper
 from loft.blockstore.manifest import Manifest
+from loft.priority import lower_thread_priority
 
 log = logging.getLogger("loft.blockstore.volume")
 
@@ -89,6 +91,8 @@ class Committer:
         self._committed_seq = 0
         self._fail_count = 0
         self._last_error: BaseException | None = None
+        #: the longest a flushed write waited to be committed, seconds
+        self.max_lag = 0.0
         self._stop = False
         self._thread = threading.Thread(target=self._run, name=f"volume-{rec.name}", daemon=True)
 
@@ -130,6 +134,14 @@ class Committer:
         if self._pending_since is None:
             self._pending_since = time.monotonic()
         return self._seq
+
+    def lag(self) -> float:
+        """How long the oldest flushed write not yet committed has waited, seconds (0
+        when every flush is committed). Lock held."""
+        oldest = [c.since for c in (self._uploading,) if c is not None]
+        if self._pending_since is not None:
+            oldest.append(self._pending_since)
+        return time.monotonic() - min(oldest) if oldest else 0.0
 
     # -- waiting and lifecycle ------------------------------------------------------------
 
@@ -183,6 +195,7 @@ class Committer:
                             due = (self._pending_since or now) + self.commit_interval
                             if self._urgent or now >= due:
                                 cap = self._uploading = self._pending
+                                cap.since = self._pending_since or cap.created
                                 self._pending = None
                                 self._pending_since = None
                                 self._urgent = False
@@ -196,8 +209,10 @@ class Committer:
             self._commit(cap)
 
     def _commit(self, cap: Capture) -> None:
-        def source(e: int) -> bytes:
-            return cap.read_extent(self._fd, e, self._elen(e))
+        buffers = Buffers()
+
+        def source(e: int) -> bytearray:
+            return cap.read_extent(self._fd, e, buffers.get(self._elen(e)))
 
         lease = self._lease
         sent = time.monotonic()
@@ -209,6 +224,7 @@ class Committer:
                 self.manifest,
                 sorted(cap.gens),
                 source,
+                buffers=buffers,
                 ttl=lease.ttl,
             )
         except LeaseLost as lost:
@@ -225,6 +241,7 @@ class Committer:
             return
         with self._cond:
             lease.extend(sent)  # the head's compare-and-swap renewed the lease too
+            self.max_lag = max(self.max_lag, time.monotonic() - cap.since)
             self._backoff = _RETRY_BACKOFF_MIN
             self.manifest = res.manifest
             self.record = res.record
@@ -263,21 +280,34 @@ class Committer:
         last extent. An image larger than the volume raises InvalidArgument before the
         head moves."""
         es = self._extent_size
-        blocks: dict[int, tuple[bytearray, int]] = {}
+        buffers = Buffers()
+        blocks: dict[int, bytearray] = {}
 
         def extents() -> Iterator[int]:
             e = 0
             while True:
-                buf = bytearray(es)  # a fresh buffer each time: handed on without a copy
-                n = _read_full(src, memoryview(buf))
+                buf = buffers.get(es)
+                n = _read_full(src, memoryview(buf)[HEADER_SIZE:])
                 if n == 0:
+                    buffers.release(buf)
                     return
                 if e >= n_extents or n > self._elen(e):
                     raise InvalidArgument(
                         f"image is larger than volume {self.name!r} ({size} bytes)",
                         hint="create a bigger volume",
                     )
-                blocks[e] = (buf, n)
+                if n < es:
+                    # A partial last extent keeps what the volume had after the image's
+                    # end, and the volume's own last extent may be shorter than others.
+                    rest = read(e * es + n, self._elen(e) - n)
+                    whole = buffers.get(self._elen(e))
+                    whole[HEADER_SIZE : HEADER_SIZE + n] = memoryview(buf)[
+                        HEADER_SIZE : HEADER_SIZE + n
+                    ]
+                    whole[HEADER_SIZE + n :] = rest
+                    buffers.release(buf)
+                    buf = whole
+                blocks[e] = buf
                 if progress:
                     progress(n)
                 yield e
@@ -285,20 +315,20 @@ class Committer:
                 if n < es:
                     return
 
-        def source(e: int) -> bytes:
-            buf, n = blocks.pop(e)
-            if n == len(buf) == self._elen(e):
-                return buf  # type: ignore[return-value]  # bytes-like is all we need
-            # A partial last extent keeps what the volume had after the image's end.
-            return bytes(buf[:n]) + read(e * es + n, self._elen(e) - n)
-
         with self._cond:
             if self.busy:
                 raise VolumeIOError(f"volume {self.name!r} is being written; import refused")
             rec, manifest = self.record, self.manifest
         lease = self._lease
         res = commit_extents(
-            self.ctx, rec, lease.holder, manifest, extents(), source, ttl=lease.ttl
+            self.ctx,
+            rec,
+            lease.holder,
+            manifest,
+            extents(),
+            blocks.pop,
+            buffers=buffers,
+            ttl=lease.ttl,
         )
         with self._cond:
             self.record, self.manifest = res.record, res.manifest

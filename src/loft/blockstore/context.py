@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,27 +13,15 @@ from loft.blockstore.chunkcache import ChunkCache
 from loft.blockstore.chunks import ChunkCodec, deployment_secret
 from loft.blockstore.errors import VolumeIOError
 from loft.blockstore.heads import Heads
+from loft.blockstore.presence import PresenceIndex
 from loft.blockstore.reserve import DiskReserve
 from loft.catalog import Catalog
 from loft.config import Settings
 from loft.datadir import private_data_dir
 from loft.objstore import ObjectStore, open_object_store
+from loft.priority import lower_thread_priority
 
 log = logging.getLogger(__name__)
-
-#: Niceness of background work (commits: hashing, compression, uploads), so that on a
-#: small machine it yields the CPU to the data path serving clients.
-BACKGROUND_NICENESS = 10
-
-
-def lower_thread_priority() -> None:
-    """Lower the calling thread's CPU priority (Linux: per-thread niceness)."""
-    try:
-        tid = threading.get_native_id()
-        current = os.getpriority(os.PRIO_PROCESS, tid)
-        os.setpriority(os.PRIO_PROCESS, tid, max(current, BACKGROUND_NICENESS))
-    except (OSError, AttributeError):  # not permitted, or not Linux: run at normal priority
-        pass
 
 
 @dataclass
@@ -49,11 +36,20 @@ class BlockstoreContext:
     cache: ChunkCache
     budget: ExtentBudget
     reserve: DiskReserve
+    #: chunks known to be in the store (hash-first commits skip asking it)
+    presence: PresenceIndex = field(default_factory=PresenceIndex)
     pool: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(
             max(4, (os.cpu_count() or 2) * 2),
             thread_name_prefix="blockstore",
             initializer=lower_thread_priority,
+        )
+    )
+    #: fetches ahead of sequential readers (readahead.py), at normal priority: a client
+    #: is about to wait for them
+    fetch_pool: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(
+            max(4, (os.cpu_count() or 2) * 2), thread_name_prefix="readahead"
         )
     )
 
@@ -87,19 +83,26 @@ class BlockstoreContext:
         checked against the key. A value the node's chunk cache kept that fails the check
         (its disk rotted) is dropped and fetched from the chunk store once more, rather
         than failing every read of the chunk until it is evicted."""
+        data = self.chunk_view(digest, value)
+        return data if isinstance(data, bytes) else bytes(data)
+
+    def chunk_view(self, digest: bytes, value: bytes) -> bytes | memoryview:
+        """:meth:`decode_chunk` without copying a chunk stored raw: a view into the
+        value (to write it into a working copy)."""
         try:
-            return self.codec.decode(value, expect=digest)
+            return self.codec.decode_view(value, expect=digest)
         except VolumeIOError:
             if not self.cache.discard(digest):
                 raise  # the store's copy is bad: nothing here to mend
             log.warning('chunk_cache.corrupt chunk="%s"', digest[:8].hex())
-            return self.codec.decode(self.cache.get(digest), expect=digest)
+            return self.codec.decode_view(self.cache.get(digest), expect=digest)
 
     def check_store(self) -> None:
         """Fail fast (ObjectStoreError) when the chunk store is unreachable or refuses us."""
         self.store.stat("heads/.probe")
 
     def close(self) -> None:
+        self.fetch_pool.shutdown(wait=True)
         self.pool.shutdown(wait=True)
         self.store.close()
         self.catalog.close()

@@ -116,10 +116,16 @@ def collect(
         if row is not None and row[0] is not None and row[0] > now:
             raise GCRefused(f"another GC ({row[1]}) is running")
         if not dry_run:
+            # The sweep count moves on with the lease: every node's presence index stops
+            # trusting what it recorded before (see presence.py).
             conn.execute(
                 update(gc_state)
                 .where(gc_state.c.id == 1)
-                .values(sweeping_until=now + SWEEP_LEASE, holder=holder)
+                .values(
+                    sweeping_until=now + SWEEP_LEASE,
+                    holder=holder,
+                    sweeps=gc_state.c.sweeps + 1,
+                )
             )
         gc_started_at = now
     deadline = started + SWEEP_LEASE - _SWEEP_MARGIN

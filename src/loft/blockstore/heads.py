@@ -64,6 +64,8 @@ class VolumeRecord:
     extent_size: int
     durability: str
     commit_interval: float
+    #: bytes of uncommitted writes past which writers wait for a commit
+    max_dirty: int
     parent_uid: str | None
     parent_snapshot: str | None
     lineage: tuple[str, ...]
@@ -97,6 +99,7 @@ class VolumeRecord:
             extent_size=row["extent_size"],
             durability=row["durability"],
             commit_interval=row["commit_interval"],
+            max_dirty=row["max_dirty"],
             parent_uid=row["parent_uid"],
             parent_snapshot=row["parent_snapshot"],
             lineage=tuple(json.loads(row["lineage"])),
@@ -132,6 +135,16 @@ class SnapshotRecord:
             created_at=row["created_at"],
             auto=bool(row["auto"]),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """What a commit learns when it registers chunk keys: whether a GC sweep is running
+    (then it must wait before trusting that an existing chunk stays) and how many sweeps
+    have started so far (the presence index trusts only entries recorded at this count)."""
+
+    sweeping: bool
+    sweeps: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +205,7 @@ class Heads:
         extent_size: int,
         durability: str,
         commit_interval: float,
+        max_dirty: int,
         root: bytes = ZERO_HASH,
         parent_uid: str | None = None,
         parent_snapshot: str | None = None,
@@ -208,6 +222,7 @@ class Heads:
                     extent_size=extent_size,
                     durability=durability,
                     commit_interval=commit_interval,
+                    max_dirty=max_dirty,
                     root=root,
                     parent_uid=parent_uid,
                     parent_snapshot=parent_snapshot,
@@ -224,6 +239,7 @@ class Heads:
             extent_size=extent_size,
             durability=durability,
             commit_interval=commit_interval,
+            max_dirty=max_dirty,
             parent_uid=parent_uid,
             parent_snapshot=parent_snapshot,
             lineage=json.dumps(list(lineage)),
@@ -349,14 +365,16 @@ class Heads:
             assert pk is not None
             return int(pk[0])
 
-    def register_chunks(self, commit_id: int, keys: Iterable[str]) -> bool:
-        """Record chunk keys the commit will reference. Returns True when a GC sweep is
-        running: the caller must then wait (:meth:`wait_for_sweep`) before it trusts that
-        an existing chunk will stay."""
+    def register_chunks(self, commit_id: int, keys: Iterable[str]) -> Registration:
+        """Record chunk keys the commit will reference, in the transaction that reads GC's
+        state. When a sweep is running the caller must wait (:meth:`wait_for_sweep`)
+        before it trusts that an existing chunk will stay."""
         keys = sorted(set(keys))
         with self.catalog.write() as conn:
             row = conn.execute(
-                select(gc_state.c.sweeping_until).where(gc_state.c.id == 1).with_for_update()
+                select(gc_state.c.sweeping_until, gc_state.c.sweeps)
+                .where(gc_state.c.id == 1)
+                .with_for_update()
             ).first()
             existing = {
                 r[0]
@@ -368,10 +386,12 @@ class Heads:
             if new:
                 conn.execute(insert(inflight_chunks), new)
             until = None if row is None else row[0]
-            return until is not None and until > self.catalog.now(conn)
+            sweeping = until is not None and until > self.catalog.now(conn)
+            return Registration(sweeping, 0 if row is None else int(row[1]))
 
-    def wait_for_sweep(self, timeout: float = 120.0) -> None:
-        """Block until no GC sweep is running (or its lease expired)."""
+    def wait_for_sweep(self, timeout: float = 120.0) -> bool:
+        """Block until no GC sweep is running (or its lease expired); False when it was
+        still running after ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self.catalog.read() as conn:
@@ -379,8 +399,9 @@ class Heads:
                     select(gc_state.c.sweeping_until).where(gc_state.c.id == 1)
                 ).first()
                 if row is None or row[0] is None or row[0] <= self.catalog.now(conn):
-                    return
+                    return True
             time.sleep(0.05)
+        return False
 
     def end_commit(self, commit_id: int, conn: Connection | None = None) -> None:
         """Forget a commit's registration (after its head advanced, or it failed)."""

@@ -13,11 +13,12 @@ import logging
 import os
 from dataclasses import replace
 
-from loft.blockstore.commit import commit_extents, manifest_for
+from loft.blockstore.chunks import HEADER_SIZE
+from loft.blockstore.commit import Buffers, commit_extents, manifest_for
 from loft.blockstore.context import BlockstoreContext
 from loft.blockstore.errors import SnapshotNotFound, VolumeExists
 from loft.blockstore.heads import Takeover, VolumeRecord
-from loft.blockstore.workcopy import ABSENT, DIRTY, WorkingCopy, punch_hole
+from loft.blockstore.workcopy import ABSENT, DIRTY, WorkingCopy, pread_full, punch_hole
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,7 @@ def salvage_orphan(ctx: BlockstoreContext, rec: VolumeRecord, wc: WorkingCopy) -
                 extent_size=rec.extent_size,
                 durability=rec.durability,
                 commit_interval=rec.commit_interval,
+                max_dirty=rec.max_dirty,
                 root=base_root,
                 parent_uid=rec.uid,
                 parent_snapshot=parent_snapshot,
@@ -104,12 +106,17 @@ def salvage_orphan(ctx: BlockstoreContext, rec: VolumeRecord, wc: WorkingCopy) -
     else:
         raise VolumeExists(name)
     es = rec.extent_size
+    buffers = Buffers()
 
-    def source(e: int) -> bytes:
-        return os.pread(wc.data_fd, min(es, rec.size - e * es), e * es)
+    def source(e: int) -> bytearray:
+        buf = buffers.get(min(es, rec.size - e * es))
+        pread_full(wc.data_fd, memoryview(buf)[HEADER_SIZE:], e * es)
+        return buf
 
     dirty = wc.dirty_extents()
-    res = commit_extents(ctx, orphan, None, manifest_for(ctx, orphan), dirty, source)
+    res = commit_extents(
+        ctx, orphan, None, manifest_for(ctx, orphan), dirty, source, buffers=buffers
+    )
     log.warning(
         "volume %s: working copy of epoch %d was fenced; %d dirty extents saved as %s",
         rec.name,

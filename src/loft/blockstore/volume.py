@@ -58,6 +58,7 @@ from loft.blockstore.heads import (
 from loft.blockstore.holder import new_holder_id
 from loft.blockstore.lease import LeaseKeeper
 from loft.blockstore.manifest import Manifest
+from loft.blockstore.readahead import DEFAULT_WINDOW, ReadAhead
 from loft.blockstore.workcopy import ABSENT, CLEAN, DIRTY, Header, WorkingCopy, punch_hole
 from loft.objstore import ObjectStoreError
 
@@ -67,6 +68,11 @@ log = logging.getLogger(__name__)
 
 _ALIGN = 4096
 _FETCH_WAIT = 60.0
+#: The largest single write a client sends (NBD's maximum payload): near ``max_dirty``,
+#: is_resident() sends every request to a worker thread while one this large could still
+#: find the volume full and have to wait for a commit, which must not happen on the
+#: event loop.
+_LARGEST_WRITE = 32 << 20
 
 
 class Volume:
@@ -92,6 +98,13 @@ class Volume:
         self.holder = holder
         self.durability = rec.durability
         self.commit_interval = rec.commit_interval
+        self.max_dirty = rec.max_dirty
+        #: dirty extents past which a write that dirties more waits for a commit
+        self._dirty_limit = max(1, rec.max_dirty // rec.extent_size)
+        #: dirty extents from which requests leave the event loop (see _LARGEST_WRITE)
+        self._dirty_soft = max(0, self._dirty_limit - _LARGEST_WRITE // rec.extent_size - 1)
+        #: writes that waited for a commit because the volume held max_dirty
+        self.throttled_writes = 0
         self._wc = wc
         self._fd = wc.data_fd
         # Clean extents kept from before this start are local copies nobody has checked:
@@ -120,6 +133,18 @@ class Volume:
         #: extents an import replaced while they were being fetched (see _committed())
         self._superseded: set[int] = set()
         self._closed = False
+        self._readahead = ReadAhead(
+            self._n,
+            # Only when the window is at most an eighth of the node's budget: fetching
+            # ahead must not evict what a reader is about to use (and it may overshoot
+            # the budget by the fetches under way, until they evict what they displace).
+            DEFAULT_WINDOW if ctx.budget.max_bytes >= 8 * DEFAULT_WINDOW * rec.extent_size else 0,
+            ctx.fetch_pool,
+            absent=lambda e: self._states[e] == ABSENT and e not in self._fetching,
+            fetch=self._fetch_ahead,
+        )
+        #: extents fetched ahead and not read since (see readahead.py)
+        self._ra_marks = self._readahead.marks
         self.lease = LeaseKeeper(
             ctx.heads,
             rec,
@@ -162,6 +187,17 @@ class Volume:
         return len(self._dirty)
 
     @property
+    def commit_lag(self) -> float:
+        """Seconds the oldest flushed write not committed yet has waited (0: none)."""
+        with self._lock:
+            return self._committer.lag()
+
+    @property
+    def max_commit_lag(self) -> float:
+        """The longest a flushed write waited to be committed since the volume opened."""
+        return self._committer.max_lag
+
+    @property
     def present_extents(self) -> int:
         """Extents the working copy holds bytes of (unverified ones included)."""
         return self._n - self._states.count(ABSENT) + self._unverified.count(CLEAN)
@@ -192,6 +228,8 @@ class Volume:
         (nor a check of an unverified extent: those are ABSENT until checked)."""
         if length <= 0:
             return True
+        if len(self._dirty) >= self._dirty_soft:
+            return False  # a write might have to wait for a commit: not on the event loop
         es = self.extent_size
         first, last = offset // es, (offset + length - 1) // es
         st = self._states
@@ -219,6 +257,8 @@ class Volume:
                     except OSError:
                         data = None  # closed meanwhile? the locked path below says
                     if data is not None and evictions[first] == seen and not self._closed:
+                        if self._ra_marks[first]:
+                            self._readahead.used(first)
                         return data
         else:
             self._check_range(offset, length)
@@ -236,7 +276,14 @@ class Volume:
                         if not fetched:  # a read that fetched is no second use
                             for e in extents:
                                 self._referenced[e] = 1
-                        return os.pread(self._fd, length, offset)
+                        marked = [e for e in extents if self._ra_marks[e]]
+                        out = os.pread(self._fd, length, offset)
+                if not missing:
+                    for e in marked:
+                        self._readahead.used(e)
+                    return out
+                if not fetched:
+                    self._readahead.missed(missing[0], missing[-1])
                 victims += self._ensure_present(missing)
                 fetched = True
         finally:
@@ -311,6 +358,7 @@ class Volume:
         try:
             for _ in range(4):
                 with self._lock:
+                    self._throttle_locked(offset, length)
                     need = self._needs_fetch(offset, length)
                     if self.ctx.reserve.low() and self._grows(offset, length, what, need):
                         self.ctx.reserve.refuse_growth(f"volume {self.name!r}: {what}")
@@ -324,6 +372,33 @@ class Volume:
             raise VolumeIOError(f"volume {self.name!r}: could not fetch extents to {what}")
         finally:
             evict_all(victims)
+
+    def _throttle_locked(self, offset: int, length: int) -> None:
+        """Wait (lock held; released while waiting) while dirtying the range would take
+        the volume's uncommitted data past ``max_dirty``. Writes to extents already dirty
+        never wait, and neither does one when nothing else is dirty, however large.
+
+        A commit is what makes room, and a commit needs a flush point: a capture waiting
+        for its interval is made urgent, and writes not captured yet (the client has not
+        flushed them) are captured at once, so a client that never flushes is slowed
+        down, never stalled. That capture is a flush point the volume makes itself: the
+        disk as it is now, every completed write in it, as after a power cut at this
+        instant, never a mixture of states."""
+        es = self.extent_size
+        first, last = offset // es, (offset + length - 1) // es
+        if len(self._dirty) + last - first + 1 <= self._dirty_limit:
+            return  # the common case: one comparison
+        waited = False
+        while True:
+            new = sum(1 for e in range(first, last + 1) if self._states[e] != DIRTY)
+            if not new or not self._dirty or len(self._dirty) + new <= self._dirty_limit:
+                return
+            self._check_writable()  # fenced or closed: fail rather than wait for nothing
+            if not waited:
+                waited = True
+                self.throttled_writes += 1
+            self._capture_locked(urgent=True)
+            self._cond.wait(1.0)
 
     def _grows(self, offset: int, length: int, what: str, need: list[int]) -> bool:
         """Whether a mutation takes new space in the working copy (lock held): a write
@@ -386,7 +461,12 @@ class Volume:
             while pos < end and len(out) < MAX_STATUS_EXTENTS:
                 e = pos // es
                 stop = min(end, e * es + self._elen(e))
-                if self._states[e] == ABSENT:
+                if self._states[e] != DIRTY:
+                    # An absent or clean extent is its chunk, whole: the manifest says. Only
+                    # a dirty one needs the file asked (SEEK_DATA/SEEK_HOLE), which waits for
+                    # the file's lock while a fetch writes another extent: during cold reads
+                    # (every 1 MiB read asks its block status first) the event loop was
+                    # seen blocked in ext4_llseek, holding the volume's lock meanwhile.
                     zero = self._manifest.entry(e)[:32] == ZERO_HASH
                     append_run(out, stop - pos, STATE_HOLE | STATE_ZERO if zero else 0)
                     pos = stop
@@ -461,6 +541,11 @@ class Volume:
                 raise VolumeIOError(f"volume {self.name!r}: timed out waiting for a fetch")
         return victims
 
+    def _fetch_ahead(self, extent: int) -> None:
+        """Fetch one extent ahead of a sequential reader (on the fetch pool)."""
+        if not self._closed:
+            evict_all(self._ensure_present([extent]))
+
     def _fetch(self, extents: list[int], unverified: list[int]) -> list[tuple[Evictable, int]]:
         """Fetch, write into the data file and mark clean; returns the extents the budget
         wants evicted to make room. The ``unverified`` among them are checked first and
@@ -480,7 +565,7 @@ class Volume:
                     # otherwise after a restart): one cheap call, once per fetch.
                     punch_hole(self._fd, e * es, self._elen(e))
                     continue
-                data = self.ctx.decode_chunk(d, values[d])
+                data = self.ctx.chunk_view(d, values[d])
                 if len(data) != self._elen(e):
                     raise VolumeIOError(f"chunk {d.hex()} has the wrong size for extent {e}")
                 write_pieces(self._fd, data, e * es)
@@ -661,6 +746,7 @@ class Volume:
         return self.lease.fenced is not None
 
     def _stop_worker(self) -> None:
+        self._readahead.stop()  # before the data file closes: its fetches write there
         self._committer.stop()
         self.lease.stop()
 

@@ -46,6 +46,18 @@ _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
 
 
+def pread_full(fd: int, view: memoryview, offset: int) -> None:
+    """Fill ``view`` from ``fd`` at ``offset`` (no copy through a temporary); what lies
+    past the end of the file reads as zeros."""
+    done = 0
+    while done < len(view):
+        n = os.preadv(fd, [view[done:]], offset + done)
+        if n == 0:
+            view[done:] = bytes(len(view) - done)
+            return
+        done += n
+
+
 def punch_hole(fd: int, offset: int, length: int) -> None:
     """Deallocate a range of a file so it reads as zeros (and costs no disk)."""
     if length <= 0:

@@ -45,6 +45,9 @@ volumes = Table(
     Column("extent_size", Integer, nullable=False),
     Column("durability", String(16), nullable=False),
     Column("commit_interval", Float, nullable=False),
+    # Bytes of uncommitted writes past which writers wait for a commit (bounds the data
+    # a `local` volume can lose with its node).
+    Column("max_dirty", BigInteger, nullable=False, server_default=str(1 << 30)),
     Column("parent_uid", String(32), nullable=True),
     Column("parent_snapshot", String(255), nullable=True),
     # JSON list of ancestor volume uids, nearest first: allocation depth 2, 3, ...
@@ -100,12 +103,15 @@ inflight_chunks = Table(
 
 #: A single row; GC's sweep sets ``sweeping_until`` (a lease by the database clock) and
 #: commits that register chunks while it is set wait before trusting a dedup hit.
+#: ``sweeps`` counts the sweeps ever started: a node's presence index trusts only what it
+#: recorded at the count a commit's registration reads.
 gc_state = Table(
     "gc_state",
     metadata,
     Column("id", Integer, primary_key=True),
     Column("sweeping_until", Float, nullable=True),
     Column("holder", String(255), nullable=True),
+    Column("sweeps", BigInteger, nullable=False, server_default="0"),
 )
 
 #: Environment profiles: the current generation of each profile.

@@ -2,4 +2,5 @@
 
 from loft.cli import run
 
-run()
+if __name__ == "__main__":  # not when imported (the suite's exports check imports it)
+    run()

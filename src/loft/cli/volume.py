@@ -97,7 +97,22 @@ def volume() -> None:
     "local: once durable on the node, committed within --commit-interval.",
 )
 @click.option("--commit-interval", default=5.0, show_default=True, help="Seconds (local mode).")
-def create(name: str, size: int, extent_size: int, durability: str, commit_interval: float) -> None:
+@click.option(
+    "--max-dirty",
+    default="1G",
+    callback=_size,
+    show_default=True,
+    help="Uncommitted writes past which writers wait for a commit: a local volume loses "
+    "at most --commit-interval plus one commit of this much with its node.",
+)
+def create(
+    name: str,
+    size: int,
+    extent_size: int,
+    durability: str,
+    commit_interval: float,
+    max_dirty: int,
+) -> None:
     """Create an empty volume NAME."""
     with _blockstore() as bs:
         bs.ctx.check_store()
@@ -107,6 +122,7 @@ def create(name: str, size: int, extent_size: int, durability: str, commit_inter
             extent_size=extent_size,
             durability=durability,
             commit_interval=commit_interval,
+            max_dirty=max_dirty,
         )
     click.echo(f"created volume {rec.name} ({output.size(rec.size, compact=True)})")
 
@@ -175,7 +191,7 @@ def info(name: str, as_json: bool) -> None:
         return
     fields = []
     for k, v in data.items():
-        shown = output.size(v, compact=True) if k in ("size", "extent_size") else v
+        shown = output.size(v, compact=True) if k in ("size", "extent_size", "max_dirty") else v
         fields.append([k, "-" if v is None else str(shown)])
     output.table(fields, ["FIELD", "VALUE"], show_header=False)
 

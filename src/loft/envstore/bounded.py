@@ -15,7 +15,14 @@ from typing import Protocol
 
 from loft.envstore import EnvstoreError
 
-__all__ = ["TooLarge", "announced", "read_bounded", "read_file_bounded", "too_large"]
+__all__ = [
+    "Readable",
+    "TooLarge",
+    "announced",
+    "read_bounded",
+    "read_file_bounded",
+    "too_large",
+]
 
 _PIECE = 1 << 20
 

@@ -69,6 +69,7 @@ __all__ = [
     "Pin",
     "build_lock",
     "lock_spec",
+    "resolve_spec",
     "store_name",
 ]
 

@@ -48,9 +48,12 @@ __all__ = [
     "ca_bundle_layer",
     "ca_certificates",
     "maintainer_scripts",
+    "parse_alternatives",
     "passwd_layer",
     "plan_forest",
+    "provided_paths",
     "write_forest",
+    "write_layer",
 ]
 
 #: Top-level directories of a package tree that an environment carries, and where.

@@ -31,6 +31,7 @@ from loft.envstore.fields import MAX_ARTEFACT_SIZE, InvalidField, check_url
 __all__ = [
     "FetchError",
     "HashMismatch",
+    "copy_local",
     "download",
     "open_http",
     "parse_integrity",

@@ -17,7 +17,14 @@ from typing import Literal
 from loft.envstore import EnvstoreError
 from loft.envstore.sandbox import jail_writable, unpack_jail
 
-__all__ = ["HELPER", "Kind", "UnpackError", "unpack"]
+__all__ = [
+    "HELPER",
+    "Kind",
+    "UnpackError",
+    "compiled_helper",
+    "jail_readable",
+    "unpack",
+]
 
 HELPER = Path(__file__).with_name("_unpack_helper.py")
 #: The interpreter the jail runs the helper with (the host's, bound read-only).

@@ -30,7 +30,14 @@ from pathlib import Path
 
 from loft.isolation import IsolationError
 
-__all__ = ["ENV_RUN_IDS", "IdRange", "drop_to", "host_owners", "user_namespace"]
+__all__ = [
+    "ENV_RUN_IDS",
+    "IdRange",
+    "drop_to",
+    "host_id_entries",
+    "host_owners",
+    "user_namespace",
+]
 
 _CLONE_NEWUSER = 0x10000000
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
@@ -78,9 +85,9 @@ class IdRange:
 ENV_RUN_IDS = IdRange(0x7000_0000)
 
 
-def host_owners(ids: IdRange, etc: Path = Path("/etc")) -> list[str]:
-    """Users and groups of this host (``passwd``, ``group``) whose id is in ``ids``."""
-    found = []
+def host_id_entries(etc: Path = Path("/etc")) -> Iterator[tuple[str, str, int]]:
+    """``(table, name, id)`` for every user and group of this host (``passwd``,
+    ``group``); an unreadable table gives nothing."""
     for table in ("passwd", "group"):
         try:
             lines = (etc / table).read_text().splitlines()
@@ -88,9 +95,13 @@ def host_owners(ids: IdRange, etc: Path = Path("/etc")) -> list[str]:
             continue
         for line in lines:
             fields = line.split(":")
-            if len(fields) > 2 and fields[2].isdigit() and int(fields[2]) in ids:
-                found.append(f"{table} {fields[0]} ({fields[2]})")
-    return found
+            if len(fields) > 2 and fields[2].isdigit():
+                yield table, fields[0], int(fields[2])
+
+
+def host_owners(ids: IdRange, etc: Path = Path("/etc")) -> list[str]:
+    """Users and groups of this host (``passwd``, ``group``) whose id is in ``ids``."""
+    return [f"{t} {name} ({i})" for t, name, i in host_id_entries(etc) if i in ids]
 
 
 @contextlib.contextmanager

@@ -412,6 +412,8 @@ class DiskService:
             info["extents_present"] = vol.present_extents
             info["extents_dirty"] = vol.dirty_extents
             info["extents_corrupt"] = vol.corrupt_extents
+            info["commit_lag_s"] = round(vol.commit_lag, 3)
+            info["commit_lag_max_s"] = round(vol.max_commit_lag, 3)
         return api.InfoAnswer(**info, served_by=str(self.control_path))  # type: ignore[arg-type]
 
     def api_import(self, req: api.ImportRequest, sv: ServedVolume) -> api.ImportAnswer:
@@ -510,4 +512,12 @@ assert set(_HANDLERS) == {op.request for op in api.DISK_API.operations}, (
 )
 
 
-__all__ = ["BlockstoreError", "CatalogExports", "DiskService", "NotServed", "default_socket"]
+__all__ = [
+    "AttachmentExports",
+    "BlockstoreError",
+    "CatalogExports",
+    "DiskService",
+    "NotServed",
+    "attach_socket",
+    "default_socket",
+]

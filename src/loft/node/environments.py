@@ -31,7 +31,7 @@ from loft.errors import LoftError
 from loft.runtime.errors import WorkspaceError
 from loft.runtime.spec import EnvironmentView
 
-__all__ = ["DEFAULT_PACKAGES", "Environments", "SpecInput", "spec_input"]
+__all__ = ["DEFAULT_PACKAGES", "Environments", "SpecInput", "packages_spec", "spec_input"]
 
 #: What a workspace gets when it asks for nothing: a shell (the Debian Essential set and
 #: the CA certificates come with every environment).

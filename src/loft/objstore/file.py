@@ -6,7 +6,6 @@ import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -16,6 +15,7 @@ from loft.objstore.store import (
     ObjectNotFound,
     ObjectStoreError,
 )
+from loft.priority import PriorityPools
 
 _TMP_SUFFIX = ".tmp"
 
@@ -26,7 +26,8 @@ class FileObjectStore:
     def __init__(self, root: Path, *, parallelism: int = DEFAULT_PARALLELISM) -> None:
         self.root = root
         self.url = f"file://{root}"
-        self._pool = ThreadPoolExecutor(parallelism, thread_name_prefix="filestore")
+        # Transfers run at their caller's priority: a commit's uploads in the background.
+        self._pool = PriorityPools(parallelism, "filestore")
         self._tmp_counter = 0
         self._tmp_lock = threading.Lock()
         try:
@@ -51,7 +52,7 @@ class FileObjectStore:
             raise ValueError(f"invalid key {key!r}")
         return self.root / key
 
-    def _write(self, key: str, value: bytes) -> Path:
+    def _write(self, key: str, value: bytes | bytearray) -> Path:
         path = self._path(key)
         with self._tmp_lock:
             self._tmp_counter += 1
@@ -82,10 +83,10 @@ class FileObjectStore:
             finally:
                 os.close(fd)
 
-    def put(self, key: str, value: bytes) -> None:
+    def put(self, key: str, value: bytes | bytearray) -> None:
         self._sync_dirs([self._write(key, value)])
 
-    def put_many(self, items: Sequence[tuple[str, bytes]]) -> None:
+    def put_many(self, items: Sequence[tuple[str, bytes | bytearray]]) -> None:
         if len(items) <= 1:
             for key, value in items:
                 self.put(key, value)

@@ -29,7 +29,7 @@ class MemoryObjectStore:
                 store = _REGISTRY[url] = cls(url)
             return store
 
-    def put(self, key: str, value: bytes) -> None:
+    def put(self, key: str, value: bytes | bytearray) -> None:
         with self._lock:
             self._objects[key] = (bytes(value), time.time())
 
@@ -53,7 +53,7 @@ class MemoryObjectStore:
             self._objects[key] = (item[0], time.time())
             return True
 
-    def put_many(self, items: Sequence[tuple[str, bytes]]) -> None:
+    def put_many(self, items: Sequence[tuple[str, bytes | bytearray]]) -> None:
         for key, value in items:
             self.put(key, value)
 

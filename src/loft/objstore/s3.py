@@ -17,8 +17,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import boto3
@@ -44,6 +43,7 @@ from loft.objstore.store import (
     ObjectNotFound,
     ObjectStoreError,
 )
+from loft.priority import PriorityPools
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
@@ -155,8 +155,9 @@ class S3ObjectStore:
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
             retries={"mode": "standard", "total_max_attempts": max_attempts},
-            # One connection per worker plus the caller's own thread.
-            max_pool_connections=parallelism + 2,
+            # One connection per worker (foreground and background pools: see
+            # PriorityPools) plus the callers' own threads.
+            max_pool_connections=2 * parallelism + 2,
             s3={"addressing_style": "path"},
             signature_version="s3v4",
             # Flexible checksums are not implemented by every S3 API server; keep to the
@@ -170,7 +171,8 @@ class S3ObjectStore:
         except (BotoCoreError, ValueError) as e:
             raise ObjectStoreError(f"cannot set up S3 client for {self.url}: {e}") from e
         self._client.meta.events.register("before-send.s3", self._check_deadline)
-        self._pool = ThreadPoolExecutor(parallelism, thread_name_prefix="s3store")
+        # Transfers run at their caller's priority: a commit's uploads in the background.
+        self._pool = PriorityPools(parallelism, "s3store")
 
     @classmethod
     def from_url(cls, url: str) -> S3ObjectStore:
@@ -314,13 +316,13 @@ class S3ObjectStore:
 
     # -- the ObjectStore protocol ------------------------------------------------------------
 
-    def put(self, key: str, value: bytes) -> None:
+    def put(self, key: str, value: bytes | bytearray) -> None:
         """Store ``value`` under ``key``; a single PUT is atomic in S3."""
         self._ensure_bucket()
         name = self._key(key)
         self._call(
             f"put {key}",
-            lambda: self._client.put_object(Bucket=self.bucket, Key=name, Body=bytes(value)),
+            lambda: self._client.put_object(Bucket=self.bucket, Key=name, Body=_body(value)),
         )
 
     def _get_one(self, key: str) -> bytes:
@@ -391,7 +393,7 @@ class S3ObjectStore:
 
         return self._call(f"touch {key}", copy)
 
-    def put_many(self, items: Sequence[tuple[str, bytes]]) -> None:
+    def put_many(self, items: Sequence[tuple[str, bytes | bytearray]]) -> None:
         """Upload several values in parallel; raises the first failure."""
         self._ensure_bucket()
         for _ in self._pool.map(lambda kv: self.put(*kv), items):
@@ -457,3 +459,9 @@ class S3ObjectStore:
         """Stop the worker threads and close the client's connections."""
         self._pool.shutdown(wait=True)
         self._client.close()
+
+
+def _body(value: bytes | bytearray) -> bytes:
+    """A PUT's body as it is: botocore takes a bytearray too (its type stubs say bytes),
+    so a commit's 4 MiB value is not copied once more."""
+    return cast(bytes, value)

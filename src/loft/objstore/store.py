@@ -56,8 +56,9 @@ class ObjectStore(Protocol):
 
     url: str
 
-    def put(self, key: str, value: bytes) -> None:
-        """Store ``value`` under ``key`` (atomically: readers see all of it or nothing)."""
+    def put(self, key: str, value: bytes | bytearray) -> None:
+        """Store ``value`` under ``key`` (atomically: readers see all of it or nothing).
+        The caller may reuse a bytearray once this returns."""
         ...
 
     def get(self, key: str) -> bytes:
@@ -72,7 +73,7 @@ class ObjectStore(Protocol):
         """Refresh the object's modification time; False when it is absent."""
         ...
 
-    def put_many(self, items: Sequence[tuple[str, bytes]]) -> None:
+    def put_many(self, items: Sequence[tuple[str, bytes | bytearray]]) -> None:
         """Store several values, in parallel where the back end can."""
         ...
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from loft.isolation.userns import ENV_RUN_IDS, IdRange
+from loft.isolation.userns import ENV_RUN_IDS, IdRange, host_id_entries
 from loft.runtime.errors import WorkspaceError
 
 __all__ = ["FIRST_HOST_ID", "LAST_HOST_ID", "RANGE_SIZE", "allocate_range", "host_ids"]
@@ -29,17 +29,7 @@ LAST_HOST_ID = 0x6FFF_FFFF
 
 def host_ids(etc: Path = Path("/etc")) -> set[int]:
     """The uids and gids that this host's ``passwd`` and ``group`` give to someone."""
-    found: set[int] = set()
-    for table in ("passwd", "group"):
-        try:
-            lines = (etc / table).read_text().splitlines()
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split(":")
-            if len(fields) > 2 and fields[2].isdigit():
-                found.add(int(fields[2]))
-    return found
+    return {i for _, _, i in host_id_entries(etc)}
 
 
 def allocate_range(used: Iterable[IdRange], etc: Path = Path("/etc")) -> IdRange:

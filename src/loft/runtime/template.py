@@ -48,7 +48,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from loft.blockstore import Blockstore
-from loft.blockstore.api import DEFAULT_EXTENT_SIZE, DEFAULT_SIZE
+from loft.blockstore.api import DEFAULT_EXTENT_SIZE, DEFAULT_MAX_DIRTY, DEFAULT_SIZE
 from loft.blockstore.errors import SnapshotNotFound
 from loft.blockstore.heads import VolumeRecord
 from loft.blockstore.names import RESERVED_PREFIX, check_geometry, check_name
@@ -178,7 +178,12 @@ def _build(bs: Blockstore, name: str, size: int, extent_size: int) -> None:
     with tempfile.TemporaryDirectory(dir=_templates_dir(bs)) as scratch:
         image = format_image(Path(scratch), size)
         bs.heads.create(
-            name, size=size, extent_size=extent_size, durability="local", commit_interval=5.0
+            name,
+            size=size,
+            extent_size=extent_size,
+            durability="local",
+            commit_interval=5.0,
+            max_dirty=DEFAULT_MAX_DIRTY,
         )
         try:
             write_image(bs, name, image)

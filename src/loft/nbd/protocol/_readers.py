@@ -47,7 +47,20 @@ from loft.nbd.protocol._constants import (
 )
 from loft.nbd.protocol._errors import RemoteProtocolError
 
-__all__ = ["DIRECT_PAYLOAD_MIN", "READERS", "ReadContext", "Reader", "WriteHeader", "read_request"]
+__all__ = [
+    "DIRECT_PAYLOAD_MIN",
+    "READERS",
+    "ReadContext",
+    "Reader",
+    "WriteHeader",
+    "read_client_flags",
+    "read_export_name_reply",
+    "read_greeting",
+    "read_option",
+    "read_option_reply",
+    "read_reply",
+    "read_request",
+]
 
 
 class ReadContext(Protocol):

@@ -40,6 +40,7 @@ __all__ = [
     "START",
     "TLS_HANDSHAKE",
     "TRANSMISSION",
+    "ConnectionState",
     "Sentinel",
 ]
 

@@ -30,7 +30,22 @@ from loft.nbd.protocol._constants import (
     ReplyType,
 )
 
-__all__ = ["WRITERS", "Buffers"]
+__all__ = [
+    "WRITERS",
+    "Buffers",
+    "w_block_status",
+    "w_client_flags",
+    "w_error_chunk",
+    "w_export_name",
+    "w_export_name_reply",
+    "w_greeting",
+    "w_none_chunk",
+    "w_offset_data",
+    "w_offset_hole",
+    "w_option_reply",
+    "w_request",
+    "w_simple_reply",
+]
 
 Buffer = bytes | bytearray | memoryview
 Buffers = list[Buffer]
