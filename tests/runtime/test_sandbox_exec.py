@@ -140,8 +140,9 @@ def test_sandbox_system_dirs_persist_on_the_volume(ws: Workspaces) -> None:
     script = "; ".join(f"mkdir -p {os.path.dirname(p)}; echo {p} > {p} || exit 1" for p in places)
     done = ws.sh(spec, f"{script}; chmod 755 /usr/local/bin/tool", user=0)
     assert done[0] == 0, done
-    status, out, _ = ws.sh(spec, "touch /usr/x 2>/dev/null; echo $?; touch /usr/local/y; echo $?")
-    assert out.split() == ["1", "1"]  # runner: /usr read-only, /usr/local root's
+    status, out, _ = ws.sh(spec, "touch /usr/x 2>/dev/null; echo $?; touch /usr/local/y; echo $?; "
+                                 "ls /usr/local >/dev/null; echo $?")  # fmt: skip
+    assert out.split() == ["1", "1", "0"]  # runner: /usr read-only, /usr/local root's
     ws.runtime.stop(spec.id)
     assert (spec.rootfs / "usr/local/bin/tool").read_text() == "/usr/local/bin/tool\n"
     assert (spec.rootfs / "usr/local/bin/tool").stat().st_uid == 0

@@ -200,10 +200,14 @@ def _usr_local(rootfs: Path) -> int:
     fd = os.open(rootfs, flags)
     try:
         for name in ("usr", "local"):
+            made = False
             with contextlib.suppress(FileExistsError):
-                os.mkdir(name, 0o755, dir_fd=fd)
+                os.mkdir(name, dir_fd=fd)
+                made = True
             try:
                 child = os.open(name, flags, dir_fd=fd)
+                if made:  # 0755 whatever the agent's umask (077)
+                    os.chmod(f"/proc/self/fd/{child}", 0o755)
             except OSError as e:  # ELOOP (a link) or ENOTDIR (a file)
                 raise WorkspaceError(
                     f"the workspace's /{'usr/local' if name == 'local' else 'usr'} on its "
