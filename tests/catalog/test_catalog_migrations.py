@@ -188,3 +188,51 @@ def test_max_dirty_and_sweeps_are_added_to_an_old_catalog(url: str) -> None:
             assert "max_dirty" not in {c["name"] for c in inspect(conn).get_columns("volumes")}
     finally:
         upgraded.close()
+
+
+def test_upgrade_adds_workspace_tables_and_downgrade_drops_them(url: str) -> None:
+    """0005: workspaces, their runtime state and snapshot environments; existing data
+    stays, and the downgrade leaves the catalog as 0004 had it."""
+    from alembic import command
+    from alembic.config import Config
+
+    from loft.node.records import Records
+    from loft.runtime.spec import Limits, Network
+
+    cat = Catalog(url, migrate=False)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(database.__file__).with_name("migrations")))
+    with cat.engine.connect() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0004")
+        conn.commit()
+    with cat.engine.begin() as conn:
+        conn.execute(insert(settings).values(key="old", value="kept"))
+    cat.close()
+
+    upgraded = Catalog(url)
+    try:
+        rec = Records(upgraded).create(
+            owner="root",
+            name="dev",
+            spec="[env]\n",
+            spec_source="t",
+            limits=Limits(),
+            size=1 << 30,
+            network=Network.NONE,
+            runtime="sandbox",
+            node="n",
+        )
+        assert Records(upgraded).get("root", "dev").record == rec
+        with upgraded.engine.connect() as conn:
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "0004")
+            conn.commit()
+        insp = inspect(upgraded.engine)
+        assert not any(
+            insp.has_table(t) for t in ("workspaces", "workspace_runtime", "workspace_snapshots")
+        )
+        with upgraded.read() as conn:
+            assert conn.execute(select(settings.c.value)).scalar_one() == "kept"
+    finally:
+        upgraded.close()

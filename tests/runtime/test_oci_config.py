@@ -82,7 +82,12 @@ def test_oci_config_masked_and_read_only_paths() -> None:
 def test_oci_config_mounts_the_environment_read_only() -> None:
     mounts = {m["destination"]: m for m in config()["mounts"]}
     stage = "/data/workspaces/ws1/sandbox/store"
-    assert mounts["/usr"]["source"] == f"{stage}/{ENV.removeprefix('/nix/store/')}"
+    # /usr: the overlay of the environment under an empty local/, which the volume's own
+    # /usr/local (read-write, nosuid, nodev) is bound on after it.
+    assert mounts["/usr"]["source"] == "/data/workspaces/ws1/sandbox/usr"
+    assert mounts["/usr/local"]["source"] == "/data/workspaces/ws1/sandbox/local"
+    assert {"nosuid", "nodev"} <= set(mounts["/usr/local"]["options"])
+    assert "ro" not in mounts["/usr/local"]["options"]
     for path in (ENV, LIBC):
         assert mounts[path]["source"] == f"{stage}/{path.removeprefix('/nix/store/')}"
     for dest in ("/usr", ENV, LIBC):
@@ -92,6 +97,7 @@ def test_oci_config_mounts_the_environment_read_only() -> None:
     # /nix/store (a tmpfs) comes before the closure's paths bound into it.
     order = [m["destination"] for m in config()["mounts"]]
     assert order.index("/nix/store") < order.index(ENV)
+    assert order.index("/usr") < order.index("/usr/local")
     assert config()["root"] == {"path": "/data/workspaces/ws1/sandbox/rootfs", "readonly": False}
 
 

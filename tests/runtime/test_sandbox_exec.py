@@ -130,6 +130,28 @@ def test_sandbox_files_persist_across_a_restart(ws: Workspaces) -> None:
     assert (spec.rootfs / "etc/hosts").stat().st_uid == 0
 
 
+def test_sandbox_system_dirs_persist_on_the_volume(ws: Workspaces) -> None:
+    """/usr/local is the volume's own (bound back over the environment, writable by
+    root, with the workspace's ids on disk), as are /opt, /root, /etc and /var; /usr
+    beside it stays read-only."""
+    spec = ws.start()
+    places = ("/usr/local/bin/tool", "/usr/local/lib/x", "/opt/o", "/root/r", "/etc/e",
+              "/var/lib/v")  # fmt: skip
+    script = "; ".join(f"mkdir -p {os.path.dirname(p)}; echo {p} > {p} || exit 1" for p in places)
+    done = ws.sh(spec, f"{script}; chmod 755 /usr/local/bin/tool", user=0)
+    assert done[0] == 0, done
+    status, out, _ = ws.sh(spec, "touch /usr/x 2>/dev/null; echo $?; touch /usr/local/y; echo $?; "
+                                 "ls /usr/local >/dev/null; echo $?")  # fmt: skip
+    assert out.split() == ["1", "1", "0"]  # runner: /usr read-only, /usr/local root's
+    ws.runtime.stop(spec.id)
+    assert (spec.rootfs / "usr/local/bin/tool").read_text() == "/usr/local/bin/tool\n"
+    assert (spec.rootfs / "usr/local/bin/tool").stat().st_uid == 0
+    ws.runtime.start(spec)
+    status, out, _ = ws.sh(spec, f"cat {' '.join(places)}; umask; ls /usr/bin/python3", user=0)
+    assert status == 0
+    assert out.split() == [*places, "0022", "/usr/bin/python3"]
+
+
 def test_sandbox_sees_only_its_own_processes_and_lo(ws: Workspaces, one: WorkspaceSpec) -> None:
     me = os.getpid()  # a host pid: far above what the workspace's few processes get
     _status, out, _ = ws.sh(

@@ -16,7 +16,7 @@ import pytest
 from runtime_support import Workspaces, example, needs_runc, workspaces
 
 from loft.runtime.cgroups import cgroup_dirs
-from loft.runtime.errors import PhaseError, RuncError
+from loft.runtime.errors import PhaseError, RuncError, WorkspaceError
 from loft.runtime.forward import unix_listener
 from loft.runtime.oci import cgroup_path
 from loft.runtime.phase import Phase
@@ -181,6 +181,24 @@ def test_sandbox_failed_start_leaves_nothing(ws: Workspaces) -> None:
         broken.start(spec)
     assert not _leftovers(ws, spec)
     assert broken.status(spec.id).phase is Phase.STOPPED
+
+
+@pytest.mark.parametrize(
+    ("name", "link"), [("usr/local", "/"), ("usr/local", "../../.."), ("usr", "/etc")]
+)
+def test_sandbox_usr_local_link_on_the_volume_is_refused(
+    ws: Workspaces, name: str, link: str
+) -> None:
+    """The host binds the volume's /usr/local: a tenant's link there (a volume may come
+    from anywhere) must not lead the host to bind another host directory; the start is
+    refused and leaves nothing."""
+    spec = ws.spec()
+    if name == "usr/local":
+        (spec.rootfs / "usr").mkdir(exist_ok=True)
+    (spec.rootfs / name).symlink_to(link)
+    with pytest.raises(WorkspaceError, match=f"/{name} on its volume is not a directory"):
+        ws.runtime.start(spec)
+    assert not _leftovers(ws, spec)
 
 
 def _http_get(path: Path) -> bytes:

@@ -131,3 +131,67 @@ env_generations = Table(
     Column("created_at", Float, nullable=False),
     PrimaryKeyConstraint("profile", "number"),
 )
+
+#: Workspaces: the record of each (what it is: its owner and name, environment spec,
+#: limits, size, network, host id range, runtime kind, volume). Once the control plane
+#: exists it writes these rows, and a node only reads them.
+workspaces = Table(
+    "workspaces",
+    metadata,
+    Column("id", String(16), primary_key=True),
+    Column("owner", String(64), nullable=False),
+    Column("name", String(40), nullable=False),
+    # The environment spec as given: a loft.toml's text (generated for --packages) or a
+    # loft.lock's JSON; spec_source says where it came from, for messages.
+    Column("spec", Text, nullable=False),
+    Column("spec_source", String(255), nullable=False),
+    Column("memory", BigInteger, nullable=False),
+    Column("cpus", Float, nullable=False),
+    Column("pids", Integer, nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("network", String(8), nullable=False),
+    # The first of the workspace's 65,536 host ids: unique, so two nodes allocating at
+    # once can never both hand out one range (the second insert fails and retries).
+    Column("ids_base", BigInteger, nullable=False, unique=True),
+    Column("runtime", String(16), nullable=False),
+    Column("volume", String(255), nullable=False, unique=True),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("owner", "name", name="uq_workspace_owner_name"),
+)
+
+#: A workspace's runtime state, written only by the node that runs it: where (node),
+#: what it is doing (phase), what it should be doing (desired: running or stopped, so a
+#: node that stopped it, or restarts, knows to start it again) and its attachment.
+workspace_runtime = Table(
+    "workspace_runtime",
+    metadata,
+    Column(
+        "workspace_id",
+        String(16),
+        ForeignKey("workspaces.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("node", String(64), nullable=True),
+    Column("phase", String(16), nullable=False),
+    Column("desired", String(16), nullable=False),
+    # JSON: the volume, loop device, nbdfuse pid and disk service holder while attached.
+    Column("attachment", Text, nullable=True),
+    Column("updated_at", Float, nullable=False),
+)
+
+#: The environment each workspace snapshot was taken with: a restore brings it back, a
+#: fork starts from it, and `loft env gc` keeps it (a GC root) while the snapshot lives.
+workspace_snapshots = Table(
+    "workspace_snapshots",
+    metadata,
+    Column(
+        "workspace_id",
+        String(16),
+        ForeignKey("workspaces.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("name", String(255), nullable=False),
+    Column("env_path", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    PrimaryKeyConstraint("workspace_id", "name"),
+)

@@ -37,10 +37,12 @@ class LoftGroup(click.Group):
 def main() -> None:
     """loft: a computer in the cloud for every user.
 
-    Volumes (block storage on a chunk store, served over NBD), environments (a Nix-format
-    store) and workspaces. State lives under $LOFT_DATA_DIR (default /var/lib/loft); chunks
-    in $LOFT_CHUNKS (file:///path or s3://bucket/prefix?endpoint=URL); the catalog in
-    $LOFT_CATALOG_URL (SQLite under the data dir, or postgresql://...).
+    Workspaces (loft new, ls, exec, shell, snap, fork...: computers of their own, run by
+    the node agent that `loft up` starts), volumes (block storage on a chunk store,
+    served over NBD) and environments (a Nix-format store). State lives under
+    $LOFT_DATA_DIR (default /var/lib/loft); chunks in $LOFT_CHUNKS (file:///path or
+    s3://bucket/prefix?endpoint=URL); the catalog in $LOFT_CATALOG_URL (SQLite under the
+    data dir, or postgresql://...).
     """
 
 
@@ -54,13 +56,15 @@ def run() -> None:
 
 def _register() -> None:
     # Imported here, not at module top, so each group's module stays apart.
-    from loft.cli import disk, disk_serve, env, up, volume
+    from loft.cli import disk, disk_serve, env, node, up, volume, workspace
 
     main.add_command(volume.volume)
     main.add_command(env.env)
     disk_serve.register(disk.disk)
     main.add_command(disk.disk)
+    main.add_command(node.node)
     main.add_command(up.up)
+    workspace.register(main, env.env)
 
 
 _register()

@@ -196,14 +196,19 @@ def info(env_ref: str, as_json: bool) -> None:
 def gc(dry_run: bool, keep_sources: bool, as_json: bool) -> None:
     """Delete store paths no root needs.
 
-    Roots: every generation of every profile, paths marked in use (loft env root) and
-    paths a running loft process added. A rooted path and its whole closure are never
-    deleted; nor, by default, the artefacts its packages were unpacked from.
+    Roots: every generation of every profile (a workspace's environments are its
+    profile's), the environments workspace snapshots were taken with, paths marked in use
+    (loft env root) and paths a running loft process added. A rooted path and its whole
+    closure are never deleted; nor, by default, the artefacts its packages were unpacked
+    from.
     """
     from loft.envstore.gc import collect
+    from loft.node.records import Records
 
     store = _store()
-    r = collect(store, open_profiles().all_env_paths(), dry_run=dry_run, keep_sources=keep_sources)
+    profiles = open_profiles()
+    roots = profiles.all_env_paths() | Records(profiles.catalog).snapshot_env_paths()
+    r = collect(store, roots, dry_run=dry_run, keep_sources=keep_sources)
     if as_json:
         echo_json(r.__dict__)
         return

@@ -60,8 +60,11 @@ def _syscall(name: str, *args: object) -> int:
     return ret
 
 
-def _clone(source: Path, recursive: bool) -> int:
+def _clone(source: Path | int, recursive: bool) -> int:
     flags = _OPEN_TREE_CLONE | os.O_CLOEXEC | (_AT_RECURSIVE if recursive else 0)
+    if isinstance(source, int):  # a directory already opened (O_PATH): no path to resolve
+        return _syscall("open_tree", ctypes.c_int(source), b"",
+                        ctypes.c_uint(flags | _AT_EMPTY_PATH))  # fmt: skip
     return _syscall("open_tree", ctypes.c_int(_AT_FDCWD), os.fsencode(source),
                     ctypes.c_uint(flags))  # fmt: skip
 
@@ -73,9 +76,10 @@ def _set_attrs(tree: int, attrs: int, userns_fd: int = 0, recursive: bool = Fals
              ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)))  # fmt: skip
 
 
-def idmapped_clone(mount_root: Path, userns_fd: int, attrs: int = 0) -> int:
-    """A detached clone of the mount at ``mount_root`` (its top mount only) whose ids are
-    mapped through the user namespace ``userns_fd``, with the extra ``attrs``
+def idmapped_clone(mount_root: Path | int, userns_fd: int, attrs: int = 0) -> int:
+    """A detached clone of the mount at ``mount_root`` (its top mount only; a directory
+    below a mount's root, given as an open descriptor, clones just that subtree) whose ids
+    are mapped through the user namespace ``userns_fd``, with the extra ``attrs``
     (``MOUNT_ATTR_*``); returns its file descriptor (close-on-exec).
 
     The kernel refuses (EINVAL) a filesystem without idmapped-mount support, and a mount

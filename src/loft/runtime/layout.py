@@ -6,11 +6,14 @@
       runtime/                      0700 root
         runc/                       0700 root   runc --root: what runs (runc state, list)
         bundles/<id>/               0700 root   config.json, workspace.json, init.pid, logs
+        usr-top/local/              0755 root   an empty directory: the top layer of /usr
       workspaces/                   0711 root   (shared with loft.runtime.attach)
         <id>/                       0711 root   (or root:GID 0710: see attach.py)
           sandbox/                  0700 H      H = the workspace's mapped root on the host
             rootfs/                 empty on the host; see below
             store/                  empty on the host; see below
+            local/                  empty on the host; see below
+            usr/                    empty on the host; see below
 
 **The stage.** runc's init runs as the workspace's mapped root (host uid H, no privilege
 outside its user namespace) when it mounts the container's root and binds, so it can only
@@ -20,7 +23,13 @@ account). Nothing is mounted there on the host: :func:`staged` makes two *detach
 mounts as root — the workspace's filesystem, idmapped onto H's range, nosuid, nodev
 (:func:`loft.isolation.idmap.idmapped_clone`), and the physical store directory, read-only
 — and ``runc create`` attaches them on ``rootfs/`` and ``store/`` in a mount namespace of
-its own (``preexec_fn``), which the container's copies. So the host's mount table never
+its own (``preexec_fn``), which the container's copies. A third, the volume's own
+``/usr/local`` idmapped the same way, goes on ``local/``, from where runc binds it over
+``/usr/local``: inside the container, once the environment covers the volume's ``/usr``,
+nothing else could reach it (:mod:`loft.runtime.rootfs_layout`). An environment has no
+``local`` directory to bind it on, and a read-only one cannot get it, so ``/usr`` is a
+read-only overlay (no upper layer) mounted on ``usr/``: ``usr-top``, which holds just an
+empty ``local``, over the environment. So the host's mount table never
 holds a workspace's files through the stage (no other account or process can walk into
 them, and no mount is ever left behind, whatever fails), and when runc has pivoted into
 the root, the store directory is gone from the container but for the closure's paths it
@@ -61,6 +70,7 @@ __all__ = ["MERGED_LINKS", "RuntimeDirs", "Stage", "check_rootfs", "merge_usr", 
 MERGED_LINKS = {"bin": "usr/bin", "lib": "usr/lib", "lib64": "usr/lib64", "sbin": "usr/sbin"}
 _CLONE_NEWNS = 0x00020000
 _MS_REC, _MS_SLAVE = 0x4000, 0x80000
+_MS_RDONLY, _MS_NOSUID, _MS_NODEV = 0x1, 0x2, 0x4
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -94,6 +104,16 @@ class RuntimeDirs:
     def store(self, workspace: str) -> Path:
         return self.stage(workspace) / "store"
 
+    def local(self, workspace: str) -> Path:
+        return self.stage(workspace) / "local"
+
+    def usr(self, workspace: str) -> Path:
+        return self.stage(workspace) / "usr"
+
+    @property
+    def usr_top(self) -> Path:
+        return self.root / "usr-top"
+
     def prepare(self, spec: WorkspaceSpec) -> None:
         """Create the directories for ``spec`` with their modes and owners; refuse a data
         dir below a directory the workspace's mapped root may not search."""
@@ -112,18 +132,24 @@ class RuntimeDirs:
         for d in (self.root, self.runc_root, self.root / "bundles", self.bundle(spec.id)):
             d.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.chmod(d, 0o700)
+        for d in (self.usr_top, self.usr_top / "local"):
+            d.mkdir(mode=0o755, exist_ok=True)
+            os.chmod(d, 0o755)
         stage = self.stage(spec.id)
         stage.mkdir(mode=0o700, exist_ok=True)
         os.chown(stage, spec.ids.host, spec.ids.host)
         os.chmod(stage, 0o700)
-        for d in (self.rootfs(spec.id), self.store(spec.id)):
+        for d in (self.rootfs(spec.id), self.store(spec.id), self.local(spec.id),
+                  self.usr(spec.id)):  # fmt: skip
             d.mkdir(mode=0o700, exist_ok=True)
 
     def remove(self, workspace: str) -> None:
         """Remove a workspace's bundle and stage directories (its container is gone), and
         ``workspaces/<id>`` when nothing else (an attachment) is in it."""
         shutil.rmtree(self.bundle(workspace), ignore_errors=True)
-        for d in (self.rootfs(workspace), self.store(workspace), self.stage(workspace)):
+        stage = (self.rootfs(workspace), self.store(workspace), self.local(workspace),
+                 self.usr(workspace))  # fmt: skip
+        for d in (*stage, self.stage(workspace)):
             with contextlib.suppress(FileNotFoundError):
                 d.rmdir()  # empty mount points: never a recursive removal under them
         with contextlib.suppress(OSError):
@@ -162,23 +188,65 @@ def merge_usr(rootfs: Path) -> None:
 class Stage:
     """The detached mounts for one ``runc create`` and the ``preexec_fn`` attaching them."""
 
-    fds: tuple[int, int]
+    fds: tuple[int, ...]
     enter: Callable[[], None]
+
+
+def _usr_local(rootfs: Path) -> int:
+    """An ``O_PATH`` descriptor of the volume's ``usr/local``, made if missing, opened one
+    name at a time without following links: it is the tenant's filesystem, and a link
+    there must not lead the host anywhere else."""
+    flags = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(rootfs, flags)
+    try:
+        for name in ("usr", "local"):
+            made = False
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(name, dir_fd=fd)
+                made = True
+            try:
+                child = os.open(name, flags, dir_fd=fd)
+                if made:  # 0755 whatever the agent's umask (077)
+                    os.chmod(f"/proc/self/fd/{child}", 0o755)
+            except OSError as e:  # ELOOP (a link) or ENOTDIR (a file)
+                raise WorkspaceError(
+                    f"the workspace's /{'usr/local' if name == 'local' else 'usr'} on its "
+                    f"volume is not a directory ({os.strerror(e.errno or 0)})",
+                    hint="restore a snapshot from before it changed",
+                ) from None
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 @contextlib.contextmanager
 def staged(spec: WorkspaceSpec, dirs: RuntimeDirs) -> Iterator[Stage]:
     """The stage for starting ``spec`` (see the module docstring); the detached mounts
     are closed on exit, and with them anything runc did not take into its container."""
-    with user_namespace(spec.ids, spec.ids.host) as userns_fd:
-        root = idmapped_clone(spec.rootfs, userns_fd, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV)
+    trees: list[int] = []
     try:
-        store = detached_bind(spec.env.store_dir,
-                              MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV)  # fmt: skip
+        local = _usr_local(spec.rootfs)
+        try:
+            with user_namespace(spec.ids, spec.ids.host) as userns_fd:
+                flags = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV
+                trees.append(idmapped_clone(spec.rootfs, userns_fd, flags))
+                trees.append(idmapped_clone(local, userns_fd, flags))
+        finally:
+            os.close(local)
+        ro = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV
+        trees.append(detached_bind(spec.env.store_dir, ro))
     except BaseException:
-        os.close(root)
+        for fd in trees:
+            os.close(fd)
         raise
-    rootfs, store_dir = dirs.rootfs(spec.id), dirs.store(spec.id)
+    root, local_tree, store = trees
+    rootfs, store_dir, local_dir = dirs.rootfs(spec.id), dirs.store(spec.id), dirs.local(spec.id)
+    usr, top = os.fsencode(dirs.usr(spec.id)), os.fsencode(dirs.usr_top)
+    env = os.fsencode(spec.env.basename(spec.env.path))
+    at = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
     def enter() -> None:
         # Between fork and exec of runc: system calls only. runc makes missing mount
@@ -193,9 +261,17 @@ def staged(spec: WorkspaceSpec, dirs: RuntimeDirs) -> Iterator[Stage]:
             raise OSError(ctypes.get_errno(), "mount --make-rslave /")
         attach(root, rootfs)
         attach(store, store_dir)
+        attach(local_tree, local_dir)
+        # Overlay's layers as /proc/self/fd links (no path to escape in its options),
+        # opened in this namespace: it refuses a layer on another namespace's mount.
+        lower = (os.open(top, at), os.open(env, at, dir_fd=store))
+        layers = "lowerdir=" + ":".join(f"/proc/self/fd/{fd}" for fd in lower)
+        if _libc.mount(b"overlay", usr, b"overlay", _MS_RDONLY | _MS_NOSUID | _MS_NODEV,
+                       layers.encode()) != 0:  # fmt: skip
+            raise OSError(ctypes.get_errno(), "mounting /usr (overlay)")
 
     try:
-        yield Stage((root, store), enter)
+        yield Stage(tuple(trees), enter)
     finally:
-        os.close(root)
-        os.close(store)
+        for fd in trees:
+            os.close(fd)

@@ -103,9 +103,12 @@ def _mounts(spec: WorkspaceSpec, dirs: RuntimeDirs, init: str) -> list[dict[str,
          "options": ["nosuid", "nodev", "mode=755", "size=65536k"]},
         {"destination": INIT_PATH, "type": "bind", "source": init,
          "options": ["bind", *_RO]},
-        {"destination": "/usr", "type": "bind",
-         "source": str(dirs.store(spec.id) / spec.env.basename(spec.env.path)),
+        # The environment under an empty local/ (see layout.staged), read-only.
+        {"destination": "/usr", "type": "bind", "source": str(dirs.usr(spec.id)),
          "options": ["bind", *_RO]},
+        # The volume's own /usr/local back over the environment's (see layout.staged).
+        {"destination": "/usr/local", "type": "bind", "source": str(dirs.local(spec.id)),
+         "options": ["bind", "nosuid", "nodev"]},
         {"destination": "/nix/store", "type": "tmpfs", "source": "tmpfs",
          "options": ["nosuid", "nodev", "mode=755", "size=1m"]},
     ]  # fmt: skip
@@ -192,7 +195,7 @@ def process_config(req: ExecRequest, size: WindowSize | None = None) -> dict[str
     terminal of that size."""
     process: dict[str, Any] = {
         "terminal": size is not None,
-        # A umask of its own: runc would pass on the agent's (077, loft.datadir).
+        # Applied by runc to an init only; RuncCli.exec sets it on runc for an exec.
         "user": {"uid": req.user, "gid": req.user, "umask": _UMASK},
         "args": list(req.argv),
         "env": _environment(req, size is not None),

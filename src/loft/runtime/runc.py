@@ -129,6 +129,7 @@ class Runc:
         process_fd: int,
         *,
         tty: bool = False,
+        umask: int = 0o022,
         stdin: Stdio = None,
         stdout: Stdio = None,
         stderr: Stdio = None,
@@ -136,12 +137,16 @@ class Runc:
         """``runc exec --process`` (the OCI process read from ``process_fd``): runc passes
         the standard streams to the process as they are (no copy), stays until it exits,
         and exits with its status (128 + signal when killed). With ``tty``, the process
-        gets a new terminal, which runc relays to its own streams (a terminal too)."""
+        gets a new terminal, which runc relays to its own streams (a terminal too).
+
+        ``umask`` is set on runc itself: runc 1.1 applies the process document's umask
+        only to a container's init, and an exec'd process inherits runc's (the agent's
+        077 would make every file a user writes private to its owner)."""
         args = ["exec", "--process", f"/proc/self/fd/{process_fd}"]
         if tty:
             args.append("--tty")
         return subprocess.Popen(self._argv(*args, workspace), stdin=stdin, stdout=stdout,
-                                stderr=stderr, pass_fds=[process_fd])  # fmt: skip
+                                stderr=stderr, pass_fds=[process_fd], umask=umask)  # fmt: skip
 
     def pause(self, workspace: str) -> None:
         """``runc pause``: the cgroup freezer stops every process of the container."""

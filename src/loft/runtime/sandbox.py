@@ -294,17 +294,20 @@ class SandboxRuntime(Runtime):
         stderr: Stdio = None,
     ) -> subprocess.Popen[bytes]:
         self._checked(workspace, Command.EXEC)
-        with _process_fd(process_config(request)) as fd:
-            return self.runc.exec(workspace, fd, stdin=stdin, stdout=stdout, stderr=stderr)
+        process = process_config(request)
+        with _process_fd(process) as fd:
+            return self.runc.exec(workspace, fd, umask=process["user"]["umask"], stdin=stdin,
+                                  stdout=stdout, stderr=stderr)  # fmt: skip
 
     def pty(self, workspace: str, request: ExecRequest, size: WindowSize) -> PtySession:
         self._checked(workspace, Command.PTY)
         master, slave = os.openpty()
         try:
             set_window_size(slave, size)
-            with _process_fd(process_config(request, size)) as fd:
-                proc = self.runc.exec(workspace, fd, tty=True, stdin=slave, stdout=slave,
-                                      stderr=slave)  # fmt: skip
+            process = process_config(request, size)
+            with _process_fd(process) as fd:
+                proc = self.runc.exec(workspace, fd, tty=True, umask=process["user"]["umask"],
+                                      stdin=slave, stdout=slave, stderr=slave)  # fmt: skip
         except BaseException:
             os.close(master)
             raise
