@@ -14,6 +14,10 @@ no writing through a symlink, no device nodes or FIFOs. Debian packages are usr-
 npm tarballs with such bits are refused outright. Nothing from the artefact is executed:
 no maintainer scripts, no install hooks, no npm lifecycle scripts. Errors are one JSON
 line on stdout and exit status 2.
+
+One file of over 500 lines on purpose: the jail runs it alone (compiled by the
+system's Python) with nothing of loft importable, so it cannot lean on siblings; and it
+is one idea, checking archive members before they are written.
 """
 
 from __future__ import annotations

@@ -38,6 +38,10 @@ after the next :func:`adopt` or :func:`detach`.
 
 The kernel NBD client (``/dev/nbd*``, where hosts have it) is not built here:
 :func:`attach_kernel_nbd` says so.
+
+Just over 500 lines and one idea: the three layers are set up, adopted and torn down
+against one state file, and splitting them would split the undo order that keeps a
+mount from outliving its nbdfuse.
 """
 
 from __future__ import annotations
