@@ -110,15 +110,23 @@ class SnapshotInfo:
     env_path: str | None
 
 
-def _stamp(prefix: str = "") -> str:
-    return prefix + time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+def _auto_name(wss: Workspaces, ws: Workspace, prefix: str = "") -> str:
+    """A name for a snapshot nobody named (lock held): the time, with ``-2``, ``-3``...
+    when the workspace already has one from the same second."""
+    base = prefix + time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    name, n = base, 1
+    while _exists(wss, ws, name):
+        n += 1
+        name = f"{base}-{n}"
+    return name
 
 
 def snap(wss: Workspaces, name: str, snapshot: str = "") -> Snap:
     """Snapshot workspace ``name`` (a running one with a short pause, see above)."""
     ws = wss.get(name)
     with wss.locked(ws.record.id):
-        return _snap(wss, wss.fresh(ws), snapshot or _stamp())
+        ws = wss.fresh(ws)
+        return _snap(wss, ws, snapshot or _auto_name(wss, ws))
 
 
 def _snap(wss: Workspaces, ws: Workspace, snapshot: str) -> Snap:
@@ -218,7 +226,7 @@ def fork(wss: Workspaces, name: str, new: str, snapshot: str = "", start: bool =
     if snapshot:
         _known(wss, ws, snapshot)
     else:
-        snapshot = _snap_locked(wss, ws, _stamp("fork-"))
+        snapshot = _snap_fork_source(wss, ws)
     env_path = wss.records.snapshot_envs(rec.id).get(snapshot)
     if env_path is None:
         gen = wss.envs.current(rec.profile)
@@ -226,6 +234,8 @@ def fork(wss: Workspaces, name: str, new: str, snapshot: str = "", start: bool =
     return wss.new(req, env_path=env_path, volume_from=f"{rec.volume}@{snapshot}")
 
 
-def _snap_locked(wss: Workspaces, ws: Workspace, snapshot: str) -> str:
+def _snap_fork_source(wss: Workspaces, ws: Workspace) -> str:
+    """Snapshot a fork's source on the fly; its name."""
     with wss.locked(ws.record.id):
-        return _snap(wss, wss.fresh(ws), snapshot).name
+        ws = wss.fresh(ws)
+        return _snap(wss, ws, _auto_name(wss, ws, "fork-")).name
