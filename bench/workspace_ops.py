@@ -181,7 +181,7 @@ def idle_memory(node: BenchNode, spec: str) -> dict[str, Any]:
     per: list[dict[str, int]] = []
     for ws in infos:
         att = json.loads((node.data_dir / "workspaces" / ws.id / "attach.json").read_text())
-        nbdfuse = int(att["nbdfuse_pid"])
+        nbdfuse = int(att["nbdfuse"][0])  # [pid, start time]
         inside = _ns_pids(ws.pid)
         per.append({
             "nbdfuse_pss": _kib(nbdfuse, "Pss"),
