@@ -69,9 +69,9 @@ log = logging.getLogger(__name__)
 _ALIGN = 4096
 _FETCH_WAIT = 60.0
 #: The largest single write a client sends (NBD's maximum payload): near ``max_dirty``,
-#: is_resident() sends every request to a worker thread while one this large could still
-#: find the volume full and have to wait for a commit, which must not happen on the
-#: event loop.
+#: is_resident() sends a request touching an extent not dirty yet to a worker thread
+#: while one this large could still find the volume full and have to wait for a commit,
+#: which must not happen on the event loop.
 _LARGEST_WRITE = 32 << 20
 
 
@@ -228,14 +228,17 @@ class Volume:
         (nor a check of an unverified extent: those are ABSENT until checked)."""
         if length <= 0:
             return True
-        if len(self._dirty) >= self._dirty_soft:
-            return False  # a write might have to wait for a commit: not on the event loop
         es = self.extent_size
         first, last = offset // es, (offset + length - 1) // es
         st = self._states
+        # Near max_dirty, a write to an extent not dirty yet might wait for a commit: not
+        # on the event loop. Extents already dirty never wait, and a volume whose every
+        # extent is dirty (rewritten in place) must keep its fast path.
+        near = len(self._dirty) >= self._dirty_soft
         if first == last:  # the common case, on the event loop for every request
-            return st[first] != ABSENT
-        return all(st[e] != ABSENT for e in range(first, last + 1))
+            state = st[first]
+            return state != ABSENT and (not near or state == DIRTY)
+        return all(st[e] != ABSENT and (not near or st[e] == DIRTY) for e in range(first, last + 1))
 
     def read(self, offset: int, length: int) -> bytes:
         """``length`` bytes at ``offset``."""
