@@ -125,3 +125,61 @@ env_generations = Table(
     Column("created_at", Float, nullable=False),
     PrimaryKeyConstraint("profile", "number"),
 )
+
+# --- the control plane's rows (users, their tokens and quotas, workspace records) ---------
+
+#: People and programs that call the control plane's API.
+users = Table(
+    "users",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(32), nullable=False, unique=True),
+    Column("admin", Boolean, nullable=False, server_default=false()),
+    Column("created_at", Float, nullable=False),
+)
+
+#: A user's limits on what their workspaces add up to (no row: the defaults).
+quotas = Table(
+    "quotas",
+    metadata,
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    Column("workspaces", Integer, nullable=False),
+    Column("memory", BigInteger, nullable=False),
+    Column("cpus", Float, nullable=False),
+    Column("disk", BigInteger, nullable=False),
+)
+
+#: Bearer tokens: the public id is in the token; only a keyed hash of its secret is kept.
+tokens = Table(
+    "tokens",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column(
+        "user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True
+    ),
+    Column("name", String(64), nullable=False, server_default=""),
+    Column("digest", String(64), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("last_used_at", Float, nullable=True),
+)
+
+#: Workspace records: what the control plane owns of a workspace (who, what, how big);
+#: the node keeps its runtime state. Names are unique per owner.
+workspace_records = Table(
+    "workspace_records",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("owner_id", Integer, ForeignKey("users.id"), nullable=False),
+    Column("name", String(63), nullable=False),
+    # the environment asked for: JSON of loft.api.EnvSpec
+    Column("spec", Text, nullable=False),
+    Column("runtime", String(16), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("memory", BigInteger, nullable=False),
+    Column("cpus", Float, nullable=False),
+    Column("idle_timeout", Float, nullable=False),
+    # JSON object of string labels
+    Column("metadata", Text, nullable=False, server_default="{}"),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("owner_id", "name", name="uq_workspace_owner_name"),
+)
