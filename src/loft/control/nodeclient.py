@@ -1,0 +1,157 @@
+"""The seam between the control plane and a node agent: :class:`NodeClient`.
+
+The control plane owns users, tokens and workspace records; the node owns runtime state
+(is it running, its disk, snapshots, environment generations, processes). Every route
+that needs the node calls one method of this interface with the workspace's **id** (the
+record's primary key; names are the control plane's business and per user), so nothing a
+tenant sends ever names a node-side object directly.
+
+Rules every implementation keeps:
+
+- methods are coroutines; the control plane bounds each with a deadline and answers 503
+  when it passes (:func:`loft.control.deps.on_node`), so an implementation may block but
+  must be cancellable;
+- failures are :mod:`loft.control.errors` types: :class:`NotFound` for an id, snapshot or
+  file the node does not know, :class:`Conflict` for a state that forbids the operation
+  (exec in a stopped workspace, a snapshot name taken), :class:`Invalid` for a value the
+  node refuses (a file too large, a path it will not touch), :class:`NodeUnavailable`
+  when it cannot be reached;
+- ``create`` and ``fork`` are given everything the node needs; it never reads the
+  control plane's tables.
+
+Implementations: :class:`loft.control.fakenode.FakeNode` (in memory, for tests and
+benchmarks); the real one is an adapter over the node agent's API (its Unix socket, or
+TLS with a client certificate between machines).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from loft.api import EnvSpec, EnvState, ExecRequest, Limits, Snapshot
+
+__all__ = ["Exited", "NodeClient", "NodeWorkspace", "Output", "RuntimeState"]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeWorkspace:
+    """What a node needs to make a workspace: its id, who and what it is for, its
+    software, runtime and resources, and whether to start it."""
+
+    id: str
+    owner: str
+    name: str
+    env: EnvSpec
+    runtime: str
+    size: int
+    limits: Limits
+    start: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeState:
+    """A workspace as its node sees it: one of :data:`loft.api.STATES`, and the node."""
+
+    id: str
+    state: str
+    node: str
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """Bytes a command wrote to its standard output or error."""
+
+    stream: Literal["stdout", "stderr"]
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Exited:
+    """The command ended with this exit code (the last item of an exec's stream)."""
+
+    code: int
+
+
+class NodeClient(Protocol):
+    """One node agent, as the control plane uses it. See the module's rules."""
+
+    async def ping(self) -> None:
+        """Return when the node answers; raise :class:`NodeUnavailable` otherwise."""
+        ...
+
+    async def states(self, ids: Sequence[str]) -> dict[str, RuntimeState]:
+        """The runtime state of each id the node knows (unknown ids are left out)."""
+        ...
+
+    async def create(self, ws: NodeWorkspace) -> RuntimeState:
+        """Make the workspace (disk, environment), and start it if ``ws.start``."""
+        ...
+
+    async def start(self, id: str) -> RuntimeState:
+        """Start a stopped workspace (a no-op for a running one)."""
+        ...
+
+    async def stop(self, id: str) -> RuntimeState:
+        """Stop a workspace, committing its disk (a no-op for a stopped one)."""
+        ...
+
+    async def delete(self, id: str) -> None:
+        """Stop the workspace if it runs and delete it with its disk and snapshots."""
+        ...
+
+    async def set_limits(self, id: str, limits: Limits) -> None:
+        """Apply new resource limits (now if it runs, else at its next start)."""
+        ...
+
+    async def snapshot(self, id: str, name: str) -> Snapshot:
+        """Snapshot the workspace's disk now, running or not."""
+        ...
+
+    async def snapshots(self, id: str) -> list[Snapshot]:
+        """The workspace's snapshots, oldest first."""
+        ...
+
+    async def delete_snapshot(self, id: str, name: str) -> None:
+        """Delete one snapshot."""
+        ...
+
+    async def restore(self, id: str, snapshot: str) -> str:
+        """Point the workspace's disk at a snapshot; return the automatic snapshot that
+        holds the replaced state (restoring it undoes this)."""
+        ...
+
+    async def fork(self, source: str, snapshot: str | None, target: NodeWorkspace) -> RuntimeState:
+        """Make ``target`` from ``source``'s snapshot, or from its state now when
+        ``snapshot`` is None (a running source keeps running)."""
+        ...
+
+    async def exec(self, id: str, req: ExecRequest) -> AsyncIterator[Output | Exited]:
+        """Start a command in a running workspace. Returning means it started; iterating
+        yields its output as it comes and, last, :class:`Exited`."""
+        ...
+
+    async def read_file(self, id: str, path: str, max_bytes: int) -> bytes:
+        """A file's bytes; :class:`Invalid` when it holds more than ``max_bytes``."""
+        ...
+
+    async def write_file(self, id: str, path: str, data: bytes) -> None:
+        """Create or replace a file (its directory must exist)."""
+        ...
+
+    async def delete_file(self, id: str, path: str) -> None:
+        """Remove a file."""
+        ...
+
+    async def env(self, id: str) -> EnvState:
+        """The workspace's environment generations."""
+        ...
+
+    async def env_switch(self, id: str, env: EnvSpec) -> EnvState:
+        """Build ``env`` and make it the current generation."""
+        ...
+
+    async def env_rollback(self, id: str, generation: int | None) -> EnvState:
+        """Make an earlier generation current (None: the one before the current)."""
+        ...
