@@ -83,9 +83,7 @@ class Harness:
         made = self.admin().create_user(name, quotas=Quotas(**quotas) if quotas else None)
         return self.client(made.token)
 
-    def raw(
-        self, method: str, path: str, token: str | None = None, **kw: Any
-    ) -> httpx.Response:
+    def raw(self, method: str, path: str, token: str | None = None, **kw: Any) -> httpx.Response:
         """One request without the SDK (for malformed ones)."""
         headers = dict(kw.pop("headers", {}))
         if token:

@@ -36,7 +36,7 @@ from loft.control.routes import (
 from loft.control.state import ControlState
 from loft.errors import LoftError
 
-__all__ = ["create_app", "local_admin"]
+__all__ = ["RequestMetrics", "create_app", "local_admin"]
 
 log = logging.getLogger("loft.control")
 
@@ -83,7 +83,19 @@ def local_admin(app: ASGIApp) -> ASGIApp:
     return wrapped
 
 
+#: The hint of an error that brought none of its own: every answer says what to do.
+_DEFAULT_HINTS = {
+    400: "GET /openapi.json describes every request",
+    404: "list what there is first (GET the collection)",
+    409: "list what there is first (GET the collection)",
+    422: "GET /openapi.json describes every request",
+    500: "the operator will find it in the service's log",
+    503: "retry later; an operator should check the node agent and the catalog",
+}
+
+
 def _answer(status: int, error: str, hint: str | None, **headers: str) -> JSONResponse:
+    hint = hint or _DEFAULT_HINTS.get(status)
     return JSONResponse({"error": error, "hint": hint}, status_code=status, headers=headers)
 
 
@@ -109,13 +121,17 @@ async def _invalid(_request: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
-    hints = {404: "GET /openapi.json lists the endpoints", 413: BODY_HINT}
+    hints = {
+        404: "GET /openapi.json lists the endpoints",
+        405: "GET /openapi.json lists the methods",
+        413: BODY_HINT,
+    }
     return _answer(exc.status_code, str(exc.detail), hints.get(exc.status_code))
 
 
 async def _internal(_request: Request, exc: Exception) -> JSONResponse:
     log.exception("control.internal_error", exc_info=exc)
-    return _answer(500, "internal error", "the operator will find it in the service's log")
+    return _answer(500, "internal error", None)
 
 
 class RequestMetrics:
