@@ -8,7 +8,7 @@ from typing import Any
 
 from loft.api import ErrorAnswer
 
-__all__ = ["ERRORS", "errors"]
+__all__ = ["ERRORS", "RAW_ERRORS", "errors", "raw_errors"]
 
 _WHY = {
     400: "The request makes no sense as a whole",
@@ -28,5 +28,14 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {s: {"model": ErrorAnswer, "description": _WHY[s]} for s in statuses}
 
 
+def raw_errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The same for a route whose own answer is not JSON (a stream, a file): the error
+    bodies are still JSON, so they are described as such explicitly."""
+    ref = {"schema": {"$ref": "#/components/schemas/ErrorAnswer"}}
+    return {s: {"content": {"application/json": ref}, "description": _WHY[s]} for s in statuses}
+
+
 #: The errors any authenticated route may answer.
-ERRORS = errors(401, 403, 404, 413, 422, 503)
+ERRORS = errors(400, 401, 403, 404, 413, 422, 503)
+#: The same, for routes that answer something other than JSON.
+RAW_ERRORS = raw_errors(400, 401, 403, 404, 413, 422, 503)

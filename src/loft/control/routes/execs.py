@@ -17,13 +17,13 @@ from loft.api import ExecEvent, ExecRequest
 from loft.control.deps import Caller, OwnerQuery, State, on_node, owned
 from loft.control.errors import status_of
 from loft.control.nodeclient import Exited, Output
-from loft.control.routes import ERRORS, errors
+from loft.control.routes import RAW_ERRORS, raw_errors
 from loft.control.routes.workspaces import NamePath
 from loft.errors import LoftError
 
 __all__ = ["EXEC_GRACE", "NDJSONResponse", "router"]
 
-router = APIRouter(tags=["exec"], responses=ERRORS)
+router = APIRouter(tags=["exec"], responses=RAW_ERRORS)
 #: Seconds past a command's own timeout the node has to report its end.
 EXEC_GRACE = 10.0
 
@@ -46,7 +46,7 @@ def _line(event: ExecEvent) -> bytes:
     response_class=NDJSONResponse,
     responses={
         200: {"model": ExecEvent, "description": "The command's events, one JSON value a line"},
-        **errors(409),
+        **raw_errors(409),
     },
 )
 async def exec_command(

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request, Response
 
 from loft.api import FILE_PATH_PATTERN, MAX_FILE_BYTES, FileDeleted, FileWritten
 from loft.control.deps import Caller, OwnerQuery, State, on_node, owned
-from loft.control.routes import ERRORS
+from loft.control.routes import ERRORS, RAW_ERRORS
 from loft.control.routes.workspaces import NamePath
 
 __all__ = ["router"]
@@ -23,7 +23,10 @@ _BINARY = {"schema": {"type": "string", "format": "binary"}}
 @router.get(
     "/v1/workspaces/{name}/files",
     response_class=Response,
-    responses={200: {"content": {"application/octet-stream": _BINARY}, "description": "The bytes"}},
+    responses={
+        200: {"content": {"application/octet-stream": _BINARY}, "description": "The bytes"},
+        **RAW_ERRORS,
+    },
 )
 async def read_file(
     name: NamePath, path: PathQuery, caller: Caller, state: State, owner: OwnerQuery = None

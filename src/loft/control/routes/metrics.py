@@ -10,12 +10,12 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from loft.api import STATES
 from loft.control.deps import Admin, State, in_thread, on_node
-from loft.control.routes import errors
+from loft.control.routes import raw_errors
 from loft.errors import LoftError
 
 __all__ = ["router"]
 
-router = APIRouter(tags=["metrics"], responses=errors(401, 403))
+router = APIRouter(tags=["metrics"], responses=raw_errors(400, 401, 403, 503))
 
 
 @router.get(

@@ -12,7 +12,7 @@ from loft.control.routes import errors
 
 __all__ = ["router"]
 
-router = APIRouter(tags=["tokens"], responses=errors(401, 404, 413, 422, 503))
+router = APIRouter(tags=["tokens"], responses=errors(400, 401, 404, 413, 422, 503))
 
 
 @router.get("/v1/tokens")

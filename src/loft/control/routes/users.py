@@ -13,7 +13,7 @@ from loft.control.routes import errors
 
 __all__ = ["router"]
 
-router = APIRouter(tags=["users"], responses=errors(401, 403, 404, 413, 422, 503))
+router = APIRouter(tags=["users"], responses=errors(400, 401, 403, 404, 413, 422, 503))
 UserPath = Annotated[str, Path(pattern=USER_NAME_PATTERN)]
 
 
