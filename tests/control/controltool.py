@@ -26,16 +26,31 @@ class Harness:
     """One running control plane: ``url`` (TCP), ``socket`` (local, admin), the
     ``admin_token``, the ``node`` and ``state`` to poke at."""
 
-    def __init__(self, catalog_url: str, tmp: Path, *, node_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        catalog_url: str,
+        tmp: Path,
+        *,
+        node_timeout: float = 5.0,
+        terminal_grace: float = 60.0,
+        **server: Any,
+    ) -> None:
         self.catalog = Catalog(catalog_url)
-        self.node = FakeNode()
-        self.state = ControlState(self.catalog, self.node, node_timeout=node_timeout)
+        self.node = FakeNode(root=tmp / "node")
+        self.node.root.mkdir(mode=0o700)  # type: ignore[union-attr]
+        self.state = ControlState(
+            self.catalog, self.node, node_timeout=node_timeout, terminal_grace=terminal_grace
+        )
         token = self.state.accounts.ensure_first_admin()
         assert token is not None
         self.admin_token = token
         self.socket = tmp / "run" / "api.sock"
-        self.server = ControlServer(self.state, listen=("127.0.0.1", 0), unix=self.socket)
+        server.setdefault("reap_every", None)
+        self.server = ControlServer(self.state, listen=("127.0.0.1", 0), unix=self.socket, **server)
         self.url = f"http://127.0.0.1:{self.server.port}"
+        proxy = self.server.proxy
+        #: the preview proxy's port (0 without one)
+        self.preview_port = proxy.port if proxy is not None else 0
         self._loop = asyncio.new_event_loop()
         self._stop: asyncio.Event | None = None
         self._thread = threading.Thread(target=self._run, name="control-test", daemon=True)
@@ -46,6 +61,10 @@ class Harness:
             assert self._thread.is_alive(), "the control plane died at start"
             time.sleep(0.01)
         self._clients: list[Client] = []
+
+    def call(self, coro: Any, timeout: float = 30) -> Any:
+        """Run a coroutine on the control plane's loop (the fake node lives there)."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
@@ -63,6 +82,7 @@ class Harness:
         if self._stop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(30)
+        self._loop.run_until_complete(self.node.close())
         self._loop.close()
         self.catalog.close()
 

@@ -38,6 +38,21 @@ MODULES = [
     "loft.control.records",
     "loft.control.server",
     "loft.control.state",
+    "loft.api.preview",
+    "loft.control.activity",
+    "loft.control.fakeprocs",
+    "loft.control.preview.grants",
+    "loft.control.preview.headers",
+    "loft.control.preview.host",
+    "loft.control.preview.pages",
+    "loft.control.preview.proxy",
+    "loft.control.preview.relay",
+    "loft.control.preview.site",
+    "loft.control.ratelimit",
+    "loft.control.reaper",
+    "loft.control.terminals",
+    "loft.control.wake",
+    "loft.envstore.runspec",
 ]
 
 

@@ -121,13 +121,16 @@ def test_isolation_terminal_is_authorized_before_anything(
 
     def status(token: str | None) -> int:
         r = control.raw("GET", "/v1/workspaces/w/terminal", token, headers=upgrade)
-        assert r.json()["error"]
+        if r.status_code != 101:
+            assert r.json()["error"]
         return r.status_code
 
     assert status(None) == 401
     assert status(bob._token) == 404  # noqa: SLF001
-    # hers: authorized, then 501 until the node agent's PTYs are connected
-    assert status(alice._token) == 501  # noqa: SLF001
+    assert control.node.calls.get("terminal", 0) == 0
+    # hers: authorized, and a shell is opened for her
+    assert status(alice._token) == 101  # noqa: SLF001
+    assert control.node.calls["terminal"] == 1
 
 
 def test_isolation_preview_lookup_by_id_checks_the_owner(

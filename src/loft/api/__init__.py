@@ -16,6 +16,7 @@ from loft.api.errors import ErrorAnswer
 from loft.api.execs import MAX_EXEC_TIMEOUT, ExecEvent, ExecRequest
 from loft.api.files import FILE_PATH_PATTERN, MAX_FILE_BYTES, FileDeleted, FileWritten
 from loft.api.health import Health
+from loft.api.preview import CreatePreview, PreviewAccess
 from loft.api.snapshots import SNAPSHOT_NAME_PATTERN, CreateSnapshot, Snapshot, SnapshotDeleted
 from loft.api.tokens import CreateToken, Token, TokenCreated
 from loft.api.users import (
@@ -28,6 +29,7 @@ from loft.api.users import (
     UserCreated,
 )
 from loft.api.workspaces import (
+    DEFAULT_IDLE_TIMEOUT,
     DEFAULT_SIZE,
     STATES,
     WORKSPACE_NAME_PATTERN,
@@ -47,6 +49,7 @@ API_VERSION = "1"
 
 __all__ = [
     "API_VERSION",
+    "DEFAULT_IDLE_TIMEOUT",
     "DEFAULT_SIZE",
     "FILE_PATH_PATTERN",
     "MAX_EXEC_TIMEOUT",
@@ -55,6 +58,7 @@ __all__ = [
     "STATES",
     "USER_NAME_PATTERN",
     "WORKSPACE_NAME_PATTERN",
+    "CreatePreview",
     "CreateSnapshot",
     "CreateToken",
     "CreateUser",
@@ -71,6 +75,7 @@ __all__ = [
     "ForkWorkspace",
     "Health",
     "Limits",
+    "PreviewAccess",
     "Quotas",
     "RestoreWorkspace",
     "Restored",

@@ -6,9 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated, ClassVar, Literal
 
-from loft.api._rules import FORBID_EXTRA, Float, Int, Rule, Str
+from loft.api._rules import FORBID_EXTRA, Bool, Float, Int, Rule, Str
 
 __all__ = [
+    "DEFAULT_IDLE_TIMEOUT",
     "DEFAULT_SIZE",
     "PACKAGE_PATTERN",
     "STATES",
@@ -36,6 +37,8 @@ PACKAGE_PATTERN = r"^[a-z0-9][a-z0-9+.-]{1,127}(=[A-Za-z0-9.+~:-]{1,128})?$"
 STATES = ("creating", "running", "stopped", "error", "unknown")
 #: A new workspace's disk, unless told (the volume is thin: this is only its ceiling).
 DEFAULT_SIZE = 16 << 30
+#: Seconds a workspace may go unused before it sleeps, unless told (0 is never).
+DEFAULT_IDLE_TIMEOUT = 900.0
 
 Runtime = Literal["sandbox", "vm"]
 #: Free-form labels: at most 32, keys up to 64 and values up to 512 characters.
@@ -79,11 +82,14 @@ class CreateWorkspace:
     size: Annotated[int, Rule(ge=64 << 20, le=1 << 50)] = DEFAULT_SIZE
     limits: Limits = field(default_factory=Limits)
     runtime: Runtime = "sandbox"
-    #: seconds without a terminal, exec or proxied request before it sleeps (0: never)
-    idle_timeout: Annotated[float, Rule(ge=0, le=30 * 86400)] = 1800.0
+    #: seconds without a terminal, exec, forwarded connection or proxied request before
+    #: it is snapshotted and stopped (0: never)
+    idle_timeout: Annotated[float, Rule(ge=0, le=30 * 86400)] = DEFAULT_IDLE_TIMEOUT
     metadata: Metadata = field(default_factory=dict)
     #: start it once created
     start: Annotated[bool, Rule()] = True
+    #: anyone may open its previews (otherwise only its owner, and admins)
+    preview_public: Annotated[bool, Rule()] = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,16 +111,20 @@ class Workspace:
     created_at: Float
     #: the node it runs on ("" when the node did not say)
     node: Str = ""
+    #: anyone may open its previews
+    preview_public: Bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class UpdateWorkspace:
-    """Change a workspace's limits, idle timeout or metadata; a field left out is kept."""
+    """Change a workspace's limits, idle timeout, metadata or preview setting; a field
+    left out is kept."""
 
     __pydantic_config__: ClassVar[dict[str, object]] = FORBID_EXTRA
     limits: Limits | None = None
     idle_timeout: Annotated[float, Rule(ge=0, le=30 * 86400)] | None = None
     metadata: Metadata | None = None
+    preview_public: Annotated[bool, Rule()] | None = None
 
 
 @dataclass(frozen=True, slots=True)

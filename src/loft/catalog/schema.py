@@ -181,5 +181,7 @@ workspace_records = Table(
     # JSON object of string labels
     Column("metadata", Text, nullable=False, server_default="{}"),
     Column("created_at", Float, nullable=False),
+    # anyone may open its previews (the owner said so)
+    Column("preview_public", Boolean, nullable=False, server_default=false()),
     UniqueConstraint("owner_id", "name", name="uq_workspace_owner_name"),
 )

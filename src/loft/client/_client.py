@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 from loft.api import (
+    CreatePreview,
     CreateSnapshot,
     CreateToken,
     CreateUser,
@@ -26,6 +27,7 @@ from loft.api import (
     ForkWorkspace,
     Health,
     Limits,
+    PreviewAccess,
     Quotas,
     Restored,
     RestoreWorkspace,
@@ -247,10 +249,11 @@ class Client:
         limits: Limits | None = None,
         idle_timeout: float | None = None,
         metadata: dict[str, str] | None = None,
+        preview_public: bool | None = None,
         owner: str | None = None,
     ) -> Workspace:
-        """Change a workspace's limits, idle timeout or metadata."""
-        body = _body(UpdateWorkspace(limits, idle_timeout, metadata))
+        """Change a workspace's limits, idle timeout, metadata or preview setting."""
+        body = _body(UpdateWorkspace(limits, idle_timeout, metadata, preview_public))
         path = f"/v1/workspaces/{_q(name)}"
         return self._call(Workspace, "PATCH", path, body=body, params={"owner": owner})
 
@@ -356,6 +359,35 @@ class Client:
             else:
                 raise error_for(event.code or 502, event.error or "exec failed", event.hint)
         raise TransportError("the API ended an exec without its exit code")
+
+    # --- logs and previews ----------------------------------------------------------------
+
+    def logs(
+        self, name: str, *, tail: int = 65536, follow: bool = False, owner: str | None = None
+    ) -> Iterator[bytes]:
+        """The output of the workspace's ``[run] command`` (its last ``tail`` bytes), and
+        with ``follow`` what it writes next, a line at a time, until the caller stops."""
+        params = {"tail": str(tail), "follow": "true" if follow else "false", "owner": owner}
+        reply = self._send(
+            "GET",
+            f"/v1/workspaces/{_q(name)}/logs",
+            params=params,
+            timeout=86400.0 if follow else None,  # a quiet server is no error
+        )
+        try:
+            yield from reply.lines()
+        finally:
+            reply.close()
+
+    def preview(self, name: str, port: int, *, owner: str | None = None) -> PreviewAccess:
+        """Where ``port`` of the workspace is previewed, and a browser's login link."""
+        return self._call(
+            PreviewAccess,
+            "POST",
+            f"/v1/workspaces/{_q(name)}/preview",
+            body=_body(CreatePreview(port)),
+            params={"owner": owner},
+        )
 
     # --- files ---------------------------------------------------------------------------
 

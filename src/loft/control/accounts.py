@@ -38,6 +38,7 @@ __all__ = [
 #: The admin made at first start, and who root on the node is over the local socket.
 FIRST_ADMIN = "admin"
 _KEY_SETTING = "control_token_key"
+_PREVIEW_KEY_SETTING = "control_preview_key"
 _TOKEN = re.compile(r"^loft_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
 #: A token's last use is written at most this often (a write per request would serialise
 #: every request behind SQLite's write lock).
@@ -71,6 +72,8 @@ class Accounts:
         self.catalog = catalog
         with catalog.write() as conn:
             self._key = _token_key(conn)
+            #: the key of preview grants (:mod:`loft.control.preview.grants`)
+            self.preview_key = _token_key(conn, _PREVIEW_KEY_SETTING)
 
     def _digest(self, secret: str) -> str:
         return hmac.new(self._key, secret.encode(), hashlib.sha256).hexdigest()
@@ -107,6 +110,26 @@ class Accounts:
             row = conn.execute(select(s.users).where(s.users.c.name == name)).first()
         if row is None:
             raise NotFound(f"no user {name}")
+        return Principal(row.id, row.name, row.admin)
+
+    def grantee(self, user_id: int, token_id: str) -> Principal | None:
+        """The user a preview grant was made for, if it still stands: the user exists
+        and the token it was made with (none: root over the local socket, as the first
+        admin) is still live and theirs."""
+        with self.catalog.read() as conn:
+            row = conn.execute(select(s.users).where(s.users.c.id == user_id)).first()
+            if row is None:
+                return None
+            if token_id:
+                live = conn.execute(
+                    select(s.tokens.c.id).where(
+                        s.tokens.c.id == token_id, s.tokens.c.user_id == user_id
+                    )
+                ).first()
+                if live is None:
+                    return None
+            elif row.name != FIRST_ADMIN:
+                return None
         return Principal(row.id, row.name, row.admin)
 
     # --- users ---------------------------------------------------------------------------
@@ -275,11 +298,11 @@ def _keep_an_admin(conn: Connection, user_id: int) -> None:
         raise Conflict("that is the last admin", hint="make another user admin first")
 
 
-def _token_key(conn: Connection) -> bytes:
-    """The per-deployment key of token digests, made on first use."""
-    row = conn.execute(select(s.settings.c.value).where(s.settings.c.key == _KEY_SETTING)).first()
+def _token_key(conn: Connection, setting: str = _KEY_SETTING) -> bytes:
+    """A per-deployment key (of token digests, by default), made on first use."""
+    row = conn.execute(select(s.settings.c.value).where(s.settings.c.key == setting)).first()
     if row is not None:
         return bytes.fromhex(row[0])
     key = secrets.token_bytes(32)
-    conn.execute(insert(s.settings).values(key=_KEY_SETTING, value=key.hex()))
+    conn.execute(insert(s.settings).values(key=setting, value=key.hex()))
     return key

@@ -26,7 +26,9 @@ from loft.control.routes import (
     execs,
     files,
     health,
+    logs,
     metrics,
+    preview,
     snapshots,
     terminal,
     tokens,
@@ -59,7 +61,8 @@ def create_app(state: ControlState) -> FastAPI:
         redoc_url=None,
     )
     app.state.control = state
-    for module in (health, users, tokens, workspaces, snapshots, execs, files, env, metrics):
+    routers = (health, users, tokens, workspaces, snapshots, execs, files, env, logs, preview)
+    for module in (*routers, metrics):
         app.include_router(module.router)
     app.include_router(terminal.router)
     app.add_exception_handler(LoftError, _loft_error)

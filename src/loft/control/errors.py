@@ -11,11 +11,14 @@ from below, mapped by :func:`status_of`), answered as ``{"error", "hint"}``::
           |    +-- QuotaExceeded  403  over one of the caller's quotas
           +-- NotFound            404  unknown, or someone else's (never told apart)
           +-- Conflict            409  a name taken, a state that does not allow it
+          |    +-- NotListening   409  nothing listens on that port in the workspace
           +-- PayloadTooLarge     413  a request body over its limit
           +-- Invalid             422  a field out of its rules
+          +-- TooManyRequests     429  over a rate limit (``retry_after`` seconds)
           +-- Unimplemented       501  defined, not served yet
           +-- NodeUnavailable     503  the node agent did not answer in time, or refused
-                                       to talk; the catalog being unreachable is 503 too
+          |                            to talk; the catalog being unreachable is 503 too
+          +-- WakeTimeout         504  a woken workspace's server did not listen in time
 
 A node client (:mod:`loft.control.nodeclient`) raises these same types, so a node's
 answer maps to a status in one place.
@@ -36,10 +39,13 @@ __all__ = [
     "Invalid",
     "NodeUnavailable",
     "NotFound",
+    "NotListening",
     "PayloadTooLarge",
     "QuotaExceeded",
+    "TooManyRequests",
     "Unauthorized",
     "Unimplemented",
+    "WakeTimeout",
     "status_of",
 ]
 
@@ -84,6 +90,11 @@ class Conflict(ApiError):
     status = 409
 
 
+class NotListening(Conflict):
+    """The workspace runs, but nothing accepts connections on that port (yet: a server
+    that a start or wake launched may still be coming up)."""
+
+
 class PayloadTooLarge(ApiError):
     """A request body over its limit."""
 
@@ -96,6 +107,16 @@ class Invalid(ApiError):
     status = 422
 
 
+class TooManyRequests(ApiError):
+    """Over a rate limit; worth trying again in :attr:`retry_after` seconds."""
+
+    status = 429
+
+    def __init__(self, message: str, *, retry_after: float, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.retry_after = retry_after
+
+
 class Unimplemented(ApiError):
     """Defined in the API, not served by this version."""
 
@@ -106,6 +127,12 @@ class NodeUnavailable(ApiError):
     """The node agent did not answer in time, or could not be reached."""
 
     status = 503
+
+
+class WakeTimeout(ApiError):
+    """A workspace was woken, but its server did not accept connections in time."""
+
+    status = 504
 
 
 def status_of(error: LoftError) -> int:

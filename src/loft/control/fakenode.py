@@ -8,6 +8,14 @@ fails as an unreachable agent does). Commands run in a tiny interpreter: ``echo`
 ``cat``, ``env``, ``pwd``, ``sleep``, ``true``, ``false``, ``exit N``; anything else is
 "command not found" (127), as a shell would say.
 
+Three things are real processes on the host, so the streams the control plane carries
+are tested end to end (:mod:`loft.control.fakeprocs`): the ``[run] command`` of a
+workspace's spec runs with ``/bin/sh -c`` while it is running (started on every start,
+killed at stop, its output kept for ``logs``); a terminal is a real shell under a real
+PTY; and ``connect`` opens a TCP connection to that port on the host's loopback. So the
+fake's workspaces share the host's network and user: it isolates nothing, and exists
+for tests and benchmarks only.
+
 It runs on one event loop and is not thread-safe.
 """
 
@@ -15,13 +23,18 @@ from __future__ import annotations
 
 import asyncio
 import posixpath
+import shutil
+import tempfile
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from loft.api import EnvGeneration, EnvSpec, EnvState, ExecRequest, Limits, Snapshot
-from loft.control.errors import Conflict, Invalid, NodeUnavailable, NotFound
-from loft.control.nodeclient import Exited, NodeWorkspace, Output, RuntimeState
+from loft.control.errors import Conflict, Invalid, NodeUnavailable, NotFound, NotListening
+from loft.control.fakeprocs import PtyShell, RunLog, Server
+from loft.control.nodeclient import Exited, NodeWorkspace, Output, RuntimeState, Terminal
+from loft.envstore.runspec import parse_run
 
 __all__ = ["FakeNode", "FakeWorkspace"]
 
@@ -36,6 +49,11 @@ class FakeWorkspace:
     snapshots: dict[str, tuple[Snapshot, dict[str, bytes]]] = field(default_factory=dict)
     generations: list[EnvGeneration] = field(default_factory=list)
     current: int = 1
+    #: what its ``[run] command`` wrote, across starts
+    log: RunLog = field(default_factory=RunLog)
+    #: the ``[run] command`` while it runs
+    server: Server | None = None
+    terminals: list[PtyShell] = field(default_factory=list)
 
 
 @dataclass
@@ -52,6 +70,13 @@ class FakeNode:
     workspaces: dict[str, FakeWorkspace] = field(default_factory=dict)
     #: how many calls were made, by method (tests check what reached the node)
     calls: dict[str, int] = field(default_factory=dict)
+    #: when a session the node served itself last moved bytes, by id (:meth:`touch`)
+    node_activity: dict[str, float] = field(default_factory=dict)
+    #: what ``commit_lags`` reports, by volume
+    commit_lag: dict[str, float] = field(default_factory=dict)
+    #: where the processes of workspaces run (a temporary directory unless given)
+    root: Path | None = None
+    _own_root: bool = False
 
     async def _enter(self, method: str) -> None:
         self.calls[method] = self.calls.get(method, 0) + 1
@@ -84,27 +109,59 @@ class FakeNode:
         await self._enter("create")
         if ws.id in self.workspaces:
             raise Conflict(f"node {self.name} already has workspace {ws.id}")
-        made = FakeWorkspace(ws, "running" if ws.start else "stopped")
+        made = FakeWorkspace(ws, "stopped")
         made.generations.append(EnvGeneration(1, ws.env, time.time()))
         self.workspaces[ws.id] = made
+        if ws.start:
+            await self._run_server(made)
         return self._state(made)
 
     async def start(self, id: str) -> RuntimeState:
         await self._enter("start")
         ws = self._get(id)
-        ws.state = "running"
+        if ws.state != "running":
+            await self._run_server(ws)
         return self._state(ws)
 
     async def stop(self, id: str) -> RuntimeState:
         await self._enter("stop")
         ws = self._get(id)
-        ws.state = "stopped"
+        await self._halt(ws)
         return self._state(ws)
 
     async def delete(self, id: str) -> None:
         await self._enter("delete")
-        self._get(id)
+        await self._halt(self._get(id))
         del self.workspaces[id]
+
+    def _workdir(self, ws: FakeWorkspace) -> Path:
+        if self.root is None:
+            self.root = Path(tempfile.mkdtemp(prefix="loft-fakenode-"))
+            self._own_root = True
+        path = self.root / ws.spec.id
+        path.mkdir(mode=0o700, exist_ok=True)
+        return path
+
+    async def _run_server(self, ws: FakeWorkspace) -> None:
+        """Running: start the spec's ``[run] command``, as a node does on every start."""
+        ws.state = "running"
+        env = self._current_env(ws)
+        run = parse_run(env.spec) if env.spec is not None else None
+        if run is not None:
+            ws.server = await Server.start(run.command, self._workdir(ws), ws.log)
+
+    async def _halt(self, ws: FakeWorkspace) -> None:
+        """Stopped: nothing of the workspace runs any more."""
+        ws.state = "stopped"
+        server, ws.server = ws.server, None
+        terminals, ws.terminals = ws.terminals, []
+        for term in terminals:
+            await term.close()
+        if server is not None:
+            await server.stop()
+
+    def _current_env(self, ws: FakeWorkspace) -> EnvSpec:
+        return next((g.env for g in ws.generations if g.number == ws.current), ws.spec.env)
 
     async def set_limits(self, id: str, limits: Limits) -> None:
         await self._enter("set_limits")
@@ -150,10 +207,12 @@ class FakeNode:
         if snapshot is not None and snapshot not in src.snapshots:
             raise NotFound(f"workspace {src.spec.name} has no snapshot {snapshot}")
         files = src.files if snapshot is None else src.snapshots[snapshot][1]
-        made = FakeWorkspace(target, "running" if target.start else "stopped", dict(files))
+        made = FakeWorkspace(target, "stopped", dict(files))
         made.generations = list(src.generations)
         made.current = src.current
         self.workspaces[target.id] = made
+        if target.start:
+            await self._run_server(made)
         return self._state(made)
 
     async def exec(self, id: str, req: ExecRequest) -> AsyncIterator[Output | Exited]:
@@ -241,3 +300,54 @@ class FakeNode:
             raise NotFound(f"workspace {ws.spec.name} has no environment generation {target}")
         ws.current = target
         return self._env(ws)
+
+    # --- streams -------------------------------------------------------------------------
+
+    def _running(self, id: str) -> FakeWorkspace:
+        ws = self._get(id)
+        if ws.state != "running":
+            raise Conflict(f"workspace {ws.spec.name} is not running", hint="start it first")
+        return ws
+
+    async def connect(
+        self, id: str, port: int
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        await self._enter("connect")
+        ws = self._running(id)
+        try:
+            return await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
+        except ConnectionRefusedError:
+            raise NotListening(
+                f"nothing listens on port {port} in workspace {ws.spec.name}",
+                hint="start the server, or give the spec a [run] command",
+            ) from None
+
+    async def terminal(self, id: str, rows: int, cols: int) -> Terminal:
+        await self._enter("terminal")
+        ws = self._running(id)
+        shell = PtyShell.spawn(self._workdir(ws), rows, cols)
+        ws.terminals.append(shell)
+        return shell
+
+    def touch(self, id: str) -> None:
+        """A session the node served itself (a forward) moved bytes now."""
+        self.node_activity[id] = time.time()
+
+    async def activity(self, ids: Sequence[str]) -> Mapping[str, float]:
+        await self._enter("activity")
+        return {i: self.node_activity[i] for i in ids if i in self.node_activity}
+
+    async def logs(self, id: str, tail: int, follow: bool) -> AsyncIterator[bytes]:
+        await self._enter("logs")
+        return self._get(id).log.read(tail, follow)
+
+    async def commit_lags(self) -> Mapping[str, float]:
+        await self._enter("commit_lags")
+        return dict(self.commit_lag)
+
+    async def close(self) -> None:
+        """End every process of every workspace, and remove their directories."""
+        for ws in self.workspaces.values():
+            await self._halt(ws)
+        if self._own_root and self.root is not None:
+            shutil.rmtree(self.root, ignore_errors=True)

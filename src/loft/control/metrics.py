@@ -15,10 +15,12 @@ from contextlib import contextmanager
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-__all__ = ["OPERATIONS", "Metrics"]
+__all__ = ["OPERATIONS", "PREVIEW_OUTCOMES", "Metrics"]
 
 #: Workspace operations timed by ``loft_workspace_operation_seconds``.
 OPERATIONS = ("create", "start", "stop", "delete", "snapshot", "restore", "fork", "exec")
+#: How the preview proxy answered (``loft_preview_requests``'s ``outcome``).
+PREVIEW_OUTCOMES = ("forwarded", "woke", "denied", "limited", "timeout", "failed", "bad")
 #: Latency buckets (seconds) from a millisecond to two minutes.
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -58,16 +60,35 @@ class Metrics:
         self.workspaces = Gauge(
             "loft_workspaces", "Workspaces by state, as of the last scrape", ["state"], registry=r
         )
-        # --- hooks for the node and disk side
+        # --- sleep and wake (the reaper, the preview proxy, terminals)
         self.wake_seconds = Histogram(
             "loft_workspace_wake_to_first_byte_seconds",
             "From a request to a sleeping workspace to the first byte of its answer",
             buckets=_BUCKETS,
             registry=r,
         )
+        self.wakes = Counter("loft_workspace_wakes", "Workspaces woken by a request", registry=r)
+        self.wake_refusals = Counter(
+            "loft_workspace_wake_refusals", "Wakes refused by a rate limit", registry=r
+        )
         self.idle_stops = Counter(
             "loft_workspace_idle_stops", "Workspaces stopped for being idle", registry=r
         )
+        self.active_workspaces = Gauge(
+            "loft_workspaces_active",
+            "Running workspaces used in the last minute, as of the reaper's last sweep",
+            registry=r,
+        )
+        self.preview_requests = Counter(
+            "loft_preview_requests",
+            "Requests to the preview origin, by how they were answered",
+            ["outcome"],
+            registry=r,
+        )
+        self.terminals = Gauge(
+            "loft_terminal_sessions", "Terminal sessions, attached or in their grace", registry=r
+        )
+        # --- hooks for the node and disk side
         self.nbd_request_seconds = Histogram(
             "loft_nbd_request_seconds", "NBD request latency", ["op"], buckets=_BUCKETS, registry=r
         )

@@ -17,7 +17,14 @@ Rules every implementation keeps:
   node refuses (a file too large, a path it will not touch), :class:`NodeUnavailable`
   when it cannot be reached;
 - ``create`` and ``fork`` are given everything the node needs; it never reads the
-  control plane's tables.
+  control plane's tables;
+- ``start`` (and so every wake) also starts the workspace's ``[run] command``
+  (:mod:`loft.envstore.runspec`) when its spec has one, and keeps its output for
+  ``logs``; ``stop`` ends it and every terminal and connection into the workspace.
+
+Streams (``connect``, ``terminal``, ``logs``, like ``exec``) are opened by a call under
+the node deadline and then live as long as their user keeps them; closing them is the
+caller's job.
 
 Implementations: :class:`loft.control.fakenode.FakeNode` (in memory, for tests and
 benchmarks); the real one is an adapter over the node agent's API (its Unix socket, or
@@ -26,13 +33,14 @@ TLS with a client certificate between machines).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import asyncio
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from loft.api import EnvSpec, EnvState, ExecRequest, Limits, Snapshot
 
-__all__ = ["Exited", "NodeClient", "NodeWorkspace", "Output", "RuntimeState"]
+__all__ = ["Exited", "NodeClient", "NodeWorkspace", "Output", "RuntimeState", "Terminal"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +80,32 @@ class Exited:
     """The command ended with this exit code (the last item of an exec's stream)."""
 
     code: int
+
+
+class Terminal(Protocol):
+    """A shell on a terminal (PTY) in a workspace. The node keeps it running while its
+    client reads; :meth:`close` hangs it up (SIGHUP, then SIGKILL)."""
+
+    async def read(self) -> bytes:
+        """What the terminal wrote next (waiting for it); ``b""`` once the shell ended
+        and everything it wrote has been read."""
+        ...
+
+    async def write(self, data: bytes) -> None:
+        """Type ``data`` (waits while the terminal's input is full)."""
+        ...
+
+    async def resize(self, rows: int, cols: int) -> None:
+        """Set the window size (the shell gets SIGWINCH)."""
+        ...
+
+    async def wait(self) -> int:
+        """The shell's exit status (its ``$?``, or 128 + the signal that ended it)."""
+        ...
+
+    async def close(self) -> None:
+        """Hang up, and wait for the shell to end."""
+        ...
 
 
 class NodeClient(Protocol):
@@ -154,4 +188,33 @@ class NodeClient(Protocol):
 
     async def env_rollback(self, id: str, generation: int | None) -> EnvState:
         """Make an earlier generation current (None: the one before the current)."""
+        ...
+
+    async def connect(
+        self, id: str, port: int
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A TCP connection to ``port`` on the workspace's own loopback (what the preview
+        proxy forwards to): :class:`Conflict` when it is not running,
+        :class:`~loft.control.errors.NotListening` when nothing accepts on that port."""
+        ...
+
+    async def terminal(self, id: str, rows: int, cols: int) -> Terminal:
+        """A login shell on a new terminal of this size in a running workspace."""
+        ...
+
+    async def activity(self, ids: Sequence[str]) -> Mapping[str, float]:
+        """When (epoch seconds) each workspace last moved bytes through a session the
+        node served without the control plane (a forward, a shell or exec opened on the
+        node); ids with none are left out. The idle reaper adds what it saw itself."""
+        ...
+
+    async def logs(self, id: str, tail: int, follow: bool) -> AsyncIterator[bytes]:
+        """The output of the workspace's ``[run] command``: the last ``tail`` bytes kept
+        (across starts; the node keeps a bounded amount), then, with ``follow``, what it
+        writes as it comes, until the caller stops iterating."""
+        ...
+
+    async def commit_lags(self) -> Mapping[str, float]:
+        """Per volume, the age in seconds of its oldest flushed write not yet committed
+        to the chunk store (0 when all are)."""
         ...

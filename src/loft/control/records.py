@@ -4,8 +4,8 @@ A record says whose a workspace is and what was asked for; the node keeps its ru
 state. The columns this module relies on (the seam to the node agent's ``workspaces``
 table, if the two become one): ``id`` (the key every node call uses), ``owner_id``
 (``users.id``), ``name`` (unique per owner), ``spec`` (JSON of :class:`loft.api.EnvSpec`),
-``runtime``, ``size``, ``memory``, ``cpus``, ``idle_timeout``, ``metadata`` (JSON object)
-and ``created_at``.
+``runtime``, ``size``, ``memory``, ``cpus``, ``idle_timeout``, ``metadata`` (JSON object),
+``created_at`` and ``preview_public``.
 
 Every lookup a tenant can cause goes through (owner, name) or checks the owner, so
 another user's workspace is never found (:class:`NotFound`, the same as none).
@@ -47,6 +47,7 @@ class Record:
     idle_timeout: float
     metadata: dict[str, str]
     created_at: float
+    preview_public: bool = False
 
 
 class WorkspaceRecords:
@@ -96,6 +97,7 @@ class WorkspaceRecords:
                     idle_timeout=made.idle_timeout,
                     metadata=json.dumps(made.metadata),
                     created_at=made.created_at,
+                    preview_public=made.preview_public,
                 )
             )
         return made
@@ -113,11 +115,17 @@ class WorkspaceRecords:
     def find(self, id: str, caller: Principal) -> Record | None:
         """The workspace with this id if ``caller`` may touch it (owner or admin), else
         None: what a route keyed by id (the preview proxy's host names) asks."""
+        rec = self.by_id(id)
+        if rec is None or not (caller.admin or rec.owner_id == caller.id):
+            return None
+        return rec
+
+    def by_id(self, id: str) -> Record | None:
+        """The workspace with this id, whoever owns it (the preview proxy and the idle
+        reaper, which decide who may see it themselves)."""
         with self.catalog.read() as conn:
             row = conn.execute(_select().where(_W.c.id == id)).first()
-        if row is None or not (caller.admin or row.owner_id == caller.id):
-            return None
-        return _record(row)
+        return None if row is None else _record(row)
 
     def list(self, owner_id: int | None) -> list[Record]:
         """``owner_id``'s workspaces (None: everyone's), by owner then name."""
@@ -134,13 +142,16 @@ class WorkspaceRecords:
         limits: Limits | None = None,
         idle_timeout: float | None = None,
         metadata: dict[str, str] | None = None,
+        preview_public: bool | None = None,
     ) -> Record:
-        """Change a record's limits (within its owner's quotas), idle timeout or metadata."""
+        """Change a record's limits (within its owner's quotas), idle timeout, metadata
+        or preview setting."""
         changed = replace(
             record,
             limits=record.limits if limits is None else limits,
             idle_timeout=record.idle_timeout if idle_timeout is None else idle_timeout,
             metadata=record.metadata if metadata is None else metadata,
+            preview_public=record.preview_public if preview_public is None else preview_public,
         )
         with self.catalog.write() as conn:
             conn.execute(
@@ -162,6 +173,7 @@ class WorkspaceRecords:
                     cpus=changed.limits.cpus,
                     idle_timeout=changed.idle_timeout,
                     metadata=json.dumps(changed.metadata),
+                    preview_public=changed.preview_public,
                 )
             ).rowcount
         if not done:
@@ -192,4 +204,5 @@ def _record(row: Row[Any]) -> Record:
         idle_timeout=row.idle_timeout,
         metadata=json.loads(row.metadata),
         created_at=row.created_at,
+        preview_public=bool(row.preview_public),
     )

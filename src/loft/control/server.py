@@ -15,7 +15,10 @@ Rules:
   token is printed once and written 0600 to ``control/admin.token`` under the data dir.
 
 Two uvicorn servers share one event loop and the one app state: the TCP one (with TLS
-when given) and the local one (plain, its app marked local). Signals stop both.
+when given) and the local one (plain, its app marked local). Beside them, on the same
+loop and state: the preview proxy on its own listener (the same TLS rule: plain only on
+loopback), ``/metrics`` without a token on a separate loopback address when asked, and
+the idle reaper. Signals stop them all.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import ipaddress
 import os
 import signal
 import socket
+import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +38,12 @@ import uvicorn
 
 from loft.control.app import create_app, local_admin
 from loft.control.errors import ApiError
+from loft.control.preview.host import DEFAULT_DOMAIN
+from loft.control.preview.proxy import PreviewProxy
+from loft.control.reaper import DEFAULT_SWEEP, Reaper
+from loft.control.routes.metrics import metrics_app
 from loft.control.state import ControlState
+from loft.control.wake import DEFAULT_WAKE_WAIT, Waker
 
 __all__ = [
     "DEFAULT_LISTEN",
@@ -113,12 +122,23 @@ class ControlServer:
         listen: tuple[str, int] | None = None,
         unix: Path | None = None,
         tls: TLS | None = None,
+        preview_listen: tuple[str, int] | None = None,
+        preview_domain: str = DEFAULT_DOMAIN,
+        metrics_listen: tuple[str, int] | None = None,
+        reap_every: float | None = DEFAULT_SWEEP,
+        wake_wait: float = DEFAULT_WAKE_WAIT,
     ) -> None:
-        if listen is not None and tls is None and not is_loopback(listen[0]):
+        for what, where in (("API", listen), ("preview proxy", preview_listen)):
+            if where is not None and tls is None and not is_loopback(where[0]):
+                raise ServeError(
+                    f"refusing to serve the {what} in plain HTTP on {where[0]}: tokens and"
+                    " cookies would cross the network in clear",
+                    hint="give --tls-cert and --tls-key, or listen on 127.0.0.1",
+                )
+        if metrics_listen is not None and not is_loopback(metrics_listen[0]):
             raise ServeError(
-                f"refusing to serve plain HTTP on {listen[0]}: tokens would cross the network"
-                " in clear",
-                hint="give --tls-cert and --tls-key, or listen on 127.0.0.1",
+                f"refusing to serve /metrics without a token on {metrics_listen[0]}",
+                hint="listen on 127.0.0.1, or scrape the API's /metrics with an admin token",
             )
         if listen is None and unix is None:
             raise ServeError("nothing to listen on", hint="give --listen or --unix")
@@ -127,8 +147,21 @@ class ControlServer:
         self._plan: list[tuple[_Server, socket.socket]] = []
         self.port = 0
         self.unix = unix
+        self.proxy: PreviewProxy | None = None
+        if preview_listen is not None:
+            context = None
+            if tls is not None:
+                context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+                context.load_cert_chain(tls.cert, tls.key)
+            waker = Waker(state, wait=wake_wait)
+            self.proxy = PreviewProxy(
+                state, preview_listen, domain=preview_domain, tls=context, waker=waker
+            )
+        self.reaper = Reaper(state, state.terminals.warn, every=reap_every) if reap_every else None
+        self.metrics_port = 0
         common = {"access_log": False, "lifespan": "off", "ws": "wsproto", "log_config": None}
         common |= {"proxy_headers": False, "server_header": False, "timeout_graceful_shutdown": 5}
+        common |= {"ws_max_size": 1 << 20}
         if listen is not None:
             sock = socket.create_server(listen, family=_family(listen[0]))
             self.port = sock.getsockname()[1]
@@ -138,6 +171,11 @@ class ControlServer:
         if unix is not None:
             config = uvicorn.Config(local_admin(self.app), **common)  # type: ignore[arg-type]
             self._plan.append((_Server(config), _unix_socket(unix)))
+        if metrics_listen is not None:
+            sock = socket.create_server(metrics_listen, family=_family(metrics_listen[0]))
+            self.metrics_port = sock.getsockname()[1]
+            config = uvicorn.Config(metrics_app(state), **common)  # type: ignore[arg-type]
+            self._plan.append((_Server(config), sock))
 
     async def serve(self, stop: asyncio.Event | None = None) -> None:
         """Serve until ``stop`` is set (or, in the main thread, SIGINT/SIGTERM)."""
@@ -147,10 +185,17 @@ class ControlServer:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop.set)
         tasks = [asyncio.create_task(srv.serve(sockets=[sock])) for srv, sock in self._plan]
+        if self.proxy is not None:
+            tasks.append(asyncio.create_task(self.proxy.serve(stop)))
+        reaper = asyncio.create_task(self.reaper.run()) if self.reaper is not None else None
         waiter = asyncio.create_task(stop.wait())
         await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        stop.set()
+        if reaper is not None:
+            reaper.cancel()
         for srv, _ in self._plan:
             srv.should_exit = True
+        await self.state.terminals.close_all()
         await asyncio.gather(*tasks, return_exceptions=True)
         waiter.cancel()
         for _, sock in self._plan:
@@ -161,7 +206,8 @@ class ControlServer:
     @property
     def started(self) -> bool:
         """True once every listener accepts connections."""
-        return all(srv.started for srv, _ in self._plan)
+        proxy = self.proxy is None or self.proxy.serving
+        return proxy and all(srv.started for srv, _ in self._plan)
 
 
 def _family(host: str) -> socket.AddressFamily:

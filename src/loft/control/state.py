@@ -1,5 +1,5 @@
 """What every request of one control plane shares: the catalog's users and records, the
-node, the metrics, and the deadlines."""
+node, the metrics, the deadlines, who uses which workspace, and the terminal sessions."""
 
 from __future__ import annotations
 
@@ -7,9 +7,12 @@ from dataclasses import dataclass, field
 
 from loft.catalog import Catalog
 from loft.control.accounts import Accounts
+from loft.control.activity import Activity
 from loft.control.metrics import Metrics
 from loft.control.nodeclient import NodeClient
+from loft.control.preview.site import PreviewSite
 from loft.control.records import WorkspaceRecords
+from loft.control.terminals import DEFAULT_GRACE, TerminalSessions
 
 __all__ = ["DEFAULT_NODE_TIMEOUT", "ControlState"]
 
@@ -26,9 +29,16 @@ class ControlState:
     node: NodeClient
     node_timeout: float = DEFAULT_NODE_TIMEOUT
     metrics: Metrics = field(default_factory=Metrics)
+    activity: Activity = field(default_factory=Activity)
+    #: the preview origin, when a proxy serves one
+    preview: PreviewSite | None = None
+    #: seconds a terminal waits for its client to come back
+    terminal_grace: float = DEFAULT_GRACE
     accounts: Accounts = field(init=False)
     records: WorkspaceRecords = field(init=False)
+    terminals: TerminalSessions = field(init=False)
 
     def __post_init__(self) -> None:
         self.accounts = Accounts(self.catalog)
         self.records = WorkspaceRecords(self.catalog)
+        self.terminals = TerminalSessions(self.activity, self.metrics, self.terminal_grace)

@@ -56,11 +56,17 @@ async def exec_command(
     last line is its exit code (or the error that cut it off)."""
     rec = await owned(state, caller, name, owner)
     start = time.perf_counter()
+    state.activity.touch(rec.id)
     with state.metrics.operation("exec"):
         events = await on_node(state, state.node.exec(rec.id, body))
     deadline = start + body.timeout + EXEC_GRACE
 
     async def stream() -> AsyncIterator[bytes]:
+        with state.activity.busy(rec.id):  # a command running is use, however quiet
+            async for line in _lines():
+                yield line
+
+    async def _lines() -> AsyncIterator[bytes]:
         try:
             while True:
                 left = deadline - time.perf_counter()

@@ -20,11 +20,12 @@ from loft.api import (
     WorkspaceDeleted,
 )
 from loft.control.deps import Caller, OwnerQuery, State, in_thread, on_node, owned, resolve_owner
-from loft.control.errors import ApiError, BadRequest, NodeUnavailable
+from loft.control.errors import ApiError, BadRequest, Invalid, NodeUnavailable
 from loft.control.nodeclient import NodeWorkspace, RuntimeState
 from loft.control.records import Record
 from loft.control.routes import ERRORS, errors
 from loft.control.state import ControlState
+from loft.envstore.runspec import RunSpecError, parse_run
 
 __all__ = ["NamePath", "check_env", "router", "to_workspace"]
 
@@ -47,13 +48,20 @@ def to_workspace(rec: Record, rs: RuntimeState | None) -> Workspace:
         env=rec.env,
         created_at=rec.created_at,
         node=rs.node if rs else "",
+        preview_public=rec.preview_public,
     )
 
 
 def check_env(env: EnvSpec) -> None:
-    """Refuse an environment that names packages and a whole spec at once."""
+    """Refuse an environment that names packages and a whole spec at once, or whose
+    spec's ``[run]`` table is malformed (the node would only find out at the next start)."""
     if env.packages and env.spec is not None:
         raise BadRequest("give packages or a spec, not both")
+    if env.spec is not None:
+        try:
+            parse_run(env.spec)
+        except RunSpecError as e:
+            raise Invalid(f"env.spec: {e.message}", hint=e.hint) from None
 
 
 def _node_spec(rec: Record, start: bool) -> NodeWorkspace:
@@ -97,6 +105,7 @@ async def create_workspace(body: CreateWorkspace, caller: Caller, state: State) 
         idle_timeout=body.idle_timeout,
         metadata=body.metadata,
         created_at=0.0,
+        preview_public=body.preview_public,
     )
     rec = await in_thread(state.records.create, caller, draft)
     return await _make(state, rec, "create", state.node.create(_node_spec(rec, body.start)))
@@ -142,13 +151,18 @@ async def get_workspace(
 async def update_workspace(
     name: NamePath, body: UpdateWorkspace, caller: Caller, state: State, owner: OwnerQuery = None
 ) -> Workspace:
-    """Change limits (within quotas, applied by the node), idle timeout or metadata."""
+    """Change limits (within quotas, applied by the node), idle timeout, metadata or
+    whether previews are public."""
     rec = await owned(state, caller, name, owner)
     if body.limits is not None and body.limits != rec.limits:
         await on_node(state, state.node.set_limits(rec.id, body.limits))
     changed = await in_thread(
         lambda: state.records.update(
-            rec, limits=body.limits, idle_timeout=body.idle_timeout, metadata=body.metadata
+            rec,
+            limits=body.limits,
+            idle_timeout=body.idle_timeout,
+            metadata=body.metadata,
+            preview_public=body.preview_public,
         )
     )
     states = await on_node(state, state.node.states([rec.id]))
