@@ -162,3 +162,29 @@ def test_wake_malformed_run_table_is_refused(control: Harness) -> None:
             alice.create_workspace(CreateWorkspace("w", env=EnvSpec(spec=spec), size=1 << 30))
         assert e.value.hint
     assert alice.workspaces() == []
+
+
+def test_wake_cli_logs_through_the_api(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    with preview_control(tmp_path, reap_every=None) as h:
+        made = h.admin().create_user("alice")
+        alice = h.client(made.token)
+        alice.create_workspace(
+            CreateWorkspace("job", env=_spec("echo from-the-run-command"), size=1 << 30)
+        )
+        deadline = time.monotonic() + 10
+        while b"exited" not in b"".join(alice.logs("job")):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        env = {**os.environ, "LOFT_URL": h.url, "LOFT_TOKEN": made.token}
+        out = subprocess.run(
+            [str(Path(sys.executable).with_name("loft")), "logs", "job"],
+            env=env,
+            capture_output=True,
+            timeout=60,
+            check=True,
+        ).stdout
+        assert b"from-the-run-command\n" in out and b"exited with status 0" in out

@@ -92,4 +92,5 @@ LAZY: dict[str, Callable[[], click.Command]] = {
     "user": _command("users", "user"),
     "token": _command("tokens", "token"),
     "cp": _command("cp", "cp"),
+    "logs": _command("logs", "logs"),
 }
