@@ -30,6 +30,7 @@ from loft.api.users import (
 from loft.api.workspaces import (
     DEFAULT_SIZE,
     STATES,
+    WORKSPACE_NAME_MAX,
     WORKSPACE_NAME_PATTERN,
     CreateWorkspace,
     EnvSpec,
@@ -54,6 +55,7 @@ __all__ = [
     "SNAPSHOT_NAME_PATTERN",
     "STATES",
     "USER_NAME_PATTERN",
+    "WORKSPACE_NAME_MAX",
     "WORKSPACE_NAME_PATTERN",
     "CreateSnapshot",
     "CreateToken",

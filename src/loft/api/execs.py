@@ -38,6 +38,9 @@ class ExecRequest:
     stdin: Str = ""
     #: seconds the command may run before it is killed
     timeout: Annotated[float, Rule(gt=0, le=MAX_EXEC_TIMEOUT)] = 60.0
+    #: the uid inside the workspace it runs as (1000: runner; 0: the workspace's root,
+    #: an unprivileged id on the host)
+    user: Annotated[int, Rule(ge=0, le=65535)] = 1000
 
 
 @dataclass(frozen=True, slots=True)

@@ -132,7 +132,7 @@ class FakeNode:
         if ws.snapshots.pop(name, None) is None:
             raise NotFound(f"workspace {ws.spec.name} has no snapshot {name}")
 
-    async def restore(self, id: str, snapshot: str) -> str:
+    async def restore(self, id: str, snapshot: str) -> tuple[str, bool]:
         await self._enter("restore")
         ws = self._get(id)
         if snapshot not in ws.snapshots:
@@ -140,7 +140,7 @@ class FakeNode:
         undo = f"before-restore-{len(ws.snapshots) + 1}"
         self._snapshot(ws, undo, auto=True)
         ws.files = dict(ws.snapshots[snapshot][1])
-        return undo
+        return undo, ws.state == "running"
 
     async def fork(self, source: str, snapshot: str | None, target: NodeWorkspace) -> RuntimeState:
         await self._enter("fork")

@@ -11,7 +11,7 @@ Rules:
   owns the node anyway, and this way every workspace still has an owner and passes
   quotas. (Peer credentials, ``SO_PEERCRED``, would let other local accounts in as their
   own users; nothing needs that yet.)
-- **The first admin.** At start, when no admin exists, one is made (``admin``) and its
+- **The first admin.** At start, when no admin exists, one is made (``root``) and its
   token is printed once and written 0600 to ``control/admin.token`` under the data dir.
 
 Two uvicorn servers share one event loop and the one app state: the TCP one (with TLS

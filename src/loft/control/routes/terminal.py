@@ -41,7 +41,7 @@ def _authorize(ws: WebSocket, state: ControlState, name: str, owner: str | None)
         raise Unauthorized("no bearer token, or not a live one")
     if not re.match(WORKSPACE_NAME_PATTERN, name):
         raise NotFound(f"no workspace {name}")
-    state.records.get(resolve_owner(state, caller, owner).id, name)
+    state.records.get(resolve_owner(state, caller, owner).name, name)
 
 
 @router.websocket("/v1/workspaces/{name}/terminal")
