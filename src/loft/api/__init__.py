@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from loft.api.env import EnvGeneration, EnvRollback, EnvState
 from loft.api.errors import ErrorAnswer
-from loft.api.execs import MAX_EXEC_TIMEOUT, ExecEvent, ExecRequest
+from loft.api.execs import MAX_EXEC_STDIN, MAX_EXEC_TIMEOUT, ExecEvent, ExecRequest
 from loft.api.files import FILE_PATH_PATTERN, MAX_FILE_BYTES, FileDeleted, FileWritten
 from loft.api.health import Health
 from loft.api.snapshots import SNAPSHOT_NAME_PATTERN, CreateSnapshot, Snapshot, SnapshotDeleted
@@ -50,6 +50,7 @@ __all__ = [
     "API_VERSION",
     "DEFAULT_SIZE",
     "FILE_PATH_PATTERN",
+    "MAX_EXEC_STDIN",
     "MAX_EXEC_TIMEOUT",
     "MAX_FILE_BYTES",
     "SNAPSHOT_NAME_PATTERN",

@@ -10,6 +10,7 @@ from loft.api._rules import FORBID_EXTRA, Bool, Float, Int, Rule, Str
 
 __all__ = [
     "DEFAULT_SIZE",
+    "MAX_SPEC",
     "PACKAGE_PATTERN",
     "STATES",
     "WORKSPACE_NAME_MAX",
@@ -50,6 +51,9 @@ STATES = (
     "error",
     "unknown",
 )
+#: The largest spec text: a loft.lock of a large environment (~130 artefacts is 110 KiB)
+#: with room to spare, within a JSON request's 1 MiB.
+MAX_SPEC = 768 << 10
 #: A new workspace's disk, unless told (the volume is thin: this is only its ceiling).
 DEFAULT_SIZE = 16 << 30
 
@@ -87,7 +91,7 @@ class EnvSpec:
     packages: Annotated[
         list[Annotated[str, Rule(pattern=PACKAGE_PATTERN)]], Rule(max_length=512)
     ] = field(default_factory=list)
-    spec: Annotated[str, Rule(max_length=64 * 1024)] | None = None
+    spec: Annotated[str, Rule(max_length=MAX_SPEC)] | None = None
 
 
 @dataclass(frozen=True, slots=True)

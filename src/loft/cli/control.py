@@ -51,7 +51,13 @@ def serve(
     from loft.control.agentnode import AgentNode
     from loft.control.fakenode import FakeNode
     from loft.control.nodeclient import NodeClient
-    from loft.control.server import TLS, ControlServer, parse_listen, write_admin_token
+    from loft.control.server import (
+        TLS,
+        ControlServer,
+        parse_listen,
+        write_admin_token,
+        write_api_url,
+    )
     from loft.control.state import ControlState
     from loft.datadir import private_data_dir
 
@@ -73,9 +79,17 @@ def serve(
     if token is not None:
         path = write_admin_token(settings.data_dir, token)
         click.echo(f"first admin token (shown once, kept in {path}):\n{token}", err=True)
-    where = f"{'https' if tls else 'http'}://{listen}" if listen != "none" else "-"
+    where = "-"
+    if listen != "none":
+        host = parse_listen(listen)[0]
+        where = f"{'https' if tls else 'http'}://{_host(host)}:{server.port}"
+        write_api_url(settings.data_dir, where)
     click.echo(f"loft API on {where} and unix://{server.unix}", err=True)
     try:
         asyncio.run(server.serve())
     finally:
         catalog.close()
+
+
+def _host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

@@ -35,8 +35,6 @@ from loft.node.frames import Channel, Frame
 __all__ = ["exec_", "forward", "shell"]
 
 _USERS = {"root": 0, "runner": 1000}
-#: The most standard input ``loft exec`` passes on (it travels in the request).
-_MAX_STDIN = 8 << 20
 #: What ``loft shell`` runs: a login bash where the environment has one, else sh.
 _SHELL = ("/bin/sh", "-c", "if command -v bash >/dev/null; then exec bash -l; fi; exec sh -l")
 
@@ -171,7 +169,7 @@ def exec_(
     Example: loft exec dev -- python3 -c 'print(1)'"""
     import base64
 
-    from loft.api import MAX_EXEC_TIMEOUT, ExecRequest
+    from loft.api import MAX_EXEC_STDIN, MAX_EXEC_TIMEOUT, ExecRequest
 
     env = {}
     for item in setenv:
@@ -179,10 +177,10 @@ def exec_(
         if not sep or not key:
             raise LoftError(f"--env {item!r} is not K=V")
         env[key] = value
-    stdin = "" if sys.stdin.isatty() else sys.stdin.buffer.read(_MAX_STDIN + 1)
-    if len(stdin) > _MAX_STDIN:
+    stdin = "" if sys.stdin.isatty() else sys.stdin.buffer.read(MAX_EXEC_STDIN + 1)
+    if len(stdin) > MAX_EXEC_STDIN:
         raise LoftError(
-            f"standard input over {_MAX_STDIN >> 20} MiB", hint="copy large files with loft cp"
+            f"standard input over {MAX_EXEC_STDIN >> 20} MiB", hint="copy large files with loft cp"
         )
     text = stdin.decode("utf-8", "surrogateescape") if isinstance(stdin, bytes) else stdin
     req = ExecRequest(list(command), env, cwd, text, MAX_EXEC_TIMEOUT, _user(user))

@@ -44,6 +44,7 @@ __all__ = [
     "is_loopback",
     "parse_listen",
     "write_admin_token",
+    "write_api_url",
 ]
 
 #: Where the API listens unless told.
@@ -90,6 +91,18 @@ def write_admin_token(data_dir: Path, token: str) -> Path:
     with os.fdopen(fd, "w") as f:
         f.write(token + "\n")
     os.chmod(path, 0o600)
+    return path
+
+
+def write_api_url(data_dir: Path, url: str) -> Path:
+    """Say where the API listens (its port may have been chosen at bind time), in
+    ``run/api.url``: what ``loft up`` prints."""
+    path = data_dir / "run" / "api.url"
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(url + "\n")
+    os.replace(tmp, path)
     return path
 
 
