@@ -65,7 +65,7 @@ def import_times(env: dict[str, str]) -> list[dict[str, Any]]:
         text=True,
         check=True,
     ).stderr
-    rows = []
+    rows: list[dict[str, Any]] = []
     for line in out.splitlines():
         parts = line.split("|")
         if len(parts) != 3 or not parts[1].strip().isdigit():

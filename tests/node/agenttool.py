@@ -205,7 +205,7 @@ class AgentNode:
                     p.kill()
                     p.wait(10)
         with contextlib.suppress(OSError, ValueError, KeyError):  # a killed loft up's children
-            for child in ("agent", "disk"):
+            for child in ("control", "agent", "disk"):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(self.pid_of(child), signal.SIGKILL)
         if shutil.which("runc") and shutil.which("catatonit"):

@@ -191,9 +191,12 @@ def ls(as_json: bool) -> None:
     if as_json:
         output.echo_json([_plain(w) for w in wss])
         return
+    # An admin's listing may hold several users' workspaces, whose names may repeat.
+    owners = len({w.owner for w in wss}) > 1
     output.table(
         (
             [
+                *([w.owner] if owners else []),
                 w.name,
                 w.state,
                 w.id,
@@ -206,7 +209,10 @@ def ls(as_json: bool) -> None:
             ]
             for w in wss
         ),
-        ["NAME", "PHASE", "ID", "ENV", "CPUS", "MEMORY", "DISK", "NET", "CREATED"],
+        [
+            *(["OWNER"] if owners else []),
+            *("NAME", "PHASE", "ID", "ENV", "CPUS", "MEMORY", "DISK", "NET", "CREATED"),
+        ],
     )
 
 

@@ -10,7 +10,8 @@ writes only runtime state.
 
 Mapped onto the node API:
 
-- files are commands in the workspace as its root (an unprivileged id on the host):
+- files are commands in the workspace as runner (uid 1000, whose workspace it is, so
+  what the API writes is theirs and what they cannot touch the API cannot either):
   ``head -c`` bounded by the read limit, ``cat >`` fed by the request body, ``rm``; a
   stopped workspace answers 409 like exec;
 - limits live in the record, which the node reads at every start: a change applies at
@@ -58,6 +59,8 @@ MAX_ANSWER = 8 << 20
 #: Largest response head.
 _MAX_HEAD = 64 << 10
 _CHUNK = 256 << 10
+#: Whom the files API acts as inside a workspace: runner.
+RUNNER = 1000
 
 
 class BadGateway(ApiError):
@@ -243,10 +246,10 @@ class AgentNode:
         return _events(reader, writer, decoder, req.timeout)
 
     async def _run(self, id: str, argv: list[str], stdin: bytes = b"") -> tuple[int, bytes, bytes]:
-        """A command as the workspace's root: (status, stdout, stderr)."""
+        """A command as runner: (status, stdout, stderr)."""
         out, err = bytearray(), bytearray()
         code = -1
-        events = await self._exec(id, ExecRequest(argv, timeout=120.0), 0, stdin)
+        events = await self._exec(id, ExecRequest(argv, timeout=120.0), RUNNER, stdin)
         async for event in events:
             if isinstance(event, Exited):
                 code = event.code

@@ -3,8 +3,9 @@
 Two kinds of rows, in separate tables from the start (``loft.catalog.schema``):
 
 - the **record** (``workspaces``): what a workspace *is* — owner and name, environment
-  spec, limits, size, network, host id range, runtime kind, volume. Once the control
-  plane exists it writes these, and a node only reads them;
+  spec, limits, size, network, host id range, runtime kind, volume. The control plane
+  writes these (:meth:`Records.create`, :meth:`Records.delete_record`; its own columns,
+  ``idle_timeout`` and ``metadata``, through ``extra``), and a node only reads them;
 - the **runtime state** (``workspace_runtime``): what the node running it *sees* — which
   node, its phase, whether it should run (``desired``), its attachment. Only that node
   writes it.
@@ -15,8 +16,8 @@ random id (:func:`new_workspace_id`) that names everything on the node — its v
 (``ws-<id>``), its environment profile (the same), its container and directories — so a
 rename never touches them. Its 65,536 host ids are allocated here, in the transaction
 that inserts the record (:func:`loft.runtime.ids.allocate_range` over every range the
-catalog holds; the range base is unique, so two nodes racing for one range cannot both
-insert it: the loser retries).
+catalog holds; the range base is unique, so two writers racing for one range cannot
+both insert it: the loser retries).
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ __all__ = [
     "volume_name",
 ]
 
-#: Every workspace has an owner; until the control plane adds users, it is root.
+#: Every workspace has an owner (a user's name): root owned the workspaces a node made
+#: before it had a control plane, and root is the control plane's first admin.
 DEFAULT_OWNER = "root"
 _NAME = re.compile(r"[a-z][a-z0-9-]{0,39}")
 _ID_ALPHABET = string.ascii_lowercase + string.digits
