@@ -144,3 +144,51 @@ def test_upgrade_flags_existing_volumes_raw_written(url: str) -> None:
         assert not new.raw_written
     finally:
         upgraded.close()
+
+
+def test_upgrade_adds_workspace_tables_and_downgrade_drops_them(url: str) -> None:
+    """0004: workspaces, their runtime state and snapshot environments; existing data
+    stays, and the downgrade leaves the catalog as 0003 had it."""
+    from alembic import command
+    from alembic.config import Config
+
+    from loft.node.records import Records
+    from loft.runtime.spec import Limits, Network
+
+    cat = Catalog(url, migrate=False)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(database.__file__).with_name("migrations")))
+    with cat.engine.connect() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0003")
+        conn.commit()
+    with cat.engine.begin() as conn:
+        conn.execute(insert(settings).values(key="old", value="kept"))
+    cat.close()
+
+    upgraded = Catalog(url)
+    try:
+        rec = Records(upgraded).create(
+            owner="root",
+            name="dev",
+            spec="[env]\n",
+            spec_source="t",
+            limits=Limits(),
+            size=1 << 30,
+            network=Network.NONE,
+            runtime="sandbox",
+        )
+        Records(upgraded).add_state(rec.id, "n")
+        assert Records(upgraded).get("root", "dev").record == rec
+        with upgraded.engine.connect() as conn:
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "0003")
+            conn.commit()
+        insp = inspect(upgraded.engine)
+        assert not any(
+            insp.has_table(t) for t in ("workspaces", "workspace_runtime", "workspace_snapshots")
+        )
+        with upgraded.read() as conn:
+            assert conn.execute(select(settings.c.value)).scalar_one() == "kept"
+    finally:
+        upgraded.close()

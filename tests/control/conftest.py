@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import itertools
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from controltool import Harness
+
+# The end-to-end tests drive a whole node (tests/node's agenttool and what it uses).
+_TESTS = Path(__file__).resolve().parents[1]
+for _helpers in ("node", "interop", "nbd", "envstore", "runtime"):
+    sys.path.insert(0, str(_TESTS / _helpers))
+
+from controltool import Harness  # noqa: E402
 
 _shared = itertools.count(1)
 

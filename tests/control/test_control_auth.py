@@ -81,10 +81,10 @@ def test_auth_a_user_cannot_revoke_another_users_token(control: Harness) -> None
 
 def test_auth_admin_routes_are_403_to_users(control: Harness) -> None:
     alice = control.user("alice")
-    for call in (alice.users, lambda: alice.create_user("eve"), lambda: alice.user("admin")):
+    for call in (alice.users, lambda: alice.create_user("eve"), lambda: alice.user("root")):
         with pytest.raises(Forbidden):
             call()
-    assert control.raw("GET", "/metrics", alice._token).status_code == 403  # noqa: SLF001
+    assert control.raw("GET", "/metrics", alice._token).status_code == 403
 
 
 def test_auth_local_socket_is_the_admin_without_a_token(control: Harness) -> None:
@@ -93,7 +93,7 @@ def test_auth_local_socket_is_the_admin_without_a_token(control: Harness) -> Non
     assert stat.S_IMODE(os.stat(control.socket).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(control.socket.parent).st_mode) == 0o700
     with Client.light(f"unix://{control.socket}") as root:
-        assert root.me().name == "admin" and root.me().admin
+        assert root.me().name == "root" and root.me().admin
     assert control.raw("GET", "/v1/me").status_code == 401  # not over TCP
 
 
@@ -106,4 +106,4 @@ def test_auth_first_admin_token_file_is_private(tmp_path: Path) -> None:
 
 def test_auth_first_admin_is_made_once(control: Harness) -> None:
     assert control.state.accounts.ensure_first_admin() is None
-    assert [u.name for u in control.admin().users()] == ["admin"]
+    assert [u.name for u in control.admin().users()] == ["root"]

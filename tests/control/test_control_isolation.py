@@ -75,7 +75,7 @@ def test_isolation_not_found_is_the_same_for_taken_and_free_names(
     control: Harness, alice_and_bob: tuple[Client, Client]
 ) -> None:
     _, bob = alice_and_bob
-    token = bob._token  # noqa: SLF001
+    token = bob._token
     taken = control.raw("GET", "/v1/workspaces/w", token)
     free = control.raw("GET", "/v1/workspaces/nobody-has-this", token)
     assert taken.status_code == free.status_code == 404
@@ -126,24 +126,24 @@ def test_isolation_terminal_is_authorized_before_anything(
         return r.status_code
 
     assert status(None) == 401
-    assert status(bob._token) == 404  # noqa: SLF001
+    assert status(bob._token) == 404
     assert control.node.calls.get("terminal", 0) == 0
     # hers: authorized, and a shell is opened for her
-    assert status(alice._token) == 101  # noqa: SLF001
+    assert status(alice._token) == 101
     assert control.node.calls["terminal"] == 1
 
 
 def test_isolation_preview_lookup_by_id_checks_the_owner(
     control: Harness, alice_and_bob: tuple[Client, Client]
 ) -> None:
-    alice, bob = alice_and_bob
+    alice, _ = alice_and_bob
     ws_id = alice.workspace("w").id
     records = control.state.records
     who = {u.name: control.state.accounts.principal(u.name) for u in control.admin().users()}
     assert records.find(ws_id, who["alice"]) is not None
     assert records.find(ws_id, who["bob"]) is None
-    assert records.find(ws_id, who["admin"]) is not None
-    assert records.find("0" * 32, Principal(who["alice"].id, "alice", False)) is None
+    assert records.find(ws_id, who["root"]) is not None
+    assert records.find("a" * 10, Principal(who["alice"].id, "alice", False)) is None
 
 
 def test_isolation_fork_into_own_account_only(

@@ -70,7 +70,7 @@ def reaping(tmp_path: Path) -> Iterator[Harness]:
 
 
 def _state(h: Harness, name: str) -> str:
-    return h.admin().workspace(name, owner="admin").state
+    return h.admin().workspace(name).state
 
 
 def test_reaper_stops_idle_and_spares_the_rest(reaping: Harness) -> None:

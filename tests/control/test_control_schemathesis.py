@@ -41,7 +41,7 @@ def test_schemathesis_every_operation_holds_to_the_schema(
     alice = control.user(f"fuzz-{mode.value}")
     control.workspace(alice, "w")
     alice.snapshot("w", "s1")
-    headers = {"authorization": f"Bearer {alice._token}"}  # noqa: SLF001
+    headers = {"authorization": f"Bearer {alice._token}"}
     schema = schemathesis.openapi.from_url(control.url + "/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 30

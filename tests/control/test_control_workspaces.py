@@ -49,7 +49,7 @@ def test_workspaces_lifecycle_round_trip(control: Harness) -> None:
     assert env.current == 2 and len(env.generations) == 2
     assert alice.env_rollback("dev").current == 1
 
-    assert [s.name for s in alice.snapshots("dev")][0] == "first"
+    assert next(s.name for s in alice.snapshots("dev")) == "first"
     alice.delete_snapshot("dev", "first")
     assert alice.delete_workspace("dev2").deleted == "dev2"
     assert [w.name for w in alice.workspaces()] == ["dev"]
@@ -74,7 +74,7 @@ def test_workspaces_exec_streams_output_and_exit_code(control: Harness) -> None:
 def test_workspaces_light_client_speaks_the_same(control: Harness) -> None:
     alice = control.user("alice")
     control.workspace(alice, "dev")
-    token = alice._token  # noqa: SLF001
+    token = alice._token
     for light in (Client.light(control.url, token), Client.light(f"unix://{control.socket}")):
         owner = None if light.url.startswith("http") else "alice"
         assert light.exec("dev", ["echo", "x"], owner=owner).stdout == b"x\n"
@@ -86,7 +86,7 @@ def test_workspaces_metrics_are_for_admins(control: Harness) -> None:
     alice = control.user("alice")
     control.workspace(alice, "dev")
     assert control.raw("GET", "/metrics").status_code == 401
-    assert control.raw("GET", "/metrics", alice._token).status_code == 403  # noqa: SLF001
+    assert control.raw("GET", "/metrics", alice._token).status_code == 403
     text = control.raw("GET", "/metrics", control.admin_token).text
     assert 'loft_workspaces{state="running"} 1.0' in text
     assert 'loft_workspace_operation_seconds_count{operation="create"} 1.0' in text

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from loft.api.env import EnvGeneration, EnvRollback, EnvState
 from loft.api.errors import ErrorAnswer
-from loft.api.execs import MAX_EXEC_TIMEOUT, ExecEvent, ExecRequest
+from loft.api.execs import MAX_EXEC_STDIN, MAX_EXEC_TIMEOUT, ExecEvent, ExecRequest
 from loft.api.files import FILE_PATH_PATTERN, MAX_FILE_BYTES, FileDeleted, FileWritten
 from loft.api.health import Health
 from loft.api.preview import CreatePreview, PreviewAccess
@@ -32,6 +32,7 @@ from loft.api.workspaces import (
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_SIZE,
     STATES,
+    WORKSPACE_NAME_MAX,
     WORKSPACE_NAME_PATTERN,
     CreateWorkspace,
     EnvSpec,
@@ -52,11 +53,13 @@ __all__ = [
     "DEFAULT_IDLE_TIMEOUT",
     "DEFAULT_SIZE",
     "FILE_PATH_PATTERN",
+    "MAX_EXEC_STDIN",
     "MAX_EXEC_TIMEOUT",
     "MAX_FILE_BYTES",
     "SNAPSHOT_NAME_PATTERN",
     "STATES",
     "USER_NAME_PATTERN",
+    "WORKSPACE_NAME_MAX",
     "WORKSPACE_NAME_PATTERN",
     "CreatePreview",
     "CreateSnapshot",

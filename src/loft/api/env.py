@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, ClassVar
 
-from loft.api._rules import FORBID_EXTRA, Float, Int, Rule
+from loft.api._rules import FORBID_EXTRA, Float, Int, Rule, Str
 from loft.api.workspaces import EnvSpec
 
 __all__ = ["EnvGeneration", "EnvRollback", "EnvState"]
@@ -14,12 +14,14 @@ __all__ = ["EnvGeneration", "EnvRollback", "EnvState"]
 
 @dataclass(frozen=True, slots=True)
 class EnvGeneration:
-    """One generation of a workspace's environment."""
+    """One generation of a workspace's environment: what it was built from (when the
+    node knows), when, and the store path it is."""
 
     __pydantic_config__: ClassVar[dict[str, object]] = FORBID_EXTRA
     number: Int
-    env: EnvSpec
-    created_at: Float
+    env: EnvSpec | None = None
+    created_at: Float | None = None
+    env_path: Str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,10 +12,13 @@ from typing import Annotated, ClassVar, Literal
 
 from loft.api._rules import FORBID_EXTRA, Int, Rule, Str
 
-__all__ = ["MAX_EXEC_TIMEOUT", "ExecEvent", "ExecRequest"]
+__all__ = ["MAX_EXEC_STDIN", "MAX_EXEC_TIMEOUT", "ExecEvent", "ExecRequest"]
 
 #: The longest a command may run through the API (seconds).
 MAX_EXEC_TIMEOUT = 3600.0
+#: The most standard input an exec request carries (characters; its body's limit is
+#: 16 MiB, JSON escapes included).
+MAX_EXEC_STDIN = 8 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,9 +38,12 @@ class ExecRequest:
     ] = field(default_factory=dict)
     cwd: Annotated[str, Rule(pattern=r"^/", max_length=4096)] | None = None
     #: bytes for the command's standard input, as text (UTF-8)
-    stdin: Str = ""
+    stdin: Annotated[str, Rule(max_length=MAX_EXEC_STDIN)] = ""
     #: seconds the command may run before it is killed
     timeout: Annotated[float, Rule(gt=0, le=MAX_EXEC_TIMEOUT)] = 60.0
+    #: the uid inside the workspace it runs as (1000: runner; 0: the workspace's root,
+    #: an unprivileged id on the host)
+    user: Annotated[int, Rule(ge=0, le=65535)] = 1000
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, ClassVar
 
-from loft.api._rules import FORBID_EXTRA, Bool, Float, Rule, Str
+from loft.api._rules import FORBID_EXTRA, Bool, Float, Int, Rule, Str
 
 __all__ = ["SNAPSHOT_NAME_PATTERN", "CreateSnapshot", "Snapshot", "SnapshotDeleted"]
 
@@ -29,6 +29,10 @@ class Snapshot:
     name: Str
     created_at: Float
     auto: Bool
+    #: the volume version it holds (when the node says)
+    version: Int | None = None
+    #: for one just taken of a running workspace: how long its writers were held (ms)
+    pause_ms: Float | None = None
 
 
 @dataclass(frozen=True, slots=True)

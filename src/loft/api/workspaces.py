@@ -11,14 +11,17 @@ from loft.api._rules import FORBID_EXTRA, Bool, Float, Int, Rule, Str
 __all__ = [
     "DEFAULT_IDLE_TIMEOUT",
     "DEFAULT_SIZE",
+    "MAX_SPEC",
     "PACKAGE_PATTERN",
     "STATES",
+    "WORKSPACE_NAME_MAX",
     "WORKSPACE_NAME_PATTERN",
     "CreateWorkspace",
     "EnvSpec",
     "ForkWorkspace",
     "Limits",
     "Metadata",
+    "Network",
     "RestoreWorkspace",
     "Restored",
     "Runtime",
@@ -28,19 +31,39 @@ __all__ = [
     "WorkspaceName",
 ]
 
-#: A workspace name: a DNS label (it becomes part of preview host names), unique per user.
-WORKSPACE_NAME_PATTERN = r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$"
-WorkspaceName = Annotated[str, Rule(pattern=WORKSPACE_NAME_PATTERN)]
+#: A workspace name, unique per user: 1-40 lowercase letters, digits and single ``-``,
+#: starting with a letter, not ending with ``-`` (DNS-safe: it may become part of a host
+#: name; ``--`` separates a preview host's port from the workspace).
+WORKSPACE_NAME_PATTERN = r"^[a-z](?:-?[a-z0-9])*$"
+#: The longest workspace name.
+WORKSPACE_NAME_MAX = 40
+WorkspaceName = Annotated[str, Rule(pattern=WORKSPACE_NAME_PATTERN, max_length=WORKSPACE_NAME_MAX)]
 #: A Debian package name (Debian policy 5.6.1), optionally ``=VERSION``.
 PACKAGE_PATTERN = r"^[a-z0-9][a-z0-9+.-]{1,127}(=[A-Za-z0-9.+~:-]{1,128})?$"
-#: What a node reports a workspace's runtime to be in (``unknown``: no node answered).
-STATES = ("creating", "running", "stopped", "error", "unknown")
+#: What a node reports a workspace's runtime to be in (``recovering``: its storage broke
+#: and it is being restarted from its last flush; ``unknown``: no node answered).
+STATES = (
+    "creating",
+    "starting",
+    "running",
+    "stopping",
+    "stopped",
+    "recovering",
+    "error",
+    "unknown",
+)
+#: The largest spec text: a loft.lock of a large environment (~130 artefacts is 110 KiB)
+#: with room to spare, within a JSON request's 1 MiB.
+MAX_SPEC = 768 << 10
 #: A new workspace's disk, unless told (the volume is thin: this is only its ceiling).
 DEFAULT_SIZE = 16 << 30
 #: Seconds a workspace may go unused before it sleeps, unless told (0 is never).
 DEFAULT_IDLE_TIMEOUT = 900.0
 
 Runtime = Literal["sandbox", "vm"]
+#: ``none``: loopback only; ``nat``: outbound through a userspace stack, behind the
+#: node's egress policy.
+Network = Literal["none", "nat"]
 #: Free-form labels: at most 32, keys up to 64 and values up to 512 characters.
 Metadata = Annotated[
     dict[
@@ -53,11 +76,13 @@ Metadata = Annotated[
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """A workspace's resource limits: memory in bytes, CPUs as a share of cores."""
+    """A workspace's resource limits: memory in bytes, CPUs as a share of cores, and
+    tasks (processes and threads)."""
 
     __pydantic_config__: ClassVar[dict[str, object]] = FORBID_EXTRA
     memory: Annotated[int, Rule(ge=64 << 20, le=1 << 42)] = 1 << 30
     cpus: Annotated[float, Rule(ge=0.05, le=256)] = 1.0
+    pids: Annotated[int, Rule(ge=16, le=1 << 22)] = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +94,7 @@ class EnvSpec:
     packages: Annotated[
         list[Annotated[str, Rule(pattern=PACKAGE_PATTERN)]], Rule(max_length=512)
     ] = field(default_factory=list)
-    spec: Annotated[str, Rule(max_length=64 * 1024)] | None = None
+    spec: Annotated[str, Rule(max_length=MAX_SPEC)] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +107,7 @@ class CreateWorkspace:
     size: Annotated[int, Rule(ge=64 << 20, le=1 << 50)] = DEFAULT_SIZE
     limits: Limits = field(default_factory=Limits)
     runtime: Runtime = "sandbox"
+    network: Network = "none"
     #: seconds without a terminal, exec, forwarded connection or proxied request before
     #: it is snapshotted and stopped (0: never)
     idle_timeout: Annotated[float, Rule(ge=0, le=30 * 86400)] = DEFAULT_IDLE_TIMEOUT
@@ -103,6 +129,7 @@ class Workspace:
     owner: Str
     state: Str
     runtime: Str
+    network: Str
     size: Int
     limits: Limits
     idle_timeout: Float
@@ -111,6 +138,11 @@ class Workspace:
     created_at: Float
     #: the node it runs on ("" when the node did not say)
     node: Str = ""
+    #: its environment's current generation, as its node reports it
+    env_generation: Int | None = None
+    #: bytes of memory and tasks in use now (a single workspace's read, while it runs)
+    memory_used: Int | None = None
+    pids_used: Int | None = None
     #: anyone may open its previews
     preview_public: Bool = False
 
@@ -155,6 +187,8 @@ class Restored:
     workspace: Str
     snapshot: Str
     undo_snapshot: Str
+    #: it ran, so it was stopped and started again around the restore
+    restarted: Bool = False
 
 
 @dataclass(frozen=True, slots=True)

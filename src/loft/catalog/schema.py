@@ -126,7 +126,77 @@ env_generations = Table(
     PrimaryKeyConstraint("profile", "number"),
 )
 
-# --- the control plane's rows (users, their tokens and quotas, workspace records) ---------
+#: Workspaces: the record of each (what it is: its owner's user name and its name,
+#: environment spec, limits, size, network, host id range, runtime kind, volume). The
+#: control plane writes these rows; a node only reads them.
+workspaces = Table(
+    "workspaces",
+    metadata,
+    Column("id", String(16), primary_key=True),
+    Column("owner", String(64), nullable=False),
+    Column("name", String(40), nullable=False),
+    # The environment spec as given: a loft.toml's text (generated for --packages) or a
+    # loft.lock's JSON; spec_source says where it came from, for messages.
+    Column("spec", Text, nullable=False),
+    Column("spec_source", String(255), nullable=False),
+    Column("memory", BigInteger, nullable=False),
+    Column("cpus", Float, nullable=False),
+    Column("pids", Integer, nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("network", String(8), nullable=False),
+    # The first of the workspace's 65,536 host ids: unique, so two nodes allocating at
+    # once can never both hand out one range (the second insert fails and retries).
+    Column("ids_base", BigInteger, nullable=False, unique=True),
+    Column("runtime", String(16), nullable=False),
+    Column("volume", String(255), nullable=False, unique=True),
+    Column("created_at", Float, nullable=False),
+    # The control plane's (revision 0006): seconds without use before the idle reaper
+    # stops it (0: never), and free-form labels (a JSON object of strings).
+    Column("idle_timeout", Float, nullable=False, server_default="900"),
+    Column("metadata", Text, nullable=False, server_default="{}"),
+    # The control plane's (revision 0007): anyone may open its previews (the owner said so).
+    Column("preview_public", Boolean, nullable=False, server_default=false()),
+    UniqueConstraint("owner", "name", name="uq_workspace_owner_name"),
+)
+
+#: A workspace's runtime state, written only by the node that runs it: where (node),
+#: what it is doing (phase), what it should be doing (desired: running or stopped, so a
+#: node that stopped it, or restarts, knows to start it again) and its attachment.
+workspace_runtime = Table(
+    "workspace_runtime",
+    metadata,
+    Column(
+        "workspace_id",
+        String(16),
+        ForeignKey("workspaces.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("node", String(64), nullable=True),
+    Column("phase", String(16), nullable=False),
+    Column("desired", String(16), nullable=False),
+    # JSON: the volume, loop device, nbdfuse pid and disk service holder while attached.
+    Column("attachment", Text, nullable=True),
+    Column("updated_at", Float, nullable=False),
+)
+
+#: The environment each workspace snapshot was taken with: a restore brings it back, a
+#: fork starts from it, and `loft env gc` keeps it (a GC root) while the snapshot lives.
+workspace_snapshots = Table(
+    "workspace_snapshots",
+    metadata,
+    Column(
+        "workspace_id",
+        String(16),
+        ForeignKey("workspaces.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("name", String(255), nullable=False),
+    Column("env_path", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    PrimaryKeyConstraint("workspace_id", "name"),
+)
+
+# --- the control plane's rows (users, their tokens and quotas) ---------------------------
 
 #: People and programs that call the control plane's API.
 users = Table(
@@ -161,27 +231,4 @@ tokens = Table(
     Column("digest", String(64), nullable=False),
     Column("created_at", Float, nullable=False),
     Column("last_used_at", Float, nullable=True),
-)
-
-#: Workspace records: what the control plane owns of a workspace (who, what, how big);
-#: the node keeps its runtime state. Names are unique per owner.
-workspace_records = Table(
-    "workspace_records",
-    metadata,
-    Column("id", String(32), primary_key=True),
-    Column("owner_id", Integer, ForeignKey("users.id"), nullable=False),
-    Column("name", String(63), nullable=False),
-    # the environment asked for: JSON of loft.api.EnvSpec
-    Column("spec", Text, nullable=False),
-    Column("runtime", String(16), nullable=False),
-    Column("size", BigInteger, nullable=False),
-    Column("memory", BigInteger, nullable=False),
-    Column("cpus", Float, nullable=False),
-    Column("idle_timeout", Float, nullable=False),
-    # JSON object of string labels
-    Column("metadata", Text, nullable=False, server_default="{}"),
-    Column("created_at", Float, nullable=False),
-    # anyone may open its previews (the owner said so)
-    Column("preview_public", Boolean, nullable=False, server_default=false()),
-    UniqueConstraint("owner_id", "name", name="uq_workspace_owner_name"),
 )

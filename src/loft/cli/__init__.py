@@ -50,10 +50,12 @@ class LoftGroup(click.Group):
 def main() -> None:
     """loft: a computer in the cloud for every user.
 
-    Volumes (block storage on a chunk store, served over NBD), environments (a Nix-format
-    store) and workspaces. State lives under $LOFT_DATA_DIR (default /var/lib/loft); chunks
-    in $LOFT_CHUNKS (file:///path or s3://bucket/prefix?endpoint=URL); the catalog in
-    $LOFT_CATALOG_URL (SQLite under the data dir, or postgresql://...).
+    Workspaces (loft new, ls, exec, shell, snap, fork...: computers of their own, run by
+    the node agent that `loft up` starts), volumes (block storage on a chunk store,
+    served over NBD) and environments (a Nix-format store). State lives under
+    $LOFT_DATA_DIR (default /var/lib/loft); chunks in $LOFT_CHUNKS (file:///path or
+    s3://bucket/prefix?endpoint=URL); the catalog in $LOFT_CATALOG_URL (SQLite under the
+    data dir, or postgresql://...).
     """
 
 
@@ -80,10 +82,17 @@ def _disk() -> click.Command:
     return disk.disk
 
 
+def _env() -> click.Command:
+    from loft.cli import env, workspace
+
+    workspace.register_env(env.env)
+    return env.env
+
+
 #: Every command of ``loft``: its name, and how to load it.
 LAZY: dict[str, Callable[[], click.Command]] = {
     "volume": _command("volume", "volume"),
-    "env": _command("env", "env"),
+    "env": _env,
     "disk": _disk,
     "up": _command("up", "up"),
     "control": _command("control", "control"),
@@ -93,4 +102,24 @@ LAZY: dict[str, Callable[[], click.Command]] = {
     "token": _command("tokens", "token"),
     "cp": _command("cp", "cp"),
     "logs": _command("logs", "logs"),
+    "node": _command("node", "node"),
+    **{
+        name: _command("workspace", command)
+        for name, command in (
+            ("new", "new"),
+            ("ls", "ls"),
+            ("info", "info"),
+            ("start", "start"),
+            ("stop", "stop"),
+            ("rm", "rm"),
+            ("snap", "snap"),
+            ("snaps", "snaps"),
+            ("restore", "restore"),
+            ("fork", "fork"),
+        )
+    },
+    **{
+        name: _command("workspace_stream", command)
+        for name, command in (("exec", "exec_"), ("shell", "shell"), ("forward", "forward"))
+    },
 }

@@ -28,7 +28,8 @@ def control() -> None:
 @click.option(
     "--fake-node",
     is_flag=True,
-    help="Serve workspaces from an in-memory node (tests, benchmarks, demos).",
+    help="Serve workspaces from an in-memory node (tests, benchmarks, demos) instead of "
+    "this machine's node agent (DATA_DIR/run/agent.sock).",
 )
 @click.option("--node-timeout", default=30.0, show_default=True, help="Seconds a node has.")
 def serve(
@@ -47,22 +48,26 @@ def serve(
 
     from loft.catalog import Catalog
     from loft.config import Settings
+    from loft.control.agentnode import AgentNode
     from loft.control.fakenode import FakeNode
-    from loft.control.server import TLS, ControlServer, parse_listen, write_admin_token
+    from loft.control.nodeclient import NodeClient
+    from loft.control.server import (
+        TLS,
+        ControlServer,
+        parse_listen,
+        write_admin_token,
+        write_api_url,
+    )
     from loft.control.state import ControlState
     from loft.datadir import private_data_dir
 
     if (tls_cert is None) != (tls_key is None):
         raise ControlServeError("give both --tls-cert and --tls-key, or neither")
-    if not fake_node:
-        raise ControlServeError(
-            "no node agent to serve workspaces from yet",
-            hint="pass --fake-node for an in-memory node (state is lost at exit)",
-        )
     settings = Settings.from_env()
-    private_data_dir(settings.data_dir)
+    data_dir = private_data_dir(settings.data_dir)
+    node: NodeClient = FakeNode() if fake_node else AgentNode(data_dir / "run" / "agent.sock")
     catalog = Catalog.open(settings)
-    state = ControlState(catalog, FakeNode(), node_timeout=node_timeout)
+    state = ControlState(catalog, node, node_timeout=node_timeout)
     tls = TLS(tls_cert, tls_key) if tls_cert and tls_key else None
     server = ControlServer(
         state,
@@ -74,9 +79,17 @@ def serve(
     if token is not None:
         path = write_admin_token(settings.data_dir, token)
         click.echo(f"first admin token (shown once, kept in {path}):\n{token}", err=True)
-    where = f"{'https' if tls else 'http'}://{listen}" if listen != "none" else "-"
+    where = "-"
+    if listen != "none":
+        host = parse_listen(listen)[0]
+        where = f"{'https' if tls else 'http'}://{_host(host)}:{server.port}"
+        write_api_url(settings.data_dir, where)
     click.echo(f"loft API on {where} and unix://{server.unix}", err=True)
     try:
         asyncio.run(server.serve())
     finally:
         catalog.close()
+
+
+def _host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

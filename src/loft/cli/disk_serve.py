@@ -67,7 +67,8 @@ def _fields(rest: str) -> dict[str, Any] | None:
     return out
 
 
-def _setup_logging(verbose: bool) -> None:
+def setup_logging(verbose: bool) -> None:
+    """JSON log lines on stderr (every long-running loft process logs this way)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonLogFormatter())
     root = logging.getLogger()
@@ -123,7 +124,7 @@ def run_disk_service(
     from loft.nbd.server import DEFAULT_MAX_BYTES, DEFAULT_MAX_CONNECTIONS, load_authz
     from loft.node.disk_service import DiskService, default_socket
 
-    _setup_logging(verbose)
+    setup_logging(verbose)
     _become_io_flusher()  # before any thread starts: threads inherit the flag
     settings = Settings.from_env()
     sock = socket_path or default_socket(settings.data_dir)

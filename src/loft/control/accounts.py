@@ -35,8 +35,9 @@ __all__ = [
     "usage_of",
 ]
 
-#: The admin made at first start, and who root on the node is over the local socket.
-FIRST_ADMIN = "admin"
+#: The admin made at first start, and who root on the node is over the local socket:
+#: ``root``, who also owns the workspaces made on a node before it had a control plane.
+FIRST_ADMIN = "root"
 _KEY_SETTING = "control_token_key"
 _PREVIEW_KEY_SETTING = "control_preview_key"
 _TOKEN = re.compile(r"^loft_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
@@ -181,7 +182,7 @@ class Accounts:
 
     def _user(self, conn: Connection, row: Row[Any]) -> User:
         return User(
-            row.name, row.admin, row.created_at, quotas_of(conn, row.id), usage_of(conn, row.id)
+            row.name, row.admin, row.created_at, quotas_of(conn, row.id), usage_of(conn, row.name)
         )
 
     def update_user(self, name: str, admin: bool | None, quotas: Quotas | None) -> User:
@@ -210,9 +211,7 @@ class Accounts:
             if row is None:
                 raise NotFound(f"no user {name}", hint="`loft user ls` lists them")
             owned = conn.execute(
-                select(func.count())
-                .select_from(s.workspace_records)
-                .where(s.workspace_records.c.owner_id == row.id)
+                select(func.count()).select_from(s.workspaces).where(s.workspaces.c.owner == name)
             ).scalar_one()
             if owned:
                 raise Conflict(f"user {name} owns {owned} workspace(s)", hint="delete them first")
@@ -272,16 +271,16 @@ def quotas_of(conn: Connection, user_id: int) -> Quotas:
     return Quotas(row.workspaces, row.memory, row.cpus, row.disk)
 
 
-def usage_of(conn: Connection, user_id: int) -> Usage:
-    """What a user's workspace records add up to."""
-    w = s.workspace_records
+def usage_of(conn: Connection, owner: str) -> Usage:
+    """What a user's workspace records add up to (``owner``: the user's name)."""
+    w = s.workspaces
     row = conn.execute(
         select(
             func.count(),
             func.coalesce(func.sum(w.c.memory), 0),
             func.coalesce(func.sum(w.c.cpus), 0.0),
             func.coalesce(func.sum(w.c.size), 0),
-        ).where(w.c.owner_id == user_id)
+        ).where(w.c.owner == owner)
     ).one()
     return Usage(int(row[0]), int(row[1]), float(row[2]), int(row[3]))
 

@@ -35,15 +35,16 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-#: The largest JSON request (an exec with its input, a loft.toml, is well under it).
+#: The largest JSON request but an exec's (a loft.toml is well under it).
 MAX_JSON_BODY = 1 << 20
 #: What a refused body's answer suggests.
-BODY_HINT = "send less: files up to 16 MiB, other requests up to 1 MiB"
+BODY_HINT = "send less: files and an exec's input up to 16 MiB, other requests up to 1 MiB"
 
 
 def limit_for(path: str) -> int:
-    """The largest body a request to ``path`` may send."""
-    return MAX_FILE_BYTES if path.endswith("/files") else MAX_JSON_BODY
+    """The largest body a request to ``path`` may send: a file's, or an exec's with its
+    standard input (what ``loft exec`` pipes in), up to :data:`MAX_FILE_BYTES`."""
+    return MAX_FILE_BYTES if path.endswith(("/files", "/exec")) else MAX_JSON_BODY
 
 
 class TooLarge(HTTPException):

@@ -94,14 +94,16 @@ async def in_thread(fn: Callable[..., T], *args: object) -> T:
     return await run_in_threadpool(fn, *args)
 
 
-async def on_node(state: ControlState, call: Awaitable[T]) -> T:
-    """Await a node call within the node deadline; past it, 503 (the call is cancelled)."""
+async def on_node(state: ControlState, call: Awaitable[T], timeout: float | None = None) -> T:
+    """Await a node call within the node deadline (or ``timeout``); past it, 503 (the
+    call is cancelled)."""
+    limit = state.node_timeout if timeout is None else timeout
     try:
-        return await asyncio.wait_for(call, state.node_timeout)
+        return await asyncio.wait_for(call, limit)
     except TimeoutError:
         state.metrics.node_timeouts.inc()
         raise NodeUnavailable(
-            f"the node agent did not answer within {state.node_timeout:g} s",
+            f"the node agent did not answer within {limit:g} s",
             hint="retry later; an operator should check the node agent",
         ) from None
 
@@ -117,7 +119,7 @@ def resolve_owner(state: ControlState, caller: Principal, owner: str | None) -> 
 
 
 def _owned(state: ControlState, caller: Principal, name: str, owner: str | None) -> Record:
-    return state.records.get(resolve_owner(state, caller, owner).id, name)
+    return state.records.get(resolve_owner(state, caller, owner).name, name)
 
 
 async def owned(state: ControlState, caller: Principal, name: str, owner: str | None) -> Record:

@@ -161,7 +161,8 @@ class FakeNode:
             await server.stop()
 
     def _current_env(self, ws: FakeWorkspace) -> EnvSpec:
-        return next((g.env for g in ws.generations if g.number == ws.current), ws.spec.env)
+        env = next((g.env for g in ws.generations if g.number == ws.current), None)
+        return env or ws.spec.env
 
     async def set_limits(self, id: str, limits: Limits) -> None:
         await self._enter("set_limits")
@@ -189,7 +190,7 @@ class FakeNode:
         if ws.snapshots.pop(name, None) is None:
             raise NotFound(f"workspace {ws.spec.name} has no snapshot {name}")
 
-    async def restore(self, id: str, snapshot: str) -> str:
+    async def restore(self, id: str, snapshot: str) -> tuple[str, bool]:
         await self._enter("restore")
         ws = self._get(id)
         if snapshot not in ws.snapshots:
@@ -197,7 +198,7 @@ class FakeNode:
         undo = f"before-restore-{len(ws.snapshots) + 1}"
         self._snapshot(ws, undo, auto=True)
         ws.files = dict(ws.snapshots[snapshot][1])
-        return undo
+        return undo, ws.state == "running"
 
     async def fork(self, source: str, snapshot: str | None, target: NodeWorkspace) -> RuntimeState:
         await self._enter("fork")

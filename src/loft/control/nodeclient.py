@@ -16,8 +16,12 @@ Rules every implementation keeps:
   (exec in a stopped workspace, a snapshot name taken), :class:`Invalid` for a value the
   node refuses (a file too large, a path it will not touch), :class:`NodeUnavailable`
   when it cannot be reached;
-- ``create`` and ``fork`` are given everything the node needs; it never reads the
-  control plane's tables;
+- ``create`` and ``fork`` are called once the control plane has written the record
+  (``workspaces``): :class:`NodeWorkspace` carries what is in it, and a real node reads
+  the row itself by id (a fleet shares the catalog), adds its runtime state and never
+  writes the record; on a refusal the control plane deletes the record again;
+- ``set_limits`` may take effect at the workspace's next start (a node reads the limits
+  from the record whenever it starts one);
 - ``start`` (and so every wake) also starts the workspace's ``[run] command``
   (:mod:`loft.envstore.runspec`) when its spec has one, and keeps its output for
   ``logs``; ``stop`` ends it and every terminal and connection into the workspace.
@@ -27,8 +31,10 @@ the node deadline and then live as long as their user keeps them; closing them i
 caller's job.
 
 Implementations: :class:`loft.control.fakenode.FakeNode` (in memory, for tests and
-benchmarks); the real one is an adapter over the node agent's API (its Unix socket, or
-TLS with a client certificate between machines).
+benchmarks) and :class:`loft.control.agentnode.AgentNode` (the node agent's API on its
+root-only Unix socket; TLS with a client certificate between machines is the next
+transport). An operation a node's API lacks is :class:`Unimplemented` (501), never a
+silent no-op.
 """
 
 from __future__ import annotations
@@ -60,11 +66,15 @@ class NodeWorkspace:
 
 @dataclass(frozen=True, slots=True)
 class RuntimeState:
-    """A workspace as its node sees it: one of :data:`loft.api.STATES`, and the node."""
+    """A workspace as its node sees it: one of :data:`loft.api.STATES`, the node, and
+    what the node reports besides (None: it did not say)."""
 
     id: str
     state: str
     node: str
+    env_generation: int | None = None
+    memory_used: int | None = None
+    pids_used: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,9 +161,10 @@ class NodeClient(Protocol):
         """Delete one snapshot."""
         ...
 
-    async def restore(self, id: str, snapshot: str) -> str:
+    async def restore(self, id: str, snapshot: str) -> tuple[str, bool]:
         """Point the workspace's disk at a snapshot; return the automatic snapshot that
-        holds the replaced state (restoring it undoes this)."""
+        holds the replaced state (restoring it undoes this), and whether the workspace
+        was stopped and started again around it."""
         ...
 
     async def fork(self, source: str, snapshot: str | None, target: NodeWorkspace) -> RuntimeState:

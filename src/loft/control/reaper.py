@@ -174,9 +174,13 @@ class Reaper:
                 await on_node(state, state.node.stop(rec.id))
             state.metrics.idle_stops.inc()
             log.info("reaper.stopped workspace=%s idle_timeout=%g", rec.id, rec.idle_timeout)
-            await self._prune(rec.id)
         except LoftError as e:
             log.warning("reaper.stop_failed workspace=%s error=%s", rec.id, e)
+        else:
+            try:
+                await self._prune(rec.id)
+            except LoftError as e:  # a node that cannot delete one snapshot keeps them
+                log.info("reaper.prune_failed workspace=%s error=%s", rec.id, e)
         finally:
             state.activity.end_stop(rec.id)
 

@@ -11,7 +11,7 @@ Rules:
   owns the node anyway, and this way every workspace still has an owner and passes
   quotas. (Peer credentials, ``SO_PEERCRED``, would let other local accounts in as their
   own users; nothing needs that yet.)
-- **The first admin.** At start, when no admin exists, one is made (``admin``) and its
+- **The first admin.** At start, when no admin exists, one is made (``root``) and its
   token is printed once and written 0600 to ``control/admin.token`` under the data dir.
 
 Two uvicorn servers share one event loop and the one app state: the TCP one (with TLS
@@ -53,6 +53,7 @@ __all__ = [
     "is_loopback",
     "parse_listen",
     "write_admin_token",
+    "write_api_url",
 ]
 
 #: Where the API listens unless told.
@@ -99,6 +100,18 @@ def write_admin_token(data_dir: Path, token: str) -> Path:
     with os.fdopen(fd, "w") as f:
         f.write(token + "\n")
     os.chmod(path, 0o600)
+    return path
+
+
+def write_api_url(data_dir: Path, url: str) -> Path:
+    """Say where the API listens (its port may have been chosen at bind time), in
+    ``run/api.url``: what ``loft up`` prints."""
+    path = data_dir / "run" / "api.url"
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(url + "\n")
+    os.replace(tmp, path)
     return path
 
 

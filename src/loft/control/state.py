@@ -14,11 +14,14 @@ from loft.control.preview.site import PreviewSite
 from loft.control.records import WorkspaceRecords
 from loft.control.terminals import DEFAULT_GRACE, TerminalSessions
 
-__all__ = ["DEFAULT_NODE_TIMEOUT", "ControlState"]
+__all__ = ["DEFAULT_BUILD_TIMEOUT", "DEFAULT_NODE_TIMEOUT", "ControlState"]
 
 #: Seconds a node has to answer one call (a create or fork builds an environment on a
 #: warm cache in well under this; a node that takes longer is answered 503).
 DEFAULT_NODE_TIMEOUT = 30.0
+#: Seconds a node has for a call that may build an environment first (create, fork,
+#: environment switch): a cold build downloads and unpacks packages.
+DEFAULT_BUILD_TIMEOUT = 1800.0
 
 
 @dataclass
@@ -28,6 +31,7 @@ class ControlState:
     catalog: Catalog
     node: NodeClient
     node_timeout: float = DEFAULT_NODE_TIMEOUT
+    build_timeout: float = DEFAULT_BUILD_TIMEOUT
     metrics: Metrics = field(default_factory=Metrics)
     activity: Activity = field(default_factory=Activity)
     #: the preview origin, when a proxy serves one

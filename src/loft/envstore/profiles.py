@@ -169,6 +169,14 @@ class Profiles:
                 )
         return doomed
 
+    def delete(self, name: str) -> bool:
+        """Forget profile ``name`` and every generation of it (their environments become
+        garbage unless something else roots them); False when there was no such profile."""
+        with self.catalog.write() as conn:
+            conn.execute(delete(env_generations).where(env_generations.c.profile == name))
+            gone = conn.execute(delete(env_profiles).where(env_profiles.c.name == name))
+        return bool(gone.rowcount)
+
     def list(self) -> dict[str, int]:
         """Every profile and its current generation number."""
         with self.catalog.read() as conn:

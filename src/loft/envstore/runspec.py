@@ -36,7 +36,10 @@ class RunSpec:
 
 
 def parse_run(text: str, *, source: str = "loft.toml") -> RunSpec | None:
-    """The ``[run]`` table of a spec's TOML text; None when it has none."""
+    """The ``[run]`` table of a spec's TOML text; None when it has none, or when the
+    spec is a ``loft.lock`` (JSON: it pins an environment and names no server)."""
+    if text.lstrip().startswith("{"):
+        return None
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:

@@ -1,26 +1,32 @@
 """The node API: every operation, with its request and answer types (Firecracker's
-``VmmAction`` habit). One table, shared by the server (the disk service) and its client
-(the CLI), so a field renamed on one side is a type error on the other.
+``VmmAction`` habit). One table, shared by the servers (the disk service and the node
+agent) and their client (the CLI), so a field renamed on one side is a type error on the
+other.
 
-The API is HTTP+JSON on a root-only Unix socket (``curl --unix-socket`` works, as with
-Docker's and Firecracker's); ``GET /openapi.json`` describes it. Errors are
-``{"error", "hint"}`` with a 4xx status for what the caller can fix, 5xx otherwise.
+The API is HTTP+JSON on root-only Unix sockets (``curl --unix-socket`` works, as with
+Docker's and Firecracker's): the disk service's ``control.sock`` serves the volume
+operations below, the node agent's ``agent.sock`` the workspace operations
+(:mod:`loft.node.workspace_api`); ``GET /openapi.json`` on either describes both. Errors
+are ``{"error", "hint"}`` with a 4xx status for what the caller can fix, 5xx otherwise.
 
-Each operation says whether the volume it names must be served by this disk service
-(``needs_served``): those are answered ``404`` for a volume the service does not serve.
+Each volume operation says whether the volume it names must be served by this disk
+service (``needs_served``): those are answered ``404`` for a volume the service does not
+serve.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from loft.blockstore.api import VolumeInfo
-from loft.node.jsoncodec import schema
+from loft.node.operation import ErrorAnswer, Operation, Table, describe
+from loft.node.workspace_api import WORKSPACE_API
 
 __all__ = [
     "API_VERSION",
+    "DISK_API",
+    "NODE_API",
     "OPERATIONS",
     "CommitAnswer",
     "CommitRequest",
@@ -45,6 +51,8 @@ __all__ = [
     "SnapshotRequest",
     "match",
     "openapi",
+    "operation_for",
+    "path_exists",
 ]
 
 API_VERSION = "1"
@@ -197,47 +205,11 @@ class ConnectionsAnswer:
     connections: list[ConnectionInfo] = field(default_factory=list)
 
 
-@dataclass(frozen=True, slots=True)
-class ErrorAnswer:
-    """Why a request failed, and what to do about it."""
-
-    error: str
-    hint: str | None = None
-
-
 # --- operations ---------------------------------------------------------------------------
 
-
-@dataclass(frozen=True, slots=True)
-class Operation:
-    """One operation: its HTTP method and path (``{volume}`` is a path parameter), its
-    request and answer types, and whether the volume must be served here."""
-
-    name: str
-    method: str
-    path: str
-    request: type
-    answer: type
-    needs_served: bool
-
-    @property
-    def path_params(self) -> list[str]:
-        return re.findall(r"\{(\w+)\}", self.path)
-
-    def url(self, req: object) -> str:
-        """The request path with its parameters filled in from ``req``."""
-        from urllib.parse import quote
-
-        return re.sub(
-            r"\{(\w+)\}", lambda m: quote(str(getattr(req, m.group(1))), safe=""), self.path
-        )
-
-
-OPERATIONS: tuple[Operation, ...] = (
-    Operation("ping", "GET", "/v1/ping", PingRequest, PingAnswer, False),
-    Operation(
-        "connections", "GET", "/v1/connections", ConnectionsRequest, ConnectionsAnswer, False
-    ),
+DISK_API = Table(
+    Operation("ping", "GET", "/v1/ping", PingRequest, PingAnswer),
+    Operation("connections", "GET", "/v1/connections", ConnectionsRequest, ConnectionsAnswer),
     Operation("info", "GET", "/v1/volumes/{volume}", InfoRequest, InfoAnswer, True),
     Operation(
         "snapshot", "POST", "/v1/volumes/{volume}/snapshots", SnapshotRequest, SnapshotAnswer, True
@@ -252,83 +224,34 @@ OPERATIONS: tuple[Operation, ...] = (
     ),
     Operation("remove", "DELETE", "/v1/volumes/{volume}", RemoveRequest, RemoveAnswer, True),
 )
-
-_BY_REQUEST = {op.request: op for op in OPERATIONS}
-_PATTERNS = [
-    (op, re.compile("^" + re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", re.escape(op.path)) + "$"))
-    for op in OPERATIONS
-]
+#: The whole node API: the disk service's operations and the node agent's.
+NODE_API = DISK_API + WORKSPACE_API
+OPERATIONS: tuple[Operation, ...] = NODE_API.operations
 
 
 def operation_for(req: object) -> Operation:
     """The operation a request object belongs to."""
-    return _BY_REQUEST[type(req)]
+    op = NODE_API.find(req)
+    if op is None:
+        raise TypeError(f"{type(req).__name__} is not a node API request")
+    return op
 
 
 def match(method: str, path: str) -> tuple[Operation, dict[str, str]] | None:
-    """The operation at ``method path`` and its (still quoted) path parameters, or None
-    (the caller tells 404 from 405 with :func:`path_exists`)."""
-    for op, pattern in _PATTERNS:
-        m = pattern.match(path)
-        if m and op.method == method:
-            return op, m.groupdict()
-    return None
+    """The disk service's operation at ``method path`` (see :meth:`Table.match`)."""
+    return DISK_API.match(method, path)
 
 
 def path_exists(path: str) -> bool:
-    """True when some operation has this path (with any method)."""
-    return any(pattern.match(path) for _, pattern in _PATTERNS)
+    """True when some disk service operation has this path (with any method)."""
+    return DISK_API.path_exists(path)
 
 
 def openapi() -> dict[str, Any]:
     """The OpenAPI 3 description of the node API (served at ``GET /openapi.json``)."""
-    defs: dict[str, Any] = {}
-    error = {
-        "description": "refused or failed",
-        "content": {"application/json": {"schema": schema(ErrorAnswer, defs)}},
-    }
-    paths: dict[str, Any] = {}
-    for op in OPERATIONS:
-        params = op.path_params
-        schema(op.request, defs)
-        entry: dict[str, Any] = {
-            "operationId": op.name,
-            "summary": (op.request.__doc__ or "").strip(),
-            "parameters": [
-                {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
-                for p in params
-            ],
-            "responses": {
-                "200": {
-                    "description": (op.answer.__doc__ or "").strip(),
-                    "content": {"application/json": {"schema": schema(op.answer, defs)}},
-                },
-                "400": error,
-                "404": error,
-                "500": error,
-            },
-            "x-needs-served": op.needs_served,
-        }
-        request = defs.pop(op.request.__name__)  # path parameters and body, described apart
-        body = {k: v for k, v in request["properties"].items() if k not in params}
-        if body:
-            body_schema = {
-                **request,
-                "properties": body,
-                "required": [k for k in request["required"] if k in body],
-            }
-            entry["requestBody"] = {
-                "required": True,
-                "content": {"application/json": {"schema": body_schema}},
-            }
-        paths.setdefault(op.path, {})[op.method.lower()] = entry
-    return {
-        "openapi": "3.0.3",
-        "info": {
-            "title": "loft node API",
-            "version": API_VERSION,
-            "description": __doc__.split("\n\n")[1].replace("\n", " ") if __doc__ else "",
-        },
-        "paths": paths,
-        "components": {"schemas": defs},
-    }
+    return describe(
+        NODE_API,
+        "loft node API",
+        API_VERSION,
+        __doc__.split("\n\n")[1].replace("\n", " ") if __doc__ else "",
+    )

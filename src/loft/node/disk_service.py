@@ -505,7 +505,9 @@ _HANDLERS: dict[type, Callable[..., object]] = {
     api.RestoreRequest: DiskService.api_restore,
     api.RemoveRequest: DiskService.api_remove,
 }
-assert set(_HANDLERS) == {op.request for op in api.OPERATIONS}, "every operation has a handler"
+assert set(_HANDLERS) == {op.request for op in api.DISK_API.operations}, (
+    "every operation has a handler"
+)
 
 
 __all__ = ["BlockstoreError", "CatalogExports", "DiskService", "NotServed", "default_socket"]

@@ -35,7 +35,7 @@ DEFAULT_COOKIE_TTL = 8 * 3600.0
 #: The longest grant looked at.
 MAX_GRANT = 400
 _PAYLOAD = re.compile(
-    r"(ticket|cookie)\.([0-9]{1,5}--[0-9a-f]{32})\.([0-9]{1,18})\.([0-9a-f]{0,16})\.([0-9]{1,12})"
+    r"(ticket|cookie)\.([0-9]{1,5}--[a-z0-9]{6,32})\.([0-9]{1,18})\.([0-9a-f]{0,16})\.([0-9]{1,12})"
 )
 
 Kind = Literal["ticket", "cookie"]

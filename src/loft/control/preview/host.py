@@ -26,7 +26,8 @@ __all__ = [
 DEFAULT_DOMAIN = "preview.localhost"
 #: The longest ``Host`` value looked at (a DNS name is at most 253, plus ``:PORT``).
 MAX_HOST = 260
-_LABEL = re.compile(r"([1-9][0-9]{0,4})--([0-9a-f]{32})")
+#: ``PORT--ID``: a workspace id is lowercase letters and digits (10 today, a letter first).
+_LABEL = re.compile(r"([1-9][0-9]{0,4})--([a-z0-9]{6,32})")
 _DNS_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _DOMAIN = re.compile(rf"{_DNS_LABEL}(?:\.{_DNS_LABEL})*")
 _HOST = re.compile(rf"({_DNS_LABEL}(?:\.{_DNS_LABEL})*)(?::([0-9]{{1,5}}))?")
@@ -62,7 +63,8 @@ def preview_origin(label: str, domain: str, scheme: str, port: int) -> str:
 
 def parse_host(host: str, domain: str) -> PreviewTarget | None:
     """The target of a ``Host`` value on the preview domain, or None (any other host,
-    a malformed one, an IP literal, a port out of range)."""
+    a malformed one, an IP literal, a port out of range, more than one label before the
+    domain)."""
     if len(host) > MAX_HOST:
         return None
     m = _HOST.fullmatch(host.lower())

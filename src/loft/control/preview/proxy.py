@@ -294,7 +294,7 @@ class PreviewProxy:
                 ),
                 "denied",
             )
-        if rec is None or not (who.admin or rec.owner_id == who.id):
+        if rec is None or not (who.admin or rec.owner == who.name):
             raise _Denied(page(403, "this preview is not yours"), "denied")
         if split.token is None and _cross_site(headers, target, self.domain):
             raise _Denied(

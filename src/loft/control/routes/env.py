@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from loft.api import EnvRollback, EnvSpec, EnvState
-from loft.control.deps import Caller, OwnerQuery, State, on_node, owned
+from loft.control.deps import Caller, OwnerQuery, State, in_thread, on_node, owned
 from loft.control.routes import ERRORS, errors
 from loft.control.routes.workspaces import NamePath, check_env
 
@@ -30,7 +30,9 @@ async def switch_env(
     """Build this software and make it the current generation."""
     check_env(body)
     rec = await owned(state, caller, name, owner)
-    return await on_node(state, state.node.env_switch(rec.id, body))
+    env = await on_node(state, state.node.env_switch(rec.id, body), state.build_timeout)
+    await in_thread(state.records.set_env, rec, body)  # the record is the control plane's
+    return env
 
 
 @router.post("/v1/workspaces/{name}/env/rollback")

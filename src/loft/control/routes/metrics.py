@@ -5,12 +5,14 @@ without a token, on a separate loopback listen address (:func:`metrics_app`)."""
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 
 from fastapi import APIRouter, FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from loft.api import STATES
 from loft.control.deps import Admin, State, in_thread, on_node
+from loft.control.nodeclient import RuntimeState
 from loft.control.routes import raw_errors
 from loft.control.state import ControlState
 from loft.errors import LoftError
@@ -34,11 +36,13 @@ async def render(state: ControlState) -> Response:
     """The metrics, with what the node reports read now: workspaces by state, and the
     commit lag of each volume."""
     records = await in_thread(state.records.list, None)
-    try:
+    states: Mapping[str, RuntimeState] = {}
+    lags: Mapping[str, float] = {}
+    try:  # the node's silence (or a report it lacks) must not hide the API's own metrics
         states = await on_node(state, state.node.states([r.id for r in records]))
         lags = await on_node(state, state.node.commit_lags())
     except LoftError:
-        states, lags = {}, {}  # the node's silence must not hide the API's own metrics
+        pass
     counts = Counter(states[r.id].state if r.id in states else "unknown" for r in records)
     for s in STATES:
         state.metrics.workspaces.labels(s).set(counts.get(s, 0))

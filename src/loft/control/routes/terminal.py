@@ -58,7 +58,7 @@ def _authorize(
         raise Unauthorized("no bearer token, or not a live one")
     if not re.match(WORKSPACE_NAME_PATTERN, name):
         raise NotFound(f"no workspace {name}")
-    return caller, state.records.get(resolve_owner(state, caller, owner).id, name)
+    return caller, state.records.get(resolve_owner(state, caller, owner).name, name)
 
 
 def _window(ws: WebSocket) -> tuple[int, int]:

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Path, Query
 
 from loft.api import (
     STATES,
+    WORKSPACE_NAME_MAX,
     WORKSPACE_NAME_PATTERN,
     CreateWorkspace,
     EnvSpec,
@@ -30,7 +31,7 @@ from loft.envstore.runspec import RunSpecError, parse_run
 __all__ = ["NamePath", "check_env", "router", "to_workspace"]
 
 router = APIRouter(tags=["workspaces"], responses=ERRORS)
-NamePath = Annotated[str, Path(pattern=WORKSPACE_NAME_PATTERN)]
+NamePath = Annotated[str, Path(pattern=WORKSPACE_NAME_PATTERN, max_length=WORKSPACE_NAME_MAX)]
 
 
 def to_workspace(rec: Record, rs: RuntimeState | None) -> Workspace:
@@ -41,6 +42,7 @@ def to_workspace(rec: Record, rs: RuntimeState | None) -> Workspace:
         owner=rec.owner,
         state=rs.state if rs else "unknown",
         runtime=rec.runtime,
+        network=rec.network,
         size=rec.size,
         limits=rec.limits,
         idle_timeout=rec.idle_timeout,
@@ -48,6 +50,9 @@ def to_workspace(rec: Record, rs: RuntimeState | None) -> Workspace:
         env=rec.env,
         created_at=rec.created_at,
         node=rs.node if rs else "",
+        env_generation=rs.env_generation if rs else None,
+        memory_used=rs.memory_used if rs else None,
+        pids_used=rs.pids_used if rs else None,
         preview_public=rec.preview_public,
     )
 
@@ -77,7 +82,7 @@ async def _make(
     made, so the record goes; one that did not answer may have made it, so it stays."""
     try:
         with state.metrics.operation(op):
-            rs = await on_node(state, call)
+            rs = await on_node(state, call, state.build_timeout)
     except NodeUnavailable as e:
         raise NodeUnavailable(
             e.message,
@@ -95,11 +100,11 @@ async def create_workspace(body: CreateWorkspace, caller: Caller, state: State) 
     check_env(body.env)
     draft = Record(
         id="",
-        owner_id=caller.id,
         owner=caller.name,
         name=body.name,
         env=body.env,
         runtime=body.runtime,
+        network=body.network,
         size=body.size,
         limits=body.limits,
         idle_timeout=body.idle_timeout,
@@ -129,7 +134,7 @@ async def list_workspaces(
         records = await in_thread(state.records.list, None)
     else:
         who = await in_thread(resolve_owner, state, caller, owner)
-        records = await in_thread(state.records.list, who.id)
+        records = await in_thread(state.records.list, who.name)
     wanted = dict(item.split("=", 1) for item in label or [])
     records = [r for r in records if all(r.metadata.get(k) == v for k, v in wanted.items())]
     states = await on_node(state, state.node.states([r.id for r in records])) if records else {}
@@ -211,8 +216,8 @@ async def restore_workspace(
     snapshot that undoes it."""
     rec = await owned(state, caller, name, owner)
     with state.metrics.operation("restore"):
-        undo = await on_node(state, state.node.restore(rec.id, body.snapshot))
-    return Restored(rec.name, body.snapshot, undo)
+        undo, restarted = await on_node(state, state.node.restore(rec.id, body.snapshot))
+    return Restored(rec.name, body.snapshot, undo, restarted)
 
 
 @router.post("/v1/workspaces/{name}/fork", status_code=201, responses=errors(409))
@@ -224,11 +229,11 @@ async def fork_workspace(
     src = await owned(state, caller, name, owner)
     draft = Record(
         id="",
-        owner_id=caller.id,
         owner=caller.name,
         name=body.name,
         env=src.env,
         runtime=src.runtime,
+        network=src.network,
         size=src.size,
         limits=src.limits,
         idle_timeout=src.idle_timeout,

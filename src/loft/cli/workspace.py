@@ -1,0 +1,352 @@
+"""Workspace commands: ``loft new``, ``ls``, ``info``, ``start``, ``stop``, ``rm``,
+``snap``, ``snaps``, ``restore``, ``fork``, and ``loft env switch`` / ``rollback``.
+
+Every one is a request to the control plane's API (:mod:`loft.client`, at ``LOFT_URL``
+and ``LOFT_TOKEN``, the ``loft login`` file, or, for root on the node, its root-only
+local socket as admin): the CLI parses, sends, prints. Its request path imports the
+standard library, click and the API's dataclasses only (``http.client``, not httpx), so
+a command costs its round trip, not an import of loft's storage. Bad input is one line
+and a hint, exit 1 (never a usage dump).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from loft.cli import output
+from loft.errors import LoftError
+
+if TYPE_CHECKING:
+    from loft.api import EnvSpec, EnvState, Workspace
+    from loft.client import Client
+
+__all__ = ["client", "register_env"]
+
+#: ``new``, ``fork`` and ``env switch`` may build an environment first: minutes, not hours.
+_BUILD_TIMEOUT = 3600.0
+
+
+def client(timeout: float = 120.0) -> Client:
+    """The API client of this command (the light one, on the standard library)."""
+    from loft.client import Client, resolve
+
+    endpoint = resolve()
+    return Client.light(endpoint.url, endpoint.token, ca=endpoint.ca, timeout=timeout)
+
+
+def _size(option: str, value: str) -> int:
+    from loft.units import parse_size
+
+    try:
+        return parse_size(value)
+    except ValueError as e:
+        raise LoftError(f"bad {option}: {e}", hint=f"e.g. {option} 1G") from None
+
+
+def _spec(spec_file: Path | None, packages: str | None) -> tuple[list[str], str, str]:
+    """(packages, spec text, its source) from ``--packages`` or ``--spec``."""
+    if spec_file is not None and packages is not None:
+        raise LoftError("give --spec or --packages, not both")
+    if spec_file is None:
+        names = [p.strip() for p in (packages or "").split(",") if p.strip()]
+        if packages is not None and not names:
+            raise LoftError("--packages is empty", hint="e.g. --packages python3,git")
+        return names, "", ""
+    try:
+        return [], spec_file.read_text(), str(spec_file)
+    except (OSError, UnicodeDecodeError) as e:
+        raise LoftError(
+            f"cannot read {spec_file}: {getattr(e, 'strerror', None) or e}",
+            hint="--spec takes a loft.toml or a loft.lock",
+        ) from None
+
+
+def _when(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def _env(spec_file: Path | None, packages: str | None) -> EnvSpec:
+    from loft.api import EnvSpec
+
+    names, text, _source = _spec(spec_file, packages)
+    return EnvSpec(packages=names, spec=text or None)
+
+
+def _plain(obj: object) -> object:
+    import dataclasses
+
+    return dataclasses.asdict(obj)  # type: ignore[call-overload]
+
+
+def _echo_info(ws: Workspace, as_json: bool) -> None:
+    if as_json:
+        output.echo_json(_plain(ws))
+        return
+    shown = {
+        "id": ws.id,
+        "name": ws.name,
+        "owner": ws.owner,
+        "state": ws.state,
+        "node": ws.node or None,
+        "runtime": ws.runtime,
+        "network": ws.network,
+        "size": output.size(ws.size, compact=True),
+        "memory": output.size(ws.limits.memory, compact=True),
+        "cpus": f"{ws.limits.cpus:g}",
+        "pids": ws.limits.pids,
+        "env": ",".join(ws.env.packages) if ws.env.packages else ("spec" if ws.env.spec else None),
+        "env_generation": ws.env_generation,
+        "idle_timeout": f"{ws.idle_timeout:g} s" if ws.idle_timeout else "never",
+        "created_at": _when(ws.created_at),
+        "memory_used": None if ws.memory_used is None else output.size(ws.memory_used),
+        "pids_used": ws.pids_used,
+    }
+    rows = [[k, "-" if v is None else str(v)] for k, v in shown.items()]
+    output.table(rows, ["FIELD", "VALUE"], show_header=False)
+
+
+def _summary(ws: Workspace) -> str:
+    return (
+        f"{ws.name} (id {ws.id}, {output.size(ws.size, compact=True)} disk, "
+        f"{output.size(ws.limits.memory, compact=True)} memory, {ws.limits.cpus:g} CPU, "
+        f"network {ws.network}, {ws.state})"
+    )
+
+
+_spec_options = [
+    click.option(
+        "--spec",
+        "spec_file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="A loft.toml (locked and built on the node) or a loft.lock (built).",
+    ),
+    click.option("--packages", help="Comma-separated Debian packages: python3,git."),
+]
+
+
+@click.command()
+@click.argument("name")
+@_spec_options[0]
+@_spec_options[1]
+@click.option("--size", default="16G", show_default=True, help="Disk size.")
+@click.option("--memory", default="1G", show_default=True, help="Memory limit (no swap).")
+@click.option("--cpus", default="1", show_default=True, help="CPU limit (fractions allowed).")
+@click.option("--pids", default="1024", show_default=True, help="Processes and threads.")
+@click.option("--net", default="none", show_default=True, help="none (loopback only) or nat.")
+@click.option("--stopped", is_flag=True, help="Create it without starting it.")
+@click.option("--json", "as_json", is_flag=True, help="Print the workspace as JSON.")
+def new(
+    name: str,
+    spec_file: Path | None,
+    packages: str | None,
+    size: str,
+    memory: str,
+    cpus: str,
+    pids: str,
+    net: str,
+    stopped: bool,
+    as_json: bool,
+) -> None:
+    """Create workspace NAME and start it: its own disk (a fork of a pre-formatted
+    template), an environment at /usr (built from --packages or --spec; default: bash),
+    limits and a network. All or nothing: a failure leaves nothing behind."""
+    from loft.api import CreateWorkspace, Limits
+
+    env = _env(spec_file, packages)
+    try:
+        n_cpus, n_pids = float(cpus), int(pids)
+    except ValueError:
+        raise LoftError(
+            f"bad --cpus {cpus!r} or --pids {pids!r}: numbers please",
+            hint="e.g. --cpus 0.5 --pids 512",
+        ) from None
+    if net not in ("none", "nat"):
+        raise LoftError(f"bad --net {net!r}", hint="--net none (the default) or --net nat")
+    req = CreateWorkspace(
+        name,
+        env=env,
+        size=_size("--size", size),
+        limits=Limits(_size("--memory", memory), n_cpus, n_pids),
+        network=net,  # type: ignore[arg-type]  # checked above
+        start=not stopped,
+    )
+    with client(_BUILD_TIMEOUT) as c:
+        ws = c.create_workspace(req)
+    if as_json:
+        _echo_info(ws, True)
+    else:
+        click.echo(f"created {_summary(ws)}")
+
+
+@click.command("ls")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def ls(as_json: bool) -> None:
+    """List workspaces (yours; an admin's, everyone's)."""
+    with client() as c:
+        wss = c.workspaces()
+    if as_json:
+        output.echo_json([_plain(w) for w in wss])
+        return
+    # An admin's listing may hold several users' workspaces, whose names may repeat.
+    owners = len({w.owner for w in wss}) > 1
+    output.table(
+        (
+            [
+                *([w.owner] if owners else []),
+                w.name,
+                w.state,
+                w.id,
+                str(w.env_generation or "-"),
+                f"{w.limits.cpus:g}",
+                output.size(w.limits.memory, compact=True),
+                output.size(w.size, compact=True),
+                w.network,
+                _when(w.created_at),
+            ]
+            for w in wss
+        ),
+        [
+            *(["OWNER"] if owners else []),
+            *("NAME", "PHASE", "ID", "ENV", "CPUS", "MEMORY", "DISK", "NET", "CREATED"),
+        ],
+    )
+
+
+@click.command()
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def info(name: str, as_json: bool) -> None:
+    """Show workspace NAME: its record, state, environment and live resource use."""
+    with client() as c:
+        _echo_info(c.workspace(name), as_json)
+
+
+@click.command()
+@click.argument("name")
+def start(name: str) -> None:
+    """Start workspace NAME (with its environment's current generation)."""
+    with client() as c:
+        ws = c.start(name)
+    click.echo(f"started {ws.name}")
+
+
+@click.command()
+@click.argument("name")
+def stop(name: str) -> None:
+    """Stop workspace NAME: its processes end (TERM, then KILL after 5 s), its disk is
+    unmounted and committed. Its files stay."""
+    with client() as c:
+        ws = c.stop(name)
+    click.echo(f"stopped {ws.name}")
+
+
+@click.command()
+@click.argument("name")
+def rm(name: str) -> None:
+    """Remove workspace NAME: it is stopped, and its disk, snapshots and environment
+    profile are deleted."""
+    with client() as c:
+        c.delete_workspace(name)
+    click.echo(f"removed {name}")
+
+
+@click.command()
+@click.argument("name")
+@click.argument("snapshot", required=False, default="")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def snap(name: str, snapshot: str, as_json: bool) -> None:
+    """Snapshot workspace NAME (as SNAPSHOT; default: the time). A running workspace's
+    writers pause only while its disk is committed."""
+    with client() as c:
+        ans = c.snapshot(name, snapshot or None)
+    if as_json:
+        output.echo_json(_plain(ans))
+        return
+    paused = f"; writers paused {ans.pause_ms:.0f} ms" if ans.pause_ms is not None else ""
+    click.echo(f"snapshot {name}@{ans.name} (version {ans.version}{paused})")
+
+
+@click.command()
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def snaps(name: str, as_json: bool) -> None:
+    """List the snapshots of workspace NAME (automatic ones, such as a restore's undo,
+    are marked)."""
+    with client() as c:
+        found = c.snapshots(name)
+    if as_json:
+        output.echo_json([_plain(s) for s in found])
+        return
+    output.table(
+        (
+            [s.name, str(s.version or "-"), _when(s.created_at), "yes" if s.auto else ""]
+            for s in found
+        ),
+        ["SNAPSHOT", "VERSION", "CREATED", "AUTO"],
+    )
+
+
+@click.command()
+@click.argument("name")
+@click.argument("snapshot")
+def restore(name: str, snapshot: str) -> None:
+    """Point workspace NAME back at SNAPSHOT, with the environment it had then. A
+    running workspace is stopped and started again. Undoable: the replaced state is
+    kept as a snapshot."""
+    with client() as c:
+        ans = c.restore(name, snapshot)
+    again = " and started again" if ans.restarted else ""
+    click.echo(
+        f"restored {name} to {snapshot}{again}; undo with: loft restore {name} {ans.undo_snapshot}"
+    )
+
+
+@click.command()
+@click.argument("ref", metavar="NAME[@SNAP]")
+@click.argument("new_name", metavar="NEW")
+@click.option("--stopped", is_flag=True, help="Create the fork without starting it.")
+def fork(ref: str, new_name: str, stopped: bool) -> None:
+    """Create workspace NEW from NAME: from its snapshot SNAP, or from a snapshot taken
+    now (a running workspace pauses only for it). The two are independent."""
+    name, _, snapshot = ref.partition("@")
+    with client(_BUILD_TIMEOUT) as c:
+        ws = c.fork(name, new_name, snapshot=snapshot or None, start=not stopped)
+    click.echo(f"forked {ref} as {_summary(ws)}")
+
+
+@click.command("switch")
+@click.argument("name")
+@click.argument("spec_file", metavar="SPEC", type=click.Path(dir_okay=False, path_type=Path))
+def env_switch(name: str, spec_file: Path) -> None:
+    """Give workspace NAME the environment of SPEC (a loft.toml, locked and built on the
+    node, or a loft.lock): a new generation of its profile, used from its next start."""
+    with client(_BUILD_TIMEOUT) as c:
+        _echo_env(name, c.env_switch(name, _env(spec_file, None)))
+
+
+@click.command("rollback")
+@click.argument("name")
+@click.option("--to", "to", type=int, default=None, help="Generation (default: the previous).")
+def env_rollback(name: str, to: int | None) -> None:
+    """Give workspace NAME its previous environment generation (or --to N) again, used
+    from its next start."""
+    with client() as c:
+        _echo_env(name, c.env_rollback(name, to))
+
+
+def _echo_env(name: str, ans: EnvState) -> None:
+    path = next((g.env_path for g in ans.generations if g.number == ans.current), None)
+    click.echo(
+        f"{name}: generation {ans.current} -> {path or '-'}, used from its next start "
+        f"(loft stop {name} && loft start {name} if it runs)"
+    )
+
+
+def register_env(env: click.Group) -> None:
+    """Add ``switch`` and ``rollback`` to ``loft env``."""
+    env.add_command(env_switch)
+    env.add_command(env_rollback)

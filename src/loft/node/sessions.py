@@ -1,0 +1,255 @@
+"""Exec, shell and forward sessions: an upgraded node API connection on one side, a
+process (or a port forwarder) in a workspace on the other, frames in between
+(:mod:`loft.node.frames`).
+
+Everything runs on the agent's event loop, without a thread per session: the process's
+pipes (or its terminal's master) are non-blocking and watched with ``add_reader``, its
+exit with a pidfd, so a node with many open shells costs descriptors, not threads.
+Back-pressure both ways: output waits while the client does not read (``drain``), input
+waits while the process does not read its standard input (a full pipe).
+
+The last frame is EXIT (the status) or ERROR. What the process wrote before it exited is
+all sent before EXIT: after the exit, what is left in its pipes is read to the end of
+what is there (a background process still holding them does not keep the session open).
+A client that goes away ends the session: the process gets SIGHUP (a terminal's hang-up)
+or SIGTERM (runc passes it on), then SIGKILL after a grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import signal
+import subprocess
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from loft.node import frames
+from loft.node.frames import Channel, Decoder, Frame
+from loft.runtime.console import PtySession
+from loft.runtime.forward import Forwarder
+from loft.runtime.spec import WindowSize
+
+__all__ = ["ExecSession", "ForwardSession"]
+
+_READ = 65536
+#: Seconds a process gets to end after its client went away, before SIGKILL.
+_HANGUP_GRACE = 5.0
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+async def _readable(fd: int) -> None:
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[None] = loop.create_future()
+    loop.add_reader(fd, _wake, fut)
+    try:
+        await fut
+    finally:
+        loop.remove_reader(fd)
+
+
+async def _writable(fd: int) -> None:
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[None] = loop.create_future()
+    loop.add_writer(fd, _wake, fut)
+    try:
+        await fut
+    finally:
+        loop.remove_writer(fd)
+
+
+def _read(fd: int) -> bytes | None:
+    """What ``fd`` has now: bytes, ``b""`` at its end, None when nothing is there."""
+    try:
+        return os.read(fd, _READ)
+    except BlockingIOError:
+        return None
+    except OSError as e:  # a terminal's master reads EIO once every slave is closed
+        if e.errno == errno.EIO:
+            return b""
+        raise
+
+
+async def _send(writer: asyncio.StreamWriter, frame: Frame) -> None:
+    writer.write(frames.encode(frame))
+    await writer.drain()
+
+
+class ExecSession:
+    """A process in a workspace, with pipes (``process``) or a terminal (``pty``)."""
+
+    def __init__(
+        self, process: subprocess.Popen[bytes] | None = None, pty: PtySession | None = None
+    ) -> None:
+        assert (process is None) != (pty is None)
+        self.pty = pty
+        self.process = pty.process if pty is not None else process
+        if pty is not None:
+            self._outputs = [(pty.master, Channel.STDOUT)]
+            self._stdin: int | None = pty.master
+        else:
+            assert process is not None and process.stdout and process.stderr and process.stdin
+            self._outputs = [
+                (process.stdout.fileno(), Channel.STDOUT),
+                (process.stderr.fileno(), Channel.STDERR),
+            ]
+            self._stdin = process.stdin.fileno()
+        for fd, _ in self._outputs:
+            os.set_blocking(fd, False)
+        if self._stdin is not None:
+            os.set_blocking(self._stdin, False)
+
+    async def __call__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, initial: bytes
+    ) -> None:
+        pumps = [asyncio.ensure_future(self._pump(fd, ch, writer)) for fd, ch in self._outputs]
+        inputs = asyncio.ensure_future(self._input(reader, initial))
+        exited = asyncio.ensure_future(self._exited())
+        try:
+            done, _ = await asyncio.wait({inputs, exited}, return_when=asyncio.FIRST_COMPLETED)
+            if exited not in done:  # the client went away first
+                await self._hang_up()
+                return
+            for p in pumps:
+                p.cancel()
+            for fd, channel in self._outputs:  # what the process wrote before exiting
+                while data := _read(fd):
+                    await _send(writer, Frame(channel, data))
+            await _send(writer, frames.exit_status(exited.result()))
+        finally:
+            for task in (*pumps, inputs, exited):
+                task.cancel()
+            self._close()
+
+    async def _pump(self, fd: int, channel: Channel, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await _readable(fd)
+            data = _read(fd)
+            if data is None:
+                continue
+            if not data:
+                return
+            await _send(writer, Frame(channel, data))
+
+    async def _input(self, reader: asyncio.StreamReader, initial: bytes) -> None:
+        """Client frames to the process, until the client closes the connection."""
+        decoder = Decoder()
+        if initial:
+            decoder.receive_data(initial)
+        while True:
+            frame = decoder.next_frame()
+            if frame is frames.NEED_DATA:
+                decoder.receive_data(await reader.read(_READ))
+                continue
+            if frame is None:
+                return
+            assert isinstance(frame, Frame)
+            if frame.channel is Channel.STDIN:
+                await self._write_stdin(frame.payload)
+            elif frame.channel is Channel.EOF:
+                self._close_stdin()
+            elif frame.channel is Channel.RESIZE and self.pty is not None:
+                size = frames.json_of(frame)
+                with contextlib.suppress(ValueError, TypeError, OSError):
+                    self.pty.resize(WindowSize(int(size["rows"]), int(size["cols"])))
+
+    async def _write_stdin(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view and self._stdin is not None:
+            try:
+                n = os.write(self._stdin, view)
+            except BlockingIOError:
+                await _writable(self._stdin)
+                continue
+            except OSError:  # the process closed its input: drop what it will not read
+                self._close_stdin()
+                return
+            view = view[n:]
+
+    def _close_stdin(self) -> None:
+        if self._stdin is None:
+            return
+        if self.pty is not None:  # a terminal's end of input is its EOF character
+            with contextlib.suppress(OSError):
+                os.write(self._stdin, b"\x04")
+            return
+        assert self.process is not None and self.process.stdin is not None
+        with contextlib.suppress(OSError):
+            self.process.stdin.close()
+        self._stdin = None
+
+    async def _exited(self) -> int:
+        assert self.process is not None
+        pidfd = os.pidfd_open(self.process.pid)
+        try:
+            while self.process.poll() is None:
+                await _readable(pidfd)
+        finally:
+            os.close(pidfd)
+        return self.process.returncode
+
+    async def _hang_up(self) -> None:
+        proc = self.process
+        assert proc is not None
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGHUP if self.pty is not None else signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self._exited(), _HANGUP_GRACE)
+        except TimeoutError:
+            proc.kill()
+            await self._exited()
+
+    def _close(self) -> None:
+        if self.pty is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.pty.master)
+        else:
+            assert self.process is not None
+            for stream in (self.process.stdin, self.process.stdout, self.process.stderr):
+                if stream is not None:
+                    with contextlib.suppress(OSError):
+                        stream.close()
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+class ForwardSession:
+    """A port forwarder that lives as long as its connection: it says where it listens
+    (READY), then waits for the client to close or the workspace to stop."""
+
+    def __init__(
+        self,
+        forwarder: Forwarder,
+        listen: str,
+        socket_path: Path | None,
+        running: Callable[[], Awaitable[bool]],
+    ) -> None:
+        self.forwarder = forwarder
+        self.listen = listen
+        self.socket_path = socket_path
+        self._running = running
+
+    async def __call__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, initial: bytes
+    ) -> None:
+        try:
+            await _send(writer, frames.ready(listen=self.listen))
+            closed = asyncio.ensure_future(reader.read())
+            while True:
+                done, _ = await asyncio.wait({closed}, timeout=1.0)
+                if done:
+                    return
+                if not await self._running():
+                    await _send(writer, frames.error("the workspace stopped"))
+                    return
+        finally:
+            self.forwarder.close()
+            if self.socket_path is not None:
+                self.socket_path.unlink(missing_ok=True)

@@ -1,0 +1,440 @@
+"""Workspaces on this node: the flows that create, start, stop and remove them.
+
+A workspace is a volume (a fork of the template of its size), an environment profile,
+limits, a network and a runtime kind (``sandbox``). Every flow is all or nothing: each
+thing made is followed by the step that unmakes it (:mod:`loft.node.undo`), so a failed
+``new`` — a spec that does not lock, a missing runtime, an admission refusal, a start
+that fails — leaves no catalog row, profile, volume, mount, cgroup or container.
+
+Start, in order: admission (memory, CPU, disk; the commitment is recorded as
+``desired = running`` under the admission lock), the environment's closure, the
+attachment (nbdfuse + loop + ext4 ``nosuid,nodev``, ``workspaces/<id>`` passable only by
+the workspace's mapped root group), the sandbox. Stop, in reverse: the sandbox, the
+attachment, then a commit of the volume by the disk service (so a stopped workspace's
+data is in the chunk store). One flow at a time per workspace (its lock); a flow that
+finds the workspace in the wrong phase says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import shutil
+import threading
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from loft.blockstore import Blockstore
+from loft.blockstore.api import DEFAULT_EXTENT_SIZE
+from loft.blockstore.holder import provably_dead
+from loft.blockstore.names import check_geometry
+from loft.errors import LoftError
+from loft.node.admission import Admission
+from loft.node.disk_client import DiskClient
+from loft.node.endpoints import Network as DenyNetwork
+from loft.node.environments import Environments, SpecInput
+from loft.node.records import (
+    Desired,
+    Phase,
+    Records,
+    Workspace,
+    WorkspaceRecord,
+    check_workspace_name,
+)
+from loft.node.undo import all_or_nothing
+from loft.procfs import proc_stat
+from loft.runtime.attach import Attachment, adopt, attach, detach
+from loft.runtime.errors import PhaseError, UnknownWorkspace, WorkspaceError
+from loft.runtime.interface import Runtime
+from loft.runtime.phase import Phase as RuntimePhase
+from loft.runtime.spec import MIN_MEMORY, Limits, Network, WorkspaceSpec
+from loft.runtime.template import create_workspace_volume
+from loft.units import format_size
+
+__all__ = ["MIN_SIZE", "BadRequest", "NewWorkspace", "Workspaces"]
+
+log = logging.getLogger("loft.node")
+
+#: The smallest workspace volume: ext4 with its journal and the workspace layout, and
+#: room to work in.
+MIN_SIZE = 64 << 20
+#: CPU limits a workspace may ask for (what the runtime's Limits accept).
+MIN_CPUS, MAX_CPUS = 0.01, 1024
+#: Seconds a stopping workspace's processes get after SIGTERM before SIGKILL.
+STOP_GRACE = 5.0
+
+
+class BadRequest(LoftError):
+    """A request's values do not make a workspace (sizes, limits, network)."""
+
+
+@dataclass(frozen=True)
+class NewWorkspace:
+    """What ``loft new`` asks for, checked."""
+
+    name: str
+    spec: SpecInput
+    size: int
+    limits: Limits
+    network: Network
+    start: bool = True
+
+    @classmethod
+    def checked(
+        cls,
+        name: str,
+        spec: SpecInput,
+        size: int,
+        memory: int,
+        cpus: float,
+        pids: int,
+        network: str,
+        start: bool = True,
+    ) -> NewWorkspace:
+        """The request's values, or BadRequest naming the first bad one."""
+        check_workspace_name(name)
+        if size < MIN_SIZE:
+            raise BadRequest(
+                f"size {format_size(size)} is below {format_size(MIN_SIZE)}",
+                hint="ask for --size 1G or more",
+            )
+        if memory < MIN_MEMORY:
+            raise BadRequest(
+                f"memory {format_size(memory)} is below {format_size(MIN_MEMORY)}",
+                hint="ask for --memory 256M or more",
+            )
+        if not MIN_CPUS <= cpus <= MAX_CPUS:
+            raise BadRequest(
+                f"cpus {cpus:g} is not between {MIN_CPUS} and {MAX_CPUS}",
+                hint="a fraction of a CPU is fine: --cpus 0.5",
+            )
+        try:
+            check_geometry(size, DEFAULT_EXTENT_SIZE)
+            limits = Limits(memory=memory, cpus=cpus, pids=pids)
+            net = Network(network)
+        except ValueError as e:
+            raise BadRequest(str(e), hint="see `loft new --help` for the limits") from None
+        except LoftError as e:
+            raise BadRequest(e.message, hint=e.hint) from None
+        return cls(name, spec, size, limits, net, start)
+
+
+class Workspaces:
+    """The node's workspaces: records in the catalog, volumes in the disk service,
+    environments in the store, computers in the runtime."""
+
+    def __init__(
+        self,
+        *,
+        node: str,
+        data_dir: Path,
+        bs: Blockstore,
+        disk: DiskClient,
+        envs: Environments,
+        records: Records,
+        runtime: Runtime,
+        admission: Admission,
+        deny: tuple[DenyNetwork, ...] = (),
+    ) -> None:
+        self.node = node
+        self.data_dir = data_dir
+        self.bs = bs
+        self.disk = disk
+        self.envs = envs
+        self.records = records
+        self.runtime = runtime
+        self.admission = admission
+        self.deny = deny
+        self.attach_socket = disk.control.with_name("attach.sock")
+        self._locks: defaultdict[str, threading.RLock] = defaultdict(threading.RLock)
+        self._table = threading.Lock()
+        self._attachments: dict[str, Attachment] = {}
+
+    # -- looking up -------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def locked(self, workspace_id: str, *, wait: bool = True) -> Iterator[bool]:
+        """Hold the workspace's flow lock; with ``wait=False`` yields False at once
+        when another flow holds it."""
+        with self._table:
+            lock = self._locks[workspace_id]
+        got = lock.acquire(blocking=wait)
+        try:
+            yield got
+        finally:
+            if got:
+                lock.release()
+
+    def get(self, workspace_id: str) -> Workspace:
+        """The workspace with this id (the control plane calls nodes by id: names are
+        per owner, and the control plane's business)."""
+        ws = self.records.by_id(workspace_id)
+        if ws is None:
+            raise UnknownWorkspace(f"this node has no workspace {workspace_id!r}")
+        return ws
+
+    def fresh(self, ws: Workspace) -> Workspace:
+        """``ws`` read again (its state may have changed while waiting for its lock)."""
+        again = self.records.by_id(ws.record.id)
+        if again is None:
+            raise WorkspaceError(f"workspace {ws.record.name!r} was removed meanwhile")
+        return again
+
+    def attachment(self, workspace_id: str) -> Attachment | None:
+        """The workspace's attachment, as this agent made or adopted it."""
+        return self._attachments.get(workspace_id)
+
+    def adopt_attachment(self, workspace_id: str) -> Attachment | None:
+        """An attachment an earlier agent left, if it is whole (else it is torn down)."""
+        att = adopt(self.data_dir, workspace_id)
+        if att is not None:
+            self._attachments[workspace_id] = att
+        return att
+
+    def check_runtime(self) -> None:
+        """Refuse when the sandbox runtime's programs are missing."""
+        for program in ("runc", "catatonit"):
+            if shutil.which(program) is None:
+                raise WorkspaceError(
+                    f"the sandbox runtime is missing: {program} is not installed",
+                    hint="run `make deps` (Debian: apt-get install runc catatonit)",
+                )
+
+    # -- new --------------------------------------------------------------------------
+
+    def new(
+        self,
+        workspace_id: str,
+        *,
+        start: bool = True,
+        env_path: str | None = None,
+        volume_from: str | None = None,
+    ) -> Workspace:
+        """Make the workspace whose record the control plane wrote (and start it): all or
+        nothing, and nothing of the record touched. ``env_path``: the environment
+        already built (a fork's); ``volume_from``: ``VOLUME@SNAP`` to fork instead of
+        the template (a fork's)."""
+        rec = self.records.record(workspace_id)
+        if rec is None:
+            raise UnknownWorkspace(f"no workspace record {workspace_id!r}")
+        if self.records.by_id(workspace_id) is not None:
+            raise PhaseError(f"workspace {rec.name!r} exists on a node already")
+        self.check_runtime()
+        if start:  # refuse early, before a build; checked again when it starts
+            self.admission.check(rec.name, rec.limits, self._committed(None))
+        made = False
+        try:
+            if env_path is None:
+                env_path = self.envs.build(SpecInput(rec.spec, rec.spec_source))
+            with all_or_nothing() as undo:
+                self.records.add_state(rec.id, self.node)
+                made = True
+                undo.push("the runtime state", lambda: self.records.delete(rec.id))
+                with self.locked(rec.id):
+                    self.envs.switch(rec.profile, env_path)
+                    undo.push("the profile", lambda: self.envs.forget(rec.profile))
+                    if volume_from is None:
+                        create_workspace_volume(self.bs, rec.volume, size=rec.size)
+                    else:
+                        self.bs.fork(volume_from, rec.volume)
+                    undo.push("the volume", lambda: self.disk.remove(rec.volume))
+                    if start:
+                        self.launch(rec, Phase.CREATING)
+                    else:
+                        self.records.set_state(rec.id, phase=Phase.STOPPED)
+        except BaseException as e:
+            if made:
+                log.warning(
+                    "workspace.new_failed name=%s id=%s error=%s",
+                    rec.name,
+                    rec.id,
+                    json.dumps(str(e)),
+                )
+            raise
+        finally:
+            self.envs.settle()
+        log.info("workspace.new name=%s id=%s volume=%s", rec.name, rec.id, rec.volume)
+        return self.get(rec.id)
+
+    # -- start and stop -----------------------------------------------------------------
+
+    def start(self, workspace_id: str) -> Workspace:
+        """Start a stopped workspace."""
+        ws = self.get(workspace_id)
+        with self.locked(ws.record.id):
+            ws = self.fresh(ws)
+            if self.running(ws.record.id):
+                raise PhaseError(f"workspace {ws.record.name!r} is running already")
+            self.launch(ws.record, ws.state.phase)
+        return self.fresh(ws)
+
+    def _committed(self, exclude: str | None) -> list[Limits]:
+        return [
+            w.record.limits
+            for w in self.records.on_node(self.node)
+            if w.state.desired is Desired.RUNNING and w.record.id != exclude
+        ]
+
+    def launch(
+        self, rec: WorkspaceRecord, was: Phase, *, on_failure: Desired = Desired.STOPPED
+    ) -> None:
+        """Admit, attach and run ``rec`` (lock held); on failure, undo to stopped, with
+        ``desired`` set to ``on_failure`` (a start a user asked for that failed is not
+        retried behind their back; a restart after a recovery is)."""
+        with self.admission.lock:
+            self.admission.check(rec.name, rec.limits, self._committed(rec.id))
+            self.records.set_state(
+                rec.id, phase=Phase.STARTING, desired=Desired.RUNNING, node=self.node
+            )
+        try:
+            with all_or_nothing() as undo:
+                undo.push(
+                    "stopped state",
+                    lambda: self.records.set_state(
+                        rec.id,
+                        phase=was if was is Phase.CREATING else Phase.STOPPED,
+                        attachment=None,
+                    ),
+                )
+                gen = self.envs.current(rec.profile)
+                if gen is None:
+                    raise WorkspaceError(
+                        f"workspace {rec.name!r} has no environment",
+                        hint="give it one: loft env switch NAME loft.toml",
+                    )
+                env = self.envs.view(gen.env_path)
+                att = attach(
+                    self.bs,
+                    rec.volume,
+                    rec.id,
+                    socket=self.attach_socket,
+                    traverse_gid=rec.ids.host,
+                )
+                self._attachments[rec.id] = att
+                undo.push("the attachment", lambda: self.detach_volume(rec.id))
+                self.records.set_state(rec.id, attachment=self._attachment_state(att))
+                spec = WorkspaceSpec(
+                    id=rec.id,
+                    rootfs=att.root,
+                    env=env,
+                    ids=rec.ids,
+                    limits=rec.limits,
+                    network=rec.network,
+                    hostname=rec.name,
+                    deny=self.deny,
+                )
+                self.runtime.start(spec)
+                undo.push("the sandbox", lambda: self.runtime.stop(rec.id, grace=0))
+                self.records.set_state(rec.id, phase=Phase.RUNNING)
+        except BaseException:
+            with self.admission.lock:
+                self.records.set_state(rec.id, desired=on_failure)
+            raise
+        log.info("workspace.started name=%s id=%s", rec.name, rec.id)
+
+    def _attachment_state(self, att: Attachment) -> dict[str, object]:
+        rec = self.bs.get(att.volume)
+        return {
+            "volume": att.volume,
+            "device": att.device,
+            "nbdfuse_pid": att.nbdfuse_pid,
+            "nbdfuse_start": att.nbdfuse_start,
+            "holder": rec.holder,
+        }
+
+    def stop(self, workspace_id: str) -> Workspace:
+        """Stop a workspace (nothing to do when it is stopped)."""
+        ws = self.get(workspace_id)
+        with self.locked(ws.record.id):
+            ws = self.fresh(ws)
+            self.records.set_state(ws.record.id, desired=Desired.STOPPED)
+            self.halt(ws.record)
+        return self.fresh(ws)
+
+    def halt(self, rec: WorkspaceRecord, *, grace: float = STOP_GRACE, commit: bool = True) -> None:
+        """Stop the sandbox, detach the volume and (``commit``) have the disk service
+        commit it; the phase ends ``stopped`` (``desired`` is the caller's). Lock held."""
+        self.records.set_state(rec.id, phase=Phase.STOPPING)
+        self.runtime.stop(rec.id, grace=grace)
+        self.detach_volume(rec.id)
+        self.records.set_state(rec.id, phase=Phase.STOPPED, attachment=None)
+        if commit:
+            try:
+                self.disk.commit(rec.volume)
+            except LoftError as e:  # the data is safe on the node; the service retries
+                log.warning("workspace.commit_failed id=%s error=%s", rec.id, json.dumps(e.message))
+        log.info("workspace.stopped name=%s id=%s", rec.name, rec.id)
+
+    def detach_volume(self, workspace_id: str) -> None:
+        """Detach the workspace's volume, whatever made the attachment."""
+        att = self._attachments.pop(workspace_id, None) or adopt(self.data_dir, workspace_id)
+        if att is not None:
+            detach(att)
+
+    def running(self, workspace_id: str) -> bool:
+        """Whether the workspace's sandbox runs (or is paused)."""
+        phase = self.runtime.status(workspace_id).phase
+        return phase in (RuntimePhase.RUNNING, RuntimePhase.PAUSED)
+
+    def healthy(self, ws: Workspace) -> bool:
+        """Running, on a whole attachment: nbdfuse alive as recorded, and the disk
+        service process that served the volume when it was attached not provably dead
+        (nbdfuse does not reconnect: a restarted service is a dead filesystem)."""
+        att = self.attachment(ws.record.id)
+        if att is None or not self.running(ws.record.id):
+            return False
+        stat = proc_stat(att.nbdfuse_pid)
+        if stat is None or stat.start != att.nbdfuse_start or stat.exited:
+            return False
+        holder = (ws.state.attachment or {}).get("holder")
+        return not (isinstance(holder, str) and provably_dead(holder))
+
+    # -- remove -----------------------------------------------------------------------
+
+    def remove(self, workspace_id: str) -> None:
+        """Stop and delete a workspace: sandbox, attachment, volume (with its
+        snapshots), profile, runtime state (the control plane then deletes the record)."""
+        ws = self.get(workspace_id)
+        with self.locked(ws.record.id):
+            ws = self.fresh(ws)
+            self.records.set_state(ws.record.id, desired=Desired.STOPPED)
+            self.halt(ws.record, grace=0, commit=False)
+            self.disk.remove(ws.record.volume)
+            self.envs.forget(ws.record.profile)
+            self.records.delete(ws.record.id)
+        log.info("workspace.removed name=%s id=%s", ws.record.name, ws.record.id)
+
+    def discard(self, ws: Workspace) -> None:
+        """Undo what a ``new`` that died half way (the agent was killed) left: the same
+        as :meth:`remove`, by record."""
+        with self.locked(ws.record.id):
+            self.halt(ws.record, grace=0, commit=False)
+            self.disk.remove(ws.record.volume)
+            self.envs.forget(ws.record.profile)
+            self.records.delete(ws.record.id)
+        log.info("workspace.discarded id=%s reason=unfinished_new", ws.record.id)
+
+    # -- environment ------------------------------------------------------------------
+
+    def switch_env(self, workspace_id: str, spec: SpecInput) -> tuple[int, str, bool]:
+        """Build ``spec`` and make it the workspace's new environment generation (used
+        from its next start): (generation, env path, running). The record's spec is the
+        control plane's to update."""
+        ws = self.get(workspace_id)
+        try:
+            env_path = self.envs.build(spec)
+            with self.locked(ws.record.id):
+                gen = self.envs.switch(ws.record.profile, env_path)
+        finally:
+            self.envs.settle()
+        return gen.number, gen.env_path, self.running(ws.record.id)
+
+    def rollback_env(self, workspace_id: str, to: int | None) -> tuple[int, str, bool]:
+        """The previous (or ``to``) generation made current (used from the next start)."""
+        ws = self.get(workspace_id)
+        with self.locked(ws.record.id):
+            gen = self.envs.rollback(ws.record.profile, to)
+        return gen.number, gen.env_path, self.running(ws.record.id)
