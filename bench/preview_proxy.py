@@ -34,6 +34,7 @@ from controltool import Harness
 from previewtool import EchoServer, free_port
 
 from loft.api import CreateWorkspace, EnvSpec
+from loft.control.wake import WakeLimits
 
 BODY = 256 * _common.MIB
 ROUNDS = 5
@@ -41,7 +42,7 @@ WAKES = 8
 
 
 def _get(port: int, host: str, path: str, token: str | None) -> tuple[float, float, int]:
-    """(seconds to the first byte, seconds to the last, bytes) of one GET."""
+    """(seconds to the first byte, seconds to the last, bytes) of one GET answered 200."""
     auth = f"Authorization: Bearer {token}\r\n" if token else ""
     req = f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Connection: close\r\n\r\n".encode()
     buf = bytearray(1 << 20)
@@ -53,6 +54,7 @@ def _get(port: int, host: str, path: str, token: str | None) -> tuple[float, flo
         while n := s.recv_into(buf):
             if not total:
                 first = time.perf_counter() - start
+                assert buf[:12] == b"HTTP/1.1 200", bytes(buf[:200])
             total += n
     return first, time.perf_counter() - start, total
 
@@ -90,6 +92,9 @@ def wake(h: Harness, token: str) -> dict[str, object]:
     port = free_port()
     command = f"exec python3 -m http.server {port} --bind 127.0.0.1 --directory {site}"
     spec = f'[env]\ndebian = ["python3"]\n\n[run]\ncommand = "{command}"\n'
+    assert h.server.proxy is not None
+    # measured here is the wake itself, one after another: no rate limit in the way
+    h.server.proxy.waker.limits = WakeLimits(1000, 0.001, client_burst=1000, client_every=0.001)
     client = h.client(token)
     ws = client.create_workspace(CreateWorkspace("web", env=EnvSpec(spec=spec), size=1 << 30))
     host = f"{port}--{ws.id}.preview.localhost:{h.preview_port}"

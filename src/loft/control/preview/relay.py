@@ -18,7 +18,7 @@ import h11
 __all__ = ["READ_SIZE", "Closed", "Peer", "relay_body", "splice"]
 
 #: Bytes read from a socket at once.
-READ_SIZE = 256 * 1024
+READ_SIZE = 1024 * 1024
 #: Seconds one direction of a splice may go on after the other ended.
 _LINGER = 1.0
 
