@@ -49,7 +49,7 @@ from loft.node.snapshots import (
     snap,
     snapshots,
 )
-from loft.node.workspaces import BadRequest, NewWorkspace, Workspaces
+from loft.node.workspaces import BadRequest, Workspaces
 from loft.runtime.errors import PhaseError, UnknownWorkspace
 from loft.runtime.forward import loopback_listener, unix_listener
 from loft.runtime.spec import ExecRequest, WindowSize
@@ -170,11 +170,7 @@ class AgentApi:
         return wapi.WorkspacesAnswer([self.info(ws) for ws in self.wss.records.all()])
 
     def new(self, req: wapi.CreateWorkspaceRequest) -> wapi.WorkspaceInfo:
-        spec = spec_input(req.packages, req.spec, req.spec_source)
-        new = NewWorkspace.checked(
-            req.name, spec, req.size, req.memory, req.cpus, req.pids, req.network, req.start
-        )
-        return self.info(self.wss.new(new))
+        return self.info(self.wss.new(req.workspace, start=req.start))
 
     def remove(self, req: wapi.RemoveWorkspaceRequest) -> wapi.RemovedAnswer:
         self.wss.remove(req.workspace)

@@ -1,8 +1,9 @@
 """The node agent's operations (``agent.sock``): workspaces, their snapshots and
 environments, exec/shell/forward sessions, and the node's capacity.
 
-Workspaces are named in paths by their name (owner ``root`` until the control plane adds
-users; it will call nodes by workspace id). Sizes and memory are bytes; CPUs a number.
+Workspaces are named in paths by their id: the control plane writes their records
+(names are per owner, and its business) and calls the node with the id; the node keeps
+only their runtime state. Sizes and memory are bytes; CPUs a number.
 Operations flagged ``needs_running`` are refused with 409 unless the workspace runs;
 ``stream`` ones answer ``101 Switching Protocols`` and then speak frames
 (:mod:`loft.node.frames`): exec and shell carry standard streams, resizes and the exit
@@ -179,20 +180,11 @@ class ListWorkspacesRequest:
 
 @dataclass(frozen=True, slots=True)
 class CreateWorkspaceRequest:
-    """Create a workspace (and start it unless ``start`` is false): a fork of the
-    template volume of its size, an environment built from ``packages`` (Debian
-    packages) or ``spec`` (the text of a loft.toml or a loft.lock; ``spec_source`` names
-    it in messages), limits and a network. All or nothing."""
+    """Make the workspace whose record (written by the control plane) has id
+    ``workspace``: a fork of the template volume of its size, an environment built from
+    its spec, and start it unless ``start`` is false. All or nothing."""
 
-    name: str
-    packages: list[str] = field(default_factory=list)
-    spec: str = ""
-    spec_source: str = ""
-    size: int = 16 << 30
-    memory: int = 1 << 30
-    cpus: float = 1.0
-    pids: int = 1024
-    network: str = "none"
+    workspace: str
     start: bool = True
 
 
@@ -252,8 +244,9 @@ class RestoreWorkspaceRequest:
 
 @dataclass(frozen=True, slots=True)
 class ForkWorkspaceRequest:
-    """A new, independent workspace ``new`` from a snapshot of this one (taken now, on
-    the fly, unless ``snapshot`` names one)."""
+    """Make the workspace whose record has id ``new`` (written by the control plane) an
+    independent copy of a snapshot of this one (taken now, on the fly, unless
+    ``snapshot`` names one)."""
 
     workspace: str
     new: str
