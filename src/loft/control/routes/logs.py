@@ -13,7 +13,7 @@ from loft.control.deps import Caller, OwnerQuery, State, on_node, owned
 from loft.control.routes import RAW_ERRORS
 from loft.control.routes.workspaces import NamePath
 
-__all__ = ["MAX_TAIL", "router"]
+__all__ = ["MAX_TAIL", "LogResponse", "router"]
 
 router = APIRouter(tags=["logs"], responses=RAW_ERRORS)
 #: The most bytes of kept output one request asks for.
