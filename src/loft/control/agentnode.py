@@ -167,10 +167,10 @@ class AgentNode:
                     rest += more
                 raise _error(status, rest[:length])
         except OSError as e:
-            sock.close()
+            _close(sock)
             raise NodeUnavailable(f"the node agent broke off: {e.strerror or e}") from None
         except BaseException:
-            sock.close()
+            _close(sock)
             raise
         decoder = Decoder()
         if rest:  # b"" would mean the end of the stream
@@ -379,7 +379,20 @@ async def _events(
         raise BadGateway(f"the node sent a malformed frame: {e}") from None
     finally:
         feeding.cancel()
-        sock.close()
+        _close(sock)
+
+
+def _close(sock: socket.socket) -> None:
+    """Close a socket the loop may still watch for a cancelled ``sock_recv`` or
+    ``sock_sendall``: unregistered first, so the loop's late clean-up cannot unregister
+    whoever gets the same descriptor number next (and never wake them)."""
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(ValueError, OSError):  # already closed
+        fd = sock.fileno()
+        if fd >= 0:
+            loop.remove_reader(fd)
+            loop.remove_writer(fd)
+    sock.close()
 
 
 async def _read_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
