@@ -11,8 +11,8 @@ import pytest
 
 # The end-to-end tests drive a whole node (tests/node's agenttool and what it uses).
 _TESTS = Path(__file__).resolve().parents[1]
-for _helpers in ("node", "interop", "nbd", "envstore", "runtime"):
-    sys.path.insert(0, str(_TESTS / _helpers))
+for _dir in ("node", "interop", "nbd", "envstore", "runtime"):
+    sys.path.insert(0, str(_TESTS / _dir))
 
 from controltool import Harness  # noqa: E402
 

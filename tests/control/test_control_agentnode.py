@@ -111,7 +111,8 @@ def test_agentnode_broken_answers_are_clear_errors(
 
 
 def test_agentnode_exec_stream_cut_short_is_unavailable(tmp_path: Path) -> None:
-    """The agent switches protocols, sends some output, then dies without an exit."""
+    """The agent switches protocols, sends some output, then dies without an exit (and
+    without reading the input sent to it): the output that came is kept, then 503."""
     from loft.node import frames
 
     def half(conn: socket.socket) -> None:

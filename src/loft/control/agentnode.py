@@ -3,8 +3,10 @@ node API (``run/agent.sock``, root only; between machines the same API over TLS 
 client certificate will be a second transport of this class).
 
 Each call is one HTTP/1.1 request on a fresh connection, on the control plane's event
-loop (asyncio streams, no thread per call); exec upgrades its connection to frames
-(:mod:`loft.node.frames`) and turns them into :class:`Output` and :class:`Exited`. The
+loop (no thread per call); exec upgrades its connection to frames
+(:mod:`loft.node.frames`) and turns them into :class:`Output` and :class:`Exited`, its
+input written by a task of its own on the raw socket, so a command that ends before
+reading it (the node closes the connection under the write) loses no output. The
 node is called by workspace **id** and reads the record the control plane wrote; it
 writes only runtime state.
 
@@ -32,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
@@ -130,29 +133,51 @@ class AgentNode:
             return b""
         return json.dumps({k: v for k, v in encode(req).items() if k not in path_params}).encode()
 
-    async def _stream(
-        self, req: object
-    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, Decoder]:
-        """Open a stream operation; the connection once it switched to frames."""
+    async def _stream(self, req: object) -> tuple[socket.socket, Decoder]:
+        """Open a stream operation; the connection (non-blocking) once it switched to
+        frames, with a decoder holding what came after the ``101``."""
         op = wapi.WORKSPACE_API.find(req)
         assert op is not None and op.stream
         body = self._body(op.method, op.path_params, req)
-        reader, writer = await self._open()
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
         try:
+            try:
+                await loop.sock_connect(sock, str(self.socket))
+            except OSError as e:
+                raise NodeUnavailable(
+                    f"cannot reach the node agent at {self.socket}: {e.strerror or e}",
+                    hint="is `loft up` (or `loft node agent`) running?",
+                ) from None
             extra = f"Connection: upgrade\r\nUpgrade: {frames.UPGRADE}\r\n"
-            writer.write(self._head(op.method, op.url(req), body, extra))
-            await writer.drain()
-            status, headers = await _read_head(reader)
+            await loop.sock_sendall(sock, self._head(op.method, op.url(req), body, extra))
+            data = b""
+            while b"\r\n\r\n" not in data:
+                more = await loop.sock_recv(sock, 65536)
+                if not more or len(data) > _MAX_HEAD:
+                    raise NodeUnavailable("the node agent closed the stream's request early")
+                data += more
+            head, _, rest = data.partition(b"\r\n\r\n")
+            status, headers = _parse_head(head)
             if status != 101:
                 length = min(int(headers.get("content-length", "0") or 0), MAX_ANSWER)
-                raise _error(status, await reader.readexactly(length))
-        except (OSError, asyncio.IncompleteReadError) as e:
-            writer.close()
-            raise NodeUnavailable(f"the node agent broke off: {e}") from None
+                while len(rest) < length:
+                    more = await loop.sock_recv(sock, 65536)
+                    if not more:
+                        break
+                    rest += more
+                raise _error(status, rest[:length])
+        except OSError as e:
+            _close(sock)
+            raise NodeUnavailable(f"the node agent broke off: {e.strerror or e}") from None
         except BaseException:
-            writer.close()
+            _close(sock)
             raise
-        return reader, writer, Decoder()
+        decoder = Decoder()
+        if rest:  # b"" would mean the end of the stream
+            decoder.receive_data(rest)
+        return sock, decoder
 
     # --- NodeClient ------------------------------------------------------------------------
 
@@ -241,11 +266,9 @@ class AgentNode:
             cwd=req.cwd,
             user=user,
         )
-        reader, writer, decoder = await self._stream(node_req)
-        for at in range(0, len(stdin), _CHUNK):
-            writer.write(frames.encode(frames.Frame(Channel.STDIN, stdin[at : at + _CHUNK])))
-        writer.write(frames.encode(frames.eof()))
-        return _events(reader, writer, decoder, req.timeout)
+        sock, decoder = await self._stream(node_req)
+        feeding = asyncio.ensure_future(_feed(sock, stdin))
+        return _events(sock, feeding, decoder, req.timeout)
 
     async def _run(self, id: str, argv: list[str], stdin: bytes = b"") -> tuple[int, bytes, bytes]:
         """A command as runner: (status, stdout, stderr)."""
@@ -339,25 +362,38 @@ def _file_error(code: int, err: bytes, path: str) -> None:
     raise Invalid(f"{path}: {why}")
 
 
+async def _feed(sock: socket.socket, stdin: bytes) -> None:
+    """The command's standard input, then its end. Apart from the reading (a failed
+    write must not lose output already received): a command that ends without reading
+    its input closes the connection under this, which is no error."""
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(OSError):
+        for at in range(0, len(stdin), _CHUNK):
+            frame = frames.Frame(Channel.STDIN, stdin[at : at + _CHUNK])
+            await loop.sock_sendall(sock, frames.encode(frame))
+        await loop.sock_sendall(sock, frames.encode(frames.eof()))
+
+
 async def _events(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, decoder: Decoder, timeout: float
+    sock: socket.socket, feeding: asyncio.Future[None], decoder: Decoder, timeout: float
 ) -> AsyncIterator[Output | Exited]:
     """The frames of an exec as events; past ``timeout`` the connection closes (the node
     then ends the process) and the command is reported killed (124, as timeout(1))."""
-    deadline = asyncio.get_running_loop().time() + timeout
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
     try:
         while True:
             frame = decoder.next_frame()
             if frame is frames.NEED_DATA:
-                left = deadline - asyncio.get_running_loop().time()
+                left = deadline - loop.time()
                 try:
-                    data = await asyncio.wait_for(reader.read(65536), max(left, 0))
+                    data = await asyncio.wait_for(loop.sock_recv(sock, 65536), max(left, 0))
                 except TimeoutError:
                     yield Output("stderr", b"killed: timed out\n")
                     yield Exited(124)
                     return
                 except OSError as e:
-                    raise NodeUnavailable(f"the node agent broke off: {e}") from None
+                    raise NodeUnavailable(f"the node agent broke off: {e.strerror or e}") from None
                 decoder.receive_data(data)
                 continue
             if frame is None:
@@ -377,9 +413,21 @@ async def _events(
     except frames.RemoteProtocolError as e:
         raise BadGateway(f"the node sent a malformed frame: {e}") from None
     finally:
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
+        feeding.cancel()
+        _close(sock)
+
+
+def _close(sock: socket.socket) -> None:
+    """Close a socket the loop may still watch for a cancelled ``sock_recv`` or
+    ``sock_sendall``: unregistered first, so the loop's late clean-up cannot unregister
+    whoever gets the same descriptor number next (and never wake them)."""
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(ValueError, OSError):  # already closed
+        fd = sock.fileno()
+        if fd >= 0:
+            loop.remove_reader(fd)
+            loop.remove_writer(fd)
+    sock.close()
 
 
 async def _read_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
@@ -387,6 +435,10 @@ async def _read_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]
         head = await reader.readuntil(b"\r\n\r\n")
     except asyncio.LimitOverrunError:
         raise BadGateway("the node's answer head is too large") from None
+    return _parse_head(head.rstrip(b"\r\n"))
+
+
+def _parse_head(head: bytes) -> tuple[int, dict[str, str]]:
     lines = head.decode("latin-1").split("\r\n")
     parts = lines[0].split(" ", 2)
     if len(parts) < 2 or not parts[1].isdigit():
