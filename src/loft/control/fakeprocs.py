@@ -23,6 +23,8 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+from loft.node.sessions import readable, writable
+
 __all__ = ["LOG_KEEP", "PtyShell", "RunLog", "Server", "set_window"]
 
 #: Bytes of a run command's output kept (the newest).
@@ -194,7 +196,7 @@ class PtyShell:
             try:
                 return os.read(self.master, _READ)
             except BlockingIOError:
-                await _readable(self.master)
+                await readable(self.master)
             except OSError as e:
                 if e.errno == errno.EIO:  # every slave closed: the shell is gone
                     return b""
@@ -207,7 +209,7 @@ class PtyShell:
             try:
                 view = view[os.write(self.master, view) :]
             except BlockingIOError:
-                await _writable(self.master)
+                await writable(self.master)
 
     async def resize(self, rows: int, cols: int) -> None:
         if not self._closed:
@@ -223,28 +225,3 @@ class PtyShell:
         await _end_group(self.proc.pid, signal.SIGHUP, self.wait)
         self._closed = True
         os.close(self.master)
-
-
-def _wake(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
-
-
-async def _readable(fd: int) -> None:
-    loop = asyncio.get_running_loop()
-    fut: asyncio.Future[None] = loop.create_future()
-    loop.add_reader(fd, _wake, fut)
-    try:
-        await fut
-    finally:
-        loop.remove_reader(fd)
-
-
-async def _writable(fd: int) -> None:
-    loop = asyncio.get_running_loop()
-    fut: asyncio.Future[None] = loop.create_future()
-    loop.add_writer(fd, _wake, fut)
-    try:
-        await fut
-    finally:
-        loop.remove_writer(fd)

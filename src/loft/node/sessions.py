@@ -32,7 +32,7 @@ from loft.runtime.console import PtySession
 from loft.runtime.forward import Forwarder
 from loft.runtime.spec import WindowSize
 
-__all__ = ["ExecSession", "ForwardSession"]
+__all__ = ["ExecSession", "ForwardSession", "readable", "writable"]
 
 _READ = 65536
 #: Seconds a process gets to end after its client went away, before SIGKILL.
@@ -44,7 +44,8 @@ def _wake(fut: asyncio.Future[None]) -> None:
         fut.set_result(None)
 
 
-async def _readable(fd: int) -> None:
+async def readable(fd: int) -> None:
+    """Wait, on the running loop, until ``fd`` (non-blocking) can be read."""
     loop = asyncio.get_running_loop()
     fut: asyncio.Future[None] = loop.create_future()
     loop.add_reader(fd, _wake, fut)
@@ -54,7 +55,8 @@ async def _readable(fd: int) -> None:
         loop.remove_reader(fd)
 
 
-async def _writable(fd: int) -> None:
+async def writable(fd: int) -> None:
+    """Wait, on the running loop, until ``fd`` (non-blocking) can be written."""
     loop = asyncio.get_running_loop()
     fut: asyncio.Future[None] = loop.create_future()
     loop.add_writer(fd, _wake, fut)
@@ -134,7 +136,7 @@ class ExecSession:
 
     async def _pump(self, fd: int, channel: Channel, writer: asyncio.StreamWriter) -> None:
         while True:
-            await _readable(fd)
+            await readable(fd)
             data = _read(fd)
             if data is None:
                 continue
@@ -170,7 +172,7 @@ class ExecSession:
             try:
                 n = os.write(self._stdin, view)
             except BlockingIOError:
-                await _writable(self._stdin)
+                await writable(self._stdin)
                 continue
             except OSError:  # the process closed its input: drop what it will not read
                 self._close_stdin()
@@ -194,7 +196,7 @@ class ExecSession:
         pidfd = os.pidfd_open(self.process.pid)
         try:
             while self.process.poll() is None:
-                await _readable(pidfd)
+                await readable(pidfd)
         finally:
             os.close(pidfd)
         return self.process.returncode
