@@ -123,8 +123,13 @@ class ExecSession:
                     await _send(writer, Frame(channel, data))
             await _send(writer, frames.exit_status(exited.result()))
         finally:
-            for task in (*pumps, inputs, exited):
+            tasks = (*pumps, inputs, exited)
+            for task in tasks:
                 task.cancel()
+            # Their readers go before the descriptors close: a number closed while still
+            # registered is another session's pidfd or pipe the next moment, and a late
+            # remove_reader would unregister that one's (it would never see its exit).
+            await asyncio.gather(*tasks, return_exceptions=True)
             self._close()
 
     async def _pump(self, fd: int, channel: Channel, writer: asyncio.StreamWriter) -> None:
