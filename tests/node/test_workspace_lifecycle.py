@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
 import socket
 import subprocess
 import time
@@ -177,8 +178,11 @@ def test_workspace_lifecycle_forward_a_port(node: AgentNode) -> None:
     node.sh("web", "cd /tmp && echo served > index.html && "
                    "(python3 -m http.server 8000 >/dev/null 2>&1 &) && sleep 0.5")  # fmt: skip
     for extra in ([], ["--local", "0"]):
+        # Ctrl-C is what stops a forward: make sure it is not ignored, as it is in a
+        # suite started in the background by a non-interactive shell.
         fwd = subprocess.Popen([*loft_command(), "forward", "web", "8000", *extra], env=node.env,
-                               stdout=subprocess.PIPE, text=True)  # fmt: skip
+                               stdout=subprocess.PIPE, text=True,
+                               preexec_fn=_sigint_default)  # fmt: skip
         try:
             assert fwd.stdout is not None
             line = fwd.stdout.readline()
@@ -208,6 +212,10 @@ def test_workspace_lifecycle_forward_a_port(node: AgentNode) -> None:
     node.loft("stop", "web")
     _, err = fwd.communicate(timeout=30)
     assert fwd.returncode == 1 and "workspace stopped" in err
+
+
+def _sigint_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _http_get(s: socket.socket) -> bytes:

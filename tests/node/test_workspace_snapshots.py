@@ -128,6 +128,7 @@ def test_workspace_snapshots_environments_in_use_are_gc_roots(
     assert node.json("info", "rooted")["env_path"] == first
     assert node.sh("rooted", "python3 -c 'print(42)'").strip() == "42"
     node.loft("rm", "rooted")
-    # nothing uses them now: both are garbage (so the check above could fail)
-    would = _gc_would_delete(node)
-    assert first in would and second in would
+    # nothing here uses them now: the switched-to environment is garbage (so the check
+    # above could fail); the example environment may still be held by other tests of
+    # the session, which share its store
+    assert second in _gc_would_delete(node)

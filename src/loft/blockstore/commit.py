@@ -132,7 +132,13 @@ def store_chunks(
     missing = []
     for d in asked:
         info = infos[keys[d]]
-        if info is not None and (info.mtime > fresh_after or ctx.store.touch(keys[d])):
+        # An object too short to be a chunk (an upload cut off by a crash, on stores that
+        # leave one) is not a hit: the chunk is uploaded again over it.
+        if (
+            info is not None
+            and info.size > HEADER_SIZE
+            and (info.mtime > fresh_after or ctx.store.touch(keys[d]))
+        ):
             hits.append(d)
         else:
             missing.append(d)
