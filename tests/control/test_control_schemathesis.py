@@ -4,6 +4,9 @@ ones): no 5xx, and every answer's status, content type and body match the schema
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import schemathesis
 from controltool import Harness
@@ -66,3 +69,15 @@ def test_schemathesis_every_operation_holds_to_the_schema(
         except Exception as e:  # collect every operation's failure, then report them all
             failures.append(f"{op.label}: {str(e)[:600]}")
     assert not failures, "\n\n".join(failures)
+
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "control-api.json"
+
+
+def test_openapi_is_committed(control: Harness) -> None:
+    """docs/control-api.json is what the server describes (regenerate it with
+    ``curl -s API/openapi.json | python3 -m json.tool --sort-keys``)."""
+    import httpx
+
+    served = httpx.get(control.url + "/openapi.json", timeout=30).json()
+    assert json.loads(DOC.read_text()) == served, "regenerate docs/control-api.json"

@@ -132,6 +132,17 @@ class AgentNode:
     def json(self, *args: str) -> Any:
         return json.loads(self.loft(*args, "--json").stdout)
 
+    def node_view(self, name: str) -> dict[str, Any]:
+        """What the node agent itself keeps of workspace ``name`` (its phase, the host pid
+        of its init, its uid range and volume): below the API, which shows none of these."""
+        from loft.node import workspace_api as wapi
+        from loft.node.client import call
+        from loft.node.jsoncodec import encode
+
+        ws_id = self.json("info", name)["id"]
+        sock = str(self.run_dir / "agent.sock")
+        return dict(encode(call(sock, wapi.GetWorkspaceRequest(ws_id), wapi.WorkspaceInfo)))
+
     def new(self, name: str, *args: str) -> dict[str, Any]:
         """``loft new NAME`` with the example environment (small disk and memory)."""
         defaults = ["--spec", str(self.lock_file), "--size", "1G", "--memory", "256M"]

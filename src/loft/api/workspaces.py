@@ -11,7 +11,10 @@ from loft.api._rules import FORBID_EXTRA, Bool, Float, Int, Rule, Str
 __all__ = [
     "DEFAULT_IDLE_TIMEOUT",
     "DEFAULT_SIZE",
+    "LIMIT_BOUNDS",
+    "MAX_SIZE",
     "MAX_SPEC",
+    "MIN_SIZE",
     "PACKAGE_PATTERN",
     "STATES",
     "WORKSPACE_NAME_MAX",
@@ -60,6 +63,16 @@ DEFAULT_SIZE = 16 << 30
 #: Seconds a workspace may go unused before it sleeps, unless told (0 is never).
 DEFAULT_IDLE_TIMEOUT = 900.0
 
+#: A workspace's disk: at least 64 MiB (a filesystem with room for a home), at most 1 PiB.
+MIN_SIZE, MAX_SIZE = 64 << 20, 1 << 50
+#: Each limit's (least, most), the node's own bounds: memory in bytes (16 MiB runs a
+#: shell; the kernel's cgroup accounting is not meaningful below), CPUs, tasks.
+LIMIT_BOUNDS: dict[str, tuple[float, float]] = {
+    "memory": (16 << 20, 1 << 42),
+    "cpus": (0.01, 1024),
+    "pids": (16, 1 << 22),
+}
+
 Runtime = Literal["sandbox", "vm"]
 #: ``none``: loopback only; ``nat``: outbound through a userspace stack, behind the
 #: node's egress policy.
@@ -80,9 +93,11 @@ class Limits:
     tasks (processes and threads)."""
 
     __pydantic_config__: ClassVar[dict[str, object]] = FORBID_EXTRA
-    memory: Annotated[int, Rule(ge=64 << 20, le=1 << 42)] = 1 << 30
-    cpus: Annotated[float, Rule(ge=0.05, le=256)] = 1.0
-    pids: Annotated[int, Rule(ge=16, le=1 << 22)] = 1024
+    memory: Annotated[int, Rule(ge=LIMIT_BOUNDS["memory"][0], le=LIMIT_BOUNDS["memory"][1])] = (
+        1 << 30
+    )
+    cpus: Annotated[float, Rule(ge=LIMIT_BOUNDS["cpus"][0], le=LIMIT_BOUNDS["cpus"][1])] = 1.0
+    pids: Annotated[int, Rule(ge=LIMIT_BOUNDS["pids"][0], le=LIMIT_BOUNDS["pids"][1])] = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +119,7 @@ class CreateWorkspace:
     __pydantic_config__: ClassVar[dict[str, object]] = FORBID_EXTRA
     name: WorkspaceName
     env: EnvSpec = field(default_factory=EnvSpec)
-    size: Annotated[int, Rule(ge=64 << 20, le=1 << 50)] = DEFAULT_SIZE
+    size: Annotated[int, Rule(ge=MIN_SIZE, le=MAX_SIZE)] = DEFAULT_SIZE
     limits: Limits = field(default_factory=Limits)
     runtime: Runtime = "sandbox"
     network: Network = "none"
@@ -140,6 +155,8 @@ class Workspace:
     node: Str = ""
     #: its environment's current generation, as its node reports it
     env_generation: Int | None = None
+    #: the store path of that generation (mounted at /usr from the next start)
+    env_path: Str | None = None
     #: bytes of memory and tasks in use now (a single workspace's read, while it runs)
     memory_used: Int | None = None
     pids_used: Int | None = None

@@ -65,6 +65,59 @@ def _spec(spec_file: Path | None, packages: str | None) -> tuple[list[str], str,
         ) from None
 
 
+def _name(name: str) -> str:
+    """``name`` if the API would take it as a workspace name (said here in the CLI's
+    words rather than as the API's pattern)."""
+    import re
+
+    from loft.api import WORKSPACE_NAME_MAX, WORKSPACE_NAME_PATTERN
+
+    if len(name) > WORKSPACE_NAME_MAX or not re.match(WORKSPACE_NAME_PATTERN, name):
+        raise LoftError(
+            f"bad workspace name {name!r}",
+            hint=f"use 1-{WORKSPACE_NAME_MAX} lowercase letters, digits and single '-', "
+            "starting with a letter and not ending with '-' (it may become part of a host "
+            "name)",
+        )
+    return name
+
+
+def _limits(size: int, memory: int, cpus: float, pids: int) -> None:
+    """Refuse a size or limit outside what the API accepts, naming the option."""
+    from loft.api import LIMIT_BOUNDS, MAX_SIZE, MIN_SIZE
+    from loft.units import format_size
+
+    def refuse(what: str, value: str, least: str, most: str, option: str) -> LoftError:
+        return LoftError(
+            f"{what} {value} is not between {least} and {most}",
+            hint=f"see `loft new --help`; e.g. {option}",
+        )
+
+    if size < MIN_SIZE:
+        raise LoftError(
+            f"size {format_size(size)} is below {format_size(MIN_SIZE)}",
+            hint="ask for --size 1G or more",
+        )
+    if size > MAX_SIZE:
+        raise refuse("size", format_size(size), "64M", format_size(MAX_SIZE), "--size 16G")
+    least, most = LIMIT_BOUNDS["memory"]
+    if memory < least:
+        raise LoftError(
+            f"memory {format_size(memory)} is below {format_size(int(least))}",
+            hint="ask for --memory 256M or more",
+        )
+    if memory > most:
+        raise refuse("memory", format_size(memory), "16M", format_size(int(most)), "--memory 1G")
+    least, most = LIMIT_BOUNDS["cpus"]
+    if not least <= cpus <= most:
+        raise refuse("cpus", f"{cpus:g}", f"{least:g}", f"{most:g}", "--cpus 0.5")
+    least, most = LIMIT_BOUNDS["pids"]
+    if pids < least:
+        raise LoftError(f"pids limit {pids} is below {least:g}", hint="e.g. --pids 512")
+    if pids > most:
+        raise refuse("pids limit", str(pids), f"{least:g}", f"{most:g}", "--pids 512")
+
+
 def _when(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
 
@@ -100,6 +153,7 @@ def _echo_info(ws: Workspace, as_json: bool) -> None:
         "pids": ws.limits.pids,
         "env": ",".join(ws.env.packages) if ws.env.packages else ("spec" if ws.env.spec else None),
         "env_generation": ws.env_generation,
+        "env_path": ws.env_path,
         "idle_timeout": f"{ws.idle_timeout:g} s" if ws.idle_timeout else "never",
         "created_at": _when(ws.created_at),
         "memory_used": None if ws.memory_used is None else output.size(ws.memory_used),
@@ -166,11 +220,13 @@ def new(
         ) from None
     if net not in ("none", "nat"):
         raise LoftError(f"bad --net {net!r}", hint="--net none (the default) or --net nat")
+    n_size, n_memory = _size("--size", size), _size("--memory", memory)
+    _limits(n_size, n_memory, n_cpus, n_pids)
     req = CreateWorkspace(
-        name,
+        _name(name),
         env=env,
-        size=_size("--size", size),
-        limits=Limits(_size("--memory", memory), n_cpus, n_pids),
+        size=n_size,
+        limits=Limits(n_memory, n_cpus, n_pids),
         network=net,  # type: ignore[arg-type]  # checked above
         start=not stopped,
     )
@@ -261,6 +317,17 @@ def rm(name: str) -> None:
 def snap(name: str, snapshot: str, as_json: bool) -> None:
     """Snapshot workspace NAME (as SNAPSHOT; default: the time). A running workspace's
     writers pause only while its disk is committed."""
+    if snapshot:
+        import re
+
+        from loft.api import SNAPSHOT_NAME_PATTERN
+
+        if not re.match(SNAPSHOT_NAME_PATTERN, snapshot):
+            raise LoftError(
+                f"bad snapshot name {snapshot!r}",
+                hint="use up to 128 letters, digits, '.', '_' and '-', starting with a "
+                "letter or digit",
+            )
     with client() as c:
         ans = c.snapshot(name, snapshot or None)
     if as_json:
@@ -313,6 +380,7 @@ def fork(ref: str, new_name: str, stopped: bool) -> None:
     """Create workspace NEW from NAME: from its snapshot SNAP, or from a snapshot taken
     now (a running workspace pauses only for it). The two are independent."""
     name, _, snapshot = ref.partition("@")
+    _name(new_name)
     with client(_BUILD_TIMEOUT) as c:
         ws = c.fork(name, new_name, snapshot=snapshot or None, start=not stopped)
     click.echo(f"forked {ref} as {_summary(ws)}")

@@ -187,6 +187,7 @@ class AgentNode:
             info.phase,
             info.node or self.name,
             info.env_generation,
+            info.env_path,
             info.memory_used,
             info.pids_used,
         )
@@ -304,7 +305,7 @@ class AgentNode:
         return _env_state(info.env_generation, info.env_path)
 
     async def env_switch(self, id: str, env: EnvSpec) -> EnvState:
-        req = wapi.SwitchEnvRequest(id, list(env.packages), env.spec or "", "the API's spec")
+        req = wapi.SwitchEnvRequest(id, list(env.packages), env.spec or "", "the spec")
         ans = await self._request(req, wapi.EnvAnswer)
         return _env_state(ans.generation, ans.env_path, env)
 

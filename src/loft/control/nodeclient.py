@@ -73,6 +73,7 @@ class RuntimeState:
     state: str
     node: str
     env_generation: int | None = None
+    env_path: str | None = None
     memory_used: int | None = None
     pids_used: int | None = None
 

@@ -69,7 +69,7 @@ def env_of(spec: str, source: str) -> EnvSpec:
 
 def _spec(env: EnvSpec) -> SpecInput:
     try:
-        return spec_input(list(env.packages), env.spec or "", "the API's spec")
+        return spec_input(list(env.packages), env.spec or "", "the spec")
     except LoftError as e:
         raise BadRequest(e.message, hint=e.hint or "give packages or a spec") from None
 
@@ -130,7 +130,8 @@ class WorkspaceRecords:
             )
         except NameTaken:
             raise Conflict(
-                f"you already have a workspace {draft.name}", hint="pick another name"
+                f"a workspace of yours named {draft.name!r} exists already",
+                hint="pick another name",
             ) from None
         return replace(
             draft,
@@ -147,7 +148,7 @@ class WorkspaceRecords:
             row = conn.execute(select(_W).where(_W.c.owner == owner, _W.c.name == name))
             found = row.mappings().first()
         if found is None:
-            raise NotFound(f"no workspace {name}", hint="`loft ls` lists yours")
+            raise NotFound(f"no workspace named {name!r}", hint="`loft ls` lists yours")
         return _record(found)
 
     def find(self, id: str, caller: Principal) -> Record | None:
@@ -217,7 +218,7 @@ class WorkspaceRecords:
                 )
             ).rowcount
         if not done:
-            raise NotFound(f"no workspace {record.name}")
+            raise NotFound(f"no workspace named {record.name!r}")
         return changed
 
     def set_env(self, record: Record, env: EnvSpec) -> Record:

@@ -27,6 +27,7 @@ import json
 import re
 import secrets
 import string
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -221,7 +222,11 @@ class Records:
         when the owner has one of that name. ``guard`` runs in the inserting transaction
         first (the control plane checks quotas there); ``extra`` sets further columns."""
         check_workspace_name(name)
-        for _attempt in range(_ALLOCATION_ATTEMPTS):
+        for attempt in range(_ALLOCATION_ATTEMPTS):
+            if attempt:
+                # A writer that just won creates its next one at once; without a random
+                # pause the loser of every round meets it again at the same range.
+                time.sleep(secrets.randbelow(1000) / 1000 * 0.005 * 2**attempt)
             try:
                 with self.catalog.write() as conn:
                     if guard is not None:

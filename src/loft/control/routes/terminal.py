@@ -57,7 +57,7 @@ def _authorize(
     if caller is None:
         raise Unauthorized("no bearer token, or not a live one")
     if not re.match(WORKSPACE_NAME_PATTERN, name):
-        raise NotFound(f"no workspace {name}")
+        raise NotFound(f"no workspace named {name!r}")
     return caller, state.records.get(resolve_owner(state, caller, owner).name, name)
 
 

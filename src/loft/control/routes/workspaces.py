@@ -21,7 +21,7 @@ from loft.api import (
     WorkspaceDeleted,
 )
 from loft.control.deps import Caller, OwnerQuery, State, in_thread, on_node, owned, resolve_owner
-from loft.control.errors import ApiError, BadRequest, Invalid, NodeUnavailable
+from loft.control.errors import ApiError, BadRequest, Conflict, Invalid, NodeUnavailable
 from loft.control.nodeclient import NodeWorkspace, RuntimeState
 from loft.control.records import Record
 from loft.control.routes import ERRORS, errors
@@ -51,6 +51,7 @@ def to_workspace(rec: Record, rs: RuntimeState | None) -> Workspace:
         created_at=rec.created_at,
         node=rs.node if rs else "",
         env_generation=rs.env_generation if rs else None,
+        env_path=rs.env_path if rs else None,
         memory_used=rs.memory_used if rs else None,
         pids_used=rs.pids_used if rs else None,
         preview_public=rec.preview_public,
@@ -186,12 +187,19 @@ async def delete_workspace(
     return WorkspaceDeleted(rec.name)
 
 
-@router.post("/v1/workspaces/{name}/start")
+@router.post("/v1/workspaces/{name}/start", responses=errors(409))
 async def start_workspace(
     name: NamePath, caller: Caller, state: State, owner: OwnerQuery = None
 ) -> Workspace:
-    """Start a stopped workspace."""
+    """Start a stopped workspace (one that runs already is a 409: a start that did
+    nothing must not read as a restart)."""
     rec = await owned(state, caller, name, owner)
+    now = (await on_node(state, state.node.states([rec.id]))).get(rec.id)
+    if now is not None and now.state == "running":
+        raise Conflict(
+            f"workspace {rec.name!r} is running already",
+            hint=f"stop it first to start it afresh: loft stop {rec.name}",
+        )
     with state.metrics.operation("start"):
         rs = await on_node(state, state.node.start(rec.id))
     return to_workspace(rec, rs)
