@@ -88,7 +88,7 @@ class AgentNode:
     def up(self) -> None:
         """``loft up``: the supervised disk service, agent and control plane (its API
         on a free loopback port)."""
-        self._spawn("up", "up", "--listen", "127.0.0.1:0")
+        self._spawn("up", "up", "--listen", "127.0.0.1:0", "--preview-listen", "127.0.0.1:0")
         self._wait_for("loft up", self.api_answers, "up")
 
     def serve(self, agent_env: dict[str, str] | None = None) -> None:
@@ -100,7 +100,7 @@ class AgentNode:
         self._wait_for("the disk service", control.exists, "disk")
         self._spawn("agent", "node", "agent", env=agent_env)
         self._wait_for("the agent", self.agent_answers, "agent")
-        self._spawn("control", "control", "serve", "--listen", "none")
+        self._spawn("control", "control", "serve", "--listen", "none", "--preview-listen", "none")
         self._wait_for("the control plane", self.api_answers, "control")
 
     def pid_of(self, child: str) -> int:

@@ -17,7 +17,7 @@ from loft.errors import LoftError, redact
 _BANNER = """
 loft is up.
   API          {url}   (root on this node: {run}/api.sock, as admin)
-  preview      http://PORT--WORKSPACEID.{preview}
+  preview      {preview}
   data dir     {data_dir}
   chunk store  {chunks}
   catalog      {catalog}
@@ -88,8 +88,32 @@ def _first_admin(settings: Settings) -> tuple[str, Path] | None:
 )
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--preview-listen",
+    default="127.0.0.1:7071",
+    show_default=True,
+    help="The preview proxy's HOST:PORT (the same rule as --listen), or 'none'.",
+)
+@click.option(
+    "--preview-domain",
+    help="Previews are PORT--WORKSPACEID.DOMAIN [$LOFT_PREVIEW_DOMAIN or preview.localhost].",
+)
+@click.option(
+    "--metrics-listen",
+    default="none",
+    show_default=True,
+    help="A loopback HOST:PORT serving /metrics without a token.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
-def up(listen: str, tls_cert: Path | None, tls_key: Path | None, verbose: bool) -> None:
+def up(
+    listen: str,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    preview_listen: str,
+    preview_domain: str | None,
+    metrics_listen: str,
+    verbose: bool,
+) -> None:
     """Start loft with its defaults, in the foreground: the disk service, the node agent
     and the control plane's API (each restarted if it dies), over a SQLite catalog and a
     chunk directory under $LOFT_DATA_DIR. The first start prints the admin's token."""
@@ -102,13 +126,19 @@ def up(listen: str, tls_cert: Path | None, tls_key: Path | None, verbose: bool) 
     from loft.node.supervisor import Child, Supervisor
 
     setup_logging(verbose)
-    host, _port = parse_listen(listen)
     if (tls_cert is None) != (tls_key is None):
         raise LoftError("give both --tls-cert and --tls-key, or neither")
-    if tls_cert is None and not is_loopback(host):
+    for what, where in (("API", listen), ("preview proxy", preview_listen)):
+        if where != "none" and tls_cert is None and not is_loopback(parse_listen(where)[0]):
+            raise LoftError(
+                f"refusing to serve the {what} in clear on {parse_listen(where)[0]}: tokens "
+                "would cross the network",
+                hint="give --tls-cert and --tls-key, or listen on 127.0.0.1",
+            )
+    if metrics_listen != "none" and not is_loopback(parse_listen(metrics_listen)[0]):
         raise LoftError(
-            f"refusing to serve the API in clear on {host}: tokens would cross the network",
-            hint="give --tls-cert and --tls-key, or listen on 127.0.0.1",
+            "refusing to serve /metrics without a token off loopback",
+            hint="--metrics-listen 127.0.0.1:PORT, or scrape the API's /metrics as admin",
         )
     s = Settings.from_env()
     data_dir = private_data_dir(s.data_dir)
@@ -120,6 +150,10 @@ def up(listen: str, tls_cert: Path | None, tls_key: Path | None, verbose: bool) 
     tls = ["--tls-cert", str(tls_cert), "--tls-key", str(tls_key)] if tls_cert and tls_key else []
     first = _first_admin(s)
     (run_dir / "api.url").unlink(missing_ok=True)
+    (run_dir / "preview.url").unlink(missing_ok=True)
+    serve_flags = ["--preview-listen", preview_listen, "--metrics-listen", metrics_listen]
+    if preview_domain:
+        serve_flags += ["--preview-domain", preview_domain]
 
     def banner() -> None:
         try:  # the port the API bound (--listen HOST:0 picks one)
@@ -127,9 +161,13 @@ def up(listen: str, tls_cert: Path | None, tls_key: Path | None, verbose: bool) 
         except OSError:
             url = f"{'https' if tls else 'http'}://{listen}"
         token = "" if first is None else _TOKEN.format(token=first[0], path=first[1], url=url)
+        try:
+            preview = (run_dir / "preview.url").read_text().strip()
+        except OSError:
+            preview = "- (--preview-listen none)"
         text = _BANNER.format(
             url=url,
-            preview=s.preview_domain,
+            preview=preview,
             data_dir=data_dir,
             chunks=redact(s.chunks_url),
             catalog=redact(s.catalog_url),
@@ -156,7 +194,11 @@ def up(listen: str, tls_cert: Path | None, tls_key: Path | None, verbose: bool) 
             ),
             Child(
                 "control",
-                [*loft, "control", "serve", "--listen", listen, "--unix", str(api_sock), *tls],
+                [
+                    *[*loft, "control", "serve", "--listen", listen, "--unix", str(api_sock)],
+                    *serve_flags,
+                    *tls,
+                ],
                 lambda: _api_answers(api_sock),
             ),
         ],

@@ -35,8 +35,6 @@ from loft.node.frames import Channel, Frame
 __all__ = ["exec_", "forward", "shell"]
 
 _USERS = {"root": 0, "runner": 1000}
-#: What ``loft shell`` runs: a login bash where the environment has one, else sh.
-_SHELL = ("/bin/sh", "-c", "if command -v bash >/dev/null; then exec bash -l; fi; exec sh -l")
 
 
 class _Connection:
@@ -145,7 +143,8 @@ def _window() -> tuple[int, int]:
         size = os.get_terminal_size(sys.stdin.fileno())
     except OSError:
         return 24, 80
-    return size.lines, size.columns
+    # A terminal that never had a size set (a serial console, script(1)'s) says 0x0.
+    return size.lines or 24, size.columns or 80
 
 
 @click.command("exec", context_settings={"ignore_unknown_options": True})
@@ -206,7 +205,7 @@ def shell(name: str, user: str) -> None:
 
     rows, cols = _window()
     req = wapi.ExecWorkspaceRequest(
-        _workspace_id(name), list(_SHELL), user=_user(user), tty=True, rows=rows, cols=cols
+        _workspace_id(name), list(wapi.SHELL), user=_user(user), tty=True, rows=rows, cols=cols
     )
     sys.exit(_session(req, tty=True))
 

@@ -20,9 +20,11 @@ Mapped onto the node API:
   the workspace's next start;
 - the node keeps environment generations as store paths, not as the specs they were
   built from, so :meth:`AgentNode.env` reports the current generation and its path;
-- deleting one snapshot is not in the node API yet: 501; nor are the streams and reports
-  of sleep and wake (a port connection for the preview proxy, a terminal, the run
-  command's logs, session activity, commit lag): 501 each.
+- the streams of sleep and wake are the node's own: ``connect`` (a TCP connection into
+  the workspace, raw bytes after the ``101``; a 502 there is nothing listening), a
+  terminal is an exec with a tty running the login shell, ``logs`` the run command's
+  kept output as frames, ``activity`` a report;
+- deleting one snapshot and the commit lag report are not in the node API yet: 501.
 
 Failures: no answer (no socket, refused, reset) is :class:`NodeUnavailable`; a node's
 404/409/400 are :class:`NotFound`/:class:`Conflict`/:class:`BadRequest` with its message
@@ -36,7 +38,7 @@ import contextlib
 import json
 import socket
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -48,6 +50,7 @@ from loft.control.errors import (
     Invalid,
     NodeUnavailable,
     NotFound,
+    NotListening,
     Unimplemented,
 )
 from loft.control.nodeclient import Exited, NodeWorkspace, Output, RuntimeState, Terminal
@@ -64,6 +67,10 @@ MAX_ANSWER = 8 << 20
 #: Largest response head.
 _MAX_HEAD = 64 << 10
 _CHUNK = 256 << 10
+#: A connection's read buffer for the preview proxy (asyncio's default).
+_STREAM_LIMIT = 64 << 10
+#: A terminal's status when it was hung up or its node went away (128 + SIGHUP).
+_HUNG_UP = 129
 #: Whom the files API acts as inside a workspace: runner.
 RUNNER = 1000
 
@@ -133,9 +140,12 @@ class AgentNode:
             return b""
         return json.dumps({k: v for k, v in encode(req).items() if k not in path_params}).encode()
 
-    async def _stream(self, req: object) -> tuple[socket.socket, Decoder]:
-        """Open a stream operation; the connection (non-blocking) once it switched to
-        frames, with a decoder holding what came after the ``101``."""
+    async def _switch(
+        self, req: object, errors: Mapping[int, type[ApiError]] | None = None
+    ) -> tuple[socket.socket, bytes]:
+        """Open a stream operation; the connection (non-blocking) once it switched, and
+        the bytes that came after the ``101``. ``errors`` maps a status of the node's
+        to an error of this operation's own."""
         op = wapi.WORKSPACE_API.find(req)
         assert op is not None and op.stream
         body = self._body(op.method, op.path_params, req)
@@ -167,13 +177,19 @@ class AgentNode:
                     if not more:
                         break
                     rest += more
-                raise _error(status, rest[:length])
+                raise _error(status, rest[:length], errors)
         except OSError as e:
             _close(sock)
             raise NodeUnavailable(f"the node agent broke off: {e.strerror or e}") from None
         except BaseException:
             _close(sock)
             raise
+        return sock, rest
+
+    async def _stream(self, req: object) -> tuple[socket.socket, Decoder]:
+        """Open a stream operation that speaks frames; the connection and a decoder
+        holding what came after the ``101``."""
+        sock, rest = await self._switch(req)
         decoder = Decoder()
         if rest:  # b"" would mean the end of the stream
             decoder.receive_data(rest)
@@ -313,37 +329,38 @@ class AgentNode:
         ans = await self._request(wapi.RollbackEnvRequest(id, generation), wapi.EnvAnswer)
         return _env_state(ans.generation, ans.env_path)
 
-    # Streams and reports the node API does not offer yet: each a 501, never a silent
-    # stand-in (an empty activity report would let the reaper stop a workspace that a
-    # forward on the node keeps busy; with this, a reaper over this node stops nothing).
-
     async def connect(
         self, id: str, port: int
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        await self._request(wapi.GetWorkspaceRequest(id), wapi.WorkspaceInfo)
-        raise Unimplemented(
-            "this node cannot open a connection to a workspace's port for the proxy yet",
-            hint="use `loft forward` meanwhile",
-        )
+        sock, rest = await self._switch(wapi.ConnectRequest(id, port), {502: NotListening})
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=_STREAM_LIMIT, loop=loop)
+        if rest:  # the workspace's server may speak first (the bytes came with the 101)
+            reader.feed_data(rest)
+        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        try:
+            transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock=sock)
+        except BaseException:
+            _close(sock)
+            raise
+        return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
 
     async def terminal(self, id: str, rows: int, cols: int) -> Terminal:
-        await self._request(wapi.GetWorkspaceRequest(id), wapi.WorkspaceInfo)
-        raise Unimplemented(
-            "this node cannot carry a terminal through the API yet",
-            hint="use `loft shell` meanwhile",
-        )
+        req = wapi.ExecWorkspaceRequest(id, list(wapi.SHELL), tty=True, rows=rows, cols=cols)
+        sock, decoder = await self._stream(req)
+        return _AgentTerminal(sock, decoder)
 
     async def activity(self, ids: Sequence[str]) -> Mapping[str, float]:
-        raise Unimplemented(
-            "this node does not report its sessions' activity yet",
-            hint="idle workspaces are not stopped on it until it does",
-        )
+        ans = await self._request(wapi.ActivityRequest(), wapi.ActivityAnswer)
+        wanted = set(ids)
+        return {a.id: a.at for a in ans.workspaces if a.id in wanted}
 
     async def logs(self, id: str, tail: int, follow: bool) -> AsyncIterator[bytes]:
-        await self._request(wapi.GetWorkspaceRequest(id), wapi.WorkspaceInfo)
-        raise Unimplemented("this node does not keep a [run] command's output yet")
+        sock, decoder = await self._stream(wapi.LogsRequest(id, tail, follow))
+        return _log_chunks(sock, decoder)
 
     async def commit_lags(self) -> Mapping[str, float]:
+        # The disk service counts it per volume; the agent does not relay it yet.
         raise Unimplemented("this node does not report commit lag yet")
 
 
@@ -418,6 +435,100 @@ async def _events(
         _close(sock)
 
 
+async def _frames(sock: socket.socket, decoder: Decoder) -> AsyncGenerator[frames.Frame, None]:
+    """The frames the node sends until it closes the connection (or breaks it off)."""
+    loop = asyncio.get_running_loop()
+    try:
+        while True:
+            frame = decoder.next_frame()
+            if frame is frames.NEED_DATA:
+                try:
+                    data = await loop.sock_recv(sock, 65536)
+                except OSError:
+                    data = b""
+                decoder.receive_data(data)
+                continue
+            if frame is None:
+                return
+            assert isinstance(frame, frames.Frame)
+            yield frame
+    except frames.RemoteProtocolError as e:
+        raise BadGateway(f"the node sent a malformed frame: {e}") from None
+
+
+async def _log_chunks(sock: socket.socket, decoder: Decoder) -> AsyncIterator[bytes]:
+    """A run command's output as the node sends it, until it ends the stream (or the
+    caller stops iterating, which closes it)."""
+    try:
+        async for frame in _frames(sock, decoder):
+            if frame.channel is Channel.STDOUT:
+                yield frame.payload
+            elif frame.channel is Channel.ERROR:
+                return
+    finally:
+        _close(sock)
+
+
+class _AgentTerminal:
+    """A shell on a terminal, as an exec stream of the node's with ``tty``: output from
+    STDOUT frames, input as STDIN frames, RESIZE, and the exit from EXIT. Closing the
+    connection is the hang-up (the node sends SIGHUP, then SIGKILL)."""
+
+    def __init__(self, sock: socket.socket, decoder: Decoder) -> None:
+        self._sock = sock
+        self._frames = _frames(sock, decoder)
+        self._status: int | None = None
+        self._ended = asyncio.Event()
+        self._sending = asyncio.Lock()
+
+    def _end(self, status: int) -> None:
+        if self._status is None:
+            self._status = status
+        self._ended.set()
+
+    async def read(self) -> bytes:
+        while not self._ended.is_set():
+            try:
+                frame = await anext(self._frames)
+            except (StopAsyncIteration, BadGateway):
+                self._end(_HUNG_UP)  # the node went away without an exit status
+                break
+            if frame.channel in (Channel.STDOUT, Channel.STDERR):
+                return frame.payload
+            if frame.channel is Channel.EXIT:
+                status = frames.json_of(frame).get("status")
+                self._end(status & 0xFF if isinstance(status, int) else 255)
+            elif frame.channel is Channel.ERROR:
+                self._end(255)
+        return b""
+
+    async def _send(self, frame: frames.Frame) -> None:
+        if self._ended.is_set():
+            return
+        loop = asyncio.get_running_loop()
+        async with self._sending:
+            with contextlib.suppress(OSError):  # the shell ended: its end is read()'s news
+                await loop.sock_sendall(self._sock, frames.encode(frame))
+
+    async def write(self, data: bytes) -> None:
+        for at in range(0, len(data), _CHUNK):
+            await self._send(frames.Frame(Channel.STDIN, data[at : at + _CHUNK]))
+
+    async def resize(self, rows: int, cols: int) -> None:
+        await self._send(frames.resize(rows, cols))
+
+    async def wait(self) -> int:
+        await self._ended.wait()
+        assert self._status is not None
+        return self._status
+
+    async def close(self) -> None:
+        self._end(_HUNG_UP)
+        _close(self._sock)
+        with contextlib.suppress(BaseException):
+            await self._frames.aclose()
+
+
 def _close(sock: socket.socket) -> None:
     """Close a socket the loop may still watch for a cancelled ``sock_recv`` or
     ``sock_sendall``: unregistered first, so the loop's late clean-up cannot unregister
@@ -451,15 +562,14 @@ def _parse_head(head: bytes) -> tuple[int, dict[str, str]]:
     return int(parts[1]), headers
 
 
-def _error(status: int, data: bytes) -> ApiError:
+def _error(
+    status: int, data: bytes, errors: Mapping[int, type[ApiError]] | None = None
+) -> ApiError:
     try:
         obj: Any = json.loads(data)
         message, hint = str(obj["error"]), obj.get("hint")
     except (ValueError, KeyError, TypeError):
         return BadGateway(f"the node answered {status}: {data[:200]!r}")
-    kind: type[ApiError] = {
-        400: BadRequest,
-        404: NotFound,
-        409: Conflict,
-    }.get(status, BadGateway)
+    kinds: dict[int, type[ApiError]] = {400: BadRequest, 404: NotFound, 409: Conflict}
+    kind = {**kinds, **(errors or {})}.get(status, BadGateway)
     return kind(message, hint=hint if isinstance(hint, str) else None)

@@ -54,6 +54,7 @@ __all__ = [
     "parse_listen",
     "write_admin_token",
     "write_api_url",
+    "write_preview_url",
 ]
 
 #: Where the API listens unless told.
@@ -103,16 +104,21 @@ def write_admin_token(data_dir: Path, token: str) -> Path:
     return path
 
 
-def write_api_url(data_dir: Path, url: str) -> Path:
+def write_api_url(data_dir: Path, url: str, name: str = "api.url") -> Path:
     """Say where the API listens (its port may have been chosen at bind time), in
     ``run/api.url``: what ``loft up`` prints."""
-    path = data_dir / "run" / "api.url"
+    path = data_dir / "run" / name
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(url + "\n")
     os.replace(tmp, path)
     return path
+
+
+def write_preview_url(data_dir: Path, url: str) -> Path:
+    """Say where previews are (``run/preview.url``), as :func:`write_api_url` does."""
+    return write_api_url(data_dir, url, "preview.url")
 
 
 class _Server(uvicorn.Server):

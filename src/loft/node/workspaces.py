@@ -44,6 +44,7 @@ from loft.node.records import (
     WorkspaceRecord,
     check_workspace_name,
 )
+from loft.node.runcommand import RunCommands
 from loft.node.undo import all_or_nothing
 from loft.procfs import proc_stat
 from loft.runtime.attach import Attachment, adopt, attach, detach
@@ -149,6 +150,7 @@ class Workspaces:
         self.admission = admission
         self.deny = deny
         self.attach_socket = disk.control.with_name("attach.sock")
+        self.runs = RunCommands(runtime, data_dir / "run-logs")
         self._locks: defaultdict[str, threading.RLock] = defaultdict(threading.RLock)
         self._table = threading.Lock()
         self._attachments: dict[str, Attachment] = {}
@@ -334,6 +336,11 @@ class Workspaces:
                 self.records.set_state(rec.id, desired=on_failure)
             raise
         log.info("workspace.started name=%s id=%s", rec.name, rec.id)
+        try:
+            self.runs.start(rec.id, rec.spec)
+        except (LoftError, OSError, ValueError) as e:  # it runs; its server did not start
+            self.runs.log_of(rec.id).append(f"--- loft: not started: {e}\n".encode())
+            log.warning("workspace.run_failed id=%s error=%s", rec.id, json.dumps(str(e)))
 
     def _attachment_state(self, att: Attachment) -> dict[str, object]:
         rec = self.bs.get(att.volume)
@@ -405,6 +412,7 @@ class Workspaces:
             self.disk.remove(ws.record.volume)
             self.envs.forget(ws.record.profile)
             self.records.delete(ws.record.id)
+            self.runs.forget(ws.record.id)
         log.info("workspace.removed name=%s id=%s", ws.record.name, ws.record.id)
 
     def discard(self, ws: Workspace) -> None:
@@ -415,6 +423,7 @@ class Workspaces:
             self.disk.remove(ws.record.volume)
             self.envs.forget(ws.record.profile)
             self.records.delete(ws.record.id)
+            self.runs.forget(ws.record.id)
         log.info("workspace.discarded id=%s reason=unfinished_new", ws.record.id)
 
     # -- environment ------------------------------------------------------------------
