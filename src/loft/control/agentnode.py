@@ -53,7 +53,14 @@ from loft.control.errors import (
     NotListening,
     Unimplemented,
 )
-from loft.control.nodeclient import Exited, NodeWorkspace, Output, RuntimeState, Terminal
+from loft.control.nodeclient import (
+    RUNNER,
+    Exited,
+    NodeWorkspace,
+    Output,
+    RuntimeState,
+    Terminal,
+)
 from loft.node import frames
 from loft.node import workspace_api as wapi
 from loft.node.frames import Channel, Decoder
@@ -71,8 +78,6 @@ _CHUNK = 256 << 10
 _STREAM_LIMIT = 64 << 10
 #: A terminal's status when it was hung up or its node went away (128 + SIGHUP).
 _HUNG_UP = 129
-#: Whom the files API acts as inside a workspace: runner.
-RUNNER = 1000
 
 
 class BadGateway(ApiError):
@@ -345,8 +350,10 @@ class AgentNode:
             raise
         return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
 
-    async def terminal(self, id: str, rows: int, cols: int) -> Terminal:
-        req = wapi.ExecWorkspaceRequest(id, list(wapi.SHELL), tty=True, rows=rows, cols=cols)
+    async def terminal(self, id: str, rows: int, cols: int, user: int = RUNNER) -> Terminal:
+        req = wapi.ExecWorkspaceRequest(
+            id, list(wapi.SHELL), user=user, tty=True, rows=rows, cols=cols
+        )
         sock, decoder = await self._stream(req)
         return _AgentTerminal(sock, decoder)
 
