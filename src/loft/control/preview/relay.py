@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import h11
 
-__all__ = ["READ_SIZE", "Closed", "Peer", "relay_body", "splice"]
+__all__ = ["READ_SIZE", "Closed", "Peer", "relay_body", "relay_sized_body", "sized_body", "splice"]
 
 #: Bytes read from a socket at once.
 READ_SIZE = 1024 * 1024
@@ -79,6 +79,62 @@ async def relay_body(src: Peer, dst: Peer, timeout: float, on_data: Callable[[],
             return
         else:
             raise Closed(f"the body broke off ({type(event).__name__})")
+
+
+def sized_body(method: bytes, response: h11.Response) -> int | None:
+    """The length of ``response``'s body when its head gives it and it has one (not the
+    answer to a HEAD, not 204 or 304, not chunked); None otherwise."""
+    if method == b"HEAD" or response.status_code in (204, 304):
+        return None
+    length = None
+    for name, value in response.headers:
+        if name == b"transfer-encoding":
+            return None
+        if name == b"content-length":
+            length = int(value)  # h11 has checked it is one number
+    return length
+
+
+async def relay_sized_body(
+    src: Peer, dst: Peer, length: int, timeout: float, on_data: Callable[[], None]
+) -> None:
+    """Copy a body of ``length`` bytes from ``src`` to ``dst``, up to its end. What
+    ``src``'s h11 already holds goes through it; the rest is read straight from the
+    socket, unparsed (a length needs no parsing: h11 on that side is not used again,
+    one request per upstream connection), and passed through ``dst``'s h11 without
+    being copied, which keeps its framing (and so keep-alive) right."""
+    sent = 0
+
+    async def out(data: bytes) -> None:
+        nonlocal sent
+        on_data()
+        for piece in dst.conn.send_with_data_passthrough(h11.Data(data=data)) or ():
+            dst.writer.write(piece)
+        sent += len(data)
+        try:
+            await dst.writer.drain()
+        except OSError as e:
+            raise Closed(str(e)) from None
+
+    while (event := src.conn.next_event()) is not h11.NEED_DATA:
+        if isinstance(event, h11.Data):
+            await out(event.data)
+        elif isinstance(event, h11.EndOfMessage):
+            await dst.send(h11.EndOfMessage())
+            return
+        else:
+            raise Closed(f"the body broke off ({type(event).__name__})")
+    while sent < length:
+        try:
+            data = await asyncio.wait_for(src.reader.read(min(READ_SIZE, length - sent)), timeout)
+        except TimeoutError:
+            raise Closed("silent past the deadline") from None
+        except OSError as e:
+            raise Closed(str(e)) from None
+        if not data:
+            raise Closed("the body broke off before its length")
+        await out(data)
+    await dst.send(h11.EndOfMessage())
 
 
 async def _pump(
