@@ -24,7 +24,9 @@ Mapped onto the node API:
   the workspace, raw bytes after the ``101``; a 502 there is nothing listening), a
   terminal is an exec with a tty running the login shell, ``logs`` the run command's
   kept output as frames, ``activity`` a report;
-- deleting one snapshot and the commit lag report are not in the node API yet: 501.
+- commit lag is the disk service's count for each running workspace's volume, as the
+  agent collects it;
+- deleting one snapshot is not in the node API yet: 501.
 
 Failures: no answer (no socket, refused, reset) is :class:`NodeUnavailable`; a node's
 404/409/400 are :class:`NotFound`/:class:`Conflict`/:class:`BadRequest` with its message
@@ -367,8 +369,8 @@ class AgentNode:
         return _log_chunks(sock, decoder)
 
     async def commit_lags(self) -> Mapping[str, float]:
-        # The disk service counts it per volume; the agent does not relay it yet.
-        raise Unimplemented("this node does not report commit lag yet")
+        ans = await self._request(wapi.CommitLagsRequest(), wapi.CommitLagsAnswer)
+        return {v.volume: v.seconds for v in ans.volumes}
 
 
 def _env_state(number: int | None, path: str | None, env: EnvSpec | None = None) -> EnvState:
