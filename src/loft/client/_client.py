@@ -405,7 +405,7 @@ class Client:
         session: str | None = None,
         owner: str | None = None,
     ) -> WebSocket:
-        """A shell on a terminal in the workspace (docs/control.md, "Terminal protocol"):
+        """A shell on a terminal in the workspace (docs/control-plane.md, "Terminal protocol"):
         binary messages are its input and output; the first text message names the
         session (``session=`` re-attaches within its grace period), the last its exit."""
         params = {"rows": str(rows), "cols": str(cols), "user": user}

@@ -1,6 +1,6 @@
 """``/v1/workspaces/{name}/terminal``: a WebSocket to a shell on a PTY in the workspace.
 
-The protocol (docs/control.md, "Terminal"):
+The protocol (docs/control-plane.md, "Terminal protocol"):
 
 - query: ``rows`` and ``cols`` (the first window size, default 24 by 80), ``user``
   (``runner``, the default, ``root`` or a uid inside the workspace), ``owner`` (an
