@@ -9,7 +9,9 @@ attach, the sandbox's start, the server's start and bind, the proxy's poll of th
 and the relay. Anchor in the same run: the same request to the awake workspace.
 Goal (issue 13): <= 1 s; anchors: e2b resume ~1 s, Fly "a few hundred ms".
 
-LOFT_BENCH_N (default 8) sets the wakes. Needs root, runc and catatonit. Prints JSON.
+Wakes are paced at the proxy's limit (3 at once, then one per 10 s per workspace), so
+the run takes ~10 s per wake. LOFT_BENCH_N (default 8) sets the wakes. Needs root, runc
+and catatonit. Prints JSON.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from loft.client import Client
 N = int(os.environ.get("LOFT_BENCH_N", "8"))
 SPEC = '[env]\ndebian = ["python3"]\n\n[run]\ncommand = "python3 -m http.server 8000"\n'
 PAGE = b"<h1>awake</h1>\n"
+#: Seconds between wakes past the burst (the proxy's per-workspace refill).
+WAKE_EVERY = 10.5
 
 
 def first_byte(port: int, host: str, token: str) -> tuple[float, bytes]:
@@ -59,7 +63,11 @@ def main() -> None:
                 raise SystemExit("the workspace's server never answered")
             time.sleep(0.2)
         awake, woken = [], []
+        last = 0.0
         for i in range(N):
+            if i >= 3:  # the proxy's wake limit: three in a burst, then one per 10 s
+                time.sleep(max(0.0, last + WAKE_EVERY - time.monotonic()))
+            last = time.monotonic()
             awake.append(first_byte(up.preview_port, host, up.admin_token)[0])
             admin.snapshot("web", f"idle-{i}")
             admin.stop("web")
