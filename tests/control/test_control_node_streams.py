@@ -5,7 +5,8 @@ nbdfuse and ext4), not the fake one:
 - a workspace whose ``[run] command`` is ``python3 -m http.server`` serves its page
   through the preview proxy; the idle reaper snapshots and stops it; a request without
   credentials is a 401 and wakes nothing; the owner's next request wakes it and gets
-  the page, and the wake shows in ``/metrics`` with the volume's commit lag; the
+  the page, and the wake shows in ``/metrics`` with the volume's commit lag and the
+  disk service's NBD and chunk store counts; the
   command's output is in ``loft logs``;
 - the terminal WebSocket runs a shell in the sandbox: ``echo hi``, a resize that
   ``stty size`` sees, the exit code;
@@ -109,6 +110,17 @@ def test_wake_on_request_through_the_real_node(node: AgentNode, admin: Client) -
     pattern = r'^loft_commit_lag_seconds\{volume="ws-' + ws.id + r'"\} (\S+)$'
     lag = re.search(pattern, metrics, re.M)
     assert lag is not None and float(lag.group(1)) >= 0, metrics[-2000:]
+    # and what its disk service counted: NBD requests (the workspace's reads and writes
+    # through nbdfuse) and the chunk store (the idle stop's snapshot committed the volume)
+    for series in (
+        r'loft_nbd_request_seconds_count\{op="write"\}',
+        r'loft_nbd_request_seconds_count\{op="read"\}',
+        r'loft_nbd_bytes_total\{direction="write"\}',
+        r'loft_chunk_store_operation_seconds_count\{op="put_many"\}',
+        r'loft_chunk_store_bytes_total\{direction="up"\}',
+    ):
+        found = re.search(f"^{series} (\\S+)$", metrics, re.M)
+        assert found is not None and float(found.group(1)) > 0, (series, metrics[-3000:])
 
     logs = b"".join(admin.logs("web"))
     assert logs.count(b"started: python3 -m http.server 8000") == 2, logs  # create, wake

@@ -8,6 +8,7 @@ from controltool import Harness
 
 from loft.api import CreateWorkspace, EnvSpec, ExecRequest, Limits
 from loft.client import Client
+from loft.telemetry import BUCKETS, ByteCount, MeterReport, OpLatency
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -97,3 +98,20 @@ def test_workspaces_metrics_are_for_admins(control: Harness) -> None:
         "loft_workspace_idle_stops",
     ):
         assert f"# TYPE {hook}" in text
+
+
+def test_workspaces_metrics_show_the_disk_services_counts(control: Harness) -> None:
+    """The node's totals become Prometheus histograms (cumulative buckets) and counters."""
+    latency = [0] * (len(BUCKETS) + 1)
+    latency[0], latency[-1] = 2, 1
+    control.node.disk_counts = (
+        MeterReport([OpLatency("read", latency, 12.5, 3)], [ByteCount("read", 8192)]),
+        MeterReport([], [ByteCount("up", 1 << 20)]),
+    )
+    text = control.raw("GET", "/metrics", control.admin_token).text
+    first = f'loft_nbd_request_seconds_bucket{{le="{BUCKETS[0]}",op="read"}} 2.0'
+    assert first in text
+    assert 'loft_nbd_request_seconds_bucket{le="+Inf",op="read"} 3.0' in text
+    assert 'loft_nbd_request_seconds_sum{op="read"} 12.5' in text
+    assert 'loft_nbd_bytes_total{direction="read"} 8192.0' in text
+    assert 'loft_chunk_store_bytes_total{direction="up"} 1.048576e+06' in text

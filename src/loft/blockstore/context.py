@@ -19,7 +19,9 @@ from loft.catalog import Catalog
 from loft.config import Settings
 from loft.datadir import private_data_dir
 from loft.objstore import ObjectStore, open_object_store
+from loft.objstore.metered import MeteredStore
 from loft.priority import lower_thread_priority
+from loft.telemetry import CHUNK_STORE
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +67,7 @@ class BlockstoreContext:
         with catalog.write() as conn:
             secret = deployment_secret(conn)
         private_data_dir(settings.data_dir)
-        store = open_object_store(settings.chunks_url)
+        store = MeteredStore(open_object_store(settings.chunks_url), CHUNK_STORE)
         cache = ChunkCache(store, settings.data_dir / "chunk-cache", settings.chunk_cache_bytes)
         return cls(
             settings=settings,

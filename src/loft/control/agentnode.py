@@ -67,6 +67,7 @@ from loft.node import frames
 from loft.node import workspace_api as wapi
 from loft.node.frames import Channel, Decoder
 from loft.node.jsoncodec import CodecError, decode, encode
+from loft.telemetry import MeterReport
 
 __all__ = ["AgentNode", "BadGateway"]
 
@@ -367,6 +368,10 @@ class AgentNode:
     async def logs(self, id: str, tail: int, follow: bool) -> AsyncIterator[bytes]:
         sock, decoder = await self._stream(wapi.LogsRequest(id, tail, follow))
         return _log_chunks(sock, decoder)
+
+    async def disk_stats(self) -> tuple[MeterReport, MeterReport]:
+        ans = await self._request(wapi.DiskStatsRequest(), wapi.DiskStatsAnswer)
+        return ans.nbd, ans.chunk_store
 
     async def commit_lags(self) -> Mapping[str, float]:
         ans = await self._request(wapi.CommitLagsRequest(), wapi.CommitLagsAnswer)

@@ -35,6 +35,7 @@ from loft.control.errors import Conflict, Invalid, NodeUnavailable, NotFound, No
 from loft.control.fakeprocs import PtyShell, RunLog, Server
 from loft.control.nodeclient import RUNNER, Exited, NodeWorkspace, Output, RuntimeState, Terminal
 from loft.envstore.runspec import parse_run
+from loft.telemetry import MeterReport
 
 __all__ = ["FakeNode", "FakeWorkspace"]
 
@@ -72,6 +73,8 @@ class FakeNode:
     calls: dict[str, int] = field(default_factory=dict)
     #: when a session the node served itself last moved bytes, by id (:meth:`touch`)
     node_activity: dict[str, float] = field(default_factory=dict)
+    #: what ``disk_stats`` reports (NBD, chunk store): nothing counted, unless a test says
+    disk_counts: tuple[MeterReport, MeterReport] = (MeterReport(), MeterReport())
     #: what ``commit_lags`` reports, by volume
     commit_lag: dict[str, float] = field(default_factory=dict)
     #: where the processes of workspaces run (a temporary directory unless given)
@@ -342,6 +345,10 @@ class FakeNode:
     async def logs(self, id: str, tail: int, follow: bool) -> AsyncIterator[bytes]:
         await self._enter("logs")
         return self._get(id).log.read(tail, follow)
+
+    async def disk_stats(self) -> tuple[MeterReport, MeterReport]:
+        await self._enter("disk_stats")
+        return self.disk_counts
 
     async def commit_lags(self) -> Mapping[str, float]:
         await self._enter("commit_lags")

@@ -1,10 +1,11 @@
 """The control plane's Prometheus metrics, in a registry of their own (no process-wide
 default registry: two apps in one process, as tests run them, never share counts).
 
-The API side observes requests and workspace operations itself. The rest are hooks the
-node and disk side feed once they report through the node API (its wake path, NBD
-server, chunk store and committer): the names, labels and buckets are fixed here, so
-dashboards can be written now. ``GET /metrics`` renders them (admin only).
+The API side observes requests and workspace operations itself. What the node's disk
+service counts (NBD requests and chunk store operations: latency by operation, bytes by
+direction, totals since it started) and each running volume's commit lag are read from
+the node at every scrape (:class:`NodeCounts` turns the totals into Prometheus
+histograms and counters). ``GET /metrics`` renders them (admin only).
 """
 
 from __future__ import annotations
@@ -14,8 +15,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
-__all__ = ["OPERATIONS", "PREVIEW_OUTCOMES", "Metrics"]
+from loft.telemetry import BUCKETS, MeterReport
+
+__all__ = ["OPERATIONS", "PREVIEW_OUTCOMES", "Metrics", "NodeCounts"]
 
 #: Workspace operations timed by ``loft_workspace_operation_seconds``.
 OPERATIONS = ("create", "start", "stop", "delete", "snapshot", "restore", "fork", "exec")
@@ -88,26 +93,9 @@ class Metrics:
         self.terminals = Gauge(
             "loft_terminal_sessions", "Terminal sessions, attached or in their grace", registry=r
         )
-        # --- hooks for the node and disk side
-        self.nbd_request_seconds = Histogram(
-            "loft_nbd_request_seconds", "NBD request latency", ["op"], buckets=_BUCKETS, registry=r
-        )
-        self.nbd_bytes = Counter(
-            "loft_nbd_bytes", "Bytes NBD clients read and wrote", ["direction"], registry=r
-        )
-        self.chunk_store_seconds = Histogram(
-            "loft_chunk_store_operation_seconds",
-            "Chunk store operation latency",
-            ["op"],
-            buckets=_BUCKETS,
-            registry=r,
-        )
-        self.chunk_store_bytes = Counter(
-            "loft_chunk_store_bytes",
-            "Bytes moved to and from the chunk store",
-            ["direction"],
-            registry=r,
-        )
+        # --- what the node reports, read at each scrape
+        self.node_counts = NodeCounts()
+        r.register(self.node_counts)
         self.commit_lag = Gauge(
             "loft_commit_lag_seconds",
             "Age of the oldest flushed write not yet committed, per volume",
@@ -130,3 +118,39 @@ class Metrics:
     def render(self) -> bytes:
         """The text exposition format of every metric."""
         return generate_latest(self.registry)
+
+
+class NodeCounts(Collector):
+    """The node's disk service's totals as of the last scrape: NBD request latency
+    (``loft_nbd_request_seconds{op}``) and bytes (``loft_nbd_bytes_total{direction}``),
+    chunk store operation latency (``loft_chunk_store_operation_seconds{op}``) and bytes
+    (``loft_chunk_store_bytes_total{direction}``). Nothing until a node has answered."""
+
+    def __init__(self) -> None:
+        self.nbd = MeterReport()
+        self.chunk_store = MeterReport()
+
+    def update(self, nbd: MeterReport, chunk_store: MeterReport) -> None:
+        self.nbd, self.chunk_store = nbd, chunk_store
+
+    def collect(self) -> Iterator[Metric]:
+        for prefix, what, report in (
+            ("loft_nbd_request", "NBD request", self.nbd),
+            ("loft_chunk_store_operation", "Chunk store operation", self.chunk_store),
+        ):
+            hist = HistogramMetricFamily(f"{prefix}_seconds", f"{what} latency", labels=["op"])
+            for op in report.latency:
+                running, buckets = 0, []
+                for bound, n in zip((*map(str, BUCKETS), "+Inf"), op.counts, strict=True):
+                    running += n
+                    buckets.append((bound, float(running)))
+                hist.add_metric([op.op], buckets, op.sum)
+            yield hist
+        for name, what, report in (
+            ("loft_nbd_bytes", "Bytes NBD clients read and wrote", self.nbd),
+            ("loft_chunk_store_bytes", "Bytes moved to and from the chunk store", self.chunk_store),
+        ):
+            counter = CounterMetricFamily(name, what, labels=["direction"])
+            for moved in report.bytes:
+                counter.add_metric([moved.direction], float(moved.bytes))
+            yield counter

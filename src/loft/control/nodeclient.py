@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from loft.api import EnvSpec, EnvState, ExecRequest, Limits, Snapshot
+from loft.telemetry import MeterReport
 
 __all__ = [
     "RUNNER",
@@ -237,6 +238,11 @@ class NodeClient(Protocol):
         """The output of the workspace's ``[run] command``: the last ``tail`` bytes kept
         (across starts; the node keeps a bounded amount), then, with ``follow``, what it
         writes as it comes, until the caller stops iterating."""
+        ...
+
+    async def disk_stats(self) -> tuple[MeterReport, MeterReport]:
+        """What the node's disk service counted since it started: its NBD requests and
+        its chunk store operations (latency by operation, bytes by direction)."""
         ...
 
     async def commit_lags(self) -> Mapping[str, float]:

@@ -125,6 +125,7 @@ class AgentApi:
             wapi.LogsRequest: self.logs_session,
             wapi.ActivityRequest: self.activity,
             wapi.CommitLagsRequest: self.commit_lags,
+            wapi.DiskStatsRequest: self.disk_stats,
             wapi.NodeRequest: self.node,
             wapi.DrainRequest: lambda r: wapi.DrainAnswer(self.reconciler.drain()),
         }
@@ -315,6 +316,10 @@ class AgentApi:
             if lag is not None:
                 lags.append(wapi.VolumeLag(w.record.volume, lag))
         return wapi.CommitLagsAnswer(lags)
+
+    def disk_stats(self, req: wapi.DiskStatsRequest) -> wapi.DiskStatsAnswer:
+        stats = self.wss.disk.stats()
+        return wapi.DiskStatsAnswer(stats.nbd, stats.chunk_store)
 
     def activity(self, req: wapi.ActivityRequest) -> wapi.ActivityAnswer:
         mine = [w.record.id for w in self.wss.records.on_node(self.wss.node)]

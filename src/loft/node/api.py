@@ -22,6 +22,7 @@ from typing import Any
 from loft.blockstore.api import VolumeInfo
 from loft.node.operation import ErrorAnswer, Operation, Table, describe
 from loft.node.workspace_api import WORKSPACE_API
+from loft.telemetry import MeterReport
 
 __all__ = [
     "API_VERSION",
@@ -49,6 +50,8 @@ __all__ = [
     "RestoreRequest",
     "SnapshotAnswer",
     "SnapshotRequest",
+    "StatsAnswer",
+    "StatsRequest",
     "match",
     "openapi",
     "operation_for",
@@ -71,6 +74,21 @@ class PingAnswer:
     """The volumes this service holds open (their leases are its)."""
 
     served: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class StatsRequest:
+    """What this disk service counted of its work since it started."""
+
+
+@dataclass(frozen=True, slots=True)
+class StatsAnswer:
+    """NBD requests (latency by command; bytes read and written) and chunk store
+    operations (latency by operation; bytes up and down), totals since the service
+    started (buckets: :data:`loft.telemetry.BUCKETS`)."""
+
+    nbd: MeterReport
+    chunk_store: MeterReport
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +228,7 @@ class ConnectionsAnswer:
 DISK_API = Table(
     Operation("ping", "GET", "/v1/ping", PingRequest, PingAnswer),
     Operation("connections", "GET", "/v1/connections", ConnectionsRequest, ConnectionsAnswer),
+    Operation("stats", "GET", "/v1/stats", StatsRequest, StatsAnswer),
     Operation("info", "GET", "/v1/volumes/{volume}", InfoRequest, InfoAnswer, True),
     Operation(
         "snapshot", "POST", "/v1/volumes/{volume}/snapshots", SnapshotRequest, SnapshotAnswer, True

@@ -63,6 +63,10 @@ class DiskClient:
     def _call(self, req: object, answer: type[A]) -> A:
         return _retry_busy(lambda: call(str(self.control), req, answer))
 
+    def stats(self) -> api.StatsAnswer:
+        """What the disk service counted of its NBD requests and chunk store operations."""
+        return call(str(self.control), api.StatsRequest(), api.StatsAnswer)
+
     def commit_lag(self, volume: str) -> float | None:
         """Seconds the volume's oldest flushed, uncommitted write has waited (None when
         this disk service does not serve it)."""

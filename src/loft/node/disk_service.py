@@ -69,6 +69,7 @@ from loft.node.jsoncodec import CodecError
 from loft.node.raw_writes import RawWrites, WriteOrigin
 from loft.node.served import ServedVolume
 from loft.node.volume_backend import VolumeBackend
+from loft.telemetry import CHUNK_STORE, NBD
 from loft.units import format_size
 
 log = logging.getLogger("loft.disk")
@@ -396,6 +397,9 @@ class DiskService:
     def api_ping(self, req: api.PingRequest, _: None) -> api.PingAnswer:
         return api.PingAnswer([sv.name for sv in self.exports.served() if sv.volume is not None])
 
+    def api_stats(self, req: api.StatsRequest, _: None) -> api.StatsAnswer:
+        return api.StatsAnswer(NBD.report(), CHUNK_STORE.report())
+
     def api_snapshot(self, req: api.SnapshotRequest, sv: ServedVolume) -> api.SnapshotAnswer:
         """Commit everything flushed (and written) so far, then record the snapshot."""
         rec = sv.get().commit()
@@ -501,6 +505,7 @@ def _status_of(e: LoftError) -> int:
 
 _HANDLERS: dict[type, Callable[..., object]] = {
     api.PingRequest: DiskService.api_ping,
+    api.StatsRequest: DiskService.api_stats,
     api.SnapshotRequest: DiskService.api_snapshot,
     api.CommitRequest: DiskService.api_commit,
     api.InfoRequest: DiskService.api_info,

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from loft.node.operation import Operation, Table, Upgraded
+from loft.telemetry import MeterReport
 
 __all__ = [
     "AGENT_SOCKET",
@@ -27,6 +28,8 @@ __all__ = [
     "CommitLagsRequest",
     "ConnectRequest",
     "CreateWorkspaceRequest",
+    "DiskStatsAnswer",
+    "DiskStatsRequest",
     "DrainAnswer",
     "DrainRequest",
     "EnvAnswer",
@@ -377,6 +380,21 @@ class CommitLagsRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class DiskStatsAnswer:
+    """The disk service's totals since it started: NBD requests and chunk store
+    operations (latency by operation, bytes by direction)."""
+
+    nbd: MeterReport
+    chunk_store: MeterReport
+
+
+@dataclass(frozen=True, slots=True)
+class DiskStatsRequest:
+    """What this node's disk service counted of its NBD requests and chunk store
+    operations (the disk service's own answer, relayed)."""
+
+
+@dataclass(frozen=True, slots=True)
 class NodeRequest:
     """Describe this node's capacity and commitments."""
 
@@ -439,6 +457,7 @@ WORKSPACE_API = Table(
     _op("logs", "POST", f"{_W}/logs", LogsRequest, Upgraded, stream=True),
     _op("activity", "GET", "/v1/node/activity", ActivityRequest, ActivityAnswer),
     _op("commit_lags", "GET", "/v1/node/commit-lags", CommitLagsRequest, CommitLagsAnswer),
+    _op("disk_stats", "GET", "/v1/node/disk-stats", DiskStatsRequest, DiskStatsAnswer),
     _op("node", "GET", "/v1/node", NodeRequest, NodeAnswer),
     _op("drain", "POST", "/v1/node/drain", DrainRequest, DrainAnswer),
 )

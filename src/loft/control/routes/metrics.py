@@ -33,14 +33,15 @@ async def metrics(_: Admin, state: State) -> Response:
 
 
 async def render(state: ControlState) -> Response:
-    """The metrics, with what the node reports read now: workspaces by state, and the
-    commit lag of each volume."""
+    """The metrics, with what the node reports read now: workspaces by state, the commit
+    lag of each volume, and its disk service's NBD and chunk store counts."""
     records = await in_thread(state.records.list, None)
     states: Mapping[str, RuntimeState] = {}
     lags: Mapping[str, float] = {}
     try:  # the node's silence (or a report it lacks) must not hide the API's own metrics
         states = await on_node(state, state.node.states([r.id for r in records]))
         lags = await on_node(state, state.node.commit_lags())
+        state.metrics.node_counts.update(*await on_node(state, state.node.disk_stats()))
     except LoftError:
         pass
     counts = Counter(states[r.id].state if r.id in states else "unknown" for r in records)

@@ -52,6 +52,7 @@ from loft.nbd.server._handshake import (
 )
 from loft.nbd.server._tls import peer_identity
 from loft.nbd.server._validate import ExportView, validate_request
+from loft.telemetry import NBD
 
 if TYPE_CHECKING:
     from loft.nbd.server._server import NBDServer
@@ -84,6 +85,9 @@ _MODIFYING = frozenset((_WRITE, int(p.Command.TRIM), _ZERO))
 #: WRITE: its payload). TRIM, WRITE_ZEROES and CACHE lengths are effects, not buffers.
 _HOLDING = frozenset((_READ, _WRITE))
 _FUA = int(p.CmdFlag.FUA)
+#: Each command's name in the latency counts (and the direction of the bytes it moves).
+_OP_NAMES = {int(c): c.name.lower() for c in p.Command}
+_DIRECTIONS = {_READ: "read", _WRITE: "write"}
 _NEED_DATA, _PAUSED = p.NEED_DATA, p.PAUSED
 
 #: Socket buffer size asked for (the kernel caps it at net.core.[rw]mem_max).
@@ -178,6 +182,8 @@ class NBDConnection(asyncio.BufferedProtocol):
         self._closed = False
         self._wrote = False
         self.requests = 0
+        #: when each request in flight arrived, by handle (its latency is to its reply)
+        self._arrived: dict[int, float] = {}
         self._swept_requests = -1
         self.started = time.time()
         self._timer: asyncio.TimerHandle | None = None
@@ -562,6 +568,7 @@ class NBDConnection(asyncio.BufferedProtocol):
         if command == _DISC:
             self._client_closed()
             return
+        self._arrived[req.handle] = time.perf_counter()
         err = validate_request(command, req.flags, req.offset, req.length, self._view)
         if err:
             if self._payload_charged:  # a rejected WRITE: its payload is dropped
@@ -686,13 +693,27 @@ class NBDConnection(asyncio.BufferedProtocol):
         )
         self._reply_error(req, errno, str(exc)[:200])
 
+    def _answered(self, req: p.Request) -> None:
+        arrived = self._arrived.pop(req.handle, None)
+        if arrived is not None:
+            command = req.command
+            direction = _DIRECTIONS.get(command, "")
+            NBD.observe(
+                _OP_NAMES.get(command, "other"),
+                time.perf_counter() - arrived,
+                direction,
+                req.length if direction else 0,
+            )
+
     def _reply_error(self, req: p.Request, errno: int, message: str) -> None:
+        self._answered(req)
         if self._view.structured_replies and req.command in (_READ, _BS):
             self._send(p.ErrorChunk(req.handle, errno, message))
         else:
             self._send(p.SimpleReply(req.handle, errno))
 
     def _reply(self, req: p.Request, result: Any) -> None:
+        self._answered(req)
         command = req.command
         handle = req.handle
         if command == _READ:
