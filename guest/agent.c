@@ -1,0 +1,577 @@
+/*
+ * loft's guest agent: PID 1 of a loft VM once the initramfs has mounted the workspace.
+ *
+ * It speaks the framed protocol of loft.runtime.vm_protocol over the virtio-serial port
+ * named "loft.agent" (found through /sys/class/virtio-ports, the guest has no udev):
+ * run commands in the workspace (chrooted into /ws) with their standard streams carried
+ * as frames, read and write files, freeze and thaw the workspace's filesystem, set the
+ * clock and add entropy after a restore or fork. Many channels run at once; one poll
+ * loop serves them all.
+ *
+ * Why C and not Python: it starts with the kernel's first process, before anything is
+ * mounted, and must be ready within milliseconds of boot; a static binary of a few
+ * hundred KB needs no interpreter, no closure on a disk, no page-in of a standard
+ * library under TCG. The host side, which does the real work, is Python.
+ *
+ * The host is trusted (it is the hypervisor); the frames it sends are still checked
+ * against their declared sizes, because a bug there must not corrupt a tenant's machine.
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <linux/fs.h>
+#include <linux/random.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAGIC 0x4c46
+#define HEADER 12
+#define MAX_REQUEST (1 << 20) /* the host's frames: a file written at once, an exec */
+#define MAX_CHUNK 32768       /* the agent's data frames (the host accepts 64 KiB) */
+#define MAX_CHANNELS 64
+#define ROOT "/ws"
+#define PORT_NAME "loft.agent"
+
+enum {
+	PING = 1, PONG = 2, EXEC = 3, STDIN_DATA = 4, SIGNAL = 5, READ_FILE = 6,
+	WRITE_FILE = 7, FSFREEZE = 8, FSTHAW = 9, SET_CLOCK = 10, RESEED = 11,
+	STARTED = 20, STDOUT_DATA = 21, STDERR_DATA = 22, EXIT = 23, ERROR = 24,
+};
+
+struct channel {
+	uint32_t id;
+	pid_t pid;      /* 0 once reaped */
+	int in, out, err; /* -1 once closed */
+	int status;
+};
+
+static struct channel channels[MAX_CHANNELS];
+static int port = -1;
+
+static void put32(unsigned char *p, uint32_t v)
+{
+	p[0] = v >> 24; p[1] = v >> 16; p[2] = v >> 8; p[3] = v;
+}
+
+static uint32_t get32(const unsigned char *p)
+{
+	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+static void write_all(int fd, const void *buf, size_t len)
+{
+	const char *p = buf;
+	while (len > 0) {
+		ssize_t n = write(fd, p, len);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return; /* the host went away: frames are dropped, as by QEMU */
+		}
+		p += n;
+		len -= (size_t)n;
+	}
+}
+
+static void send_frame(int type, uint32_t ch, const void *data, size_t len)
+{
+	unsigned char h[HEADER];
+	h[0] = MAGIC >> 8; h[1] = MAGIC & 0xff; h[2] = (unsigned char)type; h[3] = 0;
+	put32(h + 4, ch);
+	put32(h + 8, (uint32_t)len);
+	/* One write per frame, so a frame is never split by another channel's. */
+	unsigned char buf[HEADER + MAX_CHUNK + 256];
+	if (len <= sizeof(buf) - HEADER) {
+		memcpy(buf, h, HEADER);
+		memcpy(buf + HEADER, data, len);
+		write_all(port, buf, HEADER + len);
+	}
+}
+
+static void send_u32(int type, uint32_t ch, uint32_t v)
+{
+	unsigned char b[4];
+	put32(b, v);
+	send_frame(type, ch, b, 4);
+}
+
+static void send_error(uint32_t ch, int err, const char *what)
+{
+	unsigned char b[4 + 200];
+	int n = snprintf((char *)b + 4, 200, "%s: %s", what, strerror(err));
+	put32(b, (uint32_t)err);
+	send_frame(ERROR, ch, b, 4 + (size_t)(n < 200 ? n : 199));
+}
+
+static struct channel *find(uint32_t id)
+{
+	for (int i = 0; i < MAX_CHANNELS; i++)
+		if (channels[i].id == id && (channels[i].pid || channels[i].out >= 0 || channels[i].err >= 0))
+			return &channels[i];
+	return NULL;
+}
+
+static struct channel *slot(void)
+{
+	for (int i = 0; i < MAX_CHANNELS; i++)
+		if (!channels[i].pid && channels[i].out < 0 && channels[i].err < 0 && channels[i].in < 0)
+			return &channels[i];
+	return NULL;
+}
+
+static void close_fd(int *fd)
+{
+	if (*fd >= 0)
+		close(*fd);
+	*fd = -1;
+}
+
+/* EXIT goes out once the process is reaped and both of its output pipes are drained. */
+static void maybe_done(struct channel *c)
+{
+	if (c->pid == 0 && c->out < 0 && c->err < 0 && c->id) {
+		close_fd(&c->in);
+		send_u32(EXIT, c->id, (uint32_t)c->status);
+		c->id = 0;
+	}
+}
+
+/* Strings packed NUL-terminated: returns the next one, or NULL past the end. */
+static char *next_string(char **p, char *end)
+{
+	char *s = *p;
+	char *nul = memchr(s, 0, (size_t)(end - s));
+	if (nul == NULL)
+		return NULL;
+	*p = nul + 1;
+	return s;
+}
+
+static void do_exec(uint32_t ch, unsigned char *data, uint32_t len)
+{
+	if (len < 12 || find(ch)) {
+		send_error(ch, EINVAL, "exec");
+		return;
+	}
+	uid_t uid = get32(data);
+	gid_t gid = get32(data + 4);
+	unsigned argc = (unsigned)data[8] << 8 | data[9];
+	unsigned envc = (unsigned)data[10] << 8 | data[11];
+	char *p = (char *)data + 12, *end = (char *)data + len;
+	char *cwd = next_string(&p, end);
+	char **argv = calloc(argc + 1, sizeof(char *));
+	char **envp = calloc(envc + 1, sizeof(char *));
+	int ok = cwd != NULL && argc > 0 && argv && envp;
+	for (unsigned i = 0; ok && i < argc; i++)
+		ok = (argv[i] = next_string(&p, end)) != NULL;
+	for (unsigned i = 0; ok && i < envc; i++)
+		ok = (envp[i] = next_string(&p, end)) != NULL;
+	struct channel *c = ok ? slot() : NULL;
+	int in[2] = {-1, -1}, out[2] = {-1, -1}, err[2] = {-1, -1};
+	if (!ok || c == NULL) {
+		send_error(ch, ok ? EAGAIN : EINVAL, "exec");
+		goto done;
+	}
+	if (pipe2(in, O_CLOEXEC) || pipe2(out, O_CLOEXEC) || pipe2(err, O_CLOEXEC)) {
+		send_error(ch, errno, "pipe");
+		goto fail;
+	}
+	int report[2];
+	if (pipe2(report, O_CLOEXEC)) {
+		send_error(ch, errno, "pipe");
+		goto fail;
+	}
+	pid_t pid = fork();
+	if (pid == 0) {
+		sigset_t all;
+		sigemptyset(&all);
+		sigprocmask(SIG_SETMASK, &all, NULL);
+		dup2(in[0], 0); dup2(out[1], 1); dup2(err[1], 2);
+		const char *step = "chroot";
+		if (chroot(ROOT) == 0 && (step = "chdir", chdir(cwd) == 0) && (step = "setsid", setsid() >= 0) &&
+		    (step = "setgroups", setgroups(0, NULL) == 0) && (step = "setgid", setgid(gid) == 0) &&
+		    (step = "setuid", setuid(uid) == 0)) {
+			umask(022);
+			step = argv[0];
+			execvpe(argv[0], argv, envp);
+		}
+		int e = errno;
+		/* The reason, to the parent: errno then the failing step's name. */
+		char msg[256];
+		int n = snprintf(msg + 4, sizeof(msg) - 4, "%s", step);
+		put32((unsigned char *)msg, (uint32_t)e);
+		write_all(report[1], msg, 4 + (size_t)(n < 250 ? n : 250));
+		_exit(127);
+	}
+	close(report[1]);
+	if (pid < 0) {
+		close(report[0]);
+		send_error(ch, errno, "fork");
+		goto fail;
+	}
+	char msg[256];
+	ssize_t n;
+	do
+		n = read(report[0], msg, sizeof(msg) - 1);
+	while (n < 0 && errno == EINTR);
+	close(report[0]);
+	close(in[0]); close(out[1]); close(err[1]);
+	if (n >= 4) { /* exec failed: the child exits 127 and is reaped by the loop */
+		msg[n] = 0;
+		send_error(ch, (int)get32((unsigned char *)msg), msg + 4);
+		close(in[1]); close(out[0]); close(err[0]);
+		goto done;
+	}
+	c->id = ch;
+	c->pid = pid;
+	c->in = in[1];
+	c->out = out[0];
+	c->err = err[0];
+	send_u32(STARTED, ch, (uint32_t)pid);
+	goto done;
+fail:
+	for (int i = 0; i < 2; i++) {
+		if (in[i] >= 0) close(in[i]);
+		if (out[i] >= 0) close(out[i]);
+		if (err[i] >= 0) close(err[i]);
+	}
+done:
+	free(argv);
+	free(envp);
+}
+
+/* Paths are the workspace's: opened below ROOT by a child chrooted there, so a link
+ * inside cannot lead the agent out of it. */
+static void do_file(int type, uint32_t ch, unsigned char *data, uint32_t len)
+{
+	uint32_t mode = 0;
+	if (type == WRITE_FILE) {
+		if (len < 4) {
+			send_error(ch, EINVAL, "write");
+			return;
+		}
+		mode = get32(data) & 07777;
+		data += 4;
+		len -= 4;
+	}
+	char *p = (char *)data, *end = (char *)data + len;
+	char *path = next_string(&p, end);
+	if (path == NULL) {
+		send_error(ch, EINVAL, "file");
+		return;
+	}
+	int fds[2];
+	if (pipe2(fds, O_CLOEXEC)) {
+		send_error(ch, errno, "pipe");
+		return;
+	}
+	pid_t pid = fork();
+	if (pid == 0) {
+		close(fds[0]);
+		int e = 0;
+		if (chroot(ROOT) || chdir("/")) {
+			e = errno;
+		} else if (type == READ_FILE) {
+			int fd = open(path, O_RDONLY | O_CLOEXEC);
+			if (fd < 0)
+				e = errno;
+			char buf[MAX_CHUNK];
+			ssize_t n;
+			while (fd >= 0 && (n = read(fd, buf, sizeof(buf))) != 0) {
+				if (n < 0) {
+					if (errno == EINTR)
+						continue;
+					e = errno;
+					break;
+				}
+				send_frame(STDOUT_DATA, ch, buf, (size_t)n);
+			}
+		} else {
+			int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+			if (fd < 0) {
+				e = errno;
+			} else {
+				size_t left = (size_t)(end - p);
+				while (left > 0) {
+					ssize_t n = write(fd, p, left);
+					if (n < 0) {
+						if (errno == EINTR)
+							continue;
+						e = errno;
+						break;
+					}
+					p += n;
+					left -= (size_t)n;
+				}
+				if (!e && close(fd))
+					e = errno;
+			}
+		}
+		unsigned char b[4];
+		put32(b, (uint32_t)e);
+		write_all(fds[1], b, 4);
+		_exit(0);
+	}
+	close(fds[1]);
+	unsigned char b[4] = {0};
+	ssize_t n = pid < 0 ? -1 : read(fds[0], b, 4);
+	int e = pid < 0 ? errno : n == 4 ? (int)get32(b) : EIO;
+	close(fds[0]);
+	if (pid > 0)
+		waitpid(pid, NULL, 0);
+	if (e)
+		send_error(ch, e, path);
+	else
+		send_u32(EXIT, ch, 0);
+}
+
+static void do_freeze(int type, uint32_t ch)
+{
+	int fd = open(ROOT, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	int rc = -1;
+	if (fd >= 0) {
+		if (type == FSFREEZE)
+			syncfs(fd); /* the bulk written back while writers still run */
+		rc = ioctl(fd, type == FSFREEZE ? FIFREEZE : FITHAW, 0);
+		int e = errno;
+		close(fd);
+		errno = e;
+	}
+	if (rc)
+		send_error(ch, errno, type == FSFREEZE ? "freeze" : "thaw");
+	else
+		send_u32(EXIT, ch, 0);
+}
+
+static void do_clock(uint32_t ch, unsigned char *data, uint32_t len)
+{
+	struct timespec ts;
+	if (len != 12) {
+		send_error(ch, EINVAL, "clock");
+		return;
+	}
+	ts.tv_sec = (time_t)((uint64_t)get32(data) << 32 | get32(data + 4));
+	ts.tv_nsec = get32(data + 8);
+	if (clock_settime(CLOCK_REALTIME, &ts))
+		send_error(ch, errno, "clock");
+	else
+		send_u32(EXIT, ch, 0);
+}
+
+static void do_reseed(uint32_t ch, unsigned char *data, uint32_t len)
+{
+	struct {
+		struct rand_pool_info info;
+		unsigned char buf[512];
+	} r;
+	if (len == 0 || len > sizeof(r.buf)) {
+		send_error(ch, EINVAL, "reseed");
+		return;
+	}
+	r.info.entropy_count = (int)len * 8;
+	r.info.buf_size = (int)len;
+	memcpy(r.buf, data, len);
+	int fd = open("/dev/urandom", O_WRONLY | O_CLOEXEC);
+	int rc = fd < 0 ? -1 : ioctl(fd, RNDADDENTROPY, &r.info);
+	int e = errno;
+	if (fd >= 0)
+		close(fd);
+	if (rc)
+		send_error(ch, e, "reseed");
+	else
+		send_u32(EXIT, ch, 0);
+}
+
+static void handle(int type, uint32_t ch, unsigned char *data, uint32_t len)
+{
+	struct channel *c;
+	switch (type) {
+	case PING:
+		send_frame(PONG, ch, data, len);
+		break;
+	case EXEC:
+		do_exec(ch, data, len);
+		break;
+	case STDIN_DATA:
+		if ((c = find(ch)) == NULL || c->in < 0)
+			break;
+		if (len == 0)
+			close_fd(&c->in);
+		else
+			write_all(c->in, data, len); /* a command not reading its input holds the agent */
+		break;
+	case SIGNAL:
+		if ((c = find(ch)) != NULL && c->pid && len == 4)
+			kill(-c->pid, (int)get32(data)); /* its process group: setsid made one */
+		break;
+	case READ_FILE:
+	case WRITE_FILE:
+		do_file(type, ch, data, len);
+		break;
+	case FSFREEZE:
+	case FSTHAW:
+		do_freeze(type, ch);
+		break;
+	case SET_CLOCK:
+		do_clock(ch, data, len);
+		break;
+	case RESEED:
+		do_reseed(ch, data, len);
+		break;
+	default:
+		send_error(ch, ENOSYS, "request");
+	}
+}
+
+static int open_port(void)
+{
+	char path[300], name[64];
+	for (int tries = 0; tries < 500; tries++) {
+		DIR *d = opendir("/sys/class/virtio-ports");
+		struct dirent *e;
+		while (d && (e = readdir(d)) != NULL) {
+			if (e->d_name[0] == '.')
+				continue;
+			snprintf(path, sizeof(path), "/sys/class/virtio-ports/%s/name", e->d_name);
+			int fd = open(path, O_RDONLY | O_CLOEXEC);
+			ssize_t n = fd < 0 ? -1 : read(fd, name, sizeof(name) - 1);
+			if (fd >= 0)
+				close(fd);
+			if (n > 0 && name[n - 1] == '\n')
+				n--;
+			if (n > 0 && (name[n] = 0, strcmp(name, PORT_NAME) == 0)) {
+				snprintf(path, sizeof(path), "/dev/%s", e->d_name);
+				closedir(d);
+				return open(path, O_RDWR | O_CLOEXEC);
+			}
+		}
+		if (d)
+			closedir(d);
+		usleep(10000);
+	}
+	return -1;
+}
+
+static void reap(void)
+{
+	int status;
+	pid_t pid;
+	while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+		for (int i = 0; i < MAX_CHANNELS; i++) {
+			struct channel *c = &channels[i];
+			if (c->pid == pid) {
+				c->pid = 0;
+				c->status = WIFSIGNALED(status) ? 128 + WTERMSIG(status) : WEXITSTATUS(status);
+				maybe_done(c);
+			}
+		}
+	}
+}
+
+static void pump(struct channel *c, int *fd, int type)
+{
+	char buf[MAX_CHUNK];
+	ssize_t n = read(*fd, buf, sizeof(buf));
+	if (n > 0) {
+		send_frame(type, c->id, buf, (size_t)n);
+		return;
+	}
+	if (n < 0 && errno == EINTR)
+		return;
+	close_fd(fd);
+	maybe_done(c);
+}
+
+int main(void)
+{
+	for (int i = 0; i < MAX_CHANNELS; i++)
+		channels[i] = (struct channel){0, 0, -1, -1, -1, 0};
+	signal(SIGPIPE, SIG_IGN);
+	sigset_t chld;
+	sigemptyset(&chld);
+	sigaddset(&chld, SIGCHLD);
+	sigprocmask(SIG_BLOCK, &chld, NULL);
+	int sfd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
+	port = open_port();
+	if (port < 0 || sfd < 0) {
+		fprintf(stderr, "loft-agent: no port named %s\n", PORT_NAME);
+		for (;;)
+			pause(); /* PID 1 must not exit */
+	}
+	fprintf(stderr, "loft-agent: ready\n");
+	static unsigned char buf[HEADER + MAX_REQUEST];
+	size_t have = 0;
+	struct pollfd fds[2 + 2 * MAX_CHANNELS];
+	struct {
+		struct channel *c;
+		int *fd;
+		int type;
+	} who[2 * MAX_CHANNELS];
+	for (;;) {
+		int n = 0;
+		fds[n++] = (struct pollfd){port, POLLIN, 0};
+		fds[n++] = (struct pollfd){sfd, POLLIN, 0};
+		for (int i = 0; i < MAX_CHANNELS; i++) {
+			struct channel *c = &channels[i];
+			if (c->out >= 0) {
+				who[n - 2].c = c; who[n - 2].fd = &c->out; who[n - 2].type = STDOUT_DATA;
+				fds[n++] = (struct pollfd){c->out, POLLIN, 0};
+			}
+			if (c->err >= 0) {
+				who[n - 2].c = c; who[n - 2].fd = &c->err; who[n - 2].type = STDERR_DATA;
+				fds[n++] = (struct pollfd){c->err, POLLIN, 0};
+			}
+		}
+		if (poll(fds, (nfds_t)n, -1) < 0)
+			continue;
+		if (fds[1].revents) {
+			struct signalfd_siginfo si;
+			while (read(sfd, &si, sizeof(si)) > 0)
+				;
+			reap();
+		}
+		for (int i = 2; i < n; i++)
+			if (fds[i].revents && *who[i - 2].fd == fds[i].fd)
+				pump(who[i - 2].c, who[i - 2].fd, who[i - 2].type);
+		if (fds[0].revents & POLLIN) {
+			ssize_t r = read(port, buf + have, sizeof(buf) - have);
+			if (r <= 0) {
+				/* no host connected: virtio-serial reports hang-up; wait for one */
+				if (r == 0 || errno != EINTR)
+					usleep(20000);
+				continue;
+			}
+			have += (size_t)r;
+			size_t off = 0;
+			while (have - off >= HEADER) {
+				unsigned char *h = buf + off;
+				uint32_t len = get32(h + 8);
+				if ((h[0] << 8 | h[1]) != MAGIC || len > MAX_REQUEST) {
+					off = have; /* not a frame: drop what we have, the host resyncs with PING */
+					break;
+				}
+				if (have - off < HEADER + len)
+					break;
+				handle(h[2], get32(h + 4), h + HEADER, len);
+				off += HEADER + len;
+			}
+			memmove(buf, buf + off, have - off);
+			have -= off;
+		} else if (fds[0].revents & (POLLHUP | POLLERR)) {
+			usleep(20000); /* the host disconnected: poll again until one connects */
+		}
+	}
+}
