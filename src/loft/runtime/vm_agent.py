@@ -1,0 +1,307 @@
+"""The host's end of a VM's guest agent: one connection, many channels.
+
+QEMU's chardev socket takes one client at a time, so one :class:`AgentLink` per VM
+holds the connection and a thread routes the agent's frames by channel (see
+:mod:`loft.runtime.vm_protocol`):
+
+- a **call** (freeze, thaw, clock, entropy, a file) waits for its channel's ``EXIT`` or
+  ``ERROR`` and gets the data that came before it;
+- a **session** (a command started by :meth:`VmRuntime.exec`) is relayed to a socket
+  whose other end belongs to a ``loft.runtime.vm_relay`` process: that process is the
+  ``subprocess.Popen`` the runtime interface promises, with the command's streams as
+  its own and its exit status as its own. When the relay goes away before the command
+  ends (killed by its caller), the command is killed in the guest.
+
+Connecting (after boot, and after every restore) sends ``PING`` with a fresh nonce
+until the matching ``PONG`` comes back, dropping whatever bytes came before it: a
+restored guest may have been half-way through a frame for a connection that no longer
+exists. Frames of channels nobody holds (commands started before a suspend) are dropped.
+
+A relay that does not read its socket holds the routing thread (sends to it block), and
+so every channel of that VM: a limit of this first version, see docs/vm.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import secrets
+import selectors
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from loft.runtime.errors import WorkspaceError
+from loft.runtime.vm_protocol import (
+    MAX_REQUEST,
+    Decoder,
+    Frame,
+    ProtocolError,
+    Type,
+    encode,
+    parse_error,
+    parse_u32,
+)
+
+__all__ = ["AgentError", "AgentLink", "CallResult"]
+
+#: How often an unanswered PING is sent again while the guest boots.
+_PING_EVERY = 0.1
+
+
+class AgentError(WorkspaceError):
+    """The guest agent did not answer, or refused a request."""
+
+
+@dataclass
+class CallResult:
+    """What a call's channel carried: its data (``STDOUT`` frames), then its status."""
+
+    data: bytearray = field(default_factory=bytearray)
+    status: int | None = None
+    error: tuple[int, str] | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+    limit: int = MAX_REQUEST
+
+
+@dataclass
+class _Session:
+    sock: socket.socket
+    decoder: Decoder = field(default_factory=lambda: Decoder(limit=MAX_REQUEST))
+
+
+class AgentLink:
+    """The connection to one VM's agent socket (``connect`` it; ``close`` when done)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._decoder = Decoder()
+        self._send_lock = threading.Lock()
+        self._calls: dict[int, CallResult] = {}
+        self._sessions: dict[int, _Session] = {}
+        self._by_sock: dict[socket.socket, int] = {}
+        self._new: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self._next = 0
+        self._table = threading.Lock()
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        #: Only the routing thread registers and unregisters (a session's socket before
+        #: it is registered is nobody's but its opener's).
+        self._sel = selectors.DefaultSelector()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self.failure: str | None = None
+
+    @classmethod
+    def connect(cls, path: Path, timeout: float) -> AgentLink:
+        """Connect to the agent socket at ``path`` and wait until the agent answers."""
+        deadline = time.monotonic() + timeout
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            while True:
+                try:
+                    sock.connect(str(path))
+                    break
+                except OSError as e:
+                    if time.monotonic() > deadline:
+                        raise AgentError(f"the VM's agent socket does not accept: {e}") from e
+                    time.sleep(0.01)
+            link = cls(sock)
+            link._handshake(deadline)
+        except BaseException:
+            sock.close()
+            raise
+        link._thread = threading.Thread(target=link._route, name="vm-agent", daemon=True)
+        link._thread.start()
+        return link
+
+    def _handshake(self, deadline: float) -> None:
+        nonce = secrets.token_bytes(8)
+        self._decoder.resync(encode(Frame(Type.PONG, 0, nonce)))
+        while not self._decoder.synced:
+            if time.monotonic() > deadline:
+                raise AgentError("the guest agent did not answer", hint="see the VM's console log")
+            self._sock.sendall(encode(Frame(Type.PING, 0, nonce)))
+            ping_deadline = min(deadline, time.monotonic() + _PING_EVERY)
+            while not self._decoder.synced and time.monotonic() < ping_deadline:
+                self._sock.settimeout(max(0.001, ping_deadline - time.monotonic()))
+                try:
+                    data = self._sock.recv(65536)
+                except TimeoutError:
+                    continue
+                if not data:
+                    raise AgentError("QEMU closed the agent's socket")
+                self._decoder.feed(data)
+        self._sock.settimeout(None)
+
+    # -- requests ----------------------------------------------------------------------
+
+    def _channel(self) -> int:
+        with self._table:
+            self._next = self._next % (2**32 - 1) + 1
+            return self._next
+
+    def _send(self, data: bytes) -> None:
+        if self.failure is not None:
+            raise AgentError(f"the guest agent's connection failed: {self.failure}")
+        with self._send_lock:
+            try:
+                self._sock.sendall(data)
+            except OSError as e:
+                raise AgentError(f"the guest agent's connection failed: {e}") from e
+
+    def call(self, type_: Type, payload: bytes = b"", *, timeout: float = 10.0,
+             limit: int = MAX_REQUEST) -> bytes:  # fmt: skip
+        """Send one request on a new channel and wait for its end; the data it carried
+        (at most ``limit`` bytes). AgentError on ``ERROR`` or when ``timeout`` passes."""
+        ch = self._channel()
+        result = self._calls[ch] = CallResult(limit=limit)
+        try:
+            self._send(encode(Frame(type_, ch, payload)))
+            if not result.done.wait(timeout):
+                raise AgentError(f"the guest agent did not finish {type_.name} in {timeout} s")
+        finally:
+            self._calls.pop(ch, None)
+        if result.error is not None:
+            errno, message = result.error
+            raise AgentError(f"the guest agent refused {type_.name}: {message} (errno {errno})")
+        if result.status not in (0, None):
+            raise AgentError(f"{type_.name} ended with status {result.status}")
+        return bytes(result.data)
+
+    def open_session(self, exec_payload: bytes, relay: socket.socket) -> None:
+        """Start the command of an ``EXEC`` payload and relay its channel to ``relay``
+        (this link owns and closes the socket from now on)."""
+        channel = self._channel()
+        with self._table:
+            self._sessions[channel] = _Session(relay)
+            self._by_sock[relay] = channel
+        try:
+            self._send(encode(Frame(Type.EXEC, channel, exec_payload)))
+        except BaseException:
+            self._drop(channel)
+            raise
+        self._new.put(channel)
+        os.write(self._wake_w, b"x")
+
+    # -- routing -----------------------------------------------------------------------
+
+    def _drop(self, channel: int) -> _Session | None:
+        with self._table:
+            session = self._sessions.pop(channel, None)
+            if session is not None:
+                self._by_sock.pop(session.sock, None)
+        if session is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self._sel.unregister(session.sock)
+            session.sock.close()
+        return session
+
+    def _route(self) -> None:
+        sel = self._sel
+        sel.register(self._sock, selectors.EVENT_READ)
+        sel.register(self._wake_r, selectors.EVENT_READ)
+        try:
+            while not self._closed:
+                for key, _ in sel.select():
+                    if key.fileobj is self._sock:
+                        self._from_guest()
+                    elif key.fileobj == self._wake_r:
+                        with contextlib.suppress(BlockingIOError):
+                            os.read(self._wake_r, 4096)
+                        while not self._new.empty():
+                            ch = self._new.get()
+                            session = self._sessions.get(ch)
+                            if session is not None:
+                                sel.register(session.sock, selectors.EVENT_READ)
+                    else:
+                        assert isinstance(key.fileobj, socket.socket)
+                        self._from_relay(key.fileobj)
+        except (OSError, ProtocolError, AgentError) as e:  # the VM is gone or misbehaves
+            self.failure = str(e) or type(e).__name__
+        finally:
+            sel.close()
+            self._fail_all()
+
+    def _fail_all(self) -> None:
+        for result in list(self._calls.values()):
+            result.error = (5, f"connection lost: {self.failure}")
+            result.done.set()
+        for ch in list(self._sessions):
+            self._drop(ch)
+
+    def _from_guest(self) -> None:
+        data = self._sock.recv(1 << 16)
+        if not data:
+            raise AgentError("QEMU closed the agent's socket")
+        self._decoder.feed(data)
+        for frame in self._decoder.frames():
+            call = self._calls.get(frame.channel)
+            if call is not None:
+                self._to_call(call, frame)
+                continue
+            session = self._sessions.get(frame.channel)
+            if session is None:
+                continue  # a command's output after its caller left, or from before a restore
+            try:
+                session.sock.sendall(encode(Frame(frame.type, 0, frame.payload)))
+            except OSError:
+                self._drop(frame.channel)
+                self._kill(frame.channel)
+                continue
+            if frame.type in (Type.EXIT, Type.ERROR):
+                self._drop(frame.channel)
+
+    def _to_call(self, call: CallResult, frame: Frame) -> None:
+        if frame.type is Type.STDOUT:
+            if len(call.data) + len(frame.payload) > call.limit:
+                call.error = (27, f"more than {call.limit} bytes")  # EFBIG
+                call.done.set()
+            else:
+                call.data += frame.payload
+        elif frame.type is Type.EXIT:
+            call.status = parse_u32(frame)
+            call.done.set()
+        elif frame.type is Type.ERROR:
+            call.error = parse_error(frame)
+            call.done.set()
+        elif frame.type is Type.PONG:
+            call.done.set()
+
+    def _from_relay(self, sock: socket.socket) -> None:
+        ch = self._by_sock.get(sock)
+        session = self._sessions.get(ch) if ch is not None else None
+        try:
+            data = sock.recv(1 << 16)
+        except OSError:
+            data = b""
+        if ch is None or session is None or not data:
+            with contextlib.suppress(KeyError, ValueError):
+                self._sel.unregister(sock)
+            if ch is not None and self._drop(ch) is not None:
+                self._kill(ch)  # the caller left before the command ended
+            return
+        session.decoder.feed(data)
+        for frame in session.decoder.frames():
+            if frame.type in (Type.STDIN, Type.SIGNAL):
+                self._send(encode(Frame(frame.type, ch, frame.payload)))
+
+    def _kill(self, channel: int) -> None:
+        with contextlib.suppress(AgentError):
+            self._send(encode(Frame(Type.SIGNAL, channel, (9).to_bytes(4, "big"))))
+
+    def close(self) -> None:
+        """Drop the connection; commands in the guest keep running."""
+        self._closed = True
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"x")
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(5)
+        self._sock.close()
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
