@@ -3,14 +3,23 @@ suspend and resume (hot and warm), disk durability, and bad input."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from vm_support import Vms, needs_qemu, vms
 
+from loft.procfs import proc_stat
+from loft.runtime.errors import WorkspaceError
 from loft.runtime.phase import Phase
 from loft.runtime.spec import ExecRequest
+from loft.runtime.vm import VmRuntime
 
 pytestmark = [pytest.mark.serial, needs_qemu]
 
@@ -38,3 +47,221 @@ def test_vm_boots_and_runs_a_command(node: Vms) -> None:
     assert (done.status, done.stdout) == (3, b"1000\nin")
     node.runtime.stop(spec.id)
     assert node.runtime.status(spec.id).phase is Phase.STOPPED
+
+
+COUNTER = "i=0; while :; do i=$((i+1)); echo $i > /tmp/count; usleep 50000; done"
+
+
+def _start_counter(node: Vms, ws: str) -> int:
+    """A counter in the background of the guest; its pid."""
+    out = _sh(node, ws, f"setsid sh -c '{COUNTER}' </dev/null >/dev/null 2>&1 & echo $!")
+    return int(out)
+
+
+def _count(node: Vms, ws: str) -> int:
+    return int(_sh(node, ws, "cat /tmp/count") or 0)
+
+
+def _counter_runs_on(node: Vms, ws: str, pid: int, before: int) -> None:
+    """The counter of pid ``pid`` is still alive and counts on from ``before``."""
+    assert _sh(node, ws, f"kill -0 {pid} && echo alive").strip() == "alive"
+    first = _count(node, ws)
+    assert first >= before
+    _sh(node, ws, "sleep 0.5")
+    assert _count(node, ws) > first
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("keep", [True, False], ids=["hot", "warm"])
+def test_vm_suspend_resume_keeps_processes(node: Vms, keep: bool) -> None:
+    spec = node.spec()
+    node.runtime.start(spec)
+    pid = _start_counter(node, spec.id)
+    _sh(node, spec.id, "sleep 0.3")
+    rt = node.runtime
+    qemu = rt.status(spec.id).pid
+    rt.suspend(spec.id, keep=keep)
+    assert rt.suspended(spec.id)
+    assert rt.status(spec.id).phase is (Phase.PAUSED if keep else Phase.STOPPED)
+    assert (proc_stat(qemu) is not None) is keep  # warm: QEMU is gone, the image stays
+    rt.resume(spec.id)
+    assert rt.status(spec.id).phase is Phase.RUNNING
+    assert not rt.suspended(spec.id)  # the image is void once the VM runs again
+    _counter_runs_on(node, spec.id, pid, 1)
+    # and once more: a resumed VM suspends and resumes again
+    before = _count(node, spec.id)
+    rt.suspend(spec.id, keep=keep)
+    rt.resume(spec.id)
+    _counter_runs_on(node, spec.id, pid, before)
+    rt.stop(spec.id)
+
+
+@pytest.mark.timeout(180)
+def test_vm_start_resumes_a_suspended_vm(node: Vms) -> None:
+    spec = node.spec()
+    node.runtime.start(spec)
+    pid = _start_counter(node, spec.id)
+    _sh(node, spec.id, "sleep 0.3")
+    node.runtime.suspend(spec.id)
+    # a new runtime (an agent restart) starts it: from the image, not a boot
+    rt = VmRuntime(node.runtime.root.parents[1], node.runtime.disk, guest=node.runtime.guest_dir)
+    assert rt.adopt() == []
+    rt.start(spec)
+    node.runtime = rt
+    _counter_runs_on(node, spec.id, pid, 1)
+    rt.stop(spec.id)
+    assert not rt.dir(spec.id).exists()
+
+
+def _debugfs_cat(image: Path, path: str) -> bytes:
+    """A file of an ext4 image, read without mounting it (the host never mounts a VM's
+    volume)."""
+    done = subprocess.run(["debugfs", "-R", f"cat {path}", str(image)],
+                          capture_output=True, timeout=60)  # fmt: skip
+    return done.stdout
+
+
+def _export(node: Vms, ws: str, dest: Path) -> Path:
+    node.node.node.loft("volume", "export", ws, str(dest))
+    return dest
+
+
+@pytest.mark.timeout(180)
+def test_vm_disk_writes_reach_the_volume_and_survive_kill(node: Vms, tmp_path: Path) -> None:
+    spec = node.spec()
+    rt = node.runtime
+    rt.start(spec)
+    _sh(node, spec.id, "echo written-in-the-guest > /root/one && sync")
+    image = _export(node, spec.id, tmp_path / "one.img")
+    assert _debugfs_cat(image, "/root/one") == b"written-in-the-guest\n"
+
+    # flushed, then QEMU killed: nothing flushed is lost, and the workspace boots again
+    _sh(node, spec.id, "head -c 3000000 /dev/urandom > /root/two && sync && md5sum /root/two")
+    digest = _sh(node, spec.id, "md5sum /root/two").split()[0]
+    os.kill(rt.status(spec.id).pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while rt.status(spec.id).phase is not Phase.STOPPED:
+        assert time.monotonic() < deadline, "the runtime did not notice QEMU's death"
+        time.sleep(0.05)
+    image = _export(node, spec.id, tmp_path / "two.img")
+    assert hashlib.md5(_debugfs_cat(image, "/root/two")).hexdigest() == digest
+    rt.start(spec)
+    assert _sh(node, spec.id, "md5sum /root/two; cat /root/one").split() == [
+        digest, "/root/two", "written-in-the-guest"]  # fmt: skip
+    rt.stop(spec.id)
+
+
+def _qemus_of(node: Vms) -> list[int]:
+    """Pids of QEMUs whose command line names this test's VM directories."""
+    out = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                cmd = (p / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if cmd.startswith(b"qemu-system") and str(node.runtime.root).encode() in cmd:
+                out.append(int(p.name))
+    return out
+
+
+@pytest.mark.timeout(120)
+def test_vm_bad_input_is_refused_and_leaves_nothing(node: Vms, tmp_path: Path) -> None:
+    rt = node.runtime
+    spec = node.spec(memory=32 << 20)
+    with pytest.raises(WorkspaceError, match="at least 96 MiB"):
+        rt.start(spec)
+    empty = tmp_path / "no-guest"
+    empty.mkdir()
+    spec = node.spec()
+    no_kernel = VmRuntime(rt.root.parents[1], rt.disk, guest=empty)
+    with pytest.raises(WorkspaceError, match="not built") as e:
+        no_kernel.start(spec)
+    assert "make guest" in str(e.value.hint)
+    assert _qemus_of(node) == [] and not rt.dir(spec.id).exists()
+
+
+@pytest.mark.timeout(180)
+def test_vm_damaged_or_foreign_suspend_image_is_refused(node: Vms) -> None:
+    rt = node.runtime
+    spec = node.spec()
+    rt.start(spec)
+    rt.suspend(spec.id)
+    d = rt.dir(spec.id)
+    good = (d / "state").read_bytes()
+    meta = json.loads((d / "suspend.json").read_text())
+
+    # a flipped byte: refused before QEMU starts
+    (d / "state").write_bytes(good[:100] + bytes([good[100] ^ 1]) + good[101:])
+    with pytest.raises(WorkspaceError, match="damaged"):
+        rt.start(spec)
+    assert _qemus_of(node) == []
+
+    # truncated, with a checksum that matches (as if saved so): QEMU's load fails
+    cut = good[: len(good) // 2]
+    (d / "state").write_bytes(cut)
+    (d / "suspend.json").write_text(json.dumps({**meta, "sha256": hashlib.sha256(cut).hexdigest()}))
+    with pytest.raises(WorkspaceError, match=r"loading the VM's state failed|QEMU"):
+        rt.start(spec)
+    assert _qemus_of(node) == [] and rt.status(spec.id).phase is Phase.STOPPED
+
+    # another workspace's image
+    (d / "state").write_bytes(good)
+    (d / "suspend.json").write_text(json.dumps({**meta, "workspace": "someone-else"}))
+    with pytest.raises(WorkspaceError, match="no usable suspend image"):
+        rt.start(spec)
+    assert _qemus_of(node) == []
+
+    # stop drops the image; the workspace then boots afresh
+    rt.stop(spec.id)
+    assert not rt.suspended(spec.id)
+    rt.start(spec)
+    assert _sh(node, spec.id, "echo back") == "back\n"
+    rt.stop(spec.id)
+    assert _qemus_of(node) == []
+
+
+@pytest.mark.timeout(120)
+def test_vm_concurrent_execs_freezes_and_files(node: Vms) -> None:
+    rt = node.runtime
+    spec = node.spec()
+    rt.start(spec)
+    long = rt.exec(spec.id, ExecRequest(("sh", "-c", "echo started; exec sleep 300"), user=0),
+                   stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)  # fmt: skip
+    assert long.stdout is not None and long.stdout.readline() == b"started\n"
+    # another command runs while the first holds its channel
+    assert _sh(node, spec.id, "ps -o args | grep -c '^[s]leep 300' || true").strip() == "1"
+    long.kill()  # the caller leaves: the command dies in the guest
+    long.wait()
+    deadline = time.monotonic() + 10
+    while _sh(node, spec.id, "ps -o args | grep -c '^[s]leep 300' || true").strip() != "0":
+        assert time.monotonic() < deadline, "the command outlived its caller"
+        time.sleep(0.1)
+
+    # a command that cannot start: 127 and the agent's reason
+    done = rt.run(spec.id, ExecRequest(("no-such-command",)))
+    assert done.status == 127 and b"no-such-command" in done.stderr
+
+    rt.write_file(spec.id, "/root/f", b"x" * 100_000, 0o600)
+    assert rt.read_file(spec.id, "/root/f") == b"x" * 100_000
+    assert _sh(node, spec.id, "stat -c %a /root/f").strip() == "600"
+    with pytest.raises(WorkspaceError, match="No such file"):
+        rt.read_file(spec.id, "/root/missing")
+    with pytest.raises(WorkspaceError, match="more than"):
+        rt.read_file(spec.id, "/root/f", limit=1000)
+
+    # the filesystem frozen: a write waits until the thaw
+    rt.freeze_filesystem(spec.id)
+    writer = rt.exec(spec.id, ExecRequest(("sh", "-c", "echo w > /root/w; sync"), user=0))
+    time.sleep(1)
+    assert writer.poll() is None
+    rt.thaw_filesystem(spec.id)
+    assert writer.wait(30) == 0
+    # vCPUs paused: no command runs until thawed
+    rt.freeze(spec.id)
+    assert rt.status(spec.id).phase is Phase.PAUSED
+    rt.thaw(spec.id)
+    assert _sh(node, spec.id, "cat /root/w") == "w\n"
+    stats = rt.stats(spec.id)
+    assert 0 < stats.memory <= stats.memory_peak and stats.memory_limit == 256 << 20
+    rt.stop(spec.id)

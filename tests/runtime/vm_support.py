@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from attachtool import served_node
+from attachtool import Served, served_node
 
 from loft.isolation.userns import IdRange
 from loft.runtime.spec import EnvironmentView, Limits, WorkspaceSpec
@@ -33,15 +33,16 @@ _ids = itertools.count()
 class Vms:
     """A served node and a VmRuntime over it; :meth:`spec` makes a workspace's volume."""
 
-    def __init__(self, runtime: VmRuntime, node: object, root: Path) -> None:
+    def __init__(self, runtime: VmRuntime, node: Served, root: Path) -> None:
         self.runtime = runtime
         self.node = node
         self.root = root
 
     def spec(self, memory: int = 256 << 20, name: str | None = None) -> WorkspaceSpec:
         ws = name or f"vm{next(_ids)}"
-        create_workspace_volume(self.node.bs, ws, size=1 << 30)  # type: ignore[attr-defined]
-        env = EnvironmentView(self.root / "store", "/nix/store/unused-env", ("/nix/store/unused-env",))
+        create_workspace_volume(self.node.bs, ws, size=1 << 30)
+        unused = "/nix/store/unused-env"  # a VM's /usr comes from its initramfs for now
+        env = EnvironmentView(self.root / "store", unused, (unused,))
         return WorkspaceSpec(id=ws, rootfs=self.root / "unused-rootfs", env=env,
                              ids=IdRange(1 << 20, 65536), limits=Limits(memory=memory))  # fmt: skip
 

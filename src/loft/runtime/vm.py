@@ -227,8 +227,8 @@ class VmRuntime(Runtime):
 
     def _prepare(self, spec: WorkspaceSpec) -> None:
         d = self.dir(spec.id)
-        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(self.root, 0o700)
+        for p in (self.root.parent, self.root):  # mkdir(parents=) would give parents 0755
+            p.mkdir(mode=0o700, exist_ok=True)
         if d.exists():  # a boot cut short, or a VM killed: nothing in it is valid now
             shutil.rmtree(d)
         d.mkdir(mode=0o700)
