@@ -395,9 +395,18 @@ static void do_reseed(uint32_t ch, unsigned char *data, uint32_t len)
 		send_u32(EXIT, ch, 0);
 }
 
+static const char *boot_error; /* set by the init when the workspace could not be mounted */
+
 static void handle(int type, uint32_t ch, unsigned char *data, uint32_t len)
 {
 	struct channel *c;
+	if (boot_error && type != PING) {
+		unsigned char b[4 + 400];
+		int n = snprintf((char *)b + 4, 400, "boot failed: %s", boot_error);
+		put32(b, EIO);
+		send_frame(ERROR, ch, b, 4 + (size_t)(n < 400 ? n : 399));
+		return;
+	}
 	switch (type) {
 	case PING:
 		send_frame(PONG, ch, data, len);
@@ -500,6 +509,7 @@ int main(void)
 	for (int i = 0; i < MAX_CHANNELS; i++)
 		channels[i] = (struct channel){0, 0, -1, -1, -1, 0};
 	signal(SIGPIPE, SIG_IGN);
+	boot_error = getenv("LOFT_BOOT_ERROR");
 	sigset_t chld;
 	sigemptyset(&chld);
 	sigaddset(&chld, SIGCHLD);

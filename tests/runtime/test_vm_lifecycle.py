@@ -10,6 +10,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -179,6 +180,14 @@ def test_vm_bad_input_is_refused_and_leaves_nothing(node: Vms, tmp_path: Path) -
         no_kernel.start(spec)
     assert "make guest" in str(e.value.hint)
     assert _qemus_of(node) == [] and not rt.dir(spec.id).exists()
+    # a volume with no filesystem: the guest says so at once
+    blank = replace(spec, id="blank")
+    node.node.bs.create("blank", size=1 << 30)
+    t0 = time.monotonic()
+    with pytest.raises(WorkspaceError, match="cannot mount the workspace volume"):
+        rt.start(blank)
+    assert time.monotonic() - t0 < 20
+    assert _qemus_of(node) == [] and not rt.dir(blank.id).exists()
 
 
 @pytest.mark.timeout(180)

@@ -7,7 +7,7 @@ QMP (:mod:`loft.runtime.qmp`) pauses, saves and loads it, and the guest agent
 (:mod:`loft.runtime.vm_agent`) runs commands and freezes the filesystem inside.
 
 Each VM has a private directory, ``<data>/runtime/vm/<id>`` (0700): the RAM file, the
-QMP and agent sockets, the console and QEMU's log, ``workspace.json`` (the spec, so a
+QMP and agent sockets, QEMU's log, ``workspace.json`` (the spec, so a
 suspended VM resumes without its caller knowing it) and ``vm.json`` (QEMU's pid and
 start time, so a restarted agent adopts or cleans it). The disk is never here: QEMU
 reads and writes the workspace volume from the node's NBD server, and the host never
@@ -64,7 +64,7 @@ from loft.runtime.runc import Stdio
 from loft.runtime.spec import ExecRequest, WindowSize, WorkspaceSpec, check_workspace_id
 from loft.runtime.vm_agent import AgentError, AgentLink
 from loft.runtime.vm_protocol import Type, exec_payload, write_file_payload
-from loft.runtime.vm_qemu import GuestImage, Machine, accelerator, qemu_argv
+from loft.runtime.vm_qemu import CONSOLE_BYTES, GuestImage, Machine, accelerator, qemu_argv
 
 __all__ = ["NbdDisk", "VmRuntime"]
 
@@ -269,6 +269,11 @@ class VmRuntime(Runtime):
             vm = _Vm(spec, machine, pid, pidfd, qmp, None, Phase.RUNNING)
             if agent:
                 vm.agent = self._agent(vm)
+                try:  # the first request also hears a boot that failed inside
+                    self._set_clock(vm.agent)
+                except AgentError as e:
+                    raise WorkspaceError(f"the VM did not boot: {e}",
+                                         hint=self._tail(machine, qmp)) from e  # fmt: skip
             return vm
         except BaseException as e:
             if qmp is not None:
@@ -291,20 +296,25 @@ class VmRuntime(Runtime):
                 if time.monotonic() >= deadline:
                     raise WorkspaceError(
                         f"the VM's agent did not answer in {BOOT_TIMEOUT:.0f} s: "
-                        f"{self._tail(vm.machine)}"
+                        f"{self._tail(vm.machine, vm.qmp)}"
                     ) from None
 
     @staticmethod
-    def _tail(machine: Machine) -> str:
+    def _tail(machine: Machine, qmp: QmpClient | None = None) -> str:
+        """The end of QEMU's log, and of the guest's console while QEMU still runs."""
         out = []
-        for name in ("qemu.log", "console.log"):
-            with contextlib.suppress(OSError):
-                with open(machine.dir / name, "rb") as f:
-                    f.seek(0, os.SEEK_END)
-                    f.seek(max(0, f.tell() - 600))
-                    text = f.read().decode(errors="replace").strip()
-                if text:
-                    out.append(f"{name}: {text[-600:]}")
+        with contextlib.suppress(OSError):
+            with open(machine.dir / "qemu.log", "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - 600))
+                text = f.read().decode(errors="replace").strip()
+            if text:
+                out.append(f"QEMU: {text}")
+        if qmp is not None:
+            with contextlib.suppress(QmpError):
+                ring = qmp.execute("ringbuf-read", {"device": "console", "size": CONSOLE_BYTES})
+                if isinstance(ring, str) and ring.strip():
+                    out.append(f"console: {ring.strip()[-600:]}")
         return " | ".join(out) or "no output"
 
     def stop(self, workspace: str, *, grace: float = 5.0) -> None:
@@ -581,9 +591,13 @@ class VmRuntime(Runtime):
         """The guest's clock stood still while it was saved, and a restored RNG state
         repeats: set the one, reseed the other."""
         link = self._link(vm)
+        self._set_clock(link)
+        link.call(Type.RESEED, secrets.token_bytes(64))
+
+    @staticmethod
+    def _set_clock(link: AgentLink) -> None:
         now = time.time_ns()
         link.call(Type.SET_CLOCK, struct.pack(">QI", now // 10**9, now % 10**9))
-        link.call(Type.RESEED, secrets.token_bytes(64))
 
 
 def _sha256(path: Path) -> str:

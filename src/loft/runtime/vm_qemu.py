@@ -15,7 +15,7 @@ this kind of host (docs/vm.md):
 - the workspace volume straight from the node's NBD server (QEMU is the NBD client; no
   host mount, no nbdfuse), ``cache=none`` semantics: a guest flush is an NBD FLUSH;
 - the guest agent on a virtio-serial port named ``loft.agent``; QMP on a socket;
-  the serial console to a file.
+  the serial console to a bounded ring (:data:`CONSOLE_BYTES`).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from loft.runtime.errors import WorkspaceError
 
 __all__ = [
     "AGENT_PORT",
+    "CONSOLE_BYTES",
     "MIN_MEMORY",
     "GuestImage",
     "Machine",
@@ -43,6 +44,9 @@ MIN_MEMORY = 96 << 20
 #: TCG on microvm sometimes never ends); any plausible value works.
 _TSC_KHZ = 2600000
 _CMDLINE = f"console=ttyS0 tsc_early_khz={_TSC_KHZ} quiet loglevel=4 panic=-1"
+#: The serial console is a ring in QEMU's memory (read with QMP ``ringbuf-read``), not a
+#: file: the tenant is root in the guest and could write to it without end.
+CONSOLE_BYTES = 64 << 10
 #: Unix socket paths are limited to 108 bytes with their NUL.
 _MAX_SOCKET_PATH = 107
 
@@ -118,10 +122,6 @@ class Machine:
         return self.dir / "agent.sock"
 
     @property
-    def console(self) -> Path:
-        return self.dir / "console.log"
-
-    @property
     def memory_mib(self) -> int:
         return (self.memory + (1 << 20) - 1) >> 20
 
@@ -151,7 +151,7 @@ def qemu_argv(machine: Machine, guest: GuestImage, *, incoming: bool = False,
         "-kernel", str(guest.kernel),
         "-initrd", str(guest.initrd),
         "-append", _CMDLINE,
-        "-chardev", f"file,id=console,path={m.console},append=on",
+        "-chardev", f"ringbuf,id=console,size={CONSOLE_BYTES}",
         "-serial", "chardev:console",
         "-blockdev", json.dumps(disk),
         "-device", "virtio-blk-device,drive=disk0",
