@@ -30,6 +30,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <termios.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <sys/types.h>
@@ -47,15 +48,16 @@
 
 enum {
 	PING = 1, PONG = 2, EXEC = 3, STDIN_DATA = 4, SIGNAL = 5, READ_FILE = 6,
-	WRITE_FILE = 7, FSFREEZE = 8, FSTHAW = 9, SET_CLOCK = 10, RESEED = 11,
+	WRITE_FILE = 7, FSFREEZE = 8, FSTHAW = 9, SET_CLOCK = 10, RESEED = 11, EXEC_TTY = 12, RESIZE = 13,
 	STARTED = 20, STDOUT_DATA = 21, STDERR_DATA = 22, EXIT = 23, ERROR = 24,
 };
 
 struct channel {
 	uint32_t id;
 	pid_t pid;      /* 0 once reaped */
-	int in, out, err; /* -1 once closed */
+	int in, out, err; /* -1 once closed; on a terminal, in and out are its master */
 	int status;
+	int tty;
 };
 
 static struct channel channels[MAX_CHANNELS];
@@ -160,8 +162,36 @@ static char *next_string(char **p, char *end)
 	return s;
 }
 
-static void do_exec(uint32_t ch, unsigned char *data, uint32_t len)
+/* A new terminal: its master, and in *slave the slave's path as the chrooted child sees it. */
+static int open_terminal(char *slave, size_t size, unsigned rows, unsigned cols)
 {
+	int master = open(ROOT "/dev/pts/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC);
+	int unlock = 0, n;
+	if (master < 0)
+		return -1;
+	struct winsize ws = {.ws_row = (unsigned short)rows, .ws_col = (unsigned short)cols};
+	if (ioctl(master, TIOCSPTLCK, &unlock) || ioctl(master, TIOCGPTN, &n) ||
+	    ioctl(master, TIOCSWINSZ, &ws)) {
+		close(master);
+		return -1;
+	}
+	snprintf(slave, size, "/dev/pts/%d", n);
+	return master;
+}
+
+static void do_exec(uint32_t ch, unsigned char *data, uint32_t len, int tty)
+{
+	unsigned rows = 0, cols = 0;
+	if (tty) {
+		if (len < 4) {
+			send_error(ch, EINVAL, "exec");
+			return;
+		}
+		rows = (unsigned)data[0] << 8 | data[1];
+		cols = (unsigned)data[2] << 8 | data[3];
+		data += 4;
+		len -= 4;
+	}
 	if (len < 12 || find(ch)) {
 		send_error(ch, EINVAL, "exec");
 		return;
@@ -185,7 +215,15 @@ static void do_exec(uint32_t ch, unsigned char *data, uint32_t len)
 		send_error(ch, ok ? EAGAIN : EINVAL, "exec");
 		goto done;
 	}
-	if (pipe2(in, O_CLOEXEC) || pipe2(out, O_CLOEXEC) || pipe2(err, O_CLOEXEC)) {
+	char slave[64] = "";
+	if (tty) {
+		/* in[1] and out[0] are the master; the child opens the slave as its terminal */
+		if ((in[1] = open_terminal(slave, sizeof(slave), rows, cols)) < 0 ||
+		    (out[0] = fcntl(in[1], F_DUPFD_CLOEXEC, 0)) < 0) {
+			send_error(ch, errno, "terminal");
+			goto fail;
+		}
+	} else if (pipe2(in, O_CLOEXEC) || pipe2(out, O_CLOEXEC) || pipe2(err, O_CLOEXEC)) {
 		send_error(ch, errno, "pipe");
 		goto fail;
 	}
@@ -199,10 +237,20 @@ static void do_exec(uint32_t ch, unsigned char *data, uint32_t len)
 		sigset_t all;
 		sigemptyset(&all);
 		sigprocmask(SIG_SETMASK, &all, NULL);
-		dup2(in[0], 0); dup2(out[1], 1); dup2(err[1], 2);
+		if (!tty) {
+			dup2(in[0], 0); dup2(out[1], 1); dup2(err[1], 2);
+		}
 		const char *step = "chroot";
-		if (chroot(ROOT) == 0 && (step = "chdir", chdir(cwd) == 0) && (step = "setsid", setsid() >= 0) &&
-		    (step = "setgroups", setgroups(0, NULL) == 0) && (step = "setgid", setgid(gid) == 0) &&
+		int ok = chroot(ROOT) == 0 && (step = "chdir", chdir(cwd) == 0) &&
+			 (step = "setsid", setsid() >= 0);
+		if (ok && tty) { /* opened by a session leader: it becomes the controlling terminal */
+			int t = open(slave, O_RDWR);
+			ok = (step = "terminal", t >= 0) && ioctl(t, TIOCSCTTY, 0) == 0 &&
+			     dup2(t, 0) == 0 && dup2(t, 1) == 1 && dup2(t, 2) == 2;
+			if (t > 2)
+				close(t);
+		}
+		if (ok && (step = "setgroups", setgroups(0, NULL) == 0) && (step = "setgid", setgid(gid) == 0) &&
 		    (step = "setuid", setuid(uid) == 0)) {
 			umask(022);
 			step = argv[0];
@@ -228,13 +276,14 @@ static void do_exec(uint32_t ch, unsigned char *data, uint32_t len)
 		n = read(report[0], msg, sizeof(msg) - 1);
 	while (n < 0 && errno == EINTR);
 	close(report[0]);
-	close(in[0]); close(out[1]); close(err[1]);
+	close_fd(&in[0]); close_fd(&out[1]); close_fd(&err[1]);
 	if (n >= 4) { /* exec failed: the child exits 127 and is reaped by the loop */
 		msg[n] = 0;
 		send_error(ch, (int)get32((unsigned char *)msg), msg + 4);
-		close(in[1]); close(out[0]); close(err[0]);
+		close_fd(&in[1]); close_fd(&out[0]); close_fd(&err[0]);
 		goto done;
 	}
+	c->tty = tty;
 	c->id = ch;
 	c->pid = pid;
 	c->in = in[1];
@@ -412,13 +461,23 @@ static void handle(int type, uint32_t ch, unsigned char *data, uint32_t len)
 		send_frame(PONG, ch, data, len);
 		break;
 	case EXEC:
-		do_exec(ch, data, len);
+	case EXEC_TTY:
+		do_exec(ch, data, len, type == EXEC_TTY);
+		break;
+	case RESIZE:
+		if ((c = find(ch)) != NULL && c->tty && c->in >= 0 && len == 4) {
+			struct winsize ws = {.ws_row = (unsigned short)(data[0] << 8 | data[1]),
+					     .ws_col = (unsigned short)(data[2] << 8 | data[3])};
+			ioctl(c->in, TIOCSWINSZ, &ws);
+		}
 		break;
 	case STDIN_DATA:
 		if ((c = find(ch)) == NULL || c->in < 0)
 			break;
-		if (len == 0)
-			close_fd(&c->in);
+		if (len == 0) {
+			if (!c->tty) /* a terminal's end of input is the user's ^D, sent as data */
+				close_fd(&c->in);
+		}
 		else
 			write_all(c->in, data, len); /* a command not reading its input holds the agent */
 		break;
@@ -507,7 +566,7 @@ static void pump(struct channel *c, int *fd, int type)
 int main(void)
 {
 	for (int i = 0; i < MAX_CHANNELS; i++)
-		channels[i] = (struct channel){0, 0, -1, -1, -1, 0};
+		channels[i] = (struct channel){0, 0, -1, -1, -1, 0, 0};
 	signal(SIGPIPE, SIG_IGN);
 	boot_error = getenv("LOFT_BOOT_ERROR");
 	sigset_t chld;

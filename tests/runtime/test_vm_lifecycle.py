@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import select
 import signal
 import subprocess
 import time
@@ -19,7 +20,7 @@ from vm_support import Vms, needs_qemu, vms
 from loft.procfs import proc_stat
 from loft.runtime.errors import WorkspaceError
 from loft.runtime.phase import Phase
-from loft.runtime.spec import ExecRequest
+from loft.runtime.spec import ExecRequest, WindowSize
 from loft.runtime.vm import VmRuntime
 
 pytestmark = [pytest.mark.serial, needs_qemu]
@@ -273,4 +274,40 @@ def test_vm_concurrent_execs_freezes_and_files(node: Vms) -> None:
     assert _sh(node, spec.id, "cat /root/w") == "w\n"
     stats = rt.stats(spec.id)
     assert 0 < stats.memory <= stats.memory_peak and stats.memory_limit == 256 << 20
+    rt.stop(spec.id)
+
+
+def _read_until(fd: int, want: bytes, timeout: float = 20) -> bytes:
+    got = b""
+    deadline = time.monotonic() + timeout
+    while want not in got:
+        left = deadline - time.monotonic()
+        assert left > 0, got
+        if select.select([fd], [], [], left)[0]:
+            got += os.read(fd, 4096)
+    return got
+
+
+@pytest.mark.timeout(120)
+def test_vm_pty_has_a_terminal_of_its_size(node: Vms) -> None:
+    rt = node.runtime
+    spec = node.spec()
+    rt.start(spec)
+    script = "tty; stty size; while read line; do stty size; [ $line = end ] && exit 5; done"
+    session = rt.pty(spec.id, ExecRequest(("sh", "-c", script)), WindowSize(40, 120))
+    try:
+        first = _read_until(session.master, b"40 120")
+        assert b"/dev/pts/" in first
+        session.resize(WindowSize(50, 100))  # the relay's SIGWINCH becomes a RESIZE frame
+        deadline = time.monotonic() + 20
+        got = b""
+        while b"50 100" not in got:
+            assert time.monotonic() < deadline, got
+            os.write(session.master, b"again\n")
+            got += _read_until(session.master, b"\n", 5)
+            time.sleep(0.05)
+        os.write(session.master, b"end\n")
+        assert session.wait(20) == 5
+    finally:
+        session.close()
     rt.stop(spec.id)

@@ -25,8 +25,8 @@ Suspend and resume, in tiers:
 - The image stops being valid the moment the VM runs again (the RAM file changes
   under it), so a resume deletes it first; a VM killed later boots afresh.
 
-Not yet for VMs: terminals (``pty``), port forwarding, snapshots with memory and
-live forks (:class:`~loft.runtime.errors.NotSupported` says so).
+Not yet for VMs: port forwarding, snapshots with memory and live forks
+(:class:`~loft.runtime.errors.NotSupported` says so).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from loft.procfs import proc_stat
-from loft.runtime.console import PtySession
+from loft.runtime.console import PtySession, set_window_size
 from loft.runtime.errors import NotSupported, UnknownWorkspace, WorkspaceError
 from loft.runtime.forward import Forwarder
 from loft.runtime.interface import Runtime, RuntimeSnapshot, Stats, WorkspaceStatus
@@ -63,7 +63,7 @@ from loft.runtime.qmp import QmpClient, QmpError
 from loft.runtime.runc import Stdio
 from loft.runtime.spec import ExecRequest, WindowSize, WorkspaceSpec, check_workspace_id
 from loft.runtime.vm_agent import AgentError, AgentLink
-from loft.runtime.vm_protocol import Type, exec_payload, write_file_payload
+from loft.runtime.vm_protocol import Type, exec_payload, window_payload, write_file_payload
 from loft.runtime.vm_qemu import CONSOLE_BYTES, GuestImage, Machine, accelerator, qemu_argv
 
 __all__ = ["NbdDisk", "VmRuntime"]
@@ -402,19 +402,25 @@ class VmRuntime(Runtime):
         process = process_config(request)
         payload = exec_payload(request.argv, process["env"], process["cwd"], request.user,
                                request.user)  # fmt: skip
+        return self._relay(link, payload, tty=False, stdin=stdin, stdout=stdout, stderr=stderr)
+
+    @staticmethod
+    def _relay(link: AgentLink, payload: bytes, *, tty: bool, stdin: Stdio, stdout: Stdio,
+               stderr: Stdio) -> subprocess.Popen[bytes]:  # fmt: skip
+        """Start the relay process that stands for the command of ``payload``."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        argv = [sys.executable, "-m", "loft.runtime.vm_relay", *(["--tty"] if tty else []),
+                str(theirs.fileno())]  # fmt: skip
         try:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "loft.runtime.vm_relay", str(theirs.fileno())],
-                pass_fds=(theirs.fileno(),), stdin=stdin, stdout=stdout, stderr=stderr,
-            )  # fmt: skip
+            proc = subprocess.Popen(argv, pass_fds=(theirs.fileno(),), stdin=stdin,
+                                    stdout=stdout, stderr=stderr)  # fmt: skip
         except BaseException:
             ours.close()
             raise
         finally:
             theirs.close()
         try:
-            link.open_session(payload, ours)
+            link.open_session(payload, ours, tty=tty)
         except BaseException:
             proc.kill()
             proc.wait()
@@ -422,9 +428,24 @@ class VmRuntime(Runtime):
         return proc
 
     def pty(self, workspace: str, request: ExecRequest, size: WindowSize) -> PtySession:
-        self._checked(workspace, Command.PTY)
-        raise NotSupported("terminals are not yet available for vm workspaces",
-                           hint="use exec, or a sandbox workspace")  # fmt: skip
+        """``request`` on a new terminal in the guest, relayed to a host terminal whose
+        master the caller gets (its resize reaches the guest's terminal)."""
+        vm = self._checked(workspace, Command.PTY)
+        master, slave = os.openpty()
+        try:
+            set_window_size(slave, size)
+            process = process_config(request, size)
+            payload = window_payload(size.rows, size.cols) + exec_payload(
+                request.argv, process["env"], process["cwd"], request.user, request.user
+            )
+            proc = self._relay(self._link(vm), payload, tty=True, stdin=slave, stdout=slave,
+                               stderr=slave)  # fmt: skip
+        except BaseException:
+            os.close(master)
+            raise
+        finally:
+            os.close(slave)
+        return PtySession(master, proc)
 
     def forward(self, workspace: str, port: int, listener: socket.socket) -> Forwarder:
         self._checked(workspace, Command.FORWARD)

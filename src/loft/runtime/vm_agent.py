@@ -171,15 +171,16 @@ class AgentLink:
             raise AgentError(f"{type_.name} ended with status {result.status}")
         return bytes(result.data)
 
-    def open_session(self, exec_payload: bytes, relay: socket.socket) -> None:
-        """Start the command of an ``EXEC`` payload and relay its channel to ``relay``
-        (this link owns and closes the socket from now on)."""
+    def open_session(self, exec_payload: bytes, relay: socket.socket, *,
+                     tty: bool = False) -> None:  # fmt: skip
+        """Start the command of an ``EXEC`` payload (``EXEC_TTY`` with ``tty``) and relay
+        its channel to ``relay`` (this link owns and closes the socket from now on)."""
         channel = self._channel()
         with self._table:
             self._sessions[channel] = _Session(relay)
             self._by_sock[relay] = channel
         try:
-            self._send(encode(Frame(Type.EXEC, channel, exec_payload)))
+            self._send(encode(Frame(Type.EXEC_TTY if tty else Type.EXEC, channel, exec_payload)))
         except BaseException:
             self._drop(channel)
             raise
@@ -285,7 +286,7 @@ class AgentLink:
             return
         session.decoder.feed(data)
         for frame in session.decoder.frames():
-            if frame.type in (Type.STDIN, Type.SIGNAL):
+            if frame.type in (Type.STDIN, Type.SIGNAL, Type.RESIZE):
                 self._send(encode(Frame(frame.type, ch, frame.payload)))
 
     def _kill(self, channel: int) -> None:

@@ -8,7 +8,8 @@ virtio-serial port. Every message is a frame::
 big-endian. A channel is one conversation (a command, a file, a freeze) so many run at
 once over the one port; the host picks the numbers. The host sends ``PING``, ``EXEC``,
 ``STDIN`` (empty payload: end of input), ``SIGNAL``, ``READ_FILE``, ``WRITE_FILE``,
-``FSFREEZE``, ``FSTHAW``, ``SET_CLOCK`` and ``RESEED``; the agent answers ``PONG``,
+``FSFREEZE``, ``FSTHAW``, ``SET_CLOCK``, ``RESEED``, and for a command on a new terminal
+``EXEC_TTY`` (the window size, then an ``EXEC`` payload) and ``RESIZE``; the agent answers ``PONG``,
 ``STARTED`` (the command's pid), ``STDOUT``/``STDERR`` data, and ends every channel with
 one ``EXIT`` (a status: the exit code, or 128 + N when killed by signal N) or one
 ``ERROR`` (an errno and a message).
@@ -44,6 +45,7 @@ __all__ = [
     "exec_payload",
     "parse_error",
     "parse_u32",
+    "window_payload",
     "write_file_payload",
 ]
 
@@ -74,6 +76,8 @@ class Type(enum.IntEnum):
     FSTHAW = 9
     SET_CLOCK = 10
     RESEED = 11
+    EXEC_TTY = 12
+    RESIZE = 13
     STARTED = 20
     STDOUT = 21
     STDERR = 22
@@ -124,6 +128,11 @@ def exec_payload(argv: Sequence[str], env: Mapping[str, str] | Sequence[str], cw
         raise ValueError("argv must hold 1 to 65535 strings, env at most 65535")
     head = struct.pack(">IIHH", uid, gid, len(argv), len(pairs))
     return head + _strings([cwd, *argv, *pairs])
+
+
+def window_payload(rows: int, cols: int) -> bytes:
+    """A window size, as ``RESIZE`` carries it and ``EXEC_TTY`` starts with it."""
+    return struct.pack(">HH", rows, cols)
 
 
 def write_file_payload(path: str, data: bytes, mode: int = 0o644) -> bytes:

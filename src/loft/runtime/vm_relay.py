@@ -1,4 +1,5 @@
-"""The process that stands for a command running in a VM (``python -m loft.runtime.vm_relay FD``).
+"""The process that stands for a command running in a VM (``python -m loft.runtime.vm_relay
+[--tty] FD``).
 
 :meth:`loft.runtime.vm.VmRuntime.exec` returns a ``subprocess.Popen`` like the sandbox's
 ``runc exec``: this program is that process. It copies its standard input to the
@@ -7,17 +8,36 @@ command (``STDIN`` frames on socket ``FD``, whose other end is the VM's
 output and error, and exits with the command's status (127 with the agent's message when
 the command could not start). Killing it kills the command in the guest.
 
+With ``--tty`` its standard streams are the slave of a host terminal (the master is the
+caller's :class:`~loft.runtime.console.PtySession`): it puts that terminal in raw mode,
+so bytes pass as typed to the guest's own terminal, and on SIGWINCH sends the host
+terminal's new size (``RESIZE``), as runc's relay does for a sandbox.
+
 It imports only the protocol module, so it starts in tens of milliseconds.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
+import signal
 import socket
+import struct
 import sys
+import termios
 import threading
+import tty
 
-from loft.runtime.vm_protocol import MAX_REPLY, Decoder, Frame, Type, encode, parse_error, parse_u32
+from loft.runtime.vm_protocol import (
+    MAX_REPLY,
+    Decoder,
+    Frame,
+    Type,
+    encode,
+    parse_error,
+    parse_u32,
+    window_payload,
+)
 
 __all__ = ["main"]
 
@@ -39,9 +59,22 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
+def _window(fd: int) -> tuple[int, int]:
+    rows, cols, _, _ = struct.unpack("HHHH", fcntl.ioctl(fd, termios.TIOCGWINSZ, bytes(8)))
+    return rows, cols
+
+
 def main(argv: list[str]) -> int:
-    """Relay the command on socket ``argv[0]`` (a file descriptor); its exit status."""
-    sock = socket.socket(fileno=int(argv[0]))
+    """Relay the command on socket ``argv[-1]`` (a file descriptor), on a terminal with
+    ``--tty``; its exit status."""
+    sock = socket.socket(fileno=int(argv[-1]))
+    if "--tty" in argv[:-1]:
+        tty.setraw(0)
+
+        def resized(_sig: int, _frame: object) -> None:
+            sock.sendall(encode(Frame(Type.RESIZE, 0, window_payload(*_window(0)))))
+
+        signal.signal(signal.SIGWINCH, resized)
     threading.Thread(target=_pump_stdin, args=(sock,), daemon=True).start()
     decoder = Decoder(limit=MAX_REPLY)
     while data := sock.recv(1 << 16):
