@@ -434,7 +434,11 @@ static void do_reseed(uint32_t ch, unsigned char *data, uint32_t len)
 	r.info.buf_size = (int)len;
 	memcpy(r.buf, data, len);
 	int fd = open("/dev/urandom", O_WRONLY | O_CLOEXEC);
+	/* Added, then the generator rekeyed from the pool at once: a restored or forked
+	 * guest must not go on with the output stream its snapshot already had. */
 	int rc = fd < 0 ? -1 : ioctl(fd, RNDADDENTROPY, &r.info);
+	if (rc == 0)
+		rc = ioctl(fd, RNDRESEEDCRNG);
 	int e = errno;
 	if (fd >= 0)
 		close(fd);

@@ -1,5 +1,6 @@
-"""The guest agent's frame codec and the QMP codec, alone: round trips fed whole and a
-byte at a time, size limits checked before buffering, resync after a restore."""
+"""The guest agent's frame codec, the QMP codec and the memory snapshot record, alone:
+round trips fed whole and a byte at a time, size limits checked before buffering, resync
+after a restore, any damaged record refused."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from loft.runtime.errors import WorkspaceError
 from loft.runtime.qmp import MAX_LINE, QmpCodec, QmpError
+from loft.runtime.vm_image import ImageRecord, decode_record, encode_record
 from loft.runtime.vm_protocol import (
     HEADER,
     MAGIC,
@@ -130,3 +133,34 @@ def test_qmp_codec_refuses_long_lines_and_non_objects() -> None:
         codec.messages()
     ident, data = codec.command("stop")
     assert json.loads(data) == {"execute": "stop", "id": ident} and data.endswith(b"\n")
+
+
+records = st.builds(
+    ImageRecord,
+    st.text("0123456789abcdef", min_size=32, max_size=32),
+    st.from_regex(r"[a-z0-9][a-z0-9_.-]{0,20}", fullmatch=True),
+    st.integers(1, 1 << 22),
+    st.text("0123456789abcdef", min_size=32, max_size=32),
+    st.text("0123456789abcdef", min_size=64, max_size=64),
+)
+
+
+@given(records, st.data())
+def test_image_record_round_trips_and_any_flipped_bit_is_refused(
+    rec: ImageRecord, data: st.DataObject
+) -> None:
+    raw = encode_record(rec)
+    assert decode_record(raw) == rec
+    i = data.draw(st.integers(0, len(raw) - 1))
+    bit = data.draw(st.integers(0, 7))
+    bad = bytearray(raw)
+    bad[i] ^= 1 << bit
+    with pytest.raises(WorkspaceError):
+        decode_record(bytes(bad))
+    with pytest.raises(WorkspaceError):
+        decode_record(raw[: data.draw(st.integers(0, len(raw) - 1))])
+
+
+def test_image_record_refuses_ids_that_could_escape_the_images_dir() -> None:
+    with pytest.raises(ValueError):
+        ImageRecord("../" + "0" * 29, "ws", 256, "0" * 32, "0" * 64)

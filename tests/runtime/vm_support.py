@@ -38,9 +38,12 @@ class Vms:
         self.node = node
         self.root = root
 
-    def spec(self, memory: int = 256 << 20, name: str | None = None) -> WorkspaceSpec:
+    def spec(self, memory: int = 256 << 20, name: str | None = None, *,
+             volume: bool = True) -> WorkspaceSpec:  # fmt: skip
+        """A workspace spec, and (with ``volume``) its volume, fresh from the template."""
         ws = name or f"vm{next(_ids)}"
-        create_workspace_volume(self.node.bs, ws, size=1 << 30)
+        if volume:
+            create_workspace_volume(self.node.bs, ws, size=1 << 30)
         unused = "/nix/store/unused-env"  # a VM's /usr comes from its initramfs for now
         env = EnvironmentView(self.root / "store", unused, (unused,))
         return WorkspaceSpec(id=ws, rootfs=self.root / "unused-rootfs", env=env,

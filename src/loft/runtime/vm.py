@@ -2,16 +2,18 @@
 
 The same controller as the sandbox's: every command first checks the workspace's phase
 against :data:`loft.runtime.phase.ALLOWED`, and phase-changing commands hold the
-workspace's lock. QEMU is the machine (:mod:`loft.runtime.vm_qemu` has its command line),
-QMP (:mod:`loft.runtime.qmp`) pauses, saves and loads it, and the guest agent
-(:mod:`loft.runtime.vm_agent`) runs commands and freezes the filesystem inside.
+workspace's lock. QEMU is the machine (:mod:`~loft.runtime.vm_qemu` has its command line,
+:mod:`~loft.runtime.vm_process` starts, adopts and kills it), QMP
+(:mod:`~loft.runtime.qmp`, :mod:`~loft.runtime.vm_migrate`) pauses, saves and loads it,
+and the guest agent (:mod:`~loft.runtime.vm_agent`) runs commands and freezes the
+filesystem inside.
 
 Each VM has a private directory, ``<data>/runtime/vm/<id>`` (0700): the RAM file, the
-QMP and agent sockets, QEMU's log, ``workspace.json`` (the spec, so a
-suspended VM resumes without its caller knowing it) and ``vm.json`` (QEMU's pid and
-start time, so a restarted agent adopts or cleans it). The disk is never here: QEMU
-reads and writes the workspace volume from the node's NBD server, and the host never
-mounts it (a tenant writes it raw).
+QMP and agent sockets, QEMU's log, ``workspace.json`` (the spec, so a suspended VM
+resumes without its caller knowing it) and ``vm.json`` (QEMU's pid and start time, so a
+restarted agent adopts or cleans it). The disk is never here: QEMU reads and writes the
+workspace volume from the node's NBD server, and the host never mounts it (a tenant
+writes it raw).
 
 Suspend and resume, in tiers:
 
@@ -25,22 +27,27 @@ Suspend and resume, in tiers:
 - The image stops being valid the moment the VM runs again (the RAM file changes
   under it), so a resume deletes it first; a VM killed later boots afresh.
 
-Not yet for VMs: port forwarding, snapshots with memory and live forks
-(:class:`~loft.runtime.errors.NotSupported` says so).
+Snapshots with memory (:mod:`~loft.runtime.vm_image`): the RAM file copied, holes kept,
+into an image that never changes, restored by mapping it ``share=off`` (copy-on-write,
+paged in as touched): a restore, or a live fork (``restore(..., fork=True)`` of
+another workspace's snapshot onto a fork of its volume).
+
+Not yet for VMs: port forwarding (:class:`~loft.runtime.errors.NotSupported`).
+
+About 600 lines and one idea, the controller: each command is its phase check, its lock
+and the calls into the modules above; the QEMU process, QMP, the migration stream, the
+image format and the agent live there.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
+import re
 import secrets
-import select
 import shutil
-import signal
 import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -49,9 +56,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from loft.procfs import proc_stat
 from loft.runtime.console import PtySession, set_window_size
 from loft.runtime.errors import NotSupported, UnknownWorkspace, WorkspaceError
 from loft.runtime.forward import Forwarder
@@ -59,27 +64,42 @@ from loft.runtime.interface import Runtime, RuntimeSnapshot, Stats, WorkspaceSta
 from loft.runtime.oci import process_config
 from loft.runtime.persist import load_spec, save_spec, write_private
 from loft.runtime.phase import Command, Phase, check
-from loft.runtime.qmp import QmpClient, QmpError
+from loft.runtime.qmp import QmpError
 from loft.runtime.runc import Stdio
 from loft.runtime.spec import ExecRequest, WindowSize, WorkspaceSpec, check_workspace_id
-from loft.runtime.vm_agent import AgentError, AgentLink
+from loft.runtime.vm_agent import AgentLink
+from loft.runtime.vm_image import (
+    FORMAT,
+    ImageRecord,
+    copy_sparse,
+    decode_record,
+    encode_record,
+    sha256_file,
+)
+from loft.runtime.vm_migrate import load_state, save_state
+from loft.runtime.vm_process import (
+    VM_RECORD,
+    VmProcess,
+    attach,
+    connect_agent,
+    kill_recorded,
+    launch,
+    reap,
+    recorded_pid,
+    set_clock,
+)
 from loft.runtime.vm_protocol import Type, exec_payload, window_payload, write_file_payload
-from loft.runtime.vm_qemu import CONSOLE_BYTES, GuestImage, Machine, accelerator, qemu_argv
+from loft.runtime.vm_qemu import GuestImage, Machine, accelerator
 
 __all__ = ["NbdDisk", "VmRuntime"]
 
-#: Boot to agent ready under TCG takes about 2 s here; a busy machine can triple it.
-BOOT_TIMEOUT = 30.0
-#: A migration of device state only is tens of KB; a full RAM copy (a VM whose RAM is
-#: not shared) at the raised bandwidth moves about 150 MB/s.
-SAVE_TIMEOUT = 60.0
 _STATE = "state"
 _SUSPEND = "suspend.json"
-_VM = "vm.json"
 _STATE_FORMAT = 1
-#: The largest state file accepted back: device state is tens of KB; a full RAM image
-#: of the largest VM would not be one.
-_MAX_STATE = 64 << 20
+#: A state file holds device state (tens of KB) and, for a VM whose RAM is a private
+#: mapping of an image, its RAM: never more than this beyond the VM's memory size.
+_STATE_SLACK = 64 << 20
+_RAM_JSON = "ram.json"
 _MAX_READ = 16 << 20
 
 
@@ -90,29 +110,6 @@ class NbdDisk:
 
     socket: Path
     export: str
-
-
-@dataclass
-class _Vm:
-    spec: WorkspaceSpec
-    machine: Machine
-    pid: int
-    pidfd: int
-    qmp: QmpClient
-    agent: AgentLink | None
-    phase: Phase
-    fs_frozen: bool = False
-
-    def alive(self) -> bool:
-        return not select.select([self.pidfd], [], [], 0)[0]
-
-    def release(self) -> None:
-        if self.agent is not None:
-            self.agent.close()
-            self.agent = None
-        self.qmp.close()
-        with contextlib.suppress(OSError):
-            os.close(self.pidfd)
 
 
 class VmRuntime(Runtime):
@@ -128,10 +125,11 @@ class VmRuntime(Runtime):
     def __init__(self, data_dir: Path, disk: Callable[[str], NbdDisk], *,
                  guest: Path | None = None, accel: str | None = None) -> None:  # fmt: skip
         self.root = data_dir / "runtime" / "vm"
+        self.images = data_dir / "runtime" / "vm-images"
         self.disk = disk
         self.guest_dir = guest or Path(os.environ.get("LOFT_VM_GUEST") or data_dir / "vm-guest")
         self.accel = accelerator(accel)
-        self._live: dict[str, _Vm] = {}
+        self._live: dict[str, VmProcess] = {}
         self._locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
         self._table = threading.Lock()
 
@@ -145,16 +143,16 @@ class VmRuntime(Runtime):
         with self._table:
             return self._locks[workspace]
 
-    def _live_one(self, workspace: str) -> _Vm | None:
+    def _live_one(self, workspace: str) -> VmProcess | None:
         vm = self._live.get(workspace)
         if vm is not None and not vm.alive():  # QEMU died (killed, guest panic)
             self._live.pop(workspace, None)
             vm.release()
-            self._reap(vm.pid)
+            reap(vm.pid)
             return None
         return vm
 
-    def _checked(self, workspace: str, command: Command) -> _Vm:
+    def _checked(self, workspace: str, command: Command) -> VmProcess:
         vm = self._live_one(workspace)
         if vm is None:
             check(workspace, command, Phase.STOPPED)
@@ -182,13 +180,11 @@ class VmRuntime(Runtime):
                 continue
             d = self.root / name
             try:
-                rec = json.loads((d / _VM).read_bytes()[:4096])
-                pid, start = int(rec["pid"]), int(rec["start"])
-                stat = proc_stat(pid)
-                if stat is None or stat.start != start:
+                pid = recorded_pid(d)
+                if pid is None:
                     raise ProcessLookupError
                 spec = load_spec(d)
-                vm = self._connect(spec, self._machine(spec), pid, agent=True)
+                vm = attach(spec, self._machine(spec), pid, agent=True)
             except (OSError, ValueError, KeyError, WorkspaceError):
                 # Nothing usable runs: keep a suspend image, drop the rest.
                 if not (d / _SUSPEND).is_file():
@@ -201,8 +197,24 @@ class VmRuntime(Runtime):
         return running
 
     def _machine(self, spec: WorkspaceSpec) -> Machine:
+        """The VM of ``spec``: on its own RAM file, or on the image it was restored from
+        (named in ``ram.json`` in its directory) with that image's memory size."""
         disk = self.disk(spec.id)
-        return Machine(self.dir(spec.id), spec.limits.memory, disk.socket, disk.export, self.accel)
+        d = self.dir(spec.id)
+        memory, image = spec.limits.memory, None
+        with contextlib.suppress(FileNotFoundError):
+            try:
+                rec = json.loads((d / _RAM_JSON).read_bytes()[:4096])
+                image = self._image_dir(str(rec["image"])) / "ram"
+                memory = int(rec["memory_mib"]) << 20
+            except (ValueError, KeyError, TypeError) as e:
+                raise WorkspaceError(f"damaged VM state {d / _RAM_JSON}: {e}") from e
+        return Machine(d, memory, disk.socket, disk.export, self.accel, ram_image=image)
+
+    def _image_dir(self, image: str) -> Path:
+        if not re.fullmatch(r"[0-9a-f]{32}", image):
+            raise WorkspaceError(f"bad VM image id {image!r}")
+        return self.images / image
 
     def start(self, spec: WorkspaceSpec) -> WorkspaceStatus:
         """Boot the workspace's VM, or resume it (warm) when it has a suspend image."""
@@ -218,104 +230,24 @@ class VmRuntime(Runtime):
                                      hint="start the node's disk service")  # fmt: skip
             try:
                 self._prepare(spec)
-                vm = self._launch(spec, machine, guest, incoming=False)
+                vm = launch(spec, machine, guest, incoming=False)
                 self._live[spec.id] = vm
                 return WorkspaceStatus(spec.id, Phase.RUNNING, vm.pid)
             except BaseException:
                 self._teardown(spec.id)
                 raise
 
+    def _prepare_dirs(self) -> None:
+        for p in (self.root.parent, self.root, self.images):  # not mkdir(parents=): 0755
+            p.mkdir(mode=0o700, exist_ok=True)
+
     def _prepare(self, spec: WorkspaceSpec) -> None:
         d = self.dir(spec.id)
-        for p in (self.root.parent, self.root):  # mkdir(parents=) would give parents 0755
-            p.mkdir(mode=0o700, exist_ok=True)
+        self._prepare_dirs()
         if d.exists():  # a boot cut short, or a VM killed: nothing in it is valid now
             shutil.rmtree(d)
         d.mkdir(mode=0o700)
         save_spec(d, spec)
-
-    def _launch(self, spec: WorkspaceSpec, machine: Machine, guest: GuestImage, *,
-                incoming: bool) -> _Vm:  # fmt: skip
-        """Start QEMU for ``machine`` (booting, or waiting for a stream with
-        ``incoming``) and connect QMP, and on a boot the agent."""
-        for sock in (machine.qmp, machine.agent):
-            sock.unlink(missing_ok=True)
-        argv = qemu_argv(machine, guest, incoming=incoming)
-        log = open(machine.dir / "qemu.log", "ab")  # noqa: SIM115 - the child keeps it
-        try:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                    start_new_session=True)  # fmt: skip
-        except FileNotFoundError as e:
-            raise WorkspaceError("QEMU is not installed", hint="run `make deps`") from e
-        finally:
-            log.close()
-        stat = proc_stat(proc.pid)
-        write_private(machine.dir / _VM, json.dumps(
-            {"format": _STATE_FORMAT, "pid": proc.pid, "start": stat.start if stat else 0}
-        ).encode())  # fmt: skip
-        deadline = time.monotonic() + 10
-        while not machine.qmp.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise WorkspaceError(f"QEMU did not start: {self._tail(machine)}")
-            time.sleep(0.005)
-        return self._connect(spec, machine, proc.pid, agent=not incoming, proc=proc)
-
-    def _connect(self, spec: WorkspaceSpec, machine: Machine, pid: int, *, agent: bool,
-                 proc: subprocess.Popen[bytes] | None = None) -> _Vm:  # fmt: skip
-        pidfd = os.pidfd_open(pid)
-        qmp = None
-        try:
-            qmp = QmpClient.connect(machine.qmp)
-            vm = _Vm(spec, machine, pid, pidfd, qmp, None, Phase.RUNNING)
-            if agent:
-                vm.agent = self._agent(vm)
-                try:  # the first request also hears a boot that failed inside
-                    self._set_clock(vm.agent)
-                except AgentError as e:
-                    raise WorkspaceError(f"the VM did not boot: {e}",
-                                         hint=self._tail(machine, qmp)) from e  # fmt: skip
-            return vm
-        except BaseException as e:
-            if qmp is not None:
-                qmp.close()
-            os.close(pidfd)
-            if proc is not None and proc.poll() is not None and isinstance(e, WorkspaceError):
-                raise WorkspaceError(f"QEMU exited: {self._tail(machine)}") from e
-            raise
-
-    def _agent(self, vm: _Vm) -> AgentLink:
-        deadline = time.monotonic() + BOOT_TIMEOUT
-        while True:  # in slices, so a QEMU that died is noticed at once
-            try:
-                return AgentLink.connect(vm.machine.agent, min(2.0, deadline - time.monotonic()))
-            except AgentError:
-                if not vm.alive():
-                    raise WorkspaceError(
-                        f"the VM stopped while booting: {self._tail(vm.machine)}"
-                    ) from None
-                if time.monotonic() >= deadline:
-                    raise WorkspaceError(
-                        f"the VM's agent did not answer in {BOOT_TIMEOUT:.0f} s: "
-                        f"{self._tail(vm.machine, vm.qmp)}"
-                    ) from None
-
-    @staticmethod
-    def _tail(machine: Machine, qmp: QmpClient | None = None) -> str:
-        """The end of QEMU's log, and of the guest's console while QEMU still runs."""
-        out = []
-        with contextlib.suppress(OSError):
-            with open(machine.dir / "qemu.log", "rb") as f:
-                f.seek(0, os.SEEK_END)
-                f.seek(max(0, f.tell() - 600))
-                text = f.read().decode(errors="replace").strip()
-            if text:
-                out.append(f"QEMU: {text}")
-        if qmp is not None:
-            with contextlib.suppress(QmpError):
-                ring = qmp.execute("ringbuf-read", {"device": "console", "size": CONSOLE_BYTES})
-                if isinstance(ring, str) and ring.strip():
-                    out.append(f"console: {ring.strip()[-600:]}")
-        return " | ".join(out) or "no output"
 
     def stop(self, workspace: str, *, grace: float = 5.0) -> None:
         """Shut the VM down and remove every trace, a suspend image included (the
@@ -328,7 +260,7 @@ class VmRuntime(Runtime):
                     self._run_quiet(vm, ("sync",), grace)
             self._teardown(workspace)
 
-    def _run_quiet(self, vm: _Vm, argv: tuple[str, ...], timeout: float) -> None:
+    def _run_quiet(self, vm: VmProcess, argv: tuple[str, ...], timeout: float) -> None:
         proc = self.exec(vm.spec.id, ExecRequest(argv, user=0, cwd="/"),
                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL)  # fmt: skip
@@ -341,46 +273,16 @@ class VmRuntime(Runtime):
     def _teardown(self, workspace: str) -> None:
         """Kill the VM's QEMU whatever state it is in, and remove its directory."""
         vm = self._live.pop(workspace, None)
-        pids = []
         if vm is not None:
-            vm.release()
-            pids.append(vm.pid)
+            vm.kill()
         d = self.dir(workspace)
-        with contextlib.suppress(OSError, ValueError, KeyError):
-            rec = json.loads((d / _VM).read_bytes()[:4096])
-            stat = proc_stat(int(rec["pid"]))
-            if stat is not None and stat.start == int(rec["start"]):
-                pids.append(int(rec["pid"]))
-        for pid in set(pids):
-            self._kill(pid)
+        kill_recorded(d)
         if d.exists():
             shutil.rmtree(d)
 
-    @staticmethod
-    def _kill(pid: int) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        VmRuntime._reap(pid)
-
-    @staticmethod
-    def _reap(pid: int) -> None:
-        """Wait for ``pid`` if it is this process's child (an adopted QEMU is not)."""
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            try:
-                done, _ = os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                if proc_stat(pid) is None:
-                    return
-                time.sleep(0.01)
-                continue
-            if done:
-                return
-            time.sleep(0.005)
-
     # -- reaching in -------------------------------------------------------------------
 
-    def _link(self, vm: _Vm) -> AgentLink:
+    def _link(self, vm: VmProcess) -> AgentLink:
         if vm.agent is None or vm.agent.failure is not None:
             if vm.agent is not None:
                 vm.agent.close()
@@ -474,7 +376,7 @@ class VmRuntime(Runtime):
             vm = self._checked(workspace, Command.THAW)
             self._cont(vm)
 
-    def _cont(self, vm: _Vm) -> None:
+    def _cont(self, vm: VmProcess) -> None:
         (vm.machine.dir / _SUSPEND).unlink(missing_ok=True)  # invalid once it runs
         (vm.machine.dir / _STATE).unlink(missing_ok=True)
         vm.qmp.execute("cont")
@@ -519,14 +421,94 @@ class VmRuntime(Runtime):
         )
 
     def snapshot(self, workspace: str) -> RuntimeSnapshot:
-        self._checked(workspace, Command.SNAPSHOT)
-        raise NotSupported("snapshots with memory are not yet available for vm workspaces",
-                           hint="suspend it, or snapshot its volume")  # fmt: skip
+        """The VM's memory and devices as an image (see :mod:`loft.runtime.vm_image`),
+        taken with its vCPUs stopped: a running VM is stopped for the copy and goes on
+        after; a frozen one stays frozen, so the caller can snapshot the volume at the
+        very same point before it thaws."""
+        with self._lock(workspace):
+            vm = self._checked(workspace, Command.SNAPSHOT)
+            image = secrets.token_hex(16)
+            d = self._image_dir(image)
+            running = vm.phase is Phase.RUNNING
+            self._prepare_dirs()
+            d.mkdir(mode=0o700)
+            try:
+                if running:
+                    vm.qmp.execute("stop")
+                save_state(vm.qmp, d / _STATE)
+                if vm.machine.ram_image is None:
+                    copy_sparse(vm.machine.ram, d / "ram")
+                    ram_from = image
+                else:  # its RAM went into the stream, loaded over the image it runs from
+                    ram_from = vm.machine.ram_image.parent.name
+                rec = ImageRecord(image, workspace, vm.machine.memory_mib, ram_from,
+                                  sha256_file(d / _STATE))  # fmt: skip
+                write_private(d / "record", encode_record(rec))
+            except BaseException:
+                shutil.rmtree(d, ignore_errors=True)
+                raise
+            finally:
+                if running:
+                    vm.qmp.execute("cont")
+            return RuntimeSnapshot(self.kind, FORMAT, encode_record(rec))
 
-    def restore(self, spec: WorkspaceSpec, snapshot: RuntimeSnapshot) -> WorkspaceStatus:
+    def restore(self, spec: WorkspaceSpec, snapshot: RuntimeSnapshot, *,
+                fork: bool = False) -> WorkspaceStatus:  # fmt: skip
+        """Start ``spec`` from a memory snapshot, on a volume the caller restored (or
+        forked) to the snapshot's point. The image is mapped privately, so any number
+        of VMs restore from it and it never changes. Another workspace's snapshot is
+        refused unless ``fork`` (a live fork: the caller gives the new workspace a fork
+        of the volume)."""
         if snapshot.kind != self.kind:
             raise NotSupported(f"a {snapshot.kind} snapshot cannot restore a {self.kind}")
-        raise NotSupported("restoring a vm snapshot with memory is not yet available")
+        rec = decode_record(snapshot.state)
+        if rec.workspace != spec.id and not fork:
+            raise WorkspaceError(f"the snapshot is of workspace {rec.workspace}, not {spec.id}",
+                                 hint="fork it into a new workspace instead")  # fmt: skip
+        state = self._image_dir(rec.image) / _STATE
+        ram = self._image_dir(rec.ram_from) / "ram"
+        try:
+            ok = ram.stat().st_size == rec.memory_mib << 20
+            ok = ok and state.stat().st_size <= (rec.memory_mib << 20) + _STATE_SLACK
+        except FileNotFoundError:
+            ok = False
+        if not ok or sha256_file(state) != rec.state_sha256:
+            raise WorkspaceError(
+                f"the VM image {rec.image} is missing or damaged",
+                hint="restore the volume snapshot alone (a cold boot)",
+            )
+        with self._lock(spec.id):
+            vm = self._live_one(spec.id)
+            check(spec.id, Command.RESTORE, vm.phase if vm else Phase.STOPPED)
+            guest = GuestImage.at(self.guest_dir)
+            try:
+                self._prepare(spec)
+                write_private(self.dir(spec.id) / _RAM_JSON, json.dumps(
+                    {"image": rec.ram_from, "memory_mib": rec.memory_mib}).encode())  # fmt: skip
+                machine = self._machine(spec)
+                vm = launch(spec, machine, guest, incoming=True)
+                self._live[spec.id] = vm
+                load_state(vm.qmp, state)
+                self._cont(vm)
+                vm.agent = connect_agent(vm)
+                self._after_restore(vm)
+            except BaseException:
+                self._teardown(spec.id)
+                raise
+            return WorkspaceStatus(spec.id, Phase.RUNNING, vm.pid)
+
+    def remove_snapshot(self, snapshot: RuntimeSnapshot) -> None:
+        """Delete a memory snapshot's image; WorkspaceError while a VM or another
+        image still maps its RAM."""
+        rec = decode_record(snapshot.state)
+        users = [p.parent.name for p in self.root.glob(f"*/{_RAM_JSON}")
+                 if rec.image in p.read_text()]  # fmt: skip
+        for p in self.images.glob("*/record"):
+            if p.parent.name != rec.image and decode_record(p.read_bytes()).ram_from == rec.image:
+                users.append(f"image {p.parent.name}")
+        if users:
+            raise WorkspaceError(f"VM image {rec.image} is in use by {', '.join(sorted(users))}")
+        shutil.rmtree(self._image_dir(rec.image), ignore_errors=True)
 
     # -- suspend and resume ------------------------------------------------------------
 
@@ -541,9 +523,9 @@ class VmRuntime(Runtime):
                 vm.qmp.execute("stop")
                 vm.phase = Phase.PAUSED
             t0 = time.monotonic()
-            _save(vm.qmp, d / _STATE)
+            save_state(vm.qmp, d / _STATE)
             seconds = time.monotonic() - t0
-            digest = _sha256(d / _STATE)
+            digest = sha256_file(d / _STATE)
             write_private(d / _SUSPEND, json.dumps(
                 {"format": _STATE_FORMAT, "workspace": workspace, "sha256": digest,
                  "memory": vm.machine.memory_mib}
@@ -552,10 +534,9 @@ class VmRuntime(Runtime):
                 with contextlib.suppress(QmpError):
                     vm.qmp.execute("quit")
                 self._live.pop(workspace, None)
-                vm.release()
-                self._reap(vm.pid)
-                self._kill(vm.pid)
-                (d / _VM).unlink(missing_ok=True)
+                vm.alive(wait=5)  # QEMU exits once quit; killed if it does not
+                vm.kill()
+                (d / VM_RECORD).unlink(missing_ok=True)
             return seconds
 
     def resume(self, workspace: str) -> WorkspaceStatus:
@@ -584,95 +565,33 @@ class VmRuntime(Runtime):
                 hint="stop it (the image is lost) and start it afresh",
             ) from e
         state = d / _STATE
-        if not state.is_file() or state.stat().st_size > _MAX_STATE or _sha256(state) != digest:
+        machine = self._machine(spec)
+        if (not state.is_file() or state.stat().st_size > machine.memory + _STATE_SLACK
+                or sha256_file(state) != digest):  # fmt: skip
             raise WorkspaceError(
                 f"workspace {workspace}'s suspend image is damaged (its state file does not "
                 "match what was saved)",
                 hint="stop it (the memory image is lost) and start it afresh",
             )
-        machine = self._machine(spec)
         guest = GuestImage.at(self.guest_dir)
         vm = None
         try:
-            vm = self._launch(spec, machine, guest, incoming=True)
-            _load(vm.qmp, state)
+            vm = launch(spec, machine, guest, incoming=True)
+            load_state(vm.qmp, state)
             self._cont(vm)
-            vm.agent = self._agent(vm)
+            vm.agent = connect_agent(vm)
             self._after_restore(vm)
         except BaseException:
             if vm is not None:
-                vm.release()
-                self._kill(vm.pid)
-            (d / _VM).unlink(missing_ok=True)
+                vm.kill()
+            (d / VM_RECORD).unlink(missing_ok=True)
             raise
         self._live[workspace] = vm
         return WorkspaceStatus(workspace, Phase.RUNNING, vm.pid)
 
-    def _after_restore(self, vm: _Vm) -> None:
+    def _after_restore(self, vm: VmProcess) -> None:
         """The guest's clock stood still while it was saved, and a restored RNG state
         repeats: set the one, reseed the other."""
         link = self._link(vm)
-        self._set_clock(link)
+        set_clock(link)
         link.call(Type.RESEED, secrets.token_bytes(64))
-
-    @staticmethod
-    def _set_clock(link: AgentLink) -> None:
-        now = time.time_ns()
-        link.call(Type.SET_CLOCK, struct.pack(">QI", now // 10**9, now % 10**9))
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _migration(qmp: QmpClient, what: str) -> dict[str, Any]:
-    deadline = time.monotonic() + SAVE_TIMEOUT
-    while True:
-        info: dict[str, Any] = qmp.execute("query-migrate") or {}
-        status = info.get("status")
-        if status == "completed":
-            return info
-        if status in ("failed", "cancelled"):
-            raise WorkspaceError(f"{what} failed: {info.get('error-desc', status)}")
-        if time.monotonic() > deadline:
-            raise WorkspaceError(f"{what} did not finish in {SAVE_TIMEOUT:.0f} s")
-        time.sleep(0.005)
-
-
-def _capabilities(qmp: QmpClient) -> None:
-    qmp.execute("migrate-set-capabilities",
-                {"capabilities": [{"capability": "x-ignore-shared", "state": True}]})  # fmt: skip
-
-
-def _save(qmp: QmpClient, state: Path) -> None:
-    """Migrate the stopped VM's device state (RAM is shared, so skipped) into ``state``."""
-    _capabilities(qmp)
-    # The default 128 MiB/s would throttle a VM whose RAM is not shared.
-    qmp.execute("migrate-set-parameters", {"max-bandwidth": 1 << 40})
-    tmp = state.with_name(state.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    qmp.execute("migrate", {"uri": f"exec:cat > {_shell_quote(tmp)}"})
-    _migration(qmp, "saving the VM")
-    os.chmod(tmp, 0o600)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, state)
-
-
-def _load(qmp: QmpClient, state: Path) -> None:
-    _capabilities(qmp)
-    qmp.execute("migrate-incoming", {"uri": f"exec:cat {_shell_quote(state)}"})
-    try:
-        _migration(qmp, "loading the VM's state")
-    except QmpError as e:  # QEMU exits when a load fails
-        raise WorkspaceError(f"loading the VM's state failed: {e}",
-                             hint="its suspend image is damaged") from e  # fmt: skip
-
-
-def _shell_quote(path: Path) -> str:
-    """``path`` for QEMU's ``exec:`` migration URI, which runs ``/bin/sh -c``."""
-    return "'" + str(path).replace("'", "'\\''") + "'"

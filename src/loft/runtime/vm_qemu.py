@@ -96,6 +96,9 @@ class Machine:
     nbd_socket: Path
     export: str
     accel: str = "tcg"
+    #: A snapshot's RAM image mapped privately (``share=off``) instead of the VM's own
+    #: RAM file: the image stays unchanged however many VMs start from it.
+    ram_image: Path | None = None
 
     def __post_init__(self) -> None:
         if self.memory < MIN_MEMORY:
@@ -111,7 +114,12 @@ class Machine:
 
     @property
     def ram(self) -> Path:
-        return self.dir / "ram"
+        return self.ram_image or self.dir / "ram"
+
+    @property
+    def ram_shared(self) -> bool:
+        """Whether QEMU writes guest RAM through to :attr:`ram` (and a save may skip it)."""
+        return self.ram_image is None
 
     @property
     def qmp(self) -> Path:
@@ -126,8 +134,7 @@ class Machine:
         return (self.memory + (1 << 20) - 1) >> 20
 
 
-def qemu_argv(machine: Machine, guest: GuestImage, *, incoming: bool = False,
-              share: bool = True) -> list[str]:  # fmt: skip
+def qemu_argv(machine: Machine, guest: GuestImage, *, incoming: bool = False) -> list[str]:
     """QEMU's arguments for ``machine``: a boot, or with ``incoming`` a machine waiting
     for a migration stream (``migrate-incoming``) with the same devices."""
     m = machine
@@ -146,7 +153,7 @@ def qemu_argv(machine: Machine, guest: GuestImage, *, incoming: bool = False,
         "-smp", "1",
         "-m", f"{m.memory_mib}M",
         "-object", f"memory-backend-file,id=mem,size={m.memory_mib}M,mem-path={m.ram},"
-                   f"share={'on' if share else 'off'}",
+                   f"share={'on' if m.ram_shared else 'off'}",
         "-nodefaults", "-no-reboot", "-nographic", "-no-user-config",
         "-kernel", str(guest.kernel),
         "-initrd", str(guest.initrd),
