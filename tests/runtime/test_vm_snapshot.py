@@ -8,12 +8,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from vm_support import Vms, needs_qemu, vms
+from nodetool import Node
+from vm_support import GUEST, Vms, needs_qemu, vms
 
+from loft.blockstore import Blockstore
+from loft.config import Settings
 from loft.runtime.errors import WorkspaceError
 from loft.runtime.interface import RuntimeSnapshot
 from loft.runtime.phase import Phase
 from loft.runtime.spec import ExecRequest
+from loft.runtime.vm import NbdDisk, VmRuntime
+from loft.runtime.vm_image import decode_record
 
 pytestmark = [pytest.mark.serial, needs_qemu]
 
@@ -135,3 +140,40 @@ def test_vm_damaged_snapshot_records_are_refused(node: Vms) -> None:
     with pytest.raises(WorkspaceError, match="missing or damaged"):
         rt.restore(spec, snap)
     assert rt.status(spec.id).phase is Phase.STOPPED
+
+
+@pytest.mark.timeout(240)
+def test_vm_cold_restore_on_another_node_from_the_chunk_store(node: Vms, tmp_path: Path) -> None:
+    rt = node.runtime
+    spec = node.spec()
+    rt.start(spec)
+    pid = _start_counter(node, spec.id)
+    rt.freeze(spec.id)
+    snap = rt.snapshot(spec.id)
+    node.node.node.loft("volume", "snapshot", spec.id, "s1")
+    count = 0
+    volume = rt.upload_snapshot(snap)
+    assert volume.startswith("loft-vm-")
+    rt.stop(spec.id)
+    node.node.node.stop()  # node A goes away: its disk service releases the volumes
+
+    other = Node(tmp_path, "node-b")  # an empty data dir on the same store and catalog
+    other.loft("volume", "restore", spec.id, "s1")
+    other.serve()
+    bs = Blockstore.from_settings(Settings.from_env(other.env))
+    rt_b = VmRuntime(other.data_dir, lambda ws: NbdDisk(other.sock, ws), guest=GUEST, bs=bs)
+    try:
+        assert not rt_b.images.exists()
+        rt_b.restore(spec, snap)
+        b = Vms(rt_b, node.node, tmp_path)
+        got_pid, got = _counter(b, spec.id)
+        assert got_pid == pid and got >= count
+        _sh(b, spec.id, "sleep 0.5")
+        assert _counter(b, spec.id)[1] > got
+        # the image came whole from the chunk store: its state matches the record
+        assert (rt_b.images / decode_record(snap.state).image / "state").is_file()
+    finally:
+        for ws in list(rt_b._live):
+            rt_b._teardown(ws)
+        bs.close()
+        other.kill()

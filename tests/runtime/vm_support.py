@@ -54,7 +54,7 @@ class Vms:
 def vms(tmp_path: Path) -> Iterator[Vms]:
     with served_node(tmp_path) as node:
         sock = node.node.sock
-        runtime = VmRuntime(node.data_dir, lambda ws: NbdDisk(sock, ws), guest=GUEST)
+        runtime = VmRuntime(node.data_dir, lambda ws: NbdDisk(sock, ws), guest=GUEST, bs=node.bs)
         try:
             yield Vms(runtime, node, tmp_path)
         finally:

@@ -57,6 +57,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from loft.blockstore import Blockstore
+from loft.runtime import vm_cold
 from loft.runtime.console import PtySession, set_window_size
 from loft.runtime.errors import NotSupported, UnknownWorkspace, WorkspaceError
 from loft.runtime.forward import Forwarder
@@ -117,13 +119,17 @@ class VmRuntime(Runtime):
 
     ``disk``: where a workspace's volume is served (the node's disk service); ``guest``:
     the kernel and initramfs (default: ``LOFT_VM_GUEST``, else ``<data_dir>/vm-guest``);
-    ``accel``: ``auto``, ``kvm`` or ``tcg`` (default ``LOFT_VM_ACCEL``, else ``tcg``).
+    ``accel``: ``auto``, ``kvm`` or ``tcg`` (default ``LOFT_VM_ACCEL``, else ``tcg``);
+    ``bs``: the node's blockstore, where memory images go to outlive the node
+    (:meth:`upload_snapshot`) and come from when a restore does not find them here.
     The spec's ``rootfs`` is not used: a VM's volume is never mounted on the host."""
 
     kind = "vm"
 
     def __init__(self, data_dir: Path, disk: Callable[[str], NbdDisk], *,
-                 guest: Path | None = None, accel: str | None = None) -> None:  # fmt: skip
+                 guest: Path | None = None, accel: str | None = None,
+                 bs: Blockstore | None = None) -> None:  # fmt: skip
+        self.bs = bs
         self.root = data_dir / "runtime" / "vm"
         self.images = data_dir / "runtime" / "vm-images"
         self.disk = disk
@@ -467,6 +473,11 @@ class VmRuntime(Runtime):
                                  hint="fork it into a new workspace instead")  # fmt: skip
         state = self._image_dir(rec.image) / _STATE
         ram = self._image_dir(rec.ram_from) / "ram"
+        if self.bs is not None and not (state.is_file() and ram.is_file()):
+            self._prepare_dirs()  # cold: the image only in the chunk store
+            vm_cold.fetch(self.bs, self.images, rec)
+            if not (state.parent / "record").exists():
+                write_private(state.parent / "record", snapshot.state)
         try:
             ok = ram.stat().st_size == rec.memory_mib << 20
             ok = ok and state.stat().st_size <= (rec.memory_mib << 20) + _STATE_SLACK
@@ -509,6 +520,15 @@ class VmRuntime(Runtime):
         if users:
             raise WorkspaceError(f"VM image {rec.image} is in use by {', '.join(sorted(users))}")
         shutil.rmtree(self._image_dir(rec.image), ignore_errors=True)
+        if self.bs is not None:
+            vm_cold.remove(self.bs, rec.image)
+
+    def upload_snapshot(self, snapshot: RuntimeSnapshot) -> str:
+        """Put a memory snapshot's image into the chunk store (a volume of its own, see
+        :mod:`loft.runtime.vm_cold`), so a restore on any node finds it; the volume."""
+        if self.bs is None:
+            raise WorkspaceError("this VM runtime has no blockstore to upload images to")
+        return vm_cold.upload(self.bs, self.images, decode_record(snapshot.state))
 
     # -- suspend and resume ------------------------------------------------------------
 
