@@ -10,17 +10,25 @@ disk service, for guests of 256 MiB and 1 GiB, each with 64 MiB written to its t
   warm resume (a new QEMU maps the RAM file and loads the state), each to the first
   command's output after it;
 - the state file's size, and QEMU's resident memory right after a warm resume and after
-  the first command (pages come in from the RAM file as the guest touches them).
+  the first command (pages come in from the RAM file as the guest touches them);
+- a live fork: the memory snapshot alone, and the source's whole pause (freeze, memory
+  image, volume snapshot through the CLI, thaw), then
+  the fork's restore to its first command's output and its resident memory; and the
+  suspend of that fork, whose RAM (a private mapping of the image) goes into the stream;
+- the image uploaded to the chunk store (and what it stores), then a cold restore with
+  the node's images removed, to the first command's output.
 
 Anchor in the same run: the classic way to save the same running guest, a migration of
 its whole RAM to a file (``migrate`` without ``x-ignore-shared``), time and bytes.
-Goals (issue 14, TCG): boot <= 3 s, warm resume <= 0.5 s.
+Goals (issue 14, TCG): boot <= 3 s, warm resume <= 0.5 s, live fork <= 1 s, cold
+resume of a 256 MB guest <= 3 s.
 LOFT_BENCH_N (default 5) sets the rounds. Needs root, QEMU and ``make guest``. Prints JSON.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -72,9 +80,18 @@ def _full_migration(rt: VmRuntime, ws: str, dest: Path) -> dict[str, Any]:
     return {"seconds": round(seconds, 3), "bytes": size}
 
 
+def _stored(node: Any, volume: str) -> dict[str, int]:
+    """What the image's volume holds: extents written (not all zeros), bytes stored."""
+    info = node.node.bs.info(volume)
+    return {"extents_written": info.extents_written, "extents_total": info.extents_total,
+            "bytes_stored": info.bytes_stored}  # fmt: skip
+
+
 def measure(memory: int, root: Path) -> dict[str, Any]:
     boot, first, suspend, hot, warm = [], [], [], [], []
-    state_bytes = rss_resumed = rss_after = 0
+    pause, memsnap, fork, resuspend, upload, cold = [], [], [], [], [], []
+    state_bytes = rss_resumed = rss_after = rss_fork = resuspend_bytes = 0
+    stored: dict[str, int] = {}
     anchor: dict[str, Any] = {}
     with vms(root) as node:
         rt = node.runtime
@@ -108,7 +125,42 @@ def measure(memory: int, root: Path) -> dict[str, Any]:
             rss_after = _rss(st.pid)
             if i == 0:
                 anchor = _full_migration(rt, spec.id, root / "full-state")
+            # live fork: freeze, memory image, volume snapshot and fork, thaw; then the fork
+            t0 = time.monotonic()
+            rt.freeze(spec.id)
+            t1 = time.monotonic()
+            snap = rt.snapshot(spec.id)
+            memsnap.append(time.monotonic() - t1)
+            node.node.node.loft("volume", "snapshot", spec.id, "f")
+            rt.thaw(spec.id)
+            pause.append(time.monotonic() - t0)
+            node.node.node.loft("volume", "fork", f"{spec.id}@f", f"{spec.id}-fork")
+            fspec = node.spec(memory=memory, name=f"{spec.id}-fork", volume=False)
+            t0 = time.monotonic()
+            fst = rt.restore(fspec, snap, fork=True)
+            _echo(rt, fspec.id)
+            fork.append(time.monotonic() - t0)
+            rss_fork = _rss(fst.pid)
+            # a VM running from an image suspends with its whole RAM in the stream
+            t0 = time.monotonic()
+            rt.suspend(fspec.id)
+            resuspend.append(time.monotonic() - t0)
+            resuspend_bytes = (rt.dir(fspec.id) / "state").stat().st_size
+            rt.stop(fspec.id)
+            # cold: the image only in the chunk store (as on another node)
+            t0 = time.monotonic()
+            vol = rt.upload_snapshot(snap)
+            upload.append(time.monotonic() - t0)
+            stored = _stored(node, vol)
+            for image in rt.images.iterdir():
+                shutil.rmtree(image)
+            t0 = time.monotonic()
+            rt.restore(fspec, snap, fork=True)
+            _echo(rt, fspec.id)
+            cold.append(time.monotonic() - t0)
+            rt.stop(fspec.id)
             rt.stop(spec.id)
+            rt.remove_snapshot(snap)
             log(f"{memory >> 20} MiB round {i}: boot {boot[-1]:.2f} s, warm {warm[-1]:.3f} s")
     return {
         "memory_mib": memory >> 20,
@@ -121,6 +173,15 @@ def measure(memory: int, root: Path) -> dict[str, Any]:
         "resident_after_warm_resume_mib": round(rss_resumed / MIB, 1),
         "resident_after_first_command_mib": round(rss_after / MIB, 1),
         "anchor_full_ram_migration": anchor,
+        "memory_snapshot": stats_ms(memsnap),
+        "snapshot_pause_with_volume_snapshot_cli": stats_ms(pause),
+        "live_fork_to_first_output": stats_ms(fork),
+        "resident_of_fork_after_first_command_mib": round(rss_fork / MIB, 1),
+        "suspend_of_a_restored_vm": stats_ms(resuspend),
+        "state_file_bytes_of_a_restored_vm": resuspend_bytes,
+        "upload_to_chunk_store": stats_ms(upload),
+        "image_volume": stored,
+        "cold_restore_to_first_output": stats_ms(cold),
     }
 
 
