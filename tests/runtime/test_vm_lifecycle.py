@@ -311,3 +311,31 @@ def test_vm_pty_has_a_terminal_of_its_size(node: Vms) -> None:
     finally:
         session.close()
     rt.stop(spec.id)
+
+
+@pytest.mark.timeout(180)
+def test_vm_a_new_runtime_adopts_running_and_paused_vms(node: Vms) -> None:
+    rt = node.runtime
+    spec = node.spec()
+    rt.start(spec)
+    pid = _start_counter(node, spec.id)
+    qemu = rt.status(spec.id).pid
+
+    def restart() -> VmRuntime:
+        """An agent restart: the old runtime's connections close, QEMU stays."""
+        for vm in rt._live.values():
+            vm.release()
+        rt._live.clear()
+        return VmRuntime(rt.root.parents[1], rt.disk, guest=rt.guest_dir, bs=rt.bs)
+
+    rt = node.runtime = restart()
+    assert [(s.id, s.phase, s.pid) for s in rt.adopt()] == [(spec.id, Phase.RUNNING, qemu)]
+    _counter_runs_on(node, spec.id, pid, 1)
+
+    rt.suspend(spec.id, keep=True)  # paused: its agent cannot answer until it runs
+    rt = node.runtime = restart()
+    assert [(s.id, s.phase) for s in rt.adopt()] == [(spec.id, Phase.PAUSED)]
+    rt.resume(spec.id)
+    _counter_runs_on(node, spec.id, pid, 1)
+    rt.stop(spec.id)
+    assert proc_stat(qemu) is None

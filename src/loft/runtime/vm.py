@@ -190,7 +190,8 @@ class VmRuntime(Runtime):
                 if pid is None:
                     raise ProcessLookupError
                 spec = load_spec(d)
-                vm = attach(spec, self._machine(spec), pid, agent=True)
+                # the agent is reached on first use: a paused VM's would not answer now
+                vm = attach(spec, self._machine(spec), pid, agent=False)
             except (OSError, ValueError, KeyError, WorkspaceError):
                 # Nothing usable runs: keep a suspend image, drop the rest.
                 if not (d / _SUSPEND).is_file():
@@ -229,7 +230,9 @@ class VmRuntime(Runtime):
             check(spec.id, Command.START, vm.phase if vm else Phase.STOPPED)
             if self.suspended(spec.id):
                 return self._resume_warm(spec.id)
-            machine = self._machine(spec)
+            disk = self.disk(spec.id)  # a boot always runs on its own, new RAM file
+            machine = Machine(self.dir(spec.id), spec.limits.memory, disk.socket, disk.export,
+                              self.accel)  # fmt: skip
             guest = GuestImage.at(self.guest_dir)
             if not machine.nbd_socket.exists():
                 raise WorkspaceError(f"the disk service's socket {machine.nbd_socket} is missing",
