@@ -31,7 +31,9 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <termios.h>
+#include <netinet/in.h>
 #include <sys/signalfd.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -48,7 +50,7 @@
 
 enum {
 	PING = 1, PONG = 2, EXEC = 3, STDIN_DATA = 4, SIGNAL = 5, READ_FILE = 6,
-	WRITE_FILE = 7, FSFREEZE = 8, FSTHAW = 9, SET_CLOCK = 10, RESEED = 11, EXEC_TTY = 12, RESIZE = 13,
+	WRITE_FILE = 7, FSFREEZE = 8, FSTHAW = 9, SET_CLOCK = 10, RESEED = 11, EXEC_TTY = 12, RESIZE = 13, CONNECT = 14,
 	STARTED = 20, STDOUT_DATA = 21, STDERR_DATA = 22, EXIT = 23, ERROR = 24,
 };
 
@@ -58,6 +60,7 @@ struct channel {
 	int in, out, err; /* -1 once closed; on a terminal, in and out are its master */
 	int status;
 	int tty;
+	int sock; /* a connection to a port inside (in and out are the socket), no process */
 };
 
 static struct channel channels[MAX_CHANNELS];
@@ -302,6 +305,36 @@ done:
 	free(envp);
 }
 
+/* A connection to 127.0.0.1:PORT in the guest (port forwarding): the workspace is only
+ * ever the server end of a connection to its own loopback. */
+static void do_connect(uint32_t ch, unsigned char *data, uint32_t len)
+{
+	struct channel *c = len == 2 && !find(ch) ? slot() : NULL;
+	if (c == NULL) {
+		send_error(ch, len == 2 ? EAGAIN : EINVAL, "connect");
+		return;
+	}
+	struct sockaddr_in addr = {.sin_family = AF_INET,
+				   .sin_port = htons((uint16_t)(data[0] << 8 | data[1])),
+				   .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0 || connect(fd, (struct sockaddr *)&addr, sizeof(addr))) {
+		int e = errno;
+		if (fd >= 0)
+			close(fd);
+		send_error(ch, e, "connect");
+		return;
+	}
+	int dup = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+	if (dup < 0) {
+		send_error(ch, errno, "connect");
+		close(fd);
+		return;
+	}
+	*c = (struct channel){ch, 0, fd, dup, -1, 0, 0, 1};
+	send_u32(STARTED, ch, 0);
+}
+
 /* Paths are the workspace's: opened below ROOT by a child chrooted there, so a link
  * inside cannot lead the agent out of it. */
 static void do_file(int type, uint32_t ch, unsigned char *data, uint32_t len)
@@ -479,6 +512,8 @@ static void handle(int type, uint32_t ch, unsigned char *data, uint32_t len)
 		if ((c = find(ch)) == NULL || c->in < 0)
 			break;
 		if (len == 0) {
+			if (c->sock) /* the other end keeps its direction open */
+				shutdown(c->in, SHUT_WR);
 			if (!c->tty) /* a terminal's end of input is the user's ^D, sent as data */
 				close_fd(&c->in);
 		}
@@ -488,6 +523,11 @@ static void handle(int type, uint32_t ch, unsigned char *data, uint32_t len)
 	case SIGNAL:
 		if ((c = find(ch)) != NULL && c->pid && len == 4)
 			kill(-c->pid, (int)get32(data)); /* its process group: setsid made one */
+		else if (c != NULL && c->sock && c->out >= 0)
+			shutdown(c->out, SHUT_RDWR); /* the host side left: end the connection */
+		break;
+	case CONNECT:
+		do_connect(ch, data, len);
 		break;
 	case READ_FILE:
 	case WRITE_FILE:
@@ -570,7 +610,7 @@ static void pump(struct channel *c, int *fd, int type)
 int main(void)
 {
 	for (int i = 0; i < MAX_CHANNELS; i++)
-		channels[i] = (struct channel){0, 0, -1, -1, -1, 0, 0};
+		channels[i] = (struct channel){0, 0, -1, -1, -1, 0, 0, 0};
 	signal(SIGPIPE, SIG_IGN);
 	boot_error = getenv("LOFT_BOOT_ERROR");
 	sigset_t chld;

@@ -8,6 +8,7 @@ import json
 import os
 import select
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from vm_support import Vms, needs_qemu, vms
 
 from loft.procfs import proc_stat
 from loft.runtime.errors import WorkspaceError
+from loft.runtime.forward import unix_listener
 from loft.runtime.phase import Phase
 from loft.runtime.spec import ExecRequest, WindowSize
 from loft.runtime.vm import VmRuntime
@@ -86,7 +88,9 @@ def test_vm_suspend_resume_keeps_processes(node: Vms, keep: bool) -> None:
     assert rt.suspended(spec.id)
     assert rt.status(spec.id).phase is (Phase.PAUSED if keep else Phase.STOPPED)
     assert (proc_stat(qemu) is not None) is keep  # warm: QEMU is gone, the image stays
+    time.sleep(3)  # the guest's clock stands still meanwhile; the resume sets it
     rt.resume(spec.id)
+    assert abs(float(_sh(node, spec.id, "date +%s")) - time.time()) < 2
     assert rt.status(spec.id).phase is Phase.RUNNING
     assert not rt.suspended(spec.id)  # the image is void once the VM runs again
     _counter_runs_on(node, spec.id, pid, 1)
@@ -339,3 +343,39 @@ def test_vm_a_new_runtime_adopts_running_and_paused_vms(node: Vms) -> None:
     _counter_runs_on(node, spec.id, pid, 1)
     rt.stop(spec.id)
     assert proc_stat(qemu) is None
+
+
+def _http_get(path: Path) -> bytes:
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(10)
+        s.connect(str(path))
+        s.sendall(b"GET /index.html HTTP/1.0\r\n\r\n")
+        s.shutdown(socket.SHUT_WR)  # half-closed: the answer still comes back
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+        return out
+
+
+@pytest.mark.timeout(120)
+def test_vm_forward_a_port_through_the_agent(node: Vms, tmp_path: Path) -> None:
+    rt = node.runtime
+    spec = node.spec()
+    rt.start(spec)
+    _sh(node, spec.id, "mkdir -p /srv/www && echo served > /srv/www/index.html && "
+                       "httpd -p 127.0.0.1:8000 -h /srv/www")  # fmt: skip
+    path = tmp_path / "fwd.sock"
+    fwd = rt.forward(spec.id, 8000, unix_listener(path))
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    reply = _http_get(path)
+    assert reply.startswith(b"HTTP/1.1 200 OK") and reply.endswith(b"served\n")
+    # many at once, and a port nothing listens on closes the connection, not the VM
+    assert all(_http_get(path).endswith(b"served\n") for _ in range(5))
+    closed = rt.forward(spec.id, 8001, unix_listener(tmp_path / "none.sock"))
+    assert _http_get(tmp_path / "none.sock") == b""
+    assert _sh(node, spec.id, "echo alive") == "alive\n"
+    rt.stop(spec.id)  # closes the forwarders too
+    with pytest.raises(OSError):
+        _http_get(path)
+    fwd.close()
+    closed.close()

@@ -32,8 +32,6 @@ into an image that never changes, restored by mapping it ``share=off`` (copy-on-
 paged in as touched): a restore, or a live fork (``restore(..., fork=True)`` of
 another workspace's snapshot onto a fork of its volume).
 
-Not yet for VMs: port forwarding (:class:`~loft.runtime.errors.NotSupported`).
-
 About 600 lines and one idea, the controller: each command is its phase check, its lock
 and the calls into the modules above; the QEMU process, QMP, the migration stream, the
 image format and the agent live there.
@@ -359,8 +357,25 @@ class VmRuntime(Runtime):
         return PtySession(master, proc)
 
     def forward(self, workspace: str, port: int, listener: socket.socket) -> Forwarder:
-        self._checked(workspace, Command.FORWARD)
-        raise NotSupported("port forwarding is not yet available for vm workspaces")
+        """Relay connections accepted on ``listener`` to ``127.0.0.1:port`` in the guest,
+        through the agent (the guest needs no network device for it)."""
+        vm = self._checked(workspace, Command.FORWARD)
+        if not 0 < port < 65536:
+            raise ValueError(f"bad port {port}")
+
+        def connect() -> socket.socket:
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                self._link(vm).open_connection(port, theirs)
+            except BaseException:
+                ours.close()
+                theirs.close()
+                raise
+            return ours
+
+        fwd = Forwarder(listener, connect)
+        vm.forwarders.append(fwd)
+        return fwd
 
     def read_file(self, workspace: str, path: str, limit: int = _MAX_READ) -> bytes:
         """The contents of ``path`` inside the workspace (at most ``limit`` bytes)."""

@@ -6,6 +6,7 @@ holds the connection and a thread routes the agent's frames by channel (see
 
 - a **call** (freeze, thaw, clock, entropy, a file) waits for its channel's ``EXIT`` or
   ``ERROR`` and gets the data that came before it;
+- a **connection** (a forwarded port) carries its bytes to and from a socket as they are;
 - a **session** (a command started by :meth:`VmRuntime.exec`) is relayed to a socket
   whose other end belongs to a ``loft.runtime.vm_relay`` process: that process is the
   ``subprocess.Popen`` the runtime interface promises, with the command's streams as
@@ -71,6 +72,8 @@ class CallResult:
 class _Session:
     sock: socket.socket
     decoder: Decoder = field(default_factory=lambda: Decoder(limit=MAX_REQUEST))
+    #: a forwarded connection: its socket carries the bytes themselves, not frames
+    raw: bool = False
 
 
 class AgentLink:
@@ -175,12 +178,21 @@ class AgentLink:
                      tty: bool = False) -> None:  # fmt: skip
         """Start the command of an ``EXEC`` payload (``EXEC_TTY`` with ``tty``) and relay
         its channel to ``relay`` (this link owns and closes the socket from now on)."""
+        self._open(Type.EXEC_TTY if tty else Type.EXEC, exec_payload, _Session(relay))
+
+    def open_connection(self, port: int, sock: socket.socket) -> None:
+        """Connect to ``127.0.0.1:port`` in the guest and carry its bytes to and from
+        ``sock`` (owned and closed by this link from now on; closed when the guest
+        refuses or ends the connection)."""
+        self._open(Type.CONNECT, port.to_bytes(2, "big"), _Session(sock, raw=True))
+
+    def _open(self, type_: Type, payload: bytes, session: _Session) -> None:
         channel = self._channel()
         with self._table:
-            self._sessions[channel] = _Session(relay)
-            self._by_sock[relay] = channel
+            self._sessions[channel] = session
+            self._by_sock[session.sock] = channel
         try:
-            self._send(encode(Frame(Type.EXEC_TTY if tty else Type.EXEC, channel, exec_payload)))
+            self._send(encode(Frame(type_, channel, payload)))
         except BaseException:
             self._drop(channel)
             raise
@@ -247,7 +259,10 @@ class AgentLink:
             if session is None:
                 continue  # a command's output after its caller left, or from before a restore
             try:
-                session.sock.sendall(encode(Frame(frame.type, 0, frame.payload)))
+                if not session.raw:
+                    session.sock.sendall(encode(Frame(frame.type, 0, frame.payload)))
+                elif frame.type is Type.STDOUT:
+                    session.sock.sendall(frame.payload)
             except OSError:
                 self._drop(frame.channel)
                 self._kill(frame.channel)
@@ -278,6 +293,12 @@ class AgentLink:
             data = sock.recv(1 << 16)
         except OSError:
             data = b""
+        if session is not None and ch is not None and session.raw:
+            if not data:  # half-closed: the guest's side may still answer
+                with contextlib.suppress(KeyError, ValueError):
+                    self._sel.unregister(sock)
+            self._send(encode(Frame(Type.STDIN, ch, data)))
+            return
         if ch is None or session is None or not data:
             with contextlib.suppress(KeyError, ValueError):
                 self._sel.unregister(sock)

@@ -17,11 +17,12 @@ import signal
 import struct
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from loft.procfs import proc_stat
 from loft.runtime.errors import WorkspaceError
+from loft.runtime.forward import Forwarder
 from loft.runtime.persist import write_private
 from loft.runtime.phase import Phase
 from loft.runtime.qmp import QmpClient, QmpError
@@ -63,6 +64,7 @@ class VmProcess:
     agent: AgentLink | None
     phase: Phase
     fs_frozen: bool = False
+    forwarders: list[Forwarder] = field(default_factory=list)
 
     def alive(self, wait: float = 0) -> bool:
         """Whether QEMU still runs (waiting up to ``wait`` seconds for it to exit)."""
@@ -77,7 +79,11 @@ class VmProcess:
         self.release()
 
     def release(self) -> None:
-        """Close the connections and the pidfd (QEMU itself is left as it is)."""
+        """Close the forwarders, the connections and the pidfd (QEMU itself is left as
+        it is)."""
+        for fwd in self.forwarders:
+            fwd.close()
+        self.forwarders.clear()
         if self.agent is not None:
             self.agent.close()
             self.agent = None

@@ -9,7 +9,9 @@ big-endian. A channel is one conversation (a command, a file, a freeze) so many 
 once over the one port; the host picks the numbers. The host sends ``PING``, ``EXEC``,
 ``STDIN`` (empty payload: end of input), ``SIGNAL``, ``READ_FILE``, ``WRITE_FILE``,
 ``FSFREEZE``, ``FSTHAW``, ``SET_CLOCK``, ``RESEED``, and for a command on a new terminal
-``EXEC_TTY`` (the window size, then an ``EXEC`` payload) and ``RESIZE``; the agent answers ``PONG``,
+``EXEC_TTY`` (the window size, then an ``EXEC`` payload) and ``RESIZE``, and
+``CONNECT`` (a u16 port: a connection to the guest's ``127.0.0.1:PORT`` whose bytes
+travel as ``STDIN``/``STDOUT``); the agent answers ``PONG``,
 ``STARTED`` (the command's pid), ``STDOUT``/``STDERR`` data, and ends every channel with
 one ``EXIT`` (a status: the exit code, or 128 + N when killed by signal N) or one
 ``ERROR`` (an errno and a message).
@@ -78,6 +80,7 @@ class Type(enum.IntEnum):
     RESEED = 11
     EXEC_TTY = 12
     RESIZE = 13
+    CONNECT = 14
     STARTED = 20
     STDOUT = 21
     STDERR = 22
