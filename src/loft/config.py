@@ -37,12 +37,16 @@ class Settings:
     #: catalog's and chunk store's hosts: the node and control APIs of a fleet
     #: (comma-separated, ``10.1.2.3,192.0.2.0/24``)
     egress_deny: str = ""
+    #: the preview proxy's domain: ``PORT--WORKSPACEID.<domain>`` (``*.localhost`` is
+    #: loopback in browsers, RFC 6761)
+    preview_domain: str = "preview.localhost"
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
         """Read ``LOFT_DATA_DIR``, ``LOFT_CHUNKS``, ``LOFT_CATALOG_URL``,
         ``LOFT_CACHE_BYTES``, ``LOFT_CHUNK_CACHE_BYTES``, ``LOFT_DISK_RESERVE``,
-        ``LOFT_NODE_MEMORY``, ``LOFT_NODE_CPUS`` and ``LOFT_EGRESS_DENY``."""
+        ``LOFT_NODE_MEMORY``, ``LOFT_NODE_CPUS``, ``LOFT_EGRESS_DENY`` and
+        ``LOFT_PREVIEW_DOMAIN``."""
         e = os.environ if env is None else env
         data_dir = Path(e.get("LOFT_DATA_DIR") or DEFAULT_DATA_DIR)
         chunks = e.get("LOFT_CHUNKS") or f"file://{data_dir / 'chunks'}"
@@ -57,7 +61,17 @@ class Settings:
             node_memory=_share_or(e, "LOFT_NODE_MEMORY", _size, "a size (16G)"),
             node_cpus=_share_or(e, "LOFT_NODE_CPUS", float, "a number of CPUs (8)"),
             egress_deny=_networks(e.get("LOFT_EGRESS_DENY", "")),
+            preview_domain=_domain(e.get("LOFT_PREVIEW_DOMAIN") or "preview.localhost"),
         )
+
+
+def _domain(text: str) -> str:
+    labels = text.lower().rstrip(".").split(".")
+    if not all(0 < len(x) <= 63 and x.replace("-", "").isalnum() and x.isascii() for x in labels):
+        raise SettingsError(
+            f"LOFT_PREVIEW_DOMAIN {text!r} is not a DNS name", hint="e.g. preview.example.com"
+        )
+    return ".".join(labels)
 
 
 def _size(text: str) -> float:

@@ -39,6 +39,7 @@ TOP_LEVEL = (
     "catalog.db",
     "chunks",
     "chunk-cache",
+    "control",
     "envstore",
     "run",
     "runtime",

@@ -221,8 +221,8 @@ def test_upgrade_adds_workspace_tables_and_downgrade_drops_them(url: str) -> Non
             size=1 << 30,
             network=Network.NONE,
             runtime="sandbox",
-            node="n",
         )
+        Records(upgraded).add_state(rec.id, "n")
         assert Records(upgraded).get("root", "dev").record == rec
         with upgraded.engine.connect() as conn:
             cfg.attributes["connection"] = conn

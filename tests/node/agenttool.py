@@ -1,5 +1,6 @@
-"""A node for end-to-end workspace tests: ``loft up`` (or the disk service and the agent
-as separate processes) on a data dir of its own, driven through the real ``loft`` CLI.
+"""A node for end-to-end workspace tests: ``loft up`` (or the disk service, the agent and
+the control plane as separate processes) on a data dir of its own, driven through the
+real ``loft`` CLI, which reaches the control plane over its root-only local socket.
 
 - The node lives in a directory under /tmp, 0711: a workspace's init (its unprivileged
   mapped root) must search every directory down to the data dir, and pytest keeps its
@@ -80,22 +81,30 @@ class AgentNode:
     def agent_answers(self) -> bool:
         return self.loft("node", "info", "--json", check=False, timeout=10).returncode == 0
 
+    def api_answers(self) -> bool:
+        """The control plane answers, and its node agent through it."""
+        return self.loft("ls", "--json", check=False, timeout=10).returncode == 0
+
     def up(self) -> None:
-        """``loft up``: the supervised disk service and agent."""
-        self._spawn("up", "up")
-        self._wait_for("loft up", self.agent_answers, "up")
+        """``loft up``: the supervised disk service, agent and control plane (its API
+        on a free loopback port)."""
+        self._spawn("up", "up", "--listen", "127.0.0.1:0", "--preview-listen", "127.0.0.1:0")
+        self._wait_for("loft up", self.api_answers, "up")
 
     def serve(self, agent_env: dict[str, str] | None = None) -> None:
-        """The disk service and the agent as two processes of the test's own."""
+        """The disk service, the agent and the control plane as processes of the test's
+        own."""
         control = self.run_dir / "control.sock"
         control.unlink(missing_ok=True)
         self._spawn("disk", "disk", "serve")
         self._wait_for("the disk service", control.exists, "disk")
         self._spawn("agent", "node", "agent", env=agent_env)
         self._wait_for("the agent", self.agent_answers, "agent")
+        self._spawn("control", "control", "serve", "--listen", "none", "--preview-listen", "none")
+        self._wait_for("the control plane", self.api_answers, "control")
 
     def pid_of(self, child: str) -> int:
-        """The PID ``loft up`` records for its child ``disk`` or ``agent``."""
+        """The PID ``loft up`` records for its child ``disk``, ``agent`` or ``control``."""
         return int(json.loads((self.run_dir / "up.json").read_text())[child][0])
 
     def stop(self, name: str = "up", sig: int = signal.SIGINT, timeout: float = 120) -> int:
@@ -122,6 +131,17 @@ class AgentNode:
 
     def json(self, *args: str) -> Any:
         return json.loads(self.loft(*args, "--json").stdout)
+
+    def node_view(self, name: str) -> dict[str, Any]:
+        """What the node agent itself keeps of workspace ``name`` (its phase, the host pid
+        of its init, its uid range and volume): below the API, which shows none of these."""
+        from loft.node import workspace_api as wapi
+        from loft.node.client import call
+        from loft.node.jsoncodec import encode
+
+        ws_id = self.json("info", name)["id"]
+        sock = str(self.run_dir / "agent.sock")
+        return dict(encode(call(sock, wapi.GetWorkspaceRequest(ws_id), wapi.WorkspaceInfo)))
 
     def new(self, name: str, *args: str) -> dict[str, Any]:
         """``loft new NAME`` with the example environment (small disk and memory)."""
@@ -196,7 +216,7 @@ class AgentNode:
                     p.kill()
                     p.wait(10)
         with contextlib.suppress(OSError, ValueError, KeyError):  # a killed loft up's children
-            for child in ("agent", "disk"):
+            for child in ("control", "agent", "disk"):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(self.pid_of(child), signal.SIGKILL)
         if shutil.which("runc") and shutil.which("catatonit"):

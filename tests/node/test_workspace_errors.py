@@ -25,6 +25,8 @@ pytestmark = [pytest.mark.serial, needs_runc, pytest.mark.timeout(600)]
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentNode]:
     with agent_node(example(tmp_path_factory), apt_state(tmp_path_factory)) as n:
         n.up()
+        # root's quotas above the machine, so that the node's own admission is what refuses
+        n.loft("user", "quota", "root", "--memory", "8T", "--cpus", "4000")
         n.new("dev")
         n.loft("snap", "dev", "s1")
         yield n
@@ -79,7 +81,8 @@ def _nothing_but_dev(node: AgentNode) -> None:
         (["new", "x", "--packages", ","], "--packages is empty"),
         (["new", "x", "--packages", "no-such-package-xyz"], "unknown Debian package"),
         (["new", "x", "--spec", "/nonexistent/loft.toml"], "cannot read"),
-        (["new", "x", "--memory", "64T"], "not enough memory"),
+        (["new", "x", "--memory", "64T"], "memory 64T is not between 16M and 4T"),
+        (["new", "x", "--memory", "2T"], "not enough memory"),
         (["new", "x", "--cpus", "1000"], "not enough CPU"),
         (["exec", "dev", "-e", "novalue", "--", "true"], "is not K=V"),
         (["exec", "dev", "-u", "nobody", "--", "true"], "bad --user"),
@@ -98,8 +101,8 @@ def test_workspace_errors_a_spec_that_does_not_parse(node: AgentNode, tmp_path: 
     bad.write_text("[env]\ndebian = 'python3'\n")
     _refused(node, "new", "x", "--spec", str(bad), says="must be a list")
     bad.write_text("{not a lock")
-    _refused(node, "new", "x", "--spec", str(bad), says="loft.toml")
-    _refused(node, "env", "switch", "dev", str(bad), says="loft.toml")
+    _refused(node, "new", "x", "--spec", str(bad), says="the spec: not JSON")
+    _refused(node, "env", "switch", "dev", str(bad), says="the spec: not JSON")
     _nothing_but_dev(node)
     assert node.json("info", "dev")["env_generation"] == 1
 

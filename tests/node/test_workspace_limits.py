@@ -81,7 +81,7 @@ def test_workspace_limits_five_at_once_each_with_a_shell(node: AgentNode) -> Non
     try:
         for i, sh in enumerate(shells):
             sh.run(f"echo $((40 + {i})) > ~/mine; echo rea''dy-$(hostname)", b"ready-five-")
-        running = [w for w in node.json("ls") if w["phase"] == "running"]
+        running = [w for w in node.json("ls") if w["state"] == "running"]
         assert {w["name"] for w in running} >= set(names)
         # every shell is still there, each sees its own file and its own processes
         for i, sh in enumerate(shells):
@@ -105,7 +105,7 @@ def test_workspace_limits_memory_hog_killed_shell_survives(node: AgentNode) -> N
     finally:
         assert sh.close() == 0
     info = node.json("info", "hog")
-    assert info["phase"] == "running" and info["memory"] == 96 << 20
+    assert info["state"] == "running" and info["limits"]["memory"] == 96 << 20
     node.loft("rm", "hog")
 
 
@@ -180,7 +180,8 @@ def test_workspace_limits_path_to_the_filesystem_is_search_only(node: AgentNode)
     """Down to the mounted volume every directory is search-only, and the workspace's
     own is ``root:<its host id base> 0710``: runc's init (the mapped root) passes,
     another local account does not."""
-    ws = node.new("walled")
+    node.new("walled")
+    ws = node.node_view("walled")
     ws_dir = node.data_dir / "workspaces" / ws["id"]
     for d in (node.data_dir, node.data_dir / "workspaces"):
         assert stat.S_IMODE(d.stat().st_mode) == 0o711, d
@@ -196,7 +197,8 @@ def test_workspace_limits_path_to_the_filesystem_is_search_only(node: AgentNode)
 
     assert stat_as(base, base, target) == 0
     assert stat_as(NOBODY, NOBODY, target) != 0
-    other = node.new("other")
+    node.new("other")
+    other = node.node_view("other")
     assert stat_as(other["ids_base"], other["ids_base"], target) != 0  # not its neighbour's
     for name in ("walled", "other"):
         node.loft("rm", name)

@@ -44,7 +44,8 @@ def records(url: str) -> Iterator[Records]:
 def _create(r: Records, name: str, owner: str = "root", etc: Path = Path("/nonexistent")) -> str:
     rec = r.create(owner=owner, name=name, spec="[env]\n", spec_source="test",
                    limits=Limits(memory=1 << 30), size=1 << 30, network=Network.NONE,
-                   runtime="sandbox", node="n1", etc=etc)  # fmt: skip
+                   runtime="sandbox", etc=etc)  # fmt: skip
+    r.add_state(rec.id, "n1")  # what the node adds when it makes the workspace
     return rec.id
 
 
@@ -89,6 +90,7 @@ def test_workspace_records_ranges_never_overlap(records: Records, tmp_path: Path
     assert a.record.ids.host == FIRST_HOST_ID
     assert b.record.ids.host == FIRST_HOST_ID + 2 * RANGE_SIZE
     records.delete(a.record.id)
+    records.delete_record(a.record.id)
     c = records.by_id(_create(records, "c", etc=etc))
     assert c is not None and c.record.ids.host == FIRST_HOST_ID  # freed, reused
 
@@ -132,6 +134,8 @@ def test_workspace_records_state_and_snapshots(records: Records) -> None:
     records.add_snapshot(wid, "s1", "/nix/store/bbb-env")  # the same name again: replaced
     assert records.snapshot_envs(wid) == {"s1": "/nix/store/bbb-env"}
     assert records.snapshot_env_paths() == {"/nix/store/bbb-env"}
-    records.delete(wid)
-    assert records.find("root", "dev") is None
+    records.delete(wid)  # the node's rows: the record stays, the control plane's
+    assert records.find("root", "dev") is None and records.record(wid) is not None
     assert records.snapshot_env_paths() == set()
+    records.delete_record(wid)
+    assert records.record(wid) is None

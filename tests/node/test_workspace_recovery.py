@@ -36,7 +36,7 @@ def _alive(pid: int) -> bool:
 def _wait_phase(node: AgentNode, name: str, phase: str, timeout: float = 60) -> float:
     """Seconds until workspace ``name`` is in ``phase``."""
     started = time.monotonic()
-    while node.json("info", name)["phase"] != phase:
+    while node.json("info", name)["state"] != phase:
         assert time.monotonic() - started < timeout, node.tail()
         time.sleep(0.1)
     return time.monotonic() - started
@@ -68,7 +68,8 @@ def _read_everywhere(node: AgentNode, name: str, tag: str) -> list[str]:
 
 
 def test_workspace_recovery_agent_killed_workspaces_keep_running(node: AgentNode) -> None:
-    ws = node.new("steady")
+    node.new("steady")
+    ws = node.node_view("steady")
     node.sh("steady", "echo home > ~/h; (sleep 1000 >/dev/null 2>&1 &)")
     node.sh("steady", "echo etc > /etc/mine", "--user", "root")
     _write_everywhere(node, "steady", "before-kill")
@@ -77,7 +78,7 @@ def test_workspace_recovery_agent_killed_workspaces_keep_running(node: AgentNode
     time.sleep(0.3)
     assert _alive(ws["pid"])  # the container runs on without any agent
     _wait_restarted(node, "agent", agent)
-    again = node.json("info", "steady")
+    again = node.node_view("steady")
     assert (again["phase"], again["pid"]) == ("running", ws["pid"])  # adopted, not restarted
     # runner reads what root wrote in /etc (an exec's umask is 022, not the agent's)
     out = node.sh("steady", "cat ~/h /etc/mine; grep -qx sleep /proc/[0-9]*/comm && echo sleeping")
@@ -91,13 +92,13 @@ def test_workspace_recovery_disk_service_killed_restarts_from_last_flush(node: A
     node.sh("flushed", "echo durable > ~/d; sync")
     _write_everywhere(node, "flushed", "synced")
     node.sh("flushed", "sync")
-    before = node.json("info", "flushed")["pid"]
+    before = node.node_view("flushed")["pid"]
     disk = node.pid_of("disk")
     os.kill(disk, signal.SIGKILL)
     took = _wait_phase(node, "flushed", "recovering", timeout=30)
     took += _wait_phase(node, "flushed", "running")
     print(f"restarted {took:.2f} s after the disk service was killed")
-    after = node.json("info", "flushed")
+    after = node.node_view("flushed")
     assert after["pid"] != before  # stopped cleanly and started again
     assert node.sh("flushed", "cat ~/d; touch ~/new && echo writable").split() == [
         "durable",
@@ -121,15 +122,15 @@ def test_workspace_recovery_loft_up_stops_cleanly_and_starts_again(node: AgentNo
     # the next agent starts again what was running (its reconciler, in the background)
     for name in ("kept", "steady", "flushed"):
         _wait_phase(node, name, "running")
-    assert node.json("info", "parked")["phase"] == "stopped"
+    assert node.json("info", "parked")["state"] == "stopped"
     assert node.sh("kept", "cat ~/k").strip() == "kept"
     assert _read_everywhere(node, "kept", "across-up") == ["across-up"] * len(PLACES)
 
 
 def test_workspace_recovery_a_killed_loft_up_is_taken_over(node: AgentNode) -> None:
-    """A new ``loft up`` adopts the disk service and agent a killed one left running,
-    instead of starting second copies."""
-    children = (node.pid_of("disk"), node.pid_of("agent"))
+    """A new ``loft up`` adopts the disk service, agent and control plane a killed one
+    left running, instead of starting second copies."""
+    children = tuple(node.pid_of(c) for c in ("disk", "agent", "control"))
     node.procs["up"].send_signal(signal.SIGKILL)
     node.procs.pop("up").wait(10)
     assert all(_alive(pid) for pid in children)
@@ -139,7 +140,7 @@ def test_workspace_recovery_a_killed_loft_up_is_taken_over(node: AgentNode) -> N
     while node.log.read_text().count('"up.ready"') == ready:
         assert time.monotonic() < deadline and node.procs["up"].poll() is None, node.tail()
         time.sleep(0.1)
-    assert (node.pid_of("disk"), node.pid_of("agent")) == children
-    assert node.log.read_text().count('"up.adopted"') == 2
+    assert tuple(node.pid_of(c) for c in ("disk", "agent", "control")) == children
+    assert node.log.read_text().count('"up.adopted"') == 3
     assert node.sh("kept", "cat ~/k").strip() == "kept"
     assert _read_everywhere(node, "kept", "across-up") == ["across-up"] * len(PLACES)

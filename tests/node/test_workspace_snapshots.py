@@ -40,14 +40,14 @@ def test_workspace_snapshots_restore_brings_files_back_and_is_undoable(node: Age
     node.new("snappy")
     _write(node, "snappy", "before")
     taken = node.json("snap", "snappy", "s1")
-    assert taken["snapshot"] == "s1" and taken["running"]
+    assert taken["name"] == "s1" and taken["pause_ms"] is not None  # it ran: writers paused
     _write(node, "snappy", "after")
     node.sh("snappy", "echo new > ~/only-after")
-    pid = node.json("info", "snappy")["pid"]
+    pid = node.node_view("snappy")["pid"]
 
     out = node.loft("restore", "snappy", "s1").stdout
     undo = out.rsplit("loft restore snappy ", 1)[1].strip()
-    info = node.json("info", "snappy")
+    info = node.node_view("snappy")
     assert info["phase"] == "running" and info["pid"] != pid  # stopped and started again
     assert _read(node, "snappy") == ["before"] * len(FILES)
     assert node.sh("snappy", "test -e ~/only-after && echo there || echo gone").strip() == "gone"
@@ -60,19 +60,20 @@ def test_workspace_snapshots_restore_brings_files_back_and_is_undoable(node: Age
     # A stopped workspace restores too, and stays stopped.
     node.loft("stop", "snappy")
     node.loft("restore", "snappy", "s1")
-    assert node.json("info", "snappy")["phase"] == "stopped"
+    assert node.json("info", "snappy")["state"] == "stopped"
     node.loft("start", "snappy")
     assert _read(node, "snappy") == ["before"] * len(FILES)
     node.loft("rm", "snappy")
 
 
 def test_workspace_snapshots_fork_of_a_running_workspace_is_independent(node: AgentNode) -> None:
-    parent = node.new("parent")
+    node.new("parent")
+    parent = node.node_view("parent")
     _write(node, "parent", "shared")
     # a writer keeps writing while the fork snapshots the running parent
     node.sh("parent", "(while :; do date >> ~/log; sleep 0.01; done >/dev/null 2>&1 &)")
     node.loft("fork", "parent", "child")
-    child = node.json("info", "child")
+    child = node.node_view("child")
     assert child["phase"] == "running" and child["id"] != parent["id"]
     assert child["ids_base"] != parent["ids_base"] and child["volume"] != parent["volume"]
     assert _read(node, "child") == ["shared"] * len(FILES)
@@ -88,7 +89,7 @@ def test_workspace_snapshots_fork_of_a_running_workspace_is_independent(node: Ag
     node.loft("snap", "parent", "p1")
     _write(node, "parent", "later")
     node.loft("fork", "parent@p1", "child2", "--stopped")
-    assert node.json("info", "child2")["phase"] == "stopped"
+    assert node.json("info", "child2")["state"] == "stopped"
     node.loft("start", "child2")
     assert _read(node, "child2") == ["parent-only"] * len(FILES)
     # removing the parent leaves the forks whole

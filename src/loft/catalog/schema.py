@@ -132,9 +132,9 @@ env_generations = Table(
     PrimaryKeyConstraint("profile", "number"),
 )
 
-#: Workspaces: the record of each (what it is: its owner and name, environment spec,
-#: limits, size, network, host id range, runtime kind, volume). Once the control plane
-#: exists it writes these rows, and a node only reads them.
+#: Workspaces: the record of each (what it is: its owner's user name and its name,
+#: environment spec, limits, size, network, host id range, runtime kind, volume). The
+#: control plane writes these rows; a node only reads them.
 workspaces = Table(
     "workspaces",
     metadata,
@@ -156,6 +156,12 @@ workspaces = Table(
     Column("runtime", String(16), nullable=False),
     Column("volume", String(255), nullable=False, unique=True),
     Column("created_at", Float, nullable=False),
+    # The control plane's (revision 0006): seconds without use before the idle reaper
+    # stops it (0: never), and free-form labels (a JSON object of strings).
+    Column("idle_timeout", Float, nullable=False, server_default="900"),
+    Column("metadata", Text, nullable=False, server_default="{}"),
+    # The control plane's (revision 0007): anyone may open its previews (the owner said so).
+    Column("preview_public", Boolean, nullable=False, server_default=false()),
     UniqueConstraint("owner", "name", name="uq_workspace_owner_name"),
 )
 
@@ -194,4 +200,41 @@ workspace_snapshots = Table(
     Column("env_path", Text, nullable=False),
     Column("created_at", Float, nullable=False),
     PrimaryKeyConstraint("workspace_id", "name"),
+)
+
+# --- the control plane's rows (users, their tokens and quotas) ---------------------------
+
+#: People and programs that call the control plane's API.
+users = Table(
+    "users",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(32), nullable=False, unique=True),
+    Column("admin", Boolean, nullable=False, server_default=false()),
+    Column("created_at", Float, nullable=False),
+)
+
+#: A user's limits on what their workspaces add up to (no row: the defaults).
+quotas = Table(
+    "quotas",
+    metadata,
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    Column("workspaces", Integer, nullable=False),
+    Column("memory", BigInteger, nullable=False),
+    Column("cpus", Float, nullable=False),
+    Column("disk", BigInteger, nullable=False),
+)
+
+#: Bearer tokens: the public id is in the token; only a keyed hash of its secret is kept.
+tokens = Table(
+    "tokens",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column(
+        "user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True
+    ),
+    Column("name", String(64), nullable=False, server_default=""),
+    Column("digest", String(64), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("last_used_at", Float, nullable=True),
 )

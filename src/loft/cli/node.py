@@ -3,10 +3,22 @@ what the node has committed to its workspaces."""
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import click
 
 from loft.cli import output
-from loft.cli.workspace import agent_call
+
+A = TypeVar("A")
+
+
+def agent_call(req: object, answer: type[A], *, timeout: float = 120.0) -> A:
+    """One request to this node's agent (root only: its socket is the data dir's)."""
+    from loft.config import Settings
+    from loft.node.client import call
+
+    path = Settings.from_env().data_dir / "run" / "agent.sock"
+    return call(str(path), req, answer, timeout=timeout)
 
 
 @click.group()

@@ -1,17 +1,19 @@
 """Workspace commands: ``loft new``, ``ls``, ``info``, ``start``, ``stop``, ``rm``,
 ``snap``, ``snaps``, ``restore``, ``fork``, and ``loft env switch`` / ``rollback``.
 
-Every one is a request to the node agent (``run/agent.sock``, :mod:`loft.node.client`):
-the CLI parses, sends, prints. It imports nothing heavy (the standard library, click and
-the API's types), so a command costs its round trip, not an import of loft's storage.
-Bad input is one line and a hint, exit 1 (never a usage dump).
+Every one is a request to the control plane's API (:mod:`loft.client`, at ``LOFT_URL``
+and ``LOFT_TOKEN``, the ``loft login`` file, or, for root on the node, its root-only
+local socket as admin): the CLI parses, sends, prints. Its request path imports the
+standard library, click and the API's dataclasses only (``http.client``, not httpx), so
+a command costs its round trip, not an import of loft's storage. Bad input is one line
+and a hint, exit 1 (never a usage dump).
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 import click
 
@@ -19,27 +21,21 @@ from loft.cli import output
 from loft.errors import LoftError
 
 if TYPE_CHECKING:
-    from loft.node.workspace_api import EnvAnswer, WorkspaceInfo
+    from loft.api import EnvSpec, EnvState, Workspace
+    from loft.client import Client
 
-__all__ = ["agent_call", "agent_path", "register"]
+__all__ = ["client", "register_env"]
 
-A = TypeVar("A")
 #: ``new``, ``fork`` and ``env switch`` may build an environment first: minutes, not hours.
 _BUILD_TIMEOUT = 3600.0
 
 
-def agent_path() -> str:
-    """The node agent's socket for this data dir."""
-    from loft.config import Settings
+def client(timeout: float = 120.0) -> Client:
+    """The API client of this command (the light one, on the standard library)."""
+    from loft.client import Client, resolve
 
-    return str(Settings.from_env().data_dir / "run" / "agent.sock")
-
-
-def agent_call(req: object, answer: type[A], *, timeout: float = 120.0) -> A:
-    """One request to the node agent, its typed answer."""
-    from loft.node.client import call
-
-    return call(agent_path(), req, answer, timeout=timeout)
+    endpoint = resolve()
+    return Client.light(endpoint.url, endpoint.token, ca=endpoint.ca, timeout=timeout)
 
 
 def _size(option: str, value: str) -> int:
@@ -69,33 +65,109 @@ def _spec(spec_file: Path | None, packages: str | None) -> tuple[list[str], str,
         ) from None
 
 
+def _name(name: str) -> str:
+    """``name`` if the API would take it as a workspace name (said here in the CLI's
+    words rather than as the API's pattern)."""
+    import re
+
+    from loft.api import WORKSPACE_NAME_MAX, WORKSPACE_NAME_PATTERN
+
+    if len(name) > WORKSPACE_NAME_MAX or not re.match(WORKSPACE_NAME_PATTERN, name):
+        raise LoftError(
+            f"bad workspace name {name!r}",
+            hint=f"use 1-{WORKSPACE_NAME_MAX} lowercase letters, digits and single '-', "
+            "starting with a letter and not ending with '-' (it may become part of a host "
+            "name)",
+        )
+    return name
+
+
+def _limits(size: int, memory: int, cpus: float, pids: int) -> None:
+    """Refuse a size or limit outside what the API accepts, naming the option."""
+    from loft.api import LIMIT_BOUNDS, MAX_SIZE, MIN_SIZE
+    from loft.units import format_size
+
+    def refuse(what: str, value: str, least: str, most: str, option: str) -> LoftError:
+        return LoftError(
+            f"{what} {value} is not between {least} and {most}",
+            hint=f"see `loft new --help`; e.g. {option}",
+        )
+
+    if size < MIN_SIZE:
+        raise LoftError(
+            f"size {format_size(size)} is below {format_size(MIN_SIZE)}",
+            hint="ask for --size 1G or more",
+        )
+    if size > MAX_SIZE:
+        raise refuse("size", format_size(size), "64M", format_size(MAX_SIZE), "--size 16G")
+    least, most = LIMIT_BOUNDS["memory"]
+    if memory < least:
+        raise LoftError(
+            f"memory {format_size(memory)} is below {format_size(int(least))}",
+            hint="ask for --memory 256M or more",
+        )
+    if memory > most:
+        raise refuse("memory", format_size(memory), "16M", format_size(int(most)), "--memory 1G")
+    least, most = LIMIT_BOUNDS["cpus"]
+    if not least <= cpus <= most:
+        raise refuse("cpus", f"{cpus:g}", f"{least:g}", f"{most:g}", "--cpus 0.5")
+    least, most = LIMIT_BOUNDS["pids"]
+    if pids < least:
+        raise LoftError(f"pids limit {pids} is below {least:g}", hint="e.g. --pids 512")
+    if pids > most:
+        raise refuse("pids limit", str(pids), f"{least:g}", f"{most:g}", "--pids 512")
+
+
 def _when(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
 
 
-def _echo_info(ws: WorkspaceInfo, as_json: bool) -> None:
-    from loft.node.jsoncodec import encode
+def _env(spec_file: Path | None, packages: str | None) -> EnvSpec:
+    from loft.api import EnvSpec
 
+    names, text, _source = _spec(spec_file, packages)
+    return EnvSpec(packages=names, spec=text or None)
+
+
+def _plain(obj: object) -> object:
+    import dataclasses
+
+    return dataclasses.asdict(obj)  # type: ignore[call-overload]
+
+
+def _echo_info(ws: Workspace, as_json: bool) -> None:
     if as_json:
-        output.echo_json(encode(ws))
+        output.echo_json(_plain(ws))
         return
     shown = {
-        **encode(ws),
+        "id": ws.id,
+        "name": ws.name,
+        "owner": ws.owner,
+        "state": ws.state,
+        "node": ws.node or None,
+        "runtime": ws.runtime,
+        "network": ws.network,
         "size": output.size(ws.size, compact=True),
-        "memory": output.size(ws.memory, compact=True),
-        "cpus": f"{ws.cpus:g}",
+        "memory": output.size(ws.limits.memory, compact=True),
+        "cpus": f"{ws.limits.cpus:g}",
+        "pids": ws.limits.pids,
+        "env": ",".join(ws.env.packages) if ws.env.packages else ("spec" if ws.env.spec else None),
+        "env_generation": ws.env_generation,
+        "env_path": ws.env_path,
+        "idle_timeout": f"{ws.idle_timeout:g} s" if ws.idle_timeout else "never",
         "created_at": _when(ws.created_at),
         "memory_used": None if ws.memory_used is None else output.size(ws.memory_used),
+        "pids_used": ws.pids_used,
     }
     rows = [[k, "-" if v is None else str(v)] for k, v in shown.items()]
     output.table(rows, ["FIELD", "VALUE"], show_header=False)
 
 
-def _summary(ws: WorkspaceInfo) -> str:
+def _summary(ws: Workspace) -> str:
     return (
         f"{ws.name} (id {ws.id}, {output.size(ws.size, compact=True)} disk, "
-        f"{output.size(ws.memory, compact=True)} memory, {ws.cpus:g} CPU, "
-        f"network {ws.network}, {ws.phase})"
+        f"{output.size(ws.limits.memory, compact=True)} memory, {ws.limits.cpus:g} CPU, "
+        f"network {ws.network}, {ws.state})"
     )
 
 
@@ -136,9 +208,9 @@ def new(
     """Create workspace NAME and start it: its own disk (a fork of a pre-formatted
     template), an environment at /usr (built from --packages or --spec; default: bash),
     limits and a network. All or nothing: a failure leaves nothing behind."""
-    from loft.node import workspace_api as wapi
+    from loft.api import CreateWorkspace, Limits
 
-    pkgs, text, source = _spec(spec_file, packages)
+    env = _env(spec_file, packages)
     try:
         n_cpus, n_pids = float(cpus), int(pids)
     except ValueError:
@@ -148,19 +220,18 @@ def new(
         ) from None
     if net not in ("none", "nat"):
         raise LoftError(f"bad --net {net!r}", hint="--net none (the default) or --net nat")
-    req = wapi.CreateWorkspaceRequest(
-        name=name,
-        packages=pkgs,
-        spec=text,
-        spec_source=source,
-        size=_size("--size", size),
-        memory=_size("--memory", memory),
-        cpus=n_cpus,
-        pids=n_pids,
-        network=net,
+    n_size, n_memory = _size("--size", size), _size("--memory", memory)
+    _limits(n_size, n_memory, n_cpus, n_pids)
+    req = CreateWorkspace(
+        _name(name),
+        env=env,
+        size=n_size,
+        limits=Limits(n_memory, n_cpus, n_pids),
+        network=net,  # type: ignore[arg-type]  # checked above
         start=not stopped,
     )
-    ws = agent_call(req, wapi.WorkspaceInfo, timeout=_BUILD_TIMEOUT)
+    with client(_BUILD_TIMEOUT) as c:
+        ws = c.create_workspace(req)
     if as_json:
         _echo_info(ws, True)
     else:
@@ -170,30 +241,34 @@ def new(
 @click.command("ls")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def ls(as_json: bool) -> None:
-    """List workspaces."""
-    from loft.node import workspace_api as wapi
-    from loft.node.jsoncodec import encode
-
-    wss = agent_call(wapi.ListWorkspacesRequest(), wapi.WorkspacesAnswer).workspaces
+    """List workspaces (yours; an admin's, everyone's)."""
+    with client() as c:
+        wss = c.workspaces()
     if as_json:
-        output.echo_json([encode(w) for w in wss])
+        output.echo_json([_plain(w) for w in wss])
         return
+    # An admin's listing may hold several users' workspaces, whose names may repeat.
+    owners = len({w.owner for w in wss}) > 1
     output.table(
         (
             [
+                *([w.owner] if owners else []),
                 w.name,
-                w.phase,
+                w.state,
                 w.id,
                 str(w.env_generation or "-"),
-                f"{w.cpus:g}",
-                output.size(w.memory, compact=True),
+                f"{w.limits.cpus:g}",
+                output.size(w.limits.memory, compact=True),
                 output.size(w.size, compact=True),
                 w.network,
                 _when(w.created_at),
             ]
             for w in wss
         ),
-        ["NAME", "PHASE", "ID", "ENV", "CPUS", "MEMORY", "DISK", "NET", "CREATED"],
+        [
+            *(["OWNER"] if owners else []),
+            *("NAME", "PHASE", "ID", "ENV", "CPUS", "MEMORY", "DISK", "NET", "CREATED"),
+        ],
     )
 
 
@@ -201,19 +276,17 @@ def ls(as_json: bool) -> None:
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def info(name: str, as_json: bool) -> None:
-    """Show workspace NAME: its record, phase, environment and live resource use."""
-    from loft.node import workspace_api as wapi
-
-    _echo_info(agent_call(wapi.GetWorkspaceRequest(name), wapi.WorkspaceInfo), as_json)
+    """Show workspace NAME: its record, state, environment and live resource use."""
+    with client() as c:
+        _echo_info(c.workspace(name), as_json)
 
 
 @click.command()
 @click.argument("name")
 def start(name: str) -> None:
     """Start workspace NAME (with its environment's current generation)."""
-    from loft.node import workspace_api as wapi
-
-    ws = agent_call(wapi.StartWorkspaceRequest(name), wapi.WorkspaceInfo)
+    with client() as c:
+        ws = c.start(name)
     click.echo(f"started {ws.name}")
 
 
@@ -222,9 +295,8 @@ def start(name: str) -> None:
 def stop(name: str) -> None:
     """Stop workspace NAME: its processes end (TERM, then KILL after 5 s), its disk is
     unmounted and committed. Its files stay."""
-    from loft.node import workspace_api as wapi
-
-    ws = agent_call(wapi.StopWorkspaceRequest(name), wapi.WorkspaceInfo)
+    with client() as c:
+        ws = c.stop(name)
     click.echo(f"stopped {ws.name}")
 
 
@@ -233,9 +305,8 @@ def stop(name: str) -> None:
 def rm(name: str) -> None:
     """Remove workspace NAME: it is stopped, and its disk, snapshots and environment
     profile are deleted."""
-    from loft.node import workspace_api as wapi
-
-    agent_call(wapi.RemoveWorkspaceRequest(name), wapi.RemovedAnswer)
+    with client() as c:
+        c.delete_workspace(name)
     click.echo(f"removed {name}")
 
 
@@ -246,15 +317,24 @@ def rm(name: str) -> None:
 def snap(name: str, snapshot: str, as_json: bool) -> None:
     """Snapshot workspace NAME (as SNAPSHOT; default: the time). A running workspace's
     writers pause only while its disk is committed."""
-    from loft.node import workspace_api as wapi
-    from loft.node.jsoncodec import encode
+    if snapshot:
+        import re
 
-    ans = agent_call(wapi.SnapWorkspaceRequest(name, snapshot), wapi.SnapAnswer)
+        from loft.api import SNAPSHOT_NAME_PATTERN
+
+        if not re.match(SNAPSHOT_NAME_PATTERN, snapshot):
+            raise LoftError(
+                f"bad snapshot name {snapshot!r}",
+                hint="use up to 128 letters, digits, '.', '_' and '-', starting with a "
+                "letter or digit",
+            )
+    with client() as c:
+        ans = c.snapshot(name, snapshot or None)
     if as_json:
-        output.echo_json(encode(ans))
+        output.echo_json(_plain(ans))
         return
-    paused = f"; writers paused {ans.pause_ms:.0f} ms" if ans.running else ""
-    click.echo(f"snapshot {name}@{ans.snapshot} (version {ans.version}{paused})")
+    paused = f"; writers paused {ans.pause_ms:.0f} ms" if ans.pause_ms is not None else ""
+    click.echo(f"snapshot {name}@{ans.name} (version {ans.version}{paused})")
 
 
 @click.command()
@@ -263,25 +343,17 @@ def snap(name: str, snapshot: str, as_json: bool) -> None:
 def snaps(name: str, as_json: bool) -> None:
     """List the snapshots of workspace NAME (automatic ones, such as a restore's undo,
     are marked)."""
-    from loft.node import workspace_api as wapi
-    from loft.node.jsoncodec import encode
-
-    found = agent_call(wapi.ListSnapshotsRequest(name), wapi.SnapshotsAnswer).snapshots
+    with client() as c:
+        found = c.snapshots(name)
     if as_json:
-        output.echo_json([encode(s) for s in found])
+        output.echo_json([_plain(s) for s in found])
         return
     output.table(
         (
-            [
-                s.name,
-                str(s.version),
-                _when(s.created_at),
-                "yes" if s.auto else "",
-                s.env_path or "-",
-            ]
+            [s.name, str(s.version or "-"), _when(s.created_at), "yes" if s.auto else ""]
             for s in found
         ),
-        ["SNAPSHOT", "VERSION", "CREATED", "AUTO", "ENVIRONMENT"],
+        ["SNAPSHOT", "VERSION", "CREATED", "AUTO"],
     )
 
 
@@ -292,9 +364,8 @@ def restore(name: str, snapshot: str) -> None:
     """Point workspace NAME back at SNAPSHOT, with the environment it had then. A
     running workspace is stopped and started again. Undoable: the replaced state is
     kept as a snapshot."""
-    from loft.node import workspace_api as wapi
-
-    ans = agent_call(wapi.RestoreWorkspaceRequest(name, snapshot), wapi.RestoreWorkspaceAnswer)
+    with client() as c:
+        ans = c.restore(name, snapshot)
     again = " and started again" if ans.restarted else ""
     click.echo(
         f"restored {name} to {snapshot}{again}; undo with: loft restore {name} {ans.undo_snapshot}"
@@ -308,11 +379,10 @@ def restore(name: str, snapshot: str) -> None:
 def fork(ref: str, new_name: str, stopped: bool) -> None:
     """Create workspace NEW from NAME: from its snapshot SNAP, or from a snapshot taken
     now (a running workspace pauses only for it). The two are independent."""
-    from loft.node import workspace_api as wapi
-
     name, _, snapshot = ref.partition("@")
-    req = wapi.ForkWorkspaceRequest(name, new_name, snapshot, start=not stopped)
-    ws = agent_call(req, wapi.WorkspaceInfo, timeout=_BUILD_TIMEOUT)
+    _name(new_name)
+    with client(_BUILD_TIMEOUT) as c:
+        ws = c.fork(name, new_name, snapshot=snapshot or None, start=not stopped)
     click.echo(f"forked {ref} as {_summary(ws)}")
 
 
@@ -322,15 +392,8 @@ def fork(ref: str, new_name: str, stopped: bool) -> None:
 def env_switch(name: str, spec_file: Path) -> None:
     """Give workspace NAME the environment of SPEC (a loft.toml, locked and built on the
     node, or a loft.lock): a new generation of its profile, used from its next start."""
-    from loft.node import workspace_api as wapi
-
-    _pkgs, text, source = _spec(spec_file, None)
-    ans = agent_call(
-        wapi.SwitchEnvRequest(name, spec=text, spec_source=source),
-        wapi.EnvAnswer,
-        timeout=_BUILD_TIMEOUT,
-    )
-    _echo_env(name, ans)
+    with client(_BUILD_TIMEOUT) as c:
+        _echo_env(name, c.env_switch(name, _env(spec_file, None)))
 
 
 @click.command("rollback")
@@ -339,26 +402,19 @@ def env_switch(name: str, spec_file: Path) -> None:
 def env_rollback(name: str, to: int | None) -> None:
     """Give workspace NAME its previous environment generation (or --to N) again, used
     from its next start."""
-    from loft.node import workspace_api as wapi
+    with client() as c:
+        _echo_env(name, c.env_rollback(name, to))
 
-    _echo_env(name, agent_call(wapi.RollbackEnvRequest(name, to), wapi.EnvAnswer))
 
-
-def _echo_env(name: str, ans: EnvAnswer) -> None:
-    when = (
-        f"from its next start (loft stop {name} && loft start {name})"
-        if ans.running
-        else "when it starts"
+def _echo_env(name: str, ans: EnvState) -> None:
+    path = next((g.env_path for g in ans.generations if g.number == ans.current), None)
+    click.echo(
+        f"{name}: generation {ans.current} -> {path or '-'}, used from its next start "
+        f"(loft stop {name} && loft start {name} if it runs)"
     )
-    click.echo(f"{name}: generation {ans.generation} -> {ans.env_path}, used {when}")
 
 
-def register(main: click.Group, env: click.Group) -> None:
-    """Add the workspace commands to ``loft`` and ``loft env``."""
-    from loft.cli import workspace_stream
-
-    for command in (new, ls, info, start, stop, rm, snap, snaps, restore, fork):
-        main.add_command(command)
-    workspace_stream.register(main)
+def register_env(env: click.Group) -> None:
+    """Add ``switch`` and ``rollback`` to ``loft env``."""
     env.add_command(env_switch)
     env.add_command(env_rollback)

@@ -1,7 +1,13 @@
-"""``loft exec``, ``loft shell`` and ``loft forward``: sessions over an upgraded node API
-connection (:mod:`loft.node.frames`), with the standard library only.
+"""``loft exec``, ``loft shell`` and ``loft forward``.
 
-exec and shell: a thread copies this process's standard input into STDIN frames (then
+exec goes through the control plane's API (``POST …/exec``: the command's standard input
+is read to its end first and sent with the request, its output streams back as it comes,
+its exit code becomes ours).
+
+shell and forward still open a session on the node agent's socket (root only), by the
+workspace's id, which the API resolves from its name: the API's terminal (a WebSocket)
+and its preview proxy are what replace them. Over that connection (:mod:`loft.node.frames`,
+the standard library only): a thread copies this process's standard input into STDIN frames (then
 EOF); the main thread writes STDOUT and STDERR frames to ours until EXIT, whose status
 becomes ours. A shell puts our terminal in raw mode (restored on the way out, however it
 ends) and sends a RESIZE whenever our window changes (SIGWINCH). The connection stays
@@ -21,16 +27,14 @@ from collections.abc import Iterator
 
 import click
 
-from loft.cli.workspace import agent_path
+from loft.cli.workspace import client
 from loft.errors import LoftError
 from loft.node import frames
 from loft.node.frames import Channel, Frame
 
-__all__ = ["register"]
+__all__ = ["exec_", "forward", "shell"]
 
 _USERS = {"root": 0, "runner": 1000}
-#: What ``loft shell`` runs: a login bash where the environment has one, else sh.
-_SHELL = ("/bin/sh", "-c", "if command -v bash >/dev/null; then exec bash -l; fi; exec sh -l")
 
 
 class _Connection:
@@ -94,10 +98,10 @@ def _raw_terminal(fd: int) -> Iterator[None]:
 
 
 def _session(req: object, *, tty: bool) -> int:
-    """Run an exec or shell session to its end; the remote exit status."""
+    """Run a shell session to its end; the remote exit status."""
     from loft.node.client import open_stream
 
-    sock, initial = open_stream(agent_path(), req)
+    sock, initial = open_stream(_agent_path(), req)
     conn = _Connection(sock, initial)
     stdin = sys.stdin.fileno()
     interactive = tty and os.isatty(stdin)
@@ -121,12 +125,26 @@ def _session(req: object, *, tty: bool) -> int:
     )
 
 
+def _agent_path() -> str:
+    from loft.config import Settings
+
+    return str(Settings.from_env().data_dir / "run" / "agent.sock")
+
+
+def _workspace_id(name: str) -> str:
+    """The id of the caller's workspace ``name`` (the API's answer: an unknown name, or
+    another user's, fails here)."""
+    with client() as c:
+        return c.workspace(name).id
+
+
 def _window() -> tuple[int, int]:
     try:
         size = os.get_terminal_size(sys.stdin.fileno())
     except OSError:
         return 24, 80
-    return size.lines, size.columns
+    # A terminal that never had a size set (a serial console, script(1)'s) says 0x0.
+    return size.lines or 24, size.columns or 80
 
 
 @click.command("exec", context_settings={"ignore_unknown_options": True})
@@ -145,15 +163,37 @@ def _window() -> tuple[int, int]:
 def exec_(
     name: str, command: tuple[str, ...], setenv: tuple[str, ...], cwd: str | None, user: str
 ) -> None:
-    """Run COMMAND in workspace NAME; its standard streams are ours, its exit status
-    is ours. Example: loft exec dev -- python3 -c 'print(1)'"""
-    from loft.node import workspace_api as wapi
+    """Run COMMAND in workspace NAME; its output is ours as it comes, its exit status
+    is ours; our standard input (unless a terminal) is read to its end and passed on.
+    Example: loft exec dev -- python3 -c 'print(1)'"""
+    import base64
 
+    from loft.api import MAX_EXEC_STDIN, MAX_EXEC_TIMEOUT, ExecRequest
+
+    env = {}
     for item in setenv:
-        if "=" not in item or item.startswith("="):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
             raise LoftError(f"--env {item!r} is not K=V")
-    req = wapi.ExecWorkspaceRequest(name, list(command), list(setenv), cwd, _user(user))
-    sys.exit(_session(req, tty=False))
+        env[key] = value
+    stdin = "" if sys.stdin.isatty() else sys.stdin.buffer.read(MAX_EXEC_STDIN + 1)
+    if len(stdin) > MAX_EXEC_STDIN:
+        raise LoftError(
+            f"standard input over {MAX_EXEC_STDIN >> 20} MiB", hint="copy large files with loft cp"
+        )
+    text = stdin.decode("utf-8", "surrogateescape") if isinstance(stdin, bytes) else stdin
+    req = ExecRequest(list(command), env, cwd, text, MAX_EXEC_TIMEOUT, _user(user))
+    out = {"stdout": sys.stdout.buffer, "stderr": sys.stderr.buffer}
+    with client(MAX_EXEC_TIMEOUT) as c:
+        for event in c.exec_stream(name, req):
+            if event.type in out:
+                out[event.type].write(base64.b64decode(event.data))
+                out[event.type].flush()
+            elif event.type == "exit":
+                sys.exit(event.code or 0)
+            else:
+                raise LoftError(event.error or "the command broke off", hint=event.hint)
+    raise LoftError("the API ended the command without its exit status")
 
 
 @click.command()
@@ -165,7 +205,7 @@ def shell(name: str, user: str) -> None:
 
     rows, cols = _window()
     req = wapi.ExecWorkspaceRequest(
-        name, list(_SHELL), user=_user(user), tty=True, rows=rows, cols=cols
+        _workspace_id(name), list(wapi.SHELL), user=_user(user), tty=True, rows=rows, cols=cols
     )
     sys.exit(_session(req, tty=True))
 
@@ -188,7 +228,8 @@ def forward(name: str, port: int, local_port: int | None) -> None:
     from loft.node import workspace_api as wapi
     from loft.node.client import open_stream
 
-    sock, initial = open_stream(agent_path(), wapi.ForwardRequest(name, port, local_port))
+    req = wapi.ForwardRequest(_workspace_id(name), port, local_port)
+    sock, initial = open_stream(_agent_path(), req)
     conn = _Connection(sock, initial)
     try:
         for frame in conn.received():
@@ -201,9 +242,3 @@ def forward(name: str, port: int, local_port: int | None) -> None:
         sock.close()
         return
     raise LoftError("the node agent ended the forward", hint="is `loft up` still running?")
-
-
-def register(main: click.Group) -> None:
-    """Add exec, shell and forward to ``loft``."""
-    for command in (exec_, shell, forward):
-        main.add_command(command)

@@ -146,7 +146,11 @@ def loads(text: str, *, source: str = DEFAULT_LOCK_FILE) -> Lock:
     try:
         doc = json.loads(text)
     except ValueError as e:
-        raise LockError(f"{source}: not JSON: {e}") from e
+        # Text that starts with "{" is taken for a lock: say so, it may be a broken toml.
+        raise LockError(
+            f"{source}: not JSON: {e}",
+            hint="a spec is a loft.toml (TOML) or a loft.lock (JSON, as `loft env lock` writes it)",
+        ) from e
     if not isinstance(doc, dict):
         raise LockError(f"{source}: not a lock file")
     if doc.get("version") != LOCK_VERSION:

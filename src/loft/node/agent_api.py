@@ -35,12 +35,21 @@ from loft.envstore.spec import SpecError
 from loft.errors import LoftError
 from loft.node import workspace_api as wapi
 from loft.node.admission import NotAdmitted
+from loft.node.apiserver import Session
 from loft.node.environments import spec_input
 from loft.node.jsoncodec import CodecError
 from loft.node.operation import Operation
 from loft.node.reconcile import Reconciler
 from loft.node.records import BadName, Desired, NameTaken, Phase, Workspace
-from loft.node.sessions import ExecSession, ForwardSession
+from loft.node.runcommand import KEEP
+from loft.node.sessions import (
+    ConnectSession,
+    ExecSession,
+    ForwardSession,
+    LogsSession,
+    Usage,
+    tracked,
+)
 from loft.node.snapshots import (
     NoSuchSnapshot,
     SnapshotTaken,
@@ -49,12 +58,17 @@ from loft.node.snapshots import (
     snap,
     snapshots,
 )
-from loft.node.workspaces import BadRequest, NewWorkspace, Workspaces
+from loft.node.workspaces import BadRequest, Workspaces
 from loft.runtime.errors import PhaseError, UnknownWorkspace
 from loft.runtime.forward import loopback_listener, unix_listener
 from loft.runtime.spec import ExecRequest, WindowSize
 
-__all__ = ["AgentApi", "status_of"]
+__all__ = ["AgentApi", "NothingListens", "status_of"]
+
+
+class NothingListens(LoftError):
+    """A connection into a running workspace found nothing accepting on that port."""
+
 
 #: Threads for flows: each holds one for as long as it waits on runc, a mount or a build.
 WORKERS = 32
@@ -78,6 +92,8 @@ def status_of(e: LoftError) -> int:
         return 409
     if isinstance(e, BadName | BadRequest | InvalidArgument | CodecError | SpecError | LockError):
         return 400
+    if isinstance(e, NothingListens):
+        return 502
     return 500
 
 
@@ -88,6 +104,7 @@ class AgentApi:
         self.wss = wss
         self.reconciler = reconciler
         self.forwards = forwards
+        self.usage = Usage()
         self.pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="loft-agent")
         self._handlers: dict[type, Callable[[Any], object]] = {
             wapi.ListWorkspacesRequest: self.list,
@@ -104,6 +121,9 @@ class AgentApi:
             wapi.RollbackEnvRequest: self.rollback_env,
             wapi.ExecWorkspaceRequest: self.exec_session,
             wapi.ForwardRequest: self.forward_session,
+            wapi.ConnectRequest: self.connect_session,
+            wapi.LogsRequest: self.logs_session,
+            wapi.ActivityRequest: self.activity,
             wapi.NodeRequest: self.node,
             wapi.DrainRequest: lambda r: wapi.DrainAnswer(self.reconciler.drain()),
         }
@@ -170,11 +190,7 @@ class AgentApi:
         return wapi.WorkspacesAnswer([self.info(ws) for ws in self.wss.records.all()])
 
     def new(self, req: wapi.CreateWorkspaceRequest) -> wapi.WorkspaceInfo:
-        spec = spec_input(req.packages, req.spec, req.spec_source)
-        new = NewWorkspace.checked(
-            req.name, spec, req.size, req.memory, req.cpus, req.pids, req.network, req.start
-        )
-        return self.info(self.wss.new(new))
+        return self.info(self.wss.new(req.workspace, start=req.start))
 
     def remove(self, req: wapi.RemoveWorkspaceRequest) -> wapi.RemovedAnswer:
         self.wss.remove(req.workspace)
@@ -210,7 +226,7 @@ class AgentApi:
 
     # -- sessions ---------------------------------------------------------------------
 
-    def exec_session(self, req: wapi.ExecWorkspaceRequest) -> ExecSession:
+    def exec_session(self, req: wapi.ExecWorkspaceRequest) -> Session:
         ws = self.wss.get(req.workspace)
         try:
             env = dict(item.split("=", 1) for item in req.env)
@@ -219,7 +235,8 @@ class AgentApi:
         except ValueError as e:
             raise BadRequest(f"bad exec request: {e}") from None
         if req.tty:
-            return ExecSession(pty=self.wss.runtime.pty(ws.record.id, request, size))
+            pty = self.wss.runtime.pty(ws.record.id, request, size)
+            return tracked(ExecSession(pty=pty), self.usage, ws.record.id)
         proc = self.wss.runtime.exec(
             ws.record.id,
             request,
@@ -227,7 +244,7 @@ class AgentApi:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
-        return ExecSession(process=proc)
+        return tracked(ExecSession(process=proc), self.usage, ws.record.id)
 
     def forward_session(self, req: wapi.ForwardRequest) -> ForwardSession:
         ws = self.wss.get(req.workspace)
@@ -260,7 +277,34 @@ class AgentApi:
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(self.pool, self.wss.running, wid)
 
+        self.usage.forwarding(wid, fwd)
         return ForwardSession(fwd, listen, path, running)
+
+    def connect_session(self, req: wapi.ConnectRequest) -> Session:
+        ws = self.wss.get(req.workspace)
+        wid = ws.record.id
+        if not 0 < req.port < 65536:
+            raise BadRequest(f"bad port {req.port}")
+        try:
+            inside = self.wss.runtime.connect(wid, req.port)
+        except OSError as e:
+            raise NothingListens(
+                f"nothing accepts connections on port {req.port} of {ws.record.name!r} "
+                f"({e.strerror or e})",
+                hint="is its server up, and listening on 127.0.0.1 or 0.0.0.0?",
+            ) from None
+        return tracked(ConnectSession(inside, lambda: self.usage.seen(wid)), self.usage, wid)
+
+    def logs_session(self, req: wapi.LogsRequest) -> LogsSession:
+        ws = self.wss.get(req.workspace)
+        if not 0 <= req.tail <= KEEP:
+            raise BadRequest(f"bad tail {req.tail}", hint=f"0 to {KEEP} bytes")
+        return LogsSession(self.wss.runs.log_of(ws.record.id), req.tail, req.follow)
+
+    def activity(self, req: wapi.ActivityRequest) -> wapi.ActivityAnswer:
+        mine = [w.record.id for w in self.wss.records.on_node(self.wss.node)]
+        used = self.usage.report(mine)
+        return wapi.ActivityAnswer([wapi.WorkspaceActivity(i, at) for i, at in used.items()])
 
     # -- the node ---------------------------------------------------------------------
 

@@ -59,6 +59,9 @@ class MissingRuntime(Runtime):
     def forward(self, workspace: str, port: int, listener: socket.socket) -> Forwarder:
         raise self._refuse()
 
+    def connect(self, workspace: str, port: int, timeout: float = 10.0) -> socket.socket:
+        raise self._refuse()
+
     def freeze(self, workspace: str) -> None:
         raise self._refuse()
 

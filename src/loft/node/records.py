@@ -3,8 +3,9 @@
 Two kinds of rows, in separate tables from the start (``loft.catalog.schema``):
 
 - the **record** (``workspaces``): what a workspace *is* — owner and name, environment
-  spec, limits, size, network, host id range, runtime kind, volume. Once the control
-  plane exists it writes these, and a node only reads them;
+  spec, limits, size, network, host id range, runtime kind, volume. The control plane
+  writes these (:meth:`Records.create`, :meth:`Records.delete_record`; its own columns,
+  ``idle_timeout`` and ``metadata``, through ``extra``), and a node only reads them;
 - the **runtime state** (``workspace_runtime``): what the node running it *sees* — which
   node, its phase, whether it should run (``desired``), its attachment. Only that node
   writes it.
@@ -15,8 +16,8 @@ random id (:func:`new_workspace_id`) that names everything on the node — its v
 (``ws-<id>``), its environment profile (the same), its container and directories — so a
 rename never touches them. Its 65,536 host ids are allocated here, in the transaction
 that inserts the record (:func:`loft.runtime.ids.allocate_range` over every range the
-catalog holds; the range base is unique, so two nodes racing for one range cannot both
-insert it: the loser retries).
+catalog holds; the range base is unique, so two writers racing for one range cannot
+both insert it: the loser retries).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ import json
 import re
 import secrets
 import string
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,7 +59,8 @@ __all__ = [
     "volume_name",
 ]
 
-#: Every workspace has an owner; until the control plane adds users, it is root.
+#: Every workspace has an owner (a user's name): root owned the workspaces a node made
+#: before it had a control plane, and root is the control plane's first admin.
 DEFAULT_OWNER = "root"
 _NAME = re.compile(r"[a-z][a-z0-9-]{0,39}")
 _ID_ALPHABET = string.ascii_lowercase + string.digits
@@ -210,21 +213,29 @@ class Records:
         size: int,
         network: Network,
         runtime: str,
-        node: str,
         etc: Path = Path("/etc"),
+        guard: Callable[[Connection], None] | None = None,
+        extra: Mapping[str, object] | None = None,
     ) -> WorkspaceRecord:
-        """Insert a new workspace (phase ``creating`` on ``node``) with a new id and id
-        range; :class:`NameTaken` when the owner has one of that name."""
+        """Insert a new workspace record with a new id and id range (the control plane's
+        write: a node adds its runtime state with :meth:`add_state`); :class:`NameTaken`
+        when the owner has one of that name. ``guard`` runs in the inserting transaction
+        first (the control plane checks quotas there); ``extra`` sets further columns."""
         check_workspace_name(name)
-        for _attempt in range(_ALLOCATION_ATTEMPTS):
+        for attempt in range(_ALLOCATION_ATTEMPTS):
+            if attempt:
+                # A writer that just won creates its next one at once; without a random
+                # pause the loser of every round meets it again at the same range.
+                time.sleep(secrets.randbelow(1000) / 1000 * 0.005 * 2**attempt)
             try:
                 with self.catalog.write() as conn:
+                    if guard is not None:
+                        guard(conn)
                     if self._find(conn, owner, name) is not None:
                         raise _name_taken(owner, name)
                     used = [IdRange(int(b)) for (b,) in conn.execute(select(workspaces.c.ids_base))]
                     ids = allocate_range(used, etc)
                     wid = new_workspace_id()
-                    now = self.catalog.now(conn)
                     conn.execute(
                         insert(workspaces).values(
                             id=wid,
@@ -240,29 +251,35 @@ class Records:
                             ids_base=ids.host,
                             runtime=runtime,
                             volume=volume_name(wid),
-                            created_at=now,
-                        )
-                    )
-                    conn.execute(
-                        insert(workspace_runtime).values(
-                            workspace_id=wid,
-                            node=node,
-                            phase=Phase.CREATING.value,
-                            desired=Desired.STOPPED.value,
-                            attachment=None,
-                            updated_at=now,
+                            created_at=self.catalog.now(conn),
+                            **(extra or {}),
                         )
                     )
                     row = conn.execute(select(workspaces).where(workspaces.c.id == wid))
                     return WorkspaceRecord.from_row(row.mappings().one())
             except IntegrityError:
-                # Another node inserted the same name, range or id at this moment.
+                # Another writer inserted the same name, range or id at this moment.
                 with self.catalog.read() as conn:
                     if self._find(conn, owner, name) is not None:
                         raise _name_taken(owner, name) from None
         raise LoftError(
             "could not allocate a workspace id range (too much contention)", hint="try again"
         )
+
+    def record(self, workspace_id: str) -> WorkspaceRecord | None:
+        """The record with this id, with or without runtime state."""
+        with self.catalog.read() as conn:
+            row = (
+                conn.execute(select(workspaces).where(workspaces.c.id == workspace_id))
+                .mappings()
+                .first()
+            )
+        return None if row is None else WorkspaceRecord.from_row(row)
+
+    def delete_record(self, workspace_id: str) -> None:
+        """Forget a record (the control plane's write, once its node removed the rest)."""
+        with self.catalog.write() as conn:
+            conn.execute(delete(workspaces).where(workspaces.c.id == workspace_id))
 
     @staticmethod
     def _find(conn: Connection, owner: str, name: str) -> WorkspaceRecord | None:
@@ -317,26 +334,31 @@ class Records:
         for row in conn.execute(q.order_by(workspaces.c.owner, workspaces.c.name)).mappings():
             yield Workspace(WorkspaceRecord.from_row(row), RuntimeState.from_row(row))
 
-    def update_spec(self, workspace_id: str, spec: str, spec_source: str) -> None:
-        """The workspace's environment spec changed (``loft env switch``)."""
-        with self.catalog.write() as conn:
-            conn.execute(
-                update(workspaces)
-                .where(workspaces.c.id == workspace_id)
-                .values(spec=spec, spec_source=spec_source[:255])
-            )
-
     def delete(self, workspace_id: str) -> None:
-        """Forget the workspace: its record, runtime state and snapshot rows."""
+        """Forget what the node keeps of a workspace: its runtime state and snapshot rows
+        (the record is the control plane's: :meth:`delete_record`)."""
         with self.catalog.write() as conn:
             for table, column in (
                 (workspace_snapshots, workspace_snapshots.c.workspace_id),
                 (workspace_runtime, workspace_runtime.c.workspace_id),
-                (workspaces, workspaces.c.id),
             ):
                 conn.execute(delete(table).where(column == workspace_id))
 
     # -- runtime state --------------------------------------------------------------------
+
+    def add_state(self, workspace_id: str, node: str) -> None:
+        """Take on a record: its runtime state, phase ``creating`` on ``node``."""
+        with self.catalog.write() as conn:
+            conn.execute(
+                insert(workspace_runtime).values(
+                    workspace_id=workspace_id,
+                    node=node,
+                    phase=Phase.CREATING.value,
+                    desired=Desired.STOPPED.value,
+                    attachment=None,
+                    updated_at=self.catalog.now(conn),
+                )
+            )
 
     def set_state(
         self,

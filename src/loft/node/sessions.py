@@ -22,17 +22,31 @@ import contextlib
 import errno
 import os
 import signal
+import socket
 import subprocess
-from collections.abc import Awaitable, Callable
+import threading
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
 from loft.node import frames
 from loft.node.frames import Channel, Decoder, Frame
+from loft.node.runcommand import RunLog
 from loft.runtime.console import PtySession
 from loft.runtime.forward import Forwarder
 from loft.runtime.spec import WindowSize
 
-__all__ = ["ExecSession", "ForwardSession"]
+__all__ = [
+    "ConnectSession",
+    "ExecSession",
+    "ForwardSession",
+    "LogsSession",
+    "Usage",
+    "readable",
+    "tracked",
+    "writable",
+]
 
 _READ = 65536
 #: Seconds a process gets to end after its client went away, before SIGKILL.
@@ -44,7 +58,8 @@ def _wake(fut: asyncio.Future[None]) -> None:
         fut.set_result(None)
 
 
-async def _readable(fd: int) -> None:
+async def readable(fd: int) -> None:
+    """Wait, on the running loop, until ``fd`` (non-blocking) can be read."""
     loop = asyncio.get_running_loop()
     fut: asyncio.Future[None] = loop.create_future()
     loop.add_reader(fd, _wake, fut)
@@ -54,7 +69,8 @@ async def _readable(fd: int) -> None:
         loop.remove_reader(fd)
 
 
-async def _writable(fd: int) -> None:
+async def writable(fd: int) -> None:
+    """Wait, on the running loop, until ``fd`` (non-blocking) can be written."""
     loop = asyncio.get_running_loop()
     fut: asyncio.Future[None] = loop.create_future()
     loop.add_writer(fd, _wake, fut)
@@ -134,7 +150,7 @@ class ExecSession:
 
     async def _pump(self, fd: int, channel: Channel, writer: asyncio.StreamWriter) -> None:
         while True:
-            await _readable(fd)
+            await readable(fd)
             data = _read(fd)
             if data is None:
                 continue
@@ -170,7 +186,7 @@ class ExecSession:
             try:
                 n = os.write(self._stdin, view)
             except BlockingIOError:
-                await _writable(self._stdin)
+                await writable(self._stdin)
                 continue
             except OSError:  # the process closed its input: drop what it will not read
                 self._close_stdin()
@@ -194,7 +210,7 @@ class ExecSession:
         pidfd = os.pidfd_open(self.process.pid)
         try:
             while self.process.poll() is None:
-                await _readable(pidfd)
+                await readable(pidfd)
         finally:
             os.close(pidfd)
         return self.process.returncode
@@ -258,3 +274,160 @@ class ForwardSession:
             self.forwarder.close()
             if self.socket_path is not None:
                 self.socket_path.unlink(missing_ok=True)
+
+
+class ConnectSession:
+    """One TCP connection into a workspace (what the control plane's preview proxy asks
+    for): after the switch the upgraded connection carries the connection's bytes
+    as they are, both ways, until either side ends; no frames (a proxy relays them)."""
+
+    def __init__(self, inside: socket.socket, seen: Callable[[], None]) -> None:
+        self.inside = inside
+        self._seen = seen
+
+    async def __call__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, initial: bytes
+    ) -> None:
+        self.inside.setblocking(False)
+        in_reader, in_writer = await asyncio.open_connection(sock=self.inside)
+        try:
+            if initial:
+                in_writer.write(initial)
+            there = asyncio.ensure_future(self._relay(reader, in_writer))
+            back = asyncio.ensure_future(self._relay(in_reader, writer))
+            try:
+                await asyncio.gather(there, back)
+            finally:
+                there.cancel()
+                back.cancel()
+                await asyncio.gather(there, back, return_exceptions=True)
+        finally:
+            in_writer.close()
+
+    async def _relay(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        """``src`` to ``dst`` until its end, which is passed on (a half close)."""
+        with contextlib.suppress(ConnectionError):
+            while data := await src.read(_READ):
+                self._seen()
+                dst.write(data)
+                await dst.drain()
+            if dst.can_write_eof():
+                dst.write_eof()
+
+
+#: Chunks a log's follower may fall behind by before it is cut off (a client that does
+#: not read must not make the node hold a command's whole output).
+_FOLLOW_BACKLOG = 256
+
+
+class LogsSession:
+    """A ``[run] command``'s kept output: the newest ``tail`` bytes as STDOUT frames,
+    READY, then (``follow``) every chunk as it is written, until the client closes."""
+
+    def __init__(self, log: RunLog, tail: int, follow: bool) -> None:
+        self.log = log
+        self.tail = tail
+        self.follow = follow
+
+    async def __call__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, initial: bytes
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[bytes] = asyncio.Queue()
+        if self.follow:
+
+            def tell(data: bytes) -> None:
+                loop.call_soon_threadsafe(queue.put_nowait, data)
+
+            kept, unfollow = self.log.follow(self.tail, tell)
+        else:
+            kept, unfollow = self.log.tail(self.tail), (lambda: None)
+        closed = asyncio.ensure_future(reader.read())
+        try:
+            for at in range(0, len(kept), _READ):
+                await _send(writer, Frame(Channel.STDOUT, kept[at : at + _READ]))
+            await _send(writer, frames.ready(kept=len(kept)))
+            while self.follow:
+                more = asyncio.ensure_future(queue.get())
+                done, _ = await asyncio.wait({more, closed}, return_when=asyncio.FIRST_COMPLETED)
+                if more not in done:
+                    more.cancel()
+                    return
+                if queue.qsize() > _FOLLOW_BACKLOG:
+                    await _send(writer, frames.error("the follower fell behind the output"))
+                    return
+                await _send(writer, Frame(Channel.STDOUT, more.result()))
+        finally:
+            unfollow()
+            closed.cancel()
+            await asyncio.gather(closed, return_exceptions=True)
+
+
+class Usage:
+    """When each workspace last had a session of the node's own in use: an exec or
+    shell, a forwarded connection, a connection into it. One open now is use now (a
+    quiet shell is somebody's); the idle reaper reads it (``activity``). Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open: Counter[str] = Counter()
+        self._last: dict[str, float] = {}
+        self._forwards: dict[str, list[Forwarder]] = {}
+
+    def seen(self, workspace: str) -> None:
+        """Bytes moved for ``workspace`` now."""
+        self._last[workspace] = time.time()
+
+    def begin(self, workspace: str) -> None:
+        with self._lock:
+            self._open[workspace] += 1
+        self.seen(workspace)
+
+    def end(self, workspace: str) -> None:
+        with self._lock:
+            self._open[workspace] -= 1
+            if self._open[workspace] <= 0:
+                del self._open[workspace]
+        self.seen(workspace)
+
+    def forwarding(self, workspace: str, forwarder: Forwarder) -> None:
+        """Count ``forwarder``'s connections as use while it lives (it relays on threads
+        of its own, so it is asked, not told)."""
+        with self._lock:
+            self._forwards.setdefault(workspace, []).append(forwarder)
+
+    def report(self, workspaces: Iterable[str]) -> dict[str, float]:
+        """Epoch seconds of each workspace's last use; those never used are left out."""
+        now = time.time()
+        out: dict[str, float] = {}
+        with self._lock:
+            for ws in workspaces:
+                fwds = self._forwards.get(ws, [])
+                live = [f for f in fwds if not f.closed]
+                if len(live) != len(fwds):
+                    self._forwards[ws] = live
+                last = max([self._last.get(ws, 0.0), *(f.last_used for f in fwds)])
+                if ws in self._open or any(f.connections for f in live):
+                    last = now
+                if last:
+                    out[ws] = last
+        return out
+
+
+def tracked(
+    session: Callable[[asyncio.StreamReader, asyncio.StreamWriter, bytes], Awaitable[None]],
+    usage: Usage,
+    workspace: str,
+) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter, bytes], Awaitable[None]]:
+    """``session``, counted as use of ``workspace`` while it runs."""
+
+    async def run(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, initial: bytes
+    ) -> None:
+        usage.begin(workspace)
+        try:
+            await session(reader, writer, initial)
+        finally:
+            usage.end(workspace)
+
+    return run

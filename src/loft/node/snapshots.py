@@ -42,9 +42,8 @@ from dataclasses import dataclass
 from loft.blockstore.errors import SnapshotNotFound
 from loft.blockstore.names import check_name
 from loft.errors import LoftError
-from loft.node.environments import SpecInput
-from loft.node.records import Desired, NameTaken, Workspace
-from loft.node.workspaces import NewWorkspace, Workspaces
+from loft.node.records import Desired, Workspace
+from loft.node.workspaces import Workspaces
 from loft.runtime.freeze import syncfs
 
 __all__ = [
@@ -121,9 +120,9 @@ def _auto_name(wss: Workspaces, ws: Workspace, prefix: str = "") -> str:
     return name
 
 
-def snap(wss: Workspaces, name: str, snapshot: str = "") -> Snap:
-    """Snapshot workspace ``name`` (a running one with a short pause, see above)."""
-    ws = wss.get(name)
+def snap(wss: Workspaces, workspace_id: str, snapshot: str = "") -> Snap:
+    """Snapshot a workspace (a running one with a short pause, see above)."""
+    ws = wss.get(workspace_id)
     with wss.locked(ws.record.id):
         ws = wss.fresh(ws)
         return _snap(wss, ws, snapshot or _auto_name(wss, ws))
@@ -169,9 +168,9 @@ def _snap(wss: Workspaces, ws: Workspace, snapshot: str) -> Snap:
     return Snap(snapshot, version, running, pause * 1000, total * 1000)
 
 
-def snapshots(wss: Workspaces, name: str) -> list[SnapshotInfo]:
+def snapshots(wss: Workspaces, workspace_id: str) -> list[SnapshotInfo]:
     """The workspace's snapshots, oldest first, with their environments."""
-    ws = wss.get(name)
+    ws = wss.get(workspace_id)
     envs = wss.records.snapshot_envs(ws.record.id)
     return [
         SnapshotInfo(s.name, s.version, s.created_at, s.auto, envs.get(s.name))
@@ -179,9 +178,9 @@ def snapshots(wss: Workspaces, name: str) -> list[SnapshotInfo]:
     ]
 
 
-def restore(wss: Workspaces, name: str, snapshot: str) -> tuple[str, int, bool]:
-    """Restore workspace ``name`` to ``snapshot``: (undo snapshot, version, restarted)."""
-    ws = wss.get(name)
+def restore(wss: Workspaces, workspace_id: str, snapshot: str) -> tuple[str, int, bool]:
+    """Restore a workspace to ``snapshot``: (undo snapshot, version, restarted)."""
+    ws = wss.get(workspace_id)
     with wss.locked(ws.record.id):
         ws = wss.fresh(ws)
         rec = ws.record
@@ -207,22 +206,14 @@ def restore(wss: Workspaces, name: str, snapshot: str) -> tuple[str, int, bool]:
     return undo, version, was_running
 
 
-def fork(wss: Workspaces, name: str, new: str, snapshot: str = "", start: bool = True) -> Workspace:
-    """A new workspace ``new`` from ``snapshot`` of ``name`` (taken now when empty)."""
-    ws = wss.get(name)
+def fork(
+    wss: Workspaces, workspace_id: str, target_id: str, snapshot: str = "", start: bool = True
+) -> Workspace:
+    """Make ``target_id`` (a record the control plane wrote) from ``snapshot`` of
+    workspace ``workspace_id`` (taken now when empty), with the environment that
+    snapshot was taken with."""
+    ws = wss.get(workspace_id)
     rec = ws.record
-    if wss.records.find(rec.owner, new) is not None:
-        raise NameTaken(f"a workspace named {new!r} exists already", hint="pick another name")
-    req = NewWorkspace.checked(
-        new,
-        SpecInput(rec.spec, rec.spec_source),
-        rec.size,
-        rec.limits.memory,
-        rec.limits.cpus,
-        rec.limits.pids,
-        rec.network.value,
-        start,
-    )
     if snapshot:
         _known(wss, ws, snapshot)
     else:
@@ -231,7 +222,9 @@ def fork(wss: Workspaces, name: str, new: str, snapshot: str = "", start: bool =
     if env_path is None:
         gen = wss.envs.current(rec.profile)
         env_path = gen.env_path if gen is not None else None
-    return wss.new(req, env_path=env_path, volume_from=f"{rec.volume}@{snapshot}")
+    return wss.new(
+        target_id, start=start, env_path=env_path, volume_from=f"{rec.volume}@{snapshot}"
+    )
 
 
 def _snap_fork_source(wss: Workspaces, ws: Workspace) -> str:

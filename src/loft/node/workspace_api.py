@@ -1,12 +1,14 @@
 """The node agent's operations (``agent.sock``): workspaces, their snapshots and
 environments, exec/shell/forward sessions, and the node's capacity.
 
-Workspaces are named in paths by their name (owner ``root`` until the control plane adds
-users; it will call nodes by workspace id). Sizes and memory are bytes; CPUs a number.
+Workspaces are named in paths by their id: the control plane writes their records
+(names are per owner, and its business) and calls the node with the id; the node keeps
+only their runtime state. Sizes and memory are bytes; CPUs a number.
 Operations flagged ``needs_running`` are refused with 409 unless the workspace runs;
 ``stream`` ones answer ``101 Switching Protocols`` and then speak frames
 (:mod:`loft.node.frames`): exec and shell carry standard streams, resizes and the exit
-status; forward keeps its listener open for as long as the connection lasts.
+status; forward keeps its listener open for as long as the connection lasts; connect
+carries one TCP connection into the workspace, its bytes as they are (no frames).
 """
 
 from __future__ import annotations
@@ -17,7 +19,11 @@ from loft.node.operation import Operation, Table, Upgraded
 
 __all__ = [
     "AGENT_SOCKET",
+    "SHELL",
     "WORKSPACE_API",
+    "ActivityAnswer",
+    "ActivityRequest",
+    "ConnectRequest",
     "CreateWorkspaceRequest",
     "DrainAnswer",
     "DrainRequest",
@@ -28,6 +34,7 @@ __all__ = [
     "GetWorkspaceRequest",
     "ListSnapshotsRequest",
     "ListWorkspacesRequest",
+    "LogsRequest",
     "NodeAnswer",
     "NodeRequest",
     "RemoveWorkspaceRequest",
@@ -41,6 +48,7 @@ __all__ = [
     "StartWorkspaceRequest",
     "StopWorkspaceRequest",
     "SwitchEnvRequest",
+    "WorkspaceActivity",
     "WorkspaceInfo",
     "WorkspaceSnapshot",
     "WorkspacesAnswer",
@@ -48,6 +56,9 @@ __all__ = [
 
 #: The agent's socket, beside the disk service's sockets in the data dir's ``run/``.
 AGENT_SOCKET = "agent.sock"
+#: What a shell session runs (``loft shell``, the API's terminal): a login bash where
+#: the environment has one, else sh.
+SHELL = ("/bin/sh", "-c", "if command -v bash >/dev/null; then exec bash -l; fi; exec sh -l")
 
 
 # --- answers --------------------------------------------------------------------------
@@ -163,6 +174,22 @@ class NodeAnswer:
 
 
 @dataclass(frozen=True, slots=True)
+class WorkspaceActivity:
+    """When (epoch seconds) a workspace last had a session of the node's own in use:
+    now, while one is open (an exec, a shell, a forwarded connection, a connect)."""
+
+    id: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ActivityAnswer:
+    """Every workspace of the node used since the agent started."""
+
+    workspaces: list[WorkspaceActivity] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
 class DrainAnswer:
     """The workspaces stopped (they start again when the node next starts)."""
 
@@ -179,20 +206,11 @@ class ListWorkspacesRequest:
 
 @dataclass(frozen=True, slots=True)
 class CreateWorkspaceRequest:
-    """Create a workspace (and start it unless ``start`` is false): a fork of the
-    template volume of its size, an environment built from ``packages`` (Debian
-    packages) or ``spec`` (the text of a loft.toml or a loft.lock; ``spec_source`` names
-    it in messages), limits and a network. All or nothing."""
+    """Make the workspace whose record (written by the control plane) has id
+    ``workspace``: a fork of the template volume of its size, an environment built from
+    its spec, and start it unless ``start`` is false. All or nothing."""
 
-    name: str
-    packages: list[str] = field(default_factory=list)
-    spec: str = ""
-    spec_source: str = ""
-    size: int = 16 << 30
-    memory: int = 1 << 30
-    cpus: float = 1.0
-    pids: int = 1024
-    network: str = "none"
+    workspace: str
     start: bool = True
 
 
@@ -252,8 +270,9 @@ class RestoreWorkspaceRequest:
 
 @dataclass(frozen=True, slots=True)
 class ForkWorkspaceRequest:
-    """A new, independent workspace ``new`` from a snapshot of this one (taken now, on
-    the fly, unless ``snapshot`` names one)."""
+    """Make the workspace whose record has id ``new`` (written by the control plane) an
+    independent copy of a snapshot of this one (taken now, on the fly, unless
+    ``snapshot`` names one)."""
 
     workspace: str
     new: str
@@ -309,6 +328,31 @@ class ForwardRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class ConnectRequest:
+    """One TCP connection to ``port`` on the workspace's own loopback, carried by this
+    connection after the switch (502 when nothing listens there)."""
+
+    workspace: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class LogsRequest:
+    """The output of the workspace's ``[run] command`` (kept across starts, bounded):
+    the last ``tail`` bytes as STDOUT frames, then, with ``follow``, what it writes as it
+    comes, until the client closes. READY marks the end of what was kept."""
+
+    workspace: str
+    tail: int = 65536
+    follow: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ActivityRequest:
+    """When each workspace last had a session of the node's own in use."""
+
+
+@dataclass(frozen=True, slots=True)
 class NodeRequest:
     """Describe this node's capacity and commitments."""
 
@@ -359,6 +403,17 @@ WORKSPACE_API = Table(
         needs_running=True,
         stream=True,
     ),
+    _op(
+        "connect",
+        "POST",
+        f"{_W}/connect",
+        ConnectRequest,
+        Upgraded,
+        needs_running=True,
+        stream=True,
+    ),
+    _op("logs", "POST", f"{_W}/logs", LogsRequest, Upgraded, stream=True),
+    _op("activity", "GET", "/v1/node/activity", ActivityRequest, ActivityAnswer),
     _op("node", "GET", "/v1/node", NodeRequest, NodeAnswer),
     _op("drain", "POST", "/v1/node/drain", DrainRequest, DrainAnswer),
 )

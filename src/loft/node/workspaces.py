@@ -37,19 +37,18 @@ from loft.node.disk_client import DiskClient
 from loft.node.endpoints import Network as DenyNetwork
 from loft.node.environments import Environments, SpecInput
 from loft.node.records import (
-    DEFAULT_OWNER,
     Desired,
-    NameTaken,
     Phase,
     Records,
     Workspace,
     WorkspaceRecord,
     check_workspace_name,
 )
+from loft.node.runcommand import RunCommands
 from loft.node.undo import all_or_nothing
 from loft.procfs import proc_stat
 from loft.runtime.attach import Attachment, adopt, attach, detach
-from loft.runtime.errors import PhaseError, WorkspaceError
+from loft.runtime.errors import PhaseError, UnknownWorkspace, WorkspaceError
 from loft.runtime.interface import Runtime
 from loft.runtime.phase import Phase as RuntimePhase
 from loft.runtime.spec import MIN_MEMORY, Limits, Network, WorkspaceSpec
@@ -151,6 +150,7 @@ class Workspaces:
         self.admission = admission
         self.deny = deny
         self.attach_socket = disk.control.with_name("attach.sock")
+        self.runs = RunCommands(runtime, data_dir / "run-logs")
         self._locks: defaultdict[str, threading.RLock] = defaultdict(threading.RLock)
         self._table = threading.Lock()
         self._attachments: dict[str, Attachment] = {}
@@ -170,9 +170,13 @@ class Workspaces:
             if got:
                 lock.release()
 
-    def get(self, name: str) -> Workspace:
-        """The workspace named ``name`` (owner root)."""
-        return self.records.get(DEFAULT_OWNER, name)
+    def get(self, workspace_id: str) -> Workspace:
+        """The workspace with this id (the control plane calls nodes by id: names are
+        per owner, and the control plane's business)."""
+        ws = self.records.by_id(workspace_id)
+        if ws is None:
+            raise UnknownWorkspace(f"this node has no workspace {workspace_id!r}")
+        return ws
 
     def fresh(self, ws: Workspace) -> Workspace:
         """``ws`` read again (its state may have changed while waiting for its lock)."""
@@ -204,46 +208,42 @@ class Workspaces:
     # -- new --------------------------------------------------------------------------
 
     def new(
-        self, req: NewWorkspace, *, env_path: str | None = None, volume_from: str | None = None
+        self,
+        workspace_id: str,
+        *,
+        start: bool = True,
+        env_path: str | None = None,
+        volume_from: str | None = None,
     ) -> Workspace:
-        """Create a workspace (and start it): all or nothing. ``env_path``: the
-        environment already built (a fork's); ``volume_from``: ``VOLUME@SNAP`` to fork
-        instead of the template (a fork's)."""
-        if self.records.find(DEFAULT_OWNER, req.name) is not None:
-            raise NameTaken(
-                f"a workspace named {req.name!r} exists already",
-                hint=f"pick another name, or remove it first (`loft rm {req.name}`)",
-            )
+        """Make the workspace whose record the control plane wrote (and start it): all or
+        nothing, and nothing of the record touched. ``env_path``: the environment
+        already built (a fork's); ``volume_from``: ``VOLUME@SNAP`` to fork instead of
+        the template (a fork's)."""
+        rec = self.records.record(workspace_id)
+        if rec is None:
+            raise UnknownWorkspace(f"no workspace record {workspace_id!r}")
+        if self.records.by_id(workspace_id) is not None:
+            raise PhaseError(f"workspace {rec.name!r} exists on a node already")
         self.check_runtime()
-        if req.start:  # refuse early, before a build; checked again when it starts
-            self.admission.check(req.name, req.limits, self._committed(None))
-        made: list[WorkspaceRecord] = []
+        if start:  # refuse early, before a build; checked again when it starts
+            self.admission.check(rec.name, rec.limits, self._committed(None))
+        made = False
         try:
             if env_path is None:
-                env_path = self.envs.build(req.spec)
+                env_path = self.envs.build(SpecInput(rec.spec, rec.spec_source))
             with all_or_nothing() as undo:
-                rec = self.records.create(
-                    owner=DEFAULT_OWNER,
-                    name=req.name,
-                    spec=req.spec.text,
-                    spec_source=req.spec.source,
-                    limits=req.limits,
-                    size=req.size,
-                    network=req.network,
-                    runtime=self.runtime.kind,
-                    node=self.node,
-                )
-                made.append(rec)
-                undo.push("the catalog rows", lambda: self.records.delete(rec.id))
+                self.records.add_state(rec.id, self.node)
+                made = True
+                undo.push("the runtime state", lambda: self.records.delete(rec.id))
                 with self.locked(rec.id):
                     self.envs.switch(rec.profile, env_path)
                     undo.push("the profile", lambda: self.envs.forget(rec.profile))
                     if volume_from is None:
-                        create_workspace_volume(self.bs, rec.volume, size=req.size)
+                        create_workspace_volume(self.bs, rec.volume, size=rec.size)
                     else:
                         self.bs.fork(volume_from, rec.volume)
                     undo.push("the volume", lambda: self.disk.remove(rec.volume))
-                    if req.start:
+                    if start:
                         self.launch(rec, Phase.CREATING)
                     else:
                         self.records.set_state(rec.id, phase=Phase.STOPPED)
@@ -251,25 +251,25 @@ class Workspaces:
             if made:
                 log.warning(
                     "workspace.new_failed name=%s id=%s error=%s",
-                    req.name,
-                    made[0].id,
+                    rec.name,
+                    rec.id,
                     json.dumps(str(e)),
                 )
             raise
         finally:
             self.envs.settle()
         log.info("workspace.new name=%s id=%s volume=%s", rec.name, rec.id, rec.volume)
-        return self.get(rec.name)
+        return self.get(rec.id)
 
     # -- start and stop -----------------------------------------------------------------
 
-    def start(self, name: str) -> Workspace:
+    def start(self, workspace_id: str) -> Workspace:
         """Start a stopped workspace."""
-        ws = self.get(name)
+        ws = self.get(workspace_id)
         with self.locked(ws.record.id):
             ws = self.fresh(ws)
             if self.running(ws.record.id):
-                raise PhaseError(f"workspace {name!r} is running already")
+                raise PhaseError(f"workspace {ws.record.name!r} is running already")
             self.launch(ws.record, ws.state.phase)
         return self.fresh(ws)
 
@@ -336,6 +336,11 @@ class Workspaces:
                 self.records.set_state(rec.id, desired=on_failure)
             raise
         log.info("workspace.started name=%s id=%s", rec.name, rec.id)
+        try:
+            self.runs.start(rec.id, rec.spec)
+        except (LoftError, OSError, ValueError) as e:  # it runs; its server did not start
+            self.runs.log_of(rec.id).append(f"--- loft: not started: {e}\n".encode())
+            log.warning("workspace.run_failed id=%s error=%s", rec.id, json.dumps(str(e)))
 
     def _attachment_state(self, att: Attachment) -> dict[str, object]:
         rec = self.bs.get(att.volume)
@@ -347,9 +352,9 @@ class Workspaces:
             "holder": rec.holder,
         }
 
-    def stop(self, name: str) -> Workspace:
+    def stop(self, workspace_id: str) -> Workspace:
         """Stop a workspace (nothing to do when it is stopped)."""
-        ws = self.get(name)
+        ws = self.get(workspace_id)
         with self.locked(ws.record.id):
             ws = self.fresh(ws)
             self.records.set_state(ws.record.id, desired=Desired.STOPPED)
@@ -396,10 +401,10 @@ class Workspaces:
 
     # -- remove -----------------------------------------------------------------------
 
-    def remove(self, name: str) -> None:
+    def remove(self, workspace_id: str) -> None:
         """Stop and delete a workspace: sandbox, attachment, volume (with its
-        snapshots), profile, catalog rows."""
-        ws = self.get(name)
+        snapshots), profile, runtime state (the control plane then deletes the record)."""
+        ws = self.get(workspace_id)
         with self.locked(ws.record.id):
             ws = self.fresh(ws)
             self.records.set_state(ws.record.id, desired=Desired.STOPPED)
@@ -407,7 +412,8 @@ class Workspaces:
             self.disk.remove(ws.record.volume)
             self.envs.forget(ws.record.profile)
             self.records.delete(ws.record.id)
-        log.info("workspace.removed name=%s id=%s", name, ws.record.id)
+            self.runs.forget(ws.record.id)
+        log.info("workspace.removed name=%s id=%s", ws.record.name, ws.record.id)
 
     def discard(self, ws: Workspace) -> None:
         """Undo what a ``new`` that died half way (the agent was killed) left: the same
@@ -417,26 +423,27 @@ class Workspaces:
             self.disk.remove(ws.record.volume)
             self.envs.forget(ws.record.profile)
             self.records.delete(ws.record.id)
+            self.runs.forget(ws.record.id)
         log.info("workspace.discarded id=%s reason=unfinished_new", ws.record.id)
 
     # -- environment ------------------------------------------------------------------
 
-    def switch_env(self, name: str, spec: SpecInput) -> tuple[int, str, bool]:
+    def switch_env(self, workspace_id: str, spec: SpecInput) -> tuple[int, str, bool]:
         """Build ``spec`` and make it the workspace's new environment generation (used
-        from its next start): (generation, env path, running)."""
-        ws = self.get(name)
+        from its next start): (generation, env path, running). The record's spec is the
+        control plane's to update."""
+        ws = self.get(workspace_id)
         try:
             env_path = self.envs.build(spec)
             with self.locked(ws.record.id):
                 gen = self.envs.switch(ws.record.profile, env_path)
-                self.records.update_spec(ws.record.id, spec.text, spec.source)
         finally:
             self.envs.settle()
         return gen.number, gen.env_path, self.running(ws.record.id)
 
-    def rollback_env(self, name: str, to: int | None) -> tuple[int, str, bool]:
+    def rollback_env(self, workspace_id: str, to: int | None) -> tuple[int, str, bool]:
         """The previous (or ``to``) generation made current (used from the next start)."""
-        ws = self.get(name)
+        ws = self.get(workspace_id)
         with self.locked(ws.record.id):
             gen = self.envs.rollback(ws.record.profile, to)
         return gen.number, gen.env_path, self.running(ws.record.id)

@@ -17,6 +17,7 @@ import ctypes
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -77,10 +78,11 @@ def loopback_listener(port: int) -> socket.socket:
     return sock
 
 
-def _pump(src: socket.socket, dst: socket.socket) -> None:
+def _pump(src: socket.socket, dst: socket.socket, seen: Callable[[], None]) -> None:
     """Copy ``src`` to ``dst`` until end of file, then pass the end on."""
     with contextlib.suppress(OSError):
         while data := src.recv(_BUFFER):
+            seen()
             dst.sendall(data)
     with contextlib.suppress(OSError):
         dst.shutdown(socket.SHUT_WR)
@@ -89,11 +91,14 @@ def _pump(src: socket.socket, dst: socket.socket) -> None:
 class Forwarder:
     """Relays each connection accepted on ``listener`` to a new connection made by
     ``connect`` (:func:`connect_in` bound to a workspace), on threads of its own, until
-    :meth:`close`. A connection that cannot be made inside is closed at once."""
+    :meth:`close`. A connection that cannot be made inside is closed at once.
+    ``connections`` (open now) and ``last_used`` (epoch seconds bytes last moved) say
+    whether it is in use."""
 
     def __init__(self, listener: socket.socket, connect: Callable[[], socket.socket]) -> None:
         self.listener = listener
         self._connect = connect
+        self.last_used = 0.0
         self._closed = threading.Event()
         self._conns: set[socket.socket] = set()
         self._lock = threading.Lock()
@@ -115,15 +120,29 @@ class Forwarder:
                 self._conns |= {outside, inside}
             threading.Thread(target=self._serve, args=(outside, inside), daemon=True).start()
 
+    def _seen(self) -> None:
+        self.last_used = time.time()
+
     def _serve(self, outside: socket.socket, inside: socket.socket) -> None:
-        back = threading.Thread(target=_pump, args=(inside, outside), daemon=True)
+        self._seen()
+        back = threading.Thread(target=_pump, args=(inside, outside, self._seen), daemon=True)
         back.start()
-        _pump(outside, inside)
+        _pump(outside, inside, self._seen)
         back.join()
         with self._lock:
             self._conns -= {outside, inside}
+        self._seen()
         outside.close()
         inside.close()
+
+    @property
+    def connections(self) -> int:
+        """Connections it relays now."""
+        return len(self._conns) // 2
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
 
     def close(self) -> None:
         """Stop accepting and cut every relayed connection."""

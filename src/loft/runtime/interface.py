@@ -137,6 +137,11 @@ class Runtime(abc.ABC):
         workspace, until the forwarder is closed or the workspace stops."""
 
     @abc.abstractmethod
+    def connect(self, workspace: str, port: int, timeout: float = 10.0) -> socket.socket:
+        """One TCP connection to ``127.0.0.1:port`` inside the workspace (blocking mode);
+        :class:`ConnectionRefusedError` when nothing listens there."""
+
+    @abc.abstractmethod
     def freeze(self, workspace: str) -> None:
         """Stop every process of the workspace where it is: RUNNING -> PAUSED."""
 

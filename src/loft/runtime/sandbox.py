@@ -323,6 +323,12 @@ class SandboxRuntime(Runtime):
         live.forwarders.append(fwd)
         return fwd
 
+    def connect(self, workspace: str, port: int, timeout: float = 10.0) -> socket.socket:
+        live = self._checked(workspace, Command.FORWARD)
+        if not 0 < port < 65536:
+            raise ValueError(f"bad port {port}")
+        return connect_in(live.netns, port, timeout)
+
     # -- freezing and stats ------------------------------------------------------------
 
     def freeze(self, workspace: str) -> None:

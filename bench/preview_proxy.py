@@ -1,0 +1,135 @@
+"""The preview proxy: its throughput against a direct connection to the same port, and
+idle -> first byte after a wake through it.
+
+Throughput: one HTTP server (threaded, writing 64 KiB pieces) stands for a workspace's
+port; a raw-socket client downloads the same body from it directly and through the
+proxy (owner's token, host routing, credentials stripped, h11 on both sides), rounds
+alternating, side by side in this run. Goal: proxy >= 0.8x direct.
+
+Wake: a workspace whose ``[run] command`` is ``python3 -m http.server`` is stopped (as
+the idle reaper stops it), then one request through the proxy wakes it; the time to the
+first byte of the answer. This is **FakeNode's wake**: its start spawns the command as a
+host process, so what is measured is the control plane's path (authorize, start, poll
+the port, relay) plus Python's start-up; a real node adds the sandbox's start and the
+disk attach (bench/runtime_start.py measures those). Goal (issue 13): <= 1 s.
+
+    flock -x /tmp/loft-quiet.lock .venv/bin/python bench/preview_proxy.py
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import _common
+
+sys.path.insert(0, str(_common.ROOT / "tests" / "control"))
+
+from controltool import Harness
+from previewtool import EchoServer, free_port
+
+from loft.api import CreateWorkspace, EnvSpec
+from loft.control.wake import WakeLimits
+
+BODY = 256 * _common.MIB
+ROUNDS = 5
+WAKES = 8
+
+
+def _get(port: int, host: str, path: str, token: str | None) -> tuple[float, float, int]:
+    """(seconds to the first byte, seconds to the last, bytes) of one GET answered 200."""
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
+    req = f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Connection: close\r\n\r\n".encode()
+    buf = bytearray(1 << 20)
+    total = 0
+    start = time.perf_counter()
+    first = 0.0
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
+        s.sendall(req)
+        while n := s.recv_into(buf):
+            if not total:
+                first = time.perf_counter() - start
+                assert buf[:12] == b"HTTP/1.1 200", bytes(buf[:200])
+            total += n
+    return first, time.perf_counter() - start, total
+
+
+def throughput(h: Harness, token: str, wid: str) -> dict[str, object]:
+    echo = EchoServer()
+    try:
+        host = f"{echo.port}--{wid}.preview.localhost:{h.preview_port}"
+        path = f"/big/{BODY}"
+        direct, proxied = [], []
+        _get(h.preview_port, host, path, token)  # warm up
+        for _ in range(ROUNDS):
+            _, t, n = _get(echo.port, "127.0.0.1", path, None)
+            assert n > BODY
+            direct.append(n / t)
+            _, t, n = _get(h.preview_port, host, path, token)
+            assert n > BODY
+            proxied.append(n / t)
+    finally:
+        echo.close()
+    d, p = statistics.median(direct), statistics.median(proxied)
+    return {
+        "body_mib": BODY // _common.MIB,
+        "rounds": ROUNDS,
+        "direct_mib_s": round(d / _common.MIB, 1),
+        "proxy_mib_s": round(p / _common.MIB, 1),
+        "proxy_vs_direct": round(p / d, 3),
+        "goal": ">= 0.8",
+    }
+
+
+def wake(h: Harness, token: str) -> dict[str, object]:
+    site = Path(tempfile.mkdtemp(prefix="loft-bench-site-"))
+    (site / "index.html").write_text("<h1>awake</h1>\n")
+    port = free_port()
+    command = f"exec python3 -m http.server {port} --bind 127.0.0.1 --directory {site}"
+    spec = f'[env]\ndebian = ["python3"]\n\n[run]\ncommand = "{command}"\n'
+    assert h.server.proxy is not None
+    # measured here is the wake itself, one after another: no rate limit in the way
+    h.server.proxy.waker.limits = WakeLimits(1000, 0.001, client_burst=1000, client_every=0.001)
+    client = h.client(token)
+    ws = client.create_workspace(CreateWorkspace("web", env=EnvSpec(spec=spec), size=1 << 30))
+    host = f"{port}--{ws.id}.preview.localhost:{h.preview_port}"
+    firsts, warm = [], []
+    for _ in range(WAKES):
+        client.stop("web")  # what the idle reaper does (after its snapshot)
+        first, _, n = _get(h.preview_port, host, "/", token)
+        assert n > 0
+        firsts.append(first)
+        warm.append(_get(h.preview_port, host, "/", token)[0])
+    text = h.raw("GET", "/metrics", h.admin_token).text
+    count = re.search(r"^loft_workspace_wake_to_first_byte_seconds_count (\S+)", text, re.M)
+    return {
+        "node": "FakeNode (the run command is a host process; no sandbox, no disk attach)",
+        "idle_to_first_byte": _common.stats_ms(firsts),
+        "awake_first_byte": _common.stats_ms(warm),
+        "metrics_wake_count": float(count.group(1)) if count else None,
+        "goal": "<= 1000 ms",
+    }
+
+
+def main() -> None:
+    with _common.workdir("loft-bench-preview-") as tmp:
+        h = Harness(f"sqlite:///{tmp / 'catalog.db'}", tmp, preview_listen=("127.0.0.1", 0))
+        try:
+            token = h.admin().create_user("bench").token
+            wid = h.client(token).create_workspace(CreateWorkspace("tp", size=1 << 30)).id
+            _common.log("throughput...")
+            tp = throughput(h, token, wid)
+            _common.log("wake...")
+            wk = wake(h, token)
+        finally:
+            h.close()
+    _common.emit({"benchmark": "preview_proxy", "throughput": tp, "wake": wk})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""Sleep, wake, terminals and logs through the control plane over a real node (``loft
+up``: the disk service, the node agent, the API and the preview proxy; real runc,
+nbdfuse and ext4), not the fake one:
+
+- a workspace whose ``[run] command`` is ``python3 -m http.server`` serves its page
+  through the preview proxy; the idle reaper snapshots and stops it; a request without
+  credentials is a 401 and wakes nothing; the owner's next request wakes it and gets
+  the page, and the wake shows in ``/metrics``; the command's output is in ``loft logs``;
+- the terminal WebSocket runs a shell in the sandbox: ``echo hi``, a resize that
+  ``stty size`` sees, the exit code;
+- a shell open on the node (``loft shell`` goes to the node agent, not through the API)
+  keeps its workspace awake: the node reports it as use to the reaper.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from agenttool import AgentNode, agent_node
+from envbuild_support import apt_state, example
+from nbdtool import loft_command
+from runtime_support import needs_runc
+from wsclient import Closed, WebSocket
+
+from loft.api import CreateWorkspace, EnvSpec, Limits
+from loft.client import Client
+
+pytestmark = [pytest.mark.serial, needs_runc, pytest.mark.timeout(900)]
+
+PAGE = b"<h1>served from the sandbox</h1>\n"
+SPEC = '[env]\ndebian = ["python3"]\n\n[run]\ncommand = "python3 -m http.server 8000"\n'
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentNode]:
+    with agent_node(example(tmp_path_factory), apt_state(tmp_path_factory)) as n:
+        n.up()
+        yield n
+
+
+@pytest.fixture(scope="module")
+def admin(node: AgentNode) -> Iterator[Client]:
+    token = (node.data_dir / "control" / "admin.token").read_text().strip()
+    with Client((node.run_dir / "api.url").read_text().strip(), token, timeout=600) as c:
+        yield c
+
+
+def _preview_port(node: AgentNode) -> int:
+    url = (node.run_dir / "preview.url").read_text().strip()
+    return int(url.rsplit(":", 1)[1])
+
+
+def _get(node: AgentNode, ws_id: str, token: str | None) -> httpx.Response:
+    headers = {"host": f"8000--{ws_id}.preview.localhost"}
+    if token is not None:
+        headers["authorization"] = f"Bearer {token}"
+    return httpx.get(f"http://127.0.0.1:{_preview_port(node)}/", headers=headers, timeout=60)
+
+
+def _state(admin: Client, name: str) -> str:
+    return admin.workspace(name).state
+
+
+def test_wake_on_request_through_the_real_node(node: AgentNode, admin: Client) -> None:
+    req = CreateWorkspace(
+        "web", env=EnvSpec(spec=SPEC), size=1 << 30, limits=Limits(256 << 20), idle_timeout=2.0
+    )
+    ws = admin.create_workspace(req)
+    admin.write_file("web", "/home/runner/index.html", PAGE)
+    token = admin._token  # the owner's (root's) token
+    deadline = time.monotonic() + 60
+    while (r := _get(node, ws.id, token)).status_code != 200:  # its server is coming up
+        assert r.status_code == 502 and time.monotonic() < deadline, (r.status_code, r.text)
+        time.sleep(0.2)
+    assert r.content == PAGE
+
+    # idle: the reaper (every 5 s) snapshots it and stops it
+    deadline = time.monotonic() + 60
+    while _state(admin, "web") != "stopped":
+        assert time.monotonic() < deadline, node.tail()
+        time.sleep(0.5)
+    assert any(s.name.startswith("idle-") for s in admin.snapshots("web"))
+
+    # no credentials: refused before any wake
+    assert _get(node, ws.id, None).status_code == 401
+    time.sleep(1.0)
+    assert _state(admin, "web") == "stopped"
+
+    started = time.monotonic()
+    woken = _get(node, ws.id, token)
+    took = time.monotonic() - started
+    assert woken.status_code == 200 and woken.content == PAGE, woken.text
+    print(f"idle -> first byte through the proxy over the real node: {took * 1000:.0f} ms")
+    assert _state(admin, "web") == "running"
+    metrics = httpx.get(
+        admin.url + "/metrics",
+        headers={"authorization": f"Bearer {token}"},
+        timeout=30,
+    ).text
+    count = re.search(r"^loft_workspace_wake_to_first_byte_seconds_count (\S+)$", metrics, re.M)
+    assert count is not None and float(count.group(1)) >= 1
+
+    logs = b"".join(admin.logs("web"))
+    assert logs.count(b"started: python3 -m http.server 8000") == 2, logs  # create, wake
+    assert b'"GET / HTTP/1.1" 200' in logs, logs
+    assert b"exited with" in logs  # the idle stop ended the first one
+    out = node.loft("logs", "web").stdout
+    assert "started: python3 -m http.server 8000" in out
+    admin.delete_workspace("web")
+
+
+def test_terminal_through_the_real_node(node: AgentNode, admin: Client) -> None:
+    node.new("term")
+    port = int(admin.url.rsplit(":", 1)[1])
+    ws = WebSocket(
+        port,
+        "/v1/workspaces/term/terminal?rows=30&cols=100",
+        headers={"authorization": f"Bearer {admin._token}"},
+    )
+    first = ws.recv()
+    assert isinstance(first, dict) and first["type"] == "session", first
+    ws.send_bytes(b"echo h''i; id -u; stty size\n")
+    ws.read_until(re.compile(rb"[\r\n]hi\r\n1000\r\n30 100\r\n"), timeout=30)
+    ws.send_json({"type": "resize", "rows": 50, "cols": 132})
+    ws.send_bytes(b"stty size\n")
+    ws.read_until(b"50 132\r\n", timeout=30)
+    ws.send_bytes(b"exit 3\n")
+    while True:
+        msg = ws.recv(timeout=30)
+        if isinstance(msg, dict) and msg["type"] == "exit":
+            assert msg["code"] == 3
+            break
+    assert isinstance(ws.recv(), Closed)
+    node.loft("rm", "term")
+
+
+def test_a_shell_on_the_node_keeps_its_workspace_awake(node: AgentNode, admin: Client) -> None:
+    node.new("busy")
+    admin.update_workspace("busy", idle_timeout=2.0)
+    # `loft shell` wants a terminal: script(1) gives it one; the shell reads its input
+    command = " ".join([*loft_command(), "shell", "busy"])
+    shell = subprocess.Popen(
+        ["script", "-qec", command, "/dev/null"],
+        env=node.env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    assert shell.stdin is not None
+    try:
+        time.sleep(12)  # two of the reaper's looks, each past the idle timeout
+        assert shell.poll() is None
+        assert _state(admin, "busy") == "running", node.tail()
+    finally:
+        shell.stdin.write(b"exit\n")
+        shell.stdin.close()
+        shell.wait(30)
+    deadline = time.monotonic() + 60
+    while _state(admin, "busy") != "stopped":  # quiet since: it sleeps
+        assert time.monotonic() < deadline, node.tail()
+        time.sleep(0.5)
+    node.loft("rm", "busy")
