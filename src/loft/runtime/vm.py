@@ -363,19 +363,27 @@ class VmRuntime(Runtime):
         if not 0 < port < 65536:
             raise ValueError(f"bad port {port}")
 
-        def connect() -> socket.socket:
-            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                self._link(vm).open_connection(port, theirs)
-            except BaseException:
-                ours.close()
-                theirs.close()
-                raise
-            return ours
-
-        fwd = Forwarder(listener, connect)
+        fwd = Forwarder(listener, lambda: self._connect_in(vm, port, 10.0))
         vm.forwarders.append(fwd)
         return fwd
+
+    def connect(self, workspace: str, port: int, timeout: float = 10.0) -> socket.socket:
+        """One connection to ``127.0.0.1:port`` in the guest, through the agent (a Unix
+        socket whose bytes are the connection's); ConnectionRefusedError when nothing
+        listens there."""
+        vm = self._checked(workspace, Command.FORWARD)
+        if not 0 < port < 65536:
+            raise ValueError(f"bad port {port}")
+        return self._connect_in(vm, port, timeout)
+
+    def _connect_in(self, vm: VmProcess, port: int, timeout: float) -> socket.socket:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            self._link(vm).open_connection(port, theirs, timeout)
+        except BaseException:
+            ours.close()
+            raise
+        return ours
 
     def read_file(self, workspace: str, path: str, limit: int = _MAX_READ) -> bytes:
         """The contents of ``path`` inside the workspace (at most ``limit`` bytes)."""

@@ -74,6 +74,9 @@ class _Session:
     decoder: Decoder = field(default_factory=lambda: Decoder(limit=MAX_REQUEST))
     #: a forwarded connection: its socket carries the bytes themselves, not frames
     raw: bool = False
+    #: set once the guest said STARTED or ERROR (``error``: its errno and message)
+    answered: threading.Event = field(default_factory=threading.Event)
+    error: tuple[int, str] | None = None
 
 
 class AgentLink:
@@ -180,11 +183,23 @@ class AgentLink:
         its channel to ``relay`` (this link owns and closes the socket from now on)."""
         self._open(Type.EXEC_TTY if tty else Type.EXEC, exec_payload, _Session(relay))
 
-    def open_connection(self, port: int, sock: socket.socket) -> None:
+    def open_connection(self, port: int, sock: socket.socket, timeout: float = 10.0) -> None:
         """Connect to ``127.0.0.1:port`` in the guest and carry its bytes to and from
-        ``sock`` (owned and closed by this link from now on; closed when the guest
-        refuses or ends the connection)."""
-        self._open(Type.CONNECT, port.to_bytes(2, "big"), _Session(sock, raw=True))
+        ``sock`` (owned and closed by this link from now on). Returns once connected;
+        the guest's refusal is raised as the OSError of its errno
+        (ConnectionRefusedError when nothing listens), TimeoutError after ``timeout``."""
+        session = _Session(sock, raw=True)
+        self._open(Type.CONNECT, port.to_bytes(2, "big"), session)
+        if not session.answered.wait(timeout):
+            # the routing thread sees the end and the guest is told to drop it: the
+            # session goes with the guest's EXIT (the thread alone touches its selector)
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            self._kill(self._by_sock.get(sock, 0))
+            raise TimeoutError(f"the guest did not connect to port {port} in {timeout} s")
+        if session.error is not None:
+            errno, message = session.error
+            raise OSError(errno, f"port {port} in the guest: {message}")
 
     def _open(self, type_: Type, payload: bytes, session: _Session) -> None:
         channel = self._channel()
@@ -258,6 +273,10 @@ class AgentLink:
             session = self._sessions.get(frame.channel)
             if session is None:
                 continue  # a command's output after its caller left, or from before a restore
+            if frame.type is Type.ERROR:
+                session.error = parse_error(frame)
+            if frame.type in (Type.STARTED, Type.ERROR):
+                session.answered.set()
             try:
                 if not session.raw:
                     session.sock.sendall(encode(Frame(frame.type, 0, frame.payload)))
