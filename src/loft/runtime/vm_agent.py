@@ -47,7 +47,7 @@ from loft.runtime.vm_protocol import (
     parse_u32,
 )
 
-__all__ = ["AgentError", "AgentLink", "CallResult"]
+__all__ = ["AgentError", "AgentLink"]
 
 #: How often an unanswered PING is sent again while the guest boots.
 _PING_EVERY = 0.1
@@ -58,7 +58,7 @@ class AgentError(WorkspaceError):
 
 
 @dataclass
-class CallResult:
+class _Call:
     """What a call's channel carried: its data (``STDOUT`` frames), then its status."""
 
     data: bytearray = field(default_factory=bytearray)
@@ -86,7 +86,7 @@ class AgentLink:
         self._sock = sock
         self._decoder = Decoder()
         self._send_lock = threading.Lock()
-        self._calls: dict[int, CallResult] = {}
+        self._calls: dict[int, _Call] = {}
         self._sessions: dict[int, _Session] = {}
         self._by_sock: dict[socket.socket, int] = {}
         self._new: queue.SimpleQueue[int] = queue.SimpleQueue()
@@ -163,7 +163,7 @@ class AgentLink:
         """Send one request on a new channel and wait for its end; the data it carried
         (at most ``limit`` bytes). AgentError on ``ERROR`` or when ``timeout`` passes."""
         ch = self._channel()
-        result = self._calls[ch] = CallResult(limit=limit)
+        result = self._calls[ch] = _Call(limit=limit)
         try:
             self._send(encode(Frame(type_, ch, payload)))
             if not result.done.wait(timeout):
@@ -289,7 +289,7 @@ class AgentLink:
             if frame.type in (Type.EXIT, Type.ERROR):
                 self._drop(frame.channel)
 
-    def _to_call(self, call: CallResult, frame: Frame) -> None:
+    def _to_call(self, call: _Call, frame: Frame) -> None:
         if frame.type is Type.STDOUT:
             if len(call.data) + len(frame.payload) > call.limit:
                 call.error = (27, f"more than {call.limit} bytes")  # EFBIG
@@ -301,8 +301,6 @@ class AgentLink:
             call.done.set()
         elif frame.type is Type.ERROR:
             call.error = parse_error(frame)
-            call.done.set()
-        elif frame.type is Type.PONG:
             call.done.set()
 
     def _from_relay(self, sock: socket.socket) -> None:
