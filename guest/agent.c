@@ -45,12 +45,16 @@
 #define MAX_REQUEST (1 << 20) /* the host's frames: a file written at once, an exec */
 #define MAX_CHUNK 32768       /* the agent's data frames (the host accepts 64 KiB) */
 #define MAX_CHANNELS 64
+/* Output bytes a channel may send before the host grants more (WINDOW): a reader that
+ * does not keep up stalls its own command, never the other channels. */
+#define CREDIT (256 * 1024)
+#define UNLIMITED 0xffffffffu /* granted for a channel no host reads: its output is dropped */
 #define ROOT "/ws"
 #define PORT_NAME "loft.agent"
 
 enum {
 	PING = 1, PONG = 2, EXEC = 3, STDIN_DATA = 4, SIGNAL = 5, READ_FILE = 6,
-	WRITE_FILE = 7, FSFREEZE = 8, FSTHAW = 9, SET_CLOCK = 10, RESEED = 11, EXEC_TTY = 12, RESIZE = 13, CONNECT = 14,
+	WRITE_FILE = 7, FSFREEZE = 8, FSTHAW = 9, SET_CLOCK = 10, RESEED = 11, EXEC_TTY = 12, RESIZE = 13, CONNECT = 14, WINDOW = 15,
 	STARTED = 20, STDOUT_DATA = 21, STDERR_DATA = 22, EXIT = 23, ERROR = 24,
 };
 
@@ -61,6 +65,7 @@ struct channel {
 	int status;
 	int tty;
 	int sock; /* a connection to a port inside (in and out are the socket), no process */
+	long credit; /* output bytes it may still send; -1: unlimited */
 };
 
 static struct channel channels[MAX_CHANNELS];
@@ -287,6 +292,7 @@ static void do_exec(uint32_t ch, unsigned char *data, uint32_t len, int tty)
 		goto done;
 	}
 	c->tty = tty;
+	c->credit = CREDIT;
 	c->id = ch;
 	c->pid = pid;
 	c->in = in[1];
@@ -331,7 +337,7 @@ static void do_connect(uint32_t ch, unsigned char *data, uint32_t len)
 		close(fd);
 		return;
 	}
-	*c = (struct channel){ch, 0, fd, dup, -1, 0, 0, 1};
+	*c = (struct channel){ch, 0, fd, dup, -1, 0, 0, 1, CREDIT};
 	send_u32(STARTED, ch, 0);
 }
 
@@ -495,7 +501,18 @@ static void handle(int type, uint32_t ch, unsigned char *data, uint32_t len)
 	}
 	switch (type) {
 	case PING:
+		/* a new host connection: it holds none of the channels open now, so nothing
+		 * will grant them credit; their output is dropped rather than left to block */
+		for (int i = 0; i < MAX_CHANNELS; i++)
+			if (channels[i].id)
+				channels[i].credit = -1;
 		send_frame(PONG, ch, data, len);
+		break;
+	case WINDOW:
+		if ((c = find(ch)) != NULL && len == 4 && c->credit >= 0) {
+			uint32_t more = get32(data);
+			c->credit = more == UNLIMITED ? -1 : c->credit + more;
+		}
 		break;
 	case EXEC:
 	case EXEC_TTY:
@@ -596,8 +613,11 @@ static void reap(void)
 static void pump(struct channel *c, int *fd, int type)
 {
 	char buf[MAX_CHUNK];
-	ssize_t n = read(*fd, buf, sizeof(buf));
+	size_t want = c->credit < 0 || c->credit > MAX_CHUNK ? MAX_CHUNK : (size_t)c->credit;
+	ssize_t n = read(*fd, buf, want);
 	if (n > 0) {
+		if (c->credit >= 0)
+			c->credit -= n;
 		send_frame(type, c->id, buf, (size_t)n);
 		return;
 	}
@@ -610,7 +630,7 @@ static void pump(struct channel *c, int *fd, int type)
 int main(void)
 {
 	for (int i = 0; i < MAX_CHANNELS; i++)
-		channels[i] = (struct channel){0, 0, -1, -1, -1, 0, 0, 0};
+		channels[i] = (struct channel){0, 0, -1, -1, -1, 0, 0, 0, 0};
 	signal(SIGPIPE, SIG_IGN);
 	boot_error = getenv("LOFT_BOOT_ERROR");
 	sigset_t chld;
@@ -639,6 +659,8 @@ int main(void)
 		fds[n++] = (struct pollfd){sfd, POLLIN, 0};
 		for (int i = 0; i < MAX_CHANNELS; i++) {
 			struct channel *c = &channels[i];
+			if (c->credit == 0)
+				continue; /* until the host grants more */
 			if (c->out >= 0) {
 				who[n - 2].c = c; who[n - 2].fd = &c->out; who[n - 2].type = STDOUT_DATA;
 				fds[n++] = (struct pollfd){c->out, POLLIN, 0};

@@ -252,6 +252,17 @@ def test_vm_concurrent_execs_freezes_and_files(node: Vms) -> None:
         assert time.monotonic() < deadline, "the command outlived its caller"
         time.sleep(0.1)
 
+    # a reader that falls behind stalls its own command only (per-channel credit)
+    script = "head -c 20000000 /dev/zero | tr '\\0' x; echo end >&2"
+    big = rt.exec(spec.id, ExecRequest(("sh", "-c", script), user=0), stdin=subprocess.DEVNULL,
+                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    time.sleep(2)  # its pipes fill, its channel runs out of credit
+    t0 = time.monotonic()
+    assert _sh(node, spec.id, "echo quick") == "quick\n"
+    assert time.monotonic() - t0 < 5
+    out, err = big.communicate(timeout=60)
+    assert (len(out), out.strip(b"x"), err) == (20_000_000, b"", b"end\n")
+
     # a command that cannot start: 127 and the agent's reason
     done = rt.run(spec.id, ExecRequest(("no-such-command",)))
     assert done.status == 127 and b"no-such-command" in done.stderr

@@ -18,8 +18,11 @@ until the matching ``PONG`` comes back, dropping whatever bytes came before it: 
 restored guest may have been half-way through a frame for a connection that no longer
 exists. Frames of channels nobody holds (commands started before a suspend) are dropped.
 
-A relay that does not read its socket holds the routing thread (sends to it block), and
-so every channel of that VM: a limit of this first version, see docs/vm.md.
+Output is flow-controlled per channel: a channel may send :data:`CREDIT` bytes ahead,
+and the host grants them back (``WINDOW``) only once its socket took them, so a reader
+that falls behind stalls its own command, never the routing thread or another channel,
+and the host holds at most that much per channel. Sockets are non-blocking; only the
+routing thread touches the selector.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from pathlib import Path
 from loft.runtime.errors import WorkspaceError
 from loft.runtime.vm_protocol import (
     MAX_REQUEST,
+    UNLIMITED,
     Decoder,
     Frame,
     ProtocolError,
@@ -77,6 +81,11 @@ class _Session:
     #: set once the guest said STARTED or ERROR (``error``: its errno and message)
     answered: threading.Event = field(default_factory=threading.Event)
     error: tuple[int, str] | None = None
+    #: bytes for the socket not sent yet, and output bytes to grant back once they are
+    pending: bytearray = field(default_factory=bytearray)
+    owed: int = 0
+    reading: bool = True  # the socket's own end is still open
+    ending: bool = False  # EXIT or ERROR queued: drop once pending is sent
 
 
 class AgentLink:
@@ -202,6 +211,7 @@ class AgentLink:
             raise OSError(errno, f"port {port} in the guest: {message}")
 
     def _open(self, type_: Type, payload: bytes, session: _Session) -> None:
+        session.sock.setblocking(False)
         channel = self._channel()
         with self._table:
             self._sessions[channel] = session
@@ -233,7 +243,7 @@ class AgentLink:
         sel.register(self._wake_r, selectors.EVENT_READ)
         try:
             while not self._closed:
-                for key, _ in sel.select():
+                for key, events in sel.select():
                     if key.fileobj is self._sock:
                         self._from_guest()
                     elif key.fileobj == self._wake_r:
@@ -243,10 +253,10 @@ class AgentLink:
                             ch = self._new.get()
                             session = self._sessions.get(ch)
                             if session is not None:
-                                sel.register(session.sock, selectors.EVENT_READ)
+                                self._watch(session)
                     else:
                         assert isinstance(key.fileobj, socket.socket)
-                        self._from_relay(key.fileobj)
+                        self._from_socket(key.fileobj, events)
         except (OSError, ProtocolError, AgentError) as e:  # the VM is gone or misbehaves
             self.failure = str(e) or type(e).__name__
         finally:
@@ -277,17 +287,64 @@ class AgentLink:
                 session.error = parse_error(frame)
             if frame.type in (Type.STARTED, Type.ERROR):
                 session.answered.set()
-            try:
-                if not session.raw:
-                    session.sock.sendall(encode(Frame(frame.type, 0, frame.payload)))
-                elif frame.type is Type.STDOUT:
-                    session.sock.sendall(frame.payload)
-            except OSError:
-                self._drop(frame.channel)
-                self._kill(frame.channel)
-                continue
-            if frame.type in (Type.EXIT, Type.ERROR):
-                self._drop(frame.channel)
+            if not session.raw:
+                session.pending += encode(Frame(frame.type, 0, frame.payload))
+            elif frame.type is Type.STDOUT:
+                session.pending += frame.payload
+            if frame.type in (Type.STDOUT, Type.STDERR):
+                session.owed += len(frame.payload)
+            session.ending = frame.type in (Type.EXIT, Type.ERROR)
+            self._flush(frame.channel, session)
+
+    def _watch(self, session: _Session) -> None:
+        """Select the session's socket for what it waits for: to read its end while
+        that is open, to write while bytes are pending."""
+        events = 0
+        if session.reading and not session.ending:
+            events |= selectors.EVENT_READ
+        if session.pending:
+            events |= selectors.EVENT_WRITE
+        registered = session.sock in self._sel.get_map()
+        if events and registered:
+            self._sel.modify(session.sock, events)
+        elif events:
+            self._sel.register(session.sock, events)
+        elif registered:
+            self._sel.unregister(session.sock)
+
+    def _from_socket(self, sock: socket.socket, events: int) -> None:
+        ch = self._by_sock.get(sock)
+        session = self._sessions.get(ch) if ch is not None else None
+        if ch is None or session is None:  # dropped earlier in this round
+            with contextlib.suppress(KeyError, ValueError):
+                self._sel.unregister(sock)
+            return
+        if events & selectors.EVENT_WRITE:
+            self._flush(ch, session)
+        if events & selectors.EVENT_READ and ch in self._sessions:
+            self._from_relay(ch, session)
+
+    def _flush(self, channel: int, session: _Session) -> None:
+        """Send what the socket takes now; once all is sent, grant the output back
+        (the guest's channel may send that much more), or end the session."""
+        try:
+            while session.pending:
+                sent = session.sock.send(session.pending)
+                del session.pending[:sent]
+        except BlockingIOError:
+            pass
+        except OSError:  # its reader is gone
+            self._drop(channel)
+            self._kill(channel)
+            return
+        if not session.pending:
+            if session.ending:
+                self._drop(channel)
+                return
+            if session.owed:
+                self._send(encode(Frame(Type.WINDOW, channel, session.owed.to_bytes(4, "big"))))
+                session.owed = 0
+        self._watch(session)
 
     def _to_call(self, call: _Call, frame: Frame) -> None:
         if frame.type is Type.STDOUT:
@@ -303,23 +360,21 @@ class AgentLink:
             call.error = parse_error(frame)
             call.done.set()
 
-    def _from_relay(self, sock: socket.socket) -> None:
-        ch = self._by_sock.get(sock)
-        session = self._sessions.get(ch) if ch is not None else None
+    def _from_relay(self, ch: int, session: _Session) -> None:
         try:
-            data = sock.recv(1 << 16)
+            data = session.sock.recv(1 << 16)
+        except BlockingIOError:
+            return
         except OSError:
             data = b""
-        if session is not None and ch is not None and session.raw:
+        if session.raw:
             if not data:  # half-closed: the guest's side may still answer
-                with contextlib.suppress(KeyError, ValueError):
-                    self._sel.unregister(sock)
+                session.reading = False
+                self._watch(session)
             self._send(encode(Frame(Type.STDIN, ch, data)))
             return
-        if ch is None or session is None or not data:
-            with contextlib.suppress(KeyError, ValueError):
-                self._sel.unregister(sock)
-            if ch is not None and self._drop(ch) is not None:
+        if not data:
+            if self._drop(ch) is not None:
                 self._kill(ch)  # the caller left before the command ended
             return
         session.decoder.feed(data)
@@ -328,8 +383,11 @@ class AgentLink:
                 self._send(encode(Frame(frame.type, ch, frame.payload)))
 
     def _kill(self, channel: int) -> None:
+        """Kill the channel's command (or end its connection), and let whatever it
+        still writes flow, to be dropped: nobody will grant it credit again."""
         with contextlib.suppress(AgentError):
             self._send(encode(Frame(Type.SIGNAL, channel, (9).to_bytes(4, "big"))))
+            self._send(encode(Frame(Type.WINDOW, channel, UNLIMITED.to_bytes(4, "big"))))
 
     def close(self) -> None:
         """Drop the connection; commands in the guest keep running."""

@@ -11,7 +11,9 @@ once over the one port; the host picks the numbers. The host sends ``PING``, ``E
 ``FSFREEZE``, ``FSTHAW``, ``SET_CLOCK``, ``RESEED``, and for a command on a new terminal
 ``EXEC_TTY`` (the window size, then an ``EXEC`` payload) and ``RESIZE``, and
 ``CONNECT`` (a u16 port: a connection to the guest's ``127.0.0.1:PORT`` whose bytes
-travel as ``STDIN``/``STDOUT``); the agent answers ``PONG``,
+travel as ``STDIN``/``STDOUT``), and ``WINDOW`` (u32: more output bytes the channel may
+send; a channel starts with :data:`CREDIT`, and :data:`UNLIMITED` lets one nobody reads
+send freely, to be dropped); the agent answers ``PONG``,
 ``STARTED`` (the command's pid), ``STDOUT``/``STDERR`` data, and ends every channel with
 one ``EXIT`` (a status: the exit code, or 128 + N when killed by signal N) or one
 ``ERROR`` (an errno and a message).
@@ -35,10 +37,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 __all__ = [
+    "CREDIT",
     "HEADER",
     "MAGIC",
     "MAX_REPLY",
     "MAX_REQUEST",
+    "UNLIMITED",
     "Decoder",
     "Frame",
     "ProtocolError",
@@ -60,6 +64,12 @@ MAX_REQUEST = 1 << 20
 #: The largest frame the host accepts from the guest: the agent sends data in 32 KiB
 #: pieces and its errors in under 256 bytes; twice that leaves room, no more.
 MAX_REPLY = 64 << 10
+#: Output bytes a channel may send before the host grants more (guest/agent.c
+#: ``CREDIT``): a reader that falls behind stalls its own command only, and the host
+#: buffers at most this much per channel.
+CREDIT = 256 << 10
+#: A ``WINDOW`` grant that lifts the limit, for a channel whose reader is gone.
+UNLIMITED = 0xFFFFFFFF
 #: Argument and environment counts travel as u16.
 _MAX_STRINGS = 0xFFFF
 
@@ -81,6 +91,7 @@ class Type(enum.IntEnum):
     EXEC_TTY = 12
     RESIZE = 13
     CONNECT = 14
+    WINDOW = 15
     STARTED = 20
     STDOUT = 21
     STDERR = 22
