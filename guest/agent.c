@@ -292,6 +292,7 @@ static void do_exec(uint32_t ch, unsigned char *data, uint32_t len, int tty)
 		goto done;
 	}
 	c->tty = tty;
+	c->sock = 0;
 	c->credit = CREDIT;
 	c->id = ch;
 	c->pid = pid;
