@@ -66,6 +66,9 @@ struct channel {
 	int tty;
 	int sock; /* a connection to a port inside (in and out are the socket), no process */
 	long credit; /* output bytes it may still send; -1: unlimited */
+	unsigned char *inbuf; /* input the command has not taken yet (at most CREDIT bytes) */
+	size_t inlen;
+	int in_eof; /* the host's end of input, passed on once inbuf is written */
 };
 
 static struct channel channels[MAX_CHANNELS];
@@ -154,6 +157,10 @@ static void maybe_done(struct channel *c)
 {
 	if (c->pid == 0 && c->out < 0 && c->err < 0 && c->id) {
 		close_fd(&c->in);
+		free(c->inbuf);
+		c->inbuf = NULL;
+		c->inlen = 0;
+		c->in_eof = 0;
 		send_u32(EXIT, c->id, (uint32_t)c->status);
 		c->id = 0;
 	}
@@ -294,6 +301,9 @@ static void do_exec(uint32_t ch, unsigned char *data, uint32_t len, int tty)
 	c->tty = tty;
 	c->sock = 0;
 	c->credit = CREDIT;
+	c->inlen = 0;
+	c->in_eof = 0;
+	fcntl(in[1], F_SETFL, O_NONBLOCK); /* a command not reading its input holds nothing */
 	c->id = ch;
 	c->pid = pid;
 	c->in = in[1];
@@ -338,7 +348,8 @@ static void do_connect(uint32_t ch, unsigned char *data, uint32_t len)
 		close(fd);
 		return;
 	}
-	*c = (struct channel){ch, 0, fd, dup, -1, 0, 0, 1, CREDIT};
+	*c = (struct channel){ch, 0, fd, dup, -1, 0, 0, 1, CREDIT, NULL, 0, 0};
+	fcntl(fd, F_SETFL, O_NONBLOCK);
 	send_u32(STARTED, ch, 0);
 }
 
@@ -488,6 +499,42 @@ static void do_reseed(uint32_t ch, unsigned char *data, uint32_t len)
 		send_u32(EXIT, ch, 0);
 }
 
+/* Write what input the command takes now; grant the host as much again (WINDOW), and
+ * pass the end of input on once all is written. */
+static void flush_input(struct channel *c)
+{
+	size_t taken = 0;
+	while (c->inlen > 0 && c->in >= 0) {
+		ssize_t n = write(c->in, c->inbuf + taken, c->inlen - taken);
+		if (n > 0) {
+			taken += (size_t)n;
+			if (taken == c->inlen)
+				break;
+			continue;
+		}
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && errno == EAGAIN)
+			break;
+		taken = c->inlen; /* its reader is gone: the rest is dropped */
+		break;
+	}
+	if (c->in < 0)
+		taken = c->inlen;
+	if (taken) {
+		memmove(c->inbuf, c->inbuf + taken, c->inlen - taken);
+		c->inlen -= taken;
+		send_u32(WINDOW, c->id, (uint32_t)taken);
+	}
+	if (c->inlen == 0 && c->in_eof && c->in >= 0) {
+		c->in_eof = 0;
+		if (c->sock) /* the other end keeps its direction open */
+			shutdown(c->in, SHUT_WR);
+		if (!c->tty) /* a terminal's end of input is the user's ^D, sent as data */
+			close_fd(&c->in);
+	}
+}
+
 static const char *boot_error; /* set by the init when the workspace could not be mounted */
 
 static void handle(int type, uint32_t ch, unsigned char *data, uint32_t len)
@@ -530,13 +577,16 @@ static void handle(int type, uint32_t ch, unsigned char *data, uint32_t len)
 		if ((c = find(ch)) == NULL || c->in < 0)
 			break;
 		if (len == 0) {
-			if (c->sock) /* the other end keeps its direction open */
-				shutdown(c->in, SHUT_WR);
-			if (!c->tty) /* a terminal's end of input is the user's ^D, sent as data */
-				close_fd(&c->in);
+			c->in_eof = 1;
+		} else {
+			if (c->inbuf == NULL && (c->inbuf = malloc(CREDIT)) == NULL)
+				break;
+			if (len > CREDIT - c->inlen) /* beyond the credit granted: the host's bug */
+				len = (uint32_t)(CREDIT - c->inlen);
+			memcpy(c->inbuf + c->inlen, data, len);
+			c->inlen += len;
 		}
-		else
-			write_all(c->in, data, len); /* a command not reading its input holds the agent */
+		flush_input(c);
 		break;
 	case SIGNAL:
 		if ((c = find(ch)) != NULL && c->pid && len == 4)
@@ -622,7 +672,7 @@ static void pump(struct channel *c, int *fd, int type)
 		send_frame(type, c->id, buf, (size_t)n);
 		return;
 	}
-	if (n < 0 && errno == EINTR)
+	if (n < 0 && (errno == EINTR || errno == EAGAIN)) /* EAGAIN: shares the input's O_NONBLOCK */
 		return;
 	close_fd(fd);
 	maybe_done(c);
@@ -631,7 +681,7 @@ static void pump(struct channel *c, int *fd, int type)
 int main(void)
 {
 	for (int i = 0; i < MAX_CHANNELS; i++)
-		channels[i] = (struct channel){0, 0, -1, -1, -1, 0, 0, 0, 0};
+		channels[i] = (struct channel){0, 0, -1, -1, -1, 0, 0, 0, 0, NULL, 0, 0};
 	signal(SIGPIPE, SIG_IGN);
 	boot_error = getenv("LOFT_BOOT_ERROR");
 	sigset_t chld;
@@ -648,20 +698,24 @@ int main(void)
 	fprintf(stderr, "loft-agent: ready\n");
 	static unsigned char buf[HEADER + MAX_REQUEST];
 	size_t have = 0;
-	struct pollfd fds[2 + 2 * MAX_CHANNELS];
+	struct pollfd fds[2 + 3 * MAX_CHANNELS];
 	struct {
 		struct channel *c;
 		int *fd;
 		int type;
-	} who[2 * MAX_CHANNELS];
+	} who[3 * MAX_CHANNELS];
 	for (;;) {
 		int n = 0;
 		fds[n++] = (struct pollfd){port, POLLIN, 0};
 		fds[n++] = (struct pollfd){sfd, POLLIN, 0};
 		for (int i = 0; i < MAX_CHANNELS; i++) {
 			struct channel *c = &channels[i];
+			if (c->inlen > 0 && c->in >= 0) {
+				who[n - 2].c = c; who[n - 2].fd = &c->in; who[n - 2].type = 0;
+				fds[n++] = (struct pollfd){c->in, POLLOUT, 0};
+			}
 			if (c->credit == 0)
-				continue; /* until the host grants more */
+				continue; /* its output waits until the host grants more */
 			if (c->out >= 0) {
 				who[n - 2].c = c; who[n - 2].fd = &c->out; who[n - 2].type = STDOUT_DATA;
 				fds[n++] = (struct pollfd){c->out, POLLIN, 0};
@@ -680,8 +734,12 @@ int main(void)
 			reap();
 		}
 		for (int i = 2; i < n; i++)
-			if (fds[i].revents && *who[i - 2].fd == fds[i].fd)
-				pump(who[i - 2].c, who[i - 2].fd, who[i - 2].type);
+			if (fds[i].revents && *who[i - 2].fd == fds[i].fd) {
+				if (who[i - 2].type == 0)
+					flush_input(who[i - 2].c);
+				else
+					pump(who[i - 2].c, who[i - 2].fd, who[i - 2].type);
+			}
 		if (fds[0].revents & POLLIN) {
 			ssize_t r = read(port, buf + have, sizeof(buf) - have);
 			if (r <= 0) {

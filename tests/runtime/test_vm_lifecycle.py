@@ -10,6 +10,7 @@ import select
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -262,6 +263,21 @@ def test_vm_concurrent_execs_freezes_and_files(node: Vms) -> None:
     assert time.monotonic() - t0 < 5
     out, err = big.communicate(timeout=60)
     assert (len(out), out.strip(b"x"), err) == (20_000_000, b"", b"end\n")
+
+    # a command that does not read its input yet holds neither the agent nor the host
+    slow = rt.exec(spec.id, ExecRequest(("sh", "-c", "sleep 3; wc -c"), user=0),
+                   stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # fmt: skip
+    counted: list[bytes] = []
+    feeder = threading.Thread(
+        target=lambda: counted.append(slow.communicate(b"y" * 5_000_000, 60)[0])
+    )
+    feeder.start()
+    time.sleep(1)
+    t0 = time.monotonic()
+    assert _sh(node, spec.id, "echo quick") == "quick\n"
+    assert time.monotonic() - t0 < 2
+    feeder.join(60)
+    assert slow.returncode == 0 and counted[0].split() == [b"5000000"]
 
     # a command that cannot start: 127 and the agent's reason
     done = rt.run(spec.id, ExecRequest(("no-such-command",)))

@@ -18,10 +18,14 @@ until the matching ``PONG`` comes back, dropping whatever bytes came before it: 
 restored guest may have been half-way through a frame for a connection that no longer
 exists. Frames of channels nobody holds (commands started before a suspend) are dropped.
 
-Output is flow-controlled per channel: a channel may send :data:`CREDIT` bytes ahead,
-and the host grants them back (``WINDOW``) only once its socket took them, so a reader
-that falls behind stalls its own command, never the routing thread or another channel,
-and the host holds at most that much per channel. Sockets are non-blocking; only the
+Both directions are flow-controlled per channel. Output: a channel may send
+:data:`CREDIT` bytes ahead, and the host grants them back (``WINDOW``) only once its
+socket took them, so a reader that falls behind stalls its own command, never the
+routing thread or another channel, and the host holds at most that much per channel.
+Input: the host sends at most :data:`CREDIT` bytes ahead of what the command read (the
+agent grants them back as it writes them to the command), and stops reading the
+caller's socket meanwhile, so a command that does not read its input holds neither the
+agent nor the host. Sockets are non-blocking; only the
 routing thread touches the selector.
 """
 
@@ -40,6 +44,7 @@ from pathlib import Path
 
 from loft.runtime.errors import WorkspaceError
 from loft.runtime.vm_protocol import (
+    CREDIT,
     MAX_REQUEST,
     UNLIMITED,
     Decoder,
@@ -86,6 +91,10 @@ class _Session:
     owed: int = 0
     reading: bool = True  # the socket's own end is still open
     ending: bool = False  # EXIT or ERROR queued: drop once pending is sent
+    #: input bytes the guest still takes (it grants more as its command reads them),
+    #: and input waiting for that (an empty piece: the end of input)
+    in_credit: int = CREDIT
+    inq: list[bytes] = field(default_factory=list)
 
 
 class AgentLink:
@@ -283,6 +292,11 @@ class AgentLink:
             session = self._sessions.get(frame.channel)
             if session is None:
                 continue  # a command's output after its caller left, or from before a restore
+            if frame.type is Type.WINDOW:
+                session.in_credit += parse_u32(frame)
+                self._feed_input(frame.channel, session)
+                self._watch(session)
+                continue
             if frame.type is Type.ERROR:
                 session.error = parse_error(frame)
             if frame.type in (Type.STARTED, Type.ERROR):
@@ -300,7 +314,7 @@ class AgentLink:
         """Select the session's socket for what it waits for: to read its end while
         that is open, to write while bytes are pending."""
         events = 0
-        if session.reading and not session.ending:
+        if session.reading and not session.ending and not session.inq:
             events |= selectors.EVENT_READ
         if session.pending:
             events |= selectors.EVENT_WRITE
@@ -370,17 +384,33 @@ class AgentLink:
         if session.raw:
             if not data:  # half-closed: the guest's side may still answer
                 session.reading = False
-                self._watch(session)
-            self._send(encode(Frame(Type.STDIN, ch, data)))
-            return
-        if not data:
+            session.inq.append(data)
+        elif not data:
             if self._drop(ch) is not None:
                 self._kill(ch)  # the caller left before the command ended
             return
-        session.decoder.feed(data)
-        for frame in session.decoder.frames():
-            if frame.type in (Type.STDIN, Type.SIGNAL, Type.RESIZE):
-                self._send(encode(Frame(frame.type, ch, frame.payload)))
+        else:
+            session.decoder.feed(data)
+            for frame in session.decoder.frames():
+                if frame.type is Type.STDIN:
+                    session.inq.append(frame.payload)
+                elif frame.type in (Type.SIGNAL, Type.RESIZE):  # never behind the input
+                    self._send(encode(Frame(frame.type, ch, frame.payload)))
+        self._feed_input(ch, session)
+        self._watch(session)
+
+    def _feed_input(self, ch: int, session: _Session) -> None:
+        """Send queued input as far as the guest's credit goes (the end of input goes
+        when all before it went)."""
+        while session.inq and (session.in_credit > 0 or not session.inq[0]):
+            piece = session.inq[0]
+            n = min(len(piece), session.in_credit)
+            self._send(encode(Frame(Type.STDIN, ch, piece[:n])))
+            session.in_credit -= n
+            if n < len(piece):
+                session.inq[0] = piece[n:]
+            else:
+                session.inq.pop(0)
 
     def _kill(self, channel: int) -> None:
         """Kill the channel's command (or end its connection), and let whatever it

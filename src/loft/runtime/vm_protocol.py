@@ -13,7 +13,8 @@ once over the one port; the host picks the numbers. The host sends ``PING``, ``E
 ``CONNECT`` (a u16 port: a connection to the guest's ``127.0.0.1:PORT`` whose bytes
 travel as ``STDIN``/``STDOUT``), and ``WINDOW`` (u32: more output bytes the channel may
 send; a channel starts with :data:`CREDIT`, and :data:`UNLIMITED` lets one nobody reads
-send freely, to be dropped); the agent answers ``PONG``,
+send freely, to be dropped); the agent sends ``WINDOW`` too, as its commands take their
+input (the host sends at most :data:`CREDIT` input bytes ahead); the agent answers ``PONG``,
 ``STARTED`` (the command's pid), ``STDOUT``/``STDERR`` data, and ends every channel with
 one ``EXIT`` (a status: the exit code, or 128 + N when killed by signal N) or one
 ``ERROR`` (an errno and a message).
