@@ -6,18 +6,21 @@ virtio-serial port. Every message is a frame::
     magic u16 = 0x4c46 ("LF") | type u8 | flags u8 (0) | channel u32 | length u32 | payload
 
 big-endian. A channel is one conversation (a command, a file, a freeze) so many run at
-once over the one port; the host picks the numbers. The host sends ``PING``, ``EXEC``,
-``STDIN`` (empty payload: end of input), ``SIGNAL``, ``READ_FILE``, ``WRITE_FILE``,
-``FSFREEZE``, ``FSTHAW``, ``SET_CLOCK``, ``RESEED``, and for a command on a new terminal
-``EXEC_TTY`` (the window size, then an ``EXEC`` payload) and ``RESIZE``, and
-``CONNECT`` (a u16 port: a connection to the guest's ``127.0.0.1:PORT`` whose bytes
-travel as ``STDIN``/``STDOUT``), and ``WINDOW`` (u32: more output bytes the channel may
-send; a channel starts with :data:`CREDIT`, and :data:`UNLIMITED` lets one nobody reads
-send freely, to be dropped); the agent sends ``WINDOW`` too, as its commands take their
-input (the host sends at most :data:`CREDIT` input bytes ahead); the agent answers ``PONG``,
-``STARTED`` (the command's pid), ``STDOUT``/``STDERR`` data, and ends every channel with
-one ``EXIT`` (a status: the exit code, or 128 + N when killed by signal N) or one
-``ERROR`` (an errno and a message).
+once over the one port; the host picks the numbers.
+
+- host → guest: ``PING``, ``EXEC``, ``EXEC_TTY`` (a window size, then an ``EXEC``
+  payload), ``STDIN`` (empty: end of input), ``SIGNAL``, ``RESIZE``, ``READ_FILE``,
+  ``WRITE_FILE``, ``FSFREEZE``, ``FSTHAW``, ``SET_CLOCK``, ``RESEED``, ``CONNECT`` (a
+  u16 port: a connection to the guest's ``127.0.0.1:PORT``, its bytes as
+  ``STDIN``/``STDOUT``);
+- guest → host: ``PONG``, ``STARTED`` (the command's pid), ``STDOUT``/``STDERR`` data,
+  and to end every channel one ``EXIT`` (the exit code, or 128 + N when killed by
+  signal N) or one ``ERROR`` (an errno and a message);
+- both ways: ``WINDOW`` (u32), credit per channel and direction. A channel's output
+  starts with :data:`CREDIT` bytes and the host grants more as it delivers them
+  (:data:`UNLIMITED` for a channel nobody reads: its output is dropped); the host
+  sends at most :data:`CREDIT` input bytes ahead and the agent grants more as its
+  command takes them.
 
 Why C in the guest: the agent starts with the kernel's first process, before anything is
 mounted; a static binary needs no interpreter and no environment closure, so it is ready
