@@ -40,6 +40,8 @@ class Loft:
     url: str
     admin_token: str
     proc: subprocess.Popen[bytes]
+    #: the preview proxy's loopback port
+    preview_port: int = 0
 
     @property
     def data_dir(self) -> Path:
@@ -81,7 +83,10 @@ def loft_up() -> Iterator[Loft]:
     log = root / "up.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [LOFT, "up", "--listen", "127.0.0.1:0"], env=env, stdout=out, stderr=out
+            [LOFT, "up", "--listen", "127.0.0.1:0", "--preview-listen", "127.0.0.1:0"],
+            env=env,
+            stdout=out,
+            stderr=out,
         )
     loft: Loft | None = None
     try:
@@ -95,7 +100,9 @@ def loft_up() -> Iterator[Loft]:
         _wait("loft up", ready, proc, log)
         url = (data / "run" / "api.url").read_text().strip()
         token = (data / "control" / "admin.token").read_text().strip()
-        loft = Loft(root, env, project / "loft.lock", url, token, proc)
+        preview = (data / "run" / "preview.url").read_text().strip()
+        port = int(preview.rsplit(":", 1)[1])
+        loft = Loft(root, env, project / "loft.lock", url, token, proc, port)
         yield loft
     finally:
         if loft is not None:

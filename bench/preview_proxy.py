@@ -13,7 +13,7 @@ host process, so what is measured is the control plane's path (authorize, start,
 the port, relay) plus Python's start-up; a real node adds the sandbox's start and the
 disk attach (bench/runtime_start.py measures those). Goal (issue 13): <= 1 s.
 
-    flock -x /tmp/loft-quiet.lock .venv/bin/python bench/preview_proxy.py
+    .venv/bin/python bench/preview_proxy.py
 """
 
 from __future__ import annotations

@@ -36,6 +36,8 @@ ATTEMPTS: dict[str, Callable[[Client], object]] = {
     "env": lambda c: c.env("w"),
     "env-switch": lambda c: c.env_switch("w", EnvSpec(["curl"])),
     "env-rollback": lambda c: c.env_rollback("w"),
+    "terminal": lambda c: c.terminal("w"),
+    "port-tunnel": lambda c: c.port("w", 8000),
     "as-owner": lambda c: c.workspace("w", owner="alice"),
     "list-as-owner": lambda c: c.workspaces(owner="alice"),
 }

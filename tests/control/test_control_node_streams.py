@@ -5,7 +5,8 @@ nbdfuse and ext4), not the fake one:
 - a workspace whose ``[run] command`` is ``python3 -m http.server`` serves its page
   through the preview proxy; the idle reaper snapshots and stops it; a request without
   credentials is a 401 and wakes nothing; the owner's next request wakes it and gets
-  the page, and the wake shows in ``/metrics``; the command's output is in ``loft logs``;
+  the page, and the wake shows in ``/metrics`` with the volume's commit lag; the
+  command's output is in ``loft logs``;
 - the terminal WebSocket runs a shell in the sandbox: ``echo hi``, a resize that
   ``stty size`` sees, the exit code;
 - a shell open on the node (``loft shell`` goes to the node agent, not through the API)
@@ -104,6 +105,10 @@ def test_wake_on_request_through_the_real_node(node: AgentNode, admin: Client) -
     ).text
     count = re.search(r"^loft_workspace_wake_to_first_byte_seconds_count (\S+)$", metrics, re.M)
     assert count is not None and float(count.group(1)) >= 1
+    # the node relays its disk service's commit lag of each running workspace's volume
+    pattern = r'^loft_commit_lag_seconds\{volume="ws-' + ws.id + r'"\} (\S+)$'
+    lag = re.search(pattern, metrics, re.M)
+    assert lag is not None and float(lag.group(1)) >= 0, metrics[-2000:]
 
     logs = b"".join(admin.logs("web"))
     assert logs.count(b"started: python3 -m http.server 8000") == 2, logs  # create, wake

@@ -277,6 +277,56 @@ def test_preview_large_bodies_stream_both_ways(
     assert r.json()["body"] == body.decode()
 
 
+def _one_answer_server(answer: bytes) -> tuple[socket.socket, int]:
+    """A server on the host's loopback that reads a request head and sends ``answer``
+    as is, then closes (for each connection)."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                head = b""
+                while b"\r\n\r\n" not in head and (more := conn.recv(65536)):
+                    head += more
+                conn.sendall(answer)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return server, server.getsockname()[1]
+
+
+def test_preview_sized_bodies_keep_their_framing(pv: Harness, people: dict[str, Any]) -> None:
+    """A body whose length the head gives is relayed past h11 on the workspace's side:
+    the client still gets exactly that length, a HEAD no body, the next request on the
+    connection its own answer, and a body cut short a cut connection, never a longer or
+    shorter message that a keep-alive client would misread."""
+    wid = _wid(people["alice"])
+    body = bytes(range(256)) * 8192  # 2 MiB, more than one read
+    whole = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    server, port = _one_answer_server(whole)
+    try:
+        with httpx.Client(timeout=30) as c:
+            url = f"http://127.0.0.1:{pv.preview_port}/"
+            headers = {"host": host(pv, port, wid), "authorization": f"Bearer {people['a']}"}
+            for _ in range(2):  # one kept-alive connection, two answers
+                r = c.get(url, headers=headers)
+                assert r.status_code == 200 and r.content == body
+            r = c.head(url, headers=headers)
+            assert r.status_code == 200 and r.content == b""
+    finally:
+        server.close()
+    short = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"z" * 10
+    server, port = _one_answer_server(short)
+    try:
+        with pytest.raises(httpx.RemoteProtocolError):
+            request(pv, port, wid, token=people["a"])
+    finally:
+        server.close()
+
+
 # --- attacks on the parser (SQLite only: nothing here touches the catalog's kind) -------
 
 

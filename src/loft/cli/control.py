@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
@@ -11,6 +13,37 @@ from loft.errors import LoftError
 
 class ControlServeError(LoftError):
     """The API cannot start as asked."""
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def listeners(command: F) -> F:
+    """The preview proxy's and the metrics page's options (``control serve``, ``up``)."""
+    for option in reversed(
+        [
+            click.option(
+                "--preview-listen",
+                default="127.0.0.1:7071",
+                show_default=True,
+                help="The preview proxy's HOST:PORT (its own origin, never the API's; "
+                "anything but loopback needs --tls-cert and --tls-key), or 'none'.",
+            ),
+            click.option(
+                "--preview-domain",
+                help="Previews are PORT--WORKSPACEID.DOMAIN "
+                "[$LOFT_PREVIEW_DOMAIN or preview.localhost].",
+            ),
+            click.option(
+                "--metrics-listen",
+                default="none",
+                show_default=True,
+                help="A loopback HOST:PORT serving /metrics without a token (a local scraper).",
+            ),
+        ]
+    ):
+        command = option(command)
+    return command
 
 
 @click.group()
@@ -32,22 +65,7 @@ def control() -> None:
     "this machine's node agent (DATA_DIR/run/agent.sock).",
 )
 @click.option("--node-timeout", default=30.0, show_default=True, help="Seconds a node has.")
-@click.option(
-    "--preview-listen",
-    default="127.0.0.1:7071",
-    show_default=True,
-    help="The preview proxy's HOST:PORT (its own origin, never the API's), or 'none'.",
-)
-@click.option(
-    "--preview-domain",
-    help="Previews are PORT--WORKSPACEID.DOMAIN [$LOFT_PREVIEW_DOMAIN or preview.localhost].",
-)
-@click.option(
-    "--metrics-listen",
-    default="none",
-    show_default=True,
-    help="A loopback HOST:PORT serving /metrics without a token (for a local scraper).",
-)
+@listeners
 @click.option(
     "--reap-every",
     type=click.FloatRange(0.1),

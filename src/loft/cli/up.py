@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from loft.cli.control import listeners
 from loft.config import Settings
 from loft.datadir import private_data_dir
 from loft.errors import LoftError, redact
@@ -88,22 +89,7 @@ def _first_admin(settings: Settings) -> tuple[str, Path] | None:
 )
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option(
-    "--preview-listen",
-    default="127.0.0.1:7071",
-    show_default=True,
-    help="The preview proxy's HOST:PORT (the same rule as --listen), or 'none'.",
-)
-@click.option(
-    "--preview-domain",
-    help="Previews are PORT--WORKSPACEID.DOMAIN [$LOFT_PREVIEW_DOMAIN or preview.localhost].",
-)
-@click.option(
-    "--metrics-listen",
-    default="none",
-    show_default=True,
-    help="A loopback HOST:PORT serving /metrics without a token.",
-)
+@listeners
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def up(
     listen: str,

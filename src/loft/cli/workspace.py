@@ -4,7 +4,7 @@
 Every one is a request to the control plane's API (:mod:`loft.client`, at ``LOFT_URL``
 and ``LOFT_TOKEN``, the ``loft login`` file, or, for root on the node, its root-only
 local socket as admin): the CLI parses, sends, prints. Its request path imports the
-standard library, click and the API's dataclasses only (``http.client``, not httpx), so
+standard library, click and the API's dataclasses only (HTTP by hand, not httpx), so
 a command costs its round trip, not an import of loft's storage. Bad input is one line
 and a hint, exit 1 (never a usage dump).
 """

@@ -1,66 +1,44 @@
-"""``loft exec``, ``loft shell`` and ``loft forward``.
+"""``loft exec``, ``loft shell`` and ``loft forward``, each through the control plane's API.
 
-exec goes through the control plane's API (``POST …/exec``: the command's standard input
-is read to its end first and sent with the request, its output streams back as it comes,
-its exit code becomes ours).
+exec: ``POST …/exec`` (the command's standard input is read to its end first and sent
+with the request, its output streams back as it comes, its exit code becomes ours).
 
-shell and forward still open a session on the node agent's socket (root only), by the
-workspace's id, which the API resolves from its name: the API's terminal (a WebSocket)
-and its preview proxy are what replace them. Over that connection (:mod:`loft.node.frames`,
-the standard library only): a thread copies this process's standard input into STDIN frames (then
-EOF); the main thread writes STDOUT and STDERR frames to ours until EXIT, whose status
-becomes ours. A shell puts our terminal in raw mode (restored on the way out, however it
-ends) and sends a RESIZE whenever our window changes (SIGWINCH). The connection stays
-open until EXIT: closing it is how a client says it went away (the process gets SIGHUP
-or SIGTERM).
+shell: the terminal WebSocket (``…/terminal``). A thread copies this process's standard
+input into binary messages; the main thread writes output messages to ours until the
+exit message, whose code becomes ours. On a terminal, ours goes into raw mode (restored
+on the way out, however it ends) and a resize message follows every SIGWINCH. Without a
+terminal the shell still runs, reading our standard input.
+
+forward: a listener of ours (a 0600 Unix socket in a private directory, or with
+``--local`` a TCP port on 127.0.0.1); each connection it accepts becomes one WebSocket
+tunnel (``…/ports/PORT``) into the workspace, relayed by two threads. It ends, saying
+so, when the workspace stops.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import click
 
 from loft.cli.workspace import client
 from loft.errors import LoftError
-from loft.node import frames
-from loft.node.frames import Channel, Frame
+
+if TYPE_CHECKING:
+    from loft.client._websocket import WebSocket
 
 __all__ = ["exec_", "forward", "shell"]
 
 _USERS = {"root": 0, "runner": 1000}
-
-
-class _Connection:
-    """The frames of one session over its socket; sends are safe from any thread."""
-
-    def __init__(self, sock: socket.socket, initial: bytes) -> None:
-        self.sock = sock
-        self.decoder = frames.Decoder()
-        if initial:
-            self.decoder.receive_data(initial)
-        self._send = threading.Lock()
-
-    def send(self, frame: Frame) -> None:
-        with self._send, contextlib.suppress(OSError):
-            self.sock.sendall(frames.encode(frame))
-
-    def received(self) -> Iterator[Frame]:
-        """Frames from the service until it closes the connection."""
-        while True:
-            frame = self.decoder.next_frame()
-            if isinstance(frame, Frame):
-                yield frame
-            elif frame is None:
-                return
-            else:
-                self.decoder.receive_data(self.sock.recv(65536))
 
 
 def _user(value: str) -> int:
@@ -71,16 +49,20 @@ def _user(value: str) -> int:
     raise LoftError(f"bad --user {value!r}", hint="root, runner or a uid below 65536")
 
 
-def _copy_stdin(conn: _Connection, fd: int) -> None:
+def _copy_input(ws: WebSocket, fd: int) -> None:
+    """Our standard input to the shell, until its end (sent as the terminal's EOF
+    character: a terminal has no other end of input)."""
     while True:
         try:
             data = os.read(fd, 65536)
         except OSError:
             data = b""
-        if not data:
-            conn.send(frames.eof())
+        try:
+            ws.send_bytes(data or b"\x04")
+        except LoftError:
             return
-        conn.send(Frame(Channel.STDIN, data))
+        if not data:
+            return
 
 
 @contextlib.contextmanager
@@ -95,47 +77,6 @@ def _raw_terminal(fd: int) -> Iterator[None]:
         yield
     finally:
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
-
-
-def _session(req: object, *, tty: bool) -> int:
-    """Run a shell session to its end; the remote exit status."""
-    from loft.node.client import open_stream
-
-    sock, initial = open_stream(_agent_path(), req)
-    conn = _Connection(sock, initial)
-    stdin = sys.stdin.fileno()
-    interactive = tty and os.isatty(stdin)
-    if interactive:
-        signal.signal(signal.SIGWINCH, lambda *_: conn.send(frames.resize(*_window())))
-    threading.Thread(target=_copy_stdin, args=(conn, stdin), daemon=True).start()
-    out = {Channel.STDOUT: sys.stdout.buffer, Channel.STDERR: sys.stderr.buffer}
-    with _raw_terminal(stdin) if interactive else contextlib.nullcontext():
-        for frame in conn.received():
-            if frame.channel in out:
-                out[frame.channel].write(frame.payload)
-                out[frame.channel].flush()
-            elif frame.channel is Channel.EXIT:
-                return int(frames.json_of(frame)["status"])
-            elif frame.channel is Channel.ERROR:
-                err = frames.json_of(frame)
-                raise LoftError(str(err.get("error")), hint=err.get("hint"))
-    raise LoftError(
-        "the node agent closed the session before the command ended",
-        hint="is `loft up` still running?",
-    )
-
-
-def _agent_path() -> str:
-    from loft.config import Settings
-
-    return str(Settings.from_env().data_dir / "run" / "agent.sock")
-
-
-def _workspace_id(name: str) -> str:
-    """The id of the caller's workspace ``name`` (the API's answer: an unknown name, or
-    another user's, fails here)."""
-    with client() as c:
-        return c.workspace(name).id
 
 
 def _window() -> tuple[int, int]:
@@ -201,13 +142,52 @@ def exec_(
 @click.option("-u", "--user", default="runner", show_default=True, help="root, runner or a uid.")
 def shell(name: str, user: str) -> None:
     """An interactive shell in workspace NAME, on a terminal whose size follows ours."""
-    from loft.node import workspace_api as wapi
-
+    _user(user)  # a bad --user is refused here, in the CLI's words
     rows, cols = _window()
-    req = wapi.ExecWorkspaceRequest(
-        _workspace_id(name), list(wapi.SHELL), user=_user(user), tty=True, rows=rows, cols=cols
+    with client() as c:
+        ws = c.terminal(name, rows=rows, cols=cols, user=user)
+    sys.exit(_run_shell(ws))
+
+
+def _resize(ws: WebSocket) -> None:
+    rows, cols = _window()
+    with contextlib.suppress(LoftError):
+        ws.send_json({"type": "resize", "rows": rows, "cols": cols})
+
+
+def _run_shell(ws: WebSocket) -> int:
+    """Carry a terminal session to its end; the shell's exit code."""
+    import json
+
+    stdin = sys.stdin.fileno()
+    interactive = os.isatty(stdin)
+    if interactive:
+        signal.signal(signal.SIGWINCH, lambda *_: _resize(ws))
+    threading.Thread(target=_copy_input, args=(ws, stdin), daemon=True).start()
+    out = sys.stdout.buffer
+    try:
+        with _raw_terminal(stdin) if interactive else contextlib.nullcontext():
+            while (message := ws.recv()) is not None:
+                if isinstance(message, bytes):
+                    out.write(message)
+                    out.flush()
+                    continue
+                msg = json.loads(message)
+                if msg.get("type") == "exit":
+                    return int(msg.get("code", 255))
+                if msg.get("type") == "idle":
+                    sys.stderr.write(
+                        f"\r\nloft: idle: this workspace stops in {msg.get('stop_in')} s "
+                        "unless it is used\r\n"
+                    )
+                elif msg.get("type") == "error":
+                    raise LoftError(str(msg.get("error")), hint=msg.get("hint"))
+    finally:
+        ws.close()
+    raise LoftError(
+        f"the terminal closed before the shell ended ({ws.close_code} {ws.close_reason})",
+        hint="is the control plane still running?",
     )
-    sys.exit(_session(req, tty=True))
 
 
 @click.command()
@@ -218,27 +198,94 @@ def shell(name: str, user: str) -> None:
     "local_port",
     type=int,
     default=None,
-    help="Listen on 127.0.0.1:LPORT instead of a root-only Unix socket (every "
-    "local account can reach it; 0: any free port).",
+    help="Listen on 127.0.0.1:LPORT instead of a Unix socket only this account may "
+    "open (every local account can reach it; 0: any free port).",
 )
 def forward(name: str, port: int, local_port: int | None) -> None:
     """Expose PORT of workspace NAME (its loopback) on this host until Ctrl-C: as a
-    Unix socket only root may open (default), or with --local as a TCP port on
+    Unix socket only this account may open (default), or with --local as a TCP port on
     127.0.0.1, which every local account can reach."""
-    from loft.node import workspace_api as wapi
-    from loft.node.client import open_stream
+    import tempfile
 
-    req = wapi.ForwardRequest(_workspace_id(name), port, local_port)
-    sock, initial = open_stream(_agent_path(), req)
-    conn = _Connection(sock, initial)
+    if not 0 < port < 65536 or not 0 <= (local_port or 0) < 65536:
+        raise LoftError(f"bad port {port if not 0 < port < 65536 else local_port}")
+    with client() as c:
+        state = c.workspace(name).state
+        if state != "running":
+            raise LoftError(
+                f"workspace {name!r} is {state}: forward needs it running",
+                hint=f"start it first: loft start {name}",
+            )
+    private = None
+    if local_port is None:
+        private = tempfile.mkdtemp(prefix="loft-forward-")  # 0700, ours
+        where = os.path.join(private, f"{name}-{port}.sock")
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        os.fchmod(listener.fileno(), 0o600)
+        listener.bind(where)
+    else:
+        listener = socket.create_server(("127.0.0.1", local_port))
+        where = f"127.0.0.1:{listener.getsockname()[1]}"
+    listener.listen(16)
+    threading.Thread(target=_accept, args=(listener, name, port), daemon=True).start()
+    click.echo(f"forwarding {name}:{port} at {where} (Ctrl-C stops)")
     try:
-        for frame in conn.received():
-            info = frames.json_of(frame)
-            if frame.channel is Channel.READY:
-                click.echo(f"forwarding {name}:{port} at {info['listen']} (Ctrl-C stops)")
-            elif frame.channel is Channel.ERROR:
-                raise LoftError(f"forward ended: {info.get('error')}", hint=info.get("hint"))
+        while True:
+            time.sleep(1.0)
+            with client() as c:
+                if c.workspace(name).state != "running":
+                    raise LoftError("forward ended: the workspace stopped")
     except KeyboardInterrupt:
-        sock.close()
         return
-    raise LoftError("the node agent ended the forward", hint="is `loft up` still running?")
+    finally:
+        listener.close()
+        if private is not None:
+            shutil.rmtree(private, ignore_errors=True)
+
+
+def _accept(listener: socket.socket, name: str, port: int) -> None:
+    """Each connection accepted becomes a tunnel of its own."""
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            return  # closed: the forward ended
+        threading.Thread(target=_tunnel, args=(conn, name, port), daemon=True).start()
+
+
+def _tunnel(conn: socket.socket, name: str, port: int) -> None:
+    """Relay one local connection through a WebSocket to the workspace's port (one that
+    cannot be made is closed at once, as a refused connection would be)."""
+    try:
+        with client() as c:
+            ws = c.port(name, port)
+    except LoftError:
+        conn.close()
+        return
+
+    def inward() -> None:
+        while True:
+            try:
+                data = conn.recv(1 << 20)
+            except OSError:
+                data = b""
+            if not data:
+                break
+            try:
+                ws.send_bytes(data)
+            except LoftError:
+                break
+        ws.close()
+
+    there = threading.Thread(target=inward, daemon=True)
+    there.start()
+    while (message := ws.recv()) is not None:
+        if isinstance(message, bytes):
+            try:
+                conn.sendall(message)
+            except OSError:
+                break
+    with contextlib.suppress(OSError):
+        conn.shutdown(socket.SHUT_WR)
+    there.join(5)
+    conn.close()

@@ -8,7 +8,7 @@ import dataclasses
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
 from loft.api import (
@@ -51,6 +51,9 @@ from loft.client._transport import (
     StdlibTransport,
     Transport,
 )
+
+if TYPE_CHECKING:
+    from loft.client._websocket import WebSocket
 
 __all__ = ["Client", "ExecResult"]
 
@@ -100,6 +103,7 @@ class Client:
     ) -> None:
         self.url = url
         self._token = token
+        self._ca = ca
         self._transport = transport or HttpxTransport(url, ca=ca, timeout=timeout)
 
     @classmethod
@@ -107,7 +111,7 @@ class Client:
         cls, url: str, token: str | None = None, *, ca: str | None = None, timeout: float = 60.0
     ) -> Client:
         """A client on ``http.client``: nothing heavy imported (what the CLI uses)."""
-        return cls(url, token, transport=StdlibTransport(url, ca=ca, timeout=timeout))
+        return cls(url, token, ca=ca, transport=StdlibTransport(url, ca=ca, timeout=timeout))
 
     def close(self) -> None:
         """Release the transport's connections."""
@@ -388,6 +392,36 @@ class Client:
             body=_body(CreatePreview(port)),
             params={"owner": owner},
         )
+
+    # --- WebSockets: terminals and port tunnels ------------------------------------------
+
+    def terminal(
+        self,
+        name: str,
+        *,
+        rows: int = 24,
+        cols: int = 80,
+        user: str = "runner",
+        session: str | None = None,
+        owner: str | None = None,
+    ) -> WebSocket:
+        """A shell on a terminal in the workspace (docs/control-plane.md, "Terminal protocol"):
+        binary messages are its input and output; the first text message names the
+        session (``session=`` re-attaches within its grace period), the last its exit."""
+        params = {"rows": str(rows), "cols": str(cols), "user": user}
+        params |= {"session": session or "", "owner": owner or ""}
+        return self._websocket(f"/v1/workspaces/{_q(name)}/terminal", params)
+
+    def port(self, name: str, port: int, *, owner: str | None = None) -> WebSocket:
+        """One TCP connection to ``port`` on the workspace's loopback, its bytes as binary
+        messages both ways (what ``loft forward`` opens per local connection)."""
+        path = f"/v1/workspaces/{_q(name)}/ports/{port}"
+        return self._websocket(path, {"owner": owner or ""})
+
+    def _websocket(self, path: str, params: dict[str, str]) -> WebSocket:
+        from loft.client._websocket import WebSocket
+
+        return WebSocket.open(self.url, path, params=params, token=self._token, ca=self._ca)
 
     # --- files ---------------------------------------------------------------------------
 

@@ -1,9 +1,11 @@
 """How a client's requests travel. One interface, two implementations (httpx's habit:
 the transport is a class, so the light one and the full one are interchangeable):
 
-- :class:`StdlibTransport`: the standard library's ``http.client`` over a Unix socket or
-  TCP (with TLS for ``https``). Nothing to import but what Python starts with, so a CLI
-  command through the API stays quick.
+- :class:`StdlibTransport`: HTTP/1.1 by hand on a standard library socket (a Unix
+  socket, TCP, or TLS for ``https``; ``ssl`` is imported only then): one request per
+  connection, a bounded head, a body by its length, chunks or the connection's end.
+  ``http.client`` would bring the ``email`` package (~10 ms of a CLI command's
+  ~100), so a CLI command through the API imports nothing but what Python starts with.
 - :class:`HttpxTransport`: httpx, for programs that import the SDK (connection pooling,
   HTTP/1.1 keep-alive, its timeouts). httpx is imported when one is made.
 
@@ -12,9 +14,7 @@ Both translate every failure of theirs into :class:`TransportError` here.
 
 from __future__ import annotations
 
-import http.client
 import socket
-import ssl
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -106,69 +106,158 @@ def _target_of(path: str, params: Mapping[str, str | list[str]] | None) -> str:
     return f"{path}?{query}" if query else path
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
+#: The largest answer head (status line and header fields).
+_MAX_HEAD = 64 << 10
+_READ = 65536
 
-    def connect(self) -> None:
+
+def _connect(target: _Target, ca: str | None, timeout: float) -> socket.socket:
+    if target.scheme == "unix":
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
+        sock.settimeout(timeout)
         try:
-            sock.connect(self._path)
+            sock.connect(target.socket_path)
         except OSError:
             sock.close()
             raise
-        self.sock = sock
+        return sock
+    sock = socket.create_connection((target.host, target.port), timeout)
+    if target.scheme == "https":
+        import ssl
+
+        context = ssl.create_default_context(cafile=ca)
+        try:
+            return context.wrap_socket(sock, server_hostname=target.host)
+        except OSError:
+            sock.close()
+            raise
+    return sock
 
 
-class _StdlibReply:
-    def __init__(self, conn: http.client.HTTPConnection, resp: http.client.HTTPResponse) -> None:
-        self._conn = conn
-        self._resp = resp
-        self.status = resp.status
+class _RawReply:
+    """An answer read from its socket: the head at once, the body as asked."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._buf = bytearray()
+        head = self._until(b"\r\n\r\n", _MAX_HEAD, "head")
+        lines = head.decode("latin-1").split("\r\n")
+        parts = lines[0].split(" ", 2)
+        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+            raise TransportError(f"the API sent a malformed status line: {lines[0][:80]!r}")
+        self.status = int(parts[1])
+        fields: dict[str, str] = {}
+        for line in lines[1:]:
+            name, sep, value = line.partition(":")
+            if not sep:
+                raise TransportError("the API sent a malformed header field")
+            fields[name.strip().lower()] = value.strip()
+        self._chunked = "chunked" in fields.get("transfer-encoding", "").lower()
+        length = fields.get("content-length")
+        self._left: int | None = None
+        if not self._chunked and length is not None:
+            if not length.isdigit():
+                raise TransportError("the API sent a malformed Content-Length")
+            self._left = int(length)
+        self._chunk_left = 0
+        self._done = False
+
+    def _fill(self) -> bool:
+        try:
+            data = self._sock.recv(_READ)
+        except OSError as e:
+            raise TransportError(f"the API broke off its answer: {e}") from e
+        self._buf += data
+        return bool(data)
+
+    def _until(self, mark: bytes, limit: int, what: str) -> bytes:
+        while (at := self._buf.find(mark)) < 0:
+            if len(self._buf) > limit:
+                raise TransportError(f"the API sent an oversized {what}")
+            if not self._fill():
+                raise TransportError(f"the API closed the connection in the answer's {what}")
+        out = bytes(self._buf[:at])
+        del self._buf[: at + len(mark)]
+        return out
+
+    def _chunk(self) -> bytes:
+        """The next piece of the body as it arrives; b"" at its end."""
+        if self._done:
+            return b""
+        if self._chunked:
+            if self._chunk_left == 0:
+                size = self._until(b"\r\n", 1024, "chunk size").split(b";", 1)[0].strip()
+                try:
+                    self._chunk_left = int(size, 16)
+                except ValueError:
+                    raise TransportError("the API sent a malformed chunk") from None
+                if self._chunk_left == 0:
+                    while self._until(b"\r\n", _MAX_HEAD, "trailer"):
+                        pass
+                    self._done = True
+                    return b""
+            if not self._buf and not self._fill():
+                raise TransportError("the API broke off its answer")
+            out = bytes(self._buf[: self._chunk_left])
+            del self._buf[: len(out)]
+            self._chunk_left -= len(out)
+            if self._chunk_left == 0:
+                self._until(b"\r\n", 2, "chunk end")
+            return out
+        if self._left is not None and self._left <= 0:
+            self._done = True
+            return b""
+        if not self._buf and not self._fill():
+            if self._left is not None:
+                raise TransportError("the API broke off its answer")
+            self._done = True
+            return b""
+        n = len(self._buf) if self._left is None else min(len(self._buf), self._left)
+        out = bytes(self._buf[:n])
+        del self._buf[:n]
+        if self._left is not None:
+            self._left -= n
+        return out
 
     def read(self) -> bytes:
         try:
-            data = self._resp.read(MAX_ANSWER + 1)
-        except (OSError, http.client.HTTPException) as e:
-            raise TransportError(f"the API broke off its answer: {e}") from e
+            data = bytearray()
+            while piece := self._chunk():
+                data += piece
+                if len(data) > MAX_ANSWER:
+                    raise TransportError("the API sent an oversized answer")
+            return bytes(data)
         finally:
             self.close()
-        if len(data) > MAX_ANSWER:
-            raise TransportError("the API sent an oversized answer")
-        return data
 
     def lines(self) -> Iterator[bytes]:
         try:
-            while line := self._resp.readline(MAX_ANSWER):
-                yield line
-        except (OSError, http.client.HTTPException) as e:
-            raise TransportError(f"the API broke off its answer: {e}") from e
+            pending = b""
+            while piece := self._chunk():
+                pending += piece
+                *whole, pending = pending.split(b"\n")
+                for line in whole:
+                    yield line + b"\n"
+                if len(pending) > MAX_ANSWER:
+                    raise TransportError("the API sent an oversized line")
+            if pending:
+                yield pending
         finally:
             self.close()
 
     def close(self) -> None:
-        self._conn.close()
+        self._sock.close()
 
 
 class StdlibTransport:
-    """``http.client``: one connection per request (a CLI command makes one or two)."""
+    """HTTP/1.1 on a standard library socket: one connection per request (a CLI command
+    makes one or two)."""
 
     def __init__(self, url: str, *, ca: str | None = None, timeout: float = DEFAULT_TIMEOUT):
         self.url = url
         self._target = parse_url(url)
         self._timeout = timeout
         self._ca = ca
-
-    def _connect(self, timeout: float) -> http.client.HTTPConnection:
-        t = self._target
-        if t.scheme == "unix":
-            return _UnixConnection(t.socket_path, timeout)
-        if t.scheme == "https":
-            context = ssl.create_default_context(cafile=self._ca)
-            return http.client.HTTPSConnection(t.host, t.port, timeout=timeout, context=context)
-        return http.client.HTTPConnection(t.host, t.port, timeout=timeout)
 
     def request(
         self,
@@ -180,16 +269,34 @@ class StdlibTransport:
         headers: Mapping[str, str] | None = None,
         timeout: float | None = None,
     ) -> Reply:
-        conn = self._connect(timeout or self._timeout)
+        t = self._target
+        host = t.host if t.scheme == "unix" or t.port in (80, 443) else f"{t.host}:{t.port}"
+        fields = {
+            "host": host,
+            "connection": "close",
+            **{k.lower(): v for k, v in (headers or {}).items()},
+        }
+        if body is not None or method in ("POST", "PUT", "PATCH"):
+            fields["content-length"] = str(len(body or b""))
+        head = f"{method} {_target_of(path, params)} HTTP/1.1\r\n" + "".join(
+            f"{k}: {v}\r\n" for k, v in fields.items()
+        )
         try:
-            conn.request(method, _target_of(path, params), body=body, headers=dict(headers or {}))
-            return _StdlibReply(conn, conn.getresponse())
-        except (OSError, http.client.HTTPException) as e:
-            conn.close()
+            sock = _connect(t, self._ca, timeout or self._timeout)
+        except OSError as e:
             raise TransportError(
-                f"cannot reach the loft API at {self.url}: {getattr(e, 'strerror', None) or e}",
+                f"cannot reach the loft API at {self.url}: {e.strerror or e}",
                 hint="is the control plane running? `loft login URL --token T` sets where it is",
             ) from e
+        try:
+            sock.sendall(head.encode("latin-1") + b"\r\n" + (body or b""))
+            return _RawReply(sock)
+        except OSError as e:
+            sock.close()
+            raise TransportError(f"the API broke off: {e.strerror or e}") from e
+        except BaseException:
+            sock.close()
+            raise
 
     def close(self) -> None:
         pass
@@ -249,6 +356,8 @@ class HttpxTransport:
         if transport is None and target.scheme == "unix":
             transport = httpx.HTTPTransport(uds=target.socket_path)
         base = "http://localhost" if target.scheme == "unix" else url
+        import ssl
+
         verify: Any = ssl.create_default_context(cafile=ca) if ca else True
         self._client = httpx.Client(
             base_url=base, transport=transport, timeout=timeout, verify=verify

@@ -24,7 +24,9 @@ Mapped onto the node API:
   the workspace, raw bytes after the ``101``; a 502 there is nothing listening), a
   terminal is an exec with a tty running the login shell, ``logs`` the run command's
   kept output as frames, ``activity`` a report;
-- deleting one snapshot and the commit lag report are not in the node API yet: 501.
+- commit lag is the disk service's count for each running workspace's volume, as the
+  agent collects it;
+- deleting one snapshot is not in the node API yet: 501.
 
 Failures: no answer (no socket, refused, reset) is :class:`NodeUnavailable`; a node's
 404/409/400 are :class:`NotFound`/:class:`Conflict`/:class:`BadRequest` with its message
@@ -53,7 +55,14 @@ from loft.control.errors import (
     NotListening,
     Unimplemented,
 )
-from loft.control.nodeclient import Exited, NodeWorkspace, Output, RuntimeState, Terminal
+from loft.control.nodeclient import (
+    RUNNER,
+    Exited,
+    NodeWorkspace,
+    Output,
+    RuntimeState,
+    Terminal,
+)
 from loft.node import frames
 from loft.node import workspace_api as wapi
 from loft.node.frames import Channel, Decoder
@@ -71,8 +80,6 @@ _CHUNK = 256 << 10
 _STREAM_LIMIT = 64 << 10
 #: A terminal's status when it was hung up or its node went away (128 + SIGHUP).
 _HUNG_UP = 129
-#: Whom the files API acts as inside a workspace: runner.
-RUNNER = 1000
 
 
 class BadGateway(ApiError):
@@ -345,8 +352,10 @@ class AgentNode:
             raise
         return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
 
-    async def terminal(self, id: str, rows: int, cols: int) -> Terminal:
-        req = wapi.ExecWorkspaceRequest(id, list(wapi.SHELL), tty=True, rows=rows, cols=cols)
+    async def terminal(self, id: str, rows: int, cols: int, user: int = RUNNER) -> Terminal:
+        req = wapi.ExecWorkspaceRequest(
+            id, list(wapi.SHELL), user=user, tty=True, rows=rows, cols=cols
+        )
         sock, decoder = await self._stream(req)
         return _AgentTerminal(sock, decoder)
 
@@ -360,8 +369,8 @@ class AgentNode:
         return _log_chunks(sock, decoder)
 
     async def commit_lags(self) -> Mapping[str, float]:
-        # The disk service counts it per volume; the agent does not relay it yet.
-        raise Unimplemented("this node does not report commit lag yet")
+        ans = await self._request(wapi.CommitLagsRequest(), wapi.CommitLagsAnswer)
+        return {v.volume: v.seconds for v in ans.volumes}
 
 
 def _env_state(number: int | None, path: str | None, env: EnvSpec | None = None) -> EnvState:

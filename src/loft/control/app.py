@@ -28,6 +28,7 @@ from loft.control.routes import (
     health,
     logs,
     metrics,
+    ports,
     preview,
     snapshots,
     terminal,
@@ -65,6 +66,7 @@ def create_app(state: ControlState) -> FastAPI:
     for module in (*routers, metrics):
         app.include_router(module.router)
     app.include_router(terminal.router)
+    app.include_router(ports.router)
     app.add_exception_handler(LoftError, _loft_error)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(HTTPException, _http_error)

@@ -33,7 +33,7 @@ from pathlib import Path
 from loft.api import EnvGeneration, EnvSpec, EnvState, ExecRequest, Limits, Snapshot
 from loft.control.errors import Conflict, Invalid, NodeUnavailable, NotFound, NotListening
 from loft.control.fakeprocs import PtyShell, RunLog, Server
-from loft.control.nodeclient import Exited, NodeWorkspace, Output, RuntimeState, Terminal
+from loft.control.nodeclient import RUNNER, Exited, NodeWorkspace, Output, RuntimeState, Terminal
 from loft.envstore.runspec import parse_run
 
 __all__ = ["FakeNode", "FakeWorkspace"]
@@ -323,7 +323,8 @@ class FakeNode:
                 hint="start the server, or give the spec a [run] command",
             ) from None
 
-    async def terminal(self, id: str, rows: int, cols: int) -> Terminal:
+    async def terminal(self, id: str, rows: int, cols: int, user: int = RUNNER) -> Terminal:
+        # Every shell of the fake node is the host's own process: ``user`` is not used.
         await self._enter("terminal")
         ws = self._running(id)
         shell = PtyShell.spawn(self._workdir(ws), rows, cols)

@@ -46,7 +46,19 @@ from typing import Literal, Protocol
 
 from loft.api import EnvSpec, EnvState, ExecRequest, Limits, Snapshot
 
-__all__ = ["Exited", "NodeClient", "NodeWorkspace", "Output", "RuntimeState", "Terminal"]
+__all__ = [
+    "RUNNER",
+    "Exited",
+    "NodeClient",
+    "NodeWorkspace",
+    "Output",
+    "RuntimeState",
+    "Terminal",
+]
+
+#: The workspace's own user inside it (uid 1000): whom files, terminals and execs act as
+#: unless told.
+RUNNER = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,8 +222,9 @@ class NodeClient(Protocol):
         :class:`~loft.control.errors.NotListening` when nothing accepts on that port."""
         ...
 
-    async def terminal(self, id: str, rows: int, cols: int) -> Terminal:
-        """A login shell on a new terminal of this size in a running workspace."""
+    async def terminal(self, id: str, rows: int, cols: int, user: int = RUNNER) -> Terminal:
+        """A login shell as ``user`` (a uid inside) on a new terminal of this size in a
+        running workspace."""
         ...
 
     async def activity(self, ids: Sequence[str]) -> Mapping[str, float]:

@@ -124,6 +124,7 @@ class AgentApi:
             wapi.ConnectRequest: self.connect_session,
             wapi.LogsRequest: self.logs_session,
             wapi.ActivityRequest: self.activity,
+            wapi.CommitLagsRequest: self.commit_lags,
             wapi.NodeRequest: self.node,
             wapi.DrainRequest: lambda r: wapi.DrainAnswer(self.reconciler.drain()),
         }
@@ -300,6 +301,20 @@ class AgentApi:
         if not 0 <= req.tail <= KEEP:
             raise BadRequest(f"bad tail {req.tail}", hint=f"0 to {KEEP} bytes")
         return LogsSession(self.wss.runs.log_of(ws.record.id), req.tail, req.follow)
+
+    def commit_lags(self, req: wapi.CommitLagsRequest) -> wapi.CommitLagsAnswer:
+        wss = self.wss
+        lags = []
+        for w in wss.records.on_node(wss.node):
+            if w.state.phase is not Phase.RUNNING:
+                continue
+            try:
+                lag = wss.disk.commit_lag(w.record.volume)
+            except LoftError:  # gone meanwhile, or the disk service restarting
+                continue
+            if lag is not None:
+                lags.append(wapi.VolumeLag(w.record.volume, lag))
+        return wapi.CommitLagsAnswer(lags)
 
     def activity(self, req: wapi.ActivityRequest) -> wapi.ActivityAnswer:
         mine = [w.record.id for w in self.wss.records.on_node(self.wss.node)]

@@ -63,6 +63,13 @@ class DiskClient:
     def _call(self, req: object, answer: type[A]) -> A:
         return _retry_busy(lambda: call(str(self.control), req, answer))
 
+    def commit_lag(self, volume: str) -> float | None:
+        """Seconds the volume's oldest flushed, uncommitted write has waited (None when
+        this disk service does not serve it)."""
+        if not self._served_here(volume):
+            return None
+        return call(str(self.control), api.InfoRequest(volume), api.InfoAnswer).commit_lag_s
+
     def commit(self, volume: str) -> None:
         """Commit what the volume's writers flushed (nothing to do when not served)."""
         if self._served_here(volume):

@@ -23,6 +23,8 @@ __all__ = [
     "WORKSPACE_API",
     "ActivityAnswer",
     "ActivityRequest",
+    "CommitLagsAnswer",
+    "CommitLagsRequest",
     "ConnectRequest",
     "CreateWorkspaceRequest",
     "DrainAnswer",
@@ -48,6 +50,7 @@ __all__ = [
     "StartWorkspaceRequest",
     "StopWorkspaceRequest",
     "SwitchEnvRequest",
+    "VolumeLag",
     "WorkspaceActivity",
     "WorkspaceInfo",
     "WorkspaceSnapshot",
@@ -187,6 +190,22 @@ class ActivityAnswer:
     """Every workspace of the node used since the agent started."""
 
     workspaces: list[WorkspaceActivity] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class VolumeLag:
+    """Seconds a running workspace's volume's oldest flushed write has waited for its
+    commit to the chunk store (0 when everything flushed is committed)."""
+
+    volume: str
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class CommitLagsAnswer:
+    """The commit lag of every running workspace's volume on this node."""
+
+    volumes: list[VolumeLag] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,6 +372,11 @@ class ActivityRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class CommitLagsRequest:
+    """The commit lag of every running workspace's volume."""
+
+
+@dataclass(frozen=True, slots=True)
 class NodeRequest:
     """Describe this node's capacity and commitments."""
 
@@ -414,6 +438,7 @@ WORKSPACE_API = Table(
     ),
     _op("logs", "POST", f"{_W}/logs", LogsRequest, Upgraded, stream=True),
     _op("activity", "GET", "/v1/node/activity", ActivityRequest, ActivityAnswer),
+    _op("commit_lags", "GET", "/v1/node/commit-lags", CommitLagsRequest, CommitLagsAnswer),
     _op("node", "GET", "/v1/node", NodeRequest, NodeAnswer),
     _op("drain", "POST", "/v1/node/drain", DrainRequest, DrainAnswer),
 )

@@ -53,7 +53,14 @@ from loft.control.preview.grants import COOKIE_NAME, TICKET_TTL, Grant, GrantSig
 from loft.control.preview.headers import Header, Split, clean_response, split_request, upgrade_of
 from loft.control.preview.host import PreviewTarget, check_domain, parse_host
 from loft.control.preview.pages import Page, page
-from loft.control.preview.relay import Closed, Peer, relay_body, splice
+from loft.control.preview.relay import (
+    Closed,
+    Peer,
+    relay_body,
+    relay_sized_body,
+    sized_body,
+    splice,
+)
 from loft.control.preview.site import LOGIN_PATH, PreviewSite
 from loft.control.records import Record
 from loft.control.state import ControlState
@@ -414,7 +421,11 @@ class PreviewProxy:
                 )
             )
             first_byte = time.perf_counter()
-            await relay_body(upstream, client, limits.upstream_timeout, _nothing)
+            length = sized_body(req.method, event)
+            if length is None:
+                await relay_body(upstream, client, limits.upstream_timeout, _nothing)
+            else:
+                await relay_sized_body(upstream, client, length, limits.upstream_timeout, _nothing)
             return _After.KEEP, first_byte
 
     async def _spliced(self, client: Peer, upstream: Peer, wid: str) -> None:

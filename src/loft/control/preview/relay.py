@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import os
 from collections.abc import Callable
+from typing import cast
 
 import h11
 
-__all__ = ["READ_SIZE", "Closed", "Peer", "relay_body", "splice"]
+__all__ = ["READ_SIZE", "Closed", "Peer", "relay_body", "relay_sized_body", "sized_body", "splice"]
 
 #: Bytes read from a socket at once.
 READ_SIZE = 1024 * 1024
@@ -79,6 +82,157 @@ async def relay_body(src: Peer, dst: Peer, timeout: float, on_data: Callable[[],
             return
         else:
             raise Closed(f"the body broke off ({type(event).__name__})")
+
+
+def sized_body(method: bytes, response: h11.Response) -> int | None:
+    """The length of ``response``'s body when its head gives it and it has one (not the
+    answer to a HEAD, not 204 or 304, not chunked); None otherwise."""
+    if method == b"HEAD" or response.status_code in (204, 304):
+        return None
+    length = None
+    for name, value in response.headers:
+        if name == b"transfer-encoding":
+            return None
+        if name == b"content-length":
+            length = int(value)  # h11 has checked it is one number
+    return length
+
+
+async def relay_sized_body(
+    src: Peer, dst: Peer, length: int, timeout: float, on_data: Callable[[], None]
+) -> None:
+    """Copy a body of ``length`` bytes from ``src`` to ``dst``, up to its end. What
+    ``src``'s h11 already holds goes through it; the rest is read straight from the
+    socket, unparsed (a length needs no parsing: h11 on that side is not used again,
+    one request per upstream connection), and passed through ``dst``'s h11 without
+    being copied, which keeps its framing (and so keep-alive) right."""
+    sent = 0
+
+    async def out(data: bytes) -> None:
+        nonlocal sent
+        on_data()
+        for piece in dst.conn.send_with_data_passthrough(h11.Data(data=data)) or ():
+            dst.writer.write(piece)
+        sent += len(data)
+        try:
+            await dst.writer.drain()
+        except OSError as e:
+            raise Closed(str(e)) from None
+
+    while (event := src.conn.next_event()) is not h11.NEED_DATA:
+        if isinstance(event, h11.Data):
+            await out(event.data)
+        elif isinstance(event, h11.EndOfMessage):
+            await dst.send(h11.EndOfMessage())
+            return
+        else:
+            raise Closed(f"the body broke off ({type(event).__name__})")
+    buffered = getattr(src.reader, "_buffer", None)  # what the stream holds, unparsed
+    if isinstance(buffered, bytearray) and buffered and sent < length:
+        await out(await src.reader.read(min(len(buffered), length - sent)))
+    if sent < length and _spliceable(src, dst) and not getattr(src.reader, "_buffer", b"x"):
+        try:
+            await dst.writer.drain()
+        except OSError as e:
+            raise Closed(str(e)) from None
+        await _splice_body(src, dst, length - sent, timeout, on_data)
+        await dst.send(h11.EndOfMessage())
+        return
+    while sent < length:
+        try:
+            data = await asyncio.wait_for(src.reader.read(min(READ_SIZE, length - sent)), timeout)
+        except TimeoutError:
+            raise Closed("silent past the deadline") from None
+        except OSError as e:
+            raise Closed(str(e)) from None
+        if not data:
+            raise Closed("the body broke off before its length")
+        await out(data)
+    await dst.send(h11.EndOfMessage())
+
+
+def _spliceable(src: Peer, dst: Peer) -> bool:
+    """Whether bytes can go from ``src``'s socket to ``dst``'s inside the kernel: both
+    plain sockets (TLS is the transport's, so its bytes must pass through here)."""
+    return all(
+        p.writer.get_extra_info("sslcontext") is None
+        and p.writer.get_extra_info("socket") is not None
+        for p in (src, dst)
+    )
+
+
+#: Stands in for spliced bytes when h11 counts them (it reads only their length; a pipe
+#: holds at most READ_SIZE, so no piece is longer).
+_COUNTED = memoryview(bytes(READ_SIZE))
+_F_SETPIPE_SZ = 1031
+
+
+async def _splice_body(
+    src: Peer, dst: Peer, length: int, timeout: float, on_data: Callable[[], None]
+) -> None:
+    """Move ``length`` bytes from ``src``'s socket to ``dst``'s through a pipe with
+    splice(2): no copy in this process. ``src``'s transport stops reading for it (its
+    connection is not used again); ``dst``'s has nothing queued, and its h11 is told of
+    each piece's length so its framing stays right."""
+    loop = asyncio.get_running_loop()
+    # Copies of the descriptors: the loop watches no descriptor a transport owns.
+    src_fd = os.dup(src.writer.get_extra_info("socket").fileno())
+    dst_fd = os.dup(dst.writer.get_extra_info("socket").fileno())
+    transport = cast(asyncio.ReadTransport, src.writer.transport)
+    transport.pause_reading()
+    read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    with contextlib.suppress(OSError):  # a pipe as large as a read: fewer system calls
+        fcntl.fcntl(write_end, _F_SETPIPE_SZ, READ_SIZE)
+    flags = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+    in_pipe = 0
+    try:
+        while length or in_pipe:
+            if length and in_pipe < READ_SIZE:
+                try:
+                    n = os.splice(src_fd, write_end, min(READ_SIZE, length), flags=flags)
+                except BlockingIOError:
+                    n = -1
+                if n == 0:
+                    raise Closed("the body broke off before its length")
+                if n > 0:
+                    length -= n
+                    in_pipe += n
+                    on_data()
+                elif not in_pipe:
+                    await _ready(loop.add_reader, loop.remove_reader, src_fd, timeout)
+                    continue
+            if in_pipe:
+                try:
+                    m = os.splice(read_end, dst_fd, in_pipe, flags=flags)
+                except BlockingIOError:
+                    await _ready(loop.add_writer, loop.remove_writer, dst_fd, timeout)
+                    continue
+                except OSError as e:
+                    raise Closed(str(e)) from None
+                dst.conn.send_with_data_passthrough(h11.Data(data=cast(bytes, _COUNTED[:m])))
+                in_pipe -= m
+    finally:
+        for fd in (read_end, write_end, src_fd, dst_fd):
+            os.close(fd)
+
+
+async def _ready(
+    add: Callable[..., None], remove: Callable[[int], object], fd: int, timeout: float
+) -> None:
+    """Wait until ``fd`` is ready (``add``: the loop's add_reader or add_writer)."""
+    fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def wake() -> None:
+        if not fut.done():
+            fut.set_result(None)
+
+    add(fd, wake)
+    try:
+        await asyncio.wait_for(fut, timeout)
+    except TimeoutError:
+        raise Closed("silent past the deadline") from None
+    finally:
+        remove(fd)
 
 
 async def _pump(

@@ -1,8 +1,9 @@
 """``/v1/workspaces/{name}/terminal``: a WebSocket to a shell on a PTY in the workspace.
 
-The protocol (docs/control.md, "Terminal"):
+The protocol (docs/control-plane.md, "Terminal protocol"):
 
-- query: ``rows`` and ``cols`` (the first window size, default 24 by 80), ``owner`` (an
+- query: ``rows`` and ``cols`` (the first window size, default 24 by 80), ``user``
+  (``runner``, the default, ``root`` or a uid inside the workspace), ``owner`` (an
   admin's), ``session`` (to re-attach to a session within its grace period);
 - client → server: **binary** messages are input (at most 64 KiB each); **text**
   messages are JSON, ``{"type": "resize", "rows": R, "cols": C}`` (1..1000);
@@ -32,11 +33,12 @@ from loft.api import WORKSPACE_NAME_PATTERN
 from loft.control.accounts import FIRST_ADMIN, Principal
 from loft.control.deps import LOCAL_ADMIN, on_node, resolve_owner
 from loft.control.errors import ApiError, Invalid, NotFound, Unauthorized
+from loft.control.nodeclient import RUNNER
 from loft.control.records import Record
 from loft.control.state import ControlState
 from loft.control.terminals import Attachment, TerminalSession
 
-__all__ = ["MAX_INPUT", "MAX_WINDOW", "router"]
+__all__ = ["MAX_INPUT", "MAX_WINDOW", "authorize", "deny", "router"]
 
 router = APIRouter()
 #: The largest input message, in bytes (a paste; more is closed with 1009).
@@ -46,9 +48,11 @@ MAX_WINDOW = 1000
 _MAX_CONTROL = 1024
 
 
-def _authorize(
+def authorize(
     ws: WebSocket, state: ControlState, name: str, owner: str | None
 ) -> tuple[Principal, Record]:
+    """The caller of a WebSocket route and the workspace it names (as every route
+    authorizes: a token, or root over the local socket; another user's is a 404)."""
     if ws.scope.get(LOCAL_ADMIN):
         caller: Principal | None = state.accounts.principal(FIRST_ADMIN)
     else:
@@ -72,10 +76,30 @@ def _window(ws: WebSocket) -> tuple[int, int]:
     return rows, cols
 
 
+def _user(value: str) -> int:
+    users = {"runner": RUNNER, "root": 0}
+    if value in users:
+        return users[value]
+    if value.isdigit() and int(value) < 65536:
+        return int(value)
+    raise Invalid(f"bad user {value[:16]!r}", hint="runner, root or a uid below 65536")
+
+
+async def deny(ws: WebSocket, e: ApiError) -> None:
+    """Refuse a WebSocket before the upgrade with ``e`` as an HTTP answer (or, on a
+    server that cannot answer before accepting, a close whose code is 4000 + status)."""
+    answer = {"error": e.message, "hint": e.hint}
+    if "websocket.http.response" in ws.scope.get("extensions", {}):
+        await ws.send_denial_response(JSONResponse(answer, status_code=e.status))
+    else:
+        await ws.close(code=4000 + e.status, reason=json.dumps(answer)[:120])
+
+
 async def _open(ws: WebSocket, state: ControlState, name: str) -> TerminalSession:
     owner = ws.query_params.get("owner")
-    caller, rec = await run_in_threadpool(_authorize, ws, state, name, owner)
+    caller, rec = await run_in_threadpool(authorize, ws, state, name, owner)
     rows, cols = _window(ws)
+    user = _user(ws.query_params.get("user", "runner"))
     wanted = ws.query_params.get("session")
     if wanted is not None:
         sess = state.terminals.find(wanted, rec.id, caller.id)
@@ -85,7 +109,7 @@ async def _open(ws: WebSocket, state: ControlState, name: str) -> TerminalSessio
                 hint="it ended, or its grace period passed: open a new one",
             )
         return sess
-    term = await on_node(state, state.node.terminal(rec.id, rows, cols))
+    term = await on_node(state, state.node.terminal(rec.id, rows, cols, user))
     return state.terminals.open(rec.id, caller.id, term)
 
 
@@ -96,11 +120,7 @@ async def terminal(ws: WebSocket, name: str) -> None:
     try:
         sess = await _open(ws, state, name)
     except ApiError as e:
-        answer = {"error": e.message, "hint": e.hint}
-        if "websocket.http.response" in ws.scope.get("extensions", {}):
-            await ws.send_denial_response(JSONResponse(answer, status_code=e.status))
-        else:  # a server without denial responses: close before accepting
-            await ws.close(code=4000 + e.status, reason=json.dumps(answer)[:120])
+        await deny(ws, e)
         return
     await ws.accept()
 
