@@ -23,8 +23,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
-from loft.node.sessions import readable, writable
-
 __all__ = ["LOG_KEEP", "PtyShell", "RunLog", "Server", "set_window"]
 
 #: Bytes of a run command's output kept (the newest).
@@ -157,6 +155,11 @@ def set_window(fd: int, rows: int, cols: int) -> None:
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 
 
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
 class PtyShell:
     """An interactive shell on a fresh PTY (a :class:`~loft.control.nodeclient.Terminal`)."""
 
@@ -164,6 +167,25 @@ class PtyShell:
         self.master = master
         self.proc = proc
         self._closed = False
+        self._closing: asyncio.Future[None] | None = None
+        self._waiters: set[asyncio.Future[None]] = set()
+
+    async def _ready(self, writing: bool) -> None:
+        """Wait until the master can be read (written); returns at once once closed.
+        Registered only while waited on, and unregistered by :meth:`close` before the
+        descriptor goes (its number is someone else's the moment after)."""
+        loop = asyncio.get_running_loop()
+        add, remove = (loop.add_writer, loop.remove_writer) if writing else (
+            loop.add_reader, loop.remove_reader)  # fmt: skip
+        fut: asyncio.Future[None] = loop.create_future()
+        self._waiters.add(fut)
+        add(self.master, _wake, fut)
+        try:
+            await fut
+        finally:
+            self._waiters.discard(fut)
+            if not self._closed:
+                remove(self.master)
 
     @classmethod
     def spawn(cls, cwd: Path, rows: int, cols: int) -> PtyShell:
@@ -196,7 +218,7 @@ class PtyShell:
             try:
                 return os.read(self.master, _READ)
             except BlockingIOError:
-                await readable(self.master)
+                await self._ready(writing=False)
             except OSError as e:
                 if e.errno == errno.EIO:  # every slave closed: the shell is gone
                     return b""
@@ -209,7 +231,7 @@ class PtyShell:
             try:
                 view = view[os.write(self.master, view) :]
             except BlockingIOError:
-                await writable(self.master)
+                await self._ready(writing=True)
 
     async def resize(self, rows: int, cols: int) -> None:
         if not self._closed:
@@ -220,8 +242,18 @@ class PtyShell:
         return 128 - status if status < 0 else status
 
     async def close(self) -> None:
-        if self._closed:
-            return
+        # One close for every caller (the session's and the workspace's stop may race):
+        # a second os.close of the number would close whoever reused it meanwhile.
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._close())
+        await asyncio.shield(self._closing)
+
+    async def _close(self) -> None:
         await _end_group(self.proc.pid, signal.SIGHUP, self.wait)
+        loop = asyncio.get_running_loop()
         self._closed = True
+        loop.remove_reader(self.master)
+        loop.remove_writer(self.master)
+        for fut in self._waiters:
+            _wake(fut)
         os.close(self.master)
