@@ -8,12 +8,17 @@ PY := $(VENV)/bin/python
 # npm (the npm resolver of loft env lock) is installed from Debian unless the host already has it.
 APT_PACKAGES := python3-venv python3-dev gcc postgresql qemu-utils nbdkit libnbd-bin nbdfuse \
 	python3-libnbd fio e2fsprogs fuse3 bubblewrap nix-bin python3-apt mmdebstrap openssl curl \
-	runc catatonit slirp4netns nftables iproute2
+	runc catatonit slirp4netns nftables iproute2 qemu-system-x86 busybox-static cpio
 PYTEST_ARGS ?=
 
-.PHONY: run test deps lint typecheck check bench clean
+.PHONY: run test deps guest lint typecheck check bench clean
+# What a loft VM boots (kernel, initramfs, guest agent): built, never committed.
+GUEST_DIR ?= build/guest
 
-deps: .deps/apt.stamp $(VENV)/.stamp
+deps: .deps/apt.stamp $(VENV)/.stamp guest
+
+guest: .deps/apt.stamp
+	@./guest/build.sh $(GUEST_DIR)
 
 .deps/apt.stamp: Makefile
 	@missing=$$(for p in $(APT_PACKAGES); do \
@@ -48,4 +53,4 @@ bench: deps
 	@for b in bench/[!_]*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) .deps .mypy_cache .ruff_cache
+	rm -rf $(VENV) .deps .mypy_cache .ruff_cache build

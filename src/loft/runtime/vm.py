@@ -1,0 +1,643 @@
+"""The ``vm`` runtime: each workspace a QEMU microVM (see docs/vm.md).
+
+The same controller as the sandbox's: every command first checks the workspace's phase
+against :data:`loft.runtime.phase.ALLOWED`, and phase-changing commands hold the
+workspace's lock. QEMU is the machine (:mod:`~loft.runtime.vm_qemu` has its command line,
+:mod:`~loft.runtime.vm_process` starts, adopts and kills it), QMP
+(:mod:`~loft.runtime.qmp`, :mod:`~loft.runtime.vm_migrate`) pauses, saves and loads it,
+and the guest agent (:mod:`~loft.runtime.vm_agent`) runs commands and freezes the
+filesystem inside.
+
+Each VM has a private directory, ``<data>/runtime/vm/<id>`` (0700): the RAM file, the
+QMP and agent sockets, QEMU's log, ``workspace.json`` (the spec, so a suspended VM
+resumes without its caller knowing it) and ``vm.json`` (QEMU's pid and start time, so a
+restarted agent adopts or cleans it). The disk is never here: QEMU reads and writes the
+workspace volume from the node's NBD server, and the host never mounts it (a tenant
+writes it raw).
+
+Suspend and resume, in tiers:
+
+- **suspend**: ``stop`` the vCPUs, then migrate with ``x-ignore-shared`` to
+  ``state`` (device state only: RAM is already in the file), its SHA-256 recorded in
+  ``suspend.json``. QEMU either stays, paused (``hot``), or quits (the image stays).
+- **hot resume**: ``cont``. **warm resume**: a new QEMU with the same devices and
+  ``-incoming defer`` maps the RAM file (``share=on``: the VM is the file's only user,
+  so its next suspend again saves only device state) and loads ``state``; then ``cont``,
+  the guest's clock set and its RNG reseeded from the host.
+- The image stops being valid the moment the VM runs again (the RAM file changes
+  under it), so a resume deletes it first; a VM killed later boots afresh.
+
+Snapshots with memory (:mod:`~loft.runtime.vm_image`): the RAM file copied, holes kept,
+into an image that never changes, restored by mapping it ``share=off`` (copy-on-write,
+paged in as touched): a restore, or a live fork (``restore(..., fork=True)`` of
+another workspace's snapshot onto a fork of its volume).
+
+About 600 lines and one idea, the controller: each command is its phase check, its lock
+and the calls into the modules above; the QEMU process, QMP, the migration stream, the
+image format and the agent live there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from loft.blockstore import Blockstore
+from loft.runtime import vm_cold
+from loft.runtime.console import PtySession, set_window_size
+from loft.runtime.errors import NotSupported, UnknownWorkspace, WorkspaceError
+from loft.runtime.forward import Forwarder
+from loft.runtime.interface import Runtime, RuntimeSnapshot, Stats, WorkspaceStatus
+from loft.runtime.oci import process_config
+from loft.runtime.persist import load_spec, save_spec, write_private
+from loft.runtime.phase import Command, Phase, check
+from loft.runtime.qmp import QmpError
+from loft.runtime.runc import Stdio
+from loft.runtime.spec import ExecRequest, WindowSize, WorkspaceSpec, check_workspace_id
+from loft.runtime.vm_agent import AgentLink
+from loft.runtime.vm_image import (
+    FORMAT,
+    ImageRecord,
+    copy_sparse,
+    decode_record,
+    encode_record,
+    sha256_file,
+)
+from loft.runtime.vm_migrate import load_state, save_state
+from loft.runtime.vm_process import (
+    VM_RECORD,
+    VmProcess,
+    attach,
+    connect_agent,
+    kill_recorded,
+    launch,
+    reap,
+    recorded_pid,
+    set_clock,
+)
+from loft.runtime.vm_protocol import Type, exec_payload, window_payload, write_file_payload
+from loft.runtime.vm_qemu import GuestImage, Machine, accelerator
+
+__all__ = ["NbdDisk", "VmRuntime"]
+
+_STATE = "state"
+_SUSPEND = "suspend.json"
+_STATE_FORMAT = 1
+#: A state file holds device state (tens of KB) and, for a VM whose RAM is a private
+#: mapping of an image, its RAM: never more than this beyond the VM's memory size.
+_STATE_SLACK = 64 << 20
+_RAM_JSON = "ram.json"
+_MAX_READ = 16 << 20
+
+
+@dataclass(frozen=True)
+class NbdDisk:
+    """Where QEMU reads a workspace's volume: export ``export`` of the NBD server on
+    Unix socket ``socket`` (the node's disk service)."""
+
+    socket: Path
+    export: str
+
+
+class VmRuntime(Runtime):
+    """Workspaces as QEMU microVMs, with state under ``data_dir``.
+
+    ``disk``: where a workspace's volume is served (the node's disk service); ``guest``:
+    the kernel and initramfs (default: ``LOFT_VM_GUEST``, else ``<data_dir>/vm-guest``);
+    ``accel``: ``auto``, ``kvm`` or ``tcg`` (default ``LOFT_VM_ACCEL``, else ``tcg``);
+    ``bs``: the node's blockstore, where memory images go to outlive the node
+    (:meth:`upload_snapshot`) and come from when a restore does not find them here.
+    The spec's ``rootfs`` is not used: a VM's volume is never mounted on the host."""
+
+    kind = "vm"
+
+    def __init__(self, data_dir: Path, disk: Callable[[str], NbdDisk], *,
+                 guest: Path | None = None, accel: str | None = None,
+                 bs: Blockstore | None = None) -> None:  # fmt: skip
+        self.bs = bs
+        self.root = data_dir / "runtime" / "vm"
+        self.images = data_dir / "runtime" / "vm-images"
+        self.disk = disk
+        self.guest_dir = guest or Path(os.environ.get("LOFT_VM_GUEST") or data_dir / "vm-guest")
+        self.accel = accelerator(accel)
+        self._live: dict[str, VmProcess] = {}
+        self._locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+        self._table = threading.Lock()
+
+    def dir(self, workspace: str) -> Path:
+        """The VM's private directory."""
+        return self.root / check_workspace_id(workspace)
+
+    # -- phases ------------------------------------------------------------------------
+
+    def _lock(self, workspace: str) -> threading.Lock:
+        with self._table:
+            return self._locks[workspace]
+
+    def _live_one(self, workspace: str) -> VmProcess | None:
+        vm = self._live.get(workspace)
+        if vm is not None and not vm.alive():  # QEMU died (killed, guest panic)
+            self._live.pop(workspace, None)
+            vm.release()
+            reap(vm.pid)
+            return None
+        return vm
+
+    def _checked(self, workspace: str, command: Command) -> VmProcess:
+        vm = self._live_one(workspace)
+        if vm is None:
+            check(workspace, command, Phase.STOPPED)
+            raise UnknownWorkspace(f"workspace {workspace} is not running here")
+        check(workspace, command, vm.phase)
+        return vm
+
+    def status(self, workspace: str) -> WorkspaceStatus:
+        vm = self._live_one(workspace)
+        if vm is None:
+            return WorkspaceStatus(workspace, Phase.STOPPED, 0)
+        return WorkspaceStatus(workspace, vm.phase, vm.pid)
+
+    def suspended(self, workspace: str) -> bool:
+        """Whether ``workspace`` has a suspend image a start resumes from."""
+        return (self.dir(workspace) / _SUSPEND).is_file()
+
+    # -- life --------------------------------------------------------------------------
+
+    def adopt(self) -> list[WorkspaceStatus]:
+        running = []
+        for name in sorted(os.listdir(self.root)) if self.root.is_dir() else []:
+            if name in self._live:
+                running.append(self.status(name))
+                continue
+            d = self.root / name
+            try:
+                pid = recorded_pid(d)
+                if pid is None:
+                    raise ProcessLookupError
+                spec = load_spec(d)
+                # the agent is reached on first use: a paused VM's would not answer now
+                vm = attach(spec, self._machine(spec), pid, agent=False)
+            except (OSError, ValueError, KeyError, WorkspaceError):
+                # Nothing usable runs: keep a suspend image, drop the rest.
+                if not (d / _SUSPEND).is_file():
+                    self._teardown(name)
+                continue
+            status = vm.qmp.execute("query-status")
+            vm.phase = Phase.RUNNING if status.get("running") else Phase.PAUSED
+            self._live[name] = vm
+            running.append(WorkspaceStatus(name, vm.phase, vm.pid))
+        return running
+
+    def _machine(self, spec: WorkspaceSpec) -> Machine:
+        """The VM of ``spec``: on its own RAM file, or on the image it was restored from
+        (named in ``ram.json`` in its directory) with that image's memory size."""
+        disk = self.disk(spec.id)
+        d = self.dir(spec.id)
+        memory, image = spec.limits.memory, None
+        with contextlib.suppress(FileNotFoundError):
+            try:
+                rec = json.loads((d / _RAM_JSON).read_bytes()[:4096])
+                image = self._image_dir(str(rec["image"])) / "ram"
+                memory = int(rec["memory_mib"]) << 20
+            except (ValueError, KeyError, TypeError) as e:
+                raise WorkspaceError(f"damaged VM state {d / _RAM_JSON}: {e}") from e
+        return Machine(d, memory, disk.socket, disk.export, self.accel, ram_image=image)
+
+    def _image_dir(self, image: str) -> Path:
+        if not re.fullmatch(r"[0-9a-f]{32}", image):
+            raise WorkspaceError(f"bad VM image id {image!r}")
+        return self.images / image
+
+    def start(self, spec: WorkspaceSpec) -> WorkspaceStatus:
+        """Boot the workspace's VM, or resume it (warm) when it has a suspend image."""
+        with self._lock(spec.id):
+            vm = self._live_one(spec.id)
+            check(spec.id, Command.START, vm.phase if vm else Phase.STOPPED)
+            if self.suspended(spec.id):
+                return self._resume_warm(spec.id)
+            disk = self.disk(spec.id)  # a boot always runs on its own, new RAM file
+            machine = Machine(self.dir(spec.id), spec.limits.memory, disk.socket, disk.export,
+                              self.accel)  # fmt: skip
+            guest = GuestImage.at(self.guest_dir)
+            if not machine.nbd_socket.exists():
+                raise WorkspaceError(f"the disk service's socket {machine.nbd_socket} is missing",
+                                     hint="start the node's disk service")  # fmt: skip
+            try:
+                self._prepare(spec)
+                vm = launch(spec, machine, guest, incoming=False)
+                self._live[spec.id] = vm
+                return WorkspaceStatus(spec.id, Phase.RUNNING, vm.pid)
+            except BaseException:
+                self._teardown(spec.id)
+                raise
+
+    def _prepare_dirs(self) -> None:
+        for p in (self.root.parent, self.root, self.images):  # not mkdir(parents=): 0755
+            p.mkdir(mode=0o700, exist_ok=True)
+
+    def _prepare(self, spec: WorkspaceSpec) -> None:
+        d = self.dir(spec.id)
+        self._prepare_dirs()
+        if d.exists():  # a boot cut short, or a VM killed: nothing in it is valid now
+            shutil.rmtree(d)
+        d.mkdir(mode=0o700)
+        save_spec(d, spec)
+
+    def stop(self, workspace: str, *, grace: float = 5.0) -> None:
+        """Shut the VM down and remove every trace, a suspend image included (the
+        guest is asked to sync its disks first, for ``grace`` seconds at most)."""
+        with self._lock(workspace):
+            vm = self._live_one(workspace)
+            check(workspace, Command.STOP, vm.phase if vm else Phase.STOPPED)
+            if vm is not None and vm.phase is Phase.RUNNING and vm.agent is not None and grace > 0:
+                with contextlib.suppress(WorkspaceError):
+                    self._run_quiet(vm, ("sync",), grace)
+            self._teardown(workspace)
+
+    def _run_quiet(self, vm: VmProcess, argv: tuple[str, ...], timeout: float) -> None:
+        proc = self.exec(vm.spec.id, ExecRequest(argv, user=0, cwd="/"),
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)  # fmt: skip
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def _teardown(self, workspace: str) -> None:
+        """Kill the VM's QEMU whatever state it is in, and remove its directory."""
+        vm = self._live.pop(workspace, None)
+        if vm is not None:
+            vm.kill()
+        d = self.dir(workspace)
+        kill_recorded(d)
+        if d.exists():
+            shutil.rmtree(d)
+
+    # -- reaching in -------------------------------------------------------------------
+
+    def _link(self, vm: VmProcess) -> AgentLink:
+        if vm.agent is None or vm.agent.failure is not None:
+            if vm.agent is not None:
+                vm.agent.close()
+            vm.agent = None
+            vm.agent = AgentLink.connect(vm.machine.agent, 5.0)
+        return vm.agent
+
+    def exec(
+        self,
+        workspace: str,
+        request: ExecRequest,
+        *,
+        stdin: Stdio = None,
+        stdout: Stdio = None,
+        stderr: Stdio = None,
+    ) -> subprocess.Popen[bytes]:
+        vm = self._checked(workspace, Command.EXEC)
+        link = self._link(vm)
+        process = process_config(request)
+        payload = exec_payload(request.argv, process["env"], process["cwd"], request.user,
+                               request.user)  # fmt: skip
+        return self._relay(link, payload, tty=False, stdin=stdin, stdout=stdout, stderr=stderr)
+
+    @staticmethod
+    def _relay(link: AgentLink, payload: bytes, *, tty: bool, stdin: Stdio, stdout: Stdio,
+               stderr: Stdio) -> subprocess.Popen[bytes]:  # fmt: skip
+        """Start the relay process that stands for the command of ``payload``."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        argv = [sys.executable, "-m", "loft.runtime.vm_relay", *(["--tty"] if tty else []),
+                str(theirs.fileno())]  # fmt: skip
+        try:
+            proc = subprocess.Popen(argv, pass_fds=(theirs.fileno(),), stdin=stdin,
+                                    stdout=stdout, stderr=stderr)  # fmt: skip
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        try:
+            link.open_session(payload, ours, tty=tty)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        return proc
+
+    def pty(self, workspace: str, request: ExecRequest, size: WindowSize) -> PtySession:
+        """``request`` on a new terminal in the guest, relayed to a host terminal whose
+        master the caller gets (its resize reaches the guest's terminal)."""
+        vm = self._checked(workspace, Command.PTY)
+        master, slave = os.openpty()
+        try:
+            set_window_size(slave, size)
+            process = process_config(request, size)
+            payload = window_payload(size.rows, size.cols) + exec_payload(
+                request.argv, process["env"], process["cwd"], request.user, request.user
+            )
+            proc = self._relay(self._link(vm), payload, tty=True, stdin=slave, stdout=slave,
+                               stderr=slave)  # fmt: skip
+        except BaseException:
+            os.close(master)
+            raise
+        finally:
+            os.close(slave)
+        return PtySession(master, proc)
+
+    def forward(self, workspace: str, port: int, listener: socket.socket) -> Forwarder:
+        """Relay connections accepted on ``listener`` to ``127.0.0.1:port`` in the guest,
+        through the agent (the guest needs no network device for it)."""
+        vm = self._checked(workspace, Command.FORWARD)
+        if not 0 < port < 65536:
+            raise ValueError(f"bad port {port}")
+
+        fwd = Forwarder(listener, lambda: self._connect_in(vm, port, 10.0))
+        vm.forwarders.append(fwd)
+        return fwd
+
+    def connect(self, workspace: str, port: int, timeout: float = 10.0) -> socket.socket:
+        """One connection to ``127.0.0.1:port`` in the guest, through the agent (a Unix
+        socket whose bytes are the connection's); ConnectionRefusedError when nothing
+        listens there."""
+        vm = self._checked(workspace, Command.FORWARD)
+        if not 0 < port < 65536:
+            raise ValueError(f"bad port {port}")
+        return self._connect_in(vm, port, timeout)
+
+    def _connect_in(self, vm: VmProcess, port: int, timeout: float) -> socket.socket:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            self._link(vm).open_connection(port, theirs, timeout)
+        except BaseException:
+            ours.close()
+            raise
+        return ours
+
+    def read_file(self, workspace: str, path: str, limit: int = _MAX_READ) -> bytes:
+        """The contents of ``path`` inside the workspace (at most ``limit`` bytes)."""
+        vm = self._checked(workspace, Command.EXEC)
+        return self._link(vm).call(Type.READ_FILE, path.encode() + b"\0", limit=limit)
+
+    def write_file(self, workspace: str, path: str, data: bytes, mode: int = 0o644) -> None:
+        """Replace ``path`` inside the workspace with ``data`` (up to about 1 MiB)."""
+        vm = self._checked(workspace, Command.EXEC)
+        self._link(vm).call(Type.WRITE_FILE, write_file_payload(path, data, mode))
+
+    # -- freezing and stats ------------------------------------------------------------
+
+    def freeze(self, workspace: str) -> None:
+        with self._lock(workspace):
+            vm = self._checked(workspace, Command.FREEZE)
+            vm.qmp.execute("stop")
+            vm.phase = Phase.PAUSED
+
+    def thaw(self, workspace: str) -> None:
+        with self._lock(workspace):
+            vm = self._checked(workspace, Command.THAW)
+            self._cont(vm)
+
+    def _cont(self, vm: VmProcess) -> None:
+        (vm.machine.dir / _SUSPEND).unlink(missing_ok=True)  # invalid once it runs
+        (vm.machine.dir / _STATE).unlink(missing_ok=True)
+        vm.qmp.execute("cont")
+        vm.phase = Phase.RUNNING
+
+    def freeze_filesystem(self, workspace: str) -> None:
+        with self._lock(workspace):
+            vm = self._checked(workspace, Command.FREEZE_FS)
+            if vm.phase is not Phase.RUNNING:
+                raise WorkspaceError(f"workspace {workspace} is paused: its agent cannot freeze",
+                                     hint="freeze the filesystem before the processes")  # fmt: skip
+            self._link(vm).call(Type.FSFREEZE, timeout=60)
+            vm.fs_frozen = True
+
+    def thaw_filesystem(self, workspace: str) -> None:
+        with self._lock(workspace):
+            vm = self._checked(workspace, Command.THAW_FS)
+            if vm.phase is not Phase.RUNNING:
+                raise WorkspaceError(f"workspace {workspace} is paused: its agent cannot thaw",
+                                     hint="thaw the processes first")  # fmt: skip
+            self._link(vm).call(Type.FSTHAW)
+            vm.fs_frozen = False
+
+    def stats(self, workspace: str) -> Stats:
+        """QEMU's own use: resident memory (the guest's touched RAM and QEMU's heap) and
+        CPU time; the guest's processes are not counted one by one."""
+        vm = self._checked(workspace, Command.STATS)
+        status = Path(f"/proc/{vm.pid}/status").read_text()
+        fields = {k: v.split() for k, _, v in (line.partition(":") for line in status.splitlines())}
+        stat = Path(f"/proc/{vm.pid}/stat").read_bytes().rsplit(b")", 1)[1].split()
+        tick = os.sysconf("SC_CLK_TCK")
+        return Stats(
+            memory=int(fields["VmRSS"][0]) << 10,
+            memory_peak=int(fields["VmHWM"][0]) << 10,
+            memory_limit=vm.machine.memory_mib << 20,
+            cpu_ns=(int(stat[11]) + int(stat[12])) * 10**9 // tick,
+            cpu_periods=0,
+            cpu_throttled_periods=0,
+            cpu_throttled_ns=0,
+            pids=int(fields["Threads"][0]),
+            pids_limit=0,
+        )
+
+    def snapshot(self, workspace: str) -> RuntimeSnapshot:
+        """The VM's memory and devices as an image (see :mod:`loft.runtime.vm_image`),
+        taken with its vCPUs stopped: a running VM is stopped for the copy and goes on
+        after; a frozen one stays frozen, so the caller can snapshot the volume at the
+        very same point before it thaws."""
+        with self._lock(workspace):
+            vm = self._checked(workspace, Command.SNAPSHOT)
+            image = secrets.token_hex(16)
+            d = self._image_dir(image)
+            running = vm.phase is Phase.RUNNING
+            self._prepare_dirs()
+            d.mkdir(mode=0o700)
+            try:
+                if running:
+                    vm.qmp.execute("stop")
+                save_state(vm.qmp, d / _STATE)
+                if vm.machine.ram_image is None:
+                    copy_sparse(vm.machine.ram, d / "ram")
+                    ram_from = image
+                else:  # its RAM went into the stream, loaded over the image it runs from
+                    ram_from = vm.machine.ram_image.parent.name
+                rec = ImageRecord(image, workspace, vm.machine.memory_mib, ram_from,
+                                  sha256_file(d / _STATE))  # fmt: skip
+                write_private(d / "record", encode_record(rec))
+            except BaseException:
+                shutil.rmtree(d, ignore_errors=True)
+                raise
+            finally:
+                if running:
+                    vm.qmp.execute("cont")
+            return RuntimeSnapshot(self.kind, FORMAT, encode_record(rec))
+
+    def restore(self, spec: WorkspaceSpec, snapshot: RuntimeSnapshot, *,
+                fork: bool = False) -> WorkspaceStatus:  # fmt: skip
+        """Start ``spec`` from a memory snapshot, on a volume the caller restored (or
+        forked) to the snapshot's point. The image is mapped privately, so any number
+        of VMs restore from it and it never changes. Another workspace's snapshot is
+        refused unless ``fork`` (a live fork: the caller gives the new workspace a fork
+        of the volume)."""
+        if snapshot.kind != self.kind:
+            raise NotSupported(f"a {snapshot.kind} snapshot cannot restore a {self.kind}")
+        rec = decode_record(snapshot.state)
+        if rec.workspace != spec.id and not fork:
+            raise WorkspaceError(f"the snapshot is of workspace {rec.workspace}, not {spec.id}",
+                                 hint="fork it into a new workspace instead")  # fmt: skip
+        state = self._image_dir(rec.image) / _STATE
+        ram = self._image_dir(rec.ram_from) / "ram"
+        if self.bs is not None and not (state.is_file() and ram.is_file()):
+            self._prepare_dirs()  # cold: the image only in the chunk store
+            vm_cold.fetch(self.bs, self.images, rec)
+            if not (state.parent / "record").exists():
+                write_private(state.parent / "record", snapshot.state)
+        try:
+            ok = ram.stat().st_size == rec.memory_mib << 20
+            ok = ok and state.stat().st_size <= (rec.memory_mib << 20) + _STATE_SLACK
+        except FileNotFoundError:
+            ok = False
+        if not ok or sha256_file(state) != rec.state_sha256:
+            raise WorkspaceError(
+                f"the VM image {rec.image} is missing or damaged",
+                hint="restore the volume snapshot alone (a cold boot)",
+            )
+        with self._lock(spec.id):
+            vm = self._live_one(spec.id)
+            check(spec.id, Command.RESTORE, vm.phase if vm else Phase.STOPPED)
+            guest = GuestImage.at(self.guest_dir)
+            try:
+                self._prepare(spec)
+                write_private(self.dir(spec.id) / _RAM_JSON, json.dumps(
+                    {"image": rec.ram_from, "memory_mib": rec.memory_mib}).encode())  # fmt: skip
+                machine = self._machine(spec)
+                vm = launch(spec, machine, guest, incoming=True)
+                self._live[spec.id] = vm
+                load_state(vm.qmp, state)
+                self._cont(vm)
+                vm.agent = connect_agent(vm)
+                self._after_restore(vm)
+            except BaseException:
+                self._teardown(spec.id)
+                raise
+            return WorkspaceStatus(spec.id, Phase.RUNNING, vm.pid)
+
+    def remove_snapshot(self, snapshot: RuntimeSnapshot) -> None:
+        """Delete a memory snapshot's image; WorkspaceError while a VM or another
+        image still maps its RAM."""
+        rec = decode_record(snapshot.state)
+        users = [p.parent.name for p in self.root.glob(f"*/{_RAM_JSON}")
+                 if rec.image in p.read_text()]  # fmt: skip
+        for p in self.images.glob("*/record"):
+            if p.parent.name != rec.image and decode_record(p.read_bytes()).ram_from == rec.image:
+                users.append(f"image {p.parent.name}")
+        if users:
+            raise WorkspaceError(f"VM image {rec.image} is in use by {', '.join(sorted(users))}")
+        shutil.rmtree(self._image_dir(rec.image), ignore_errors=True)
+        if self.bs is not None:
+            vm_cold.remove(self.bs, rec.image)
+
+    def upload_snapshot(self, snapshot: RuntimeSnapshot) -> str:
+        """Put a memory snapshot's image into the chunk store (a volume of its own, see
+        :mod:`loft.runtime.vm_cold`), so a restore on any node finds it; the volume."""
+        if self.bs is None:
+            raise WorkspaceError("this VM runtime has no blockstore to upload images to")
+        return vm_cold.upload(self.bs, self.images, decode_record(snapshot.state))
+
+    # -- suspend and resume ------------------------------------------------------------
+
+    def suspend(self, workspace: str, *, keep: bool = False) -> float:
+        """Save the VM's state beside its RAM file; with ``keep`` QEMU stays, paused
+        (a hot resume is then ``cont``), else it quits and the image stays for a warm
+        resume. Returns the seconds the save took."""
+        with self._lock(workspace):
+            vm = self._checked(workspace, Command.SNAPSHOT)
+            d = vm.machine.dir
+            if vm.phase is Phase.RUNNING:
+                vm.qmp.execute("stop")
+                vm.phase = Phase.PAUSED
+            t0 = time.monotonic()
+            save_state(vm.qmp, d / _STATE)
+            seconds = time.monotonic() - t0
+            digest = sha256_file(d / _STATE)
+            write_private(d / _SUSPEND, json.dumps(
+                {"format": _STATE_FORMAT, "workspace": workspace, "sha256": digest,
+                 "memory": vm.machine.memory_mib}
+            ).encode())  # fmt: skip
+            if not keep:
+                with contextlib.suppress(QmpError):
+                    vm.qmp.execute("quit")
+                self._live.pop(workspace, None)
+                vm.alive(wait=5)  # QEMU exits once quit; killed if it does not
+                vm.kill()
+                (d / VM_RECORD).unlink(missing_ok=True)
+            return seconds
+
+    def resume(self, workspace: str) -> WorkspaceStatus:
+        """Run a suspended VM again: ``cont`` when its QEMU is still there (hot), else
+        a new QEMU from its image (warm)."""
+        with self._lock(workspace):
+            vm = self._live_one(workspace)
+            if vm is not None:
+                check(workspace, Command.THAW, vm.phase)
+                self._cont(vm)
+                self._after_restore(vm)
+                return WorkspaceStatus(workspace, vm.phase, vm.pid)
+            return self._resume_warm(workspace)
+
+    def _resume_warm(self, workspace: str) -> WorkspaceStatus:
+        d = self.dir(workspace)
+        try:
+            meta = json.loads((d / _SUSPEND).read_bytes()[:4096])
+            spec = load_spec(d)
+            if meta.get("format") != _STATE_FORMAT or meta.get("workspace") != workspace:
+                raise ValueError("not this workspace's image")
+            digest = str(meta["sha256"])
+        except (OSError, ValueError, KeyError) as e:
+            raise WorkspaceError(
+                f"workspace {workspace} has no usable suspend image: {e}",
+                hint="stop it (the image is lost) and start it afresh",
+            ) from e
+        state = d / _STATE
+        machine = self._machine(spec)
+        if (not state.is_file() or state.stat().st_size > machine.memory + _STATE_SLACK
+                or sha256_file(state) != digest):  # fmt: skip
+            raise WorkspaceError(
+                f"workspace {workspace}'s suspend image is damaged (its state file does not "
+                "match what was saved)",
+                hint="stop it (the memory image is lost) and start it afresh",
+            )
+        guest = GuestImage.at(self.guest_dir)
+        vm = None
+        try:
+            vm = launch(spec, machine, guest, incoming=True)
+            load_state(vm.qmp, state)
+            self._cont(vm)
+            vm.agent = connect_agent(vm)
+            self._after_restore(vm)
+        except BaseException:
+            if vm is not None:
+                vm.kill()
+            (d / VM_RECORD).unlink(missing_ok=True)
+            raise
+        self._live[workspace] = vm
+        return WorkspaceStatus(workspace, Phase.RUNNING, vm.pid)
+
+    def _after_restore(self, vm: VmProcess) -> None:
+        """The guest's clock stood still while it was saved, and a restored RNG state
+        repeats: set the one, reseed the other."""
+        link = self._link(vm)
+        set_clock(link)
+        link.call(Type.RESEED, secrets.token_bytes(64))

@@ -1,0 +1,138 @@
+"""A VM's memory image in the chunk store: uploaded after a snapshot, fetched on any node.
+
+A memory snapshot (:mod:`loft.runtime.vm_image`) lives on one node's disk; to outlive the
+node, or to resume on another one ("cold"), it becomes a volume of its own,
+``loft-vm-<image id>`` (loft's reserved prefix, as templates have): the RAM file the
+image maps at offset 0, then, at the RAM's size, the device state behind an 8-byte
+length. It is written through the blockstore API from the RAM file's data ranges only,
+and pieces that are all zeros are skipped, so pages the guest never touched cost
+nothing, and identical extents (of other images, of the same guest suspended again) are
+stored once: chunks are keyed by their content.
+
+A fetch exports the volume back into the node's images directory (sparse: zero extents
+stay holes), checks the state against the record's SHA-256, and from then on the image
+is restored as any local one. The volume is never served over NBD: only this code
+reads or writes it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from loft.blockstore import Blockstore
+from loft.blockstore.api import DEFAULT_MAX_DIRTY
+from loft.runtime.errors import WorkspaceError
+from loft.runtime.vm_image import ImageRecord, sha256_file
+
+__all__ = ["EXTENT_SIZE", "fetch", "remove", "upload", "volume_name"]
+
+#: 1 MiB extents: a guest's RAM changes in scattered pages, and smaller extents make a
+#: second suspend of one VM, and images of VMs booted from the same kernel, share more.
+EXTENT_SIZE = 1 << 20
+_LEN = 8
+
+
+def volume_name(image: str) -> str:
+    """The volume that holds image ``image`` in the chunk store."""
+    return f"loft-vm-{image}"
+
+
+def _size(rec: ImageRecord, state_len: int) -> int:
+    raw = (rec.memory_mib << 20) + _LEN + state_len
+    return -(-raw // EXTENT_SIZE) * EXTENT_SIZE
+
+
+def upload(bs: Blockstore, images: Path, rec: ImageRecord) -> str:
+    """Write the image of ``rec`` (its state, and the RAM file it maps) into its volume
+    and commit; the volume's name. Idempotent: an image already uploaded is left."""
+    name = volume_name(rec.image)
+    if any(v.name == name for v in bs.volumes()):
+        return name
+    state = images / rec.image / "state"
+    ram = images / rec.ram_from / "ram"
+    state_bytes = state.read_bytes()
+    bs.heads.create(name, size=_size(rec, len(state_bytes)), extent_size=EXTENT_SIZE,
+                    durability="local", commit_interval=5.0,
+                    max_dirty=DEFAULT_MAX_DIRTY)  # fmt: skip
+    try:
+        vol = bs.open(name)
+        try:
+            for offset, data in _data_pieces(ram, EXTENT_SIZE):
+                vol.write(offset, data)
+            vol.write(rec.memory_mib << 20, len(state_bytes).to_bytes(_LEN, "big") + state_bytes)
+        finally:
+            vol.close()  # commits
+    except BaseException:
+        bs.remove(name)
+        raise
+    return name
+
+
+def fetch(bs: Blockstore, images: Path, rec: ImageRecord) -> None:
+    """Make the image of ``rec`` whole in ``images`` from its volume (what is there
+    already is kept); WorkspaceError when the volume is missing or does not match."""
+    state = images / rec.image / "state"
+    ram = images / rec.ram_from / "ram"
+    if state.is_file() and ram.is_file():
+        return
+    name = volume_name(rec.image)
+    if not any(v.name == name for v in bs.volumes()):
+        raise WorkspaceError(f"VM image {rec.image} is neither on this node nor in the chunk store",
+                             hint="restore the volume snapshot alone (a cold boot)")  # fmt: skip
+    for d in {state.parent, ram.parent}:
+        d.mkdir(mode=0o700, exist_ok=True)
+    tmp = images / f".{rec.image}.fetch"
+    try:
+        with open(tmp, "wb") as f:
+            os.fchmod(f.fileno(), 0o600)
+            bs.export_image(name, f)
+        memory = rec.memory_mib << 20
+        with open(tmp, "rb") as f:
+            f.seek(memory)
+            length = int.from_bytes(f.read(_LEN), "big")
+            if length > os.fstat(f.fileno()).st_size - memory - _LEN:
+                raise WorkspaceError(f"VM image volume {name} is damaged (bad state length)")
+            data = f.read(length)
+        state_tmp = state.with_name(".state.tmp")
+        state_tmp.write_bytes(data)
+        os.chmod(state_tmp, 0o600)
+        if sha256_file(state_tmp) != rec.state_sha256:
+            state_tmp.unlink()
+            raise WorkspaceError(f"VM image volume {name} does not match its record")
+        os.truncate(tmp, memory)
+        if not ram.is_file():
+            os.replace(tmp, ram)
+        os.replace(state_tmp, state)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def remove(bs: Blockstore, image: str) -> None:
+    """Delete image ``image``'s volume, if it was uploaded."""
+    name = volume_name(image)
+    if any(v.name == name for v in bs.volumes()):
+        bs.remove(name)
+
+
+def _data_pieces(path: Path, piece: int) -> Iterator[tuple[int, bytes]]:
+    """``(offset, bytes)`` of ``path``'s ``piece``-aligned pieces in its data ranges that
+    hold something other than zeros (a new volume reads as zeros already)."""
+    zero = bytes(piece)
+    with open(path, "rb") as f:
+        fd = f.fileno()
+        end = os.fstat(fd).st_size
+        pos = 0
+        while pos < end:
+            try:
+                data_at = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError:  # ENXIO: only a hole is left
+                return
+            start = data_at - data_at % piece
+            hole = os.lseek(fd, data_at, os.SEEK_HOLE)
+            for offset in range(start, hole, piece):
+                data = os.pread(fd, min(piece, end - offset), offset)
+                if data != zero[: len(data)]:
+                    yield offset, data
+            pos = max(hole, start + piece)

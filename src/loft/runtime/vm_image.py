@@ -1,0 +1,134 @@
+"""A VM's memory snapshot: the images on the node's disk and the record that names them.
+
+A snapshot of a running VM is its device state (a migration stream) and its RAM, taken
+while the vCPUs are stopped, beside the volume snapshot the caller takes at the same
+moment. Both live in an **image** directory, ``<data>/runtime/vm-images/<id>`` (0700):
+
+- ``ram``: a copy of the VM's RAM file (holes where it has them), never written again:
+  every VM restored from it maps it ``share=off``, so many run from one image and pages
+  come in only as each guest touches them;
+- ``state``: the device state; for a VM that itself runs from an image (its RAM is a
+  private mapping, in no file), the stream carries its RAM too, and the image names the
+  RAM file it loads over (``ram_from``) instead of holding one.
+
+The caller keeps the :class:`~loft.runtime.interface.RuntimeSnapshot` whose ``state`` is
+the record (:func:`encode_record`): magic, format version, the image's id, the
+workspace it came from, the memory size, the state's SHA-256, and a CRC32 of it all, so
+a damaged or foreign record is refused before anything starts (Firecracker's snapshot
+header, in JSON).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import struct
+import zlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from loft.runtime.errors import WorkspaceError
+
+__all__ = [
+    "FORMAT",
+    "MAGIC",
+    "ImageRecord",
+    "copy_sparse",
+    "decode_record",
+    "encode_record",
+    "sha256_file",
+]
+
+MAGIC = b"LOFTVMS\n"
+FORMAT = 1
+#: A record is a few hundred bytes; anything much longer is not one.
+_MAX_RECORD = 4096
+_ID = re.compile(r"[0-9a-f]{32}")
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """What names a memory snapshot: image ``image`` (a directory of the images dir)
+    taken of ``workspace`` with ``memory_mib`` of RAM; ``ram_from``: the image whose
+    ``ram`` file to map (itself, or the one a restored VM ran from); ``state_sha256``:
+    of its ``state`` file."""
+
+    image: str
+    workspace: str
+    memory_mib: int
+    ram_from: str
+    state_sha256: str
+
+    def __post_init__(self) -> None:
+        for ident in (self.image, self.ram_from):
+            if not _ID.fullmatch(ident):
+                raise ValueError(f"bad image id {ident!r}")
+        if not re.fullmatch(r"[0-9a-f]{64}", self.state_sha256):
+            raise ValueError("bad state digest")
+        if not 0 < self.memory_mib <= 1 << 22:
+            raise ValueError(f"bad memory size {self.memory_mib} MiB")
+
+
+def encode_record(rec: ImageRecord) -> bytes:
+    """The bytes of ``rec``: magic, format, length-prefixed JSON, CRC32 of all before."""
+    body = json.dumps(asdict(rec), sort_keys=True).encode()
+    data = MAGIC + struct.pack(">II", FORMAT, len(body)) + body
+    return data + struct.pack(">I", zlib.crc32(data))
+
+
+def decode_record(data: bytes) -> ImageRecord:
+    """The record in ``data``; WorkspaceError when it is damaged, of another format, or
+    not a VM memory snapshot at all."""
+    head = len(MAGIC) + 8
+    if len(data) > _MAX_RECORD or len(data) < head + 4 or not data.startswith(MAGIC):
+        raise WorkspaceError("not a VM memory snapshot record")
+    fmt, length = struct.unpack_from(">II", data, len(MAGIC))
+    if fmt != FORMAT:
+        raise WorkspaceError(f"VM snapshot format {fmt} is not {FORMAT}",
+                             hint="restore it with the loft version that took it")  # fmt: skip
+    if len(data) != head + length + 4 or zlib.crc32(data[:-4]) != int.from_bytes(data[-4:], "big"):
+        raise WorkspaceError("the VM snapshot record is damaged (checksum mismatch)")
+    try:
+        return ImageRecord(**json.loads(data[head:-4]))
+    except (ValueError, TypeError) as e:
+        raise WorkspaceError(f"the VM snapshot record is damaged: {e}") from e
+
+
+def sha256_file(path: Path) -> str:
+    """The SHA-256 of ``path``'s contents, hex."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def copy_sparse(src: Path, dst: Path) -> None:
+    """Copy ``src`` to a new ``dst`` (0600) through its data ranges only, so the holes of
+    a RAM file (pages the guest never touched) stay holes; fsynced."""
+    fd_in = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        size = os.fstat(fd_in).st_size
+        fd_out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            os.ftruncate(fd_out, size)
+            pos = 0
+            while pos < size:
+                try:
+                    start = os.lseek(fd_in, pos, os.SEEK_DATA)
+                except OSError:  # ENXIO: only a hole is left
+                    break
+                end = os.lseek(fd_in, start, os.SEEK_HOLE)
+                while start < end:
+                    n = os.copy_file_range(fd_in, fd_out, end - start, start, start)
+                    if n == 0:
+                        break
+                    start += n
+                pos = end
+            os.fsync(fd_out)
+        finally:
+            os.close(fd_out)
+    finally:
+        os.close(fd_in)
