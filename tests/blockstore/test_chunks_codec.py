@@ -98,3 +98,26 @@ def test_chunk_keys(codec: ChunkCodec) -> None:
     for bad in ("heads/abc", "chunks/ab/zz", "chunks/ab/abcd"):
         with pytest.raises(ValueError):
             digest_of_key(bad)
+
+
+def _noise_with_zeros(fraction: float, n: int) -> bytes:
+    """Random bytes with the first ``fraction`` of every 4 KiB zeroed: zstd saves about
+    that fraction of them."""
+    data = bytearray(random.Random(4).randbytes(n))
+    run = int(4096 * fraction)
+    for pos in range(0, n, 4096):
+        data[pos : pos + run] = bytes(run)
+    return bytes(data)
+
+
+@pytest.mark.parametrize("n", [65536, 1 << 20])  # whole, and past the sampling threshold
+def test_compression_kept_only_when_it_saves_an_eighth(codec: ChunkCodec, n: int) -> None:
+    barely = _noise_with_zeros(0.05, n)
+    value = codec.encode(barely)
+    assert value[5] == CODEC_RAW  # 5% saved is not worth zstd's CPU, nor decompressing
+    assert codec.decode(value) == barely
+    worth = _noise_with_zeros(0.3, n)
+    value = codec.encode(worth)
+    assert value[5] == CODEC_ZSTD
+    assert len(value) <= 0.875 * n
+    assert codec.decode(value) == worth

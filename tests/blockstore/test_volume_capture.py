@@ -54,6 +54,57 @@ def test_capture_preserves_bytes_overwritten_after_the_flush(tmp_path: Path) -> 
         os.close(fd)
 
 
+def test_reused_aside_file_gives_only_what_this_capture_copied(tmp_path: Path) -> None:
+    """A capture reuses the aside file of the one before (kept, not truncated): its stale
+    slots must never show through, and it is trimmed to the slots the last capture used."""
+    es = 64 * 1024
+    path = tmp_path / "data"
+    original = rnd(30, 4 * es)
+    path.write_bytes(original)
+    aside = tmp_path / "aside"
+    aside.write_bytes(b"\xee" * 8 * es)  # what earlier captures left behind
+    fd = os.open(path, os.O_RDWR)
+    try:
+        cap = Capture(1, {0: 1, 2: 1, 3: 1}, aside, es)
+        state = bytearray(original)
+        # Extent 2 is copied first (slot 0), then 0 (slot 1); extent 3 never.
+        for off, n, seed in [(2 * es + 5000, 3000, 31), (100, es, 32), (2 * es + 1, 10, 33)]:
+            cap.preserve(fd, off, n)
+            os.pwrite(fd, rnd(seed, n), off)
+            state[off : off + n] = rnd(seed, n)
+        for e in (0, 2, 3):
+            assert read(cap, fd, e, es) == original[e * es : (e + 1) * es]
+        cap.close(keep=True)
+        assert os.path.getsize(aside) == 2 * es  # two slots used: the rest trimmed
+        nxt = Capture(2, {0: 2}, aside, es)  # the next capture: slot 0 holds stale bytes
+        nxt.preserve(fd, 4096, 10)
+        os.pwrite(fd, b"n" * 10, 4096)
+        assert read(nxt, fd, 0, es) == bytes(state[:es])
+        nxt.close()
+        assert not aside.exists()
+    finally:
+        os.close(fd)
+
+
+def test_closing_a_volume_removes_its_aside_files(
+    deployment_of: Callable[[str], Deployment],
+) -> None:
+    dep = deployment_of("sqlite-file")
+    bs = dep.node("a")
+    bs.create("v", size=4 * EXTENT, extent_size=EXTENT, commit_interval=60.0)
+    vol = bs.open("v")
+    vol.write(0, rnd(40, 2 * EXTENT))
+    vol.flush()  # captured, waiting for its interval
+    vol.write(100, rnd(41, 5000))  # copies aside for the waiting capture
+    directory = vol._wc.directory
+    assert list(directory.glob("aside-*"))
+    vol.commit()
+    vol.write(200, rnd(42, 5000))  # no capture alive: nothing copied
+    vol.close()
+    assert not list(directory.glob("aside-*"))
+    assert dep.node("fresh").view("v").read(0, 4 * EXTENT)[200:5200] == rnd(42, 5000)
+
+
 @pytest.mark.parametrize("kind", ["sqlite-file", "sqlite-s3"])
 def test_write_during_upload_does_not_leak_into_the_commit(
     kind: str, deployment_of: Callable[[str], Deployment]

@@ -42,6 +42,9 @@ __all__ = ["Committer", "OnCommitted"]
 
 _RETRY_BACKOFF_MIN = 0.5
 _RETRY_BACKOFF_MAX = 10.0
+#: The two aside files, one per capture alive at once (uploading, pending), each reused
+#: by the captures after it (see capture.py).
+_ASIDE_NAMES = ("aside-a", "aside-b")
 
 #: The volume's side of a finished commit (called with the shared lock held): mark clean
 #: what is unchanged since the capture (None: an import, which replaced extents wholesale)
@@ -127,9 +130,9 @@ class Committer:
             return pending.seq
         self._seq += 1
         busy = self._uploading.aside_path.name if self._uploading else None
-        name = "aside-b" if busy == "aside-a" else "aside-a"
+        name = _ASIDE_NAMES[1] if busy == _ASIDE_NAMES[0] else _ASIDE_NAMES[0]
         if pending is not None:
-            pending.close()
+            pending.close(keep=True)
         self._pending = Capture(self._seq, gens, self._aside_dir / name, self._extent_size)
         if self._pending_since is None:
             self._pending_since = time.monotonic()
@@ -175,6 +178,13 @@ class Committer:
             self._cond.notify_all()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(30)
+        if not self._thread.is_alive():
+            with self._cond:
+                for cap in (self._uploading, self._pending):
+                    if cap is not None:
+                        cap.close(keep=True)
+                for name in _ASIDE_NAMES:
+                    (self._aside_dir / name).unlink(missing_ok=True)
 
     # -- the commit thread ----------------------------------------------------------------
 
@@ -253,11 +263,11 @@ class Committer:
                     if cap.gens.get(e) == g:
                         pending.drop(e)
             self._uploading = None
-            cap.close()
+            cap.close(keep=True)
             self._committed_seq = cap.seq
             if pending is not None and not pending.gens:
                 self._committed_seq = pending.seq
-                pending.close()
+                pending.close(keep=True)
                 self._pending = None
                 self._pending_since = None
             self._cond.notify_all()
