@@ -242,8 +242,9 @@ class AgentNode:
                 raise
         return self._state(info)
 
-    async def stop(self, id: str) -> RuntimeState:
-        return self._state(await self._request(wapi.StopWorkspaceRequest(id), wapi.WorkspaceInfo))
+    async def stop(self, id: str, cold: bool = False) -> RuntimeState:
+        req = wapi.StopWorkspaceRequest(id, cold)
+        return self._state(await self._request(req, wapi.WorkspaceInfo))
 
     async def delete(self, id: str) -> None:
         await self._request(wapi.RemoveWorkspaceRequest(id), wapi.RemovedAnswer)
@@ -273,8 +274,10 @@ class AgentNode:
         ans = await self._request(req, wapi.RestoreWorkspaceAnswer)
         return ans.undo_snapshot, ans.restarted
 
-    async def fork(self, source: str, snapshot: str | None, target: NodeWorkspace) -> RuntimeState:
-        req = wapi.ForkWorkspaceRequest(source, target.id, snapshot or "", target.start)
+    async def fork(
+        self, source: str, snapshot: str | None, target: NodeWorkspace, live: bool = False
+    ) -> RuntimeState:
+        req = wapi.ForkWorkspaceRequest(source, target.id, snapshot or "", target.start, live)
         return self._state(await self._request(req, wapi.WorkspaceInfo))
 
     async def exec(self, id: str, req: ExecRequest) -> AsyncIterator[Output | Exited]:

@@ -150,8 +150,9 @@ class NodeClient(Protocol):
         """Start a stopped workspace (a no-op for a running one)."""
         ...
 
-    async def stop(self, id: str) -> RuntimeState:
-        """Stop a workspace, committing its disk (a no-op for a stopped one)."""
+    async def stop(self, id: str, cold: bool = False) -> RuntimeState:
+        """Stop a workspace, committing its disk (a no-op for a stopped one). A VM is
+        suspended, its memory kept for the next start, unless ``cold``."""
         ...
 
     async def delete(self, id: str) -> None:
@@ -180,9 +181,12 @@ class NodeClient(Protocol):
         was stopped and started again around it."""
         ...
 
-    async def fork(self, source: str, snapshot: str | None, target: NodeWorkspace) -> RuntimeState:
+    async def fork(
+        self, source: str, snapshot: str | None, target: NodeWorkspace, live: bool = False
+    ) -> RuntimeState:
         """Make ``target`` from ``source``'s snapshot, or from its state now when
-        ``snapshot`` is None (a running source keeps running)."""
+        ``snapshot`` is None (a running source keeps running). ``live``: a VM's running
+        copy from its memory (:class:`Invalid` for a sandbox)."""
         ...
 
     async def exec(self, id: str, req: ExecRequest) -> AsyncIterator[Output | Exited]:

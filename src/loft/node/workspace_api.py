@@ -250,9 +250,11 @@ class StartWorkspaceRequest:
 @dataclass(frozen=True, slots=True)
 class StopWorkspaceRequest:
     """Stop a workspace: its processes (TERM, then KILL), its filesystem unmounted and
-    its volume committed."""
+    its volume committed. A VM is suspended (its memory kept, a start resumes it)
+    unless ``cold``: then it shuts down, and a suspended one loses its memory."""
 
     workspace: str
+    cold: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,6 +299,8 @@ class ForkWorkspaceRequest:
     new: str
     snapshot: str = ""
     start: bool = True
+    #: a running VM's copy from its memory (or from ``snapshot``'s memory)
+    live: bool = False
 
 
 @dataclass(frozen=True, slots=True)
