@@ -148,8 +148,9 @@ def test_workspace_vm_snapshot_restore_and_live_fork(node: AgentNode) -> None:
 
     # live fork: the same processes in both, then apart
     t0 = time.monotonic()
-    fork = node.json("fork", "vm1", "vm2", "--live")
+    node.loft("fork", "vm1", "vm2", "--live")
     assert node.sh("vm2", "echo forked") == "forked\n"
+    fork = node.json("info", "vm2")
     print(f"fork --live -> first exec output in the fork: {time.monotonic() - t0:.2f} s")
     assert fork["runtime"] == "vm" and fork["state"] == "running"
     _counts_on(node, "vm2", pid)
