@@ -253,8 +253,8 @@ class AgentNode:
         # The node reads limits from the record at every start: nothing to send.
         await self._request(wapi.GetWorkspaceRequest(id), wapi.WorkspaceInfo)
 
-    async def snapshot(self, id: str, name: str) -> Snapshot:
-        ans = await self._request(wapi.SnapWorkspaceRequest(id, name), wapi.SnapAnswer)
+    async def snapshot(self, id: str, name: str, memory: bool = True) -> Snapshot:
+        ans = await self._request(wapi.SnapWorkspaceRequest(id, name, memory), wapi.SnapAnswer)
         pause = ans.pause_ms if ans.running else None
         return Snapshot(ans.snapshot, time.time(), False, ans.version, pause)
 

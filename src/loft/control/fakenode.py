@@ -169,7 +169,7 @@ class FakeNode:
         ws = self._get(id)
         ws.spec = replace(ws.spec, limits=limits)
 
-    async def snapshot(self, id: str, name: str) -> Snapshot:
+    async def snapshot(self, id: str, name: str, memory: bool = True) -> Snapshot:
         await self._enter("snapshot")
         return self._snapshot(self._get(id), name, auto=False)
 

@@ -163,8 +163,9 @@ class NodeClient(Protocol):
         """Apply new resource limits (now if it runs, else at its next start)."""
         ...
 
-    async def snapshot(self, id: str, name: str) -> Snapshot:
-        """Snapshot the workspace's disk now, running or not."""
+    async def snapshot(self, id: str, name: str, memory: bool = True) -> Snapshot:
+        """Snapshot the workspace's disk now, running or not (a running VM's memory
+        too, unless not ``memory``)."""
         ...
 
     async def snapshots(self, id: str) -> list[Snapshot]:

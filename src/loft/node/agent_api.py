@@ -200,7 +200,7 @@ class AgentApi:
     # -- snapshots ----------------------------------------------------------------------
 
     def snap(self, req: wapi.SnapWorkspaceRequest) -> wapi.SnapAnswer:
-        s = snap(self.wss, req.workspace, req.snapshot)
+        s = snap(self.wss, req.workspace, req.snapshot, memory=req.memory)
         return wapi.SnapAnswer(s.name, s.version, s.running, s.pause_ms, s.total_ms)
 
     def snapshots(self, req: wapi.ListSnapshotsRequest) -> wapi.SnapshotsAnswer:

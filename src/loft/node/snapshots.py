@@ -132,12 +132,13 @@ def _auto_name(wss: Workspaces, ws: Workspace, prefix: str = "") -> str:
     return name
 
 
-def snap(wss: Workspaces, workspace_id: str, snapshot: str = "") -> Snap:
-    """Snapshot a workspace (a running one with a short pause, see above)."""
+def snap(wss: Workspaces, workspace_id: str, snapshot: str = "", *, memory: bool = True) -> Snap:
+    """Snapshot a workspace (a running one with a short pause, see above; a running
+    VM's with its memory, unless not ``memory``)."""
     ws = wss.get(workspace_id)
     with wss.locked(ws.record.id):
         ws = wss.fresh(ws)
-        return _snap(wss, ws, snapshot or _auto_name(wss, ws))
+        return _snap(wss, ws, snapshot or _auto_name(wss, ws), memory=memory)
 
 
 def _snap(wss: Workspaces, ws: Workspace, snapshot: str, *, memory: bool = True) -> Snap:

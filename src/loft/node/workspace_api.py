@@ -267,10 +267,12 @@ class RemoveWorkspaceRequest:
 @dataclass(frozen=True, slots=True)
 class SnapWorkspaceRequest:
     """Snapshot a workspace; a running one is frozen (FIFREEZE) only while the volume
-    is committed and recorded. ``snapshot`` defaults to a time stamp."""
+    is committed and recorded. ``snapshot`` defaults to a time stamp. A running VM's
+    snapshot holds its memory too, unless not ``memory``."""
 
     workspace: str
     snapshot: str = ""
+    memory: bool = True
 
 
 @dataclass(frozen=True, slots=True)
