@@ -91,6 +91,10 @@ def test_workspace_vm_new_exec_suspend_resume_cold(node: AgentNode) -> None:
     assert node.sh("vm1", "id -u; pwd") == "1000\n/home/runner\n"
     qemu = _qemu(node, "vm1")
     assert qemu is not None and node.node_view("vm1")["pid"] == qemu
+    # the host never mounts what the tenant writes raw: QEMU is the NBD client
+    left = node.leftovers()
+    assert (left["mounts"], left["loops"], left["nbdfuse"]) == ([], [], []), left
+    assert left["workspace_dirs"] == [] and left["containers"] == [], left
     pid = _start_counter(node, "vm1")
 
     # stop suspends (QEMU gone, the memory kept); start resumes where it was

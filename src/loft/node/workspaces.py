@@ -1,10 +1,11 @@
 """Workspaces on this node: the flows that create, start, stop and remove them.
 
 A workspace is a volume (a fork of the template of its size), an environment profile,
-limits, a network and a runtime kind (``sandbox`` or ``vm``). Every flow is all or nothing: each
-thing made is followed by the step that unmakes it (:mod:`loft.node.undo`), so a failed
-``new`` — a spec that does not lock, a missing runtime, an admission refusal, a start
-that fails — leaves no catalog row, profile, volume, mount, cgroup or container.
+limits, a network and a runtime kind (``sandbox`` or ``vm``). Every flow is all or
+nothing: each thing made is followed by the step that unmakes it (:mod:`loft.node.undo`),
+so a failed ``new`` — a spec that does not lock, a missing runtime, an admission
+refusal, a start that fails — leaves no catalog row, profile, volume, mount, cgroup or
+container.
 
 Start, in order: admission (memory, CPU, disk; the commitment is recorded as
 ``desired = running`` under the admission lock), the environment's closure, the
@@ -208,8 +209,8 @@ class Workspaces:
     def check_runtime(self, rec: WorkspaceRecord) -> None:
         """Refuse when the programs of ``rec``'s runtime are missing, or its limits do
         not fit that runtime."""
-        self.runtime.check(rec.runtime)
         if rec.runtime == "vm":
+            self.runtime.check("vm")
             if rec.limits.memory < VM_MIN_MEMORY:
                 raise BadRequest(
                     f"memory {format_size(rec.limits.memory)} is too little for a VM: it "
