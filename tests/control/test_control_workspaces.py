@@ -7,7 +7,7 @@ import pytest
 from controltool import Harness
 
 from loft.api import CreateWorkspace, EnvSpec, ExecRequest, Limits
-from loft.client import Client
+from loft.client import BadRequest, Client
 from loft.telemetry import BUCKETS, ByteCount, MeterReport, OpLatency
 
 pytestmark = pytest.mark.timeout(120)
@@ -115,3 +115,26 @@ def test_workspaces_metrics_show_the_disk_services_counts(control: Harness) -> N
     assert 'loft_nbd_request_seconds_sum{op="read"} 12.5' in text
     assert 'loft_nbd_bytes_total{direction="read"} 8192.0' in text
     assert 'loft_chunk_store_bytes_total{direction="up"} 1.048576e+06' in text
+
+
+def test_workspaces_vm_stop_cold_and_fork_live(control: Harness) -> None:
+    alice = control.user("alice")
+    control.workspace(alice, "dev")  # a sandbox
+    with pytest.raises(BadRequest, match="--live forks a running VM; 'dev' is a sandbox") as e:
+        alice.fork("dev", "dev2", live=True)
+    assert e.value.hint == "fork it without --live: loft fork dev dev2"
+    assert [w.name for w in alice.workspaces()] == ["dev"]  # no record made
+    assert "fork" not in control.node.calls
+    assert alice.stop("dev", cold=True).state == "stopped"  # a sandbox's stop is cold
+
+    box = alice.create_workspace(CreateWorkspace("box", runtime="vm"))
+    assert box.runtime == "vm" and alice.workspace("box").runtime == "vm"
+    forked = alice.fork("box", "box2", live=True)
+    assert (forked.runtime, forked.state) == ("vm", "running")
+    for body in ({"cold": "yes"}, {"cold": True, "hot": True}):
+        r = control.raw("POST", "/v1/workspaces/box/stop", alice._token, json=body)
+        assert r.status_code == 422, r.text
+    r = control.raw("POST", "/v1/workspaces/box/fork", alice._token,
+                    json={"name": "box3", "live": 1})  # fmt: skip
+    assert r.status_code == 422, r.text
+    assert alice.workspace("box").state == "running"

@@ -9,8 +9,9 @@ real ``loft`` CLI, which reaches the control plane over its root-only local sock
   <example>/loft.lock`` builds nothing and ``--packages`` locks against artefacts
   already there; its apt indexes are the session's.
 - Everything it starts is stopped by PID; every container, attachment (mount, loop
-  device, nbdfuse) and cgroup of its workspaces is removed at the end whatever state a
-  test left, and :meth:`AgentNode.leftovers` lists what a failed flow left behind.
+  device, nbdfuse), cgroup and VM (QEMU) of its workspaces is removed at the end
+  whatever state a test left, and :meth:`AgentNode.leftovers` lists what a failed flow
+  left behind.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from loft.runtime.attach import adopt, attached_workspaces, detach
 from loft.runtime.cgroups import cgroup_dirs
 from loft.runtime.oci import cgroup_path
 from loft.runtime.sandbox import SandboxRuntime
+from loft.runtime.vm_process import kill_recorded
 
 MIB = 1 << 20
 
@@ -227,6 +229,19 @@ class AgentNode:
             att = adopt(self.data_dir, ws)
             if att is not None:
                 detach(att)
+        for vm_dir in (self.data_dir / "runtime" / "vm").glob("*"):
+            kill_recorded(vm_dir)  # by the pid and start time QEMU's record holds
+
+
+def path_without(program: str, into: Path) -> str:
+    """A PATH where every program of ours is found but ``program``."""
+    into.mkdir()
+    for d in os.environ["PATH"].split(":"):
+        for entry in Path(d).iterdir() if Path(d).is_dir() else ():
+            target = into / entry.name
+            if entry.name != program and not target.exists():
+                target.symlink_to(entry)
+    return str(into)
 
 
 @contextlib.contextmanager

@@ -6,7 +6,6 @@ missing runtime, the disk service gone while it starts)."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import time
@@ -14,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from agenttool import AgentNode, agent_node
+from agenttool import AgentNode, agent_node, path_without
 from envbuild_support import apt_state, example
 from runtime_support import needs_runc
 
@@ -114,21 +113,10 @@ def test_workspace_errors_a_stopped_workspace_refuses_exec(node: AgentNode) -> N
     node.loft("rm", "idle")
 
 
-def _path_without(program: str, into: Path) -> str:
-    """A PATH where every program of ours is found but ``program``."""
-    into.mkdir()
-    for d in os.environ["PATH"].split(":"):
-        for entry in Path(d).iterdir() if Path(d).is_dir() else ():
-            target = into / entry.name
-            if entry.name != program and not target.exists():
-                target.symlink_to(entry)
-    return str(into)
-
-
 def test_workspace_errors_a_missing_runtime(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Without runc the agent still serves, and new says what is missing."""
     with agent_node(example(tmp_path_factory), apt_state(tmp_path_factory)) as n:
-        env = {**n.env, "PATH": _path_without("runc", n.root / "bin")}
+        env = {**n.env, "PATH": path_without("runc", n.root / "bin")}
         n.serve(agent_env=env)
         assert shutil.which("runc", path=env["PATH"]) is None
         _refused(n, "new", "x", says="the sandbox runtime is missing: runc is not installed")

@@ -28,6 +28,7 @@ __all__ = [
     "RestoreWorkspace",
     "Restored",
     "Runtime",
+    "StopWorkspace",
     "UpdateWorkspace",
     "Workspace",
     "WorkspaceDeleted",
@@ -186,6 +187,19 @@ class ForkWorkspace:
     snapshot: Annotated[str, Rule(min_length=1, max_length=128)] | None = None
     start: Annotated[bool, Rule()] = True
     metadata: Metadata | None = None
+    #: a VM only: the new workspace runs on from the source's memory (from the named
+    #: snapshot's, or from a snapshot of the running VM taken now), same processes
+    live: Annotated[bool, Rule()] = False
+
+
+@dataclass(frozen=True, slots=True)
+class StopWorkspace:
+    """How to stop a workspace: a VM is suspended (its memory kept, the next start
+    resumes it where it was) unless ``cold``, which shuts it down (and drops the memory
+    of one suspended already). A sandbox's stop is always cold."""
+
+    __pydantic_config__: ClassVar[dict[str, object]] = FORBID_EXTRA
+    cold: Annotated[bool, Rule()] = False
 
 
 @dataclass(frozen=True, slots=True)

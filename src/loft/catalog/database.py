@@ -18,7 +18,7 @@ from loft.datadir import private_database_file
 from loft.errors import LoftError
 
 #: The newest migration; a catalog at this revision skips Alembic entirely on open.
-HEAD_REVISION = "0007"
+HEAD_REVISION = "0008"
 _MIGRATIONS = Path(__file__).with_name("migrations")
 _SQLITE_BUSY_TIMEOUT_MS = 30_000
 

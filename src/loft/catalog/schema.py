@@ -13,6 +13,7 @@ from sqlalchemy import (
     Float,
     ForeignKey,
     Integer,
+    LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
     String,
@@ -199,6 +200,8 @@ workspace_snapshots = Table(
     Column("name", String(255), nullable=False),
     Column("env_path", Text, nullable=False),
     Column("created_at", Float, nullable=False),
+    # revision 0008: a VM snapshot's memory image record (loft.runtime.vm_image), if any
+    Column("memory", LargeBinary, nullable=True),
     PrimaryKeyConstraint("workspace_id", "name"),
 )
 

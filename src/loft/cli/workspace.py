@@ -167,7 +167,7 @@ def _summary(ws: Workspace) -> str:
     return (
         f"{ws.name} (id {ws.id}, {output.size(ws.size, compact=True)} disk, "
         f"{output.size(ws.limits.memory, compact=True)} memory, {ws.limits.cpus:g} CPU, "
-        f"network {ws.network}, {ws.state})"
+        f"network {ws.network}, {ws.runtime}, {ws.state})"
     )
 
 
@@ -191,6 +191,12 @@ _spec_options = [
 @click.option("--cpus", default="1", show_default=True, help="CPU limit (fractions allowed).")
 @click.option("--pids", default="1024", show_default=True, help="Processes and threads.")
 @click.option("--net", default="none", show_default=True, help="none (loopback only) or nat.")
+@click.option(
+    "--runtime",
+    default="sandbox",
+    show_default=True,
+    help="sandbox (a container) or vm (a QEMU microVM, its memory kept when it stops).",
+)
 @click.option("--stopped", is_flag=True, help="Create it without starting it.")
 @click.option("--json", "as_json", is_flag=True, help="Print the workspace as JSON.")
 def new(
@@ -202,6 +208,7 @@ def new(
     cpus: str,
     pids: str,
     net: str,
+    runtime: str,
     stopped: bool,
     as_json: bool,
 ) -> None:
@@ -220,6 +227,10 @@ def new(
         ) from None
     if net not in ("none", "nat"):
         raise LoftError(f"bad --net {net!r}", hint="--net none (the default) or --net nat")
+    if runtime not in ("sandbox", "vm"):
+        raise LoftError(
+            f"bad --runtime {runtime!r}", hint="--runtime sandbox (the default) or --runtime vm"
+        )
     n_size, n_memory = _size("--size", size), _size("--memory", memory)
     _limits(n_size, n_memory, n_cpus, n_pids)
     req = CreateWorkspace(
@@ -228,6 +239,7 @@ def new(
         size=n_size,
         limits=Limits(n_memory, n_cpus, n_pids),
         network=net,  # type: ignore[arg-type]  # checked above
+        runtime=runtime,  # type: ignore[arg-type]  # checked above
         start=not stopped,
     )
     with client(_BUILD_TIMEOUT) as c:
@@ -255,6 +267,7 @@ def ls(as_json: bool) -> None:
                 *([w.owner] if owners else []),
                 w.name,
                 w.state,
+                w.runtime,
                 w.id,
                 str(w.env_generation or "-"),
                 f"{w.limits.cpus:g}",
@@ -267,7 +280,7 @@ def ls(as_json: bool) -> None:
         ),
         [
             *(["OWNER"] if owners else []),
-            *("NAME", "PHASE", "ID", "ENV", "CPUS", "MEMORY", "DISK", "NET", "CREATED"),
+            *("NAME", "PHASE", "RUNTIME", "ID", "ENV", "CPUS", "MEMORY", "DISK", "NET", "CREATED"),
         ],
     )
 
@@ -292,12 +305,17 @@ def start(name: str) -> None:
 
 @click.command()
 @click.argument("name")
-def stop(name: str) -> None:
+@click.option(
+    "--cold", is_flag=True, help="A VM: shut it down (its memory is lost) instead of suspending."
+)
+def stop(name: str, cold: bool) -> None:
     """Stop workspace NAME: its processes end (TERM, then KILL after 5 s), its disk is
-    unmounted and committed. Its files stay."""
+    unmounted and committed. Its files stay. A VM is suspended instead: its memory is
+    kept and `loft start` resumes it where it was (--cold shuts it down)."""
     with client() as c:
-        ws = c.stop(name)
-    click.echo(f"stopped {ws.name}")
+        ws = c.stop(name, cold=cold)
+    how = "suspended" if ws.runtime == "vm" and not cold else "stopped"
+    click.echo(f"{how} {ws.name}")
 
 
 @click.command()
@@ -376,13 +394,20 @@ def restore(name: str, snapshot: str) -> None:
 @click.argument("ref", metavar="NAME[@SNAP]")
 @click.argument("new_name", metavar="NEW")
 @click.option("--stopped", is_flag=True, help="Create the fork without starting it.")
-def fork(ref: str, new_name: str, stopped: bool) -> None:
+@click.option(
+    "--live", is_flag=True, help="A VM: the fork runs on from its memory (same processes)."
+)
+def fork(ref: str, new_name: str, stopped: bool, live: bool) -> None:
     """Create workspace NEW from NAME: from its snapshot SNAP, or from a snapshot taken
-    now (a running workspace pauses only for it). The two are independent."""
+    now (a running workspace pauses only for it). The two are independent. With
+    --live (VMs), NEW goes on from NAME's memory: the same processes, then diverging."""
     name, _, snapshot = ref.partition("@")
     _name(new_name)
+    if live and stopped:
+        raise LoftError("a live fork runs: --live and --stopped do not go together",
+                        hint="leave out --stopped")  # fmt: skip
     with client(_BUILD_TIMEOUT) as c:
-        ws = c.fork(name, new_name, snapshot=snapshot or None, start=not stopped)
+        ws = c.fork(name, new_name, snapshot=snapshot or None, start=not stopped, live=live)
     click.echo(f"forked {ref} as {_summary(ws)}")
 
 

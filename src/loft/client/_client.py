@@ -33,6 +33,7 @@ from loft.api import (
     RestoreWorkspace,
     Snapshot,
     SnapshotDeleted,
+    StopWorkspace,
     Token,
     TokenCreated,
     UpdateUser,
@@ -271,10 +272,11 @@ class Client:
         path = f"/v1/workspaces/{_q(name)}/start"
         return self._call(Workspace, "POST", path, params={"owner": owner})
 
-    def stop(self, name: str, *, owner: str | None = None) -> Workspace:
-        """Stop a workspace."""
+    def stop(self, name: str, *, cold: bool = False, owner: str | None = None) -> Workspace:
+        """Stop a workspace (a VM is suspended, unless ``cold``)."""
         path = f"/v1/workspaces/{_q(name)}/stop"
-        return self._call(Workspace, "POST", path, params={"owner": owner})
+        body = _body(StopWorkspace(cold)) if cold else None
+        return self._call(Workspace, "POST", path, body=body, params={"owner": owner})
 
     def restore(self, name: str, snapshot: str, *, owner: str | None = None) -> Restored:
         """Point a workspace's disk back at a snapshot (undoable: see ``undo_snapshot``)."""
@@ -290,11 +292,13 @@ class Client:
         snapshot: str | None = None,
         start: bool = True,
         metadata: dict[str, str] | None = None,
+        live: bool = False,
         owner: str | None = None,
     ) -> Workspace:
-        """A new workspace from ``name`` (its snapshot, or its state now)."""
+        """A new workspace from ``name`` (its snapshot, or its state now); ``live``: a
+        VM's running copy from its memory."""
         path = f"/v1/workspaces/{_q(name)}/fork"
-        body = _body(ForkWorkspace(new_name, snapshot, start, metadata))
+        body = _body(ForkWorkspace(new_name, snapshot, start, metadata, live))
         return self._call(Workspace, "POST", path, body=body, params={"owner": owner})
 
     # --- snapshots -----------------------------------------------------------------------

@@ -243,8 +243,9 @@ class AgentNode:
                 raise
         return self._state(info)
 
-    async def stop(self, id: str) -> RuntimeState:
-        return self._state(await self._request(wapi.StopWorkspaceRequest(id), wapi.WorkspaceInfo))
+    async def stop(self, id: str, cold: bool = False) -> RuntimeState:
+        req = wapi.StopWorkspaceRequest(id, cold)
+        return self._state(await self._request(req, wapi.WorkspaceInfo))
 
     async def delete(self, id: str) -> None:
         await self._request(wapi.RemoveWorkspaceRequest(id), wapi.RemovedAnswer)
@@ -253,8 +254,8 @@ class AgentNode:
         # The node reads limits from the record at every start: nothing to send.
         await self._request(wapi.GetWorkspaceRequest(id), wapi.WorkspaceInfo)
 
-    async def snapshot(self, id: str, name: str) -> Snapshot:
-        ans = await self._request(wapi.SnapWorkspaceRequest(id, name), wapi.SnapAnswer)
+    async def snapshot(self, id: str, name: str, memory: bool = True) -> Snapshot:
+        ans = await self._request(wapi.SnapWorkspaceRequest(id, name, memory), wapi.SnapAnswer)
         pause = ans.pause_ms if ans.running else None
         return Snapshot(ans.snapshot, time.time(), False, ans.version, pause)
 
@@ -274,8 +275,10 @@ class AgentNode:
         ans = await self._request(req, wapi.RestoreWorkspaceAnswer)
         return ans.undo_snapshot, ans.restarted
 
-    async def fork(self, source: str, snapshot: str | None, target: NodeWorkspace) -> RuntimeState:
-        req = wapi.ForkWorkspaceRequest(source, target.id, snapshot or "", target.start)
+    async def fork(
+        self, source: str, snapshot: str | None, target: NodeWorkspace, live: bool = False
+    ) -> RuntimeState:
+        req = wapi.ForkWorkspaceRequest(source, target.id, snapshot or "", target.start, live)
         return self._state(await self._request(req, wapi.WorkspaceInfo))
 
     async def exec(self, id: str, req: ExecRequest) -> AsyncIterator[Output | Exited]:

@@ -126,7 +126,7 @@ class FakeNode:
             await self._run_server(ws)
         return self._state(ws)
 
-    async def stop(self, id: str) -> RuntimeState:
+    async def stop(self, id: str, cold: bool = False) -> RuntimeState:
         await self._enter("stop")
         ws = self._get(id)
         await self._halt(ws)
@@ -172,7 +172,7 @@ class FakeNode:
         ws = self._get(id)
         ws.spec = replace(ws.spec, limits=limits)
 
-    async def snapshot(self, id: str, name: str) -> Snapshot:
+    async def snapshot(self, id: str, name: str, memory: bool = True) -> Snapshot:
         await self._enter("snapshot")
         return self._snapshot(self._get(id), name, auto=False)
 
@@ -203,9 +203,13 @@ class FakeNode:
         ws.files = dict(ws.snapshots[snapshot][1])
         return undo, ws.state == "running"
 
-    async def fork(self, source: str, snapshot: str | None, target: NodeWorkspace) -> RuntimeState:
+    async def fork(
+        self, source: str, snapshot: str | None, target: NodeWorkspace, live: bool = False
+    ) -> RuntimeState:
         await self._enter("fork")
         src = self._get(source)
+        if live and src.spec.runtime != "vm":
+            raise Invalid(f"--live forks a running VM; {src.spec.name} is a {src.spec.runtime}")
         if target.id in self.workspaces:
             raise Conflict(f"node {self.name} already has workspace {target.id}")
         if snapshot is not None and snapshot not in src.snapshots:

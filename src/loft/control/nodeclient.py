@@ -151,8 +151,9 @@ class NodeClient(Protocol):
         """Start a stopped workspace (a no-op for a running one)."""
         ...
 
-    async def stop(self, id: str) -> RuntimeState:
-        """Stop a workspace, committing its disk (a no-op for a stopped one)."""
+    async def stop(self, id: str, cold: bool = False) -> RuntimeState:
+        """Stop a workspace, committing its disk (a no-op for a stopped one). A VM is
+        suspended, its memory kept for the next start, unless ``cold``."""
         ...
 
     async def delete(self, id: str) -> None:
@@ -163,8 +164,9 @@ class NodeClient(Protocol):
         """Apply new resource limits (now if it runs, else at its next start)."""
         ...
 
-    async def snapshot(self, id: str, name: str) -> Snapshot:
-        """Snapshot the workspace's disk now, running or not."""
+    async def snapshot(self, id: str, name: str, memory: bool = True) -> Snapshot:
+        """Snapshot the workspace's disk now, running or not (a running VM's memory
+        too, unless not ``memory``)."""
         ...
 
     async def snapshots(self, id: str) -> list[Snapshot]:
@@ -181,9 +183,12 @@ class NodeClient(Protocol):
         was stopped and started again around it."""
         ...
 
-    async def fork(self, source: str, snapshot: str | None, target: NodeWorkspace) -> RuntimeState:
+    async def fork(
+        self, source: str, snapshot: str | None, target: NodeWorkspace, live: bool = False
+    ) -> RuntimeState:
         """Make ``target`` from ``source``'s snapshot, or from its state now when
-        ``snapshot`` is None (a running source keeps running)."""
+        ``snapshot`` is None (a running source keeps running). ``live``: a VM's running
+        copy from its memory (:class:`Invalid` for a sandbox)."""
         ...
 
     async def exec(self, id: str, req: ExecRequest) -> AsyncIterator[Output | Exited]:

@@ -164,7 +164,8 @@ class Reaper:
             name = IDLE_SNAPSHOT_PREFIX + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
             try:
                 with state.metrics.operation("snapshot"):
-                    await on_node(state, state.node.snapshot(rec.id, name))
+                    # disk only: the stop that follows keeps a VM's memory (a suspend)
+                    await on_node(state, state.node.snapshot(rec.id, name, memory=False))
             except LoftError as e:  # the stop commits the disk anyway; say so and go on
                 log.warning("reaper.snapshot_failed workspace=%s error=%s", rec.id, e)
             if (state.activity.last(rec.id) or 0.0) > last_use:

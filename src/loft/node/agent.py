@@ -29,6 +29,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 from dataclasses import dataclass
@@ -50,10 +51,14 @@ from loft.node.environments import Environments
 from loft.node.missing_runtime import MissingRuntime
 from loft.node.reconcile import Reconciler
 from loft.node.records import Records
+from loft.node.runtimes import Runtimes
 from loft.node.workspace_api import AGENT_SOCKET, WORKSPACE_API
 from loft.node.workspaces import Workspaces
+from loft.runtime.errors import WorkspaceError
 from loft.runtime.interface import Runtime
 from loft.runtime.sandbox import SandboxRuntime
+from loft.runtime.vm import NbdDisk, VmRuntime
+from loft.runtime.vm_qemu import GuestImage
 
 __all__ = ["Agent", "agent_socket", "node_name"]
 
@@ -91,6 +96,36 @@ def _runtime(data_dir: Path) -> Runtime:
         return MissingRuntime(SandboxRuntime.kind, e)
 
 
+def _vm_runtime(data_dir: Path, bs: Blockstore, records: Records) -> Runtime:
+    """The VM runtime, its disks served by this node's disk service (``nbd.sock``, the
+    workspace's volume as the export); missing when QEMU or the guest is."""
+    guest = Path(os.environ.get("LOFT_VM_GUEST") or data_dir / "vm-guest")
+    try:
+        if shutil.which("qemu-system-x86_64") is None:
+            raise WorkspaceError(
+                "the vm runtime is missing: qemu-system-x86_64 is not installed",
+                hint="run `make deps` (Debian: apt-get install qemu-system-x86)",
+            )
+        try:
+            GuestImage.at(guest)
+        except LoftError as e:
+            raise WorkspaceError(f"the vm runtime is missing: {e.message}", hint=e.hint) from None
+    except LoftError as e:
+        log.warning(
+            "agent.runtime_missing error=%s hint=%s", json.dumps(e.message), json.dumps(e.hint)
+        )
+        return MissingRuntime(VmRuntime.kind, e)
+    nbd = data_dir / "run" / "nbd.sock"
+
+    def disk(workspace: str) -> NbdDisk:
+        rec = records.record(workspace)
+        if rec is None:
+            raise WorkspaceError(f"no workspace record {workspace!r}")
+        return NbdDisk(nbd, rec.volume)
+
+    return VmRuntime(data_dir, disk, guest=guest, bs=bs)
+
+
 @dataclass
 class Agent:
     """The agent's parts, opened on one node's settings."""
@@ -109,14 +144,24 @@ class Agent:
         run.mkdir(mode=0o700, exist_ok=True)
         bs = Blockstore.from_settings(settings)
         catalog = bs.ctx.catalog
+        records = Records(catalog)
+        runtimes = {
+            SandboxRuntime.kind: _runtime(data_dir),
+            VmRuntime.kind: _vm_runtime(data_dir, bs, records),
+        }
+
+        def kind_of(workspace: str) -> str | None:
+            rec = records.record(workspace)
+            return None if rec is None else rec.runtime
+
         wss = Workspaces(
             node=node_name(data_dir),
             data_dir=data_dir,
             bs=bs,
             disk=DiskClient(bs, run / "control.sock"),
             envs=Environments(Store.open(settings), Profiles(catalog)),
-            records=Records(catalog),
-            runtime=_runtime(data_dir),
+            records=records,
+            runtime=Runtimes(runtimes, kind_of),
             admission=Admission(
                 capacity_from(settings), DiskReserve(data_dir, settings.disk_reserve)
             ),

@@ -111,7 +111,7 @@ class AgentApi:
             wapi.CreateWorkspaceRequest: self.new,
             wapi.GetWorkspaceRequest: lambda r: self.info(self.wss.get(r.workspace), live=True),
             wapi.StartWorkspaceRequest: lambda r: self.info(self.wss.start(r.workspace)),
-            wapi.StopWorkspaceRequest: lambda r: self.info(self.wss.stop(r.workspace)),
+            wapi.StopWorkspaceRequest: lambda r: self.info(self.wss.stop(r.workspace, cold=r.cold)),
             wapi.RemoveWorkspaceRequest: self.remove,
             wapi.SnapWorkspaceRequest: self.snap,
             wapi.ListSnapshotsRequest: self.snapshots,
@@ -201,7 +201,7 @@ class AgentApi:
     # -- snapshots ----------------------------------------------------------------------
 
     def snap(self, req: wapi.SnapWorkspaceRequest) -> wapi.SnapAnswer:
-        s = snap(self.wss, req.workspace, req.snapshot)
+        s = snap(self.wss, req.workspace, req.snapshot, memory=req.memory)
         return wapi.SnapAnswer(s.name, s.version, s.running, s.pause_ms, s.total_ms)
 
     def snapshots(self, req: wapi.ListSnapshotsRequest) -> wapi.SnapshotsAnswer:
@@ -217,7 +217,9 @@ class AgentApi:
         return wapi.RestoreWorkspaceAnswer(req.snapshot, undo, version, restarted)
 
     def fork(self, req: wapi.ForkWorkspaceRequest) -> wapi.WorkspaceInfo:
-        return self.info(fork(self.wss, req.workspace, req.new, req.snapshot, req.start))
+        return self.info(
+            fork(self.wss, req.workspace, req.new, req.snapshot, req.start, live=req.live)
+        )
 
     def switch_env(self, req: wapi.SwitchEnvRequest) -> wapi.EnvAnswer:
         spec = spec_input(req.packages, req.spec, req.spec_source)

@@ -6,7 +6,8 @@ nbdfuse); the agent's memory is only a cache of it. So a restarted agent, after 
 or an upgrade, loses nothing:
 
 - :meth:`Reconciler.adopt` (at start, before the API serves): a workspace whose
-  container runs *and* whose attachment is whole is taken over as it is (a filesystem an
+  container runs *and* whose attachment is whole (a VM: whose QEMU runs; it has no
+  attachment) is taken over as it is (a filesystem an
   agent killed mid-snapshot left frozen is thawed); anything less is cleaned up — the
   container stopped, the attachment torn down (never half-mounted, never a mount without
   its nbdfuse) — and the workspace marked stopped. Containers and attachments with no
@@ -80,7 +81,11 @@ class Reconciler:
                 self._unfinished.add(wid)
                 continue
             att = wss.adopt_attachment(wid) if wid in attached else None
-            if wid in running and att is not None:
+            vm = ws.record.runtime == "vm"  # no attachment: its disk is QEMU's own
+            if wid in running and (att is not None or vm):
+                if vm:  # an agent killed mid-snapshot left its vCPUs stopped
+                    with contextlib.suppress(LoftError):
+                        wss.runtime.thaw(wid)
                 with contextlib.suppress(LoftError, OSError):  # EINVAL: it was not frozen
                     wss.runtime.thaw_filesystem(wid)
                 wss.records.set_state(wid, phase=Phase.RUNNING)

@@ -389,8 +389,11 @@ class Records:
 
     # -- snapshots ------------------------------------------------------------------------
 
-    def add_snapshot(self, workspace_id: str, name: str, env_path: str) -> None:
-        """Record the environment snapshot ``name`` was taken with."""
+    def add_snapshot(
+        self, workspace_id: str, name: str, env_path: str, memory: bytes | None = None
+    ) -> None:
+        """Record the environment snapshot ``name`` was taken with (and a VM's memory
+        image record, :mod:`loft.runtime.vm_image`)."""
         with self.catalog.write() as conn:
             conn.execute(
                 delete(workspace_snapshots).where(
@@ -404,8 +407,20 @@ class Records:
                     name=name,
                     env_path=env_path,
                     created_at=self.catalog.now(conn),
+                    memory=memory,
                 )
             )
+
+    def snapshot_memories(self, workspace_id: str) -> dict[str, bytes]:
+        """Snapshot name -> its memory image record, for the snapshots that have one."""
+        with self.catalog.read() as conn:
+            rows = conn.execute(
+                select(workspace_snapshots.c.name, workspace_snapshots.c.memory).where(
+                    workspace_snapshots.c.workspace_id == workspace_id,
+                    workspace_snapshots.c.memory.is_not(None),
+                )
+            )
+            return {n: bytes(m) for n, m in rows}
 
     def snapshot_envs(self, workspace_id: str) -> dict[str, str]:
         """Snapshot name -> the environment it was taken with."""

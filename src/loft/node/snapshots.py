@@ -31,6 +31,16 @@ environment current (a new generation), and starts the workspace again.
 **Fork** of a running workspace snapshots it on the fly (``fork-<time>``), then creates a
 new workspace from that snapshot: a volume forked in constant time, its own id range,
 profile and container, the same spec and limits. The two share nothing writable.
+
+**VMs** (``vm`` workspaces): a snapshot of a running VM holds its memory too. Its
+pause is the vCPUs stopped while the memory image is written (device state and a sparse
+copy of the RAM file) and the disk service snapshots the volume, which is then at the
+very point of the memory (QEMU flushes every completed write to the NBD server when the
+vCPUs stop). The image's record is kept in the snapshot's row. A restore of such a
+snapshot brings the VM back running from that memory; a **live fork** (``live``)
+starts the new workspace from it on a fork of the volume (:meth:`VmRuntime.restore`
+with ``fork``): both go on from the same processes, then diverge. A fork that is not
+live freezes the guest's filesystem instead (as a sandbox's) and boots the copy.
 """
 
 from __future__ import annotations
@@ -43,8 +53,10 @@ from loft.blockstore.errors import SnapshotNotFound
 from loft.blockstore.names import check_name
 from loft.errors import LoftError
 from loft.node.records import Desired, Workspace
-from loft.node.workspaces import Workspaces
+from loft.node.workspaces import BadRequest, Workspaces
 from loft.runtime.freeze import syncfs
+from loft.runtime.interface import RuntimeSnapshot
+from loft.runtime.vm_image import FORMAT as VM_IMAGE_FORMAT
 
 __all__ = [
     "NoSuchSnapshot",
@@ -120,15 +132,16 @@ def _auto_name(wss: Workspaces, ws: Workspace, prefix: str = "") -> str:
     return name
 
 
-def snap(wss: Workspaces, workspace_id: str, snapshot: str = "") -> Snap:
-    """Snapshot a workspace (a running one with a short pause, see above)."""
+def snap(wss: Workspaces, workspace_id: str, snapshot: str = "", *, memory: bool = True) -> Snap:
+    """Snapshot a workspace (a running one with a short pause, see above; a running
+    VM's with its memory, unless not ``memory``)."""
     ws = wss.get(workspace_id)
     with wss.locked(ws.record.id):
         ws = wss.fresh(ws)
-        return _snap(wss, ws, snapshot or _auto_name(wss, ws))
+        return _snap(wss, ws, snapshot or _auto_name(wss, ws), memory=memory)
 
 
-def _snap(wss: Workspaces, ws: Workspace, snapshot: str) -> Snap:
+def _snap(wss: Workspaces, ws: Workspace, snapshot: str, *, memory: bool = True) -> Snap:
     check_name(snapshot, "snapshot", new=True)
     if _exists(wss, ws, snapshot):  # said before anything pauses
         raise SnapshotTaken(
@@ -140,7 +153,14 @@ def _snap(wss: Workspaces, ws: Workspace, snapshot: str) -> Snap:
     started = time.monotonic()
     att = wss.attachment(rec.id)
     pause = 0.0
-    if att is not None and wss.running(rec.id):
+    image: bytes | None = None
+    if rec.runtime == "vm" and wss.running(rec.id):
+        wss.disk.commit(rec.volume)  # the bulk, while the guest runs
+        frozen = time.monotonic()
+        version, image = _snap_vm(wss, ws, snapshot, memory)
+        pause = time.monotonic() - frozen
+        running = True
+    elif att is not None and wss.running(rec.id):
         syncfs(att.root)
         wss.disk.commit(rec.volume)
         frozen = time.monotonic()
@@ -155,7 +175,7 @@ def _snap(wss: Workspaces, ws: Workspace, snapshot: str) -> Snap:
         version = wss.disk.snapshot(rec.volume, snapshot)
         running = False
     if gen is not None:
-        wss.records.add_snapshot(rec.id, snapshot, gen.env_path)
+        wss.records.add_snapshot(rec.id, snapshot, gen.env_path, image)
     total = time.monotonic() - started
     log.info(
         "workspace.snapshot id=%s snapshot=%s running=%s pause_ms=%.1f total_ms=%.1f",
@@ -166,6 +186,33 @@ def _snap(wss: Workspaces, ws: Workspace, snapshot: str) -> Snap:
         total * 1000,
     )
     return Snap(snapshot, version, running, pause * 1000, total * 1000)
+
+
+def _snap_vm(
+    wss: Workspaces, ws: Workspace, snapshot: str, memory: bool
+) -> tuple[int, bytes | None]:
+    """Snapshot a running VM's volume, with ``memory`` at the same point (vCPUs
+    stopped for both), else with its filesystem frozen; the version and the image's
+    record."""
+    rec = ws.record
+    if not memory:
+        wss.runtime.freeze_filesystem(rec.id)
+        try:
+            return wss.disk.snapshot(rec.volume, snapshot), None
+        finally:
+            wss.runtime.thaw_filesystem(rec.id)
+    vm = wss.runtime.vm()
+    vm.freeze(rec.id)
+    try:
+        image = vm.snapshot(rec.id)
+        try:
+            version = wss.disk.snapshot(rec.volume, snapshot)
+        except BaseException:
+            vm.remove_snapshot(image)
+            raise
+    finally:
+        vm.thaw(rec.id)
+    return version, image.state
 
 
 def snapshots(wss: Workspaces, workspace_id: str) -> list[SnapshotInfo]:
@@ -186,10 +233,14 @@ def restore(wss: Workspaces, workspace_id: str, snapshot: str) -> tuple[str, int
         rec = ws.record
         _known(wss, ws, snapshot)
         target_env = wss.records.snapshot_envs(rec.id).get(snapshot)
+        image = wss.records.snapshot_memories(rec.id).get(snapshot)
+        memory = None if image is None else RuntimeSnapshot("vm", VM_IMAGE_FORMAT, image)
         current = wss.envs.current(rec.profile)
         was_running = ws.state.desired is Desired.RUNNING and wss.running(rec.id)
         if was_running:
-            wss.halt(rec, commit=False)  # the restore commits first
+            wss.halt(rec, commit=False, cold=True)  # the restore commits first
+        elif wss.suspended(rec):  # its memory no longer agrees with the disk
+            wss.runtime.stop(rec.id, grace=0)
         try:
             version, undo = wss.disk.restore(rec.volume, snapshot)
         except BaseException:
@@ -200,35 +251,72 @@ def restore(wss: Workspaces, workspace_id: str, snapshot: str) -> tuple[str, int
             wss.records.add_snapshot(rec.id, undo, current.env_path)
             if target_env is not None and target_env != current.env_path:
                 wss.envs.switch(rec.profile, target_env)
-        if was_running:
-            wss.launch(rec, ws.state.phase)
+        if was_running or memory is not None:  # a memory snapshot comes back running
+            wss.launch(rec, ws.state.phase, memory=memory)
     log.info("workspace.restore id=%s snapshot=%s undo=%s", rec.id, snapshot, undo)
-    return undo, version, was_running
+    return undo, version, was_running or memory is not None
 
 
 def fork(
-    wss: Workspaces, workspace_id: str, target_id: str, snapshot: str = "", start: bool = True
+    wss: Workspaces,
+    workspace_id: str,
+    target_id: str,
+    snapshot: str = "",
+    start: bool = True,
+    live: bool = False,
 ) -> Workspace:
     """Make ``target_id`` (a record the control plane wrote) from ``snapshot`` of
     workspace ``workspace_id`` (taken now when empty), with the environment that
-    snapshot was taken with."""
+    snapshot was taken with; ``live``: a running VM's copy, from its memory."""
     ws = wss.get(workspace_id)
     rec = ws.record
+    if live:
+        _check_live(wss, ws, snapshot, start)
     if snapshot:
         _known(wss, ws, snapshot)
     else:
-        snapshot = _snap_fork_source(wss, ws)
+        snapshot = _snap_fork_source(wss, ws, memory=live)
+    memory = None
+    if live:
+        image = wss.records.snapshot_memories(rec.id).get(snapshot)
+        if image is None:
+            raise BadRequest(
+                f"snapshot {snapshot!r} of {rec.name!r} holds no memory",
+                hint="fork it without --live (it boots), or snapshot the VM while it runs",
+            )
+        memory = RuntimeSnapshot("vm", VM_IMAGE_FORMAT, image)
     env_path = wss.records.snapshot_envs(rec.id).get(snapshot)
     if env_path is None:
         gen = wss.envs.current(rec.profile)
         env_path = gen.env_path if gen is not None else None
     return wss.new(
-        target_id, start=start, env_path=env_path, volume_from=f"{rec.volume}@{snapshot}"
+        target_id,
+        start=start,
+        env_path=env_path,
+        volume_from=f"{rec.volume}@{snapshot}",
+        memory=memory,
     )
 
 
-def _snap_fork_source(wss: Workspaces, ws: Workspace) -> str:
-    """Snapshot a fork's source on the fly; its name."""
+def _check_live(wss: Workspaces, ws: Workspace, snapshot: str, start: bool) -> None:
+    name = ws.record.name
+    if ws.record.runtime != "vm":
+        raise BadRequest(
+            f"--live forks a running VM; {name!r} is a {ws.record.runtime}",
+            hint=f"fork it without --live: loft fork {name} NEW",
+        )
+    if not start:
+        raise BadRequest("a live fork runs: --live and --stopped do not go together",
+                         hint="leave out --stopped")  # fmt: skip
+    if not snapshot and not wss.running(ws.record.id):
+        raise BadRequest(
+            f"workspace {name!r} is not running: a live fork copies a running VM",
+            hint=f"start it first (loft start {name}), or fork it without --live",
+        )
+
+
+def _snap_fork_source(wss: Workspaces, ws: Workspace, *, memory: bool) -> str:
+    """Snapshot a fork's source on the fly (with its memory for a live fork); its name."""
     with wss.locked(ws.record.id):
         ws = wss.fresh(ws)
-        return _snap(wss, ws, _auto_name(wss, ws, "fork-")).name
+        return _snap(wss, ws, _auto_name(wss, ws, "fork-"), memory=memory).name

@@ -253,9 +253,11 @@ class StartWorkspaceRequest:
 @dataclass(frozen=True, slots=True)
 class StopWorkspaceRequest:
     """Stop a workspace: its processes (TERM, then KILL), its filesystem unmounted and
-    its volume committed."""
+    its volume committed. A VM is suspended (its memory kept, a start resumes it)
+    unless ``cold``: then it shuts down, and a suspended one loses its memory."""
 
     workspace: str
+    cold: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,10 +270,12 @@ class RemoveWorkspaceRequest:
 @dataclass(frozen=True, slots=True)
 class SnapWorkspaceRequest:
     """Snapshot a workspace; a running one is frozen (FIFREEZE) only while the volume
-    is committed and recorded. ``snapshot`` defaults to a time stamp."""
+    is committed and recorded. ``snapshot`` defaults to a time stamp. A running VM's
+    snapshot holds its memory too, unless not ``memory``."""
 
     workspace: str
     snapshot: str = ""
+    memory: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,6 +304,8 @@ class ForkWorkspaceRequest:
     new: str
     snapshot: str = ""
     start: bool = True
+    #: a running VM's copy from its memory (or from ``snapshot``'s memory)
+    live: bool = False
 
 
 @dataclass(frozen=True, slots=True)

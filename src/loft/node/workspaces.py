@@ -1,10 +1,11 @@
 """Workspaces on this node: the flows that create, start, stop and remove them.
 
 A workspace is a volume (a fork of the template of its size), an environment profile,
-limits, a network and a runtime kind (``sandbox``). Every flow is all or nothing: each
-thing made is followed by the step that unmakes it (:mod:`loft.node.undo`), so a failed
-``new`` — a spec that does not lock, a missing runtime, an admission refusal, a start
-that fails — leaves no catalog row, profile, volume, mount, cgroup or container.
+limits, a network and a runtime kind (``sandbox`` or ``vm``). Every flow is all or
+nothing: each thing made is followed by the step that unmakes it (:mod:`loft.node.undo`),
+so a failed ``new`` — a spec that does not lock, a missing runtime, an admission
+refusal, a start that fails — leaves no catalog row, profile, volume, mount, cgroup or
+container.
 
 Start, in order: admission (memory, CPU, disk; the commitment is recorded as
 ``desired = running`` under the admission lock), the environment's closure, the
@@ -13,6 +14,12 @@ the workspace's mapped root group), the sandbox. Stop, in reverse: the sandbox, 
 attachment, then a commit of the volume by the disk service (so a stopped workspace's
 data is in the chunk store). One flow at a time per workspace (its lock); a flow that
 finds the workspace in the wrong phase says so.
+
+A ``vm`` workspace has no attachment: the host never mounts its volume (the tenant
+writes it raw); QEMU is the NBD client of the disk service's ``nbd.sock``, the volume
+its export. Its stop is a suspend (memory kept beside the VM, a start resumes where it
+was) unless asked ``cold``; a start from a memory snapshot is a restore (or a live
+fork) instead of a boot.
 """
 
 from __future__ import annotations
@@ -45,14 +52,17 @@ from loft.node.records import (
     check_workspace_name,
 )
 from loft.node.runcommand import RunCommands
+from loft.node.runtimes import Runtimes
 from loft.node.undo import all_or_nothing
 from loft.procfs import proc_stat
 from loft.runtime.attach import Attachment, adopt, attach, detach
 from loft.runtime.errors import PhaseError, UnknownWorkspace, WorkspaceError
-from loft.runtime.interface import Runtime
+from loft.runtime.interface import RuntimeSnapshot
 from loft.runtime.phase import Phase as RuntimePhase
-from loft.runtime.spec import MIN_MEMORY, Limits, Network, WorkspaceSpec
+from loft.runtime.spec import MIN_MEMORY, EnvironmentView, Limits, Network, WorkspaceSpec
 from loft.runtime.template import create_workspace_volume
+from loft.runtime.vm_image import FORMAT as VM_IMAGE_FORMAT
+from loft.runtime.vm_qemu import MIN_MEMORY as VM_MIN_MEMORY
 from loft.units import format_size
 
 __all__ = ["MIN_SIZE", "BadRequest", "NewWorkspace", "Workspaces"]
@@ -136,7 +146,7 @@ class Workspaces:
         disk: DiskClient,
         envs: Environments,
         records: Records,
-        runtime: Runtime,
+        runtime: Runtimes,
         admission: Admission,
         deny: tuple[DenyNetwork, ...] = (),
     ) -> None:
@@ -196,8 +206,18 @@ class Workspaces:
             self._attachments[workspace_id] = att
         return att
 
-    def check_runtime(self) -> None:
-        """Refuse when the sandbox runtime's programs are missing."""
+    def check_runtime(self, rec: WorkspaceRecord) -> None:
+        """Refuse when the programs of ``rec``'s runtime are missing, or its limits do
+        not fit that runtime."""
+        if rec.runtime == "vm":
+            self.runtime.check("vm")
+            if rec.limits.memory < VM_MIN_MEMORY:
+                raise BadRequest(
+                    f"memory {format_size(rec.limits.memory)} is too little for a VM: it "
+                    f"needs at least {format_size(VM_MIN_MEMORY)}",
+                    hint="ask for --memory 256M or more",
+                )
+            return
         for program in ("runc", "catatonit"):
             if shutil.which(program) is None:
                 raise WorkspaceError(
@@ -214,17 +234,19 @@ class Workspaces:
         start: bool = True,
         env_path: str | None = None,
         volume_from: str | None = None,
+        memory: RuntimeSnapshot | None = None,
     ) -> Workspace:
         """Make the workspace whose record the control plane wrote (and start it): all or
         nothing, and nothing of the record touched. ``env_path``: the environment
         already built (a fork's); ``volume_from``: ``VOLUME@SNAP`` to fork instead of
-        the template (a fork's)."""
+        the template (a fork's); ``memory``: a VM's memory snapshot to start from (a
+        live fork's, taken with ``volume_from``)."""
         rec = self.records.record(workspace_id)
         if rec is None:
             raise UnknownWorkspace(f"no workspace record {workspace_id!r}")
         if self.records.by_id(workspace_id) is not None:
             raise PhaseError(f"workspace {rec.name!r} exists on a node already")
-        self.check_runtime()
+        self.check_runtime(rec)
         if start:  # refuse early, before a build; checked again when it starts
             self.admission.check(rec.name, rec.limits, self._committed(None))
         made = False
@@ -244,7 +266,7 @@ class Workspaces:
                         self.bs.fork(volume_from, rec.volume)
                     undo.push("the volume", lambda: self.disk.remove(rec.volume))
                     if start:
-                        self.launch(rec, Phase.CREATING)
+                        self.launch(rec, Phase.CREATING, memory=memory, fork=True)
                     else:
                         self.records.set_state(rec.id, phase=Phase.STOPPED)
         except BaseException as e:
@@ -281,11 +303,19 @@ class Workspaces:
         ]
 
     def launch(
-        self, rec: WorkspaceRecord, was: Phase, *, on_failure: Desired = Desired.STOPPED
+        self,
+        rec: WorkspaceRecord,
+        was: Phase,
+        *,
+        on_failure: Desired = Desired.STOPPED,
+        memory: RuntimeSnapshot | None = None,
+        fork: bool = False,
     ) -> None:
         """Admit, attach and run ``rec`` (lock held); on failure, undo to stopped, with
         ``desired`` set to ``on_failure`` (a start a user asked for that failed is not
-        retried behind their back; a restart after a recovery is)."""
+        retried behind their back; a restart after a recovery is). A VM starts from
+        ``memory`` when given (``fork``: another workspace's), else resumes from its
+        suspend image when it has one, else boots."""
         with self.admission.lock:
             self.admission.check(rec.name, rec.limits, self._committed(rec.id))
             self.records.set_state(
@@ -308,6 +338,11 @@ class Workspaces:
                         hint="give it one: loft env switch NAME loft.toml",
                     )
                 env = self.envs.view(gen.env_path)
+                if rec.runtime == "vm":
+                    resumed = self._launch_vm(rec, env, memory, fork)
+                    undo.push("the VM", lambda: self.runtime.stop(rec.id, grace=0))
+                    self.records.set_state(rec.id, phase=Phase.RUNNING)
+                    return self._started(rec, resumed)
                 att = attach(
                     self.bs,
                     rec.volume,
@@ -335,7 +370,36 @@ class Workspaces:
             with self.admission.lock:
                 self.records.set_state(rec.id, desired=on_failure)
             raise
-        log.info("workspace.started name=%s id=%s", rec.name, rec.id)
+        self._started(rec, False)
+
+    def _launch_vm(
+        self, rec: WorkspaceRecord, env: EnvironmentView, memory: RuntimeSnapshot | None, fork: bool
+    ) -> bool:
+        """Start ``rec``'s VM; True when its processes came back from memory (a resume,
+        a restore or a live fork: its ``[run] command`` runs on already)."""
+        spec = WorkspaceSpec(
+            id=rec.id,
+            rootfs=self.data_dir / "workspaces" / rec.id,  # never mounted: not used
+            env=env,
+            ids=rec.ids,
+            limits=rec.limits,
+            network=rec.network,
+            hostname=rec.name,
+            deny=self.deny,
+        )
+        vm = self.runtime.vm()
+        if memory is not None:
+            vm.restore(spec, memory, fork=fork)
+            return True
+        resumed = vm.suspended(rec.id)
+        vm.start(spec)
+        return resumed
+
+    def _started(self, rec: WorkspaceRecord, from_memory: bool) -> None:
+        log.info("workspace.started name=%s id=%s from_memory=%s", rec.name, rec.id, from_memory)
+        if from_memory:  # its command runs on in the guest; its output from here is lost
+            self.runs.log_of(rec.id).append(b"--- loft: resumed from memory\n")
+            return
         try:
             self.runs.start(rec.id, rec.spec)
         except (LoftError, OSError, ValueError) as e:  # it runs; its server did not start
@@ -352,20 +416,36 @@ class Workspaces:
             "holder": rec.holder,
         }
 
-    def stop(self, workspace_id: str) -> Workspace:
-        """Stop a workspace (nothing to do when it is stopped)."""
+    def stop(self, workspace_id: str, *, cold: bool = False) -> Workspace:
+        """Stop a workspace (nothing to do when it is stopped); a VM is suspended unless
+        ``cold`` (which also drops a stopped VM's suspend image)."""
         ws = self.get(workspace_id)
         with self.locked(ws.record.id):
             ws = self.fresh(ws)
             self.records.set_state(ws.record.id, desired=Desired.STOPPED)
-            self.halt(ws.record)
+            self.halt(ws.record, cold=cold)
         return self.fresh(ws)
 
-    def halt(self, rec: WorkspaceRecord, *, grace: float = STOP_GRACE, commit: bool = True) -> None:
-        """Stop the sandbox, detach the volume and (``commit``) have the disk service
-        commit it; the phase ends ``stopped`` (``desired`` is the caller's). Lock held."""
+    def suspended(self, rec: WorkspaceRecord) -> bool:
+        """Whether ``rec`` is a VM with a suspend image (a start resumes it)."""
+        return rec.runtime == "vm" and self.runtime.vm().suspended(rec.id)
+
+    def halt(
+        self,
+        rec: WorkspaceRecord,
+        *,
+        grace: float = STOP_GRACE,
+        commit: bool = True,
+        cold: bool = False,
+    ) -> None:
+        """Stop the sandbox (suspend the VM, unless ``cold``), detach the volume and
+        (``commit``) have the disk service commit it; the phase ends ``stopped``
+        (``desired`` is the caller's). Lock held."""
         self.records.set_state(rec.id, phase=Phase.STOPPING)
-        self.runtime.stop(rec.id, grace=grace)
+        if rec.runtime == "vm" and not cold and self.running(rec.id):
+            self._suspend(rec, grace)
+        else:
+            self.runtime.stop(rec.id, grace=grace)
         self.detach_volume(rec.id)
         self.records.set_state(rec.id, phase=Phase.STOPPED, attachment=None)
         if commit:
@@ -374,6 +454,18 @@ class Workspaces:
             except LoftError as e:  # the data is safe on the node; the service retries
                 log.warning("workspace.commit_failed id=%s error=%s", rec.id, json.dumps(e.message))
         log.info("workspace.stopped name=%s id=%s", rec.name, rec.id)
+
+    def _suspend(self, rec: WorkspaceRecord, grace: float) -> None:
+        """Suspend ``rec``'s VM (its disk writes are flushed to the disk service when
+        its vCPUs stop); one that cannot be suspended is shut down instead, so a stop
+        always stops."""
+        try:
+            seconds = self.runtime.vm().suspend(rec.id)
+        except LoftError as e:
+            log.warning("workspace.suspend_failed id=%s error=%s", rec.id, json.dumps(e.message))
+            self.runtime.stop(rec.id, grace=grace)
+        else:
+            log.info("workspace.suspended id=%s save_ms=%.1f", rec.id, seconds * 1000)
 
     def detach_volume(self, workspace_id: str) -> None:
         """Detach the workspace's volume, whatever made the attachment."""
@@ -390,6 +482,8 @@ class Workspaces:
         """Running, on a whole attachment: nbdfuse alive as recorded, and the disk
         service process that served the volume when it was attached not provably dead
         (nbdfuse does not reconnect: a restarted service is a dead filesystem)."""
+        if ws.record.runtime == "vm":  # no attachment: QEMU is the disk's NBD client
+            return self.running(ws.record.id)
         att = self.attachment(ws.record.id)
         if att is None or not self.running(ws.record.id):
             return False
@@ -408,7 +502,8 @@ class Workspaces:
         with self.locked(ws.record.id):
             ws = self.fresh(ws)
             self.records.set_state(ws.record.id, desired=Desired.STOPPED)
-            self.halt(ws.record, grace=0, commit=False)
+            self.halt(ws.record, grace=0, commit=False, cold=True)
+            self.drop_memory_images(ws.record)
             self.disk.remove(ws.record.volume)
             self.envs.forget(ws.record.profile)
             self.records.delete(ws.record.id)
@@ -419,12 +514,27 @@ class Workspaces:
         """Undo what a ``new`` that died half way (the agent was killed) left: the same
         as :meth:`remove`, by record."""
         with self.locked(ws.record.id):
-            self.halt(ws.record, grace=0, commit=False)
+            self.halt(ws.record, grace=0, commit=False, cold=True)
+            self.drop_memory_images(ws.record)
             self.disk.remove(ws.record.volume)
             self.envs.forget(ws.record.profile)
             self.records.delete(ws.record.id)
             self.runs.forget(ws.record.id)
         log.info("workspace.discarded id=%s reason=unfinished_new", ws.record.id)
+
+    def drop_memory_images(self, rec: WorkspaceRecord) -> None:
+        """Delete the memory images of ``rec``'s snapshots (a VM's); one a live fork
+        still runs from stays, with a warning."""
+        for name, state in self.records.snapshot_memories(rec.id).items():
+            try:
+                self.runtime.vm().remove_snapshot(RuntimeSnapshot("vm", VM_IMAGE_FORMAT, state))
+            except LoftError as e:
+                log.warning(
+                    "workspace.memory_image_kept id=%s snapshot=%s reason=%s",
+                    rec.id,
+                    name,
+                    json.dumps(e.message),
+                )
 
     # -- environment ------------------------------------------------------------------
 

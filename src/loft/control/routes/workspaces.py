@@ -16,6 +16,7 @@ from loft.api import (
     ForkWorkspace,
     Restored,
     RestoreWorkspace,
+    StopWorkspace,
     UpdateWorkspace,
     Workspace,
     WorkspaceDeleted,
@@ -207,12 +208,18 @@ async def start_workspace(
 
 @router.post("/v1/workspaces/{name}/stop")
 async def stop_workspace(
-    name: NamePath, caller: Caller, state: State, owner: OwnerQuery = None
+    name: NamePath,
+    caller: Caller,
+    state: State,
+    owner: OwnerQuery = None,
+    body: StopWorkspace | None = None,
 ) -> Workspace:
-    """Stop a workspace (its disk is committed first)."""
+    """Stop a workspace (its disk is committed first); a VM is suspended, its memory
+    kept for the next start, unless ``cold``."""
     rec = await owned(state, caller, name, owner)
+    cold = body is not None and body.cold
     with state.metrics.operation("stop"):
-        rs = await on_node(state, state.node.stop(rec.id))
+        rs = await on_node(state, state.node.stop(rec.id, cold))
     return to_workspace(rec, rs)
 
 
@@ -235,6 +242,11 @@ async def fork_workspace(
     """A new workspace of the caller's from this one (a snapshot of it, or its state now,
     running or not), within the caller's quotas."""
     src = await owned(state, caller, name, owner)
+    if body.live and src.runtime != "vm":
+        raise BadRequest(
+            f"--live forks a running VM; {src.name!r} is a {src.runtime}",
+            hint=f"fork it without --live: loft fork {src.name} {body.name}",
+        )
     draft = Record(
         id="",
         owner=caller.name,
@@ -249,5 +261,5 @@ async def fork_workspace(
         created_at=0.0,
     )
     rec = await in_thread(state.records.create, caller, draft)
-    call = state.node.fork(src.id, body.snapshot, _node_spec(rec, body.start))
+    call = state.node.fork(src.id, body.snapshot, _node_spec(rec, body.start), body.live)
     return await _make(state, rec, "fork", call)

@@ -1,0 +1,247 @@
+"""VM workspaces through the CLI on ``loft up``: ``loft new --runtime vm`` boots a QEMU
+microVM whose disk the node's disk service serves; ``stop`` suspends it and ``start``
+resumes it where it was (a counter keeps its PID and counts on), ``stop --cold`` shuts
+it down, ``snap`` keeps its memory and ``restore`` brings it back running from it,
+``fork --live`` makes a running copy that then diverges, a restarted agent adopts a
+running VM, and ``rm`` leaves no QEMU, directory, image, volume or row. Bad input is
+one line with a hint.
+
+Real QEMU (TCG), at most two VMs at once; every QEMU is killed by the pid its record
+holds at the end (:meth:`AgentNode.cleanup`)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from agenttool import AgentNode, agent_node, path_without
+from envbuild_support import apt_state, example
+from runtime_support import needs_runc
+from vm_support import GUEST, needs_qemu
+
+from loft.procfs import proc_stat
+from loft.runtime.vm_process import recorded_pid
+
+pytestmark = [pytest.mark.serial, needs_qemu, needs_runc, pytest.mark.timeout(300)]
+
+COUNTER = "i=0; while :; do i=$((i+1)); echo $i > /tmp/count; usleep 50000; done"
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentNode]:
+    ex, apt = example(tmp_path_factory), apt_state(tmp_path_factory)
+    with agent_node(ex, apt, LOFT_VM_GUEST=str(GUEST)) as n:
+        n.up()
+        yield n
+
+
+def _vm_dir(node: AgentNode, name: str) -> Path:
+    return node.data_dir / "runtime" / "vm" / node.json("info", name)["id"]
+
+
+def _root(node: AgentNode, name: str, script: str) -> str:
+    return node.sh(name, script, "--user", "root", "--cwd", "/")
+
+
+def _start_counter(node: AgentNode, name: str) -> int:
+    out = _root(node, name, f"setsid sh -c '{COUNTER}' </dev/null >/dev/null 2>&1 & echo $!")
+    _root(node, name, "sleep 0.3")
+    return int(out)
+
+
+def _count(node: AgentNode, name: str) -> int:
+    return int(_root(node, name, "cat /tmp/count").strip() or 0)
+
+
+def _counts_on(node: AgentNode, name: str, pid: int, at_least: int = 1) -> int:
+    """The counter ``pid`` lives in ``name`` and counts on from ``at_least``; its count."""
+    assert _root(node, name, f"kill -0 {pid} && echo alive").strip() == "alive"
+    first = _count(node, name)
+    assert first >= at_least
+    _root(node, name, "sleep 0.4")
+    assert _count(node, name) > first
+    return first
+
+
+def _refused(node: AgentNode, *args: str, says: str) -> str:
+    r = node.loft(*args, check=False)
+    assert r.returncode == 1, (args, r.stdout, r.stderr)
+    lines = r.stderr.splitlines()
+    assert lines[0].startswith("loft: error: ") and says in lines[0], (args, r.stderr)
+    assert len(lines) <= 2 and all(line.startswith("loft: ") for line in lines), r.stderr
+    return r.stderr
+
+
+def _qemu(node: AgentNode, name: str) -> int | None:
+    return recorded_pid(_vm_dir(node, name))
+
+
+def test_workspace_vm_new_exec_suspend_resume_cold(node: AgentNode) -> None:
+    t0 = time.monotonic()
+    ws = node.new("vm1", "--runtime", "vm")
+    assert node.sh("vm1", "echo hi") == "hi\n"
+    print(f"new --runtime vm -> first exec output: {time.monotonic() - t0:.2f} s")
+    assert ws["runtime"] == "vm" and ws["state"] == "running"
+    assert node.json("info", "vm1")["runtime"] == "vm"
+    assert [(w["name"], w["runtime"]) for w in node.json("ls")] == [("vm1", "vm")]
+    assert "RUNTI" in node.loft("ls").stdout
+    assert node.sh("vm1", "id -u; pwd") == "1000\n/home/runner\n"
+    qemu = _qemu(node, "vm1")
+    assert qemu is not None and node.node_view("vm1")["pid"] == qemu
+    # the host never mounts what the tenant writes raw: QEMU is the NBD client
+    left = node.leftovers()
+    assert (left["mounts"], left["loops"], left["nbdfuse"]) == ([], [], []), left
+    assert left["workspace_dirs"] == [] and left["containers"] == [], left
+    pid = _start_counter(node, "vm1")
+
+    # stop suspends (QEMU gone, the memory kept); start resumes where it was
+    t0 = time.monotonic()
+    assert node.loft("stop", "vm1").stdout == "suspended vm1\n"
+    stopped = time.monotonic() - t0
+    assert node.json("info", "vm1")["state"] == "stopped"
+    assert proc_stat(qemu) is None or proc_stat(qemu).exited  # type: ignore[union-attr]
+    assert (_vm_dir(node, "vm1") / "suspend.json").is_file()
+    _refused(node, "exec", "vm1", "--", "true", says="exec needs it running")
+    t0 = time.monotonic()
+    node.loft("start", "vm1")
+    assert node.sh("vm1", "echo back") == "back\n"
+    print(f"stop (suspend): {stopped:.2f} s; start (resume) -> exec: {time.monotonic() - t0:.2f} s")
+    before = _counts_on(node, "vm1", pid)
+
+    # twice in a row, and the counter goes on from where it was
+    node.loft("stop", "vm1")
+    node.loft("start", "vm1")
+    _counts_on(node, "vm1", pid, before)
+
+    # --cold shuts it down: a fresh boot, the counter gone, the disk kept
+    _root(node, "vm1", "echo kept > /root/file && sync")
+    assert node.loft("stop", "vm1", "--cold").stdout == "stopped vm1\n"
+    assert not _vm_dir(node, "vm1").exists()
+    node.loft("start", "vm1")
+    assert _root(node, "vm1", "cat /root/file") == "kept\n"
+    assert _root(node, "vm1", f"kill -0 {pid} 2>/dev/null || echo gone").strip() == "gone"
+    # --cold of a suspended VM drops its memory
+    node.loft("stop", "vm1")
+    node.loft("stop", "vm1", "--cold")
+    assert not _vm_dir(node, "vm1").exists()
+
+
+def test_workspace_vm_snapshot_restore_and_live_fork(node: AgentNode) -> None:
+    if node.loft("info", "vm1", check=False).returncode != 0:
+        node.new("vm1", "--runtime", "vm")
+    if node.json("info", "vm1")["state"] != "running":
+        node.loft("start", "vm1")
+    pid = _start_counter(node, "vm1")
+    _root(node, "vm1", "echo before > /root/disk && sync")
+    snap = node.json("snap", "vm1", "s1")
+    at_snap = _count(node, "vm1")
+    assert snap["name"] == "s1"
+    _root(node, "vm1", "sleep 1; echo after > /root/disk; sync")
+    later = _count(node, "vm1")
+    assert later > at_snap + 5
+
+    # restore: back to the snapshot's memory and disk, and it counts on from there
+    node.loft("restore", "vm1", "s1")
+    assert node.json("info", "vm1")["state"] == "running"
+    assert _root(node, "vm1", "cat /root/disk") == "before\n"
+    back = _counts_on(node, "vm1", pid)
+    assert at_snap <= back < later
+
+    # live fork: the same processes in both, then apart
+    t0 = time.monotonic()
+    node.loft("fork", "vm1", "vm2", "--live")
+    assert node.sh("vm2", "echo forked") == "forked\n"
+    fork = node.json("info", "vm2")
+    print(f"fork --live -> first exec output in the fork: {time.monotonic() - t0:.2f} s")
+    assert fork["runtime"] == "vm" and fork["state"] == "running"
+    _counts_on(node, "vm2", pid)
+    _counts_on(node, "vm1", pid)
+    _root(node, "vm2", f"kill {pid}; echo mine > /root/disk; echo m > /tmp/mem; sync")
+    assert _root(node, "vm1", "cat /root/disk") == "before\n"
+    assert _root(node, "vm1", "cat /tmp/mem 2>/dev/null || echo none") == "none\n"
+    _counts_on(node, "vm1", pid)
+    assert _qemu(node, "vm1") != _qemu(node, "vm2")
+
+    # the fork of a sandbox cannot be live
+    node.new("sb", "--stopped")
+    _refused(
+        node, "fork", "sb", "sb2", "--live", says="--live forks a running VM; 'sb' is a sandbox"
+    )
+    node.loft("rm", "sb")
+
+    # rm leaves nothing: no QEMU, directory, memory image, volume or row
+    qemus = [_qemu(node, "vm1"), _qemu(node, "vm2")]
+    ids = [node.json("info", n)["id"] for n in ("vm2", "vm1")]
+    for name in ("vm2", "vm1"):
+        node.loft("rm", name)
+    for q in qemus:
+        assert q is not None
+        assert proc_stat(q) is None or proc_stat(q).exited  # type: ignore[union-attr]
+    vm_root = node.data_dir / "runtime"
+    assert not any((vm_root / "vm").glob("*")), list((vm_root / "vm").glob("*"))
+    assert not any((vm_root / "vm-images").glob("*")), list((vm_root / "vm-images").glob("*"))
+    left = node.leftovers()
+    assert left["volumes"] == [] and left["workspaces"] == [], left
+    assert left["runtime_rows"] == [] and left["profiles"] == [], left
+    assert all(not (node.data_dir / "run-logs" / f"{i}.log").exists() for i in ids)
+
+
+def test_workspace_vm_agent_restart_adopts_a_running_vm(node: AgentNode) -> None:
+    node.new("vm3", "--runtime", "vm")
+    pid = _start_counter(node, "vm3")
+    qemu = _qemu(node, "vm3")
+    agent = node.pid_of("agent")
+    os.kill(agent, 9)  # loft up starts a new agent, which adopts what runs
+    deadline = time.monotonic() + 60
+    while node.pid_of("agent") == agent or not node.agent_answers():
+        assert time.monotonic() < deadline, node.tail()
+        time.sleep(0.2)
+    assert node.json("info", "vm3")["state"] == "running"
+    assert _qemu(node, "vm3") == qemu
+    _counts_on(node, "vm3", pid)
+    node.loft("rm", "vm3")
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["new", "x", "--runtime", "vm", "--memory", "64M"], "too little for a VM"),
+        (["new", "x", "--runtime", "jail"], "bad --runtime 'jail'"),
+        (["fork", "nope", "x", "--live"], "no workspace named 'nope'"),
+        (["fork", "nope", "x", "--live", "--stopped"], "--live and --stopped"),
+    ],
+)
+def test_workspace_vm_bad_input(node: AgentNode, args: list[str], says: str) -> None:
+    _refused(node, *args, says=says)
+    assert "x" not in [w["name"] for w in node.json("ls")]
+
+
+def test_workspace_vm_a_fork_live_of_a_stopped_vm(node: AgentNode) -> None:
+    node.new("vm4", "--runtime", "vm", "--stopped")
+    _refused(node, "fork", "vm4", "x", "--live", says="'vm4' is not running")
+    node.loft("rm", "vm4")
+    assert not any((node.data_dir / "runtime" / "vm").glob("*"))
+
+
+@pytest.mark.parametrize("missing", ["qemu", "guest"])
+def test_workspace_vm_missing_runtime(
+    tmp_path_factory: pytest.TempPathFactory, missing: str
+) -> None:
+    """Without QEMU or the guest the agent still serves; a VM's new says what to install."""
+    with agent_node(example(tmp_path_factory), apt_state(tmp_path_factory)) as n:
+        env = {**n.env, "LOFT_VM_GUEST": str(GUEST)}
+        if missing == "qemu":
+            env["PATH"] = path_without("qemu-system-x86_64", n.root / "bin")
+            says, hint = "qemu-system-x86_64 is not installed", "qemu-system-x86"
+        else:
+            env["LOFT_VM_GUEST"] = str(n.root / "no-guest")
+            says, hint = "the VM guest is not built", "make guest"
+        n.serve(agent_env=env)
+        err = _refused(n, "new", "x", "--runtime", "vm", says=f"the vm runtime is missing: {says}")
+        assert hint in err
+        assert n.json("ls") == []
+        left = n.leftovers()
+        assert all(not v for v in left.values()), left
