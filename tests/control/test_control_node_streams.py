@@ -47,21 +47,8 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentNode]:
 
 @pytest.fixture(scope="module")
 def admin(node: AgentNode) -> Iterator[Client]:
-    token = (node.data_dir / "control" / "admin.token").read_text().strip()
-    with Client((node.run_dir / "api.url").read_text().strip(), token, timeout=600) as c:
+    with node.admin_client() as c:
         yield c
-
-
-def _preview_port(node: AgentNode) -> int:
-    url = (node.run_dir / "preview.url").read_text().strip()
-    return int(url.rsplit(":", 1)[1])
-
-
-def _get(node: AgentNode, ws_id: str, token: str | None) -> httpx.Response:
-    headers = {"host": f"8000--{ws_id}.preview.localhost"}
-    if token is not None:
-        headers["authorization"] = f"Bearer {token}"
-    return httpx.get(f"http://127.0.0.1:{_preview_port(node)}/", headers=headers, timeout=60)
 
 
 def _state(admin: Client, name: str) -> str:
@@ -76,7 +63,7 @@ def test_wake_on_request_through_the_real_node(node: AgentNode, admin: Client) -
     admin.write_file("web", "/home/runner/index.html", PAGE)
     token = admin._token  # the owner's (root's) token
     deadline = time.monotonic() + 60
-    while (r := _get(node, ws.id, token)).status_code != 200:  # its server is coming up
+    while (r := node.preview_get(ws.id, token)).status_code != 200:  # its server is coming up
         assert r.status_code == 502 and time.monotonic() < deadline, (r.status_code, r.text)
         time.sleep(0.2)
     assert r.content == PAGE
@@ -89,12 +76,12 @@ def test_wake_on_request_through_the_real_node(node: AgentNode, admin: Client) -
     assert any(s.name.startswith("idle-") for s in admin.snapshots("web"))
 
     # no credentials: refused before any wake
-    assert _get(node, ws.id, None).status_code == 401
+    assert node.preview_get(ws.id, None).status_code == 401
     time.sleep(1.0)
     assert _state(admin, "web") == "stopped"
 
     started = time.monotonic()
-    woken = _get(node, ws.id, token)
+    woken = node.preview_get(ws.id, token)
     took = time.monotonic() - started
     assert woken.status_code == 200 and woken.content == PAGE, woken.text
     print(f"idle -> first byte through the proxy over the real node: {took * 1000:.0f} ms")

@@ -10,7 +10,6 @@ import re
 import time
 from collections.abc import Iterator
 
-import httpx
 import pytest
 from agenttool import AgentNode, agent_node
 from envbuild_support import apt_state, example
@@ -37,17 +36,8 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentNode]:
 
 @pytest.fixture(scope="module")
 def admin(node: AgentNode) -> Iterator[Client]:
-    token = (node.data_dir / "control" / "admin.token").read_text().strip()
-    with Client((node.run_dir / "api.url").read_text().strip(), token, timeout=600) as c:
+    with node.admin_client() as c:
         yield c
-
-
-def _get(node: AgentNode, ws_id: str, token: str | None) -> httpx.Response:
-    port = int((node.run_dir / "preview.url").read_text().strip().rsplit(":", 1)[1])
-    headers = {"host": f"8000--{ws_id}.preview.localhost"}
-    if token is not None:
-        headers["authorization"] = f"Bearer {token}"
-    return httpx.get(f"http://127.0.0.1:{port}/", headers=headers, timeout=60)
 
 
 def _server_pid(admin: Client) -> str:
@@ -68,7 +58,7 @@ def test_vm_idle_suspend_and_wake_through_the_preview(node: AgentNode, admin: Cl
     admin.write_file("vmweb", "/home/runner/index.html", PAGE)
     token = admin._token
     deadline = time.monotonic() + 60
-    while (r := _get(node, ws.id, token)).status_code != 200:  # its server is coming up
+    while (r := node.preview_get(ws.id, token)).status_code != 200:  # its server is coming up
         assert r.status_code == 502 and time.monotonic() < deadline, (r.status_code, r.text)
         time.sleep(0.2)
     assert r.content == PAGE
@@ -85,10 +75,10 @@ def test_vm_idle_suspend_and_wake_through_the_preview(node: AgentNode, admin: Cl
     assert any(s.name.startswith("idle-") for s in admin.snapshots("vmweb"))
     assert not any((node.data_dir / "runtime" / "vm-images").glob("*"))  # no memory image
 
-    assert _get(node, ws.id, None).status_code == 401  # refused before any wake
+    assert node.preview_get(ws.id, None).status_code == 401  # refused before any wake
     assert admin.workspace("vmweb").state == "stopped"
     started = time.monotonic()
-    woken = _get(node, ws.id, token)
+    woken = node.preview_get(ws.id, token)
     took = time.monotonic() - started
     assert woken.status_code == 200 and woken.content == PAGE, woken.text
     print(f"suspended VM -> first byte through the proxy: {took * 1000:.0f} ms")

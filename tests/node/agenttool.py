@@ -27,11 +27,15 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from envbuild_support import Example
 from nbdtool import loft_command
 
+if TYPE_CHECKING:
+    import httpx
+
+    from loft.client import Client
 from loft.runtime.attach import adopt, attached_workspaces, detach
 from loft.runtime.cgroups import cgroup_dirs
 from loft.runtime.oci import cgroup_path
@@ -133,6 +137,24 @@ class AgentNode:
 
     def json(self, *args: str) -> Any:
         return json.loads(self.loft(*args, "--json").stdout)
+
+    def admin_client(self) -> Client:
+        """The SDK on the API's URL with the first admin's token (close it when done)."""
+        from loft.client import Client
+
+        token = (self.data_dir / "control" / "admin.token").read_text().strip()
+        return Client((self.run_dir / "api.url").read_text().strip(), token, timeout=600)
+
+    def preview_get(self, ws_id: str, token: str | None, port: int = 8000) -> httpx.Response:
+        """``GET /`` of ``port`` of workspace ``ws_id`` through the preview proxy (with the
+        bearer ``token``, or none)."""
+        import httpx
+
+        proxy = int((self.run_dir / "preview.url").read_text().strip().rsplit(":", 1)[1])
+        headers = {"host": f"{port}--{ws_id}.preview.localhost"}
+        if token is not None:
+            headers["authorization"] = f"Bearer {token}"
+        return httpx.get(f"http://127.0.0.1:{proxy}/", headers=headers, timeout=60)
 
     def node_view(self, name: str) -> dict[str, Any]:
         """What the node agent itself keeps of workspace ``name`` (its phase, the host pid
