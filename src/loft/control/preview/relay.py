@@ -175,17 +175,21 @@ async def _splice_body(
     connection is not used again); ``dst``'s has nothing queued, and its h11 is told of
     each piece's length so its framing stays right."""
     loop = asyncio.get_running_loop()
-    # Copies of the descriptors: the loop watches no descriptor a transport owns.
-    src_fd = os.dup(src.writer.get_extra_info("socket").fileno())
-    dst_fd = os.dup(dst.writer.get_extra_info("socket").fileno())
     transport = cast(asyncio.ReadTransport, src.writer.transport)
     transport.pause_reading()
-    read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    with contextlib.suppress(OSError):  # a pipe as large as a read: fewer system calls
-        fcntl.fcntl(write_end, _F_SETPIPE_SZ, READ_SIZE)
     flags = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
     in_pipe = 0
+    fds: list[int] = []
     try:
+        # Copies of the descriptors: the loop watches no descriptor a transport owns.
+        src_fd = os.dup(src.writer.get_extra_info("socket").fileno())
+        fds.append(src_fd)
+        dst_fd = os.dup(dst.writer.get_extra_info("socket").fileno())
+        fds.append(dst_fd)
+        read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        fds += (read_end, write_end)
+        with contextlib.suppress(OSError):  # a pipe as large as a read: fewer system calls
+            fcntl.fcntl(write_end, _F_SETPIPE_SZ, READ_SIZE)
         while length or in_pipe:
             if length and in_pipe < READ_SIZE:
                 try:
@@ -212,7 +216,7 @@ async def _splice_body(
                 dst.conn.send_with_data_passthrough(h11.Data(data=cast(bytes, _COUNTED[:m])))
                 in_pipe -= m
     finally:
-        for fd in (read_end, write_end, src_fd, dst_fd):
+        for fd in fds:
             os.close(fd)
 
 
