@@ -4,6 +4,7 @@ teardown after a stop and after a start that failed half way."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import socket
@@ -20,6 +21,7 @@ from loft.runtime.errors import PhaseError, RuncError, WorkspaceError
 from loft.runtime.forward import unix_listener
 from loft.runtime.oci import cgroup_path
 from loft.runtime.phase import Phase
+from loft.runtime.runc import ContainerState, Runc
 from loft.runtime.sandbox import SandboxRuntime
 from loft.runtime.spec import ExecRequest, Limits, WindowSize, WorkspaceSpec
 
@@ -170,6 +172,26 @@ def test_sandbox_init_killed_from_outside_is_stopped(ws: Workspaces) -> None:
         ws.runtime.run(spec.id, ExecRequest(("true",)))
     ws.runtime.start(spec)  # the dead container is deleted first
     assert ws.runtime.run(spec.id, ExecRequest(("true",))).status == 0
+    ws.runtime.stop(spec.id, grace=0)
+    assert not _leftovers(ws, spec)
+
+
+def test_sandbox_init_gone_before_adoption_reads_as_stopped(ws: Workspaces) -> None:
+    """runc may still list an init that has ended by the time it is adopted (a stop in
+    flight, the OOM killer): the caller hears "stopped", never a missing /proc entry."""
+    spec = ws.start()
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+
+    class Late(Runc):
+        def state(self, workspace: str) -> ContainerState | None:
+            real = super().state(workspace)
+            return real and dataclasses.replace(real, pid=ended.pid)
+
+    again = SandboxRuntime(ws.runtime.dirs.data_dir, runc=Late(ws.runtime.runc.root))
+    with pytest.raises(PhaseError, match="stopped"):
+        again.stats(spec.id)
+    assert spec.id not in again._live  # nothing held for a process gone
     ws.runtime.stop(spec.id, grace=0)
     assert not _leftovers(ws, spec)
 

@@ -116,12 +116,12 @@ class SandboxRuntime(Runtime):
         self.runc = runc or Runc(self.dirs.runc_root)
         self.init = init or catatonit()
         self._live: dict[str, _Live] = {}
-        self._locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+        self._locks: defaultdict[str, threading.RLock] = defaultdict(threading.RLock)
         self._table = threading.Lock()
 
     # -- phases ------------------------------------------------------------------------
 
-    def _lock(self, workspace: str) -> threading.Lock:
+    def _lock(self, workspace: str) -> threading.RLock:
         with self._table:
             return self._locks[workspace]
 
@@ -147,12 +147,18 @@ class SandboxRuntime(Runtime):
         runtime did not start (another agent's, before a restart) is adopted first."""
         live = self._live_one(workspace)
         if live is None:
-            state = self.runc.state(workspace)
-            if state is not None and state.phase in (Phase.RUNNING, Phase.PAUSED):
-                live = self._adopt_one(workspace, state.pid, state.phase)
-            else:
-                check(workspace, command, Phase.STOPPED if state is None else state.phase)
-                raise UnknownWorkspace(f"workspace {workspace} is not running here")
+            # Under the workspace's lock: a stop in flight has already forgotten the
+            # workspace while runc still lists it, and adopting it then would race its end.
+            with self._lock(workspace):
+                live = self._live_one(workspace)
+                state = None if live else self.runc.state(workspace)
+                phase = state.phase if state else Phase.STOPPED
+                if state is not None and phase in (Phase.RUNNING, Phase.PAUSED):
+                    live = self._adopt_one(workspace, state.pid, phase)
+                    phase = live.phase if live else Phase.STOPPED
+                if live is None:
+                    check(workspace, command, phase)
+                    raise UnknownWorkspace(f"workspace {workspace} is not running here")
         check(workspace, command, live.phase)
         return live
 
@@ -167,10 +173,13 @@ class SandboxRuntime(Runtime):
 
     # -- life --------------------------------------------------------------------------
 
-    def _adopt_one(self, workspace: str, pid: int, phase: Phase) -> _Live:
-        live = self._live[workspace] = _Live.open(
-            load_spec(self.dirs.bundle(workspace)), pid, phase
-        )
+    def _adopt_one(self, workspace: str, pid: int, phase: Phase) -> _Live | None:
+        """Hold ``workspace`` again; None when its init ended since runc listed it."""
+        try:
+            live = _Live.open(load_spec(self.dirs.bundle(workspace)), pid, phase)
+        except (FileNotFoundError, ProcessLookupError):
+            return None
+        self._live[workspace] = live
         return live
 
     def adopt(self) -> list[WorkspaceStatus]:
@@ -180,8 +189,9 @@ class SandboxRuntime(Runtime):
             known.add(state.id)
             if state.id in self._live:
                 running.append(self.status(state.id))
-            elif state.phase in (Phase.RUNNING, Phase.PAUSED):
-                self._adopt_one(state.id, state.pid, state.phase)
+            elif state.phase in (Phase.RUNNING, Phase.PAUSED) and self._adopt_one(
+                state.id, state.pid, state.phase
+            ):
                 running.append(WorkspaceStatus(state.id, state.phase, state.pid))
             else:  # cut short while starting, or its init died: nothing to keep
                 self.stop(state.id, grace=0)
