@@ -27,7 +27,8 @@ from loft.runtime.vm_process import recorded_pid
 
 pytestmark = [pytest.mark.serial, needs_qemu, needs_runc, pytest.mark.timeout(300)]
 
-COUNTER = "i=0; while :; do i=$((i+1)); echo $i > /tmp/count; usleep 50000; done"
+#: A counter in the guest (the workspace's Debian environment has no usleep).
+COUNTER = "i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.05; done"
 
 
 @pytest.fixture(scope="module")

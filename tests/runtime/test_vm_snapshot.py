@@ -4,6 +4,7 @@ At most two VMs run at once."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -170,8 +171,13 @@ def test_vm_cold_restore_on_another_node_from_the_chunk_store(node: Vms, tmp_pat
         assert got_pid == pid and got >= count
         _sh(b, spec.id, "sleep 0.5")
         assert _counter(b, spec.id)[1] > got
-        # the image came whole from the chunk store: its state matches the record
-        assert (rt_b.images / decode_record(snap.state).image / "state").is_file()
+        # the image came whole from the chunk store: its state matches the record, and
+        # the environment disk is the very one node A's guest had mounted, not rebuilt
+        rec = decode_record(snap.state)
+        assert (rt_b.images / rec.image / "state").is_file()
+        fetched = rt_b.images / rec.image / "env.img"
+        assert hashlib.sha256(fetched.read_bytes()).hexdigest() == rec.env_sha256
+        assert not list(rt_b.envs.glob("*.img"))
     finally:
         for ws in list(rt_b._live):
             rt_b._teardown(ws)

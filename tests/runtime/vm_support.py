@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import shutil
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,6 +38,7 @@ class Vms:
         self.runtime = runtime
         self.node = node
         self.root = root
+        self.env = busybox_env(root / "store")
 
     def spec(self, memory: int = 256 << 20, name: str | None = None, *,
              volume: bool = True) -> WorkspaceSpec:  # fmt: skip
@@ -44,10 +46,30 @@ class Vms:
         ws = name or f"vm{next(_ids)}"
         if volume:
             create_workspace_volume(self.node.bs, ws, size=1 << 30)
-        unused = "/nix/store/unused-env"  # a VM's /usr comes from its initramfs for now
-        env = EnvironmentView(self.root / "store", unused, (unused,))
-        return WorkspaceSpec(id=ws, rootfs=self.root / "unused-rootfs", env=env,
+        return WorkspaceSpec(id=ws, rootfs=self.root / "unused-rootfs", env=self.env,
                              ids=IdRange(1 << 20, 65536), limits=Limits(memory=memory))  # fmt: skip
+
+
+#: A store path name for the busybox environment (any 32 characters of the store's
+#: alphabet; the tests' store holds nothing else).
+BUSYBOX_ENV = "0" * 32 + "-busybox-env"
+
+
+def busybox_env(store: Path) -> EnvironmentView:
+    """A one-path environment in ``store``: the host's static busybox and its applets in
+    ``bin`` (a VM's /usr, built into a disk image in milliseconds; the tests that need
+    a Debian environment use the example one)."""
+    bin_dir = store / BUSYBOX_ENV / "bin"
+    if not bin_dir.is_dir():
+        bin_dir.mkdir(parents=True)
+        shutil.copy2("/bin/busybox", bin_dir / "busybox")
+        listed = subprocess.run(["/bin/busybox", "--list"], capture_output=True, text=True,
+                                check=True, timeout=10).stdout.split()  # fmt: skip
+        for applet in listed:
+            if applet != "busybox":
+                (bin_dir / applet).symlink_to("busybox")
+    path = f"/nix/store/{BUSYBOX_ENV}"
+    return EnvironmentView(store, path, (path,))
 
 
 @contextmanager

@@ -68,6 +68,7 @@ from loft.runtime.qmp import QmpError
 from loft.runtime.runc import Stdio
 from loft.runtime.spec import ExecRequest, WindowSize, WorkspaceSpec, check_workspace_id
 from loft.runtime.vm_agent import AgentLink
+from loft.runtime.vm_envdisk import EnvDisk, build_env_disk, check_env_name
 from loft.runtime.vm_image import (
     FORMAT,
     ImageRecord,
@@ -100,6 +101,10 @@ _STATE_FORMAT = 1
 #: mapping of an image, its RAM: never more than this beyond the VM's memory size.
 _STATE_SLACK = 64 << 20
 _RAM_JSON = "ram.json"
+#: The environment disk linked into a VM's or an image's directory, and (in a VM's)
+#: what it is.
+_ENV_IMG = "env.img"
+_ENV_JSON = "env.json"
 _MAX_READ = 16 << 20
 
 
@@ -130,6 +135,7 @@ class VmRuntime(Runtime):
         self.bs = bs
         self.root = data_dir / "runtime" / "vm"
         self.images = data_dir / "runtime" / "vm-images"
+        self.envs = data_dir / "runtime" / "vm-envs"
         self.disk = disk
         self.guest_dir = guest or Path(os.environ.get("LOFT_VM_GUEST") or data_dir / "vm-guest")
         self.accel = accelerator(accel)
@@ -214,7 +220,10 @@ class VmRuntime(Runtime):
                 memory = int(rec["memory_mib"]) << 20
             except (ValueError, KeyError, TypeError) as e:
                 raise WorkspaceError(f"damaged VM state {d / _RAM_JSON}: {e}") from e
-        return Machine(d, memory, disk.socket, disk.export, self.accel, ram_image=image)
+        env = _linked_env(d)
+        return Machine(d, memory, disk.socket, disk.export, self.accel, ram_image=image,
+                       env_disk=env.path if env else None,
+                       env_name=env.name if env else "")  # fmt: skip
 
     def _image_dir(self, image: str) -> Path:
         if not re.fullmatch(r"[0-9a-f]{32}", image):
@@ -235,9 +244,11 @@ class VmRuntime(Runtime):
             if not machine.nbd_socket.exists():
                 raise WorkspaceError(f"the disk service's socket {machine.nbd_socket} is missing",
                                      hint="start the node's disk service")  # fmt: skip
+            self._prepare_dirs()
+            env = build_env_disk(spec.env, self.envs)
             try:
-                self._prepare(spec)
-                vm = launch(spec, machine, guest, incoming=False)
+                self._prepare(spec, env)
+                vm = launch(spec, self._machine(spec), guest, incoming=False)
                 self._live[spec.id] = vm
                 return WorkspaceStatus(spec.id, Phase.RUNNING, vm.pid)
             except BaseException:
@@ -245,16 +256,22 @@ class VmRuntime(Runtime):
                 raise
 
     def _prepare_dirs(self) -> None:
-        for p in (self.root.parent, self.root, self.images):  # not mkdir(parents=): 0755
+        for p in (self.root.parent, self.root, self.images, self.envs):  # not parents=: 0755
             p.mkdir(mode=0o700, exist_ok=True)
 
-    def _prepare(self, spec: WorkspaceSpec) -> None:
+    def _prepare(self, spec: WorkspaceSpec, env: EnvDisk | None) -> None:
+        """A fresh directory for ``spec``'s VM, with its environment disk linked in (the
+        VM keeps that image, whatever the cache or the store do, until it shuts down)."""
         d = self.dir(spec.id)
         self._prepare_dirs()
         if d.exists():  # a boot cut short, or a VM killed: nothing in it is valid now
             shutil.rmtree(d)
         d.mkdir(mode=0o700)
         save_spec(d, spec)
+        if env is not None:
+            os.link(env.path, d / _ENV_IMG)
+            meta = {"name": env.name, "sha256": env.sha256}
+            write_private(d / _ENV_JSON, json.dumps(meta).encode())
 
     def stop(self, workspace: str, *, grace: float = 5.0) -> None:
         """Shut the VM down and remove every trace, a suspend image included (the
@@ -473,8 +490,12 @@ class VmRuntime(Runtime):
                     ram_from = image
                 else:  # its RAM went into the stream, loaded over the image it runs from
                     ram_from = vm.machine.ram_image.parent.name
+                env = _linked_env(vm.machine.dir)
+                if env is not None:
+                    os.link(env.path, d / _ENV_IMG)
                 rec = ImageRecord(image, workspace, vm.machine.memory_mib, ram_from,
-                                  sha256_file(d / _STATE))  # fmt: skip
+                                  sha256_file(d / _STATE), env=env.name if env else "",
+                                  env_sha256=env.sha256 if env else "")  # fmt: skip
                 write_private(d / "record", encode_record(rec))
             except BaseException:
                 shutil.rmtree(d, ignore_errors=True)
@@ -514,12 +535,13 @@ class VmRuntime(Runtime):
                 f"the VM image {rec.image} is missing or damaged",
                 hint="restore the volume snapshot alone (a cold boot)",
             )
+        env = self._image_env(rec)
         with self._lock(spec.id):
             vm = self._live_one(spec.id)
             check(spec.id, Command.RESTORE, vm.phase if vm else Phase.STOPPED)
             guest = GuestImage.at(self.guest_dir)
             try:
-                self._prepare(spec)
+                self._prepare(spec, env)
                 write_private(self.dir(spec.id) / _RAM_JSON, json.dumps(
                     {"image": rec.ram_from, "memory_mib": rec.memory_mib}).encode())  # fmt: skip
                 machine = self._machine(spec)
@@ -533,6 +555,27 @@ class VmRuntime(Runtime):
                 self._teardown(spec.id)
                 raise
             return WorkspaceStatus(spec.id, Phase.RUNNING, vm.pid)
+
+    def _image_env(self, rec: ImageRecord) -> EnvDisk | None:
+        """The environment disk image ``rec`` was taken with: linked in its directory,
+        else the node's cached image when it is that very one, else fetched from the
+        chunk store (an image rebuilt from the same closure would not be the same)."""
+        if not rec.env:
+            return None
+        linked = self._image_dir(rec.image) / _ENV_IMG
+        if not linked.is_file():
+            cached = self.envs / f"{rec.env}.img"
+            with contextlib.suppress(OSError):
+                if (self.envs / f"{rec.env}.sha256").read_text().strip() == rec.env_sha256:
+                    os.link(cached, linked)
+        if not linked.is_file() and self.bs is not None:
+            vm_cold.fetch_env(self.bs, rec.env_sha256, linked)
+        if not linked.is_file():
+            raise WorkspaceError(
+                f"the environment disk of VM image {rec.image} is missing",
+                hint="restore the volume snapshot alone (a cold boot)",
+            )
+        return EnvDisk(linked, rec.env, rec.env_sha256)
 
     def remove_snapshot(self, snapshot: RuntimeSnapshot) -> None:
         """Delete a memory snapshot's image; WorkspaceError while a VM or another
@@ -554,7 +597,10 @@ class VmRuntime(Runtime):
         :mod:`loft.runtime.vm_cold`), so a restore on any node finds it; the volume."""
         if self.bs is None:
             raise WorkspaceError("this VM runtime has no blockstore to upload images to")
-        return vm_cold.upload(self.bs, self.images, decode_record(snapshot.state))
+        rec = decode_record(snapshot.state)
+        if rec.env:
+            vm_cold.upload_env(self.bs, self._image_dir(rec.image) / _ENV_IMG, rec.env_sha256)
+        return vm_cold.upload(self.bs, self.images, rec)
 
     # -- suspend and resume ------------------------------------------------------------
 
@@ -641,3 +687,14 @@ class VmRuntime(Runtime):
         link = self._link(vm)
         set_clock(link)
         link.call(Type.RESEED, secrets.token_bytes(64))
+
+
+def _linked_env(d: Path) -> EnvDisk | None:
+    """The environment disk linked into VM directory ``d`` (None: the VM has none)."""
+    try:
+        meta = json.loads((d / _ENV_JSON).read_bytes()[:4096])
+        return EnvDisk(d / _ENV_IMG, check_env_name(str(meta["name"])), str(meta["sha256"]))
+    except FileNotFoundError:
+        return None
+    except (ValueError, KeyError, TypeError) as e:
+        raise WorkspaceError(f"damaged VM state {d / _ENV_JSON}: {e}") from e

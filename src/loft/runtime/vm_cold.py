@@ -9,6 +9,10 @@ and pieces that are all zeros are skipped, so pages the guest never touched cost
 nothing, and identical extents (of other images, of the same guest suspended again) are
 stored once: chunks are keyed by their content.
 
+The environment disk an image was taken with (:mod:`loft.runtime.vm_envdisk`) travels
+the same way, as ``loft-vmenv-<digest>``: named by its content, so every image of every
+VM on that environment shares one volume (and, chunk by chunk, with its other versions).
+
 A fetch exports the volume back into the node's images directory (sparse: zero extents
 stay holes), checks the state against the record's SHA-256, and from then on the image
 is restored as any local one. The volume is never served over NBD: only this code
@@ -26,7 +30,16 @@ from loft.blockstore.api import DEFAULT_MAX_DIRTY
 from loft.runtime.errors import WorkspaceError
 from loft.runtime.vm_image import ImageRecord, sha256_file
 
-__all__ = ["EXTENT_SIZE", "fetch", "remove", "upload", "volume_name"]
+__all__ = [
+    "EXTENT_SIZE",
+    "env_volume_name",
+    "fetch",
+    "fetch_env",
+    "remove",
+    "upload",
+    "upload_env",
+    "volume_name",
+]
 
 #: 1 MiB extents: a guest's RAM changes in scattered pages, and smaller extents make a
 #: second suspend of one VM, and images of VMs booted from the same kernel, share more.
@@ -105,6 +118,54 @@ def fetch(bs: Blockstore, images: Path, rec: ImageRecord) -> None:
         if not ram.is_file():
             os.replace(tmp, ram)
         os.replace(state_tmp, state)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def env_volume_name(sha256: str) -> str:
+    """The volume that holds the environment disk image of digest ``sha256``."""
+    return f"loft-vmenv-{sha256[:32]}"
+
+
+def upload_env(bs: Blockstore, image: Path, sha256: str) -> str:
+    """Write environment disk ``image`` (of digest ``sha256``) into its volume; the
+    volume's name. Idempotent, as :func:`upload`."""
+    name = env_volume_name(sha256)
+    if any(v.name == name for v in bs.volumes()):
+        return name
+    size = image.stat().st_size
+    bs.heads.create(name, size=-(-size // EXTENT_SIZE) * EXTENT_SIZE, extent_size=EXTENT_SIZE,
+                    durability="local", commit_interval=5.0,
+                    max_dirty=DEFAULT_MAX_DIRTY)  # fmt: skip
+    try:
+        vol = bs.open(name)
+        try:
+            for offset, data in _data_pieces(image, EXTENT_SIZE):
+                vol.write(offset, data)
+        finally:
+            vol.close()  # commits
+    except BaseException:
+        bs.remove(name)
+        raise
+    return name
+
+
+def fetch_env(bs: Blockstore, sha256: str, dest: Path) -> None:
+    """Make ``dest`` (0600) the environment disk image of digest ``sha256`` from its
+    volume; WorkspaceError when there is none or it does not match."""
+    name = env_volume_name(sha256)
+    if not any(v.name == name for v in bs.volumes()):
+        raise WorkspaceError(f"environment disk {sha256[:16]} is neither on this node nor "
+                             "in the chunk store",
+                             hint="restore the volume snapshot alone (a cold boot)")  # fmt: skip
+    tmp = dest.with_name(f".{dest.name}.fetch")
+    try:
+        with open(tmp, "wb") as f:
+            os.fchmod(f.fileno(), 0o600)
+            bs.export_image(name, f)
+        if sha256_file(tmp) != sha256:
+            raise WorkspaceError(f"environment disk volume {name} does not match its record")
+        os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from loft.runtime.errors import WorkspaceError
+from loft.runtime.vm_envdisk import check_env_name
 
 __all__ = [
     "FORMAT",
@@ -60,6 +61,11 @@ class ImageRecord:
     memory_mib: int
     ram_from: str
     state_sha256: str
+    #: The environment disk the guest had mounted (its store path name and image
+    #: digest; empty for a VM without one), linked beside as ``env.img``: a restore
+    #: needs those very bytes.
+    env: str = ""
+    env_sha256: str = ""
 
     def __post_init__(self) -> None:
         for ident in (self.image, self.ram_from):
@@ -69,6 +75,10 @@ class ImageRecord:
             raise ValueError("bad state digest")
         if not 0 < self.memory_mib <= 1 << 22:
             raise ValueError(f"bad memory size {self.memory_mib} MiB")
+        if self.env:
+            check_env_name(self.env)
+        if bool(self.env) != bool(re.fullmatch(r"[0-9a-f]{64}", self.env_sha256)):
+            raise ValueError("bad environment disk digest")
 
 
 def encode_record(rec: ImageRecord) -> bytes:

@@ -14,6 +14,9 @@ this kind of host (docs/vm.md):
   from an image that must stay unchanged;
 - the workspace volume straight from the node's NBD server (QEMU is the NBD client; no
   host mount, no nbdfuse), ``cache=none`` semantics: a guest flush is an NBD FLUSH;
+- the environment as a second disk, a read-only image (:mod:`~loft.runtime.vm_envdisk`)
+  that QEMU opens read-only, so not even the guest's root can change it; its store path
+  name is on the kernel command line for the guest's init;
 - the guest agent on a virtio-serial port named ``loft.agent``; QMP on a socket;
   the serial console to a bounded ring (:data:`CONSOLE_BYTES`).
 """
@@ -30,6 +33,7 @@ from loft.runtime.errors import WorkspaceError
 __all__ = [
     "AGENT_PORT",
     "CONSOLE_BYTES",
+    "ENV_SERIAL",
     "MIN_MEMORY",
     "GuestImage",
     "Machine",
@@ -38,6 +42,9 @@ __all__ = [
 ]
 
 AGENT_PORT = "loft.agent"
+#: The environment disk's virtio serial: how the guest's init tells it from the volume
+#: (the order of virtio-mmio disks in the guest is not the command line's).
+ENV_SERIAL = "loft-env"
 #: Below this the cloud kernel does not unpack its initramfs and reach the agent.
 MIN_MEMORY = 96 << 20
 #: The TSC frequency the guest kernel is told, so it skips calibrating it (which under
@@ -99,6 +106,9 @@ class Machine:
     #: A snapshot's RAM image mapped privately (``share=off``) instead of the VM's own
     #: RAM file: the image stays unchanged however many VMs start from it.
     ram_image: Path | None = None
+    #: The environment's image and its store path name (none: the initramfs's tools).
+    env_disk: Path | None = None
+    env_name: str = ""
 
     def __post_init__(self) -> None:
         if self.memory < MIN_MEMORY:
@@ -157,11 +167,12 @@ def qemu_argv(machine: Machine, guest: GuestImage, *, incoming: bool = False) ->
         "-nodefaults", "-no-reboot", "-nographic", "-no-user-config",
         "-kernel", str(guest.kernel),
         "-initrd", str(guest.initrd),
-        "-append", _CMDLINE,
+        "-append", f"{_CMDLINE} loft.env={m.env_name}" if m.env_disk else _CMDLINE,
         "-chardev", f"ringbuf,id=console,size={CONSOLE_BYTES}",
         "-serial", "chardev:console",
         "-blockdev", json.dumps(disk),
         "-device", "virtio-blk-device,drive=disk0",
+        *(_env_disk(m.env_disk) if m.env_disk else ()),
         "-device", "virtio-serial-device",
         "-chardev", f"socket,id=agent,path={m.agent},server=on,wait=off",
         "-device", f"virtserialport,chardev=agent,name={AGENT_PORT}",
@@ -170,3 +181,20 @@ def qemu_argv(machine: Machine, guest: GuestImage, *, incoming: bool = False) ->
     if incoming:
         argv += ["-incoming", "defer"]
     return argv
+
+
+def _env_disk(image: Path) -> list[str]:
+    """The environment's image as the second virtio disk (the guest's ``vdb``):
+    read-only in QEMU, so a write from the guest fails whatever it remounts."""
+    node = {
+        "driver": "raw",
+        "node-name": "env0",
+        "read-only": True,
+        "file": {"driver": "file", "filename": str(image), "read-only": True},
+    }
+    return [
+        "-blockdev",
+        json.dumps(node),
+        "-device",
+        f"virtio-blk-device,drive=env0,serial={ENV_SERIAL}",
+    ]
