@@ -9,7 +9,8 @@ and the guest agent (:mod:`~loft.runtime.vm_agent`) runs commands and freezes th
 filesystem inside.
 
 Each VM has a private directory, ``<data>/runtime/vm/<id>`` (0700): the RAM file, the
-QMP and agent sockets, QEMU's log, ``workspace.json`` (the spec, so a suspended VM
+QMP and agent sockets, a hard link to its environment disk (``env.img``, see
+:mod:`~loft.runtime.vm_envdisk`) and what it is (``env.json``), QEMU's log, ``workspace.json`` (the spec, so a suspended VM
 resumes without its caller knowing it) and ``vm.json`` (QEMU's pid and start time, so a
 restarted agent adopts or cleans it). The disk is never here: QEMU reads and writes the
 workspace volume from the node's NBD server, and the host never mounts it (a tenant
@@ -591,6 +592,17 @@ class VmRuntime(Runtime):
         shutil.rmtree(self._image_dir(rec.image), ignore_errors=True)
         if self.bs is not None:
             vm_cold.remove(self.bs, rec.image)
+
+    def snapshots_here(self) -> list[RuntimeSnapshot]:
+        """The memory snapshots whose images are on this node (a damaged record is
+        skipped: its image is unusable anyway)."""
+        found = []
+        for p in sorted(self.images.glob("*/record")):
+            with contextlib.suppress(OSError, WorkspaceError):
+                data = p.read_bytes()[:4096]
+                decode_record(data)
+                found.append(RuntimeSnapshot(self.kind, FORMAT, data))
+        return found
 
     def upload_snapshot(self, snapshot: RuntimeSnapshot) -> str:
         """Put a memory snapshot's image into the chunk store (a volume of its own, see
