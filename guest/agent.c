@@ -49,12 +49,16 @@
  * does not keep up stalls its own command, never the other channels. */
 #define CREDIT (256 * 1024)
 #define UNLIMITED 0xffffffffu /* granted for a channel no host reads: its output is dropped */
+/* A kept command's newest output while no host reads it (the workspace's [run] command
+ * across a suspend, restore or fork), handed over whole to the next ATTACH. */
+#define KEPT_MAX CREDIT
 #define ROOT "/ws"
 #define PORT_NAME "loft.agent"
 
 enum {
 	PING = 1, PONG = 2, EXEC = 3, STDIN_DATA = 4, SIGNAL = 5, READ_FILE = 6,
 	WRITE_FILE = 7, FSFREEZE = 8, FSTHAW = 9, SET_CLOCK = 10, RESEED = 11, EXEC_TTY = 12, RESIZE = 13, CONNECT = 14, WINDOW = 15,
+	EXEC_KEPT = 17, ATTACH = 18,
 	STARTED = 20, STDOUT_DATA = 21, STDERR_DATA = 22, EXIT = 23, ERROR = 24,
 };
 
@@ -69,7 +73,13 @@ struct channel {
 	unsigned char *inbuf; /* input the command has not taken yet (at most CREDIT bytes) */
 	size_t inlen;
 	int in_eof; /* the host's end of input, passed on once inbuf is written */
+	int stale; /* opened by an earlier host connection: its id may be reused by the new one */
+	int keep;  /* the kept command: while stale, its output goes to the kept buffer */
 };
+
+static unsigned char kept_out[KEPT_MAX];
+static size_t kept_len;
+static int kept_done = -1; /* the kept command's exit status once it ended while stale */
 
 static struct channel channels[MAX_CHANNELS];
 static int port = -1;
@@ -132,7 +142,8 @@ static void send_error(uint32_t ch, int err, const char *what)
 static struct channel *find(uint32_t id)
 {
 	for (int i = 0; i < MAX_CHANNELS; i++)
-		if (channels[i].id == id && (channels[i].pid || channels[i].out >= 0 || channels[i].err >= 0))
+		if (channels[i].id == id && !channels[i].stale &&
+		    (channels[i].pid || channels[i].out >= 0 || channels[i].err >= 0))
 			return &channels[i];
 	return NULL;
 }
@@ -143,6 +154,22 @@ static struct channel *slot(void)
 		if (!channels[i].pid && channels[i].out < 0 && channels[i].err < 0 && channels[i].in < 0)
 			return &channels[i];
 	return NULL;
+}
+
+/* Output of the kept command while no host reads it: the newest KEPT_MAX bytes. */
+static void keep_output(const char *data, size_t n)
+{
+	if (n >= KEPT_MAX) {
+		data += n - KEPT_MAX;
+		n = KEPT_MAX;
+	}
+	if (kept_len + n > KEPT_MAX) {
+		size_t drop = kept_len + n - KEPT_MAX;
+		memmove(kept_out, kept_out + drop, kept_len - drop);
+		kept_len -= drop;
+	}
+	memcpy(kept_out + kept_len, data, n);
+	kept_len += n;
 }
 
 static void close_fd(int *fd)
@@ -161,8 +188,12 @@ static void maybe_done(struct channel *c)
 		c->inbuf = NULL;
 		c->inlen = 0;
 		c->in_eof = 0;
-		send_u32(EXIT, c->id, (uint32_t)c->status);
+		if (!c->stale)
+			send_u32(EXIT, c->id, (uint32_t)c->status);
+		else if (c->keep)
+			kept_done = c->status;
 		c->id = 0;
+		c->stale = c->keep = 0;
 	}
 }
 
@@ -194,7 +225,7 @@ static int open_terminal(char *slave, size_t size, unsigned rows, unsigned cols)
 	return master;
 }
 
-static void do_exec(uint32_t ch, unsigned char *data, uint32_t len, int tty)
+static void do_exec(uint32_t ch, unsigned char *data, uint32_t len, int tty, int keep)
 {
 	unsigned rows = 0, cols = 0;
 	if (tty) {
@@ -300,6 +331,14 @@ static void do_exec(uint32_t ch, unsigned char *data, uint32_t len, int tty)
 	}
 	c->tty = tty;
 	c->sock = 0;
+	c->stale = 0;
+	if (keep) { /* one kept command at a time: a new one replaces the last */
+		for (int i = 0; i < MAX_CHANNELS; i++)
+			channels[i].keep = 0;
+		kept_len = 0;
+		kept_done = -1;
+	}
+	c->keep = keep;
 	c->credit = CREDIT;
 	c->inlen = 0;
 	c->in_eof = 0;
@@ -348,7 +387,7 @@ static void do_connect(uint32_t ch, unsigned char *data, uint32_t len)
 		close(fd);
 		return;
 	}
-	*c = (struct channel){ch, 0, fd, dup, -1, 0, 0, 1, CREDIT, NULL, 0, 0};
+	*c = (struct channel){ch, 0, fd, dup, -1, 0, 0, 1, CREDIT, NULL, 0, 0, 0, 0};
 	fcntl(fd, F_SETFL, O_NONBLOCK);
 	send_u32(STARTED, ch, 0);
 }
@@ -499,6 +538,33 @@ static void do_reseed(uint32_t ch, unsigned char *data, uint32_t len)
 		send_u32(EXIT, ch, 0);
 }
 
+/* Channel ch of this host connection takes over the kept command: what it wrote while
+ * no host read it, then its output as it comes, then its EXIT (at once if it ended). */
+static void do_attach(uint32_t ch)
+{
+	struct channel *c = NULL;
+	for (int i = 0; i < MAX_CHANNELS; i++)
+		if (channels[i].id && channels[i].keep && channels[i].stale)
+			c = &channels[i];
+	if (find(ch) || (c == NULL && kept_done < 0)) {
+		send_error(ch, find(ch) ? EINVAL : ENOENT, "no kept command runs in this VM");
+		return;
+	}
+	for (size_t off = 0; off < kept_len; off += MAX_CHUNK)
+		send_frame(STDOUT_DATA, ch, kept_out + off, kept_len - off < MAX_CHUNK ? kept_len - off : MAX_CHUNK);
+	long sent = (long)kept_len;
+	kept_len = 0;
+	if (c == NULL) {
+		send_u32(EXIT, ch, (uint32_t)kept_done);
+		kept_done = -1;
+		return;
+	}
+	close_fd(&c->in); /* the kept command never reads input (the node gives it none) */
+	c->id = ch;
+	c->stale = 0;
+	c->credit = CREDIT - sent;
+}
+
 /* Write what input the command takes now; grant the host as much again (WINDOW), and
  * pass the end of input on once all is written. */
 static void flush_input(struct channel *c)
@@ -524,7 +590,8 @@ static void flush_input(struct channel *c)
 	if (taken) {
 		memmove(c->inbuf, c->inbuf + taken, c->inlen - taken);
 		c->inlen -= taken;
-		send_u32(WINDOW, c->id, (uint32_t)taken);
+		if (!c->stale) /* a stale id may be another channel's now */
+			send_u32(WINDOW, c->id, (uint32_t)taken);
 	}
 	if (c->inlen == 0 && c->in_eof && c->in >= 0) {
 		c->in_eof = 0;
@@ -550,11 +617,18 @@ static void handle(int type, uint32_t ch, unsigned char *data, uint32_t len)
 	switch (type) {
 	case PING:
 		/* a new host connection: it holds none of the channels open now, so nothing
-		 * will grant them credit; their output is dropped rather than left to block */
+		 * will grant them credit, and it numbers its own channels afresh. They go stale:
+		 * never matched by id again, their output dropped (the kept command's kept)
+		 * rather than left to block or sent under an id that is now another's. */
 		for (int i = 0; i < MAX_CHANNELS; i++)
-			if (channels[i].id)
+			if (channels[i].id) {
 				channels[i].credit = -1;
+				channels[i].stale = 1;
+			}
 		send_frame(PONG, ch, data, len);
+		break;
+	case ATTACH:
+		do_attach(ch);
 		break;
 	case WINDOW:
 		if ((c = find(ch)) != NULL && len == 4 && c->credit >= 0) {
@@ -564,7 +638,8 @@ static void handle(int type, uint32_t ch, unsigned char *data, uint32_t len)
 		break;
 	case EXEC:
 	case EXEC_TTY:
-		do_exec(ch, data, len, type == EXEC_TTY);
+	case EXEC_KEPT:
+		do_exec(ch, data, len, type == EXEC_TTY, type == EXEC_KEPT);
 		break;
 	case RESIZE:
 		if ((c = find(ch)) != NULL && c->tty && c->in >= 0 && len == 4) {
@@ -669,7 +744,10 @@ static void pump(struct channel *c, int *fd, int type)
 	if (n > 0) {
 		if (c->credit >= 0)
 			c->credit -= n;
-		send_frame(type, c->id, buf, (size_t)n);
+		if (!c->stale)
+			send_frame(type, c->id, buf, (size_t)n);
+		else if (c->keep)
+			keep_output(buf, (size_t)n);
 		return;
 	}
 	if (n < 0 && (errno == EINTR || errno == EAGAIN)) /* EAGAIN: shares the input's O_NONBLOCK */
@@ -681,7 +759,7 @@ static void pump(struct channel *c, int *fd, int type)
 int main(void)
 {
 	for (int i = 0; i < MAX_CHANNELS; i++)
-		channels[i] = (struct channel){0, 0, -1, -1, -1, 0, 0, 0, 0, NULL, 0, 0};
+		channels[i] = (struct channel){0, 0, -1, -1, -1, 0, 0, 0, 0, NULL, 0, 0, 0, 0};
 	signal(SIGPIPE, SIG_IGN);
 	boot_error = getenv("LOFT_BOOT_ERROR");
 	sigset_t chld;

@@ -2,7 +2,8 @@
 the preview proxy reaches a server in the guest, the idle reaper suspends the VM (its
 snapshot is of the disk alone: the suspend keeps the memory), the owner's next request
 resumes it and the very same server answers (its PID unchanged, its ``[run] command``
-not started twice), and the terminal WebSocket runs a shell in the guest."""
+not started twice, its output followed again), and the terminal WebSocket runs a shell
+in the guest."""
 
 from __future__ import annotations
 
@@ -91,6 +92,12 @@ def test_vm_idle_suspend_and_wake_through_the_preview(node: AgentNode, admin: Cl
     assert _server_pid(admin) == server  # the same process, resumed
     logs = b"".join(admin.logs("vmweb"))
     assert logs.count(b"started: sh -c") == 1 and b"resumed from memory" in logs, logs
+    # its output is followed again: the resumed server's log line for the wake request
+    deadline = time.monotonic() + 30
+    while b'"GET / HTTP/1.1" 200' not in logs.split(b"resumed from memory", 1)[1]:
+        assert time.monotonic() < deadline, logs
+        time.sleep(0.5)
+        logs = b"".join(admin.logs("vmweb"))
 
 
 def test_vm_terminal_through_the_real_node(node: AgentNode, admin: Client) -> None:

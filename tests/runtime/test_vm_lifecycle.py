@@ -22,6 +22,7 @@ from vm_support import Vms, needs_qemu, vms
 from loft.procfs import proc_stat
 from loft.runtime.errors import WorkspaceError
 from loft.runtime.forward import unix_listener
+from loft.runtime.interface import DETACHED
 from loft.runtime.phase import Phase
 from loft.runtime.spec import ExecRequest, WindowSize
 from loft.runtime.vm import VmRuntime
@@ -415,3 +416,42 @@ def test_vm_forward_a_port_through_the_agent(node: Vms, tmp_path: Path) -> None:
         _http_get(path)
     fwd.close()
     closed.close()
+
+
+def _numbers(data: bytes) -> list[int]:
+    return [int(w) for w in data.split() if w.isdigit()]
+
+
+@pytest.mark.timeout(180)
+def test_vm_kept_command_outlives_a_suspend_and_is_taken_up_again(node: Vms) -> None:
+    """The workspace's [run] command: its output, kept by the guest agent while no host
+    reads it, comes back whole and in order after a warm resume; the commands of the new
+    connection, whose channel numbers start again at 1, never see the old one's frames."""
+    spec = node.spec()
+    rt = node.runtime
+    rt.start(spec)
+    script = "echo $$ > /tmp/kept.pid; i=0; while :; do i=$((i+1)); echo $i; usleep 20000; done"
+    kept = rt.exec_kept(spec.id, ExecRequest(("sh", "-c", script)), stdout=subprocess.PIPE)
+    assert kept.stdout is not None
+    before = b""
+    while len(_numbers(before)) < 5:
+        before += os.read(kept.stdout.fileno(), 4096)
+    rt.suspend(spec.id)
+    assert kept.wait(10) == DETACHED  # its relay ends, the command does not
+    rt.resume(spec.id)
+    for n in range(12):  # more channels than the old connection had opened
+        assert _sh(node, spec.id, f"echo {n}") == f"{n}\n"
+    again = rt.attach_kept(spec.id, stdout=subprocess.PIPE)
+    assert again.stdout is not None
+    after = b""
+    while len(_numbers(after)) < 20:
+        after += os.read(again.stdout.fileno(), 4096)
+    seen, taken = _numbers(before), _numbers(after)
+    assert taken[0] > seen[-1]  # counted on, not restarted
+    assert taken == list(range(taken[0], taken[0] + len(taken)))  # kept, then live: no gap
+    _sh(node, spec.id, "kill $(cat /tmp/kept.pid)")
+    assert again.wait(10) == 128 + signal.SIGTERM
+    gone = rt.attach_kept(spec.id, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = gone.communicate(timeout=10)
+    assert gone.returncode == 127 and b"no kept command" in err, (out, err)
+    rt.stop(spec.id)

@@ -12,7 +12,9 @@ that writes without end costs the node a bounded amount of disk. Followers of th
 
 The copy lives in the agent: a restarted agent adopts a running workspace with its
 command still running, but that command's output is no longer kept (its pipe's reader
-went with the old agent) until the workspace's next start.
+went with the old agent) until the workspace's next start. A VM keeps its command
+across a suspend, a restore or a live fork: the guest agent holds what it writes while
+no host reads it (its newest 256 KiB), and :meth:`RunCommands.resume` takes it up.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from loft.envstore.runspec import RunSpecError, parse_run
-from loft.runtime.interface import Runtime
+from loft.runtime.interface import DETACHED, Runtime
 from loft.runtime.spec import ExecRequest
 
 __all__ = ["KEEP", "RunCommands", "RunLog"]
@@ -132,18 +134,37 @@ class RunCommands:
             return False
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
         out.append(f"--- loft: {stamp} UTC started: {run.command}\n".encode())
-        proc = self.runtime.exec(
+        proc = self.runtime.exec_kept(
             workspace,
             ExecRequest(("/bin/sh", "-c", run.command)),
-            stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )
+        self._follow(workspace, proc, out)
+        log.info("workspace.run_started id=%s", workspace)
+        return True
+
+    def resume(self, workspace: str, spec_text: str) -> bool:
+        """Keep the output again of the command ``spec_text`` names, which runs on in a
+        workspace that came back from memory (a VM resumed, restored or forked live):
+        what it wrote while no one read it, then on. False when there is none, or its
+        runtime keeps none."""
+        try:
+            if parse_run(spec_text, source="the workspace's spec") is None:
+                return False
+        except RunSpecError:
+            return False
+        out = self.log_of(workspace)
+        proc = self.runtime.attach_kept(workspace, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        if proc is None:
+            return False
+        self._follow(workspace, proc, out)
+        return True
+
+    def _follow(self, workspace: str, proc: subprocess.Popen[bytes], out: RunLog) -> None:
         threading.Thread(
             target=self._copy, args=(proc, out), name=f"loft-run-{workspace}", daemon=True
         ).start()
-        log.info("workspace.run_started id=%s", workspace)
-        return True
 
     def forget(self, workspace: str) -> None:
         """Delete the kept output of a workspace that is removed."""
@@ -163,5 +184,8 @@ class RunCommands:
         finally:
             proc.stdout.close()
         status = proc.wait()
+        if status == DETACHED:
+            out.append(b"--- loft: no longer followed: the VM was saved or stopped\n")
+            return
         how = f"signal {-status}" if status < 0 else f"status {status}"
         out.append(f"--- loft: exited with {how}\n".encode())

@@ -105,6 +105,14 @@ class Runtimes(Runtime):
         rt = self._for(workspace)
         return rt.exec(workspace, request, stdin=stdin, stdout=stdout, stderr=stderr)
 
+    def exec_kept(self, workspace: str, request: ExecRequest, *, stdout: Stdio = None,
+                  stderr: Stdio = None) -> subprocess.Popen[bytes]:  # fmt: skip
+        return self._for(workspace).exec_kept(workspace, request, stdout=stdout, stderr=stderr)
+
+    def attach_kept(self, workspace: str, *, stdout: Stdio = None,
+                    stderr: Stdio = None) -> subprocess.Popen[bytes] | None:  # fmt: skip
+        return self._for(workspace).attach_kept(workspace, stdout=stdout, stderr=stderr)
+
     def pty(self, workspace: str, request: ExecRequest, size: WindowSize) -> PtySession:
         return self._for(workspace).pty(workspace, request, size)
 

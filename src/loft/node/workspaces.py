@@ -414,8 +414,13 @@ class Workspaces:
 
     def _started(self, rec: WorkspaceRecord, from_memory: bool) -> None:
         log.info("workspace.started name=%s id=%s from_memory=%s", rec.name, rec.id, from_memory)
-        if from_memory:  # its command runs on in the guest; its output from here is lost
+        if from_memory:  # its command runs on in the guest: follow it again
             self.runs.log_of(rec.id).append(b"--- loft: resumed from memory\n")
+            try:
+                self.runs.resume(rec.id, rec.spec)
+            except (LoftError, OSError) as e:
+                log.warning("workspace.run_not_followed id=%s error=%s", rec.id,
+                            json.dumps(str(e)))  # fmt: skip
             return
         try:
             self.runs.start(rec.id, rec.spec)

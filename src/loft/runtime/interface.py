@@ -18,6 +18,7 @@ is :data:`loft.runtime.phase.ALLOWED`). A typical life, as the node agent drives
 from __future__ import annotations
 
 import abc
+import signal
 import socket
 import subprocess
 from dataclasses import dataclass
@@ -29,7 +30,12 @@ from loft.runtime.phase import Phase
 from loft.runtime.runc import Stdio
 from loft.runtime.spec import ExecRequest, WindowSize, WorkspaceSpec
 
-__all__ = ["Completed", "Runtime", "RuntimeSnapshot", "Stats", "WorkspaceStatus"]
+__all__ = ["DETACHED", "Completed", "Runtime", "RuntimeSnapshot", "Stats", "WorkspaceStatus"]
+
+#: The return code of a kept command's handle (:meth:`Runtime.exec_kept`) once the
+#: runtime stops relaying it while the command may run on (a VM saved with its memory):
+#: death by SIGUSR1, never a status of the command's own.
+DETACHED = -signal.SIGUSR1
 
 
 @dataclass(frozen=True)
@@ -113,6 +119,21 @@ class Runtime(abc.ABC):
     ) -> subprocess.Popen[bytes]:
         """Start ``request`` in the workspace with these standard streams (as for
         :class:`subprocess.Popen`); the handle's exit status is the command's."""
+
+    def exec_kept(self, workspace: str, request: ExecRequest, *, stdout: Stdio = None,
+                  stderr: Stdio = None) -> subprocess.Popen[bytes]:  # fmt: skip
+        """Start ``request`` with no input, its output kept by the runtime when no one
+        reads it, for :meth:`attach_kept` once the workspace comes back from memory
+        (the workspace's ``[run] command``). Here: :meth:`exec`."""
+        return self.exec(workspace, request, stdin=subprocess.DEVNULL, stdout=stdout,
+                         stderr=stderr)  # fmt: skip
+
+    def attach_kept(self, workspace: str, *, stdout: Stdio = None,
+                    stderr: Stdio = None) -> subprocess.Popen[bytes] | None:  # fmt: skip
+        """The kept command of a workspace that came back from memory: what it wrote
+        since, then on; None when the runtime keeps none (here: processes do not
+        outlive a stop)."""
+        return None
 
     def run(self, workspace: str, request: ExecRequest, input: bytes = b"",
             timeout: float | None = None) -> Completed:  # fmt: skip

@@ -10,11 +10,11 @@ filesystem inside.
 
 Each VM has a private directory, ``<data>/runtime/vm/<id>`` (0700): the RAM file, the
 QMP and agent sockets, a hard link to its environment disk (``env.img``, see
-:mod:`~loft.runtime.vm_envdisk`) and what it is (``env.json``), QEMU's log, ``workspace.json`` (the spec, so a suspended VM
-resumes without its caller knowing it) and ``vm.json`` (QEMU's pid and start time, so a
-restarted agent adopts or cleans it). The disk is never here: QEMU reads and writes the
-workspace volume from the node's NBD server, and the host never mounts it (a tenant
-writes it raw).
+:mod:`~loft.runtime.vm_envdisk`) and what it is (``env.json``), QEMU's log,
+``workspace.json`` (the spec, so a suspended VM resumes without its caller knowing
+it) and ``vm.json`` (QEMU's pid and start time, so a restarted agent adopts or cleans
+it). The disk is never here: QEMU reads and writes the workspace volume from the node's
+NBD server, and the host never mounts it (a tenant writes it raw).
 
 Suspend and resume, in tiers:
 
@@ -324,20 +324,46 @@ class VmRuntime(Runtime):
         stdout: Stdio = None,
         stderr: Stdio = None,
     ) -> subprocess.Popen[bytes]:
+        return self._exec(workspace, request, kept=False, stdin=stdin, stdout=stdout,
+                          stderr=stderr)  # fmt: skip
+
+    def exec_kept(self, workspace: str, request: ExecRequest, *, stdout: Stdio = None,
+                  stderr: Stdio = None) -> subprocess.Popen[bytes]:  # fmt: skip
+        """The guest agent keeps this command's output while no host reads it (its QEMU
+        suspended, the VM restored or forked from memory): :meth:`attach_kept` then
+        relays what it kept, its newest 256 KiB, and the rest. One per VM."""
+        return self._exec(workspace, request, kept=True, stdin=subprocess.DEVNULL,
+                          stdout=stdout, stderr=stderr)  # fmt: skip
+
+    def attach_kept(self, workspace: str, *, stdout: Stdio = None,
+                    stderr: Stdio = None) -> subprocess.Popen[bytes]:  # fmt: skip
+        """The kept command of a VM that came back from memory, as :meth:`exec` gives a
+        command (its exit status the command's; 127 and a line on standard error when
+        the VM has none running)."""
+        link = self._link(self._checked(workspace, Command.EXEC))
+        return self._relay(link, None, tty=False, stdin=subprocess.DEVNULL, stdout=stdout,
+                           stderr=stderr)  # fmt: skip
+
+    def _exec(self, workspace: str, request: ExecRequest, *, kept: bool, stdin: Stdio,
+              stdout: Stdio, stderr: Stdio) -> subprocess.Popen[bytes]:  # fmt: skip
         vm = self._checked(workspace, Command.EXEC)
         link = self._link(vm)
         process = process_config(request)
         payload = exec_payload(request.argv, process["env"], process["cwd"], request.user,
                                request.user)  # fmt: skip
-        return self._relay(link, payload, tty=False, stdin=stdin, stdout=stdout, stderr=stderr)
+        return self._relay(link, payload, tty=False, kept=kept, stdin=stdin, stdout=stdout,
+                           stderr=stderr)  # fmt: skip
 
     @staticmethod
-    def _relay(link: AgentLink, payload: bytes, *, tty: bool, stdin: Stdio, stdout: Stdio,
-               stderr: Stdio) -> subprocess.Popen[bytes]:  # fmt: skip
-        """Start the relay process that stands for the command of ``payload``."""
+    def _relay(link: AgentLink, payload: bytes | None, *, tty: bool, stdin: Stdio,
+               stdout: Stdio, stderr: Stdio,
+               kept: bool = False) -> subprocess.Popen[bytes]:  # fmt: skip
+        """Start the relay process that stands for the command of ``payload`` (None:
+        the agent's kept command)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        kept = kept or payload is None
         argv = [sys.executable, "-m", "loft.runtime.vm_relay", *(["--tty"] if tty else []),
-                str(theirs.fileno())]  # fmt: skip
+                *(["--kept"] if kept else []), str(theirs.fileno())]  # fmt: skip
         try:
             proc = subprocess.Popen(argv, pass_fds=(theirs.fileno(),), stdin=stdin,
                                     stdout=stdout, stderr=stderr)  # fmt: skip
@@ -347,7 +373,10 @@ class VmRuntime(Runtime):
         finally:
             theirs.close()
         try:
-            link.open_session(payload, ours, tty=tty)
+            if payload is None:
+                link.open_kept(ours)
+            else:
+                link.open_session(payload, ours, tty=tty, kept=kept)
         except BaseException:
             proc.kill()
             proc.wait()

@@ -196,10 +196,17 @@ class AgentLink:
         return bytes(result.data)
 
     def open_session(self, exec_payload: bytes, relay: socket.socket, *,
-                     tty: bool = False) -> None:  # fmt: skip
-        """Start the command of an ``EXEC`` payload (``EXEC_TTY`` with ``tty``) and relay
-        its channel to ``relay`` (this link owns and closes the socket from now on)."""
-        self._open(Type.EXEC_TTY if tty else Type.EXEC, exec_payload, _Session(relay))
+                     tty: bool = False, kept: bool = False) -> None:  # fmt: skip
+        """Start the command of an ``EXEC`` payload (``EXEC_TTY`` with ``tty``, the
+        agent's kept command with ``kept``) and relay its channel to ``relay`` (this
+        link owns and closes the socket from now on)."""
+        type_ = Type.EXEC_TTY if tty else Type.EXEC_KEPT if kept else Type.EXEC
+        self._open(type_, exec_payload, _Session(relay))
+
+    def open_kept(self, relay: socket.socket) -> None:
+        """Relay the kept command (started by an earlier connection, see
+        :meth:`open_session`) to ``relay``: what it wrote since, then on."""
+        self._open(Type.ATTACH, b"", _Session(relay))
 
     def open_connection(self, port: int, sock: socket.socket, timeout: float = 10.0) -> None:
         """Connect to ``127.0.0.1:port`` in the guest and carry its bytes to and from

@@ -12,10 +12,16 @@ once over the one port; the host picks the numbers.
   payload), ``STDIN`` (empty: end of input), ``SIGNAL``, ``RESIZE``, ``READ_FILE``,
   ``WRITE_FILE``, ``FSFREEZE``, ``FSTHAW``, ``SET_CLOCK``, ``RESEED``, ``CONNECT`` (a
   u16 port: a connection to the guest's ``127.0.0.1:PORT``, its bytes as
-  ``STDIN``/``STDOUT``);
+  ``STDIN``/``STDOUT``), ``EXEC_KEPT`` (an ``EXEC`` whose output the agent keeps, its
+  newest :data:`CREDIT` bytes, while no host reads it: the workspace's ``[run]
+  command`` across a suspend), ``ATTACH`` (this channel takes over the kept command:
+  what it kept, then its output and ``EXIT``);
 - guest → host: ``PONG``, ``STARTED`` (the command's pid), ``STDOUT``/``STDERR`` data,
   and to end every channel one ``EXIT`` (the exit code, or 128 + N when killed by
   signal N) or one ``ERROR`` (an errno and a message);
+- a ``PING`` starts a host connection: every channel open before goes stale, matched
+  by number never again (the new connection numbers its own from 1) and silent (its
+  output dropped, or kept for the kept command);
 - both ways: ``WINDOW`` (u32), credit per channel and direction. A channel's output
   starts with :data:`CREDIT` bytes and the host grants more as it delivers them
   (:data:`UNLIMITED` for a channel nobody reads: its output is dropped); the host
@@ -96,6 +102,8 @@ class Type(enum.IntEnum):
     RESIZE = 13
     CONNECT = 14
     WINDOW = 15
+    EXEC_KEPT = 17
+    ATTACH = 18
     STARTED = 20
     STDOUT = 21
     STDERR = 22

@@ -8,6 +8,11 @@ command (``STDIN`` frames on socket ``FD``, whose other end is the VM's
 output and error, and exits with the command's status (127 with the agent's message when
 the command could not start). Killing it kills the command in the guest.
 
+With ``--kept`` it stands for the agent's kept command (``exec_kept``,
+``attach_kept``), which outlives the connection: when the connection goes (the VM saved
+with its memory, or gone) it says nothing and ends by SIGUSR1
+(:data:`loft.runtime.interface.DETACHED`), never with a status the command could have.
+
 With ``--tty`` its standard streams are the slave of a host terminal (the master is the
 caller's :class:`~loft.runtime.console.PtySession`): it puts that terminal in raw mode,
 so bytes pass as typed to the guest's own terminal, and on SIGWINCH sends the host
@@ -90,6 +95,9 @@ def main(argv: list[str]) -> int:
                 _, message = parse_error(frame)
                 _write_all(2, f"loft: {message}\n".encode())
                 return 127
+    if "--kept" in argv[:-1]:
+        signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGUSR1)
     _write_all(2, b"loft: the VM's agent connection was lost\n")
     return 255
 
