@@ -5,6 +5,7 @@ end. At most two VMs run at once on this machine; each test starts one or two.""
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import shutil
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ import pytest
 from attachtool import Served, served_node
 
 from loft.isolation.userns import IdRange
-from loft.runtime.spec import EnvironmentView, Limits, WorkspaceSpec
+from loft.runtime.spec import EnvironmentView, Limits, Network, WorkspaceSpec
 from loft.runtime.template import create_workspace_volume
 from loft.runtime.vm import NbdDisk, VmRuntime
 
@@ -38,8 +39,9 @@ class Vms:
         self.node = node
         self.root = root
 
-    def spec(self, memory: int = 256 << 20, name: str | None = None, *,
-             volume: bool = True) -> WorkspaceSpec:  # fmt: skip
+    def spec(self, memory: int = 256 << 20, name: str | None = None, *, volume: bool = True,
+             network: Network = Network.NONE,
+             deny: str | None = None) -> WorkspaceSpec:  # fmt: skip
         """A workspace spec, and (with ``volume``) its volume, fresh from the template."""
         ws = name or f"vm{next(_ids)}"
         if volume:
@@ -47,14 +49,17 @@ class Vms:
         unused = "/nix/store/unused-env"  # a VM's /usr comes from its initramfs for now
         env = EnvironmentView(self.root / "store", unused, (unused,))
         return WorkspaceSpec(id=ws, rootfs=self.root / "unused-rootfs", env=env,
-                             ids=IdRange(1 << 20, 65536), limits=Limits(memory=memory))  # fmt: skip
+                             ids=IdRange(1 << 20, 65536), limits=Limits(memory=memory),
+                             network=network,
+                             deny=(ipaddress.ip_network(deny),) if deny else ())  # fmt: skip
 
 
 @contextmanager
-def vms(tmp_path: Path) -> Iterator[Vms]:
+def vms(tmp_path: Path, egress_netns: Path | None = None) -> Iterator[Vms]:
     with served_node(tmp_path) as node:
         sock = node.node.sock
-        runtime = VmRuntime(node.data_dir, lambda ws: NbdDisk(sock, ws), guest=GUEST, bs=node.bs)
+        runtime = VmRuntime(node.data_dir, lambda ws: NbdDisk(sock, ws), guest=GUEST, bs=node.bs,
+                            egress_netns=egress_netns)  # fmt: skip
         try:
             yield Vms(runtime, node, tmp_path)
         finally:

@@ -12,7 +12,7 @@ once over the one port; the host picks the numbers.
   payload), ``STDIN`` (empty: end of input), ``SIGNAL``, ``RESIZE``, ``READ_FILE``,
   ``WRITE_FILE``, ``FSFREEZE``, ``FSTHAW``, ``SET_CLOCK``, ``RESEED``, ``CONNECT`` (a
   u16 port: a connection to the guest's ``127.0.0.1:PORT``, its bytes as
-  ``STDIN``/``STDOUT``);
+  ``STDIN``/``STDOUT``), ``SET_MAC`` (6 bytes: a live fork's new MAC on ``eth0``);
 - guest → host: ``PONG``, ``STARTED`` (the command's pid), ``STDOUT``/``STDERR`` data,
   and to end every channel one ``EXIT`` (the exit code, or 128 + N when killed by
   signal N) or one ``ERROR`` (an errno and a message);
@@ -96,6 +96,7 @@ class Type(enum.IntEnum):
     RESIZE = 13
     CONNECT = 14
     WINDOW = 15
+    SET_MAC = 16
     STARTED = 20
     STDOUT = 21
     STDERR = 22

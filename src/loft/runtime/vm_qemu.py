@@ -15,7 +15,11 @@ this kind of host (docs/vm.md):
 - the workspace volume straight from the node's NBD server (QEMU is the NBD client; no
   host mount, no nbdfuse), ``cache=none`` semantics: a guest flush is an NBD FLUSH;
 - the guest agent on a virtio-serial port named ``loft.agent``; QMP on a socket;
-  the serial console to a bounded ring (:data:`CONSOLE_BYTES`).
+  the serial console to a bounded ring (:data:`CONSOLE_BYTES`);
+- with outbound networking, a virtio-net NIC on the tap device of the VM's own network
+  namespace (:mod:`loft.runtime.vm_net`; QEMU runs in it), never ``-netdev user``
+  (whose 10.0.2.2 is the host's loopback), and the guest's network plan on the kernel
+  command line. Without, no NIC at all.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loft.runtime.errors import WorkspaceError
+from loft.runtime.vm_net import KERNEL_ARG, TAP
 
 __all__ = [
     "AGENT_PORT",
@@ -99,6 +104,9 @@ class Machine:
     #: A snapshot's RAM image mapped privately (``share=off``) instead of the VM's own
     #: RAM file: the image stays unchanged however many VMs start from it.
     ram_image: Path | None = None
+    #: The NIC's MAC, for a VM with outbound networking (:func:`loft.runtime.vm_net.guest_mac`);
+    #: None: no NIC.
+    mac: str | None = None
 
     def __post_init__(self) -> None:
         if self.memory < MIN_MEMORY:
@@ -157,7 +165,7 @@ def qemu_argv(machine: Machine, guest: GuestImage, *, incoming: bool = False) ->
         "-nodefaults", "-no-reboot", "-nographic", "-no-user-config",
         "-kernel", str(guest.kernel),
         "-initrd", str(guest.initrd),
-        "-append", _CMDLINE,
+        "-append", f"{_CMDLINE} {KERNEL_ARG}" if m.mac else _CMDLINE,
         "-chardev", f"ringbuf,id=console,size={CONSOLE_BYTES}",
         "-serial", "chardev:console",
         "-blockdev", json.dumps(disk),
@@ -167,6 +175,11 @@ def qemu_argv(machine: Machine, guest: GuestImage, *, incoming: bool = False) ->
         "-device", f"virtserialport,chardev=agent,name={AGENT_PORT}",
         "-qmp", f"unix:{m.qmp},server=on,wait=off",
     ]  # fmt: skip
+    if m.mac is not None:
+        argv += [
+            "-netdev", f"tap,id=net0,ifname={TAP},script=no,downscript=no",
+            "-device", f"virtio-net-device,netdev=net0,mac={m.mac}",
+        ]  # fmt: skip
     if incoming:
         argv += ["-incoming", "defer"]
     return argv
