@@ -17,7 +17,8 @@ ALLOWED = "203.0.113.2"
 BEHIND = ["10.77.0.1", "192.168.77.1", "169.254.169.254", "198.51.100.7"]
 DENY = "198.51.100.0/24"
 PORT = 8080
-#: How many bytes upstream's port :data:`BULK_PORT` sends to whoever connects.
+#: How many bytes upstream's port :data:`BULK_PORT` sends (an HTTP/1.0 response to any
+#: request).
 BULK_PORT = 8081
 BULK_BYTES = 64 << 20
 
@@ -63,8 +64,8 @@ def listen_in(netns: str, host: str, port: int, reply: bytes) -> subprocess.Pope
 
 @contextmanager
 def outside() -> Iterator[Path]:
-    """The egress namespace's path, with upstream serving ``upstream`` on :data:`PORT`
-    and :data:`BULK_BYTES` on :data:`BULK_PORT`."""
+    """The egress namespace's path, with upstream sending ``upstream`` on :data:`PORT`
+    and serving :data:`BULK_BYTES` over HTTP on :data:`BULK_PORT`."""
     tag = f"lt{os.getpid() % 100000}"
     egress, upstream = f"{tag}-egress", f"{tag}-up"
     ip("netns", "add", egress)
@@ -82,7 +83,7 @@ def outside() -> Iterator[Path]:
             ip("-n", upstream, "addr", "add", f"{addr}/32", "dev", "lo")
             ip("-n", egress, "route", "add", f"{addr}/32", "via", ALLOWED)
         servers.append(listen_in(upstream, "0.0.0.0", PORT, b"upstream"))
-        bulk = (
+        bulk = (  # HTTP/1.0, so busybox's wget in a guest fetches it
             "import socket\n"
             f"s = socket.create_server(('0.0.0.0', {BULK_PORT}))\n"
             "print('ok', flush=True)\n"
@@ -90,6 +91,8 @@ def outside() -> Iterator[Path]:
             "while True:\n"
             " c, _ = s.accept()\n"
             " try:\n"
+            "  c.recv(4096)\n"
+            f"  c.sendall(b'HTTP/1.0 200 OK\\r\\nContent-Length: {BULK_BYTES}\\r\\n\\r\\n')\n"
             f"  for _ in range({BULK_BYTES >> 20}): c.sendall(block)\n"
             " except OSError: pass\n"
             " c.close()\n"
