@@ -13,12 +13,15 @@ import os
 import socket
 import subprocess
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from egress_support import ALLOWED, BEHIND, DENY, PORT, PROBE, listen_in, outside
 from vm_support import GUEST, Vms, needs_qemu, vms
 
+from loft.runtime.errors import WorkspaceError
+from loft.runtime.phase import Phase
 from loft.runtime.spec import ExecRequest, Network
 from loft.runtime.vm import VmRuntime
 from loft.runtime.vm_net import GATEWAY, STACK_PID, guest_mac
@@ -67,7 +70,7 @@ def _policy(rt: VmRuntime, ws: str) -> str:
                           check=True).stdout  # fmt: skip
 
 
-def _stack_gone(directory: Path, pid: int) -> bool:
+def _stack_gone(pid: int) -> bool:
     try:
         return b"slirp4netns" not in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
@@ -117,12 +120,12 @@ def test_vm_nat_reaches_out_but_not_in(node: Vms, outside_ns: Path) -> None:
     # a warm suspend ends the namespace and its stack; the resume makes new ones
     stack = int((rt.dir(spec.id) / STACK_PID).read_text())
     rt.suspend(spec.id)
-    assert _stack_gone(rt.dir(spec.id), stack)
+    assert _stack_gone(stack)
     rt.resume(spec.id)
     assert _probe(rt, spec.id, PORT, ALLOWED)[ALLOWED] == "upstream"
     stack = int((rt.dir(spec.id) / STACK_PID).read_text())
     rt.stop(spec.id)
-    assert _stack_gone(rt.dir(spec.id), stack)
+    assert _stack_gone(stack)
 
 
 @pytest.mark.timeout(240)
@@ -137,6 +140,10 @@ def test_vm_nat_live_fork_has_its_own_mac_and_both_keep_networking(node: Vms) ->
     node.node.node.loft("volume", "fork", f"{src.id}@f", "nfork")
     rt.thaw(src.id)
     fork = node.spec(name="nfork", volume=False, network=Network.NAT)
+    # the NIC is a device of the saved machine: no restore into a machine without one
+    with pytest.raises(WorkspaceError, match="loading the VM's state failed"):
+        rt.restore(replace(fork, network=Network.NONE), snap, fork=True)
+    assert rt.status(fork.id).phase is Phase.STOPPED and not rt.dir(fork.id).exists()
     rt.restore(fork, snap, fork=True, new_machine_id=True)
 
     mac = "cat /sys/class/net/eth0/address"
