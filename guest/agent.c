@@ -5,8 +5,8 @@
  * named "loft.agent" (found through /sys/class/virtio-ports, the guest has no udev):
  * run commands in the workspace (chrooted into /ws) with their standard streams carried
  * as frames, read and write files, freeze and thaw the workspace's filesystem, set the
- * clock and add entropy after a restore or fork, and give a fork's NIC a new MAC. Many channels run at once; one poll
- * loop serves them all.
+ * clock and add entropy after a restore or fork, and give a fork's NIC a new MAC. Many
+ * channels run at once; one poll loop serves them all.
  *
  * Why C and not Python: it starts with the kernel's first process, before anything is
  * mounted, and must be ready within milliseconds of boot; a static binary of a few

@@ -2,9 +2,10 @@
 server through its own network namespace and the userspace stack, and its guest, root in
 its own kernel, reaches nothing the sandbox's policy refuses (the host's loopback,
 10.0.2.2, private and metadata ranges, ``spec.deny``, the namespace itself), whatever it
-does to its own network; a live fork gets its own MAC, namespace and machine-id and both
-keep networking; a ``none`` VM has no NIC. The "outside" is egress_support.py's network
-namespaces; no packet leaves the machine. At most two VMs at once."""
+does to its own network, and after a warm resume or an agent restart; a live fork gets
+its own MAC, namespace and machine-id and both keep networking; a ``none`` VM has no NIC.
+The "outside" is egress_support.py's network namespaces; no packet leaves the machine.
+At most two VMs at once."""
 
 from __future__ import annotations
 
@@ -122,6 +123,16 @@ def test_vm_nat_reaches_out_but_not_in(node: Vms, outside_ns: Path) -> None:
     rt.suspend(spec.id)
     assert _stack_gone(stack)
     rt.resume(spec.id)
+    assert _probe(rt, spec.id, PORT, ALLOWED)[ALLOWED] == "upstream"
+
+    # an agent restart: the old runtime's connections close, QEMU and its stack stay,
+    # and the new runtime's VM reaches out as before; its stop ends the stack
+    for vm in rt._live.values():
+        vm.release()
+    rt._live.clear()
+    rt = node.runtime = VmRuntime(rt.root.parents[1], rt.disk, guest=GUEST, bs=node.node.bs,
+                                  egress_netns=outside_ns)  # fmt: skip
+    assert [s.id for s in rt.adopt()] == [spec.id]
     assert _probe(rt, spec.id, PORT, ALLOWED)[ALLOWED] == "upstream"
     stack = int((rt.dir(spec.id) / STACK_PID).read_text())
     rt.stop(spec.id)

@@ -36,7 +36,7 @@ into an image that never changes, restored by mapping it ``share=off`` (copy-on-
 paged in as touched): a restore, or a live fork (``restore(..., fork=True)`` of
 another workspace's snapshot onto a fork of its volume).
 
-About 600 lines and one idea, the controller: each command is its phase check, its lock
+About 700 lines and one idea, the controller: each command is its phase check, its lock
 and the calls into the modules above; the QEMU process, QMP, the migration stream, the
 image format and the agent live there.
 """
