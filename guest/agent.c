@@ -5,8 +5,8 @@
  * named "loft.agent" (found through /sys/class/virtio-ports, the guest has no udev):
  * run commands in the workspace (chrooted into /ws) with their standard streams carried
  * as frames, read and write files, freeze and thaw the workspace's filesystem, set the
- * clock and add entropy after a restore or fork. Many channels run at once; one poll
- * loop serves them all.
+ * clock and add entropy after a restore or fork, and give a fork's NIC a new MAC. Many
+ * channels run at once; one poll loop serves them all.
  *
  * Why C and not Python: it starts with the kernel's first process, before anything is
  * mounted, and must be ready within milliseconds of boot; a static binary of a few
@@ -23,6 +23,8 @@
 #include <grp.h>
 #include <linux/fs.h>
 #include <linux/random.h>
+#include <net/if.h>
+#include <net/if_arp.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdint.h>
@@ -54,11 +56,12 @@
 #define KEPT_MAX CREDIT
 #define ROOT "/ws"
 #define PORT_NAME "loft.agent"
+#define NIC "eth0" /* the one NIC of a VM with outbound networking */
 
 enum {
 	PING = 1, PONG = 2, EXEC = 3, STDIN_DATA = 4, SIGNAL = 5, READ_FILE = 6,
 	WRITE_FILE = 7, FSFREEZE = 8, FSTHAW = 9, SET_CLOCK = 10, RESEED = 11, EXEC_TTY = 12, RESIZE = 13, CONNECT = 14, WINDOW = 15,
-	EXEC_KEPT = 17, ATTACH = 18,
+	SET_MAC = 16, EXEC_KEPT = 17, ATTACH = 18,
 	STARTED = 20, STDOUT_DATA = 21, STDERR_DATA = 22, EXIT = 23, ERROR = 24,
 };
 
@@ -565,6 +568,30 @@ static void do_attach(uint32_t ch)
 	c->credit = CREDIT - sent;
 }
 
+/* A live fork is a new machine on the network: a new (locally administered, unicast)
+ * MAC on its NIC. virtio-net changes it live and tells the device. */
+static void do_set_mac(uint32_t ch, unsigned char *data, uint32_t len)
+{
+	if (len != 6 || (data[0] & 3) != 2) {
+		send_error(ch, EINVAL, "mac");
+		return;
+	}
+	struct ifreq ifr;
+	memset(&ifr, 0, sizeof(ifr));
+	snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", NIC);
+	ifr.ifr_hwaddr.sa_family = ARPHRD_ETHER;
+	memcpy(ifr.ifr_hwaddr.sa_data, data, 6);
+	int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	int rc = fd < 0 ? -1 : ioctl(fd, SIOCSIFHWADDR, &ifr);
+	int e = errno;
+	if (fd >= 0)
+		close(fd);
+	if (rc)
+		send_error(ch, e, "mac");
+	else
+		send_u32(EXIT, ch, 0);
+}
+
 /* Write what input the command takes now; grant the host as much again (WINDOW), and
  * pass the end of input on once all is written. */
 static void flush_input(struct channel *c)
@@ -685,6 +712,9 @@ static void handle(int type, uint32_t ch, unsigned char *data, uint32_t len)
 		break;
 	case RESEED:
 		do_reseed(ch, data, len);
+		break;
+	case SET_MAC:
+		do_set_mac(ch, data, len);
 		break;
 	default:
 		send_error(ch, ENOSYS, "request");

@@ -1,14 +1,15 @@
 #!/bin/sh
 # Build what a loft VM boots into OUT (default build/guest): the Debian cloud kernel
 # (vmlinuz, the current dependency of linux-image-cloud-amd64, never a pinned version),
-# its virtio modules, loft's guest agent (static), and the initramfs (initrd.gz) made of
-# busybox-static, those modules, guest/init and the agent. Quick when all is there.
+# its virtio modules (virtio_net with the two failover modules it needs), loft's guest
+# agent (static), and the initramfs (initrd.gz) made of busybox-static, those modules,
+# guest/init and the agent. Quick when all is there.
 set -eu
 src=$(cd "$(dirname "$0")" && pwd)
 out=${1:-build/guest}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
-modules="virtio_ring virtio virtio_mmio virtio_blk virtio_console"
+modules="virtio_ring virtio virtio_mmio virtio_blk virtio_console failover net_failover virtio_net"
 
 pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null |
 	awk '$1 == "Depends:" && $2 ~ /^linux-image-/ { print $2; exit }')
@@ -16,7 +17,10 @@ if [ -z "$pkg" ]; then
 	echo "guest: apt knows no linux-image-cloud-amd64 (run apt-get update)" >&2
 	exit 1
 fi
-if [ ! -f "$out/vmlinuz" ] || [ "$(cat "$out/kernel.pkg" 2>/dev/null)" != "$pkg" ]; then
+fetch=0
+[ -f "$out/vmlinuz" ] && [ "$(cat "$out/kernel.pkg" 2>/dev/null)" = "$pkg" ] || fetch=1
+for m in $modules; do [ -f "$out/modules/$m.ko" ] || fetch=1; done
+if [ "$fetch" = 1 ]; then
 	tmp=$(mktemp -d)
 	trap 'rm -rf "$tmp"' EXIT
 	(cd "$tmp" && apt-get download -q "$pkg" 2>&1 | grep -v unsandboxed >&2 || true)
@@ -41,7 +45,7 @@ fi
 
 initrd="$out/initrd.gz"
 stale=0
-for f in "$out/loft-agent" "$src/init" "$out/kernel.pkg" /bin/busybox; do
+for f in "$out/loft-agent" "$src/init" "$out/kernel.pkg" /bin/busybox "$out"/modules/*.ko; do
 	[ -f "$initrd" ] && [ ! "$f" -nt "$initrd" ] || stale=1
 done
 if [ "$stale" = 1 ]; then

@@ -129,7 +129,10 @@ def test_workspaces_vm_stop_cold_and_fork_live(control: Harness) -> None:
 
     box = alice.create_workspace(CreateWorkspace("box", runtime="vm"))
     assert box.runtime == "vm" and alice.workspace("box").runtime == "vm"
-    forked = alice.fork("box", "box2", live=True)
+    with pytest.raises(BadRequest, match="a new machine-id is for a live fork") as e:
+        alice.fork("box", "box2", new_machine_id=True)
+    assert e.value.hint == "add --live: loft fork box box2 --live --new-machine-id"
+    forked = alice.fork("box", "box2", live=True, new_machine_id=True)
     assert (forked.runtime, forked.state) == ("vm", "running")
     for body in ({"cold": "yes"}, {"cold": True, "hot": True}):
         r = control.raw("POST", "/v1/workspaces/box/stop", alice._token, json=body)

@@ -82,7 +82,7 @@ def _qemu(node: AgentNode, name: str) -> int | None:
 
 def test_workspace_vm_new_exec_suspend_resume_cold(node: AgentNode) -> None:
     t0 = time.monotonic()
-    ws = node.new("vm1", "--runtime", "vm")
+    ws = node.new("vm1", "--runtime", "vm", "--net", "nat")  # with a NIC through every flow
     assert node.sh("vm1", "echo hi") == "hi\n"
     print(f"new --runtime vm -> first exec output: {time.monotonic() - t0:.2f} s")
     assert ws["runtime"] == "vm" and ws["state"] == "running"
@@ -90,6 +90,7 @@ def test_workspace_vm_new_exec_suspend_resume_cold(node: AgentNode) -> None:
     assert [(w["name"], w["runtime"]) for w in node.json("ls")] == [("vm1", "vm")]
     assert "RUNTI" in node.loft("ls").stdout
     assert node.sh("vm1", "id -u; pwd") == "1000\n/home/runner\n"
+    assert node.sh("vm1", "ls /sys/class/net").split() == ["eth0", "lo"]
     qemu = _qemu(node, "vm1")
     assert qemu is not None and node.node_view("vm1")["pid"] == qemu
     # the host never mounts what the tenant writes raw: QEMU is the NBD client
@@ -132,7 +133,7 @@ def test_workspace_vm_new_exec_suspend_resume_cold(node: AgentNode) -> None:
 
 def test_workspace_vm_snapshot_restore_and_live_fork(node: AgentNode) -> None:
     if node.loft("info", "vm1", check=False).returncode != 0:
-        node.new("vm1", "--runtime", "vm")
+        node.new("vm1", "--runtime", "vm", "--net", "nat")
     if node.json("info", "vm1")["state"] != "running":
         node.loft("start", "vm1")
     pid = _start_counter(node, "vm1")
@@ -151,15 +152,20 @@ def test_workspace_vm_snapshot_restore_and_live_fork(node: AgentNode) -> None:
     back = _counts_on(node, "vm1", pid)
     assert at_snap <= back < later
 
-    # live fork: the same processes in both, then apart
+    # live fork: the same processes in both, then apart; a MAC and machine-id of its own
+    _root(node, "vm1", "echo 0123456789abcdef0123456789abcdef > /etc/machine-id")
     t0 = time.monotonic()
-    node.loft("fork", "vm1", "vm2", "--live")
+    node.loft("fork", "vm1", "vm2", "--live", "--new-machine-id")
     assert node.sh("vm2", "echo forked") == "forked\n"
     fork = node.json("info", "vm2")
     print(f"fork --live -> first exec output in the fork: {time.monotonic() - t0:.2f} s")
     assert fork["runtime"] == "vm" and fork["state"] == "running"
     _counts_on(node, "vm2", pid)
     _counts_on(node, "vm1", pid)
+    ident = "cat /sys/class/net/eth0/address /etc/machine-id"
+    mac1, id1 = _root(node, "vm1", ident).split()
+    mac2, id2 = _root(node, "vm2", ident).split()
+    assert mac1 != mac2 and id1 == "0123456789abcdef0123456789abcdef" and id2 != id1
     _root(node, "vm2", f"kill {pid}; echo mine > /root/disk; echo m > /tmp/mem; sync")
     assert _root(node, "vm1", "cat /root/disk") == "before\n"
     assert _root(node, "vm1", "cat /tmp/mem 2>/dev/null || echo none") == "none\n"
@@ -217,6 +223,7 @@ def test_workspace_vm_agent_restart_adopts_a_running_vm(node: AgentNode) -> None
         (["new", "x", "--runtime", "jail"], "bad --runtime 'jail'"),
         (["fork", "nope", "x", "--live"], "no workspace named 'nope'"),
         (["fork", "nope", "x", "--live", "--stopped"], "--live and --stopped"),
+        (["fork", "nope", "x", "--new-machine-id"], "--new-machine-id is for a live fork"),
     ],
 )
 def test_workspace_vm_bad_input(node: AgentNode, args: list[str], says: str) -> None:

@@ -5,6 +5,7 @@ end. At most two VMs run at once on this machine; each test starts one or two.""
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import shutil
 import subprocess
@@ -16,7 +17,7 @@ import pytest
 from attachtool import Served, served_node
 
 from loft.isolation.userns import IdRange
-from loft.runtime.spec import EnvironmentView, Limits, WorkspaceSpec
+from loft.runtime.spec import EnvironmentView, Limits, Network, WorkspaceSpec
 from loft.runtime.template import create_workspace_volume
 from loft.runtime.vm import NbdDisk, VmRuntime
 
@@ -40,14 +41,17 @@ class Vms:
         self.root = root
         self.env = busybox_env(root / "store")
 
-    def spec(self, memory: int = 256 << 20, name: str | None = None, *,
-             volume: bool = True) -> WorkspaceSpec:  # fmt: skip
+    def spec(self, memory: int = 256 << 20, name: str | None = None, *, volume: bool = True,
+             network: Network = Network.NONE,
+             deny: str | None = None) -> WorkspaceSpec:  # fmt: skip
         """A workspace spec, and (with ``volume``) its volume, fresh from the template."""
         ws = name or f"vm{next(_ids)}"
         if volume:
             create_workspace_volume(self.node.bs, ws, size=1 << 30)
         return WorkspaceSpec(id=ws, rootfs=self.root / "unused-rootfs", env=self.env,
-                             ids=IdRange(1 << 20, 65536), limits=Limits(memory=memory))  # fmt: skip
+                             ids=IdRange(1 << 20, 65536), limits=Limits(memory=memory),
+                             network=network,
+                             deny=(ipaddress.ip_network(deny),) if deny else ())  # fmt: skip
 
 
 #: A store path name for the busybox environment (any 32 characters of the store's
@@ -73,10 +77,11 @@ def busybox_env(store: Path) -> EnvironmentView:
 
 
 @contextmanager
-def vms(tmp_path: Path) -> Iterator[Vms]:
+def vms(tmp_path: Path, egress_netns: Path | None = None) -> Iterator[Vms]:
     with served_node(tmp_path) as node:
         sock = node.node.sock
-        runtime = VmRuntime(node.data_dir, lambda ws: NbdDisk(sock, ws), guest=GUEST, bs=node.bs)
+        runtime = VmRuntime(node.data_dir, lambda ws: NbdDisk(sock, ws), guest=GUEST, bs=node.bs,
+                            egress_netns=egress_netns)  # fmt: skip
         try:
             yield Vms(runtime, node, tmp_path)
         finally:

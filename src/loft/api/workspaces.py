@@ -190,6 +190,9 @@ class ForkWorkspace:
     #: a VM only: the new workspace runs on from the source's memory (from the named
     #: snapshot's, or from a snapshot of the running VM taken now), same processes
     live: Annotated[bool, Rule()] = False
+    #: with ``live``: a new ``/etc/machine-id`` in the copy (software keyed on it sees a
+    #: new machine)
+    new_machine_id: Annotated[bool, Rule()] = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -397,7 +397,10 @@ def restore(name: str, snapshot: str) -> None:
 @click.option(
     "--live", is_flag=True, help="A VM: the fork runs on from its memory (same processes)."
 )
-def fork(ref: str, new_name: str, stopped: bool, live: bool) -> None:
+@click.option(
+    "--new-machine-id", is_flag=True, help="With --live: a new /etc/machine-id in the fork."
+)
+def fork(ref: str, new_name: str, stopped: bool, live: bool, new_machine_id: bool) -> None:
     """Create workspace NEW from NAME: from its snapshot SNAP, or from a snapshot taken
     now (a running workspace pauses only for it). The two are independent. With
     --live (VMs), NEW goes on from NAME's memory: the same processes, then diverging."""
@@ -406,8 +409,12 @@ def fork(ref: str, new_name: str, stopped: bool, live: bool) -> None:
     if live and stopped:
         raise LoftError("a live fork runs: --live and --stopped do not go together",
                         hint="leave out --stopped")  # fmt: skip
+    if new_machine_id and not live:
+        raise LoftError("--new-machine-id is for a live fork (a booted fork keeps the file)",
+                        hint="add --live")  # fmt: skip
     with client(_BUILD_TIMEOUT) as c:
-        ws = c.fork(name, new_name, snapshot=snapshot or None, start=not stopped, live=live)
+        ws = c.fork(name, new_name, snapshot=snapshot or None, start=not stopped, live=live,
+                    new_machine_id=new_machine_id)  # fmt: skip
     click.echo(f"forked {ref} as {_summary(ws)}")
 
 

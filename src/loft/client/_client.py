@@ -294,11 +294,13 @@ class Client:
         metadata: dict[str, str] | None = None,
         live: bool = False,
         owner: str | None = None,
+        new_machine_id: bool = False,
     ) -> Workspace:
         """A new workspace from ``name`` (its snapshot, or its state now); ``live``: a
-        VM's running copy from its memory."""
+        VM's running copy from its memory (``new_machine_id``: with a new
+        ``/etc/machine-id``)."""
         path = f"/v1/workspaces/{_q(name)}/fork"
-        body = _body(ForkWorkspace(new_name, snapshot, start, metadata, live))
+        body = _body(ForkWorkspace(new_name, snapshot, start, metadata, live, new_machine_id))
         return self._call(Workspace, "POST", path, body=body, params={"owner": owner})
 
     # --- snapshots -----------------------------------------------------------------------

@@ -276,9 +276,16 @@ class AgentNode:
         return ans.undo_snapshot, ans.restarted
 
     async def fork(
-        self, source: str, snapshot: str | None, target: NodeWorkspace, live: bool = False
+        self,
+        source: str,
+        snapshot: str | None,
+        target: NodeWorkspace,
+        live: bool = False,
+        new_machine_id: bool = False,
     ) -> RuntimeState:
-        req = wapi.ForkWorkspaceRequest(source, target.id, snapshot or "", target.start, live)
+        req = wapi.ForkWorkspaceRequest(
+            source, target.id, snapshot or "", target.start, live, new_machine_id
+        )
         return self._state(await self._request(req, wapi.WorkspaceInfo))
 
     async def exec(self, id: str, req: ExecRequest) -> AsyncIterator[Output | Exited]:

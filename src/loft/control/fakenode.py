@@ -204,12 +204,19 @@ class FakeNode:
         return undo, ws.state == "running"
 
     async def fork(
-        self, source: str, snapshot: str | None, target: NodeWorkspace, live: bool = False
+        self,
+        source: str,
+        snapshot: str | None,
+        target: NodeWorkspace,
+        live: bool = False,
+        new_machine_id: bool = False,
     ) -> RuntimeState:
         await self._enter("fork")
         src = self._get(source)
         if live and src.spec.runtime != "vm":
             raise Invalid(f"--live forks a running VM; {src.spec.name} is a {src.spec.runtime}")
+        if new_machine_id and not live:
+            raise Invalid("a new machine-id is for a live fork")
         if target.id in self.workspaces:
             raise Conflict(f"node {self.name} already has workspace {target.id}")
         if snapshot is not None and snapshot not in src.snapshots:

@@ -184,11 +184,17 @@ class NodeClient(Protocol):
         ...
 
     async def fork(
-        self, source: str, snapshot: str | None, target: NodeWorkspace, live: bool = False
+        self,
+        source: str,
+        snapshot: str | None,
+        target: NodeWorkspace,
+        live: bool = False,
+        new_machine_id: bool = False,
     ) -> RuntimeState:
         """Make ``target`` from ``source``'s snapshot, or from its state now when
         ``snapshot`` is None (a running source keeps running). ``live``: a VM's running
-        copy from its memory (:class:`Invalid` for a sandbox)."""
+        copy from its memory (:class:`Invalid` for a sandbox); ``new_machine_id``: with a
+        new ``/etc/machine-id`` (:class:`Invalid` without ``live``)."""
         ...
 
     async def exec(self, id: str, req: ExecRequest) -> AsyncIterator[Output | Exited]:

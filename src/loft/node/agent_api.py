@@ -217,9 +217,9 @@ class AgentApi:
         return wapi.RestoreWorkspaceAnswer(req.snapshot, undo, version, restarted)
 
     def fork(self, req: wapi.ForkWorkspaceRequest) -> wapi.WorkspaceInfo:
-        return self.info(
-            fork(self.wss, req.workspace, req.new, req.snapshot, req.start, live=req.live)
-        )
+        made = fork(self.wss, req.workspace, req.new, req.snapshot, req.start, live=req.live,
+                    new_machine_id=req.new_machine_id)  # fmt: skip
+        return self.info(made)
 
     def switch_env(self, req: wapi.SwitchEnvRequest) -> wapi.EnvAnswer:
         spec = spec_input(req.packages, req.spec, req.spec_source)

@@ -268,12 +268,17 @@ def fork(
     snapshot: str = "",
     start: bool = True,
     live: bool = False,
+    new_machine_id: bool = False,
 ) -> Workspace:
     """Make ``target_id`` (a record the control plane wrote) from ``snapshot`` of
     workspace ``workspace_id`` (taken now when empty), with the environment that
-    snapshot was taken with; ``live``: a running VM's copy, from its memory."""
+    snapshot was taken with; ``live``: a running VM's copy, from its memory
+    (``new_machine_id``: with a new ``/etc/machine-id``)."""
     ws = wss.get(workspace_id)
     rec = ws.record
+    if new_machine_id and not live:
+        raise BadRequest("a new machine-id is for a live fork (a booted fork keeps the file)",
+                         hint="add --live, or change /etc/machine-id in the fork")  # fmt: skip
     if live:
         _check_live(wss, ws, snapshot, start)
     if snapshot:
@@ -299,6 +304,7 @@ def fork(
         env_path=env_path,
         volume_from=f"{rec.volume}@{snapshot}",
         memory=memory,
+        new_machine_id=new_machine_id,
     )
 
 

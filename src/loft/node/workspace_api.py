@@ -306,6 +306,8 @@ class ForkWorkspaceRequest:
     start: bool = True
     #: a running VM's copy from its memory (or from ``snapshot``'s memory)
     live: bool = False
+    #: with ``live``: a new ``/etc/machine-id`` in the copy
+    new_machine_id: bool = False
 
 
 @dataclass(frozen=True, slots=True)

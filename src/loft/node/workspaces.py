@@ -252,12 +252,14 @@ class Workspaces:
         env_path: str | None = None,
         volume_from: str | None = None,
         memory: RuntimeSnapshot | None = None,
+        new_machine_id: bool = False,
     ) -> Workspace:
         """Make the workspace whose record the control plane wrote (and start it): all or
         nothing, and nothing of the record touched. ``env_path``: the environment
         already built (a fork's); ``volume_from``: ``VOLUME@SNAP`` to fork instead of
         the template (a fork's); ``memory``: a VM's memory snapshot to start from (a
-        live fork's, taken with ``volume_from``)."""
+        live fork's, taken with ``volume_from``; ``new_machine_id``: with a new
+        ``/etc/machine-id``)."""
         rec = self.records.record(workspace_id)
         if rec is None:
             raise UnknownWorkspace(f"no workspace record {workspace_id!r}")
@@ -283,7 +285,8 @@ class Workspaces:
                         self.bs.fork(volume_from, rec.volume)
                     undo.push("the volume", lambda: self.disk.remove(rec.volume))
                     if start:
-                        self.launch(rec, Phase.CREATING, memory=memory, fork=True)
+                        self.launch(rec, Phase.CREATING, memory=memory, fork=True,
+                                    new_machine_id=new_machine_id)  # fmt: skip
                     else:
                         self.records.set_state(rec.id, phase=Phase.STOPPED)
         except BaseException as e:
@@ -327,12 +330,14 @@ class Workspaces:
         on_failure: Desired = Desired.STOPPED,
         memory: RuntimeSnapshot | None = None,
         fork: bool = False,
+        new_machine_id: bool = False,
     ) -> None:
         """Admit, attach and run ``rec`` (lock held); on failure, undo to stopped, with
         ``desired`` set to ``on_failure`` (a start a user asked for that failed is not
         retried behind their back; a restart after a recovery is). A VM starts from
-        ``memory`` when given (``fork``: another workspace's), else resumes from its
-        suspend image when it has one, else boots."""
+        ``memory`` when given (``fork``: another workspace's; ``new_machine_id``: its
+        ``/etc/machine-id`` written afresh), else resumes from its suspend image when it
+        has one, else boots."""
         with self.admission.lock:
             self.admission.check(rec.name, rec.limits, self._committed(rec.id))
             self.records.set_state(
@@ -356,7 +361,7 @@ class Workspaces:
                     )
                 env = self.envs.view(gen.env_path)
                 if rec.runtime == "vm":
-                    resumed = self._launch_vm(rec, env, memory, fork)
+                    resumed = self._launch_vm(rec, env, memory, fork, new_machine_id)
                     undo.push("the VM", lambda: self.runtime.stop(rec.id, grace=0))
                     self.records.set_state(rec.id, phase=Phase.RUNNING)
                     return self._started(rec, resumed)
@@ -390,7 +395,12 @@ class Workspaces:
         self._started(rec, False)
 
     def _launch_vm(
-        self, rec: WorkspaceRecord, env: EnvironmentView, memory: RuntimeSnapshot | None, fork: bool
+        self,
+        rec: WorkspaceRecord,
+        env: EnvironmentView,
+        memory: RuntimeSnapshot | None,
+        fork: bool,
+        new_machine_id: bool = False,
     ) -> bool:
         """Start ``rec``'s VM; True when its processes came back from memory (a resume,
         a restore or a live fork: its ``[run] command`` runs on already)."""
@@ -406,7 +416,7 @@ class Workspaces:
         )
         vm = self.runtime.vm()
         if memory is not None:
-            vm.restore(spec, memory, fork=fork)
+            vm.restore(spec, memory, fork=fork, new_machine_id=new_machine_id)
             return True
         resumed = vm.suspended(rec.id)
         vm.start(spec)

@@ -14,6 +14,10 @@ rejects every packet to the host's loopback, the private, shared, link-local (cl
 metadata) and multicast ranges, and the deployment's own endpoints (``spec.deny``),
 except DNS to slirp's forwarder.
 
+A VM's guest is root in a kernel of its own, so the same policy holds one hop further
+out: in a network namespace between the guest's NIC and the stack
+(:mod:`loft.runtime.vm_net`), on the forward path (:func:`forward_ruleset`).
+
 The stack may run in a network namespace of the operator's choosing (``egress_netns``:
 its own routes and firewall), else in the agent's.
 """
@@ -39,6 +43,8 @@ __all__ = [
     "NAMESERVER",
     "apply_ruleset",
     "egress_ruleset",
+    "enter_netns",
+    "forward_ruleset",
     "start_stack",
     "stop_stack",
 ]
@@ -62,19 +68,59 @@ _READY_TIMEOUT = 10.0
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def egress_ruleset(deny: Iterable[_Net] = ()) -> str:
-    """The nftables script of a workspace's egress policy (pure)."""
+def _policy(deny: Iterable[_Net]) -> list[str]:
+    """The rules every packet of a workspace passes: DNS to the forwarder, then no
+    denied range."""
+    deny = list(deny)
     v4 = [*DENIED_V4, *(str(n) for n in deny if n.version == 4)]
     v6 = [*DENIED_V6, *(str(n) for n in deny if n.version == 6)]
+    return [
+        f"    ip daddr {NAMESERVER} udp dport 53 accept",
+        f"    ip daddr {NAMESERVER} tcp dport 53 accept",
+        f"    ip daddr {{ {', '.join(v4)} }} reject with icmpx type admin-prohibited",
+        f"    ip6 daddr {{ {', '.join(v6)} }} reject with icmpx type admin-prohibited",
+    ]
+
+
+def egress_ruleset(deny: Iterable[_Net] = ()) -> str:
+    """The nftables script of a workspace's egress policy (pure)."""
     return "\n".join([
         "table inet loft_egress {",
         "  chain output {",
         "    type filter hook output priority 0; policy accept;",
         '    oifname "lo" accept',
-        f"    ip daddr {NAMESERVER} udp dport 53 accept",
-        f"    ip daddr {NAMESERVER} tcp dport 53 accept",
-        f"    ip daddr {{ {', '.join(v4)} }} reject with icmpx type admin-prohibited",
-        f"    ip6 daddr {{ {', '.join(v6)} }} reject with icmpx type admin-prohibited",
+        *_policy(deny),
+        "  }",
+        "}",
+        "",
+    ])  # fmt: skip
+
+
+def forward_ruleset(inside: str, uplink: str, deny: Iterable[_Net] = ()) -> str:
+    """The same policy for packets routed from the interface ``inside`` (a VM's tap) to
+    ``uplink`` (the stack's ``tap0``), masqueraded there (pure). Only replies come back
+    the other way, and nothing of the namespace's own is reachable from ``inside``."""
+    return "\n".join([
+        "table inet loft_egress {",
+        "  chain guest {",
+        *_policy(deny),
+        f'    oifname "{uplink}" accept',
+        "    drop",
+        "  }",
+        "  chain forward {",
+        "    type filter hook forward priority 0; policy drop;",
+        f'    iifname "{inside}" jump guest',
+        f'    iifname "{uplink}" oifname "{inside}" ct state established,related accept',
+        "  }",
+        "  chain input {",
+        "    type filter hook input priority 0; policy accept;",
+        f'    iifname "{inside}" reject with icmpx type admin-prohibited',
+        "  }",
+        "}",
+        "table ip loft_nat {",
+        "  chain postrouting {",
+        "    type nat hook postrouting priority 100; policy accept;",
+        f'    oifname "{uplink}" masquerade',
         "  }",
         "}",
         "",
@@ -88,8 +134,9 @@ def _binary(name: str, package: str) -> str:
     return exe
 
 
-def _enter_netns(fd: int) -> None:
-    # Between fork and exec: system calls only.
+def enter_netns(fd: int) -> None:
+    """Join the network namespace of descriptor ``fd`` (between fork and exec: system
+    calls only)."""
     if _libc.setns(fd, _CLONE_NEWNET) != 0:
         raise OSError(ctypes.get_errno(), "setns(CLONE_NEWNET)")
 
@@ -109,37 +156,45 @@ def apply_ruleset(netns: int, script: str) -> None:
     """Load ``script`` with ``nft`` in the network namespace ``netns`` (a descriptor)."""
     r = subprocess.run([_binary("nft", "nftables"), "-f", "-"], input=script, text=True,
                        capture_output=True, pass_fds=[netns],
-                       preexec_fn=lambda: _enter_netns(netns), timeout=30,
+                       preexec_fn=lambda: enter_netns(netns), timeout=30,
                        check=False)  # fmt: skip
     if r.returncode != 0:
         raise WorkspaceError(f"loading the egress policy failed: {r.stderr.strip()[:500]}")
 
 
 def start_stack(
-    init_pid: int, log: Path, egress_netns: Path | None = None
-) -> subprocess.Popen[bytes]:
-    """Start slirp4netns for the network namespace of ``init_pid`` and wait until ``tap0``
-    is configured; it runs in its own session (it outlives an agent restart) and in
-    ``egress_netns`` when given."""
+    init_pid: int | None, log: Path, egress_netns: Path | None = None, *,
+    netns: int | None = None,
+) -> subprocess.Popen[bytes]:  # fmt: skip
+    """Start slirp4netns for the network namespace of ``init_pid`` (else of the descriptor
+    ``netns``) and wait until ``tap0`` is configured; it runs in its own session (it
+    outlives an agent restart) and in ``egress_netns`` when given."""
     ready_r, ready_w = os.pipe()
     netns_fd = -1
     try:
+        if netns is not None:
+            target = ["--netns-type=path", f"/proc/self/fd/{netns}"]
+        elif init_pid is not None:
+            target = [str(init_pid)]
+        else:
+            raise ValueError("no network namespace to start the stack for")
         argv = [_binary("slirp4netns", "slirp4netns"), "--configure", "--mtu=65520",
                 "--disable-host-loopback", "--enable-sandbox", "--enable-seccomp",
-                f"--ready-fd={ready_w}", str(init_pid), "tap0"]  # fmt: skip
+                f"--ready-fd={ready_w}", *target, "tap0"]  # fmt: skip
         if egress_netns is not None:
             netns_fd = os.open(egress_netns, os.O_RDONLY | os.O_CLOEXEC)
         fd = netns_fd
 
         def enter() -> None:
             if fd >= 0:
-                _enter_netns(fd)
+                enter_netns(fd)
             _private_mounts()
 
+        keep = [ready_w, *([fd] if fd >= 0 else []), *([netns] if netns is not None else [])]
         with open(log, "ab") as err:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err,
-                                    pass_fds=[ready_w, *([fd] if fd >= 0 else [])],
-                                    preexec_fn=enter, start_new_session=True)  # fmt: skip
+                                    pass_fds=keep, preexec_fn=enter,
+                                    start_new_session=True)  # fmt: skip
         os.close(ready_w)
         ready_w = -1
         if not select.select([ready_r], [], [], _READY_TIMEOUT)[0] or os.read(ready_r, 1) != b"1":

@@ -28,12 +28,16 @@ Suspend and resume, in tiers:
 - The image stops being valid the moment the VM runs again (the RAM file changes
   under it), so a resume deletes it first; a VM killed later boots afresh.
 
+Outbound networking (``nat``, :mod:`~loft.runtime.vm_net`): each QEMU starts in a
+network namespace of its own, made for it with its policy and its slirp4netns; a live
+fork's guest gets its own MAC (``SET_MAC``) and, when asked, a new machine-id.
+
 Snapshots with memory (:mod:`~loft.runtime.vm_image`): the RAM file copied, holes kept,
 into an image that never changes, restored by mapping it ``share=off`` (copy-on-write,
 paged in as touched): a restore, or a live fork (``restore(..., fork=True)`` of
 another workspace's snapshot onto a fork of its volume).
 
-About 600 lines and one idea, the controller: each command is its phase check, its lock
+About 700 lines and one idea, the controller: each command is its phase check, its lock
 and the calls into the modules above; the QEMU process, QMP, the migration stream, the
 image format and the agent live there.
 """
@@ -67,7 +71,7 @@ from loft.runtime.persist import load_spec, save_spec, write_private
 from loft.runtime.phase import Command, Phase, check
 from loft.runtime.qmp import QmpError
 from loft.runtime.runc import Stdio
-from loft.runtime.spec import ExecRequest, WindowSize, WorkspaceSpec, check_workspace_id
+from loft.runtime.spec import ExecRequest, Network, WindowSize, WorkspaceSpec, check_workspace_id
 from loft.runtime.vm_agent import AgentLink
 from loft.runtime.vm_envdisk import EnvDisk, build_env_disk, check_env_name
 from loft.runtime.vm_image import (
@@ -79,6 +83,7 @@ from loft.runtime.vm_image import (
     sha256_file,
 )
 from loft.runtime.vm_migrate import load_state, save_state
+from loft.runtime.vm_net import STACK_PID, guest_mac, mac_bytes, open_network, stop_recorded_stack
 from loft.runtime.vm_process import (
     VM_RECORD,
     VmProcess,
@@ -125,15 +130,19 @@ class VmRuntime(Runtime):
     the kernel and initramfs (default: ``LOFT_VM_GUEST``, else ``<data_dir>/vm-guest``);
     ``accel``: ``auto``, ``kvm`` or ``tcg`` (default ``LOFT_VM_ACCEL``, else ``tcg``);
     ``bs``: the node's blockstore, where memory images go to outlive the node
-    (:meth:`upload_snapshot`) and come from when a restore does not find them here.
-    The spec's ``rootfs`` is not used: a VM's volume is never mounted on the host."""
+    (:meth:`upload_snapshot`) and come from when a restore does not find them here;
+    ``egress_netns``: the network namespace the userspace stacks of ``nat`` VMs run in
+    (default: the agent's). The spec's ``rootfs`` is not used: a VM's volume is never
+    mounted on the host."""
 
     kind = "vm"
 
     def __init__(self, data_dir: Path, disk: Callable[[str], NbdDisk], *,
                  guest: Path | None = None, accel: str | None = None,
-                 bs: Blockstore | None = None) -> None:  # fmt: skip
+                 bs: Blockstore | None = None,
+                 egress_netns: Path | None = None) -> None:  # fmt: skip
         self.bs = bs
+        self.egress_netns = egress_netns
         self.root = data_dir / "runtime" / "vm"
         self.images = data_dir / "runtime" / "vm-images"
         self.envs = data_dir / "runtime" / "vm-envs"
@@ -160,6 +169,7 @@ class VmRuntime(Runtime):
             self._live.pop(workspace, None)
             vm.release()
             reap(vm.pid)
+            vm.stop_stack()
             return None
         return vm
 
@@ -224,7 +234,30 @@ class VmRuntime(Runtime):
         env = _linked_env(d)
         return Machine(d, memory, disk.socket, disk.export, self.accel, ram_image=image,
                        env_disk=env.path if env else None,
-                       env_name=env.name if env else "")  # fmt: skip
+                       env_name=env.name if env else "", mac=self._mac(spec))  # fmt: skip
+
+    @staticmethod
+    def _mac(spec: WorkspaceSpec) -> str | None:
+        return guest_mac(spec.id) if spec.network is Network.NAT else None
+
+    def _launch(self, spec: WorkspaceSpec, machine: Machine, guest: GuestImage, *,
+                incoming: bool) -> VmProcess:  # fmt: skip
+        """:func:`launch`, for a VM with a NIC in a network namespace made for it (its
+        policy loaded, its stack up) before QEMU starts in it."""
+        if machine.mac is None:
+            return launch(spec, machine, guest, incoming=incoming)
+        netns, stack = open_network(spec.deny, machine.dir, self.egress_netns)
+        try:
+            vm = launch(spec, machine, guest, incoming=incoming, netns=netns)
+        except BaseException:
+            stack.terminate()
+            stack.wait()
+            (machine.dir / STACK_PID).unlink(missing_ok=True)
+            raise
+        finally:
+            os.close(netns)  # QEMU holds the namespace now
+        vm.stack = stack
+        return vm
 
     def _image_dir(self, image: str) -> Path:
         if not re.fullmatch(r"[0-9a-f]{32}", image):
@@ -240,7 +273,7 @@ class VmRuntime(Runtime):
                 return self._resume_warm(spec.id)
             disk = self.disk(spec.id)  # a boot always runs on its own, new RAM file
             machine = Machine(self.dir(spec.id), spec.limits.memory, disk.socket, disk.export,
-                              self.accel)  # fmt: skip
+                              self.accel, mac=self._mac(spec))  # fmt: skip
             guest = GuestImage.at(self.guest_dir)
             if not machine.nbd_socket.exists():
                 raise WorkspaceError(f"the disk service's socket {machine.nbd_socket} is missing",
@@ -249,7 +282,7 @@ class VmRuntime(Runtime):
             env = build_env_disk(spec.env, self.envs)
             try:
                 self._prepare(spec, env)
-                vm = launch(spec, self._machine(spec), guest, incoming=False)
+                vm = self._launch(spec, self._machine(spec), guest, incoming=False)
                 self._live[spec.id] = vm
                 return WorkspaceStatus(spec.id, Phase.RUNNING, vm.pid)
             except BaseException:
@@ -302,6 +335,7 @@ class VmRuntime(Runtime):
             vm.kill()
         d = self.dir(workspace)
         kill_recorded(d)
+        stop_recorded_stack(d)  # an adopted VM's, or one left by a start cut short
         if d.exists():
             shutil.rmtree(d)
 
@@ -535,13 +569,15 @@ class VmRuntime(Runtime):
                     vm.qmp.execute("cont")
             return RuntimeSnapshot(self.kind, FORMAT, encode_record(rec))
 
-    def restore(self, spec: WorkspaceSpec, snapshot: RuntimeSnapshot, *,
-                fork: bool = False) -> WorkspaceStatus:  # fmt: skip
+    def restore(self, spec: WorkspaceSpec, snapshot: RuntimeSnapshot, *, fork: bool = False,
+                new_machine_id: bool = False) -> WorkspaceStatus:  # fmt: skip
         """Start ``spec`` from a memory snapshot, on a volume the caller restored (or
         forked) to the snapshot's point. The image is mapped privately, so any number
         of VMs restore from it and it never changes. Another workspace's snapshot is
         refused unless ``fork`` (a live fork: the caller gives the new workspace a fork
-        of the volume)."""
+        of the volume); a fork's NIC gets the new workspace's own MAC, and with
+        ``new_machine_id`` its ``/etc/machine-id`` is written afresh. The spec's
+        network must be the snapshot's (the NIC is a device of the saved machine)."""
         if snapshot.kind != self.kind:
             raise NotSupported(f"a {snapshot.kind} snapshot cannot restore a {self.kind}")
         rec = decode_record(snapshot.state)
@@ -575,12 +611,18 @@ class VmRuntime(Runtime):
                 write_private(self.dir(spec.id) / _RAM_JSON, json.dumps(
                     {"image": rec.ram_from, "memory_mib": rec.memory_mib}).encode())  # fmt: skip
                 machine = self._machine(spec)
-                vm = launch(spec, machine, guest, incoming=True)
+                vm = self._launch(spec, machine, guest, incoming=True)
                 self._live[spec.id] = vm
                 load_state(vm.qmp, state)
                 self._cont(vm)
                 vm.agent = connect_agent(vm)
                 self._after_restore(vm)
+                if fork and machine.mac is not None:
+                    vm.agent.call(Type.SET_MAC, mac_bytes(machine.mac))
+                if new_machine_id:
+                    machine_id = secrets.token_hex(16).encode() + b"\n"
+                    payload = write_file_payload("/etc/machine-id", machine_id, 0o444)
+                    vm.agent.call(Type.WRITE_FILE, payload)
             except BaseException:
                 self._teardown(spec.id)
                 raise
@@ -709,7 +751,7 @@ class VmRuntime(Runtime):
         guest = GuestImage.at(self.guest_dir)
         vm = None
         try:
-            vm = launch(spec, machine, guest, incoming=True)
+            vm = self._launch(spec, machine, guest, incoming=True)
             load_state(vm.qmp, state)
             self._cont(vm)
             vm.agent = connect_agent(vm)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from loft.procfs import proc_stat
+from loft.runtime.egress import enter_netns
 from loft.runtime.errors import WorkspaceError
 from loft.runtime.forward import Forwarder
 from loft.runtime.persist import write_private
@@ -28,6 +29,7 @@ from loft.runtime.phase import Phase
 from loft.runtime.qmp import QmpClient, QmpError
 from loft.runtime.spec import WorkspaceSpec
 from loft.runtime.vm_agent import AgentError, AgentLink
+from loft.runtime.vm_net import stop_recorded_stack
 from loft.runtime.vm_protocol import Type
 from loft.runtime.vm_qemu import CONSOLE_BYTES, GuestImage, Machine, qemu_argv
 
@@ -65,6 +67,9 @@ class VmProcess:
     phase: Phase
     fs_frozen: bool = False
     forwarders: list[Forwarder] = field(default_factory=list)
+    #: The slirp4netns of its network namespace when this runtime started it (an
+    #: adopted one is known by its recorded pid only).
+    stack: subprocess.Popen[bytes] | None = None
 
     def alive(self, wait: float = 0) -> bool:
         """Whether QEMU still runs (waiting up to ``wait`` seconds for it to exit)."""
@@ -77,6 +82,15 @@ class VmProcess:
             signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
         reap(self.pid)
         self.release()
+        self.stop_stack()
+
+    def stop_stack(self) -> None:
+        """Stop the VM's network stack, if it has one (its namespace went with QEMU)."""
+        if self.stack is not None:
+            self.stack.terminate()
+            self.stack.wait()
+            self.stack = None
+        stop_recorded_stack(self.machine.dir)
 
     def release(self) -> None:
         """Close the forwarders, the connections and the pidfd (QEMU itself is left as
@@ -93,16 +107,20 @@ class VmProcess:
 
 
 def launch(spec: WorkspaceSpec, machine: Machine, guest: GuestImage, *,
-           incoming: bool) -> VmProcess:  # fmt: skip
+           incoming: bool, netns: int | None = None) -> VmProcess:  # fmt: skip
     """Start QEMU for ``machine`` (booting, or waiting for a stream with
-    ``incoming``) and connect QMP, and on a boot the agent."""
+    ``incoming``), in the network namespace of descriptor ``netns`` when given, and
+    connect QMP, and on a boot the agent."""
     for sock in (machine.qmp, machine.agent):
         sock.unlink(missing_ok=True)
     argv = qemu_argv(machine, guest, incoming=incoming)
     log = open(machine.dir / "qemu.log", "ab")  # noqa: SIM115 - the child keeps it
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                start_new_session=True)  # fmt: skip
+                                start_new_session=True,
+                                pass_fds=[] if netns is None else [netns],
+                                preexec_fn=None if netns is None else lambda: enter_netns(netns),
+                                )  # fmt: skip
     except FileNotFoundError as e:
         raise WorkspaceError("QEMU is not installed", hint="run `make deps`") from e
     finally:

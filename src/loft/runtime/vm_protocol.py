@@ -12,10 +12,11 @@ once over the one port; the host picks the numbers.
   payload), ``STDIN`` (empty: end of input), ``SIGNAL``, ``RESIZE``, ``READ_FILE``,
   ``WRITE_FILE``, ``FSFREEZE``, ``FSTHAW``, ``SET_CLOCK``, ``RESEED``, ``CONNECT`` (a
   u16 port: a connection to the guest's ``127.0.0.1:PORT``, its bytes as
-  ``STDIN``/``STDOUT``), ``EXEC_KEPT`` (an ``EXEC`` whose output the agent keeps, its
-  newest :data:`CREDIT` bytes, while no host reads it: the workspace's ``[run]
-  command`` across a suspend), ``ATTACH`` (this channel takes over the kept command:
-  what it kept, then its output and ``EXIT``);
+  ``STDIN``/``STDOUT``), ``SET_MAC`` (6 bytes: a live fork's new MAC on ``eth0``),
+  ``EXEC_KEPT`` (an ``EXEC`` whose output the agent keeps, its newest :data:`CREDIT`
+  bytes, while no host reads it: the workspace's ``[run] command`` across a suspend),
+  ``ATTACH`` (this channel takes over the kept command: what it kept, then its output
+  and ``EXIT``);
 - guest → host: ``PONG``, ``STARTED`` (the command's pid), ``STDOUT``/``STDERR`` data,
   and to end every channel one ``EXIT`` (the exit code, or 128 + N when killed by
   signal N) or one ``ERROR`` (an errno and a message);
@@ -102,6 +103,7 @@ class Type(enum.IntEnum):
     RESIZE = 13
     CONNECT = 14
     WINDOW = 15
+    SET_MAC = 16
     EXEC_KEPT = 17
     ATTACH = 18
     STARTED = 20

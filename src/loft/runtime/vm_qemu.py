@@ -18,7 +18,11 @@ this kind of host (docs/vm.md):
   that QEMU opens read-only, so not even the guest's root can change it; its store path
   name is on the kernel command line for the guest's init;
 - the guest agent on a virtio-serial port named ``loft.agent``; QMP on a socket;
-  the serial console to a bounded ring (:data:`CONSOLE_BYTES`).
+  the serial console to a bounded ring (:data:`CONSOLE_BYTES`);
+- with outbound networking, a virtio-net NIC on the tap device of the VM's own network
+  namespace (:mod:`loft.runtime.vm_net`; QEMU runs in it), never ``-netdev user``
+  (whose 10.0.2.2 is the host's loopback), and the guest's network plan on the kernel
+  command line. Without, no NIC at all.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loft.runtime.errors import WorkspaceError
+from loft.runtime.vm_net import KERNEL_ARG, TAP
 
 __all__ = [
     "AGENT_PORT",
@@ -109,6 +114,9 @@ class Machine:
     #: The environment's image and its store path name (none: the initramfs's tools).
     env_disk: Path | None = None
     env_name: str = ""
+    #: The NIC's MAC, for a VM with outbound networking (:func:`loft.runtime.vm_net.guest_mac`);
+    #: None: no NIC.
+    mac: str | None = None
 
     def __post_init__(self) -> None:
         if self.memory < MIN_MEMORY:
@@ -167,7 +175,7 @@ def qemu_argv(machine: Machine, guest: GuestImage, *, incoming: bool = False) ->
         "-nodefaults", "-no-reboot", "-nographic", "-no-user-config",
         "-kernel", str(guest.kernel),
         "-initrd", str(guest.initrd),
-        "-append", f"{_CMDLINE} loft.env={m.env_name}" if m.env_disk else _CMDLINE,
+        "-append", _cmdline(m),
         "-chardev", f"ringbuf,id=console,size={CONSOLE_BYTES}",
         "-serial", "chardev:console",
         "-blockdev", json.dumps(disk),
@@ -178,9 +186,21 @@ def qemu_argv(machine: Machine, guest: GuestImage, *, incoming: bool = False) ->
         "-device", f"virtserialport,chardev=agent,name={AGENT_PORT}",
         "-qmp", f"unix:{m.qmp},server=on,wait=off",
     ]  # fmt: skip
+    if m.mac is not None:
+        argv += [
+            "-netdev", f"tap,id=net0,ifname={TAP},script=no,downscript=no",
+            "-device", f"virtio-net-device,netdev=net0,mac={m.mac}",
+        ]  # fmt: skip
     if incoming:
         argv += ["-incoming", "defer"]
     return argv
+
+
+def _cmdline(m: Machine) -> str:
+    """The guest kernel's command line: the plans its init reads (an environment disk's
+    store path name, the network) behind the fixed part."""
+    extra = ([f"loft.env={m.env_name}"] if m.env_disk else []) + ([KERNEL_ARG] if m.mac else [])
+    return " ".join([_CMDLINE, *extra])
 
 
 def _env_disk(image: Path) -> list[str]:

@@ -242,6 +242,11 @@ async def fork_workspace(
     """A new workspace of the caller's from this one (a snapshot of it, or its state now,
     running or not), within the caller's quotas."""
     src = await owned(state, caller, name, owner)
+    if body.new_machine_id and not body.live:
+        raise BadRequest(
+            "a new machine-id is for a live fork (a booted fork keeps the file)",
+            hint=f"add --live: loft fork {src.name} {body.name} --live --new-machine-id",
+        )
     if body.live and src.runtime != "vm":
         raise BadRequest(
             f"--live forks a running VM; {src.name!r} is a {src.runtime}",
@@ -261,5 +266,7 @@ async def fork_workspace(
         created_at=0.0,
     )
     rec = await in_thread(state.records.create, caller, draft)
-    call = state.node.fork(src.id, body.snapshot, _node_spec(rec, body.start), body.live)
+    call = state.node.fork(
+        src.id, body.snapshot, _node_spec(rec, body.start), body.live, body.new_machine_id
+    )
     return await _make(state, rec, "fork", call)
