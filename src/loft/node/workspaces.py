@@ -339,7 +339,7 @@ class Workspaces:
                     )
                 env = self.envs.view(gen.env_path)
                 if rec.runtime == "vm":
-                    resumed = self._launch_vm(rec, env, memory, fork)
+                    resumed = self._launch_vm(rec, env, memory, fork, was)
                     undo.push("the VM", lambda: self.runtime.stop(rec.id, grace=0))
                     self.records.set_state(rec.id, phase=Phase.RUNNING)
                     return self._started(rec, resumed)
@@ -373,10 +373,17 @@ class Workspaces:
         self._started(rec, False)
 
     def _launch_vm(
-        self, rec: WorkspaceRecord, env: EnvironmentView, memory: RuntimeSnapshot | None, fork: bool
+        self,
+        rec: WorkspaceRecord,
+        env: EnvironmentView,
+        memory: RuntimeSnapshot | None,
+        fork: bool,
+        was: Phase,
     ) -> bool:
         """Start ``rec``'s VM; True when its processes came back from memory (a resume,
-        a restore or a live fork: its ``[run] command`` runs on already)."""
+        a restore or a live fork: its ``[run] command`` runs on already). With no
+        suspend image on this node, one in the chunk store is resumed (cold) when the
+        workspace was stopped cleanly (``was``), else it boots."""
         spec = WorkspaceSpec(
             id=rec.id,
             rootfs=self.data_dir / "workspaces" / rec.id,  # never mounted: not used
@@ -391,9 +398,27 @@ class Workspaces:
         if memory is not None:
             vm.restore(spec, memory, fork=fork)
             return True
+        if was is Phase.STOPPED and not vm.suspended(rec.id):
+            self._fetch_suspend(rec, spec)
         resumed = vm.suspended(rec.id)
         vm.start(spec)
         return resumed
+
+    def _fetch_suspend(self, rec: WorkspaceRecord, spec: WorkspaceSpec) -> None:
+        """Bring ``rec``'s suspend image from the chunk store, if it has one there; one
+        that is damaged, another's or older than the disk is refused (logged, and said in
+        its log), deleted, and the VM boots from its disk."""
+        vm = self.runtime.vm()
+        try:
+            if vm.fetch_suspend(spec, self.bs.get(rec.volume).root.hex()):
+                log.info("workspace.suspend_fetched id=%s", rec.id)
+        except LoftError as e:
+            log.warning("workspace.suspend_refused id=%s error=%s", rec.id, json.dumps(e.message))
+            self.runs.log_of(rec.id).append(
+                f"--- loft: memory image refused ({e.message}): booted from the disk\n".encode()
+            )
+            with contextlib.suppress(LoftError):
+                vm.remove_suspend_upload(rec.id)
 
     def _started(self, rec: WorkspaceRecord, from_memory: bool) -> None:
         log.info("workspace.started name=%s id=%s from_memory=%s", rec.name, rec.id, from_memory)
@@ -427,8 +452,19 @@ class Workspaces:
         return self.fresh(ws)
 
     def suspended(self, rec: WorkspaceRecord) -> bool:
-        """Whether ``rec`` is a VM with a suspend image (a start resumes it)."""
-        return rec.runtime == "vm" and self.runtime.vm().suspended(rec.id)
+        """Whether ``rec`` is a VM with a suspend image, here or in the chunk store (a
+        start resumes it)."""
+        if rec.runtime != "vm":
+            return False
+        vm = self.runtime.vm()
+        return vm.suspended(rec.id) or vm.uploaded(rec.id)
+
+    def drop_suspend(self, rec: WorkspaceRecord) -> None:
+        """Discard ``rec``'s suspend image, here and in the chunk store (its memory no
+        longer agrees with its disk, or a cold stop asked so)."""
+        self.runtime.stop(rec.id, grace=0)
+        if rec.runtime == "vm":
+            self.runtime.vm().remove_suspend_upload(rec.id)
 
     def halt(
         self,
@@ -442,30 +478,62 @@ class Workspaces:
         (``commit``) have the disk service commit it; the phase ends ``stopped``
         (``desired`` is the caller's). Lock held."""
         self.records.set_state(rec.id, phase=Phase.STOPPING)
+        ran = suspended = False
         if rec.runtime == "vm" and not cold and self.running(rec.id):
-            self._suspend(rec, grace)
-        else:
-            self.runtime.stop(rec.id, grace=grace)
+            ran, suspended = True, self._suspend(rec, grace)
+        elif not (rec.runtime == "vm" and not cold and self.runtime.vm().suspended(rec.id)):
+            self.runtime.stop(rec.id, grace=grace)  # (a suspended VM's image stays)
         self.detach_volume(rec.id)
-        self.records.set_state(rec.id, phase=Phase.STOPPED, attachment=None)
+        committed = False
         if commit:
             try:
                 self.disk.commit(rec.volume)
+                committed = True
             except LoftError as e:  # the data is safe on the node; the service retries
                 log.warning("workspace.commit_failed id=%s error=%s", rec.id, json.dumps(e.message))
+        if rec.runtime == "vm" and (ran or cold):
+            self._upload_suspend(rec, committed and suspended)
+        self.records.set_state(rec.id, phase=Phase.STOPPED, attachment=None)
         log.info("workspace.stopped name=%s id=%s", rec.name, rec.id)
 
-    def _suspend(self, rec: WorkspaceRecord, grace: float) -> None:
+    def _upload_suspend(self, rec: WorkspaceRecord, upload: bool) -> None:
+        """Put ``rec``'s suspend image into the chunk store (``upload``: suspended, its
+        volume committed just now), else drop the one there: an image uploaded earlier
+        no longer agrees with the disk. Before the phase says ``stopped``: only a
+        workspace stopped cleanly is resumed from the chunk store."""
+        vm = self.runtime.vm()
+        try:
+            if upload:
+                root = self.bs.get(rec.volume).root.hex()
+                up = vm.upload_suspend(rec.id, root)
+                log.info(
+                    "workspace.suspend_uploaded id=%s extents=%d/%d stored=%d ms=%.0f",
+                    rec.id,
+                    up.extents_written,
+                    up.extents_total,
+                    up.stored_bytes,
+                    up.seconds * 1000,
+                )
+                return
+        except LoftError as e:  # the memory stays on this node; elsewhere it boots
+            log.warning("workspace.upload_failed id=%s error=%s", rec.id, json.dumps(e.message))
+        try:
+            vm.remove_suspend_upload(rec.id)
+        except LoftError as e:
+            log.warning("workspace.upload_kept id=%s error=%s", rec.id, json.dumps(e.message))
+
+    def _suspend(self, rec: WorkspaceRecord, grace: float) -> bool:
         """Suspend ``rec``'s VM (its disk writes are flushed to the disk service when
         its vCPUs stop); one that cannot be suspended is shut down instead, so a stop
-        always stops."""
+        always stops. Whether it was suspended."""
         try:
             seconds = self.runtime.vm().suspend(rec.id)
         except LoftError as e:
             log.warning("workspace.suspend_failed id=%s error=%s", rec.id, json.dumps(e.message))
             self.runtime.stop(rec.id, grace=grace)
-        else:
-            log.info("workspace.suspended id=%s save_ms=%.1f", rec.id, seconds * 1000)
+            return False
+        log.info("workspace.suspended id=%s save_ms=%.1f", rec.id, seconds * 1000)
+        return True
 
     def detach_volume(self, workspace_id: str) -> None:
         """Detach the workspace's volume, whatever made the attachment."""

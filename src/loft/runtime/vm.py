@@ -52,11 +52,11 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from loft.blockstore import Blockstore
-from loft.runtime import vm_cold
+from loft.runtime import vm_cold, vm_store
 from loft.runtime.console import PtySession, set_window_size
 from loft.runtime.errors import NotSupported, UnknownWorkspace, WorkspaceError
 from loft.runtime.forward import Forwarder
@@ -487,10 +487,11 @@ class VmRuntime(Runtime):
     def restore(self, spec: WorkspaceSpec, snapshot: RuntimeSnapshot, *,
                 fork: bool = False) -> WorkspaceStatus:  # fmt: skip
         """Start ``spec`` from a memory snapshot, on a volume the caller restored (or
-        forked) to the snapshot's point. The image is mapped privately, so any number
-        of VMs restore from it and it never changes. Another workspace's snapshot is
-        refused unless ``fork`` (a live fork: the caller gives the new workspace a fork
-        of the volume)."""
+        forked) to the snapshot's point. The VM gets its own RAM file, a sparse copy of
+        the image's (so its next suspend saves device state only, as a booted VM's
+        does), and the image never changes however many VMs restore from it. Another
+        workspace's snapshot is refused unless ``fork`` (a live fork: the caller gives
+        the new workspace a fork of the volume)."""
         if snapshot.kind != self.kind:
             raise NotSupported(f"a {snapshot.kind} snapshot cannot restore a {self.kind}")
         rec = decode_record(snapshot.state)
@@ -514,14 +515,15 @@ class VmRuntime(Runtime):
                 f"the VM image {rec.image} is missing or damaged",
                 hint="restore the volume snapshot alone (a cold boot)",
             )
+        # the VM's own RAM file, as a boot has: its next suspend saves device state only
+        spec = replace(spec, limits=replace(spec.limits, memory=rec.memory_mib << 20))
         with self._lock(spec.id):
             vm = self._live_one(spec.id)
             check(spec.id, Command.RESTORE, vm.phase if vm else Phase.STOPPED)
             guest = GuestImage.at(self.guest_dir)
             try:
                 self._prepare(spec)
-                write_private(self.dir(spec.id) / _RAM_JSON, json.dumps(
-                    {"image": rec.ram_from, "memory_mib": rec.memory_mib}).encode())  # fmt: skip
+                copy_sparse(ram, self.dir(spec.id) / "ram")
                 machine = self._machine(spec)
                 vm = launch(spec, machine, guest, incoming=True)
                 self._live[spec.id] = vm
@@ -634,6 +636,57 @@ class VmRuntime(Runtime):
             raise
         self._live[workspace] = vm
         return WorkspaceStatus(workspace, Phase.RUNNING, vm.pid)
+
+    # -- suspend images in the chunk store -----------------------------------------------
+
+    def uploaded(self, workspace: str) -> bool:
+        """Whether ``workspace`` has a suspend image in the chunk store."""
+        return self.bs is not None and vm_store.header_exists(self.bs, workspace)
+
+    def upload_suspend(self, workspace: str, disk_root: str) -> vm_store.Upload:
+        """Put the suspend image of ``workspace`` (suspended, QEMU gone) into the chunk
+        store (:mod:`loft.runtime.vm_store`), marked as belonging with its volume's
+        committed root ``disk_root``: only the extents changed since its last upload."""
+        if self.bs is None:
+            raise WorkspaceError("this VM runtime has no blockstore to upload images to")
+        with self._lock(workspace):
+            if self._live_one(workspace) is not None or not self.suspended(workspace):
+                raise WorkspaceError(f"workspace {workspace} is not suspended")
+            spec = load_spec(self.dir(workspace))
+            machine = self._machine(spec)
+            return vm_store.upload(self.bs, workspace, machine.ram, machine.dir / _STATE,
+                                   disk_root)  # fmt: skip
+
+    def fetch_suspend(self, spec: WorkspaceSpec, disk_root: str) -> bool:
+        """Make the suspend image of ``spec`` in the chunk store its local one (a
+        :meth:`start` then resumes it, warm), when there is no local one; whether it has
+        a suspend image now. WorkspaceError, with nothing left here, when the uploaded
+        one is damaged, another workspace's, or older than the disk ``disk_root``."""
+        with self._lock(spec.id):
+            if self.suspended(spec.id) or self.bs is None:
+                return self.suspended(spec.id)
+            vm = self._live_one(spec.id)
+            check(spec.id, Command.START, vm.phase if vm else Phase.STOPPED)
+            h = vm_store.header(self.bs, spec.id)
+            if h is None:
+                return False
+            spec = replace(spec, limits=replace(spec.limits, memory=h.memory_mib << 20))
+            d = self.dir(spec.id)
+            try:
+                self._prepare(spec)
+                h = vm_store.fetch(self.bs, spec.id, disk_root, d / "ram", d / _STATE)
+                write_private(d / _SUSPEND, json.dumps(
+                    {"format": _STATE_FORMAT, "workspace": spec.id, "sha256": h.state_sha256,
+                     "memory": h.memory_mib}
+                ).encode())  # fmt: skip
+            except BaseException:
+                self._teardown(spec.id)
+                raise
+            return True
+
+    def remove_suspend_upload(self, workspace: str) -> bool:
+        """Delete ``workspace``'s suspend image from the chunk store; whether it had one."""
+        return self.bs is not None and vm_store.remove(self.bs, workspace)
 
     def _after_restore(self, vm: VmProcess) -> None:
         """The guest's clock stood still while it was saved, and a restored RNG state

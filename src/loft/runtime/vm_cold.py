@@ -26,7 +26,7 @@ from loft.blockstore.api import DEFAULT_MAX_DIRTY
 from loft.runtime.errors import WorkspaceError
 from loft.runtime.vm_image import ImageRecord, sha256_file
 
-__all__ = ["EXTENT_SIZE", "fetch", "remove", "upload", "volume_name"]
+__all__ = ["EXTENT_SIZE", "data_pieces", "fetch", "remove", "upload", "volume_name"]
 
 #: 1 MiB extents: a guest's RAM changes in scattered pages, and smaller extents make a
 #: second suspend of one VM, and images of VMs booted from the same kernel, share more.
@@ -59,7 +59,7 @@ def upload(bs: Blockstore, images: Path, rec: ImageRecord) -> str:
     try:
         vol = bs.open(name)
         try:
-            for offset, data in _data_pieces(ram, EXTENT_SIZE):
+            for offset, data in data_pieces(ram, EXTENT_SIZE):
                 vol.write(offset, data)
             vol.write(rec.memory_mib << 20, len(state_bytes).to_bytes(_LEN, "big") + state_bytes)
         finally:
@@ -116,7 +116,7 @@ def remove(bs: Blockstore, image: str) -> None:
         bs.remove(name)
 
 
-def _data_pieces(path: Path, piece: int) -> Iterator[tuple[int, bytes]]:
+def data_pieces(path: Path, piece: int) -> Iterator[tuple[int, bytes]]:
     """``(offset, bytes)`` of ``path``'s ``piece``-aligned pieces in its data ranges that
     hold something other than zeros (a new volume reads as zeros already)."""
     zero = bytes(piece)
