@@ -507,7 +507,8 @@ class Workspaces:
                 root = self.bs.get(rec.volume).root.hex()
                 up = vm.upload_suspend(rec.id, root)
                 log.info(
-                    "workspace.suspend_uploaded id=%s extents=%d/%d stored=%d ms=%.0f",
+                    "workspace.suspend_uploaded id=%s extents_written=%d extents_total=%d "
+                    "stored_bytes=%d ms=%.0f",
                     rec.id,
                     up.extents_written,
                     up.extents_total,
