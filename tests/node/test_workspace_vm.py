@@ -29,6 +29,7 @@ from vm_support import GUEST, needs_qemu
 from loft.blockstore import Blockstore
 from loft.config import Settings
 from loft.procfs import proc_stat
+from loft.runtime import vm_store
 from loft.runtime.vm_cold import EXTENT_SIZE
 from loft.runtime.vm_process import recorded_pid
 
@@ -335,6 +336,26 @@ def test_workspace_vm_resumes_from_the_chunk_store_on_an_empty_data_dir(
         assert n.json("info", "vm5")["state"] == "running"
         assert "memory image refused" in n.loft("logs", "vm5").stdout
         assert _uploads(n) == []
+
+        # a state that checks out but QEMU cannot load: refused at the resume, it boots
+        _start_counter(n, "vm5")
+        n.loft("stop", "vm5")
+        bad = n.root / "bad-state"
+        bad.write_bytes(os.urandom(4096))
+        bs = Blockstore.from_settings(Settings.from_env(n.env))
+        try:
+            root = bs.get(n.node_view("vm5")["volume"]).root.hex()
+            vm_store.upload(bs, ws["id"], _vm_dir(n, "vm5") / "ram", bad, root)
+        finally:
+            bs.close()
+        _fresh_data_dir(n)
+        n.loft("start", "vm5")
+        assert _root(n, "vm5", "cat /root/file; cat /tmp/count 2>/dev/null || echo none") == (
+            "disk\nnone\n"
+        )
+        assert "memory image refused (loading the VM's state failed" in n.loft("logs", "vm5").stdout
+        left = [p.name for p in (n.data_dir / "runtime" / "vm").iterdir()]
+        assert left == [ws["id"]] and _qemu(n, "vm5") is not None
         n.loft("stop", "vm5")
         assert _uploads(n) != []
         n.loft("rm", "vm5")

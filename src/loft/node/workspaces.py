@@ -17,9 +17,11 @@ finds the workspace in the wrong phase says so.
 
 A ``vm`` workspace has no attachment: the host never mounts its volume (the tenant
 writes it raw); QEMU is the NBD client of the disk service's ``nbd.sock``, the volume
-its export. Its stop is a suspend (memory kept beside the VM, a start resumes where it
-was) unless asked ``cold``; a start from a memory snapshot is a restore (or a live
-fork) instead of a boot.
+its export. Its stop is a suspend unless asked ``cold``: the memory is kept beside the
+VM and uploaded to the chunk store before the stop returns (only what changed since
+the last upload), so a start resumes where it was, here or on a node that has only the
+chunk store; a start from a memory snapshot is a restore (or a live fork) instead of a
+boot.
 """
 
 from __future__ import annotations
@@ -398,27 +400,52 @@ class Workspaces:
         if memory is not None:
             vm.restore(spec, memory, fork=fork)
             return True
-        if was is Phase.STOPPED and not vm.suspended(rec.id):
-            self._fetch_suspend(rec, spec)
+        if vm.suspended(rec.id) and vm.suspend_disk_root(rec.id) not in (None, self._root(rec)):
+            # the workspace ran elsewhere since this image was made: it is stale
+            log.warning("workspace.suspend_stale id=%s", rec.id)
+            self.runtime.stop(rec.id, grace=0)
+        fetched = (
+            was is Phase.STOPPED and not vm.suspended(rec.id) and self._fetch_suspend(rec, spec)
+        )
         resumed = vm.suspended(rec.id)
-        vm.start(spec)
+        try:
+            vm.start(spec)
+        except LoftError as e:
+            if not fetched:
+                raise
+            self._refused(rec, e)  # its stream did not load: boot from the disk instead
+            self.runtime.stop(rec.id, grace=0)
+            vm.start(spec)
+            return False
         return resumed
 
-    def _fetch_suspend(self, rec: WorkspaceRecord, spec: WorkspaceSpec) -> None:
-        """Bring ``rec``'s suspend image from the chunk store, if it has one there; one
-        that is damaged, another's or older than the disk is refused (logged, and said in
-        its log), deleted, and the VM boots from its disk."""
-        vm = self.runtime.vm()
+    def _root(self, rec: WorkspaceRecord) -> str:
+        """The root of ``rec``'s volume's committed manifest: what a suspend image of it
+        must have been taken with."""
+        return self.bs.get(rec.volume).root.hex()
+
+    def _fetch_suspend(self, rec: WorkspaceRecord, spec: WorkspaceSpec) -> bool:
+        """Bring ``rec``'s suspend image from the chunk store, if it has one there
+        (whether it did); one that is damaged, another's or older than the disk is
+        refused, and the VM boots from its disk."""
         try:
-            if vm.fetch_suspend(spec, self.bs.get(rec.volume).root.hex()):
-                log.info("workspace.suspend_fetched id=%s", rec.id)
+            fetched = self.runtime.vm().fetch_suspend(spec, self._root(rec))
         except LoftError as e:
-            log.warning("workspace.suspend_refused id=%s error=%s", rec.id, json.dumps(e.message))
-            self.runs.log_of(rec.id).append(
-                f"--- loft: memory image refused ({e.message}): booted from the disk\n".encode()
-            )
-            with contextlib.suppress(LoftError):
-                vm.remove_suspend_upload(rec.id)
+            self._refused(rec, e)
+            return False
+        if fetched:
+            log.info("workspace.suspend_fetched id=%s", rec.id)
+        return fetched
+
+    def _refused(self, rec: WorkspaceRecord, e: LoftError) -> None:
+        """Say in the log and in the workspace's own log why its memory image from the
+        chunk store was refused, and delete that image."""
+        log.warning("workspace.suspend_refused id=%s error=%s", rec.id, json.dumps(e.message))
+        self.runs.log_of(rec.id).append(
+            f"--- loft: memory image refused ({e.message}): booted from the disk\n".encode()
+        )
+        with contextlib.suppress(LoftError):
+            self.runtime.vm().remove_suspend_upload(rec.id)
 
     def _started(self, rec: WorkspaceRecord, from_memory: bool) -> None:
         log.info("workspace.started name=%s id=%s from_memory=%s", rec.name, rec.id, from_memory)
@@ -504,8 +531,7 @@ class Workspaces:
         vm = self.runtime.vm()
         try:
             if upload:
-                root = self.bs.get(rec.volume).root.hex()
-                up = vm.upload_suspend(rec.id, root)
+                up = vm.upload_suspend(rec.id, self._root(rec))
                 log.info(
                     "workspace.suspend_uploaded id=%s extents_written=%d extents_total=%d "
                     "stored_bytes=%d ms=%.0f",

@@ -28,9 +28,13 @@ Suspend and resume, in tiers:
   under it), so a resume deletes it first; a VM killed later boots afresh.
 
 Snapshots with memory (:mod:`~loft.runtime.vm_image`): the RAM file copied, holes kept,
-into an image that never changes, restored by mapping it ``share=off`` (copy-on-write,
-paged in as touched): a restore, or a live fork (``restore(..., fork=True)`` of
-another workspace's snapshot onto a fork of its volume).
+into an image that never changes; a restore, or a live fork (``restore(..., fork=True)``
+of another workspace's snapshot onto a fork of its volume), gives the VM its own RAM
+file, a sparse copy of the image's, so it suspends as cheaply as a booted VM.
+
+Suspend images in the chunk store (:mod:`~loft.runtime.vm_store`): the node uploads a
+suspended VM's image (only what changed since its last upload), and a start on a node
+without the local image fetches it (:meth:`VmRuntime.fetch_suspend`) and resumes.
 
 About 600 lines and one idea, the controller: each command is its phase check, its lock
 and the calls into the modules above; the QEMU process, QMP, the migration stream, the
@@ -202,8 +206,9 @@ class VmRuntime(Runtime):
         return running
 
     def _machine(self, spec: WorkspaceSpec) -> Machine:
-        """The VM of ``spec``: on its own RAM file, or on the image it was restored from
-        (named in ``ram.json`` in its directory) with that image's memory size."""
+        """The VM of ``spec``: on its own RAM file, or (a VM an older loft restored) on
+        the image it was restored from, named in ``ram.json`` in its directory, with that
+        image's memory size."""
         disk = self.disk(spec.id)
         d = self.dir(spec.id)
         memory, image = spec.limits.memory, None
@@ -654,8 +659,21 @@ class VmRuntime(Runtime):
                 raise WorkspaceError(f"workspace {workspace} is not suspended")
             spec = load_spec(self.dir(workspace))
             machine = self._machine(spec)
-            return vm_store.upload(self.bs, workspace, machine.ram, machine.dir / _STATE,
-                                   disk_root)  # fmt: skip
+            up = vm_store.upload(self.bs, workspace, machine.ram, machine.dir / _STATE,
+                                 disk_root)  # fmt: skip
+            meta = json.loads((machine.dir / _SUSPEND).read_bytes()[:4096])
+            write_private(
+                machine.dir / _SUSPEND, json.dumps({**meta, "disk_root": disk_root}).encode()
+            )
+            return up
+
+    def suspend_disk_root(self, workspace: str) -> str | None:
+        """The volume root the local suspend image was uploaded with (None: not
+        uploaded, or no image): another root means the disk moved on elsewhere since."""
+        with contextlib.suppress(OSError, ValueError):
+            root = json.loads((self.dir(workspace) / _SUSPEND).read_bytes()[:4096]).get("disk_root")
+            return root if isinstance(root, str) else None
+        return None
 
     def fetch_suspend(self, spec: WorkspaceSpec, disk_root: str) -> bool:
         """Make the suspend image of ``spec`` in the chunk store its local one (a
