@@ -18,10 +18,11 @@ disk service, for guests of 256 MiB and 1 GiB, each with 64 MiB written to its t
 - the image uploaded to the chunk store (and what it stores), then a cold restore with
   the node's images removed, to the first command's output;
 - a suspend image into the chunk store (``upload_suspend``: time, extents written, bytes
-  of new chunks), and a second suspend + upload of the same VM after it ran a little
-  (1 MiB written, 1 s): what an incremental upload costs; then a cold resume with the
-  VM's directory gone (as on an empty data dir): fetch from the chunk store, warm
-  resume, first command's output;
+  of new chunks: round 0 into an empty store, later rounds share chunks with the VMs
+  before them), and a second suspend + upload of the same VM after it ran a little
+  (1 MiB written, 1 s): what an incremental upload costs; then a cold resume on an empty
+  data dir (a runtime of its own, an empty chunk cache): fetch from the chunk store,
+  warm resume, first command's output;
 - the suspend of a restored VM (a live fork), now that it runs on its own sparse copy
   of the image's RAM, against the same fork restored the way it was before (the image
   mapped ``share=off``, whose suspend streams all of its RAM): restore time and suspend
@@ -185,6 +186,22 @@ def measure(memory: int, root: Path) -> dict[str, Any]:
             rss_after = _rss(st.pid)
             if i == 0:
                 anchor = _full_migration(rt, spec.id, root / "full-state")
+            # the suspend image into the chunk store (before this VM's memory snapshot,
+            # whose chunks it would share); again after it ran a little
+            rt.suspend(spec.id)
+            up1 = rt.upload_suspend(spec.id, DISK)
+            up_first.append(up1.seconds)
+            stored_first.append(up1.stored_bytes)
+            rt.resume(spec.id)
+            little = "head -c 1048576 /dev/urandom > /dev/shm/more; sleep 1"
+            assert rt.run(spec.id, ExecRequest(("sh", "-c", little), user=0)).status == 0
+            t0 = time.monotonic()
+            rt.suspend(spec.id)
+            up2 = rt.upload_suspend(spec.id, DISK)
+            second_total.append(time.monotonic() - t0)
+            up_second.append(up2.seconds)
+            stored_second.append(up2.stored_bytes)
+            rt.resume(spec.id)
             # live fork: freeze, memory image, volume snapshot and fork, thaw; then the fork
             t0 = time.monotonic()
             rt.freeze(spec.id)
@@ -229,22 +246,11 @@ def measure(memory: int, root: Path) -> dict[str, Any]:
             _echo(rt, fspec.id)
             cold.append(time.monotonic() - t0)
             rt.stop(fspec.id)
-            # the suspend image into the chunk store; again after it ran a little
+            # cold: the suspend image uploaded once more, then an empty data dir (no VM
+            # directory, an empty chunk cache) on the same catalog and chunk store, the
+            # disk still served by this node
             rt.suspend(spec.id)
-            up1 = rt.upload_suspend(spec.id, DISK)
-            up_first.append(up1.seconds)
-            stored_first.append(up1.stored_bytes)
-            rt.resume(spec.id)
-            little = "head -c 1048576 /dev/urandom > /dev/shm/more; sleep 1"
-            assert rt.run(spec.id, ExecRequest(("sh", "-c", little), user=0)).status == 0
-            t0 = time.monotonic()
-            rt.suspend(spec.id)
-            up2 = rt.upload_suspend(spec.id, DISK)
-            second_total.append(time.monotonic() - t0)
-            up_second.append(up2.seconds)
-            stored_second.append(up2.stored_bytes)
-            # cold: an empty data dir (no VM directory, an empty chunk cache) on the
-            # same catalog and chunk store, the disk still served by this node
+            rt.upload_suspend(spec.id, DISK)
             rt.stop(spec.id)
             cold_resume.append(_cold_resume(node, rt, spec, root / f"node-b-{i}"))
             rt.remove_suspend_upload(spec.id)
