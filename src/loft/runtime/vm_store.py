@@ -5,10 +5,11 @@ device state beside the VM on the node; to outlive the node, they go into a volu
 the workspace's own, ``loft-vm-suspend-<workspace id>`` (loft's reserved prefix), one
 per workspace, rewritten in place at every suspend:
 
-- ``[0, M)``: the RAM file (M = the VM's memory), 1 MiB extents;
-- ``[M, M + 1 MiB)``: the **header**: an 8-byte length, then the record
-  (:func:`encode_header`: magic, format, JSON, CRC32);
-- from ``M + 1 MiB``: the device state.
+- ``[0, 1 MiB)``: the **header**: an 8-byte length, then the record
+  (:func:`encode_header`: magic, format, JSON, CRC32); zeroed first at every upload
+  and written last;
+- ``[1 MiB, 1 MiB + M)``: the RAM file (M = the VM's memory), 1 MiB extents;
+- from ``1 MiB + M``: the device state.
 
 Only extents whose content changed since the last upload are written: each RAM extent's
 digest (the blockstore's keyed hash, :meth:`loft.blockstore.Blockstore.digest`) is
