@@ -354,6 +354,15 @@ def test_workspace_vm_resumes_from_the_chunk_store_on_an_empty_data_dir(
         assert "memory image refused (loading the VM's state failed" in n.loft("logs", "vm5").stdout
         left = [p.name for p in (n.data_dir / "runtime" / "vm").iterdir()]
         assert left == [ws["id"]] and _qemu(n, "vm5") is not None
+        # a drain (loft up's Ctrl-C) suspends and uploads a running VM; the next node's
+        # reconciler resumes it from the chunk store
+        pid = _start_counter(n, "vm5")
+        _fresh_data_dir(n)
+        deadline = time.monotonic() + 60
+        while n.json("info", "vm5")["state"] != "running":
+            assert time.monotonic() < deadline, n.tail()
+            time.sleep(0.5)
+        _counts_on(n, "vm5", pid)
         n.loft("stop", "vm5")
         assert _uploads(n) != []
         n.loft("rm", "vm5")
