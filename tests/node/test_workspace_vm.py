@@ -1,6 +1,7 @@
 """VM workspaces through the CLI on ``loft up``: ``loft new --runtime vm`` boots a QEMU
-microVM whose disk the node's disk service serves; ``stop`` suspends it and ``start``
-resumes it where it was (a counter keeps its PID and counts on), ``stop --cold`` shuts
+microVM whose disk the node's disk service serves; ``stop`` suspends it (its memory
+uploaded to the chunk store) and ``start`` resumes it where it was (a counter keeps its
+PID and counts on), here or on an empty data dir, ``stop --cold`` shuts
 it down, ``snap`` keeps its memory and ``restore`` brings it back running from it,
 ``fork --live`` makes a running copy that then diverges, a restarted agent adopts a
 running VM, and ``rm`` leaves no QEMU, directory, image, volume or row. Bad input is
@@ -289,7 +290,9 @@ def test_workspace_vm_resumes_from_the_chunk_store_on_an_empty_data_dir(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     """A stop uploads the memory (a second stop only what changed); on an empty data dir
-    the start resumes from the chunk store alone; a damaged image boots from the disk."""
+    the start resumes from the chunk store alone; a damaged image, or one whose state
+    does not load, boots from the disk; a drain uploads a running VM, which the next
+    agent resumes."""
     ex, apt = example(tmp_path_factory), apt_state(tmp_path_factory)
     with agent_node(ex, apt, LOFT_VM_GUEST=str(GUEST)) as n:
         n.up()
@@ -354,6 +357,7 @@ def test_workspace_vm_resumes_from_the_chunk_store_on_an_empty_data_dir(
         assert "memory image refused (loading the VM's state failed" in n.loft("logs", "vm5").stdout
         left = [p.name for p in (n.data_dir / "runtime" / "vm").iterdir()]
         assert left == [ws["id"]] and _qemu(n, "vm5") is not None
+
         # a drain (loft up's Ctrl-C) suspends and uploads a running VM; the next node's
         # reconciler resumes it from the chunk store
         pid = _start_counter(n, "vm5")
