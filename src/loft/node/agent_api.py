@@ -40,7 +40,7 @@ from loft.node.environments import spec_input
 from loft.node.jsoncodec import CodecError
 from loft.node.operation import Operation
 from loft.node.reconcile import Reconciler
-from loft.node.records import BadName, Desired, NameTaken, Phase, Workspace, WorkspaceRecord
+from loft.node.records import BadName, Desired, NameTaken, Phase, Workspace
 from loft.node.runcommand import KEEP
 from loft.node.sessions import (
     ConnectSession,
@@ -164,7 +164,7 @@ class AgentApi:
         phase = state.phase.value
         if state.phase is Phase.RUNNING and not status.pid:
             phase = Phase.STOPPED.value  # its init died; the reconciler deals with it
-        elif state.phase is Phase.STOPPED and self._suspended(rec):
+        elif state.phase is Phase.STOPPED and self.wss.suspended(rec):
             phase = wapi.SUSPENDED  # stopped, its memory kept: a start resumes it
         return wapi.WorkspaceInfo(
             id=rec.id,
@@ -189,12 +189,6 @@ class AgentApi:
             memory_used=memory_used,
             pids_used=pids_used,
         )
-
-    def _suspended(self, rec: WorkspaceRecord) -> bool:
-        try:
-            return self.wss.suspended(rec)
-        except LoftError:  # no VM runtime on this node: nothing to resume here
-            return False
 
     def list(self, req: wapi.ListWorkspacesRequest) -> wapi.WorkspacesAnswer:
         return wapi.WorkspacesAnswer([self.info(ws) for ws in self.wss.records.all()])

@@ -57,12 +57,14 @@ from loft.node.runcommand import RunCommands
 from loft.node.runtimes import Runtimes
 from loft.node.undo import all_or_nothing
 from loft.procfs import proc_stat
+from loft.runtime import vm_store
 from loft.runtime.attach import Attachment, adopt, attach, detach
 from loft.runtime.errors import PhaseError, UnknownWorkspace, WorkspaceError
 from loft.runtime.interface import RuntimeSnapshot
 from loft.runtime.phase import Phase as RuntimePhase
 from loft.runtime.spec import MIN_MEMORY, EnvironmentView, Limits, Network, WorkspaceSpec
 from loft.runtime.template import create_workspace_volume
+from loft.runtime.vm import VmRuntime
 from loft.runtime.vm_image import FORMAT as VM_IMAGE_FORMAT
 from loft.runtime.vm_qemu import MIN_MEMORY as VM_MIN_MEMORY
 from loft.units import format_size
@@ -445,7 +447,7 @@ class Workspaces:
             f"--- loft: memory image refused ({e.message}): booted from the disk\n".encode()
         )
         with contextlib.suppress(LoftError):
-            self.runtime.vm().remove_suspend_upload(rec.id)
+            vm_store.remove(self.bs, rec.id)
 
     def _started(self, rec: WorkspaceRecord, from_memory: bool) -> None:
         log.info("workspace.started name=%s id=%s from_memory=%s", rec.name, rec.id, from_memory)
@@ -481,17 +483,22 @@ class Workspaces:
     def suspended(self, rec: WorkspaceRecord) -> bool:
         """Whether ``rec`` is a VM with a suspend image, here or in the chunk store (a
         start resumes it)."""
-        if rec.runtime != "vm":
-            return False
-        vm = self.runtime.vm()
-        return vm.suspended(rec.id) or vm.uploaded(rec.id)
+        vm = self._vm() if rec.runtime == "vm" else None
+        return vm is not None and (vm.suspended(rec.id) or vm.uploaded(rec.id))
 
     def drop_suspend(self, rec: WorkspaceRecord) -> None:
         """Discard ``rec``'s suspend image, here and in the chunk store (its memory no
-        longer agrees with its disk, or a cold stop asked so)."""
+        longer agrees with its disk)."""
         self.runtime.stop(rec.id, grace=0)
         if rec.runtime == "vm":
-            self.runtime.vm().remove_suspend_upload(rec.id)
+            vm_store.remove(self.bs, rec.id)
+
+    def _vm(self) -> VmRuntime | None:
+        """The VM runtime; None on a node without one (nothing of a VM runs here)."""
+        try:
+            return self.runtime.vm()
+        except LoftError:
+            return None
 
     def halt(
         self,
@@ -505,10 +512,11 @@ class Workspaces:
         (``commit``) have the disk service commit it; the phase ends ``stopped``
         (``desired`` is the caller's). Lock held."""
         self.records.set_state(rec.id, phase=Phase.STOPPING)
+        vm = self._vm() if rec.runtime == "vm" else None
         ran = suspended = False
-        if rec.runtime == "vm" and not cold and self.running(rec.id):
+        if vm is not None and not cold and self.running(rec.id):
             ran, suspended = True, self._suspend(rec, grace)
-        elif not (rec.runtime == "vm" and not cold and self.runtime.vm().suspended(rec.id)):
+        elif not (vm is not None and not cold and vm.suspended(rec.id)):
             self.runtime.stop(rec.id, grace=grace)  # (a suspended VM's image stays)
         self.detach_volume(rec.id)
         committed = False
@@ -519,18 +527,17 @@ class Workspaces:
             except LoftError as e:  # the data is safe on the node; the service retries
                 log.warning("workspace.commit_failed id=%s error=%s", rec.id, json.dumps(e.message))
         if rec.runtime == "vm" and (ran or cold):
-            self._upload_suspend(rec, committed and suspended)
+            self._upload_suspend(rec, vm if committed and suspended else None)
         self.records.set_state(rec.id, phase=Phase.STOPPED, attachment=None)
         log.info("workspace.stopped name=%s id=%s", rec.name, rec.id)
 
-    def _upload_suspend(self, rec: WorkspaceRecord, upload: bool) -> None:
-        """Put ``rec``'s suspend image into the chunk store (``upload``: suspended, its
-        volume committed just now), else drop the one there: an image uploaded earlier
-        no longer agrees with the disk. Before the phase says ``stopped``: only a
-        workspace stopped cleanly is resumed from the chunk store."""
-        vm = self.runtime.vm()
+    def _upload_suspend(self, rec: WorkspaceRecord, vm: VmRuntime | None) -> None:
+        """Put ``rec``'s suspend image into the chunk store (through ``vm``: suspended,
+        its volume committed just now), else drop the one there: an image uploaded
+        earlier no longer agrees with the disk. Before the phase says ``stopped``: only
+        a workspace stopped cleanly is resumed from the chunk store."""
         try:
-            if upload:
+            if vm is not None:
                 up = vm.upload_suspend(rec.id, self._root(rec))
                 log.info(
                     "workspace.suspend_uploaded id=%s extents_written=%d extents_total=%d "
@@ -545,7 +552,7 @@ class Workspaces:
         except LoftError as e:  # the memory stays on this node; elsewhere it boots
             log.warning("workspace.upload_failed id=%s error=%s", rec.id, json.dumps(e.message))
         try:
-            vm.remove_suspend_upload(rec.id)
+            vm_store.remove(self.bs, rec.id)
         except LoftError as e:
             log.warning("workspace.upload_kept id=%s error=%s", rec.id, json.dumps(e.message))
 
