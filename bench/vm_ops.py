@@ -14,9 +14,19 @@ disk service, for guests of 256 MiB and 1 GiB, each with 64 MiB written to its t
 - a live fork: the memory snapshot alone, and the source's whole pause (freeze, memory
   image, volume snapshot through the CLI, thaw), then
   the fork's restore to its first command's output and its resident memory; and the
-  suspend of that fork, whose RAM (a private mapping of the image) goes into the stream;
+  suspend of that fork;
 - the image uploaded to the chunk store (and what it stores), then a cold restore with
-  the node's images removed, to the first command's output.
+  the node's images removed, to the first command's output;
+- a suspend image into the chunk store (``upload_suspend``: time, extents written, bytes
+  of new chunks: round 0 into an empty store, later rounds share chunks with the VMs
+  before them), and a second suspend + upload of the same VM after it ran a little
+  (1 MiB written, 1 s): what an incremental upload costs; then a cold resume on an empty
+  data dir (a runtime of its own, an empty chunk cache): fetch from the chunk store,
+  warm resume, first command's output;
+- the suspend of a restored VM (a live fork), now that it runs on its own sparse copy
+  of the image's RAM, against the same fork restored the way it was before (the image
+  mapped ``share=off``, whose suspend streams all of its RAM): restore time and suspend
+  time and size of each.
 
 Anchor in the same run: the classic way to save the same running guest, a migration of
 its whole RAM to a file (``migrate`` without ``x-ignore-shared``), time and bytes.
@@ -27,6 +37,7 @@ LOFT_BENCH_N (default 5) sets the rounds. Needs root, QEMU and ``make guest``. P
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -39,13 +50,23 @@ from _common import ROOT, emit, log, stats_ms, workdir
 for sub in ("runtime", "node", "interop", "envstore"):
     sys.path.insert(0, str(ROOT / "tests" / sub))
 
-from vm_support import vms  # noqa: E402
+from vm_support import GUEST, vms  # noqa: E402
 
-from loft.runtime.spec import ExecRequest  # noqa: E402
+from loft.blockstore import Blockstore  # noqa: E402
+from loft.config import Settings  # noqa: E402
+from loft.runtime.interface import RuntimeSnapshot  # noqa: E402
+from loft.runtime.persist import write_private  # noqa: E402
+from loft.runtime.spec import ExecRequest, WorkspaceSpec  # noqa: E402
 from loft.runtime.vm import VmRuntime  # noqa: E402
+from loft.runtime.vm_image import decode_record  # noqa: E402
+from loft.runtime.vm_migrate import load_state  # noqa: E402
+from loft.runtime.vm_process import connect_agent, launch  # noqa: E402
+from loft.runtime.vm_qemu import GuestImage  # noqa: E402
 
 N = int(os.environ.get("LOFT_BENCH_N", "5"))
 MIB = 1 << 20
+#: The disk root a suspend image is said to belong with (the runtime does not check it).
+DISK = "d" * 64
 
 
 def _echo(rt: VmRuntime, ws: str) -> float:
@@ -80,6 +101,40 @@ def _full_migration(rt: VmRuntime, ws: str, dest: Path) -> dict[str, Any]:
     return {"seconds": round(seconds, 3), "bytes": size}
 
 
+def _restore_shared_image(rt: VmRuntime, spec: WorkspaceSpec, snap: RuntimeSnapshot) -> None:
+    """The anchor: a restore as it was before each VM got its own RAM file, the image's
+    RAM mapped ``share=off`` (named in ``ram.json``, which the runtime still reads)."""
+    rec = decode_record(snap.state)
+    rt._prepare(spec)
+    write_private(rt.dir(spec.id) / "ram.json", json.dumps(
+        {"image": rec.ram_from, "memory_mib": rec.memory_mib}).encode())  # fmt: skip
+    vm = launch(spec, rt._machine(spec), GuestImage.at(GUEST), incoming=True)
+    rt._live[spec.id] = vm
+    load_state(vm.qmp, rt.images / rec.image / "state")
+    rt._cont(vm)
+    vm.agent = connect_agent(vm)
+    rt._after_restore(vm)
+
+
+def _cold_resume(node: Any, rt: VmRuntime, spec: WorkspaceSpec, data_dir: Path) -> float:
+    """Seconds from nothing on ``data_dir`` to the first output of ``spec`` resumed from
+    its suspend image in the chunk store (fetch, warm resume, ``echo``)."""
+    data_dir.mkdir(mode=0o700)
+    bs = Blockstore.from_settings(
+        Settings.from_env({**node.node.node.env, "LOFT_DATA_DIR": str(data_dir)})
+    )
+    other = VmRuntime(data_dir, rt.disk, guest=GUEST, bs=bs)
+    try:
+        t0 = time.monotonic()
+        assert other.fetch_suspend(spec, DISK)
+        other.start(spec)
+        _echo(other, spec.id)
+        return time.monotonic() - t0
+    finally:
+        other.stop(spec.id)
+        bs.close()
+
+
 def _stored(node: Any, volume: str) -> dict[str, int]:
     """What the image's volume holds: extents written (not all zeros), bytes stored."""
     info = node.node.bs.info(volume)
@@ -90,7 +145,13 @@ def _stored(node: Any, volume: str) -> dict[str, int]:
 def measure(memory: int, root: Path) -> dict[str, Any]:
     boot, first, suspend, hot, warm = [], [], [], [], []
     pause, memsnap, fork, resuspend, upload, cold = [], [], [], [], [], []
-    state_bytes = rss_resumed = rss_after = rss_fork = resuspend_bytes = 0
+    up_first, up_second, second_total, cold_resume = [], [], [], []
+    stored_first: list[int] = []
+    stored_second: list[int] = []
+    fork_before, resuspend_before = [], []
+    up1: Any = None
+    up2: Any = None
+    state_bytes = rss_resumed = rss_after = rss_fork = resuspend_bytes = before_bytes = 0
     stored: dict[str, int] = {}
     anchor: dict[str, Any] = {}
     with vms(root) as node:
@@ -125,6 +186,22 @@ def measure(memory: int, root: Path) -> dict[str, Any]:
             rss_after = _rss(st.pid)
             if i == 0:
                 anchor = _full_migration(rt, spec.id, root / "full-state")
+            # the suspend image into the chunk store (before this VM's memory snapshot,
+            # whose chunks it would share); again after it ran a little
+            rt.suspend(spec.id)
+            up1 = rt.upload_suspend(spec.id, DISK)
+            up_first.append(up1.seconds)
+            stored_first.append(up1.stored_bytes)
+            rt.resume(spec.id)
+            little = "head -c 1048576 /dev/urandom > /dev/shm/more; sleep 1"
+            assert rt.run(spec.id, ExecRequest(("sh", "-c", little), user=0)).status == 0
+            t0 = time.monotonic()
+            rt.suspend(spec.id)
+            up2 = rt.upload_suspend(spec.id, DISK)
+            second_total.append(time.monotonic() - t0)
+            up_second.append(up2.seconds)
+            stored_second.append(up2.stored_bytes)
+            rt.resume(spec.id)
             # live fork: freeze, memory image, volume snapshot and fork, thaw; then the fork
             t0 = time.monotonic()
             rt.freeze(spec.id)
@@ -141,11 +218,21 @@ def measure(memory: int, root: Path) -> dict[str, Any]:
             _echo(rt, fspec.id)
             fork.append(time.monotonic() - t0)
             rss_fork = _rss(fst.pid)
-            # a VM running from an image suspends with its whole RAM in the stream
+            # a restored VM runs on its own RAM file: its suspend saves device state only
             t0 = time.monotonic()
             rt.suspend(fspec.id)
             resuspend.append(time.monotonic() - t0)
             resuspend_bytes = (rt.dir(fspec.id) / "state").stat().st_size
+            rt.stop(fspec.id)
+            # the same fork restored as before: the image mapped share=off
+            t0 = time.monotonic()
+            _restore_shared_image(rt, fspec, snap)
+            _echo(rt, fspec.id)
+            fork_before.append(time.monotonic() - t0)
+            t0 = time.monotonic()
+            rt.suspend(fspec.id)
+            resuspend_before.append(time.monotonic() - t0)
+            before_bytes = (rt.dir(fspec.id) / "state").stat().st_size
             rt.stop(fspec.id)
             # cold: the image only in the chunk store (as on another node)
             t0 = time.monotonic()
@@ -159,7 +246,14 @@ def measure(memory: int, root: Path) -> dict[str, Any]:
             _echo(rt, fspec.id)
             cold.append(time.monotonic() - t0)
             rt.stop(fspec.id)
+            # cold: the suspend image uploaded once more, then an empty data dir (no VM
+            # directory, an empty chunk cache) on the same catalog and chunk store, the
+            # disk still served by this node
+            rt.suspend(spec.id)
+            rt.upload_suspend(spec.id, DISK)
             rt.stop(spec.id)
+            cold_resume.append(_cold_resume(node, rt, spec, root / f"node-b-{i}"))
+            rt.remove_suspend_upload(spec.id)
             rt.remove_snapshot(snap)
             log(f"{memory >> 20} MiB round {i}: boot {boot[-1]:.2f} s, warm {warm[-1]:.3f} s")
     return {
@@ -179,6 +273,17 @@ def measure(memory: int, root: Path) -> dict[str, Any]:
         "resident_of_fork_after_first_command_mib": round(rss_fork / MIB, 1),
         "suspend_of_a_restored_vm": stats_ms(resuspend),
         "state_file_bytes_of_a_restored_vm": resuspend_bytes,
+        "anchor_restore_sharing_the_image_to_first_output": stats_ms(fork_before),
+        "anchor_suspend_of_a_vm_restored_sharing_the_image": stats_ms(resuspend_before),
+        "anchor_state_file_bytes_of_a_vm_restored_sharing_the_image": before_bytes,
+        "suspend_upload": stats_ms(up_first),
+        "suspend_upload_extents_written": f"{up1.extents_written} / {up1.extents_total}",
+        "suspend_upload_bytes_stored_by_round": stored_first,
+        "second_suspend_upload": stats_ms(up_second),
+        "second_suspend_and_upload": stats_ms(second_total),
+        "second_suspend_upload_extents_written": up2.extents_written,
+        "second_suspend_upload_bytes_stored_by_round": stored_second,
+        "cold_resume_from_chunk_store_to_first_output": stats_ms(cold_resume),
         "upload_to_chunk_store": stats_ms(upload),
         "image_volume": stored,
         "cold_restore_to_first_output": stats_ms(cold),

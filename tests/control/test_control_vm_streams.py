@@ -74,7 +74,7 @@ def test_vm_idle_suspend_and_wake_through_the_preview(node: AgentNode, admin: Cl
     # idle: the reaper snapshots its disk and suspends it
     vm_dir = node.data_dir / "runtime" / "vm" / ws.id
     deadline = time.monotonic() + 60
-    while admin.workspace("vmweb").state != "stopped":
+    while admin.workspace("vmweb").state != "suspended":
         assert time.monotonic() < deadline, node.tail()
         time.sleep(0.5)
     assert (vm_dir / "suspend.json").is_file()
@@ -82,7 +82,7 @@ def test_vm_idle_suspend_and_wake_through_the_preview(node: AgentNode, admin: Cl
     assert not any((node.data_dir / "runtime" / "vm-images").glob("*"))  # no memory image
 
     assert node.preview_get(ws.id, None).status_code == 401  # refused before any wake
-    assert admin.workspace("vmweb").state == "stopped"
+    assert admin.workspace("vmweb").state == "suspended"
     started = time.monotonic()
     woken = node.preview_get(ws.id, token)
     took = time.monotonic() - started

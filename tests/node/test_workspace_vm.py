@@ -1,6 +1,7 @@
 """VM workspaces through the CLI on ``loft up``: ``loft new --runtime vm`` boots a QEMU
-microVM whose disk the node's disk service serves; ``stop`` suspends it and ``start``
-resumes it where it was (a counter keeps its PID and counts on), ``stop --cold`` shuts
+microVM whose disk the node's disk service serves; ``stop`` suspends it (its memory
+uploaded to the chunk store) and ``start`` resumes it where it was (a counter keeps its
+PID and counts on), here or on an empty data dir, ``stop --cold`` shuts
 it down, ``snap`` keeps its memory and ``restore`` brings it back running from it,
 ``fork --live`` makes a running copy that then diverges, a restarted agent adopts a
 running VM, and ``rm`` leaves no QEMU, directory, image, volume or row. Bad input is
@@ -11,18 +12,26 @@ holds at the end (:meth:`AgentNode.cleanup`)."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from agenttool import AgentNode, agent_node, path_without
 from envbuild_support import apt_state, example
+from nbdtool import loft_command
 from runtime_support import needs_runc
 from vm_support import GUEST, needs_qemu
 
+from loft.blockstore import Blockstore
+from loft.config import Settings
 from loft.procfs import proc_stat
+from loft.runtime import vm_store
+from loft.runtime.vm_cold import EXTENT_SIZE
 from loft.runtime.vm_process import recorded_pid
 
 pytestmark = [pytest.mark.serial, needs_qemu, needs_runc, pytest.mark.timeout(300)]
@@ -80,6 +89,28 @@ def _qemu(node: AgentNode, name: str) -> int | None:
     return recorded_pid(_vm_dir(node, name))
 
 
+def _uploads(node: AgentNode) -> list[str]:
+    """The suspend images in the chunk store (volumes of their own)."""
+    return [r[2] for r in node.rows("volumes") if r[2].startswith("loft-vm-suspend-")]
+
+
+def _uploaded(node: AgentNode) -> list[dict[str, Any]]:
+    """What the agent logged of each suspend image it uploaded, in order."""
+    lines = node.log.read_text(errors="replace").splitlines()
+    return [json.loads(line) for line in lines if '"workspace.suspend_uploaded"' in line]
+
+
+def _fresh_data_dir(node: AgentNode) -> None:
+    """``loft up`` stopped, its data dir replaced by an empty one (as a workspace moved
+    to another node finds it: only the catalog and the chunk store), ``loft up`` again."""
+    assert node.stop() == 0
+    envstore = os.readlink(node.data_dir / "envstore")  # the session's, shared
+    node.data_dir.rename(node.data_dir.with_name(f"old-{time.monotonic_ns()}"))
+    node.data_dir.mkdir(mode=0o700)
+    (node.data_dir / "envstore").symlink_to(envstore)
+    node.up()
+
+
 def test_workspace_vm_new_exec_suspend_resume_cold(node: AgentNode) -> None:
     t0 = time.monotonic()
     ws = node.new("vm1", "--runtime", "vm", "--net", "nat")  # with a NIC through every flow
@@ -103,7 +134,12 @@ def test_workspace_vm_new_exec_suspend_resume_cold(node: AgentNode) -> None:
     t0 = time.monotonic()
     assert node.loft("stop", "vm1").stdout == "suspended vm1\n"
     stopped = time.monotonic() - t0
-    assert node.json("info", "vm1")["state"] == "stopped"
+    assert node.json("info", "vm1")["state"] == "suspended"
+    assert [w["state"] for w in node.json("ls")] == ["suspended"]
+    wide = subprocess.run([*loft_command(), "ls"], env={**node.env, "COLUMNS": "200"},
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    assert "suspended" in wide.stdout and "suspended" in node.loft("info", "vm1").stdout
+    assert _uploads(node) == [f"loft-vm-suspend-{ws['id']}"]
     assert proc_stat(qemu) is None or proc_stat(qemu).exited  # type: ignore[union-attr]
     assert (_vm_dir(node, "vm1") / "suspend.json").is_file()
     _refused(node, "exec", "vm1", "--", "true", says="exec needs it running")
@@ -118,17 +154,20 @@ def test_workspace_vm_new_exec_suspend_resume_cold(node: AgentNode) -> None:
     node.loft("start", "vm1")
     _counts_on(node, "vm1", pid, before)
 
-    # --cold shuts it down: a fresh boot, the counter gone, the disk kept
+    # --cold shuts it down: a fresh boot, the counter gone, the disk kept, no image left
     _root(node, "vm1", "echo kept > /root/file && sync")
     assert node.loft("stop", "vm1", "--cold").stdout == "stopped vm1\n"
-    assert not _vm_dir(node, "vm1").exists()
+    assert not _vm_dir(node, "vm1").exists() and _uploads(node) == []
+    assert node.json("info", "vm1")["state"] == "stopped"
     node.loft("start", "vm1")
     assert _root(node, "vm1", "cat /root/file") == "kept\n"
     assert _root(node, "vm1", f"kill -0 {pid} 2>/dev/null || echo gone").strip() == "gone"
     # --cold of a suspended VM drops its memory
     node.loft("stop", "vm1")
+    node.loft("stop", "vm1")  # a second stop keeps the memory
+    assert node.json("info", "vm1")["state"] == "suspended"
     node.loft("stop", "vm1", "--cold")
-    assert not _vm_dir(node, "vm1").exists()
+    assert not _vm_dir(node, "vm1").exists() and _uploads(node) == []
 
 
 def test_workspace_vm_snapshot_restore_and_live_fork(node: AgentNode) -> None:
@@ -257,3 +296,90 @@ def test_workspace_vm_missing_runtime(
         assert n.json("ls") == []
         left = n.leftovers()
         assert all(not v for v in left.values()), left
+
+
+def test_workspace_vm_resumes_from_the_chunk_store_on_an_empty_data_dir(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """A stop uploads the memory (a second stop only what changed); on an empty data dir
+    the start resumes from the chunk store alone; a damaged image, or one whose state
+    does not load, boots from the disk; a drain uploads a running VM, which the next
+    agent resumes."""
+    ex, apt = example(tmp_path_factory), apt_state(tmp_path_factory)
+    with agent_node(ex, apt, LOFT_VM_GUEST=str(GUEST)) as n:
+        n.up()
+        ws = n.new("vm5", "--runtime", "vm")
+        pid = _start_counter(n, "vm5")
+        _root(n, "vm5", "head -c 33554432 /dev/urandom > /dev/shm/fill")
+        _root(n, "vm5", "echo disk > /root/file && sync")
+        n.loft("stop", "vm5")
+        n.loft("start", "vm5")
+        _root(n, "vm5", "head -c 1048576 /dev/urandom > /dev/shm/more")
+        n.loft("stop", "vm5")
+        first, second = _uploaded(n)
+        assert first["stored_bytes"] > 32 << 20, first
+        assert second["stored_bytes"] < first["stored_bytes"] / 4, (first, second)
+        assert second["extents_written"] < first["extents_written"] / 2, (first, second)
+
+        _fresh_data_dir(n)
+        assert not _vm_dir(n, "vm5").exists()
+        assert n.json("info", "vm5")["state"] == "suspended"
+        t0 = time.monotonic()
+        n.loft("start", "vm5")
+        assert n.sh("vm5", "echo back") == "back\n"
+        print(f"start from the chunk store -> exec: {time.monotonic() - t0:.2f} s")
+        _counts_on(n, "vm5", pid)
+        assert _root(n, "vm5", "cat /root/file; wc -c < /dev/shm/more") == "disk\n1048576\n"
+
+        # an image damaged in the chunk store: refused, the VM boots from its disk
+        n.loft("stop", "vm5")
+        assert n.json("info", "vm5")["state"] == "suspended"
+        bs = Blockstore.from_settings(Settings.from_env(n.env))
+        try:
+            vol = bs.open(f"loft-vm-suspend-{ws['id']}")
+            try:
+                vol.write(EXTENT_SIZE + 8192, b"\xff" * 64)  # its RAM's first extent
+                vol.commit()
+            finally:
+                vol.close()
+        finally:
+            bs.close()
+        _fresh_data_dir(n)
+        n.loft("start", "vm5")
+        assert _root(n, "vm5", f"kill -0 {pid} 2>/dev/null || echo gone").strip() == "gone"
+        assert _root(n, "vm5", "cat /root/file") == "disk\n"
+        assert n.json("info", "vm5")["state"] == "running"
+        assert "memory image refused" in n.loft("logs", "vm5").stdout
+        assert _uploads(n) == []
+
+        # a state that checks out but QEMU cannot load: refused at the resume, it boots
+        pid = _start_counter(n, "vm5")
+        n.loft("stop", "vm5")
+        bad = n.root / "bad-state"
+        bad.write_bytes(os.urandom(4096))
+        bs = Blockstore.from_settings(Settings.from_env(n.env))
+        try:
+            root = bs.get(n.node_view("vm5")["volume"]).root.hex()
+            vm_store.upload(bs, ws["id"], _vm_dir(n, "vm5") / "ram", bad, root)
+        finally:
+            bs.close()
+        _fresh_data_dir(n)
+        n.loft("start", "vm5")
+        assert _root(n, "vm5", f"kill -0 {pid} 2>/dev/null || echo gone").strip() == "gone"
+        assert "memory image refused (loading the VM's state failed" in n.loft("logs", "vm5").stdout
+        left = [p.name for p in (n.data_dir / "runtime" / "vm").iterdir()]
+        assert left == [ws["id"]] and _qemu(n, "vm5") is not None
+
+        # a drain (loft up's Ctrl-C) suspends and uploads a running VM; the next node's
+        # reconciler resumes it from the chunk store
+        pid = _start_counter(n, "vm5")
+        _fresh_data_dir(n)
+        deadline = time.monotonic() + 60
+        while n.json("info", "vm5")["state"] != "running":
+            assert time.monotonic() < deadline, n.tail()
+            time.sleep(0.5)
+        _counts_on(n, "vm5", pid)
+        n.loft("stop", "vm5")
+        assert _uploads(n) != []
+        n.loft("rm", "vm5")
+        assert _uploads(n) == []

@@ -44,14 +44,16 @@ WORKSPACE_NAME_MAX = 40
 WorkspaceName = Annotated[str, Rule(pattern=WORKSPACE_NAME_PATTERN, max_length=WORKSPACE_NAME_MAX)]
 #: A Debian package name (Debian policy 5.6.1), optionally ``=VERSION``.
 PACKAGE_PATTERN = r"^[a-z0-9][a-z0-9+.-]{1,127}(=[A-Za-z0-9.+~:-]{1,128})?$"
-#: What a node reports a workspace's runtime to be in (``recovering``: its storage broke
-#: and it is being restarted from its last flush; ``unknown``: no node answered).
+#: What a node reports a workspace's runtime to be in (``suspended``: a VM stopped with
+#: its memory kept, which its next start resumes; ``recovering``: its storage broke and
+#: it is being restarted from its last flush; ``unknown``: no node answered).
 STATES = (
     "creating",
     "starting",
     "running",
     "stopping",
     "stopped",
+    "suspended",
     "recovering",
     "error",
     "unknown",

@@ -214,6 +214,12 @@ class Blockstore:
             self.ctx, check_name(name), lease_ttl=lease_ttl, lease_margin=lease_margin
         )
 
+    def digest(self, data: bytes | bytearray | memoryview) -> bytes:
+        """The digest a volume's manifest holds for an extent of exactly ``data``
+        (``ZERO_HASH`` for zeros), so a writer can tell which extents changed."""
+        digest = self.ctx.codec.hash(data)
+        return ZERO_HASH if digest == self.ctx.codec.zero_digest(len(data)) else digest
+
     def view(self, ref: str) -> SnapshotView:
         """A read-only view of ``NAME@SNAP`` (or of NAME's committed head)."""
         name, snap = split_ref(ref)

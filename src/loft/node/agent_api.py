@@ -164,6 +164,8 @@ class AgentApi:
         phase = state.phase.value
         if state.phase is Phase.RUNNING and not status.pid:
             phase = Phase.STOPPED.value  # its init died; the reconciler deals with it
+        elif state.phase is Phase.STOPPED and self.wss.suspended(rec):
+            phase = wapi.SUSPENDED  # stopped, its memory kept: a start resumes it
         return wapi.WorkspaceInfo(
             id=rec.id,
             name=rec.name,

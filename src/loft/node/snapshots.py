@@ -244,7 +244,7 @@ def restore(wss: Workspaces, workspace_id: str, snapshot: str) -> tuple[str, int
         if was_running:
             wss.halt(rec, commit=False, cold=True)  # the restore commits first
         elif wss.suspended(rec):  # its memory no longer agrees with the disk
-            wss.runtime.stop(rec.id, grace=0)
+            wss.drop_suspend(rec)
         try:
             version, undo = wss.disk.restore(rec.volume, snapshot)
         except BaseException:

@@ -21,6 +21,7 @@ from loft.telemetry import MeterReport
 __all__ = [
     "AGENT_SOCKET",
     "SHELL",
+    "SUSPENDED",
     "WORKSPACE_API",
     "ActivityAnswer",
     "ActivityRequest",
@@ -62,6 +63,9 @@ __all__ = [
 
 #: The agent's socket, beside the disk service's sockets in the data dir's ``run/``.
 AGENT_SOCKET = "agent.sock"
+#: The phase a stopped VM shows while it has a suspend image (here or in the chunk
+#: store): not running, and its next start resumes it.
+SUSPENDED = "suspended"
 #: What a shell session runs (``loft shell``, the API's terminal): a login bash where
 #: the environment has one, else sh.
 SHELL = ("/bin/sh", "-c", "if command -v bash >/dev/null; then exec bash -l; fi; exec sh -l")
@@ -77,6 +81,7 @@ class WorkspaceInfo:
     id: str
     name: str
     owner: str
+    #: the catalog's phase, or ``suspended`` for a stopped VM that keeps its memory
     phase: str
     desired: str
     node: str | None

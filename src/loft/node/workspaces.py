@@ -17,9 +17,11 @@ finds the workspace in the wrong phase says so.
 
 A ``vm`` workspace has no attachment: the host never mounts its volume (the tenant
 writes it raw); QEMU is the NBD client of the disk service's ``nbd.sock``, the volume
-its export. Its stop is a suspend (memory kept beside the VM, a start resumes where it
-was) unless asked ``cold``; a start from a memory snapshot is a restore (or a live
-fork) instead of a boot.
+its export. Its stop is a suspend unless asked ``cold``: the memory is kept beside the
+VM and uploaded to the chunk store before the stop returns (only what changed since
+the last upload), so a start resumes where it was, here or on a node that has only the
+chunk store; a start from a memory snapshot is a restore (or a live fork) instead of a
+boot.
 """
 
 from __future__ import annotations
@@ -55,12 +57,14 @@ from loft.node.runcommand import RunCommands
 from loft.node.runtimes import Runtimes
 from loft.node.undo import all_or_nothing
 from loft.procfs import proc_stat
+from loft.runtime import vm_store
 from loft.runtime.attach import Attachment, adopt, attach, detach
 from loft.runtime.errors import PhaseError, UnknownWorkspace, WorkspaceError
 from loft.runtime.interface import RuntimeSnapshot
 from loft.runtime.phase import Phase as RuntimePhase
 from loft.runtime.spec import MIN_MEMORY, EnvironmentView, Limits, Network, WorkspaceSpec
 from loft.runtime.template import create_workspace_volume
+from loft.runtime.vm import VmRuntime
 from loft.runtime.vm_image import FORMAT as VM_IMAGE_FORMAT
 from loft.runtime.vm_image import decode_record
 from loft.runtime.vm_qemu import MIN_MEMORY as VM_MIN_MEMORY
@@ -361,7 +365,7 @@ class Workspaces:
                     )
                 env = self.envs.view(gen.env_path)
                 if rec.runtime == "vm":
-                    resumed = self._launch_vm(rec, env, memory, fork, new_machine_id)
+                    resumed = self._launch_vm(rec, env, memory, fork, was, new_machine_id)
                     undo.push("the VM", lambda: self.runtime.stop(rec.id, grace=0))
                     self.records.set_state(rec.id, phase=Phase.RUNNING)
                     return self._started(rec, resumed)
@@ -400,10 +404,13 @@ class Workspaces:
         env: EnvironmentView,
         memory: RuntimeSnapshot | None,
         fork: bool,
+        was: Phase,
         new_machine_id: bool = False,
     ) -> bool:
         """Start ``rec``'s VM; True when its processes came back from memory (a resume,
-        a restore or a live fork: its ``[run] command`` runs on already)."""
+        a restore or a live fork: its ``[run] command`` runs on already). With no
+        suspend image on this node, one in the chunk store is resumed (cold) when the
+        workspace was stopped cleanly (``was``), else it boots."""
         spec = WorkspaceSpec(
             id=rec.id,
             rootfs=self.data_dir / "workspaces" / rec.id,  # never mounted: not used
@@ -418,9 +425,52 @@ class Workspaces:
         if memory is not None:
             vm.restore(spec, memory, fork=fork, new_machine_id=new_machine_id)
             return True
+        if vm.suspended(rec.id) and vm.suspend_disk_root(rec.id) not in (None, self._root(rec)):
+            # the workspace ran elsewhere since this image was made: it is stale
+            log.warning("workspace.suspend_stale id=%s", rec.id)
+            self.runtime.stop(rec.id, grace=0)
+        fetched = (
+            was is Phase.STOPPED and not vm.suspended(rec.id) and self._fetch_suspend(rec, spec)
+        )
         resumed = vm.suspended(rec.id)
-        vm.start(spec)
+        try:
+            vm.start(spec)
+        except LoftError as e:
+            if not fetched:
+                raise
+            self._refused(rec, e)  # its stream did not load: boot from the disk instead
+            self.runtime.stop(rec.id, grace=0)
+            vm.start(spec)
+            return False
         return resumed
+
+    def _root(self, rec: WorkspaceRecord) -> str:
+        """The root of ``rec``'s volume's committed manifest: what a suspend image of it
+        must have been taken with."""
+        return self.bs.get(rec.volume).root.hex()
+
+    def _fetch_suspend(self, rec: WorkspaceRecord, spec: WorkspaceSpec) -> bool:
+        """Bring ``rec``'s suspend image from the chunk store, if it has one there
+        (whether it did); one that is damaged, another's or older than the disk is
+        refused, and the VM boots from its disk."""
+        try:
+            fetched = self.runtime.vm().fetch_suspend(spec, self._root(rec))
+        except LoftError as e:
+            self._refused(rec, e)
+            return False
+        if fetched:
+            log.info("workspace.suspend_fetched id=%s", rec.id)
+        return fetched
+
+    def _refused(self, rec: WorkspaceRecord, e: LoftError) -> None:
+        """Say in the log and in the workspace's own log why its memory image from the
+        chunk store was refused, and delete that image."""
+        log.warning("workspace.suspend_refused id=%s error=%s", rec.id, json.dumps(e.message))
+        self.runs.log_of(rec.id).append(
+            f"--- loft: memory image refused ({e.message}): booted from the disk\n".encode()
+        )
+        with contextlib.suppress(LoftError):
+            vm_store.remove(self.bs, rec.id)
 
     def _started(self, rec: WorkspaceRecord, from_memory: bool) -> None:
         log.info("workspace.started name=%s id=%s from_memory=%s", rec.name, rec.id, from_memory)
@@ -459,8 +509,24 @@ class Workspaces:
         return self.fresh(ws)
 
     def suspended(self, rec: WorkspaceRecord) -> bool:
-        """Whether ``rec`` is a VM with a suspend image (a start resumes it)."""
-        return rec.runtime == "vm" and self.runtime.vm().suspended(rec.id)
+        """Whether ``rec`` is a VM with a suspend image, here or in the chunk store (a
+        start resumes it)."""
+        vm = self._vm() if rec.runtime == "vm" else None
+        return vm is not None and (vm.suspended(rec.id) or vm.uploaded(rec.id))
+
+    def drop_suspend(self, rec: WorkspaceRecord) -> None:
+        """Discard ``rec``'s suspend image, here and in the chunk store (its memory no
+        longer agrees with its disk)."""
+        self.runtime.stop(rec.id, grace=0)
+        if rec.runtime == "vm":
+            vm_store.remove(self.bs, rec.id)
+
+    def _vm(self) -> VmRuntime | None:
+        """The VM runtime; None on a node without one (nothing of a VM runs here)."""
+        try:
+            return self.runtime.vm()
+        except LoftError:
+            return None
 
     def halt(
         self,
@@ -474,30 +540,62 @@ class Workspaces:
         (``commit``) have the disk service commit it; the phase ends ``stopped``
         (``desired`` is the caller's). Lock held."""
         self.records.set_state(rec.id, phase=Phase.STOPPING)
-        if rec.runtime == "vm" and not cold and self.running(rec.id):
-            self._suspend(rec, grace)
-        else:
-            self.runtime.stop(rec.id, grace=grace)
+        vm = self._vm() if rec.runtime == "vm" else None
+        ran = suspended = False
+        if vm is not None and not cold and self.running(rec.id):
+            ran, suspended = True, self._suspend(rec, grace)
+        elif not (vm is not None and not cold and vm.suspended(rec.id)):
+            self.runtime.stop(rec.id, grace=grace)  # (a suspended VM's image stays)
         self.detach_volume(rec.id)
-        self.records.set_state(rec.id, phase=Phase.STOPPED, attachment=None)
+        committed = False
         if commit:
             try:
                 self.disk.commit(rec.volume)
+                committed = True
             except LoftError as e:  # the data is safe on the node; the service retries
                 log.warning("workspace.commit_failed id=%s error=%s", rec.id, json.dumps(e.message))
+        if rec.runtime == "vm" and (ran or cold):
+            self._upload_suspend(rec, vm if committed and suspended else None)
+        self.records.set_state(rec.id, phase=Phase.STOPPED, attachment=None)
         log.info("workspace.stopped name=%s id=%s", rec.name, rec.id)
 
-    def _suspend(self, rec: WorkspaceRecord, grace: float) -> None:
+    def _upload_suspend(self, rec: WorkspaceRecord, vm: VmRuntime | None) -> None:
+        """Put ``rec``'s suspend image into the chunk store (through ``vm``: suspended,
+        its volume committed just now), else drop the one there: an image uploaded
+        earlier no longer agrees with the disk. Before the phase says ``stopped``: only
+        a workspace stopped cleanly is resumed from the chunk store."""
+        try:
+            if vm is not None:
+                up = vm.upload_suspend(rec.id, self._root(rec))
+                log.info(
+                    "workspace.suspend_uploaded id=%s extents_written=%d extents_total=%d "
+                    "stored_bytes=%d ms=%.0f",
+                    rec.id,
+                    up.extents_written,
+                    up.extents_total,
+                    up.stored_bytes,
+                    up.seconds * 1000,
+                )
+                return
+        except LoftError as e:  # the memory stays on this node; elsewhere it boots
+            log.warning("workspace.upload_failed id=%s error=%s", rec.id, json.dumps(e.message))
+        try:
+            vm_store.remove(self.bs, rec.id)
+        except LoftError as e:
+            log.warning("workspace.upload_kept id=%s error=%s", rec.id, json.dumps(e.message))
+
+    def _suspend(self, rec: WorkspaceRecord, grace: float) -> bool:
         """Suspend ``rec``'s VM (its disk writes are flushed to the disk service when
         its vCPUs stop); one that cannot be suspended is shut down instead, so a stop
-        always stops."""
+        always stops. Whether it was suspended."""
         try:
             seconds = self.runtime.vm().suspend(rec.id)
         except LoftError as e:
             log.warning("workspace.suspend_failed id=%s error=%s", rec.id, json.dumps(e.message))
             self.runtime.stop(rec.id, grace=grace)
-        else:
-            log.info("workspace.suspended id=%s save_ms=%.1f", rec.id, seconds * 1000)
+            return False
+        log.info("workspace.suspended id=%s save_ms=%.1f", rec.id, seconds * 1000)
+        return True
 
     def detach_volume(self, workspace_id: str) -> None:
         """Detach the workspace's volume, whatever made the attachment."""

@@ -33,9 +33,13 @@ network namespace of its own, made for it with its policy and its slirp4netns; a
 fork's guest gets its own MAC (``SET_MAC``) and, when asked, a new machine-id.
 
 Snapshots with memory (:mod:`~loft.runtime.vm_image`): the RAM file copied, holes kept,
-into an image that never changes, restored by mapping it ``share=off`` (copy-on-write,
-paged in as touched): a restore, or a live fork (``restore(..., fork=True)`` of
-another workspace's snapshot onto a fork of its volume).
+into an image that never changes; a restore, or a live fork (``restore(..., fork=True)``
+of another workspace's snapshot onto a fork of its volume), gives the VM its own RAM
+file, a sparse copy of the image's, so it suspends as cheaply as a booted VM.
+
+Suspend images in the chunk store (:mod:`~loft.runtime.vm_store`): the node uploads a
+suspended VM's image (only what changed since its last upload), and a start on a node
+without the local image fetches it (:meth:`VmRuntime.fetch_suspend`) and resumes.
 
 About 700 lines and one idea, the controller: each command is its phase check, its lock
 and the calls into the modules above; the QEMU process, QMP, the migration stream, the
@@ -57,11 +61,11 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from loft.blockstore import Blockstore
-from loft.runtime import vm_cold
+from loft.runtime import vm_cold, vm_store
 from loft.runtime.console import PtySession, set_window_size
 from loft.runtime.errors import NotSupported, UnknownWorkspace, WorkspaceError
 from loft.runtime.forward import Forwarder
@@ -219,8 +223,9 @@ class VmRuntime(Runtime):
         return running
 
     def _machine(self, spec: WorkspaceSpec) -> Machine:
-        """The VM of ``spec``: on its own RAM file, or on the image it was restored from
-        (named in ``ram.json`` in its directory) with that image's memory size."""
+        """The VM of ``spec``: on its own RAM file, or (a VM an older loft restored) on
+        the image it was restored from, named in ``ram.json`` in its directory, with that
+        image's memory size."""
         disk = self.disk(spec.id)
         d = self.dir(spec.id)
         memory, image = spec.limits.memory, None
@@ -304,8 +309,7 @@ class VmRuntime(Runtime):
         save_spec(d, spec)
         if env is not None:
             os.link(env.path, d / _ENV_IMG)
-            meta = {"name": env.name, "sha256": env.sha256}
-            write_private(d / _ENV_JSON, json.dumps(meta).encode())
+            _note_env(d, env)
 
     def stop(self, workspace: str, *, grace: float = 5.0) -> None:
         """Shut the VM down and remove every trace, a suspend image included (the
@@ -572,12 +576,14 @@ class VmRuntime(Runtime):
     def restore(self, spec: WorkspaceSpec, snapshot: RuntimeSnapshot, *, fork: bool = False,
                 new_machine_id: bool = False) -> WorkspaceStatus:  # fmt: skip
         """Start ``spec`` from a memory snapshot, on a volume the caller restored (or
-        forked) to the snapshot's point. The image is mapped privately, so any number
-        of VMs restore from it and it never changes. Another workspace's snapshot is
-        refused unless ``fork`` (a live fork: the caller gives the new workspace a fork
-        of the volume); a fork's NIC gets the new workspace's own MAC, and with
-        ``new_machine_id`` its ``/etc/machine-id`` is written afresh. The spec's
-        network must be the snapshot's (the NIC is a device of the saved machine)."""
+        forked) to the snapshot's point. The VM gets its own RAM file, a sparse copy of
+        the image's (so its next suspend saves device state only, as a booted VM's
+        does), and the image never changes however many VMs restore from it. Another
+        workspace's snapshot is refused unless ``fork`` (a live fork: the caller gives
+        the new workspace a fork of the volume); a fork's NIC gets the new workspace's
+        own MAC, and with ``new_machine_id`` its ``/etc/machine-id`` is written afresh.
+        The spec's network must be the snapshot's (the NIC is a device of the saved
+        machine)."""
         if snapshot.kind != self.kind:
             raise NotSupported(f"a {snapshot.kind} snapshot cannot restore a {self.kind}")
         rec = decode_record(snapshot.state)
@@ -602,14 +608,15 @@ class VmRuntime(Runtime):
                 hint="restore the volume snapshot alone (a cold boot)",
             )
         env = self._image_env(rec)
+        # the VM's own RAM file, as a boot has: its next suspend saves device state only
+        spec = replace(spec, limits=replace(spec.limits, memory=rec.memory_mib << 20))
         with self._lock(spec.id):
             vm = self._live_one(spec.id)
             check(spec.id, Command.RESTORE, vm.phase if vm else Phase.STOPPED)
             guest = GuestImage.at(self.guest_dir)
             try:
                 self._prepare(spec, env)
-                write_private(self.dir(spec.id) / _RAM_JSON, json.dumps(
-                    {"image": rec.ram_from, "memory_mib": rec.memory_mib}).encode())  # fmt: skip
+                copy_sparse(ram, self.dir(spec.id) / "ram")
                 machine = self._machine(spec)
                 vm = self._launch(spec, machine, guest, incoming=True)
                 self._live[spec.id] = vm
@@ -634,20 +641,25 @@ class VmRuntime(Runtime):
         chunk store (an image rebuilt from the same closure would not be the same)."""
         if not rec.env:
             return None
-        linked = self._image_dir(rec.image) / _ENV_IMG
-        if not linked.is_file():
-            cached = self.envs / f"{rec.env}.img"
+        return self._bring_env(rec.env, rec.env_sha256, self._image_dir(rec.image) / _ENV_IMG)
+
+    def _bring_env(self, name: str, sha256: str, dest: Path) -> EnvDisk:
+        """Environment disk ``name`` of digest ``sha256`` at ``dest``: there already,
+        else the node's cached image when it is that very one, else fetched from the
+        chunk store (an image rebuilt from the same closure would not be the same)."""
+        if not dest.is_file():
             with contextlib.suppress(OSError):
-                if (self.envs / f"{rec.env}.sha256").read_text().strip() == rec.env_sha256:
-                    os.link(cached, linked)
-        if not linked.is_file() and self.bs is not None:
-            vm_cold.fetch_env(self.bs, rec.env_sha256, linked)
-        if not linked.is_file():
+                if (self.envs / f"{name}.sha256").read_text().strip() == sha256:
+                    os.link(self.envs / f"{name}.img", dest)
+        if not dest.is_file() and self.bs is not None:
+            vm_cold.fetch_env(self.bs, sha256, dest)
+        if not dest.is_file():
             raise WorkspaceError(
-                f"the environment disk of VM image {rec.image} is missing",
+                f"the environment disk {name} ({sha256[:16]}) is neither here nor in the "
+                "chunk store",
                 hint="restore the volume snapshot alone (a cold boot)",
             )
-        return EnvDisk(linked, rec.env, rec.env_sha256)
+        return EnvDisk(dest, name, sha256)
 
     def remove_snapshot(self, snapshot: RuntimeSnapshot) -> None:
         """Delete a memory snapshot's image; WorkspaceError while a VM or another
@@ -764,12 +776,86 @@ class VmRuntime(Runtime):
         self._live[workspace] = vm
         return WorkspaceStatus(workspace, Phase.RUNNING, vm.pid)
 
+    # -- suspend images in the chunk store -----------------------------------------------
+
+    def uploaded(self, workspace: str) -> bool:
+        """Whether ``workspace`` has a suspend image in the chunk store."""
+        return self.bs is not None and vm_store.header_exists(self.bs, workspace)
+
+    def upload_suspend(self, workspace: str, disk_root: str) -> vm_store.Upload:
+        """Put the suspend image of ``workspace`` (suspended, QEMU gone) into the chunk
+        store (:mod:`loft.runtime.vm_store`), marked as belonging with its volume's
+        committed root ``disk_root``: only the extents changed since its last upload."""
+        if self.bs is None:
+            raise WorkspaceError("this VM runtime has no blockstore to upload images to")
+        with self._lock(workspace):
+            if self._live_one(workspace) is not None or not self.suspended(workspace):
+                raise WorkspaceError(f"workspace {workspace} is not suspended")
+            spec = load_spec(self.dir(workspace))
+            machine = self._machine(spec)
+            env = _linked_env(machine.dir)
+            if env is not None:  # once per environment: a volume named by its content
+                vm_cold.upload_env(self.bs, env.path, env.sha256)
+            up = vm_store.upload(self.bs, workspace, machine.ram, machine.dir / _STATE,
+                                 disk_root, env)  # fmt: skip
+            meta = json.loads((machine.dir / _SUSPEND).read_bytes()[:4096])
+            write_private(
+                machine.dir / _SUSPEND, json.dumps({**meta, "disk_root": disk_root}).encode()
+            )
+            return up
+
+    def suspend_disk_root(self, workspace: str) -> str | None:
+        """The volume root the local suspend image was uploaded with (None: not
+        uploaded, or no image): another root means the disk moved on elsewhere since."""
+        with contextlib.suppress(OSError, ValueError):
+            root = json.loads((self.dir(workspace) / _SUSPEND).read_bytes()[:4096]).get("disk_root")
+            return root if isinstance(root, str) else None
+        return None
+
+    def fetch_suspend(self, spec: WorkspaceSpec, disk_root: str) -> bool:
+        """Make the suspend image of ``spec`` in the chunk store its local one (a
+        :meth:`start` then resumes it, warm), when there is no local one; whether it has
+        a suspend image now. WorkspaceError, with nothing left here, when the uploaded
+        one is damaged, another workspace's, or older than the disk ``disk_root``."""
+        with self._lock(spec.id):
+            if self.suspended(spec.id) or self.bs is None:
+                return self.suspended(spec.id)
+            vm = self._live_one(spec.id)
+            check(spec.id, Command.START, vm.phase if vm else Phase.STOPPED)
+            h = vm_store.header(self.bs, spec.id)
+            if h is None:
+                return False
+            spec = replace(spec, limits=replace(spec.limits, memory=h.memory_mib << 20))
+            d = self.dir(spec.id)
+            try:
+                self._prepare(spec, None)
+                h = vm_store.fetch(self.bs, spec.id, disk_root, d / "ram", d / _STATE)
+                if h.env:  # the very disk the suspended guest has mounted
+                    _note_env(d, self._bring_env(h.env, h.env_sha256, d / _ENV_IMG))
+                write_private(d / _SUSPEND, json.dumps(
+                    {"format": _STATE_FORMAT, "workspace": spec.id, "sha256": h.state_sha256,
+                     "memory": h.memory_mib}
+                ).encode())  # fmt: skip
+            except BaseException:
+                self._teardown(spec.id)
+                raise
+            return True
+
+    def remove_suspend_upload(self, workspace: str) -> bool:
+        """Delete ``workspace``'s suspend image from the chunk store; whether it had one."""
+        return self.bs is not None and vm_store.remove(self.bs, workspace)
+
     def _after_restore(self, vm: VmProcess) -> None:
         """The guest's clock stood still while it was saved, and a restored RNG state
         repeats: set the one, reseed the other."""
         link = self._link(vm)
         set_clock(link)
         link.call(Type.RESEED, secrets.token_bytes(64))
+
+
+def _note_env(d: Path, env: EnvDisk) -> None:
+    """Say in VM directory ``d`` which environment disk its ``env.img`` is."""
+    write_private(d / _ENV_JSON, json.dumps({"name": env.name, "sha256": env.sha256}).encode())
 
 
 def _linked_env(d: Path) -> EnvDisk | None:

@@ -32,6 +32,7 @@ from loft.runtime.vm_image import ImageRecord, sha256_file
 
 __all__ = [
     "EXTENT_SIZE",
+    "data_pieces",
     "env_volume_name",
     "fetch",
     "fetch_env",
@@ -72,7 +73,7 @@ def upload(bs: Blockstore, images: Path, rec: ImageRecord) -> str:
     try:
         vol = bs.open(name)
         try:
-            for offset, data in _data_pieces(ram, EXTENT_SIZE):
+            for offset, data in data_pieces(ram, EXTENT_SIZE):
                 vol.write(offset, data)
             vol.write(rec.memory_mib << 20, len(state_bytes).to_bytes(_LEN, "big") + state_bytes)
         finally:
@@ -140,7 +141,7 @@ def upload_env(bs: Blockstore, image: Path, sha256: str) -> str:
     try:
         vol = bs.open(name)
         try:
-            for offset, data in _data_pieces(image, EXTENT_SIZE):
+            for offset, data in data_pieces(image, EXTENT_SIZE):
                 vol.write(offset, data)
         finally:
             vol.close()  # commits
@@ -177,7 +178,7 @@ def remove(bs: Blockstore, image: str) -> None:
         bs.remove(name)
 
 
-def _data_pieces(path: Path, piece: int) -> Iterator[tuple[int, bytes]]:
+def data_pieces(path: Path, piece: int) -> Iterator[tuple[int, bytes]]:
     """``(offset, bytes)`` of ``path``'s ``piece``-aligned pieces in its data ranges that
     hold something other than zeros (a new volume reads as zeros already)."""
     zero = bytes(piece)

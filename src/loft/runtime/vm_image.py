@@ -5,11 +5,10 @@ while the vCPUs are stopped, beside the volume snapshot the caller takes at the 
 moment. Both live in an **image** directory, ``<data>/runtime/vm-images/<id>`` (0700):
 
 - ``ram``: a copy of the VM's RAM file (holes where it has them), never written again:
-  every VM restored from it maps it ``share=off``, so many run from one image and pages
-  come in only as each guest touches them;
-- ``state``: the device state; for a VM that itself runs from an image (its RAM is a
-  private mapping, in no file), the stream carries its RAM too, and the image names the
-  RAM file it loads over (``ram_from``) instead of holding one.
+  every VM restored from it starts on a sparse copy of it of its own;
+- ``state``: the device state; for a VM that runs on a private mapping of an image (as
+  restores did before each got its own RAM file), the stream carries its RAM too, and
+  the image names the RAM file it loads over (``ram_from``) instead of holding one.
 
 The caller keeps the :class:`~loft.runtime.interface.RuntimeSnapshot` whose ``state`` is
 the record (:func:`encode_record`): magic, format version, the image's id, the
