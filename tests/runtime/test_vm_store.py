@@ -5,11 +5,13 @@ than the disk refused with nothing left. One VM at a time."""
 
 from __future__ import annotations
 
+import hashlib
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from vm_support import Vms, needs_qemu, vms
+from vm_support import BUSYBOX_ENV, Vms, needs_qemu, vms
 
 from loft.runtime.errors import WorkspaceError
 from loft.runtime.phase import Phase
@@ -64,13 +66,18 @@ def test_vm_suspend_upload_is_incremental_and_resumes_from_the_store(node: Vms) 
     assert second.stored_bytes < first.stored_bytes / 4, (first, second)
     print(f"first upload {first}; second {second}")
 
-    # the local image gone (as on another node): the chunk store's is fetched and resumed
+    # the local image gone (as on another node), and the node's image of the environment
+    # too: the chunk store's suspend image is fetched and resumed, on the very
+    # environment disk the guest had mounted
     rt.stop(spec.id)
+    env_sha = (rt.envs / f"{BUSYBOX_ENV}.sha256").read_text().strip()
+    shutil.rmtree(rt.envs)
     assert not rt.suspended(spec.id) and rt.uploaded(spec.id)
     with pytest.raises(WorkspaceError, match="older than the disk"):
         rt.fetch_suspend(spec, "e" * 64)
     assert not rt.dir(spec.id).exists()
     assert rt.fetch_suspend(spec, DISK)
+    assert hashlib.sha256((rt.dir(spec.id) / "env.img").read_bytes()).hexdigest() == env_sha
     rt.start(spec)
     assert _sh(node, spec.id, f"kill -0 {pid} && echo alive") == "alive\n"
     count = int(_sh(node, spec.id, "cat /tmp/count"))

@@ -422,16 +422,6 @@ class Records:
             )
             return {n: bytes(m) for n, m in rows}
 
-    def all_snapshot_memories(self) -> list[bytes]:
-        """The memory image records of every workspace's snapshots on this catalog."""
-        with self.catalog.read() as conn:
-            rows = conn.execute(
-                select(workspace_snapshots.c.memory).where(
-                    workspace_snapshots.c.memory.is_not(None)
-                )
-            )
-            return [bytes(m) for (m,) in rows]
-
     def snapshot_envs(self, workspace_id: str) -> dict[str, str]:
         """Snapshot name -> the environment it was taken with."""
         with self.catalog.read() as conn:

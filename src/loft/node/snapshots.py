@@ -154,16 +154,12 @@ def _snap(wss: Workspaces, ws: Workspace, snapshot: str, *, memory: bool = True)
     att = wss.attachment(rec.id)
     pause = 0.0
     image: bytes | None = None
-    recorded = False
     if rec.runtime == "vm" and wss.running(rec.id):
         wss.disk.commit(rec.volume)  # the bulk, while the guest runs
         frozen = time.monotonic()
-        with wss.making_image():  # its image and its row, before any sweep of images
-            version, image = _snap_vm(wss, ws, snapshot, memory)
-            pause = time.monotonic() - frozen
-            if gen is not None:
-                wss.records.add_snapshot(rec.id, snapshot, gen.env_path, image)
-        running = recorded = True
+        version, image = _snap_vm(wss, ws, snapshot, memory)
+        pause = time.monotonic() - frozen
+        running = True
     elif att is not None and wss.running(rec.id):
         syncfs(att.root)
         wss.disk.commit(rec.volume)
@@ -178,7 +174,7 @@ def _snap(wss: Workspaces, ws: Workspace, snapshot: str, *, memory: bool = True)
     else:
         version = wss.disk.snapshot(rec.volume, snapshot)
         running = False
-    if gen is not None and not recorded:
+    if gen is not None:
         wss.records.add_snapshot(rec.id, snapshot, gen.env_path, image)
     total = time.monotonic() - started
     log.info(

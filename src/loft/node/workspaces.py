@@ -66,7 +66,6 @@ from loft.runtime.spec import MIN_MEMORY, EnvironmentView, Limits, Network, Work
 from loft.runtime.template import create_workspace_volume
 from loft.runtime.vm import VmRuntime
 from loft.runtime.vm_image import FORMAT as VM_IMAGE_FORMAT
-from loft.runtime.vm_image import decode_record
 from loft.runtime.vm_qemu import MIN_MEMORY as VM_MIN_MEMORY
 from loft.units import format_size
 
@@ -168,10 +167,6 @@ class Workspaces:
         self.runs = RunCommands(runtime, data_dir / "run-logs")
         self._locks: defaultdict[str, threading.RLock] = defaultdict(threading.RLock)
         self._table = threading.Lock()
-        # Memory images being made (their catalog rows not yet written), and the lock a
-        # sweep of unnamed images holds: see making_image.
-        self._imaging = 0
-        self._images = threading.Lock()
         self._attachments: dict[str, Attachment] = {}
 
     # -- looking up -------------------------------------------------------------------
@@ -188,18 +183,6 @@ class Workspaces:
         finally:
             if got:
                 lock.release()
-
-    @contextlib.contextmanager
-    def making_image(self) -> Iterator[None]:
-        """Around a memory image's making and its snapshot row: a sweep of images no
-        row names never runs meanwhile (it would take the new one for an orphan)."""
-        with self._images:
-            self._imaging += 1
-        try:
-            yield
-        finally:
-            with self._images:
-                self._imaging -= 1
 
     def get(self, workspace_id: str) -> Workspace:
         """The workspace with this id (the control plane calls nodes by id: names are
@@ -653,8 +636,9 @@ class Workspaces:
         log.info("workspace.discarded id=%s reason=unfinished_new", ws.record.id)
 
     def drop_memory_images(self, rec: WorkspaceRecord) -> None:
-        """Delete the memory images of ``rec``'s snapshots (a VM's); one a live fork
-        still runs from stays, with a warning, until a later drop finds it unused."""
+        """Delete the memory images of ``rec``'s snapshots (a VM's); one still in use (an
+        image another maps, or a VM an older loft restored onto it) stays, with a
+        warning."""
         for name, state in self.records.snapshot_memories(rec.id).items():
             try:
                 self.runtime.vm().remove_snapshot(RuntimeSnapshot("vm", VM_IMAGE_FORMAT, state))
@@ -665,27 +649,6 @@ class Workspaces:
                     name,
                     json.dumps(e.message),
                 )
-        if rec.runtime == "vm":
-            self._drop_orphan_images()
-
-    def _drop_orphan_images(self) -> None:
-        """Delete the images no snapshot names any more (kept while a fork ran from
-        them, whose own end is this): each goes once nothing uses it either."""
-        try:
-            vm = self.runtime.vm()
-        except LoftError:
-            return
-        with self._images:
-            if self._imaging:  # a row is on its way: the next drop looks again
-                return
-            named = set()
-            for state in self.records.all_snapshot_memories():
-                with contextlib.suppress(LoftError):
-                    named.add(decode_record(state).image)
-            for snap in vm.snapshots_here():
-                if decode_record(snap.state).image not in named:
-                    with contextlib.suppress(LoftError):  # in use: a later drop takes it
-                        vm.remove_snapshot(snap)
 
     # -- environment ------------------------------------------------------------------
 

@@ -676,17 +676,6 @@ class VmRuntime(Runtime):
         if self.bs is not None:
             vm_cold.remove(self.bs, rec.image)
 
-    def snapshots_here(self) -> list[RuntimeSnapshot]:
-        """The memory snapshots whose images are on this node (a damaged record is
-        skipped: its image is unusable anyway)."""
-        found = []
-        for p in sorted(self.images.glob("*/record")):
-            with contextlib.suppress(OSError, WorkspaceError):
-                data = p.read_bytes()[:4096]
-                decode_record(data)
-                found.append(RuntimeSnapshot(self.kind, FORMAT, data))
-        return found
-
     def upload_snapshot(self, snapshot: RuntimeSnapshot) -> str:
         """Put a memory snapshot's image into the chunk store (a volume of its own, see
         :mod:`loft.runtime.vm_cold`), so a restore on any node finds it; the volume."""
