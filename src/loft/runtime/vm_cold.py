@@ -21,8 +21,9 @@ reads or writes it.
 
 from __future__ import annotations
 
+import itertools
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from loft.blockstore import Blockstore
@@ -54,8 +55,7 @@ def volume_name(image: str) -> str:
 
 
 def _size(rec: ImageRecord, state_len: int) -> int:
-    raw = (rec.memory_mib << 20) + _LEN + state_len
-    return -(-raw // EXTENT_SIZE) * EXTENT_SIZE
+    return (rec.memory_mib << 20) + _LEN + state_len
 
 
 def upload(bs: Blockstore, images: Path, rec: ImageRecord) -> str:
@@ -64,24 +64,32 @@ def upload(bs: Blockstore, images: Path, rec: ImageRecord) -> str:
     name = volume_name(rec.image)
     if any(v.name == name for v in bs.volumes()):
         return name
-    state = images / rec.image / "state"
-    ram = images / rec.ram_from / "ram"
-    state_bytes = state.read_bytes()
-    bs.heads.create(name, size=_size(rec, len(state_bytes)), extent_size=EXTENT_SIZE,
+    state_bytes = (images / rec.image / "state").read_bytes()
+    pieces = itertools.chain(
+        data_pieces(images / rec.ram_from / "ram", EXTENT_SIZE),
+        [(rec.memory_mib << 20, len(state_bytes).to_bytes(_LEN, "big") + state_bytes)],
+    )
+    _write_volume(bs, name, _size(rec, len(state_bytes)), pieces)
+    return name
+
+
+def _write_volume(bs: Blockstore, name: str, size: int,
+                  pieces: Iterable[tuple[int, bytes]]) -> None:  # fmt: skip
+    """A new volume ``name`` of ``size`` bytes holding ``pieces`` (offset, bytes),
+    committed; none when any step fails."""
+    bs.heads.create(name, size=-(-size // EXTENT_SIZE) * EXTENT_SIZE, extent_size=EXTENT_SIZE,
                     durability="local", commit_interval=5.0,
                     max_dirty=DEFAULT_MAX_DIRTY)  # fmt: skip
     try:
         vol = bs.open(name)
         try:
-            for offset, data in data_pieces(ram, EXTENT_SIZE):
+            for offset, data in pieces:
                 vol.write(offset, data)
-            vol.write(rec.memory_mib << 20, len(state_bytes).to_bytes(_LEN, "big") + state_bytes)
         finally:
             vol.close()  # commits
     except BaseException:
         bs.remove(name)
         raise
-    return name
 
 
 def fetch(bs: Blockstore, images: Path, rec: ImageRecord) -> None:
@@ -134,20 +142,7 @@ def upload_env(bs: Blockstore, image: Path, sha256: str) -> str:
     name = env_volume_name(sha256)
     if any(v.name == name for v in bs.volumes()):
         return name
-    size = image.stat().st_size
-    bs.heads.create(name, size=-(-size // EXTENT_SIZE) * EXTENT_SIZE, extent_size=EXTENT_SIZE,
-                    durability="local", commit_interval=5.0,
-                    max_dirty=DEFAULT_MAX_DIRTY)  # fmt: skip
-    try:
-        vol = bs.open(name)
-        try:
-            for offset, data in data_pieces(image, EXTENT_SIZE):
-                vol.write(offset, data)
-        finally:
-            vol.close()  # commits
-    except BaseException:
-        bs.remove(name)
-        raise
+    _write_volume(bs, name, image.stat().st_size, data_pieces(image, EXTENT_SIZE))
     return name
 
 
