@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "node"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "envstore"))
 
 from attachtool import settings_under
+from vm_support import Vms, vms
 
 from loft.blockstore import Blockstore
 
@@ -24,3 +25,10 @@ def bs(tmp_path: Path) -> Iterator[Blockstore]:
     store = Blockstore.from_settings(settings_under(tmp_path))
     yield store
     store.close()
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[Vms]:
+    """A served node and a VM runtime over it (``vm_support.vms``)."""
+    with vms(tmp_path) as v:
+        yield v

@@ -11,12 +11,11 @@ import os
 import shutil
 import stat
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from runtime_support import environment, example
-from vm_support import BUSYBOX_ENV, Vms, busybox_env, needs_qemu, vms
+from vm_support import BUSYBOX_ENV, Vms, busybox_env, needs_qemu
 
 from loft.runtime.errors import WorkspaceError
 from loft.runtime.spec import EnvironmentView, ExecRequest
@@ -86,12 +85,6 @@ def test_env_disk_prunes_only_unused_images_of_gone_environments(tmp_path: Path)
     assert not disks[unused.path].path.exists()
     assert not disks[unused.path].path.with_suffix(".sha256").exists()
     assert disks[pinned.path].path.exists() and disks[kept.path].path.exists()
-
-
-@pytest.fixture
-def node(tmp_path: Path) -> Iterator[Vms]:
-    with vms(tmp_path) as v:
-        yield v
 
 
 @pytest.fixture(scope="module")

@@ -12,12 +12,11 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from vm_support import Vms, needs_qemu, vms
+from vm_support import Vms, needs_qemu, sh
 
 from loft.procfs import proc_stat
 from loft.runtime.errors import WorkspaceError
@@ -28,18 +27,6 @@ from loft.runtime.spec import ExecRequest, WindowSize
 from loft.runtime.vm import VmRuntime
 
 pytestmark = [pytest.mark.serial, needs_qemu]
-
-
-@pytest.fixture
-def node(tmp_path: Path) -> Iterator[Vms]:
-    with vms(tmp_path) as v:
-        yield v
-
-
-def _sh(node: Vms, ws: str, script: str, user: int = 0) -> str:
-    done = node.runtime.run(ws, ExecRequest(("sh", "-c", script), user=user, cwd="/"), timeout=30)
-    assert done.status == 0, (done.status, done.stdout, done.stderr)
-    return done.stdout.decode()
 
 
 @pytest.mark.timeout(120)
@@ -60,20 +47,20 @@ COUNTER = "i=0; while :; do i=$((i+1)); echo $i > /tmp/count; usleep 50000; done
 
 def _start_counter(node: Vms, ws: str) -> int:
     """A counter in the background of the guest; its pid."""
-    out = _sh(node, ws, f"setsid sh -c '{COUNTER}' </dev/null >/dev/null 2>&1 & echo $!")
+    out = sh(node, ws, f"setsid sh -c '{COUNTER}' </dev/null >/dev/null 2>&1 & echo $!")
     return int(out)
 
 
 def _count(node: Vms, ws: str) -> int:
-    return int(_sh(node, ws, "cat /tmp/count") or 0)
+    return int(sh(node, ws, "cat /tmp/count") or 0)
 
 
 def _counter_runs_on(node: Vms, ws: str, pid: int, before: int) -> None:
     """The counter of pid ``pid`` is still alive and counts on from ``before``."""
-    assert _sh(node, ws, f"kill -0 {pid} && echo alive").strip() == "alive"
+    assert sh(node, ws, f"kill -0 {pid} && echo alive").strip() == "alive"
     first = _count(node, ws)
     assert first >= before
-    _sh(node, ws, "sleep 0.5")
+    sh(node, ws, "sleep 0.5")
     assert _count(node, ws) > first
 
 
@@ -83,7 +70,7 @@ def test_vm_suspend_resume_keeps_processes(node: Vms, keep: bool) -> None:
     spec = node.spec()
     node.runtime.start(spec)
     pid = _start_counter(node, spec.id)
-    _sh(node, spec.id, "sleep 0.3")
+    sh(node, spec.id, "sleep 0.3")
     rt = node.runtime
     qemu = rt.status(spec.id).pid
     rt.suspend(spec.id, keep=keep)
@@ -92,7 +79,7 @@ def test_vm_suspend_resume_keeps_processes(node: Vms, keep: bool) -> None:
     assert (proc_stat(qemu) is not None) is keep  # warm: QEMU is gone, the image stays
     time.sleep(3)  # the guest's clock stands still meanwhile; the resume sets it
     rt.resume(spec.id)
-    assert abs(float(_sh(node, spec.id, "date +%s")) - time.time()) < 2
+    assert abs(float(sh(node, spec.id, "date +%s")) - time.time()) < 2
     assert rt.status(spec.id).phase is Phase.RUNNING
     assert not rt.suspended(spec.id)  # the image is void once the VM runs again
     _counter_runs_on(node, spec.id, pid, 1)
@@ -109,7 +96,7 @@ def test_vm_start_resumes_a_suspended_vm(node: Vms) -> None:
     spec = node.spec()
     node.runtime.start(spec)
     pid = _start_counter(node, spec.id)
-    _sh(node, spec.id, "sleep 0.3")
+    sh(node, spec.id, "sleep 0.3")
     node.runtime.suspend(spec.id)
     # a new runtime (an agent restart) starts it: from the image, not a boot
     rt = VmRuntime(node.runtime.root.parents[1], node.runtime.disk, guest=node.runtime.guest_dir)
@@ -139,13 +126,13 @@ def test_vm_disk_writes_reach_the_volume_and_survive_kill(node: Vms, tmp_path: P
     spec = node.spec()
     rt = node.runtime
     rt.start(spec)
-    _sh(node, spec.id, "echo written-in-the-guest > /root/one && sync")
+    sh(node, spec.id, "echo written-in-the-guest > /root/one && sync")
     image = _export(node, spec.id, tmp_path / "one.img")
     assert _debugfs_cat(image, "/root/one") == b"written-in-the-guest\n"
 
     # flushed, then QEMU killed: nothing flushed is lost, and the workspace boots again
-    _sh(node, spec.id, "head -c 3000000 /dev/urandom > /root/two && sync && md5sum /root/two")
-    digest = _sh(node, spec.id, "md5sum /root/two").split()[0]
+    sh(node, spec.id, "head -c 3000000 /dev/urandom > /root/two && sync && md5sum /root/two")
+    digest = sh(node, spec.id, "md5sum /root/two").split()[0]
     os.kill(rt.status(spec.id).pid, signal.SIGKILL)
     deadline = time.monotonic() + 10
     while rt.status(spec.id).phase is not Phase.STOPPED:
@@ -154,7 +141,7 @@ def test_vm_disk_writes_reach_the_volume_and_survive_kill(node: Vms, tmp_path: P
     image = _export(node, spec.id, tmp_path / "two.img")
     assert hashlib.md5(_debugfs_cat(image, "/root/two")).hexdigest() == digest
     rt.start(spec)
-    assert _sh(node, spec.id, "md5sum /root/two; cat /root/one").split() == [
+    assert sh(node, spec.id, "md5sum /root/two; cat /root/one").split() == [
         digest, "/root/two", "written-in-the-guest"]  # fmt: skip
     rt.stop(spec.id)
 
@@ -232,7 +219,7 @@ def test_vm_damaged_or_foreign_suspend_image_is_refused(node: Vms) -> None:
     rt.stop(spec.id)
     assert not rt.suspended(spec.id)
     rt.start(spec)
-    assert _sh(node, spec.id, "echo back") == "back\n"
+    assert sh(node, spec.id, "echo back") == "back\n"
     rt.stop(spec.id)
     assert _qemus_of(node) == []
 
@@ -246,11 +233,11 @@ def test_vm_concurrent_execs_freezes_and_files(node: Vms) -> None:
                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)  # fmt: skip
     assert long.stdout is not None and long.stdout.readline() == b"started\n"
     # another command runs while the first holds its channel
-    assert _sh(node, spec.id, "ps -o args | grep -c '^[s]leep 300' || true").strip() == "1"
+    assert sh(node, spec.id, "ps -o args | grep -c '^[s]leep 300' || true").strip() == "1"
     long.kill()  # the caller leaves: the command dies in the guest
     long.wait()
     deadline = time.monotonic() + 10
-    while _sh(node, spec.id, "ps -o args | grep -c '^[s]leep 300' || true").strip() != "0":
+    while sh(node, spec.id, "ps -o args | grep -c '^[s]leep 300' || true").strip() != "0":
         assert time.monotonic() < deadline, "the command outlived its caller"
         time.sleep(0.1)
 
@@ -260,7 +247,7 @@ def test_vm_concurrent_execs_freezes_and_files(node: Vms) -> None:
                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
     time.sleep(2)  # its pipes fill, its channel runs out of credit
     t0 = time.monotonic()
-    assert _sh(node, spec.id, "echo quick") == "quick\n"
+    assert sh(node, spec.id, "echo quick") == "quick\n"
     assert time.monotonic() - t0 < 5
     out, err = big.communicate(timeout=60)
     assert (len(out), out.strip(b"x"), err) == (20_000_000, b"", b"end\n")
@@ -275,7 +262,7 @@ def test_vm_concurrent_execs_freezes_and_files(node: Vms) -> None:
     feeder.start()
     time.sleep(1)
     t0 = time.monotonic()
-    assert _sh(node, spec.id, "echo quick") == "quick\n"
+    assert sh(node, spec.id, "echo quick") == "quick\n"
     assert time.monotonic() - t0 < 2
     feeder.join(60)
     assert slow.returncode == 0 and counted[0].split() == [b"5000000"]
@@ -286,7 +273,7 @@ def test_vm_concurrent_execs_freezes_and_files(node: Vms) -> None:
 
     rt.write_file(spec.id, "/root/f", b"x" * 100_000, 0o600)
     assert rt.read_file(spec.id, "/root/f") == b"x" * 100_000
-    assert _sh(node, spec.id, "stat -c %a /root/f").strip() == "600"
+    assert sh(node, spec.id, "stat -c %a /root/f").strip() == "600"
     with pytest.raises(WorkspaceError, match="No such file"):
         rt.read_file(spec.id, "/root/missing")
     with pytest.raises(WorkspaceError, match="more than"):
@@ -303,7 +290,7 @@ def test_vm_concurrent_execs_freezes_and_files(node: Vms) -> None:
     rt.freeze(spec.id)
     assert rt.status(spec.id).phase is Phase.PAUSED
     rt.thaw(spec.id)
-    assert _sh(node, spec.id, "cat /root/w") == "w\n"
+    assert sh(node, spec.id, "cat /root/w") == "w\n"
     stats = rt.stats(spec.id)
     assert 0 < stats.memory <= stats.memory_peak and stats.memory_limit == 256 << 20
     rt.stop(spec.id)
@@ -393,7 +380,7 @@ def test_vm_forward_a_port_through_the_agent(node: Vms, tmp_path: Path) -> None:
     rt = node.runtime
     spec = node.spec()
     rt.start(spec)
-    _sh(node, spec.id, "mkdir -p /srv/www && echo served > /srv/www/index.html && "
+    sh(node, spec.id, "mkdir -p /srv/www && echo served > /srv/www/index.html && "
                        "httpd -p 127.0.0.1:8000 -h /srv/www")  # fmt: skip
     path = tmp_path / "fwd.sock"
     fwd = rt.forward(spec.id, 8000, unix_listener(path))
@@ -404,7 +391,7 @@ def test_vm_forward_a_port_through_the_agent(node: Vms, tmp_path: Path) -> None:
     assert all(_http_get(path).endswith(b"served\n") for _ in range(5))
     closed = rt.forward(spec.id, 8001, unix_listener(tmp_path / "none.sock"))
     assert _http_get(tmp_path / "none.sock") == b""
-    assert _sh(node, spec.id, "echo alive") == "alive\n"
+    assert sh(node, spec.id, "echo alive") == "alive\n"
     # one connection, as the preview proxy makes them
     with rt.connect(spec.id, 8000) as conn:
         conn.sendall(b"GET /index.html HTTP/1.0\r\n\r\n")
@@ -440,7 +427,7 @@ def test_vm_kept_command_outlives_a_suspend_and_is_taken_up_again(node: Vms) -> 
     assert kept.wait(10) == DETACHED  # its relay ends, the command does not
     rt.resume(spec.id)
     for n in range(12):  # more channels than the old connection had opened
-        assert _sh(node, spec.id, f"echo {n}") == f"{n}\n"
+        assert sh(node, spec.id, f"echo {n}") == f"{n}\n"
     again = rt.attach_kept(spec.id, stdout=subprocess.PIPE)
     assert again.stdout is not None
     after = b""
@@ -449,7 +436,7 @@ def test_vm_kept_command_outlives_a_suspend_and_is_taken_up_again(node: Vms) -> 
     seen, taken = _numbers(before), _numbers(after)
     assert taken[0] > seen[-1]  # counted on, not restarted
     assert taken == list(range(taken[0], taken[0] + len(taken)))  # kept, then live: no gap
-    _sh(node, spec.id, "kill $(cat /tmp/kept.pid)")
+    sh(node, spec.id, "kill $(cat /tmp/kept.pid)")
     assert again.wait(10) == 128 + signal.SIGTERM
     gone = rt.attach_kept(spec.id, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = gone.communicate(timeout=10)

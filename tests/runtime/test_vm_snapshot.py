@@ -5,19 +5,17 @@ At most two VMs run at once."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from nodetool import Node
-from vm_support import GUEST, Vms, needs_qemu, vms
+from vm_support import GUEST, Vms, needs_qemu, sh
 
 from loft.blockstore import Blockstore
 from loft.config import Settings
 from loft.runtime.errors import WorkspaceError
 from loft.runtime.interface import RuntimeSnapshot
 from loft.runtime.phase import Phase
-from loft.runtime.spec import ExecRequest
 from loft.runtime.vm import NbdDisk, VmRuntime
 from loft.runtime.vm_image import decode_record
 
@@ -26,28 +24,16 @@ pytestmark = [pytest.mark.serial, needs_qemu]
 COUNTER = "i=0; while :; do i=$((i+1)); echo $i > /tmp/count; usleep 50000; done"
 
 
-@pytest.fixture
-def node(tmp_path: Path) -> Iterator[Vms]:
-    with vms(tmp_path) as v:
-        yield v
-
-
-def _sh(node: Vms, ws: str, script: str) -> str:
-    done = node.runtime.run(ws, ExecRequest(("sh", "-c", script), user=0, cwd="/"), timeout=30)
-    assert done.status == 0, (done.status, done.stdout, done.stderr)
-    return done.stdout.decode()
-
-
 def _counter(node: Vms, ws: str) -> tuple[int, int]:
     """(pid, count) of the counter that started first in ``ws``."""
-    pid = int(_sh(node, ws, "cat /tmp/counter.pid"))
-    return pid, int(_sh(node, ws, "cat /tmp/count"))
+    pid = int(sh(node, ws, "cat /tmp/counter.pid"))
+    return pid, int(sh(node, ws, "cat /tmp/count"))
 
 
 def _start_counter(node: Vms, ws: str) -> int:
-    out = _sh(node, ws, f"setsid sh -c '{COUNTER}' </dev/null >/dev/null 2>&1 & echo $! "
+    out = sh(node, ws, f"setsid sh -c '{COUNTER}' </dev/null >/dev/null 2>&1 & echo $! "
                         "| tee /tmp/counter.pid")  # fmt: skip
-    _sh(node, ws, "sleep 0.5")
+    sh(node, ws, "sleep 0.5")
     return int(out)
 
 
@@ -61,7 +47,7 @@ def test_vm_snapshot_restore_continues_from_the_snapshot(node: Vms) -> None:
     snap = rt.snapshot(spec.id)
     node.node.node.loft("volume", "snapshot", spec.id, "s1")
     rt.thaw(spec.id)
-    _sh(node, spec.id, "echo after > /root/after; sleep 1; sync")
+    sh(node, spec.id, "echo after > /root/after; sleep 1; sync")
     _, later = _counter(node, spec.id)
 
     rt.stop(spec.id)
@@ -69,8 +55,8 @@ def test_vm_snapshot_restore_continues_from_the_snapshot(node: Vms) -> None:
     rt.restore(spec, snap)
     got_pid, count = _counter(node, spec.id)
     assert got_pid == pid and count < later  # back at the snapshot, not where it stopped
-    assert _sh(node, spec.id, "cat /root/after 2>/dev/null || echo gone") == "gone\n"
-    _sh(node, spec.id, "sleep 0.5")
+    assert sh(node, spec.id, "cat /root/after 2>/dev/null || echo gone") == "gone\n"
+    sh(node, spec.id, "sleep 0.5")
     assert _counter(node, spec.id)[1] > count  # and it counts on
 
     # a restored VM has its own RAM file: it suspends with device state only, and resumes
@@ -101,13 +87,13 @@ def test_vm_live_fork_diverges(node: Vms) -> None:
 
     for ws in (src.id, fork.id):
         assert _counter(node, ws)[0] == pid
-    _sh(node, fork.id, "echo fork > /dev/shm/mem; echo fork > /root/disk; sync")
-    _sh(node, src.id, "echo src > /dev/shm/mem; echo src > /root/disk; sync")
-    assert _sh(node, fork.id, "cat /dev/shm/mem /root/disk") == "fork\nfork\n"
-    assert _sh(node, src.id, "cat /dev/shm/mem /root/disk") == "src\nsrc\n"
+    sh(node, fork.id, "echo fork > /dev/shm/mem; echo fork > /root/disk; sync")
+    sh(node, src.id, "echo src > /dev/shm/mem; echo src > /root/disk; sync")
+    assert sh(node, fork.id, "cat /dev/shm/mem /root/disk") == "fork\nfork\n"
+    assert sh(node, src.id, "cat /dev/shm/mem /root/disk") == "src\nsrc\n"
     rng = "head -c 32 /dev/urandom | md5sum"
-    assert _sh(node, src.id, rng) != _sh(node, fork.id, rng)
-    _sh(node, fork.id, "sleep 0.3")
+    assert sh(node, src.id, rng) != sh(node, fork.id, rng)
+    sh(node, fork.id, "sleep 0.3")
     assert _counter(node, fork.id)[1] > 0 and _counter(node, src.id)[1] > 0
 
     # the fork runs from a RAM file of its own: the image may go while it runs
@@ -169,7 +155,7 @@ def test_vm_cold_restore_on_another_node_from_the_chunk_store(node: Vms, tmp_pat
         b = Vms(rt_b, node.node, tmp_path)
         got_pid, got = _counter(b, spec.id)
         assert got_pid == pid and got >= count
-        _sh(b, spec.id, "sleep 0.5")
+        sh(b, spec.id, "sleep 0.5")
         assert _counter(b, spec.id)[1] > got
         # the image came whole from the chunk store: its state matches the record, and
         # the environment disk is the very one node A's guest had mounted, not rebuilt

@@ -7,15 +7,12 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from vm_support import BUSYBOX_ENV, Vms, needs_qemu, vms
+from vm_support import BUSYBOX_ENV, Vms, needs_qemu, sh
 
 from loft.runtime.errors import WorkspaceError
 from loft.runtime.phase import Phase
-from loft.runtime.spec import ExecRequest
 from loft.runtime.vm_cold import EXTENT_SIZE
 from loft.runtime.vm_store import (
     SuspendHeader,
@@ -31,35 +28,23 @@ COUNTER = "i=0; while :; do i=$((i+1)); echo $i > /tmp/count; usleep 50000; done
 DISK = "d" * 64
 
 
-@pytest.fixture
-def node(tmp_path: Path) -> Iterator[Vms]:
-    with vms(tmp_path) as v:
-        yield v
-
-
-def _sh(node: Vms, ws: str, script: str) -> str:
-    done = node.runtime.run(ws, ExecRequest(("sh", "-c", script), user=0, cwd="/"), timeout=30)
-    assert done.status == 0, (done.status, done.stdout, done.stderr)
-    return done.stdout.decode()
-
-
 @needs_qemu
 @pytest.mark.timeout(240)
 def test_vm_suspend_upload_is_incremental_and_resumes_from_the_store(node: Vms) -> None:
     rt, bs = node.runtime, node.node.bs
     spec = node.spec()
     rt.start(spec)
-    pid = int(_sh(node, spec.id, f"setsid sh -c '{COUNTER}' </dev/null >/dev/null 2>&1 & "
+    pid = int(sh(node, spec.id, f"setsid sh -c '{COUNTER}' </dev/null >/dev/null 2>&1 & "
                                  "echo $!"))  # fmt: skip
     # 32 MiB nothing else holds (random), so the first upload has to store it
-    _sh(node, spec.id, "head -c 33554432 /dev/urandom > /dev/shm/fill; sleep 0.3")
+    sh(node, spec.id, "head -c 33554432 /dev/urandom > /dev/shm/fill; sleep 0.3")
     rt.suspend(spec.id)
     first = rt.upload_suspend(spec.id, DISK)
     assert first.volume == volume_name(spec.id)
     assert first.stored_bytes > 32 << 20, first
     # the same VM, run a little (1 MiB more in its tmpfs), suspended again
     rt.start(spec)
-    _sh(node, spec.id, "head -c 1048576 /dev/urandom > /dev/shm/more; sleep 0.3")
+    sh(node, spec.id, "head -c 1048576 /dev/urandom > /dev/shm/more; sleep 0.3")
     rt.suspend(spec.id)
     second = rt.upload_suspend(spec.id, DISK)
     assert second.extents_written < first.extents_written / 2, (first, second)
@@ -79,11 +64,11 @@ def test_vm_suspend_upload_is_incremental_and_resumes_from_the_store(node: Vms) 
     assert rt.fetch_suspend(spec, DISK)
     assert hashlib.sha256((rt.dir(spec.id) / "env.img").read_bytes()).hexdigest() == env_sha
     rt.start(spec)
-    assert _sh(node, spec.id, f"kill -0 {pid} && echo alive") == "alive\n"
-    count = int(_sh(node, spec.id, "cat /tmp/count"))
-    _sh(node, spec.id, "sleep 0.4")
-    assert int(_sh(node, spec.id, "cat /tmp/count")) > count
-    assert _sh(node, spec.id, "wc -c < /dev/shm/more") == "1048576\n"
+    assert sh(node, spec.id, f"kill -0 {pid} && echo alive") == "alive\n"
+    count = int(sh(node, spec.id, "cat /tmp/count"))
+    sh(node, spec.id, "sleep 0.4")
+    assert int(sh(node, spec.id, "cat /tmp/count")) > count
+    assert sh(node, spec.id, "wc -c < /dev/shm/more") == "1048576\n"
 
     # a RAM extent changed in the store: refused, nothing left here, nothing running
     rt.suspend(spec.id)

@@ -17,7 +17,7 @@ import pytest
 from attachtool import Served, served_node
 
 from loft.isolation.userns import IdRange
-from loft.runtime.spec import EnvironmentView, Limits, Network, WorkspaceSpec
+from loft.runtime.spec import EnvironmentView, ExecRequest, Limits, Network, WorkspaceSpec
 from loft.runtime.template import create_workspace_volume
 from loft.runtime.vm import NbdDisk, VmRuntime
 
@@ -87,3 +87,12 @@ def vms(tmp_path: Path, egress_netns: Path | None = None) -> Iterator[Vms]:
         finally:
             for ws in list(runtime._live) + sorted(p.name for p in runtime.root.glob("*")):
                 runtime._teardown(ws)
+
+
+def sh(node: Vms, ws: str, script: str, user: int = 0) -> str:
+    """``sh -c script`` in workspace ``ws`` (as root unless ``user``), which must succeed;
+    its output."""
+    done = node.runtime.run(ws, ExecRequest(("sh", "-c", script), user=user, cwd="/"),
+                            timeout=30)  # fmt: skip
+    assert done.status == 0, (done.status, done.stdout, done.stderr)
+    return done.stdout.decode()
