@@ -37,7 +37,7 @@ from pathlib import Path
 from loft.runtime.errors import WorkspaceError
 from loft.runtime.spec import EnvironmentView
 
-__all__ = ["EnvDisk", "build_env_disk", "check_env_name"]
+__all__ = ["EnvDisk", "build_env_disk", "check_env_name", "check_env_ref"]
 
 _NAME = re.compile(r"[0-9a-z]{32}-[0-9A-Za-z+._?=-]{1,180}")
 #: ext4's block; every file, directory and long symlink takes at least one.
@@ -65,6 +65,15 @@ def check_env_name(name: str) -> str:
     if not _NAME.fullmatch(name):
         raise ValueError(f"bad environment name {name!r}")
     return name
+
+
+def check_env_ref(name: str, sha256: str) -> None:
+    """ValueError unless (``name``, ``sha256``) names an environment disk, or is
+    ("", ""): none (how a snapshot record or a suspend header names the disk)."""
+    if name:
+        check_env_name(name)
+    if bool(name) != bool(re.fullmatch(r"[0-9a-f]{64}", sha256)):
+        raise ValueError("bad environment disk digest")
 
 
 def build_env_disk(env: EnvironmentView, cache: Path) -> EnvDisk:

@@ -25,18 +25,22 @@ import os
 import re
 import struct
 import zlib
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from loft.runtime.errors import WorkspaceError
-from loft.runtime.vm_envdisk import check_env_name
+from loft.runtime.vm_envdisk import check_env_ref
 
 __all__ = [
     "FORMAT",
     "MAGIC",
     "ImageRecord",
     "copy_sparse",
+    "decode_framed",
     "decode_record",
+    "encode_framed",
     "encode_record",
     "sha256_file",
 ]
@@ -74,35 +78,53 @@ class ImageRecord:
             raise ValueError("bad state digest")
         if not 0 < self.memory_mib <= 1 << 22:
             raise ValueError(f"bad memory size {self.memory_mib} MiB")
-        if self.env:
-            check_env_name(self.env)
-        if bool(self.env) != bool(re.fullmatch(r"[0-9a-f]{64}", self.env_sha256)):
-            raise ValueError("bad environment disk digest")
+        check_env_ref(self.env, self.env_sha256)
+
+
+def encode_framed(magic: bytes, fmt: int, fields: Mapping[str, object]) -> bytes:
+    """``fields`` framed as loft frames what it records of a VM's memory (snapshot
+    records, suspend headers): magic, format, length-prefixed JSON, CRC32 of all before."""
+    body = json.dumps(fields, sort_keys=True).encode()
+    data = magic + struct.pack(">II", fmt, len(body)) + body
+    return data + struct.pack(">I", zlib.crc32(data))
+
+
+def decode_framed(data: bytes, magic: bytes, fmt: int, limit: int, what: str,
+                  hint: str = "") -> dict[str, Any]:  # fmt: skip
+    """The fields :func:`encode_framed` framed in ``data`` (at most ``limit`` bytes);
+    WorkspaceError naming ``what`` when it is not one, of another format or damaged."""
+    head = len(magic) + 8
+    if len(data) > limit or len(data) < head + 4 or not data.startswith(magic):
+        raise WorkspaceError(f"not a {what}")
+    got, length = struct.unpack_from(">II", data, len(magic))
+    if got != fmt:
+        raise WorkspaceError(f"{what} format {got} is not {fmt}", hint=hint)
+    if len(data) != head + length + 4 or zlib.crc32(data[:-4]) != int.from_bytes(data[-4:], "big"):
+        raise WorkspaceError(f"the {what} is damaged (checksum mismatch)")
+    try:
+        fields = json.loads(data[head:-4])
+    except ValueError as e:
+        raise WorkspaceError(f"the {what} is damaged: {e}") from e
+    if not isinstance(fields, dict):
+        raise WorkspaceError(f"the {what} is damaged: not an object")
+    return fields
 
 
 def encode_record(rec: ImageRecord) -> bytes:
-    """The bytes of ``rec``: magic, format, length-prefixed JSON, CRC32 of all before."""
-    body = json.dumps(asdict(rec), sort_keys=True).encode()
-    data = MAGIC + struct.pack(">II", FORMAT, len(body)) + body
-    return data + struct.pack(">I", zlib.crc32(data))
+    """The bytes of ``rec`` (:func:`encode_framed`)."""
+    return encode_framed(MAGIC, FORMAT, asdict(rec))
 
 
 def decode_record(data: bytes) -> ImageRecord:
     """The record in ``data``; WorkspaceError when it is damaged, of another format, or
     not a VM memory snapshot at all."""
-    head = len(MAGIC) + 8
-    if len(data) > _MAX_RECORD or len(data) < head + 4 or not data.startswith(MAGIC):
-        raise WorkspaceError("not a VM memory snapshot record")
-    fmt, length = struct.unpack_from(">II", data, len(MAGIC))
-    if fmt != FORMAT:
-        raise WorkspaceError(f"VM snapshot format {fmt} is not {FORMAT}",
-                             hint="restore it with the loft version that took it")  # fmt: skip
-    if len(data) != head + length + 4 or zlib.crc32(data[:-4]) != int.from_bytes(data[-4:], "big"):
-        raise WorkspaceError("the VM snapshot record is damaged (checksum mismatch)")
+    what = "VM memory snapshot record"
+    fields = decode_framed(data, MAGIC, FORMAT, _MAX_RECORD, what,
+                           hint="restore it with the loft version that took it")  # fmt: skip
     try:
-        return ImageRecord(**json.loads(data[head:-4]))
+        return ImageRecord(**fields)
     except (ValueError, TypeError) as e:
-        raise WorkspaceError(f"the VM snapshot record is damaged: {e}") from e
+        raise WorkspaceError(f"the {what} is damaged: {e}") from e
 
 
 def sha256_file(path: Path) -> str:

@@ -33,12 +33,9 @@ from its disk instead. Memory and disk always agree.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
-import struct
 import time
-import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -46,7 +43,8 @@ from loft.blockstore import Blockstore
 from loft.blockstore.chunks import ZERO_HASH
 from loft.runtime.errors import WorkspaceError
 from loft.runtime.vm_cold import EXTENT_SIZE, data_pieces
-from loft.runtime.vm_envdisk import EnvDisk, check_env_name
+from loft.runtime.vm_envdisk import EnvDisk, check_env_ref
+from loft.runtime.vm_image import decode_framed, encode_framed
 
 __all__ = [
     "MAGIC",
@@ -103,10 +101,7 @@ class SuspendHeader:
         for value in (self.state_sha256, self.ram_sum, self.disk_root):
             if not _HEX64.fullmatch(value):
                 raise ValueError(f"bad digest {value!r}")
-        if self.env:
-            check_env_name(self.env)
-        if bool(self.env) != bool(_HEX64.fullmatch(self.env_sha256)):
-            raise ValueError("bad environment disk digest")
+        check_env_ref(self.env, self.env_sha256)
         if not 0 < self.memory_mib <= 1 << 22:
             raise ValueError(f"bad memory size {self.memory_mib} MiB")
         if not 0 < self.state_len <= (self.memory_mib << 20) + _STATE_SLACK:
@@ -131,26 +126,18 @@ def volume_name(workspace: str) -> str:
 
 
 def encode_header(h: SuspendHeader) -> bytes:
-    """The bytes of ``h``: magic, format, length-prefixed JSON, CRC32 of all before."""
-    body = json.dumps(asdict(h), sort_keys=True).encode()
-    data = MAGIC + struct.pack(">II", _FORMAT, len(body)) + body
-    return data + struct.pack(">I", zlib.crc32(data))
+    """The bytes of ``h`` (:func:`~loft.runtime.vm_image.encode_framed`)."""
+    return encode_framed(MAGIC, _FORMAT, asdict(h))
 
 
 def decode_header(data: bytes) -> SuspendHeader:
     """The header in ``data``; WorkspaceError when it is damaged or not one."""
-    head = len(MAGIC) + 8
-    if len(data) > _MAX_HEADER or len(data) < head + 4 or not data.startswith(MAGIC):
-        raise WorkspaceError("not a VM suspend image")
-    fmt, length = struct.unpack_from(">II", data, len(MAGIC))
-    if fmt != _FORMAT:
-        raise WorkspaceError(f"VM suspend image format {fmt} is not {_FORMAT}")
-    if len(data) != head + length + 4 or zlib.crc32(data[:-4]) != int.from_bytes(data[-4:], "big"):
-        raise WorkspaceError("the VM suspend image's header is damaged (checksum mismatch)")
+    what = "VM suspend image header"
+    fields = decode_framed(data, MAGIC, _FORMAT, _MAX_HEADER, what)
     try:
-        return SuspendHeader(**json.loads(data[head:-4]))
+        return SuspendHeader(**fields)
     except (ValueError, TypeError) as e:
-        raise WorkspaceError(f"the VM suspend image's header is damaged: {e}") from e
+        raise WorkspaceError(f"the {what} is damaged: {e}") from e
 
 
 def _size(memory: int, state_len: int) -> int:
