@@ -5,7 +5,9 @@ after a restore, any damaged record refused."""
 from __future__ import annotations
 
 import json
+import os
 import struct
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -13,7 +15,8 @@ from hypothesis import strategies as st
 
 from loft.runtime.errors import WorkspaceError
 from loft.runtime.qmp import MAX_LINE, QmpCodec, QmpError
-from loft.runtime.vm_image import ImageRecord, decode_record, encode_record
+from loft.runtime.vm_cold import data_pieces
+from loft.runtime.vm_image import ImageRecord, copy_sparse, decode_record, encode_record
 from loft.runtime.vm_protocol import (
     HEADER,
     MAGIC,
@@ -164,3 +167,23 @@ def test_image_record_round_trips_and_any_flipped_bit_is_refused(
 def test_image_record_refuses_ids_that_could_escape_the_images_dir() -> None:
     with pytest.raises(ValueError):
         ImageRecord("../" + "0" * 29, "ws", 256, "0" * 32, "0" * 64)
+
+
+def test_sparse_ram_file_pieces_and_copy(tmp_path: Path) -> None:
+    """A RAM file's data ranges: each 1 MiB piece holding anything but zeros comes once
+    (two pages in one piece, with a hole between, do not read it twice), a piece of
+    written zeros and the holes not at all, and a sparse copy is the same bytes."""
+    ram = tmp_path / "ram"
+    pages = {0: b"a", 4096 * 3: b"b", 4096 * 200: b"c", (5 << 20) + 8192: b"\0", 7 << 20: b"d"}
+    with open(ram, "wb") as f:
+        f.truncate(8 << 20)
+        for offset, byte in pages.items():
+            f.seek(offset)
+            f.write(byte * 4096)
+    got = list(data_pieces(ram, 1 << 20))
+    data = ram.read_bytes()
+    assert [o for o, _ in got] == [0, 7 << 20]
+    assert all(piece == data[o : o + (1 << 20)] for o, piece in got)
+    copy_sparse(ram, tmp_path / "copy")
+    assert (tmp_path / "copy").read_bytes() == data
+    assert os.stat(tmp_path / "copy").st_blocks < os.stat(tmp_path / "copy").st_size // 512 // 8

@@ -29,7 +29,7 @@ from pathlib import Path
 from loft.blockstore import Blockstore
 from loft.blockstore.api import DEFAULT_MAX_DIRTY
 from loft.runtime.errors import WorkspaceError
-from loft.runtime.vm_image import ImageRecord, sha256_file
+from loft.runtime.vm_image import ImageRecord, data_ranges, sha256_file
 
 __all__ = [
     "EXTENT_SIZE",
@@ -180,16 +180,10 @@ def data_pieces(path: Path, piece: int) -> Iterator[tuple[int, bytes]]:
     with open(path, "rb") as f:
         fd = f.fileno()
         end = os.fstat(fd).st_size
-        pos = 0
-        while pos < end:
-            try:
-                data_at = os.lseek(fd, pos, os.SEEK_DATA)
-            except OSError:  # ENXIO: only a hole is left
-                return
-            start = data_at - data_at % piece
-            hole = os.lseek(fd, data_at, os.SEEK_HOLE)
-            for offset in range(start, hole, piece):
+        unread = 0  # pieces before it are read (two data ranges may share one)
+        for data_at, hole in data_ranges(fd):
+            for offset in range(max(data_at - data_at % piece, unread), hole, piece):
                 data = os.pread(fd, min(piece, end - offset), offset)
                 if data != zero[: len(data)]:
                     yield offset, data
-            pos = max(hole, start + piece)
+                unread = offset + piece

@@ -25,7 +25,7 @@ import os
 import re
 import struct
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ __all__ = [
     "MAGIC",
     "ImageRecord",
     "copy_sparse",
+    "data_ranges",
     "decode_framed",
     "decode_record",
     "encode_framed",
@@ -136,6 +137,20 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def data_ranges(fd: int) -> Iterator[tuple[int, int]]:
+    """``[start, end)`` of each data range of file ``fd`` (``SEEK_DATA``/``SEEK_HOLE``):
+    what a sparse RAM file holds, the rest holes."""
+    size = os.fstat(fd).st_size
+    pos = 0
+    while pos < size:
+        try:
+            start = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError:  # ENXIO: only a hole is left
+            return
+        pos = os.lseek(fd, start, os.SEEK_HOLE)
+        yield start, pos
+
+
 def copy_sparse(src: Path, dst: Path) -> None:
     """Copy ``src`` to a new ``dst`` (0600) through its data ranges only, so the holes of
     a RAM file (pages the guest never touched) stay holes; fsynced."""
@@ -145,19 +160,12 @@ def copy_sparse(src: Path, dst: Path) -> None:
         fd_out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             os.ftruncate(fd_out, size)
-            pos = 0
-            while pos < size:
-                try:
-                    start = os.lseek(fd_in, pos, os.SEEK_DATA)
-                except OSError:  # ENXIO: only a hole is left
-                    break
-                end = os.lseek(fd_in, start, os.SEEK_HOLE)
+            for start, end in data_ranges(fd_in):
                 while start < end:
                     n = os.copy_file_range(fd_in, fd_out, end - start, start, start)
                     if n == 0:
                         break
                     start += n
-                pos = end
             os.fsync(fd_out)
         finally:
             os.close(fd_out)
