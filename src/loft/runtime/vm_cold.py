@@ -62,7 +62,7 @@ def upload(bs: Blockstore, images: Path, rec: ImageRecord) -> str:
     """Write the image of ``rec`` (its state, and the RAM file it maps) into its volume
     and commit; the volume's name. Idempotent: an image already uploaded is left."""
     name = volume_name(rec.image)
-    if any(v.name == name for v in bs.volumes()):
+    if bs.heads.find(name) is not None:
         return name
     state_bytes = (images / rec.image / "state").read_bytes()
     pieces = itertools.chain(
@@ -100,7 +100,7 @@ def fetch(bs: Blockstore, images: Path, rec: ImageRecord) -> None:
     if state.is_file() and ram.is_file():
         return
     name = volume_name(rec.image)
-    if not any(v.name == name for v in bs.volumes()):
+    if bs.heads.find(name) is None:
         raise WorkspaceError(f"VM image {rec.image} is neither on this node nor in the chunk store",
                              hint="restore the volume snapshot alone (a cold boot)")  # fmt: skip
     for d in {state.parent, ram.parent}:
@@ -140,7 +140,7 @@ def upload_env(bs: Blockstore, image: Path, sha256: str) -> str:
     """Write environment disk ``image`` (of digest ``sha256``) into its volume; the
     volume's name. Idempotent, as :func:`upload`."""
     name = env_volume_name(sha256)
-    if any(v.name == name for v in bs.volumes()):
+    if bs.heads.find(name) is not None:
         return name
     _write_volume(bs, name, image.stat().st_size, data_pieces(image, EXTENT_SIZE))
     return name
@@ -150,7 +150,7 @@ def fetch_env(bs: Blockstore, sha256: str, dest: Path) -> None:
     """Make ``dest`` (0600) the environment disk image of digest ``sha256`` from its
     volume; WorkspaceError when there is none or it does not match."""
     name = env_volume_name(sha256)
-    if not any(v.name == name for v in bs.volumes()):
+    if bs.heads.find(name) is None:
         raise WorkspaceError(f"environment disk {sha256[:16]} is neither on this node nor "
                              "in the chunk store",
                              hint="restore the volume snapshot alone (a cold boot)")  # fmt: skip
@@ -169,7 +169,7 @@ def fetch_env(bs: Blockstore, sha256: str, dest: Path) -> None:
 def remove(bs: Blockstore, image: str) -> None:
     """Delete image ``image``'s volume, if it was uploaded."""
     name = volume_name(image)
-    if any(v.name == name for v in bs.volumes()):
+    if bs.heads.find(name) is not None:
         bs.remove(name)
 
 
