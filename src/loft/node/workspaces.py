@@ -362,17 +362,7 @@ class Workspaces:
                 self._attachments[rec.id] = att
                 undo.push("the attachment", lambda: self.detach_volume(rec.id))
                 self.records.set_state(rec.id, attachment=self._attachment_state(att))
-                spec = WorkspaceSpec(
-                    id=rec.id,
-                    rootfs=att.root,
-                    env=env,
-                    ids=rec.ids,
-                    limits=rec.limits,
-                    network=rec.network,
-                    hostname=rec.name,
-                    deny=self.deny,
-                )
-                self.runtime.start(spec)
+                self.runtime.start(self._spec(rec, env, att.root))
                 undo.push("the sandbox", lambda: self.runtime.stop(rec.id, grace=0))
                 self.records.set_state(rec.id, phase=Phase.RUNNING)
         except BaseException:
@@ -380,6 +370,19 @@ class Workspaces:
                 self.records.set_state(rec.id, desired=on_failure)
             raise
         self._started(rec, False)
+
+    def _spec(self, rec: WorkspaceRecord, env: EnvironmentView, rootfs: Path) -> WorkspaceSpec:
+        """What the runtime starts for ``rec`` on ``env``, its filesystem at ``rootfs``."""
+        return WorkspaceSpec(
+            id=rec.id,
+            rootfs=rootfs,
+            env=env,
+            ids=rec.ids,
+            limits=rec.limits,
+            network=rec.network,
+            hostname=rec.name,
+            deny=self.deny,
+        )
 
     def _launch_vm(
         self,
@@ -394,16 +397,8 @@ class Workspaces:
         a restore or a live fork: its ``[run] command`` runs on already). With no
         suspend image on this node, one in the chunk store is resumed (cold) when the
         workspace was stopped cleanly (``was``), else it boots."""
-        spec = WorkspaceSpec(
-            id=rec.id,
-            rootfs=self.data_dir / "workspaces" / rec.id,  # never mounted: not used
-            env=env,
-            ids=rec.ids,
-            limits=rec.limits,
-            network=rec.network,
-            hostname=rec.name,
-            deny=self.deny,
-        )
+        # a VM's volume is never mounted: its rootfs is not used
+        spec = self._spec(rec, env, self.data_dir / "workspaces" / rec.id)
         vm = self.runtime.vm()
         if memory is not None:
             vm.restore(spec, memory, fork=fork, new_machine_id=new_machine_id)
