@@ -3,7 +3,8 @@ up``: the disk service, the node agent, the API and the preview proxy; real runc
 nbdfuse and ext4), not the fake one:
 
 - a workspace whose ``[run] command`` is ``python3 -m http.server`` serves its page
-  through the preview proxy; the idle reaper snapshots and stops it; a request without
+  through the preview proxy; the idle reaper snapshots and stops it, pruning its
+  ``idle-*`` snapshots to the newest three on the node; a request without
   credentials is a 401 and wakes nothing; the owner's next request wakes it and gets
   the page, and the wake shows in ``/metrics`` with the volume's commit lag and the
   disk service's NBD and chunk store counts; the
@@ -31,6 +32,7 @@ from wsclient import Closed, WebSocket
 
 from loft.api import CreateWorkspace, EnvSpec, Limits
 from loft.client import Client
+from loft.control.reaper import IDLE_SNAPSHOT_PREFIX
 
 pytestmark = [pytest.mark.serial, needs_runc, pytest.mark.timeout(900)]
 
@@ -55,11 +57,20 @@ def _state(admin: Client, name: str) -> str:
     return admin.workspace(name).state
 
 
+def _idle_snapshots(admin: Client, name: str) -> list[str]:
+    return [s.name for s in admin.snapshots(name) if s.name.startswith(IDLE_SNAPSHOT_PREFIX)]
+
+
 def test_wake_on_request_through_the_real_node(node: AgentNode, admin: Client) -> None:
     req = CreateWorkspace(
-        "web", env=EnvSpec(spec=SPEC), size=1 << 30, limits=Limits(256 << 20), idle_timeout=2.0
+        "web", env=EnvSpec(spec=SPEC), size=1 << 30, limits=Limits(256 << 20), idle_timeout=0
     )
     ws = admin.create_workspace(req)
+    # three idle snapshots before the reaper's: its prune deletes the oldest on the node
+    older = [f"{IDLE_SNAPSHOT_PREFIX}{n}" for n in ("a", "b", "c")]
+    for name in older:
+        admin.snapshot("web", name)
+    admin.update_workspace("web", idle_timeout=2.0)
     admin.write_file("web", "/home/runner/index.html", PAGE)
     token = admin._token  # the owner's (root's) token
     deadline = time.monotonic() + 60
@@ -73,7 +84,10 @@ def test_wake_on_request_through_the_real_node(node: AgentNode, admin: Client) -
     while _state(admin, "web") != "stopped":
         assert time.monotonic() < deadline, node.tail()
         time.sleep(0.5)
-    assert any(s.name.startswith("idle-") for s in admin.snapshots("web"))
+    while len(idle := _idle_snapshots(admin, "web")) > 3:  # the prune follows the stop
+        assert time.monotonic() < deadline, node.tail()
+        time.sleep(0.2)
+    assert idle[:2] == older[1:] and idle[2] not in older, idle
 
     # no credentials: refused before any wake
     assert node.preview_get(ws.id, None).status_code == 401

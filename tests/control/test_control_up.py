@@ -8,7 +8,8 @@ runc, nbdfuse, loop devices and ext4; on SQLite and on PostgreSQL.
   running in between;
 - tenant isolation against the real agent: another user's token reaches none of a
   workspace's operations (404, as for a workspace that does not exist), each attempt
-  checked, and the owner's workspace is unchanged after all of them.
+  checked, and the owner's workspace is unchanged after all of them; the owner deletes
+  one of its snapshots on the node (200), and a second delete finds none (404).
 """
 
 from __future__ import annotations
@@ -122,6 +123,7 @@ def test_control_up_tenant_isolation_against_the_real_agent(node: AgentNode) -> 
             "fork": lambda: bob.fork("w", "mine", snapshot="s1"),
             "fork now": lambda: bob.fork("w", "mine"),
             "restore": lambda: bob.restore("w", "s1"),
+            "delete snapshot": lambda: bob.delete_snapshot("w", "s1"),
             "stop": lambda: bob.stop("w"),
             "start": lambda: bob.start("w"),
             "limits": lambda: bob.update_workspace("w", limits=Limits(memory=128 << 20)),
@@ -151,6 +153,18 @@ def test_control_up_tenant_isolation_against_the_real_agent(node: AgentNode) -> 
         assert alice.exec("w", ["cat", "/home/runner/secret"]).stdout == b"hers\n"
         assert [s.name for s in alice.snapshots("w")] == ["s1"]
         assert alice.workspace("w").state == "running"
+        # Hers to delete, through the node: once (200), then it is not there (404).
+        alice.snapshot("w", "s2")
+        gone = httpx.delete(
+            f"{url}/v1/workspaces/w/snapshots/s1",
+            headers={"authorization": f"Bearer {tokens['alice']}"},
+            timeout=60,
+        )
+        assert (gone.status_code, gone.json()) == (200, {"deleted": "s1"}), gone.text
+        assert [s.name for s in alice.snapshots("w")] == ["s2"]
+        with pytest.raises(NotFound, match="no snapshot named 's1'"):
+            alice.delete_snapshot("w", "s1")
+        assert alice.exec("w", ["cat", "/home/runner/secret"]).stdout == b"hers\n"
 
         # The same name is free for him: a workspace of his own that sees nothing of hers.
         his = bob.create_workspace(CreateWorkspace("w", spec, **small))  # type: ignore[arg-type]

@@ -1,11 +1,13 @@
 """Snapshots, restores and forks of workspaces through the CLI and the agent (real runc,
 nbdfuse, loop devices, ext4): snapshot, change, restore brings the files back and is
 undoable; a fork of a running workspace is independent both ways; the environments
-workspaces and their snapshots use are roots for ``loft env gc``."""
+workspaces and their snapshots use are roots for ``loft env gc``; removing one snapshot
+leaves the forks made from it whole and its environment no root through it."""
 
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -133,3 +135,74 @@ def test_workspace_snapshots_environments_in_use_are_gc_roots(
     # above could fail); the example environment may still be held by other tests of
     # the session, which share its store
     assert second in _gc_would_delete(node)
+
+
+def _snapshot_envs(node: AgentNode, ws_id: str) -> dict[str, str]:
+    """Snapshot name -> environment, as the workspace's rows in the catalog hold them."""
+    return {r[1]: r[2] for r in node.rows("workspace_snapshots") if r[0] == ws_id}
+
+
+def _agent_delete(node: AgentNode, path: str) -> tuple[int, dict[str, str]]:
+    """``DELETE path`` on the node agent's socket with curl: (status, answer)."""
+    cmd = ["curl", "-s", "-m", "60", "--unix-socket", str(node.run_dir / "agent.sock")]
+    cmd += ["-X", "DELETE", "-w", "\\n%{http_code}", f"http://localhost{path}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=90).stdout
+    text, _, code = out.rpartition("\n")
+    return int(code), json.loads(text)
+
+
+def test_workspace_snapshots_remove_one_keeps_its_forks(node: AgentNode, tmp_path: Path) -> None:
+    """``loft rm NAME@SNAP``: the snapshot is gone (a restore to it, or its removal
+    again, finds none), a fork made from it reads its files even after a GC of the chunk
+    store, and the environment it was taken with stops being a GC root through it once
+    no other snapshot was taken with it."""
+    ws = node.new("pruned")
+    _write(node, "pruned", "first")
+    node.loft("snap", "pruned", "s1")
+    node.loft("fork", "pruned@s1", "from-s1", "--stopped")
+    _write(node, "pruned", "second")  # s1's files now live in s1 and the fork alone
+    # two snapshots with an environment nothing else holds: switched to, then away from
+    spec = tmp_path / "loft.toml"
+    spec.write_text('[env]\ndebian = ["git"]\n')
+    node.loft("env", "switch", "pruned", str(spec))
+    only_snapped = node.json("info", "pruned")["env_path"]
+    node.loft("snap", "pruned", "s2")
+    node.loft("snap", "pruned", "s3")
+    node.loft("env", "switch", "pruned", str(node.lock_file))
+    node.loft("env", "profile", f"ws-{ws['id']}", "prune", "--keep", "1")
+    assert _snapshot_envs(node, ws["id"]).keys() == {"s1", "s2", "s3"}
+    assert only_snapped not in _gc_would_delete(node)
+
+    assert node.loft("rm", "pruned@s1").stdout == "removed pruned@s1\n"
+    assert [s["name"] for s in node.json("snaps", "pruned")] == ["s2", "s3"]
+    assert _snapshot_envs(node, ws["id"]).keys() == {"s2", "s3"}
+    restore = node.loft("restore", "pruned", "s1", check=False)
+    assert restore.returncode == 1 and "has no snapshot named 's1'" in restore.stderr
+    again = node.loft("rm", "pruned@s1", check=False)
+    assert again.returncode == 1 and "has no snapshot named 's1'" in again.stderr
+    # the agent's own answer: 404, with the workspace running on untouched
+    code, answer = _agent_delete(node, f"/v1/workspaces/{ws['id']}/snapshots/nope")
+    assert code == 404 and "has no snapshot named 'nope'" in answer["error"], answer
+    assert _read(node, "pruned") == ["second"] * len(FILES)
+    # a removal cut short after the volume's snapshot went: the next one drops the row
+    node.loft("snap", "pruned", "cut")
+    node.loft("volume", "rm", f"ws-{ws['id']}@cut")
+    assert "cut" in _snapshot_envs(node, ws["id"])
+    assert node.loft("rm", "pruned@cut", check=False).returncode == 1
+    assert "cut" not in _snapshot_envs(node, ws["id"])
+
+    # earlier tests' workspaces left most chunks garbage: past GC's default fraction
+    node.loft("volume", "gc", "--grace", "0", "--max-fraction", "1")
+    node.loft("start", "from-s1")
+    assert _read(node, "from-s1") == ["first"] * len(FILES)
+
+    # s3 still holds the environment s2 was taken with; once both go, nothing does
+    node.loft("rm", "pruned@s2")
+    assert _snapshot_envs(node, ws["id"]) == {"s3": only_snapped}
+    assert only_snapped not in _gc_would_delete(node)
+    node.loft("rm", "pruned@s3")
+    assert _snapshot_envs(node, ws["id"]) == {}
+    assert only_snapped in _gc_would_delete(node)
+    assert node.json("snaps", "pruned") == []
+    for name in ("pruned", "from-s1"):
+        node.loft("rm", name)

@@ -3,7 +3,8 @@ microVM whose disk the node's disk service serves; ``stop`` suspends it (its mem
 uploaded to the chunk store) and ``start`` resumes it where it was (a counter keeps its
 PID and counts on), here or on an empty data dir, ``stop --cold`` shuts
 it down, ``snap`` keeps its memory and ``restore`` brings it back running from it,
-``fork --live`` makes a running copy that then diverges, a restarted agent adopts a
+``fork --live`` makes a running copy that then diverges, ``rm NAME@SNAP`` deletes a
+snapshot's memory image (not while another image maps it), a restarted agent adopts a
 running VM, and ``rm`` leaves no QEMU, directory, image, volume or row. Bad input is
 one line with a hint.
 
@@ -12,8 +13,11 @@ holds at the end (:meth:`AgentNode.cleanup`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import secrets
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -28,10 +32,12 @@ from runtime_support import needs_runc
 from vm_support import GUEST, needs_qemu
 
 from loft.blockstore import Blockstore
+from loft.client import Conflict
 from loft.config import Settings
 from loft.procfs import proc_stat
-from loft.runtime import vm_store
+from loft.runtime import vm_cold, vm_store
 from loft.runtime.vm_cold import EXTENT_SIZE
+from loft.runtime.vm_image import decode_record, encode_record
 from loft.runtime.vm_process import recorded_pid
 
 pytestmark = [pytest.mark.serial, needs_qemu, needs_runc, pytest.mark.timeout(300)]
@@ -98,6 +104,23 @@ def _uploaded(node: AgentNode) -> list[dict[str, Any]]:
     """What the agent logged of each suspend image it uploaded, in order."""
     lines = node.log.read_text(errors="replace").splitlines()
     return [json.loads(line) for line in lines if '"workspace.suspend_uploaded"' in line]
+
+
+def _memories(node: AgentNode, name: str) -> dict[str, bytes]:
+    """Snapshot name -> memory image record, of workspace ``name``'s snapshots."""
+    ws_id = node.json("info", name)["id"]
+    return {r[1]: r[4] for r in node.rows("workspace_snapshots") if r[0] == ws_id and r[4]}
+
+
+def _image_mapping(images: Path, image: str) -> Path:
+    """An image whose record maps ``image``'s RAM (what an older loft wrote for a VM it
+    had restored onto that image): the directory."""
+    rec = decode_record((images / image / "record").read_bytes())
+    other = secrets.token_hex(16)
+    (images / other).mkdir(mode=0o700)
+    record = encode_record(dataclasses.replace(rec, image=other, ram_from=image))
+    (images / other / "record").write_bytes(record)
+    return images / other
 
 
 def _fresh_data_dir(node: AgentNode) -> None:
@@ -211,6 +234,31 @@ def test_workspace_vm_snapshot_restore_and_live_fork(node: AgentNode) -> None:
     _counts_on(node, "vm1", pid)
     assert _qemu(node, "vm1") != _qemu(node, "vm2")
 
+    # rm vm1@s1 deletes its memory image here and in the chunk store (the VM and the
+    # live fork each run on their own RAM); refused with 409, nothing deleted, while
+    # another image maps it
+    rec = decode_record(_memories(node, "vm1")["s1"])
+    image, images = rec.image, node.data_dir / "runtime" / "vm-images"
+    assert (images / image / "state").is_file()
+    bs = Blockstore.from_settings(Settings.from_env(node.env))
+    try:
+        uploaded = vm_cold.upload(bs, images, rec)  # as VmRuntime.upload_snapshot does
+    finally:
+        bs.close()
+    assert uploaded in [r[2] for r in node.rows("volumes")]
+    mapper = _image_mapping(images, image)
+    with node.admin_client() as admin, pytest.raises(Conflict, match="in use by image"):
+        admin.delete_snapshot("vm1", "s1")
+    assert "s1" in [s["name"] for s in node.json("snaps", "vm1")]
+    assert (images / image / "state").is_file() and "s1" in _memories(node, "vm1")
+    assert uploaded in [r[2] for r in node.rows("volumes")]
+    shutil.rmtree(mapper)
+    assert node.loft("rm", "vm1@s1").stdout == "removed vm1@s1\n"
+    assert not (images / image).exists() and "s1" not in _memories(node, "vm1")
+    assert "s1" not in [s["name"] for s in node.json("snaps", "vm1")]
+    assert uploaded not in [r[2] for r in node.rows("volumes")]
+    _counts_on(node, "vm1", pid)
+
     # the fork of a sandbox cannot be live
     node.new("sb", "--stopped")
     _refused(
@@ -223,7 +271,6 @@ def test_workspace_vm_snapshot_restore_and_live_fork(node: AgentNode) -> None:
     ids = [node.json("info", n)["id"] for n in ("vm2", "vm1")]
     # the source first: its images go at once, its live fork running on its own RAM copy
     node.loft("rm", "vm1")
-    images = node.data_dir / "runtime" / "vm-images"
     assert not any(images.glob("*")) and node.sh("vm2", "echo still") == "still\n"
     node.loft("rm", "vm2")
     for q in qemus:

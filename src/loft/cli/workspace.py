@@ -82,6 +82,21 @@ def _name(name: str) -> str:
     return name
 
 
+def _snapshot_name(snapshot: str) -> str:
+    """``snapshot`` if the API would take it as a snapshot name (said in the CLI's
+    words rather than as the API's pattern)."""
+    import re
+
+    from loft.api import SNAPSHOT_NAME_PATTERN
+
+    if not re.match(SNAPSHOT_NAME_PATTERN, snapshot):
+        raise LoftError(
+            f"bad snapshot name {snapshot!r}",
+            hint="use up to 128 letters, digits, '.', '_' and '-', starting with a letter or digit",
+        )
+    return snapshot
+
+
 def _limits(size: int, memory: int, cpus: float, pids: int) -> None:
     """Refuse a size or limit outside what the API accepts, naming the option."""
     from loft.api import LIMIT_BOUNDS, MAX_SIZE, MIN_SIZE
@@ -319,13 +334,20 @@ def stop(name: str, cold: bool) -> None:
 
 
 @click.command()
-@click.argument("name")
-def rm(name: str) -> None:
-    """Remove workspace NAME: it is stopped, and its disk, snapshots and environment
-    profile are deleted."""
+@click.argument("ref", metavar="NAME|NAME@SNAP")
+def rm(ref: str) -> None:
+    """Remove workspace NAME, or its snapshot SNAP alone (NAME@SNAP). A workspace is
+    stopped, and its disk, snapshots and environment profile are deleted; a snapshot
+    goes with its memory image (a VM's), and forks made from it stay intact."""
+    name, at, snapshot = ref.partition("@")
+    if at:
+        _snapshot_name(snapshot)
     with client() as c:
-        c.delete_workspace(name)
-    click.echo(f"removed {name}")
+        if at:
+            c.delete_snapshot(name, snapshot)
+        else:
+            c.delete_workspace(name)
+    click.echo(f"removed {ref}")
 
 
 @click.command()
@@ -336,16 +358,7 @@ def snap(name: str, snapshot: str, as_json: bool) -> None:
     """Snapshot workspace NAME (as SNAPSHOT; default: the time). A running workspace's
     writers pause only while its disk is committed."""
     if snapshot:
-        import re
-
-        from loft.api import SNAPSHOT_NAME_PATTERN
-
-        if not re.match(SNAPSHOT_NAME_PATTERN, snapshot):
-            raise LoftError(
-                f"bad snapshot name {snapshot!r}",
-                hint="use up to 128 letters, digits, '.', '_' and '-', starting with a "
-                "letter or digit",
-            )
+        _snapshot_name(snapshot)
     with client() as c:
         ans = c.snapshot(name, snapshot or None)
     if as_json:

@@ -25,8 +25,7 @@ Mapped onto the node API:
   terminal is an exec with a tty running the login shell, ``logs`` the run command's
   kept output as frames, ``activity`` a report;
 - commit lag is the disk service's count for each running workspace's volume, as the
-  agent collects it;
-- deleting one snapshot is not in the node API yet: 501.
+  agent collects it.
 
 Failures: no answer (no socket, refused, reset) is :class:`NodeUnavailable`; a node's
 404/409/400 are :class:`NotFound`/:class:`Conflict`/:class:`BadRequest` with its message
@@ -53,7 +52,6 @@ from loft.control.errors import (
     NodeUnavailable,
     NotFound,
     NotListening,
-    Unimplemented,
 )
 from loft.control.nodeclient import (
     RUNNER,
@@ -264,11 +262,7 @@ class AgentNode:
         return [Snapshot(s.name, s.created_at, s.auto, s.version) for s in ans.snapshots]
 
     async def delete_snapshot(self, id: str, name: str) -> None:
-        await self._request(wapi.GetWorkspaceRequest(id), wapi.WorkspaceInfo)
-        raise Unimplemented(
-            "this node cannot delete a single snapshot yet",
-            hint="snapshots go with their workspace (DELETE the workspace)",
-        )
+        await self._request(wapi.RemoveSnapshotRequest(id, name), wapi.SnapshotRemovedAnswer)
 
     async def restore(self, id: str, snapshot: str) -> tuple[str, bool]:
         req = wapi.RestoreWorkspaceRequest(id, snapshot)

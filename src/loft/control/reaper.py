@@ -180,7 +180,7 @@ class Reaper:
         else:
             try:
                 await self._prune(rec.id)
-            except LoftError as e:  # a node that cannot delete one snapshot keeps them
+            except LoftError as e:  # what could not go now, the next prune tries again
                 log.info("reaper.prune_failed workspace=%s error=%s", rec.id, e)
         finally:
             state.activity.end_stop(rec.id)

@@ -52,8 +52,10 @@ from loft.node.sessions import (
 )
 from loft.node.snapshots import (
     NoSuchSnapshot,
+    SnapshotInUse,
     SnapshotTaken,
     fork,
+    remove,
     restore,
     snap,
     snapshots,
@@ -81,6 +83,7 @@ def status_of(e: LoftError) -> int:
     if isinstance(
         e,
         SnapshotTaken
+        | SnapshotInUse
         | NameTaken
         | PhaseError
         | NotAdmitted
@@ -115,6 +118,7 @@ class AgentApi:
             wapi.RemoveWorkspaceRequest: self.remove,
             wapi.SnapWorkspaceRequest: self.snap,
             wapi.ListSnapshotsRequest: self.snapshots,
+            wapi.RemoveSnapshotRequest: self.remove_snapshot,
             wapi.RestoreWorkspaceRequest: self.restore,
             wapi.ForkWorkspaceRequest: self.fork,
             wapi.SwitchEnvRequest: self.switch_env,
@@ -213,6 +217,10 @@ class AgentApi:
                 for s in snapshots(self.wss, req.workspace)
             ]
         )
+
+    def remove_snapshot(self, req: wapi.RemoveSnapshotRequest) -> wapi.SnapshotRemovedAnswer:
+        remove(self.wss, req.workspace, req.snapshot)
+        return wapi.SnapshotRemovedAnswer(req.snapshot)
 
     def restore(self, req: wapi.RestoreWorkspaceRequest) -> wapi.RestoreWorkspaceAnswer:
         undo, version, restarted = restore(self.wss, req.workspace, req.snapshot)

@@ -94,6 +94,13 @@ class DiskClient:
         rec, undo = self.bs.restore(volume, snapshot)
         return rec.version, undo
 
+    def remove_snapshot(self, volume: str, snapshot: str) -> None:
+        """Delete the volume's snapshot ``snapshot`` (:class:`SnapshotNotFound` if it has
+        none). Only a catalog row goes, so the blockstore does it even while the service
+        serves the volume, as ``loft volume rm NAME@SNAP`` does: the served head does not
+        read the snapshot, and forks made from it keep their own roots."""
+        self.bs.remove_snapshot(volume, snapshot)
+
     def remove(self, volume: str) -> None:
         """Delete the volume and its snapshots (gone already is fine)."""
         try:

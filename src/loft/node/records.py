@@ -411,6 +411,17 @@ class Records:
                 )
             )
 
+    def remove_snapshot(self, workspace_id: str, name: str) -> None:
+        """Forget snapshot ``name``'s row (its environment is then no GC root for it;
+        gone already is fine)."""
+        with self.catalog.write() as conn:
+            conn.execute(
+                delete(workspace_snapshots).where(
+                    workspace_snapshots.c.workspace_id == workspace_id,
+                    workspace_snapshots.c.name == name,
+                )
+            )
+
     def snapshot_memories(self, workspace_id: str) -> dict[str, bytes]:
         """Snapshot name -> its memory image record, for the snapshots that have one."""
         with self.catalog.read() as conn:

@@ -32,6 +32,13 @@ environment current (a new generation), and starts the workspace again.
 new workspace from that snapshot: a volume forked in constant time, its own id range,
 profile and container, the same spec and limits. The two share nothing writable.
 
+**Removal** of one snapshot deletes, in this order, a VM's memory image (refused, with
+nothing deleted, while another image or a VM still maps it), the volume's snapshot (a
+catalog row: forks made from it keep their own roots) and the snapshot's row, whose
+environment is then no longer a GC root for it. A removal cut short is finished by the
+next one: the image goes quietly when already gone, and a row whose volume snapshot
+went is dropped on the way to "no such snapshot".
+
 **VMs** (``vm`` workspaces): a snapshot of a running VM holds its memory too. Its
 pause is the vCPUs stopped while the memory image is written (device state and a sparse
 copy of the RAM file) and the disk service snapshots the volume, which is then at the
@@ -54,6 +61,7 @@ from loft.blockstore.names import check_name
 from loft.errors import LoftError
 from loft.node.records import Desired, Workspace
 from loft.node.workspaces import BadRequest, Workspaces
+from loft.runtime.errors import ImageInUse
 from loft.runtime.freeze import syncfs
 from loft.runtime.interface import RuntimeSnapshot
 from loft.runtime.vm_image import FORMAT as VM_IMAGE_FORMAT
@@ -61,9 +69,11 @@ from loft.runtime.vm_image import FORMAT as VM_IMAGE_FORMAT
 __all__ = [
     "NoSuchSnapshot",
     "Snap",
+    "SnapshotInUse",
     "SnapshotInfo",
     "SnapshotTaken",
     "fork",
+    "remove",
     "restore",
     "snap",
     "snapshots",
@@ -78,6 +88,10 @@ class NoSuchSnapshot(LoftError):
 
 class SnapshotTaken(LoftError):
     """The workspace has a snapshot of that name already."""
+
+
+class SnapshotInUse(LoftError):
+    """The snapshot's memory image is mapped by a VM or another image."""
 
 
 def _exists(wss: Workspaces, ws: Workspace, snapshot: str) -> bool:
@@ -255,6 +269,33 @@ def restore(wss: Workspaces, workspace_id: str, snapshot: str) -> tuple[str, int
             wss.launch(rec, ws.state.phase, memory=memory)
     log.info("workspace.restore id=%s snapshot=%s undo=%s", rec.id, snapshot, undo)
     return undo, version, was_running or memory is not None
+
+
+def remove(wss: Workspaces, workspace_id: str, snapshot: str) -> None:
+    """Delete one snapshot of a workspace (see above): its memory image, the volume's
+    snapshot and its row; :class:`SnapshotInUse` while its image is mapped."""
+    ws = wss.get(workspace_id)
+    with wss.locked(ws.record.id):
+        ws = wss.fresh(ws)
+        rec = ws.record
+        try:
+            _known(wss, ws, snapshot)
+        except NoSuchSnapshot:
+            wss.records.remove_snapshot(rec.id, snapshot)  # what a cut-short removal left
+            raise
+        image = wss.records.snapshot_memories(rec.id).get(snapshot)
+        if image is not None:
+            vm = wss.runtime.vm()  # a node without one says what to install, deletes nothing
+            try:
+                vm.remove_snapshot(RuntimeSnapshot("vm", VM_IMAGE_FORMAT, image))
+            except ImageInUse as e:
+                raise SnapshotInUse(
+                    f"snapshot {snapshot!r} of {rec.name!r} cannot go: {e.message}",
+                    hint="stop that VM cold, or remove the snapshot of that image, first",
+                ) from None
+        wss.disk.remove_snapshot(rec.volume, snapshot)
+        wss.records.remove_snapshot(rec.id, snapshot)
+    log.info("workspace.snapshot_removed id=%s snapshot=%s", rec.id, snapshot)
 
 
 def fork(

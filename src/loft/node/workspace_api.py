@@ -43,6 +43,7 @@ __all__ = [
     "LogsRequest",
     "NodeAnswer",
     "NodeRequest",
+    "RemoveSnapshotRequest",
     "RemoveWorkspaceRequest",
     "RemovedAnswer",
     "RestoreWorkspaceAnswer",
@@ -50,6 +51,7 @@ __all__ = [
     "RollbackEnvRequest",
     "SnapAnswer",
     "SnapWorkspaceRequest",
+    "SnapshotRemovedAnswer",
     "SnapshotsAnswer",
     "StartWorkspaceRequest",
     "StopWorkspaceRequest",
@@ -146,6 +148,13 @@ class SnapshotsAnswer:
     """A workspace's snapshots, oldest first."""
 
     snapshots: list[WorkspaceSnapshot] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotRemovedAnswer:
+    """The snapshot removed, with its memory image (a VM's)."""
+
+    snapshot: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,6 +297,16 @@ class ListSnapshotsRequest:
     """List a workspace's snapshots."""
 
     workspace: str
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveSnapshotRequest:
+    """Delete one snapshot of a workspace: its memory image (a VM's; 409 while another
+    image or a VM maps it), the volume's snapshot (forks made from it keep their data)
+    and its record, so the environment it was taken with is no GC root through it."""
+
+    workspace: str
+    snapshot: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -436,6 +455,13 @@ WORKSPACE_API = Table(
     _op("rm", "DELETE", _W, RemoveWorkspaceRequest, RemovedAnswer),
     _op("snap", "POST", f"{_W}/snapshots", SnapWorkspaceRequest, SnapAnswer),
     _op("snaps", "GET", f"{_W}/snapshots", ListSnapshotsRequest, SnapshotsAnswer),
+    _op(
+        "snap_rm",
+        "DELETE",
+        f"{_W}/snapshots/{{snapshot}}",
+        RemoveSnapshotRequest,
+        SnapshotRemovedAnswer,
+    ),
     _op("restore", "POST", f"{_W}/restore", RestoreWorkspaceRequest, RestoreWorkspaceAnswer),
     _op("fork", "POST", f"{_W}/fork", ForkWorkspaceRequest, WorkspaceInfo),
     _op("env_switch", "POST", f"{_W}/env", SwitchEnvRequest, EnvAnswer),

@@ -6,13 +6,21 @@ LoftError
       +-- PhaseError            the command is not allowed in the workspace's phase
       +-- RuncError             runc refused or failed (its message quoted)
       +-- NotSupported          asked for something this runtime cannot do
+      +-- ImageInUse            a VM memory image a VM or another image still maps
 """
 
 from __future__ import annotations
 
 from loft.errors import LoftError
 
-__all__ = ["NotSupported", "PhaseError", "RuncError", "UnknownWorkspace", "WorkspaceError"]
+__all__ = [
+    "ImageInUse",
+    "NotSupported",
+    "PhaseError",
+    "RuncError",
+    "UnknownWorkspace",
+    "WorkspaceError",
+]
 
 
 class WorkspaceError(LoftError):
@@ -33,3 +41,7 @@ class RuncError(WorkspaceError):
 
 class NotSupported(WorkspaceError):
     """The runtime cannot do this (yet)."""
+
+
+class ImageInUse(WorkspaceError):
+    """A VM memory image is not removed while a VM or another image maps its RAM."""

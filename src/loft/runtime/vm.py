@@ -67,7 +67,7 @@ from pathlib import Path
 from loft.blockstore import Blockstore
 from loft.runtime import vm_cold, vm_store
 from loft.runtime.console import PtySession, set_window_size
-from loft.runtime.errors import NotSupported, UnknownWorkspace, WorkspaceError
+from loft.runtime.errors import ImageInUse, NotSupported, UnknownWorkspace, WorkspaceError
 from loft.runtime.forward import Forwarder
 from loft.runtime.interface import Runtime, RuntimeSnapshot, Stats, WorkspaceStatus
 from loft.runtime.oci import process_config
@@ -662,8 +662,8 @@ class VmRuntime(Runtime):
         return EnvDisk(dest, name, sha256)
 
     def remove_snapshot(self, snapshot: RuntimeSnapshot) -> None:
-        """Delete a memory snapshot's image; WorkspaceError while a VM or another
-        image still maps its RAM."""
+        """Delete a memory snapshot's image (gone already is fine); :class:`ImageInUse`
+        while a VM or another image still maps its RAM."""
         rec = decode_record(snapshot.state)
         users = [p.parent.name for p in self.root.glob(f"*/{_RAM_JSON}")
                  if rec.image in p.read_text()]  # fmt: skip
@@ -671,7 +671,7 @@ class VmRuntime(Runtime):
             if p.parent.name != rec.image and decode_record(p.read_bytes()).ram_from == rec.image:
                 users.append(f"image {p.parent.name}")
         if users:
-            raise WorkspaceError(f"VM image {rec.image} is in use by {', '.join(sorted(users))}")
+            raise ImageInUse(f"VM image {rec.image} is in use by {', '.join(sorted(users))}")
         shutil.rmtree(self._image_dir(rec.image), ignore_errors=True)
         if self.bs is not None:
             vm_cold.remove(self.bs, rec.image)

@@ -37,7 +37,7 @@ async def create_snapshot(
         return await on_node(state, state.node.snapshot(rec.id, snap))
 
 
-@router.delete("/v1/workspaces/{name}/snapshots/{snapshot}")
+@router.delete("/v1/workspaces/{name}/snapshots/{snapshot}", responses=errors(409))
 async def delete_snapshot(
     name: NamePath,
     snapshot: Annotated[str, Path(pattern=SNAPSHOT_NAME_PATTERN)],
@@ -45,7 +45,8 @@ async def delete_snapshot(
     state: State,
     owner: OwnerQuery = None,
 ) -> SnapshotDeleted:
-    """Delete one snapshot."""
+    """Delete one snapshot, and a VM's memory image with it (409 while a VM or another
+    image maps that image). Forks made from it keep their data."""
     rec = await owned(state, caller, name, owner)
     await on_node(state, state.node.delete_snapshot(rec.id, snapshot))
     return SnapshotDeleted(snapshot)
