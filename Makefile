@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 # npm (the npm resolver of loft env lock) is installed from Debian unless the host already has it.
 APT_PACKAGES := python3-venv python3-dev gcc postgresql qemu-utils nbdkit libnbd-bin \
 	python3-libnbd fio e2fsprogs fuse3 bubblewrap nix-bin python3-apt mmdebstrap openssl curl \
-	runc catatonit slirp4netns nftables iproute2 qemu-system-x86 busybox-static cpio
+	runc catatonit slirp4netns nftables iproute2 qemu-system-x86 busybox-static cpio xfsprogs
 PYTEST_ARGS ?=
 
 .PHONY: run test deps guest lint typecheck check bench clean
