@@ -56,7 +56,6 @@ import secrets
 import shutil
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections import defaultdict
@@ -65,18 +64,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from loft.blockstore import Blockstore
-from loft.runtime import vm_cold, vm_store
-from loft.runtime.console import PtySession, set_window_size
+from loft.runtime import vm_cold, vm_exec, vm_store
+from loft.runtime.console import PtySession
 from loft.runtime.errors import NotSupported, UnknownWorkspace, WorkspaceError
 from loft.runtime.forward import Forwarder
 from loft.runtime.interface import Runtime, RuntimeSnapshot, Stats, WorkspaceStatus
-from loft.runtime.oci import process_config
 from loft.runtime.persist import load_spec, save_spec, write_private
 from loft.runtime.phase import Command, Phase, check
 from loft.runtime.qmp import QmpError
 from loft.runtime.runc import Stdio
 from loft.runtime.spec import ExecRequest, Network, WindowSize, WorkspaceSpec, check_workspace_id
-from loft.runtime.vm_agent import AgentLink
 from loft.runtime.vm_envdisk import EnvDisk, build_env_disk, check_env_name
 from loft.runtime.vm_image import (
     FORMAT,
@@ -87,19 +84,21 @@ from loft.runtime.vm_image import (
     sha256_file,
 )
 from loft.runtime.vm_migrate import load_state, save_state
-from loft.runtime.vm_net import STACK_PID, guest_mac, mac_bytes, open_network, stop_recorded_stack
+from loft.runtime.vm_net import guest_mac, mac_bytes, stop_recorded_stack
 from loft.runtime.vm_process import (
     VM_RECORD,
     VmProcess,
+    agent_link,
     attach,
     connect_agent,
     kill_recorded,
-    launch,
+    launch_networked,
     reap,
     recorded_pid,
     set_clock,
+    stats,
 )
-from loft.runtime.vm_protocol import Type, exec_payload, window_payload, write_file_payload
+from loft.runtime.vm_protocol import Type, write_file_payload
 from loft.runtime.vm_qemu import GuestImage, Machine, accelerator
 
 __all__ = ["NbdDisk", "VmRuntime"]
@@ -247,22 +246,8 @@ class VmRuntime(Runtime):
 
     def _launch(self, spec: WorkspaceSpec, machine: Machine, guest: GuestImage, *,
                 incoming: bool) -> VmProcess:  # fmt: skip
-        """:func:`launch`, for a VM with a NIC in a network namespace made for it (its
-        policy loaded, its stack up) before QEMU starts in it."""
-        if machine.mac is None:
-            return launch(spec, machine, guest, incoming=incoming)
-        netns, stack = open_network(spec.deny, machine.dir, self.egress_netns)
-        try:
-            vm = launch(spec, machine, guest, incoming=incoming, netns=netns)
-        except BaseException:
-            stack.terminate()
-            stack.wait()
-            (machine.dir / STACK_PID).unlink(missing_ok=True)
-            raise
-        finally:
-            os.close(netns)  # QEMU holds the namespace now
-        vm.stack = stack
-        return vm
+        return launch_networked(spec, machine, guest, incoming=incoming,
+                                egress_netns=self.egress_netns)  # fmt: skip
 
     def _image_dir(self, image: str) -> Path:
         if not re.fullmatch(r"[0-9a-f]{32}", image):
@@ -345,101 +330,33 @@ class VmRuntime(Runtime):
 
     # -- reaching in -------------------------------------------------------------------
 
-    def _link(self, vm: VmProcess) -> AgentLink:
-        if vm.agent is None or vm.agent.failure is not None:
-            if vm.agent is not None:
-                vm.agent.close()
-            vm.agent = None
-            vm.agent = AgentLink.connect(vm.machine.agent, 5.0)
-        return vm.agent
-
-    def exec(
-        self,
-        workspace: str,
-        request: ExecRequest,
-        *,
-        stdin: Stdio = None,
-        stdout: Stdio = None,
-        stderr: Stdio = None,
-    ) -> subprocess.Popen[bytes]:
-        return self._exec(workspace, request, kept=False, stdin=stdin, stdout=stdout,
-                          stderr=stderr)  # fmt: skip
+    def exec(self, workspace: str, request: ExecRequest, *, stdin: Stdio = None,
+             stdout: Stdio = None, stderr: Stdio = None) -> subprocess.Popen[bytes]:  # fmt: skip
+        vm = self._checked(workspace, Command.EXEC)
+        return vm_exec.exec_in(vm, request, kept=False, stdin=stdin, stdout=stdout,
+                               stderr=stderr)  # fmt: skip
 
     def exec_kept(self, workspace: str, request: ExecRequest, *, stdout: Stdio = None,
                   stderr: Stdio = None) -> subprocess.Popen[bytes]:  # fmt: skip
         """The guest agent keeps this command's output while no host reads it (its QEMU
         suspended, the VM restored or forked from memory): :meth:`attach_kept` then
         relays what it kept, its newest 256 KiB, and the rest. One per VM."""
-        return self._exec(workspace, request, kept=True, stdin=subprocess.DEVNULL,
-                          stdout=stdout, stderr=stderr)  # fmt: skip
+        vm = self._checked(workspace, Command.EXEC)
+        return vm_exec.exec_in(vm, request, kept=True, stdin=subprocess.DEVNULL,
+                               stdout=stdout, stderr=stderr)  # fmt: skip
 
     def attach_kept(self, workspace: str, *, stdout: Stdio = None,
                     stderr: Stdio = None) -> subprocess.Popen[bytes]:  # fmt: skip
         """The kept command of a VM that came back from memory, as :meth:`exec` gives a
         command (its exit status the command's; 127 and a line on standard error when
         the VM has none running)."""
-        link = self._link(self._checked(workspace, Command.EXEC))
-        return self._relay(link, None, tty=False, stdin=subprocess.DEVNULL, stdout=stdout,
-                           stderr=stderr)  # fmt: skip
-
-    def _exec(self, workspace: str, request: ExecRequest, *, kept: bool, stdin: Stdio,
-              stdout: Stdio, stderr: Stdio) -> subprocess.Popen[bytes]:  # fmt: skip
         vm = self._checked(workspace, Command.EXEC)
-        link = self._link(vm)
-        process = process_config(request)
-        payload = exec_payload(request.argv, process["env"], process["cwd"], request.user,
-                               request.user)  # fmt: skip
-        return self._relay(link, payload, tty=False, kept=kept, stdin=stdin, stdout=stdout,
-                           stderr=stderr)  # fmt: skip
-
-    @staticmethod
-    def _relay(link: AgentLink, payload: bytes | None, *, tty: bool, stdin: Stdio,
-               stdout: Stdio, stderr: Stdio,
-               kept: bool = False) -> subprocess.Popen[bytes]:  # fmt: skip
-        """Start the relay process that stands for the command of ``payload`` (None:
-        the agent's kept command)."""
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        kept = kept or payload is None
-        argv = [sys.executable, "-m", "loft.runtime.vm_relay", *(["--tty"] if tty else []),
-                *(["--kept"] if kept else []), str(theirs.fileno())]  # fmt: skip
-        try:
-            proc = subprocess.Popen(argv, pass_fds=(theirs.fileno(),), stdin=stdin,
-                                    stdout=stdout, stderr=stderr)  # fmt: skip
-        except BaseException:
-            ours.close()
-            raise
-        finally:
-            theirs.close()
-        try:
-            if payload is None:
-                link.open_kept(ours)
-            else:
-                link.open_session(payload, ours, tty=tty, kept=kept)
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
-        return proc
+        return vm_exec.attach_kept(vm, stdout=stdout, stderr=stderr)
 
     def pty(self, workspace: str, request: ExecRequest, size: WindowSize) -> PtySession:
         """``request`` on a new terminal in the guest, relayed to a host terminal whose
         master the caller gets (its resize reaches the guest's terminal)."""
-        vm = self._checked(workspace, Command.PTY)
-        master, slave = os.openpty()
-        try:
-            set_window_size(slave, size)
-            process = process_config(request, size)
-            payload = window_payload(size.rows, size.cols) + exec_payload(
-                request.argv, process["env"], process["cwd"], request.user, request.user
-            )
-            proc = self._relay(self._link(vm), payload, tty=True, stdin=slave, stdout=slave,
-                               stderr=slave)  # fmt: skip
-        except BaseException:
-            os.close(master)
-            raise
-        finally:
-            os.close(slave)
-        return PtySession(master, proc)
+        return vm_exec.pty_in(self._checked(workspace, Command.PTY), request, size)
 
     def forward(self, workspace: str, port: int, listener: socket.socket) -> Forwarder:
         """Relay connections accepted on ``listener`` to ``127.0.0.1:port`` in the guest,
@@ -448,7 +365,7 @@ class VmRuntime(Runtime):
         if not 0 < port < 65536:
             raise ValueError(f"bad port {port}")
 
-        fwd = Forwarder(listener, lambda: self._connect_in(vm, port, 10.0))
+        fwd = Forwarder(listener, lambda: vm_exec.connect_in(vm, port, 10.0))
         vm.forwarders.append(fwd)
         return fwd
 
@@ -459,26 +376,17 @@ class VmRuntime(Runtime):
         vm = self._checked(workspace, Command.FORWARD)
         if not 0 < port < 65536:
             raise ValueError(f"bad port {port}")
-        return self._connect_in(vm, port, timeout)
-
-    def _connect_in(self, vm: VmProcess, port: int, timeout: float) -> socket.socket:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        try:
-            self._link(vm).open_connection(port, theirs, timeout)
-        except BaseException:
-            ours.close()
-            raise
-        return ours
+        return vm_exec.connect_in(vm, port, timeout)
 
     def read_file(self, workspace: str, path: str, limit: int = _MAX_READ) -> bytes:
         """The contents of ``path`` inside the workspace (at most ``limit`` bytes)."""
         vm = self._checked(workspace, Command.EXEC)
-        return self._link(vm).call(Type.READ_FILE, path.encode() + b"\0", limit=limit)
+        return agent_link(vm).call(Type.READ_FILE, path.encode() + b"\0", limit=limit)
 
     def write_file(self, workspace: str, path: str, data: bytes, mode: int = 0o644) -> None:
         """Replace ``path`` inside the workspace with ``data`` (up to about 1 MiB)."""
         vm = self._checked(workspace, Command.EXEC)
-        self._link(vm).call(Type.WRITE_FILE, write_file_payload(path, data, mode))
+        agent_link(vm).call(Type.WRITE_FILE, write_file_payload(path, data, mode))
 
     # -- freezing and stats ------------------------------------------------------------
 
@@ -505,7 +413,7 @@ class VmRuntime(Runtime):
             if vm.phase is not Phase.RUNNING:
                 raise WorkspaceError(f"workspace {workspace} is paused: its agent cannot freeze",
                                      hint="freeze the filesystem before the processes")  # fmt: skip
-            self._link(vm).call(Type.FSFREEZE, timeout=60)
+            agent_link(vm).call(Type.FSFREEZE, timeout=60)
             vm.fs_frozen = True
 
     def thaw_filesystem(self, workspace: str) -> None:
@@ -514,28 +422,12 @@ class VmRuntime(Runtime):
             if vm.phase is not Phase.RUNNING:
                 raise WorkspaceError(f"workspace {workspace} is paused: its agent cannot thaw",
                                      hint="thaw the processes first")  # fmt: skip
-            self._link(vm).call(Type.FSTHAW)
+            agent_link(vm).call(Type.FSTHAW)
             vm.fs_frozen = False
 
     def stats(self, workspace: str) -> Stats:
-        """QEMU's own use: resident memory (the guest's touched RAM and QEMU's heap) and
-        CPU time; the guest's processes are not counted one by one."""
-        vm = self._checked(workspace, Command.STATS)
-        status = Path(f"/proc/{vm.pid}/status").read_text()
-        fields = {k: v.split() for k, _, v in (line.partition(":") for line in status.splitlines())}
-        stat = Path(f"/proc/{vm.pid}/stat").read_bytes().rsplit(b")", 1)[1].split()
-        tick = os.sysconf("SC_CLK_TCK")
-        return Stats(
-            memory=int(fields["VmRSS"][0]) << 10,
-            memory_peak=int(fields["VmHWM"][0]) << 10,
-            memory_limit=vm.machine.memory_mib << 20,
-            cpu_ns=(int(stat[11]) + int(stat[12])) * 10**9 // tick,
-            cpu_periods=0,
-            cpu_throttled_periods=0,
-            cpu_throttled_ns=0,
-            pids=int(fields["Threads"][0]),
-            pids_limit=0,
-        )
+        """QEMU's own use (:func:`~loft.runtime.vm_process.stats`)."""
+        return stats(self._checked(workspace, Command.STATS))
 
     def snapshot(self, workspace: str) -> RuntimeSnapshot:
         """The VM's memory and devices as an image (see :mod:`loft.runtime.vm_image`),
@@ -837,7 +729,7 @@ class VmRuntime(Runtime):
     def _after_restore(self, vm: VmProcess) -> None:
         """The guest's clock stood still while it was saved, and a restored RNG state
         repeats: set the one, reseed the other."""
-        link = self._link(vm)
+        link = agent_link(vm)
         set_clock(link)
         link.call(Type.RESEED, secrets.token_bytes(64))
 
