@@ -105,7 +105,7 @@ def _restore_shared_image(rt: VmRuntime, spec: WorkspaceSpec, snap: RuntimeSnaps
     """The anchor: a restore as it was before each VM got its own RAM file, the image's
     RAM mapped ``share=off`` (named in ``ram.json``, which the runtime still reads)."""
     rec = decode_record(snap.state)
-    rt._prepare(spec, rt._image_env(rec))
+    rt._prepare(spec, rt.memory_images.env(rec))
     write_private(rt.dir(spec.id) / "ram.json", json.dumps(
         {"image": rec.ram_from, "memory_mib": rec.memory_mib}).encode())  # fmt: skip
     vm = launch(spec, rt._machine(spec), GuestImage.at(GUEST), incoming=True)

@@ -5,116 +5,78 @@ against :data:`loft.runtime.phase.ALLOWED`, and phase-changing commands hold the
 workspace's lock. QEMU is the machine (:mod:`~loft.runtime.vm_qemu` has its command line,
 :mod:`~loft.runtime.vm_process` starts, adopts and kills it), QMP
 (:mod:`~loft.runtime.qmp`, :mod:`~loft.runtime.vm_migrate`) pauses, saves and loads it,
-and the guest agent (:mod:`~loft.runtime.vm_agent`) runs commands and freezes the
-filesystem inside.
+and the guest agent (:mod:`~loft.runtime.vm_agent`, reached through
+:mod:`~loft.runtime.vm_exec`) runs commands and freezes the filesystem inside.
 
 Each VM has a private directory, ``<data>/runtime/vm/<id>`` (0700): the RAM file, the
 QMP and agent sockets, a hard link to its environment disk (``env.img``, see
-:mod:`~loft.runtime.vm_envdisk`) and what it is (``env.json``), QEMU's log,
-``workspace.json`` (the spec, so a suspended VM resumes without its caller knowing
-it) and ``vm.json`` (QEMU's pid and start time, so a restarted agent adopts or cleans
-it). The disk is never here: QEMU reads and writes the workspace volume from the node's
-NBD server, and the host never mounts it (a tenant writes it raw).
+:mod:`~loft.runtime.vm_envlink`), QEMU's log, ``workspace.json`` (the spec, so a
+suspended VM resumes without its caller knowing it) and ``vm.json`` (QEMU's pid and
+start time, so a restarted agent adopts or cleans it). The disk is never here: QEMU
+reads and writes the workspace volume from the node's NBD server, and the host never
+mounts it (a tenant writes it raw).
 
-Suspend and resume, in tiers:
+A suspend (:mod:`~loft.runtime.vm_suspend`) saves device state beside the RAM file;
+QEMU stays, paused (a **hot** resume is ``cont``), or quits (a **warm** resume is a new
+QEMU on the same RAM file, ``-incoming defer``, loading the state); either way the
+guest's clock is set and its RNG reseeded. A snapshot with memory
+(:mod:`~loft.runtime.vm_snapshot`) is an image that never changes; a restore, or a live
+fork (another workspace's snapshot onto a fork of its volume), gives the VM a sparse
+copy of its RAM file, and a fork's NIC its own MAC (:mod:`~loft.runtime.vm_net`).
 
-- **suspend**: ``stop`` the vCPUs, then migrate with ``x-ignore-shared`` to
-  ``state`` (device state only: RAM is already in the file), its SHA-256 recorded in
-  ``suspend.json``. QEMU either stays, paused (``hot``), or quits (the image stays).
-- **hot resume**: ``cont``. **warm resume**: a new QEMU with the same devices and
-  ``-incoming defer`` maps the RAM file (``share=on``: the VM is the file's only user,
-  so its next suspend again saves only device state) and loads ``state``; then ``cont``,
-  the guest's clock set and its RNG reseeded from the host.
-- The image stops being valid the moment the VM runs again (the RAM file changes
-  under it), so a resume deletes it first; a VM killed later boots afresh.
-
-Outbound networking (``nat``, :mod:`~loft.runtime.vm_net`): each QEMU starts in a
-network namespace of its own, made for it with its policy and its slirp4netns; a live
-fork's guest gets its own MAC (``SET_MAC``) and, when asked, a new machine-id.
-
-Snapshots with memory (:mod:`~loft.runtime.vm_image`): the RAM file copied, holes kept,
-into an image that never changes; a restore, or a live fork (``restore(..., fork=True)``
-of another workspace's snapshot onto a fork of its volume), gives the VM its own RAM
-file, a sparse copy of the image's, so it suspends as cheaply as a booted VM.
-
-Suspend images in the chunk store (:mod:`~loft.runtime.vm_store`): the node uploads a
-suspended VM's image (only what changed since its last upload), and a start on a node
-without the local image fetches it (:meth:`VmRuntime.fetch_suspend`) and resumes.
-
-About 700 lines and one idea, the controller: each command is its phase check, its lock
-and the calls into the modules above; the QEMU process, QMP, the migration stream, the
-image format and the agent live there.
+One idea, the controller: each command is its phase check, its lock and the calls into
+the modules above, where the QEMU process, the agent, the images and their formats live.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import re
 import secrets
 import shutil
 import socket
 import subprocess
-import sys
 import threading
-import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from loft.blockstore import Blockstore
-from loft.runtime import vm_cold, vm_store
-from loft.runtime.console import PtySession, set_window_size
-from loft.runtime.errors import ImageInUse, NotSupported, UnknownWorkspace, WorkspaceError
+from loft.runtime import vm_exec, vm_store, vm_suspend
+from loft.runtime.console import PtySession
+from loft.runtime.errors import NotSupported, UnknownWorkspace, WorkspaceError
 from loft.runtime.forward import Forwarder
 from loft.runtime.interface import Runtime, RuntimeSnapshot, Stats, WorkspaceStatus
-from loft.runtime.oci import process_config
-from loft.runtime.persist import load_spec, save_spec, write_private
+from loft.runtime.persist import load_spec, save_spec
 from loft.runtime.phase import Command, Phase, check
 from loft.runtime.qmp import QmpError
 from loft.runtime.runc import Stdio
 from loft.runtime.spec import ExecRequest, Network, WindowSize, WorkspaceSpec, check_workspace_id
-from loft.runtime.vm_agent import AgentLink
-from loft.runtime.vm_envdisk import EnvDisk, build_env_disk, check_env_name
-from loft.runtime.vm_image import (
-    FORMAT,
-    ImageRecord,
-    copy_sparse,
-    decode_record,
-    encode_record,
-    sha256_file,
-)
-from loft.runtime.vm_migrate import load_state, save_state
-from loft.runtime.vm_net import STACK_PID, guest_mac, mac_bytes, open_network, stop_recorded_stack
+from loft.runtime.vm_envdisk import EnvDisk, build_env_disk
+from loft.runtime.vm_envlink import link_env, linked_env
+from loft.runtime.vm_image import FORMAT, copy_sparse, decode_record, encode_record
+from loft.runtime.vm_migrate import load_state
+from loft.runtime.vm_net import guest_mac, mac_bytes, stop_recorded_stack
 from loft.runtime.vm_process import (
     VM_RECORD,
     VmProcess,
+    agent_link,
     attach,
     connect_agent,
     kill_recorded,
-    launch,
+    launch_networked,
     reap,
     recorded_pid,
     set_clock,
+    stats,
 )
-from loft.runtime.vm_protocol import Type, exec_payload, window_payload, write_file_payload
+from loft.runtime.vm_protocol import Type, write_file_payload
 from loft.runtime.vm_qemu import GuestImage, Machine, accelerator
+from loft.runtime.vm_snapshot import MemoryImages
 
 __all__ = ["NbdDisk", "VmRuntime"]
 
-_STATE = "state"
-_SUSPEND = "suspend.json"
-_STATE_FORMAT = 1
-#: A state file holds device state (tens of KB) and, for a VM whose RAM is a private
-#: mapping of an image, its RAM: never more than this beyond the VM's memory size.
-_STATE_SLACK = 64 << 20
-_RAM_JSON = "ram.json"
-#: The environment disk linked into a VM's or an image's directory, and (in a VM's)
-#: what it is.
-_ENV_IMG = "env.img"
-_ENV_JSON = "env.json"
 _MAX_READ = 16 << 20
 
 
@@ -150,6 +112,7 @@ class VmRuntime(Runtime):
         self.root = data_dir / "runtime" / "vm"
         self.images = data_dir / "runtime" / "vm-images"
         self.envs = data_dir / "runtime" / "vm-envs"
+        self.memory_images = MemoryImages(self.images, self.root, self.envs, bs)
         self.disk = disk
         self.guest_dir = guest or Path(os.environ.get("LOFT_VM_GUEST") or data_dir / "vm-guest")
         self.accel = accelerator(accel)
@@ -193,7 +156,7 @@ class VmRuntime(Runtime):
 
     def suspended(self, workspace: str) -> bool:
         """Whether ``workspace`` has a suspend image a start resumes from."""
-        return (self.dir(workspace) / _SUSPEND).is_file()
+        return vm_suspend.suspended(self.dir(workspace))
 
     # -- life --------------------------------------------------------------------------
 
@@ -213,7 +176,7 @@ class VmRuntime(Runtime):
                 vm = attach(spec, self._machine(spec), pid, agent=False)
             except (OSError, ValueError, KeyError, WorkspaceError):
                 # Nothing usable runs: keep a suspend image, drop the rest.
-                if not (d / _SUSPEND).is_file():
+                if not vm_suspend.suspended(d):
                     self._teardown(name)
                 continue
             status = vm.qmp.execute("query-status")
@@ -224,19 +187,13 @@ class VmRuntime(Runtime):
 
     def _machine(self, spec: WorkspaceSpec) -> Machine:
         """The VM of ``spec``: on its own RAM file, or (a VM an older loft restored) on
-        the image it was restored from, named in ``ram.json`` in its directory, with that
-        image's memory size."""
+        the image it was restored from, with that image's memory size."""
         disk = self.disk(spec.id)
         d = self.dir(spec.id)
         memory, image = spec.limits.memory, None
-        with contextlib.suppress(FileNotFoundError):
-            try:
-                rec = json.loads((d / _RAM_JSON).read_bytes()[:4096])
-                image = self._image_dir(str(rec["image"])) / "ram"
-                memory = int(rec["memory_mib"]) << 20
-            except (ValueError, KeyError, TypeError) as e:
-                raise WorkspaceError(f"damaged VM state {d / _RAM_JSON}: {e}") from e
-        env = _linked_env(d)
+        if (mapped := self.memory_images.mapped(d)) is not None:
+            image, memory = mapped
+        env = linked_env(d)
         return Machine(d, memory, disk.socket, disk.export, self.accel, ram_image=image,
                        env_disk=env.path if env else None,
                        env_name=env.name if env else "", mac=self._mac(spec))  # fmt: skip
@@ -247,27 +204,8 @@ class VmRuntime(Runtime):
 
     def _launch(self, spec: WorkspaceSpec, machine: Machine, guest: GuestImage, *,
                 incoming: bool) -> VmProcess:  # fmt: skip
-        """:func:`launch`, for a VM with a NIC in a network namespace made for it (its
-        policy loaded, its stack up) before QEMU starts in it."""
-        if machine.mac is None:
-            return launch(spec, machine, guest, incoming=incoming)
-        netns, stack = open_network(spec.deny, machine.dir, self.egress_netns)
-        try:
-            vm = launch(spec, machine, guest, incoming=incoming, netns=netns)
-        except BaseException:
-            stack.terminate()
-            stack.wait()
-            (machine.dir / STACK_PID).unlink(missing_ok=True)
-            raise
-        finally:
-            os.close(netns)  # QEMU holds the namespace now
-        vm.stack = stack
-        return vm
-
-    def _image_dir(self, image: str) -> Path:
-        if not re.fullmatch(r"[0-9a-f]{32}", image):
-            raise WorkspaceError(f"bad VM image id {image!r}")
-        return self.images / image
+        return launch_networked(spec, machine, guest, incoming=incoming,
+                                egress_netns=self.egress_netns)  # fmt: skip
 
     def start(self, spec: WorkspaceSpec) -> WorkspaceStatus:
         """Boot the workspace's VM, or resume it (warm) when it has a suspend image."""
@@ -308,8 +246,7 @@ class VmRuntime(Runtime):
         d.mkdir(mode=0o700)
         save_spec(d, spec)
         if env is not None:
-            os.link(env.path, d / _ENV_IMG)
-            _note_env(d, env)
+            link_env(d, env)
 
     def stop(self, workspace: str, *, grace: float = 5.0) -> None:
         """Shut the VM down and remove every trace, a suspend image included (the
@@ -345,101 +282,33 @@ class VmRuntime(Runtime):
 
     # -- reaching in -------------------------------------------------------------------
 
-    def _link(self, vm: VmProcess) -> AgentLink:
-        if vm.agent is None or vm.agent.failure is not None:
-            if vm.agent is not None:
-                vm.agent.close()
-            vm.agent = None
-            vm.agent = AgentLink.connect(vm.machine.agent, 5.0)
-        return vm.agent
-
-    def exec(
-        self,
-        workspace: str,
-        request: ExecRequest,
-        *,
-        stdin: Stdio = None,
-        stdout: Stdio = None,
-        stderr: Stdio = None,
-    ) -> subprocess.Popen[bytes]:
-        return self._exec(workspace, request, kept=False, stdin=stdin, stdout=stdout,
-                          stderr=stderr)  # fmt: skip
+    def exec(self, workspace: str, request: ExecRequest, *, stdin: Stdio = None,
+             stdout: Stdio = None, stderr: Stdio = None) -> subprocess.Popen[bytes]:  # fmt: skip
+        vm = self._checked(workspace, Command.EXEC)
+        return vm_exec.exec_in(vm, request, kept=False, stdin=stdin, stdout=stdout,
+                               stderr=stderr)  # fmt: skip
 
     def exec_kept(self, workspace: str, request: ExecRequest, *, stdout: Stdio = None,
                   stderr: Stdio = None) -> subprocess.Popen[bytes]:  # fmt: skip
         """The guest agent keeps this command's output while no host reads it (its QEMU
         suspended, the VM restored or forked from memory): :meth:`attach_kept` then
         relays what it kept, its newest 256 KiB, and the rest. One per VM."""
-        return self._exec(workspace, request, kept=True, stdin=subprocess.DEVNULL,
-                          stdout=stdout, stderr=stderr)  # fmt: skip
+        vm = self._checked(workspace, Command.EXEC)
+        return vm_exec.exec_in(vm, request, kept=True, stdin=subprocess.DEVNULL,
+                               stdout=stdout, stderr=stderr)  # fmt: skip
 
     def attach_kept(self, workspace: str, *, stdout: Stdio = None,
                     stderr: Stdio = None) -> subprocess.Popen[bytes]:  # fmt: skip
         """The kept command of a VM that came back from memory, as :meth:`exec` gives a
         command (its exit status the command's; 127 and a line on standard error when
         the VM has none running)."""
-        link = self._link(self._checked(workspace, Command.EXEC))
-        return self._relay(link, None, tty=False, stdin=subprocess.DEVNULL, stdout=stdout,
-                           stderr=stderr)  # fmt: skip
-
-    def _exec(self, workspace: str, request: ExecRequest, *, kept: bool, stdin: Stdio,
-              stdout: Stdio, stderr: Stdio) -> subprocess.Popen[bytes]:  # fmt: skip
         vm = self._checked(workspace, Command.EXEC)
-        link = self._link(vm)
-        process = process_config(request)
-        payload = exec_payload(request.argv, process["env"], process["cwd"], request.user,
-                               request.user)  # fmt: skip
-        return self._relay(link, payload, tty=False, kept=kept, stdin=stdin, stdout=stdout,
-                           stderr=stderr)  # fmt: skip
-
-    @staticmethod
-    def _relay(link: AgentLink, payload: bytes | None, *, tty: bool, stdin: Stdio,
-               stdout: Stdio, stderr: Stdio,
-               kept: bool = False) -> subprocess.Popen[bytes]:  # fmt: skip
-        """Start the relay process that stands for the command of ``payload`` (None:
-        the agent's kept command)."""
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        kept = kept or payload is None
-        argv = [sys.executable, "-m", "loft.runtime.vm_relay", *(["--tty"] if tty else []),
-                *(["--kept"] if kept else []), str(theirs.fileno())]  # fmt: skip
-        try:
-            proc = subprocess.Popen(argv, pass_fds=(theirs.fileno(),), stdin=stdin,
-                                    stdout=stdout, stderr=stderr)  # fmt: skip
-        except BaseException:
-            ours.close()
-            raise
-        finally:
-            theirs.close()
-        try:
-            if payload is None:
-                link.open_kept(ours)
-            else:
-                link.open_session(payload, ours, tty=tty, kept=kept)
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
-        return proc
+        return vm_exec.attach_kept(vm, stdout=stdout, stderr=stderr)
 
     def pty(self, workspace: str, request: ExecRequest, size: WindowSize) -> PtySession:
         """``request`` on a new terminal in the guest, relayed to a host terminal whose
         master the caller gets (its resize reaches the guest's terminal)."""
-        vm = self._checked(workspace, Command.PTY)
-        master, slave = os.openpty()
-        try:
-            set_window_size(slave, size)
-            process = process_config(request, size)
-            payload = window_payload(size.rows, size.cols) + exec_payload(
-                request.argv, process["env"], process["cwd"], request.user, request.user
-            )
-            proc = self._relay(self._link(vm), payload, tty=True, stdin=slave, stdout=slave,
-                               stderr=slave)  # fmt: skip
-        except BaseException:
-            os.close(master)
-            raise
-        finally:
-            os.close(slave)
-        return PtySession(master, proc)
+        return vm_exec.pty_in(self._checked(workspace, Command.PTY), request, size)
 
     def forward(self, workspace: str, port: int, listener: socket.socket) -> Forwarder:
         """Relay connections accepted on ``listener`` to ``127.0.0.1:port`` in the guest,
@@ -448,7 +317,7 @@ class VmRuntime(Runtime):
         if not 0 < port < 65536:
             raise ValueError(f"bad port {port}")
 
-        fwd = Forwarder(listener, lambda: self._connect_in(vm, port, 10.0))
+        fwd = Forwarder(listener, lambda: vm_exec.connect_in(vm, port, 10.0))
         vm.forwarders.append(fwd)
         return fwd
 
@@ -459,26 +328,17 @@ class VmRuntime(Runtime):
         vm = self._checked(workspace, Command.FORWARD)
         if not 0 < port < 65536:
             raise ValueError(f"bad port {port}")
-        return self._connect_in(vm, port, timeout)
-
-    def _connect_in(self, vm: VmProcess, port: int, timeout: float) -> socket.socket:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        try:
-            self._link(vm).open_connection(port, theirs, timeout)
-        except BaseException:
-            ours.close()
-            raise
-        return ours
+        return vm_exec.connect_in(vm, port, timeout)
 
     def read_file(self, workspace: str, path: str, limit: int = _MAX_READ) -> bytes:
         """The contents of ``path`` inside the workspace (at most ``limit`` bytes)."""
         vm = self._checked(workspace, Command.EXEC)
-        return self._link(vm).call(Type.READ_FILE, path.encode() + b"\0", limit=limit)
+        return agent_link(vm).call(Type.READ_FILE, path.encode() + b"\0", limit=limit)
 
     def write_file(self, workspace: str, path: str, data: bytes, mode: int = 0o644) -> None:
         """Replace ``path`` inside the workspace with ``data`` (up to about 1 MiB)."""
         vm = self._checked(workspace, Command.EXEC)
-        self._link(vm).call(Type.WRITE_FILE, write_file_payload(path, data, mode))
+        agent_link(vm).call(Type.WRITE_FILE, write_file_payload(path, data, mode))
 
     # -- freezing and stats ------------------------------------------------------------
 
@@ -494,8 +354,7 @@ class VmRuntime(Runtime):
             self._cont(vm)
 
     def _cont(self, vm: VmProcess) -> None:
-        (vm.machine.dir / _SUSPEND).unlink(missing_ok=True)  # invalid once it runs
-        (vm.machine.dir / _STATE).unlink(missing_ok=True)
+        vm_suspend.discard(vm.machine.dir)  # invalid once it runs
         vm.qmp.execute("cont")
         vm.phase = Phase.RUNNING
 
@@ -505,7 +364,7 @@ class VmRuntime(Runtime):
             if vm.phase is not Phase.RUNNING:
                 raise WorkspaceError(f"workspace {workspace} is paused: its agent cannot freeze",
                                      hint="freeze the filesystem before the processes")  # fmt: skip
-            self._link(vm).call(Type.FSFREEZE, timeout=60)
+            agent_link(vm).call(Type.FSFREEZE, timeout=60)
             vm.fs_frozen = True
 
     def thaw_filesystem(self, workspace: str) -> None:
@@ -514,63 +373,24 @@ class VmRuntime(Runtime):
             if vm.phase is not Phase.RUNNING:
                 raise WorkspaceError(f"workspace {workspace} is paused: its agent cannot thaw",
                                      hint="thaw the processes first")  # fmt: skip
-            self._link(vm).call(Type.FSTHAW)
+            agent_link(vm).call(Type.FSTHAW)
             vm.fs_frozen = False
 
     def stats(self, workspace: str) -> Stats:
-        """QEMU's own use: resident memory (the guest's touched RAM and QEMU's heap) and
-        CPU time; the guest's processes are not counted one by one."""
-        vm = self._checked(workspace, Command.STATS)
-        status = Path(f"/proc/{vm.pid}/status").read_text()
-        fields = {k: v.split() for k, _, v in (line.partition(":") for line in status.splitlines())}
-        stat = Path(f"/proc/{vm.pid}/stat").read_bytes().rsplit(b")", 1)[1].split()
-        tick = os.sysconf("SC_CLK_TCK")
-        return Stats(
-            memory=int(fields["VmRSS"][0]) << 10,
-            memory_peak=int(fields["VmHWM"][0]) << 10,
-            memory_limit=vm.machine.memory_mib << 20,
-            cpu_ns=(int(stat[11]) + int(stat[12])) * 10**9 // tick,
-            cpu_periods=0,
-            cpu_throttled_periods=0,
-            cpu_throttled_ns=0,
-            pids=int(fields["Threads"][0]),
-            pids_limit=0,
-        )
+        """QEMU's own use (:func:`~loft.runtime.vm_process.stats`)."""
+        return stats(self._checked(workspace, Command.STATS))
+
+    # -- snapshots with memory ---------------------------------------------------------
 
     def snapshot(self, workspace: str) -> RuntimeSnapshot:
-        """The VM's memory and devices as an image (see :mod:`loft.runtime.vm_image`),
+        """The VM's memory and devices as an image (see :mod:`loft.runtime.vm_snapshot`),
         taken with its vCPUs stopped: a running VM is stopped for the copy and goes on
         after; a frozen one stays frozen, so the caller can snapshot the volume at the
         very same point before it thaws."""
         with self._lock(workspace):
             vm = self._checked(workspace, Command.SNAPSHOT)
-            image = secrets.token_hex(16)
-            d = self._image_dir(image)
-            running = vm.phase is Phase.RUNNING
             self._prepare_dirs()
-            d.mkdir(mode=0o700)
-            try:
-                if running:
-                    vm.qmp.execute("stop")
-                save_state(vm.qmp, d / _STATE)
-                if vm.machine.ram_image is None:
-                    copy_sparse(vm.machine.ram, d / "ram")
-                    ram_from = image
-                else:  # its RAM went into the stream, loaded over the image it runs from
-                    ram_from = vm.machine.ram_image.parent.name
-                env = _linked_env(vm.machine.dir)
-                if env is not None:
-                    os.link(env.path, d / _ENV_IMG)
-                rec = ImageRecord(image, workspace, vm.machine.memory_mib, ram_from,
-                                  sha256_file(d / _STATE), env=env.name if env else "",
-                                  env_sha256=env.sha256 if env else "")  # fmt: skip
-                write_private(d / "record", encode_record(rec))
-            except BaseException:
-                shutil.rmtree(d, ignore_errors=True)
-                raise
-            finally:
-                if running:
-                    vm.qmp.execute("cont")
+            rec = self.memory_images.take(vm, workspace)
             return RuntimeSnapshot(self.kind, FORMAT, encode_record(rec))
 
     def restore(self, spec: WorkspaceSpec, snapshot: RuntimeSnapshot, *, fork: bool = False,
@@ -590,24 +410,10 @@ class VmRuntime(Runtime):
         if rec.workspace != spec.id and not fork:
             raise WorkspaceError(f"the snapshot is of workspace {rec.workspace}, not {spec.id}",
                                  hint="fork it into a new workspace instead")  # fmt: skip
-        state = self._image_dir(rec.image) / _STATE
-        ram = self._image_dir(rec.ram_from) / "ram"
-        if self.bs is not None and not (state.is_file() and ram.is_file()):
+        if self.bs is not None and not self.memory_images.here(rec):
             self._prepare_dirs()  # cold: the image only in the chunk store
-            vm_cold.fetch(self.bs, self.images, rec)
-            if not (state.parent / "record").exists():
-                write_private(state.parent / "record", snapshot.state)
-        try:
-            ok = ram.stat().st_size == rec.memory_mib << 20
-            ok = ok and state.stat().st_size <= (rec.memory_mib << 20) + _STATE_SLACK
-        except FileNotFoundError:
-            ok = False
-        if not ok or sha256_file(state) != rec.state_sha256:
-            raise WorkspaceError(
-                f"the VM image {rec.image} is missing or damaged",
-                hint="restore the volume snapshot alone (a cold boot)",
-            )
-        env = self._image_env(rec)
+            self.memory_images.fetch(rec, snapshot.state)
+        state, ram, env = self.memory_images.checked(rec)
         # the VM's own RAM file, as a boot has: its next suspend saves device state only
         spec = replace(spec, limits=replace(spec.limits, memory=rec.memory_mib << 20))
         with self._lock(spec.id):
@@ -635,56 +441,15 @@ class VmRuntime(Runtime):
                 raise
             return WorkspaceStatus(spec.id, Phase.RUNNING, vm.pid)
 
-    def _image_env(self, rec: ImageRecord) -> EnvDisk | None:
-        """The environment disk image ``rec`` was taken with: linked in its directory,
-        else the node's cached image when it is that very one, else fetched from the
-        chunk store (an image rebuilt from the same closure would not be the same)."""
-        if not rec.env:
-            return None
-        return self._bring_env(rec.env, rec.env_sha256, self._image_dir(rec.image) / _ENV_IMG)
-
-    def _bring_env(self, name: str, sha256: str, dest: Path) -> EnvDisk:
-        """Environment disk ``name`` of digest ``sha256`` at ``dest``: there already,
-        else the node's cached image when it is that very one, else fetched from the
-        chunk store (an image rebuilt from the same closure would not be the same)."""
-        if not dest.is_file():
-            with contextlib.suppress(OSError):
-                if (self.envs / f"{name}.sha256").read_text().strip() == sha256:
-                    os.link(self.envs / f"{name}.img", dest)
-        if not dest.is_file() and self.bs is not None:
-            vm_cold.fetch_env(self.bs, sha256, dest)
-        if not dest.is_file():
-            raise WorkspaceError(
-                f"the environment disk {name} ({sha256[:16]}) is neither here nor in the "
-                "chunk store",
-                hint="restore the volume snapshot alone (a cold boot)",
-            )
-        return EnvDisk(dest, name, sha256)
-
     def remove_snapshot(self, snapshot: RuntimeSnapshot) -> None:
         """Delete a memory snapshot's image (gone already is fine); :class:`ImageInUse`
         while a VM or another image still maps its RAM."""
-        rec = decode_record(snapshot.state)
-        users = [p.parent.name for p in self.root.glob(f"*/{_RAM_JSON}")
-                 if rec.image in p.read_text()]  # fmt: skip
-        for p in self.images.glob("*/record"):
-            if p.parent.name != rec.image and decode_record(p.read_bytes()).ram_from == rec.image:
-                users.append(f"image {p.parent.name}")
-        if users:
-            raise ImageInUse(f"VM image {rec.image} is in use by {', '.join(sorted(users))}")
-        shutil.rmtree(self._image_dir(rec.image), ignore_errors=True)
-        if self.bs is not None:
-            vm_cold.remove(self.bs, rec.image)
+        self.memory_images.remove(snapshot.state)
 
     def upload_snapshot(self, snapshot: RuntimeSnapshot) -> str:
         """Put a memory snapshot's image into the chunk store (a volume of its own, see
         :mod:`loft.runtime.vm_cold`), so a restore on any node finds it; the volume."""
-        if self.bs is None:
-            raise WorkspaceError("this VM runtime has no blockstore to upload images to")
-        rec = decode_record(snapshot.state)
-        if rec.env:
-            vm_cold.upload_env(self.bs, self._image_dir(rec.image) / _ENV_IMG, rec.env_sha256)
-        return vm_cold.upload(self.bs, self.images, rec)
+        return self.memory_images.upload(snapshot.state)
 
     # -- suspend and resume ------------------------------------------------------------
 
@@ -694,25 +459,17 @@ class VmRuntime(Runtime):
         resume. Returns the seconds the save took."""
         with self._lock(workspace):
             vm = self._checked(workspace, Command.SNAPSHOT)
-            d = vm.machine.dir
             if vm.phase is Phase.RUNNING:
                 vm.qmp.execute("stop")
                 vm.phase = Phase.PAUSED
-            t0 = time.monotonic()
-            save_state(vm.qmp, d / _STATE)
-            seconds = time.monotonic() - t0
-            digest = sha256_file(d / _STATE)
-            write_private(d / _SUSPEND, json.dumps(
-                {"format": _STATE_FORMAT, "workspace": workspace, "sha256": digest,
-                 "memory": vm.machine.memory_mib}
-            ).encode())  # fmt: skip
+            seconds = vm_suspend.save(vm, workspace)
             if not keep:
                 with contextlib.suppress(QmpError):
                     vm.qmp.execute("quit")
                 self._live.pop(workspace, None)
                 vm.alive(wait=5)  # QEMU exits once quit; killed if it does not
                 vm.kill()
-                (d / VM_RECORD).unlink(missing_ok=True)
+                (vm.machine.dir / VM_RECORD).unlink(missing_ok=True)
             return seconds
 
     def resume(self, workspace: str) -> WorkspaceStatus:
@@ -729,26 +486,9 @@ class VmRuntime(Runtime):
 
     def _resume_warm(self, workspace: str) -> WorkspaceStatus:
         d = self.dir(workspace)
-        try:
-            meta = json.loads((d / _SUSPEND).read_bytes()[:4096])
-            spec = load_spec(d)
-            if meta.get("format") != _STATE_FORMAT or meta.get("workspace") != workspace:
-                raise ValueError("not this workspace's image")
-            digest = str(meta["sha256"])
-        except (OSError, ValueError, KeyError) as e:
-            raise WorkspaceError(
-                f"workspace {workspace} has no usable suspend image: {e}",
-                hint="stop it (the image is lost) and start it afresh",
-            ) from e
-        state = d / _STATE
+        spec, digest = vm_suspend.load(d, workspace)
         machine = self._machine(spec)
-        if (not state.is_file() or state.stat().st_size > machine.memory + _STATE_SLACK
-                or sha256_file(state) != digest):  # fmt: skip
-            raise WorkspaceError(
-                f"workspace {workspace}'s suspend image is damaged (its state file does not "
-                "match what was saved)",
-                hint="stop it (the memory image is lost) and start it afresh",
-            )
+        state = vm_suspend.state_checked(d, workspace, digest, machine.memory)
         guest = GuestImage.at(self.guest_dir)
         vm = None
         try:
@@ -765,7 +505,14 @@ class VmRuntime(Runtime):
         self._live[workspace] = vm
         return WorkspaceStatus(workspace, Phase.RUNNING, vm.pid)
 
-    # -- suspend images in the chunk store -----------------------------------------------
+    def _after_restore(self, vm: VmProcess) -> None:
+        """The guest's clock stood still while it was saved, and a restored RNG state
+        repeats: set the one, reseed the other."""
+        link = agent_link(vm)
+        set_clock(link)
+        link.call(Type.RESEED, secrets.token_bytes(64))
+
+    # -- suspend images in the chunk store ---------------------------------------------
 
     def uploaded(self, workspace: str) -> bool:
         """Whether ``workspace`` has a suspend image in the chunk store."""
@@ -780,26 +527,13 @@ class VmRuntime(Runtime):
         with self._lock(workspace):
             if self._live_one(workspace) is not None or not self.suspended(workspace):
                 raise WorkspaceError(f"workspace {workspace} is not suspended")
-            spec = load_spec(self.dir(workspace))
-            machine = self._machine(spec)
-            env = _linked_env(machine.dir)
-            if env is not None:  # once per environment: a volume named by its content
-                vm_cold.upload_env(self.bs, env.path, env.sha256)
-            up = vm_store.upload(self.bs, workspace, machine.ram, machine.dir / _STATE,
-                                 disk_root, env)  # fmt: skip
-            meta = json.loads((machine.dir / _SUSPEND).read_bytes()[:4096])
-            write_private(
-                machine.dir / _SUSPEND, json.dumps({**meta, "disk_root": disk_root}).encode()
-            )
-            return up
+            machine = self._machine(load_spec(self.dir(workspace)))
+            return vm_suspend.upload(self.bs, workspace, machine, disk_root)
 
     def suspend_disk_root(self, workspace: str) -> str | None:
         """The volume root the local suspend image was uploaded with (None: not
         uploaded, or no image): another root means the disk moved on elsewhere since."""
-        with contextlib.suppress(OSError, ValueError):
-            root = json.loads((self.dir(workspace) / _SUSPEND).read_bytes()[:4096]).get("disk_root")
-            return root if isinstance(root, str) else None
-        return None
+        return vm_suspend.disk_root(self.dir(workspace))
 
     def fetch_suspend(self, spec: WorkspaceSpec, disk_root: str) -> bool:
         """Make the suspend image of ``spec`` in the chunk store its local one (a
@@ -818,13 +552,7 @@ class VmRuntime(Runtime):
             d = self.dir(spec.id)
             try:
                 self._prepare(spec, None)
-                h = vm_store.fetch(self.bs, spec.id, disk_root, d / "ram", d / _STATE)
-                if h.env:  # the very disk the suspended guest has mounted
-                    _note_env(d, self._bring_env(h.env, h.env_sha256, d / _ENV_IMG))
-                write_private(d / _SUSPEND, json.dumps(
-                    {"format": _STATE_FORMAT, "workspace": spec.id, "sha256": h.state_sha256,
-                     "memory": h.memory_mib}
-                ).encode())  # fmt: skip
+                vm_suspend.fetch(self.bs, spec.id, disk_root, d, self.envs)
             except BaseException:
                 self._teardown(spec.id)
                 raise
@@ -833,26 +561,3 @@ class VmRuntime(Runtime):
     def remove_suspend_upload(self, workspace: str) -> bool:
         """Delete ``workspace``'s suspend image from the chunk store; whether it had one."""
         return self.bs is not None and vm_store.remove(self.bs, workspace)
-
-    def _after_restore(self, vm: VmProcess) -> None:
-        """The guest's clock stood still while it was saved, and a restored RNG state
-        repeats: set the one, reseed the other."""
-        link = self._link(vm)
-        set_clock(link)
-        link.call(Type.RESEED, secrets.token_bytes(64))
-
-
-def _note_env(d: Path, env: EnvDisk) -> None:
-    """Say in VM directory ``d`` which environment disk its ``env.img`` is."""
-    write_private(d / _ENV_JSON, json.dumps({"name": env.name, "sha256": env.sha256}).encode())
-
-
-def _linked_env(d: Path) -> EnvDisk | None:
-    """The environment disk linked into VM directory ``d`` (None: the VM has none)."""
-    try:
-        meta = json.loads((d / _ENV_JSON).read_bytes()[:4096])
-        return EnvDisk(d / _ENV_IMG, check_env_name(str(meta["name"])), str(meta["sha256"]))
-    except FileNotFoundError:
-        return None
-    except (ValueError, KeyError, TypeError) as e:
-        raise WorkspaceError(f"damaged VM state {d / _ENV_JSON}: {e}") from e

@@ -16,10 +16,15 @@ from typing import Any
 from loft.runtime.errors import WorkspaceError
 from loft.runtime.qmp import QmpClient, QmpError
 
-__all__ = ["SAVE_TIMEOUT", "load_state", "save_state"]
+__all__ = ["SAVE_TIMEOUT", "STATE", "STATE_SLACK", "load_state", "save_state"]
 
 #: Device state takes tens of milliseconds; a whole 1 GiB RAM about 2 s here.
 SAVE_TIMEOUT = 60.0
+#: The state file, in a memory image's directory as in a suspended VM's.
+STATE = "state"
+#: A state file holds device state (tens of KB) and, for a VM whose RAM is a private
+#: mapping of an image, its RAM: never more than this beyond the VM's memory size.
+STATE_SLACK = 64 << 20
 
 
 def _migration(qmp: QmpClient, what: str) -> dict[str, Any]:

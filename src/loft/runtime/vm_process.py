@@ -1,5 +1,5 @@
 """One VM's QEMU process: launch it, connect QMP and the guest agent, adopt one that
-outlived its runtime, read its log and console, kill and reap it.
+outlived its runtime, read its log, console and resource use, kill and reap it.
 
 QEMU runs in a session of its own (so neither a stopped agent nor its terminal takes it
 down); its pid and start time go to ``vm.json`` in the VM's directory the moment it is
@@ -24,12 +24,13 @@ from loft.procfs import proc_stat
 from loft.runtime.egress import enter_netns
 from loft.runtime.errors import WorkspaceError
 from loft.runtime.forward import Forwarder
+from loft.runtime.interface import Stats
 from loft.runtime.persist import write_private
 from loft.runtime.phase import Phase
 from loft.runtime.qmp import QmpClient, QmpError
 from loft.runtime.spec import WorkspaceSpec
 from loft.runtime.vm_agent import AgentError, AgentLink
-from loft.runtime.vm_net import stop_recorded_stack
+from loft.runtime.vm_net import STACK_PID, open_network, stop_recorded_stack
 from loft.runtime.vm_protocol import Type
 from loft.runtime.vm_qemu import CONSOLE_BYTES, GuestImage, Machine, qemu_argv
 
@@ -37,13 +38,16 @@ __all__ = [
     "BOOT_TIMEOUT",
     "VM_RECORD",
     "VmProcess",
+    "agent_link",
     "attach",
     "connect_agent",
     "kill_recorded",
     "launch",
+    "launch_networked",
     "reap",
     "recorded_pid",
     "set_clock",
+    "stats",
     "tail",
 ]
 
@@ -137,6 +141,26 @@ def launch(spec: WorkspaceSpec, machine: Machine, guest: GuestImage, *,
     return attach(spec, machine, proc.pid, agent=not incoming, proc=proc)
 
 
+def launch_networked(spec: WorkspaceSpec, machine: Machine, guest: GuestImage, *,
+                     incoming: bool, egress_netns: Path | None) -> VmProcess:  # fmt: skip
+    """:func:`launch`, for a VM with a NIC in a network namespace made for it (its
+    policy loaded, its stack up, in ``egress_netns``) before QEMU starts in it."""
+    if machine.mac is None:
+        return launch(spec, machine, guest, incoming=incoming)
+    netns, stack = open_network(spec.deny, machine.dir, egress_netns)
+    try:
+        vm = launch(spec, machine, guest, incoming=incoming, netns=netns)
+    except BaseException:
+        stack.terminate()
+        stack.wait()
+        (machine.dir / STACK_PID).unlink(missing_ok=True)
+        raise
+    finally:
+        os.close(netns)  # QEMU holds the namespace now
+    vm.stack = stack
+    return vm
+
+
 def attach(spec: WorkspaceSpec, machine: Machine, pid: int, *, agent: bool,
            proc: subprocess.Popen[bytes] | None = None) -> VmProcess:  # fmt: skip
     """Connect to the QEMU ``pid`` of ``machine`` (one this runtime started, ``proc``,
@@ -178,6 +202,37 @@ def connect_agent(vm: VmProcess) -> AgentLink:
                     f"the VM's agent did not answer in {BOOT_TIMEOUT:.0f} s: "
                     f"{tail(vm.machine, vm.qmp)}"
                 ) from None
+
+
+def agent_link(vm: VmProcess) -> AgentLink:
+    """The connection to ``vm``'s agent, made again when it failed or there is none (a
+    paused VM's is made on first use)."""
+    if vm.agent is None or vm.agent.failure is not None:
+        if vm.agent is not None:
+            vm.agent.close()
+        vm.agent = None
+        vm.agent = AgentLink.connect(vm.machine.agent, 5.0)
+    return vm.agent
+
+
+def stats(vm: VmProcess) -> Stats:
+    """QEMU's own use: resident memory (the guest's touched RAM and QEMU's heap) and
+    CPU time; the guest's processes are not counted one by one."""
+    status = Path(f"/proc/{vm.pid}/status").read_text()
+    fields = {k: v.split() for k, _, v in (line.partition(":") for line in status.splitlines())}
+    stat = Path(f"/proc/{vm.pid}/stat").read_bytes().rsplit(b")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return Stats(
+        memory=int(fields["VmRSS"][0]) << 10,
+        memory_peak=int(fields["VmHWM"][0]) << 10,
+        memory_limit=vm.machine.memory_mib << 20,
+        cpu_ns=(int(stat[11]) + int(stat[12])) * 10**9 // tick,
+        cpu_periods=0,
+        cpu_throttled_periods=0,
+        cpu_throttled_ns=0,
+        pids=int(fields["Threads"][0]),
+        pids_limit=0,
+    )
 
 
 def tail(machine: Machine, qmp: QmpClient | None = None) -> str:
