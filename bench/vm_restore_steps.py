@@ -29,7 +29,7 @@ from _common import ROOT, emit, log, stats_ms, workdir
 for sub in ("runtime", "node", "interop", "envstore"):
     sys.path.insert(0, str(ROOT / "tests" / sub))
 
-from vm_support import sh, vms  # noqa: E402
+from vm_support import sh, vms, xfs_mount  # noqa: E402
 
 import loft.runtime.vm as vm_module  # noqa: E402
 from loft.runtime.spec import ExecRequest  # noqa: E402
@@ -70,26 +70,6 @@ def timed_steps() -> Iterator[dict[str, list[float]]]:
     finally:
         for owner, name, f in saved:
             setattr(owner, name, f)
-
-
-@contextmanager
-def xfs_mount(where: Path) -> Iterator[Path]:
-    """A loop-backed XFS (reflinks on) in a sparse file under ``where``, mounted."""
-    image, mnt = where / "xfs.img", where / "xfs"
-    with open(image, "wb") as f:
-        f.truncate(8 << 30)
-    subprocess.run(["mkfs.xfs", "-q", "-f", "-m", "reflink=1", str(image)], check=True)
-    mnt.mkdir()
-    dev = subprocess.run(["losetup", "--find", "--show", str(image)], check=True,
-                         capture_output=True, text=True).stdout.strip()  # fmt: skip
-    try:
-        subprocess.run(["mount", dev, str(mnt)], check=True)
-        try:
-            yield mnt
-        finally:
-            subprocess.run(["umount", str(mnt)], check=False)
-    finally:
-        subprocess.run(["losetup", "-d", dev], check=False)
 
 
 def _rss_mib(pid: int) -> float:
@@ -142,7 +122,7 @@ def main() -> None:
         fs = subprocess.run(["findmnt", "-n", "-o", "FSTYPE", "--target", str(tmp)],
                             check=True, capture_output=True, text=True).stdout.strip()  # fmt: skip
         copying = measure(tmp / "plain")
-        with xfs_mount(tmp) as mnt:
+        with xfs_mount(tmp, 8 << 30) as mnt:
             reflinking = measure(mnt)
     emit({"benchmark": "vm_restore_steps", "rounds": N, "memory_mib": 256,
           "results": {f"data_dir_{fs}": copying, "data_dir_xfs_loop": reflinking}})  # fmt: skip

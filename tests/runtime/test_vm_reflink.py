@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from vm_support import needs_qemu, sh, vms
+from vm_support import needs_qemu, sh, vms, xfs_mount
 
 from loft.runtime.vm_image import copy_sparse
 
@@ -21,24 +21,9 @@ pytestmark = [pytest.mark.serial,
 
 @pytest.fixture
 def xfs(tmp_path: Path) -> Iterator[Path]:
-    """A loop-backed XFS with reflinks, mounted at tmp_path/mnt (a sparse 2 GiB image;
-    XFS refuses less than 300 MiB)."""
-    image, mnt = tmp_path / "fs.img", tmp_path / "mnt"
-    with open(image, "wb") as f:
-        f.truncate(2 << 30)
-    subprocess.run(["mkfs.xfs", "-q", "-f", "-m", "reflink=1", str(image)], check=True,
-                   capture_output=True)  # fmt: skip
-    mnt.mkdir()
-    dev = subprocess.run(["losetup", "--find", "--show", str(image)], check=True,
-                         capture_output=True, text=True).stdout.strip()  # fmt: skip
-    try:
-        subprocess.run(["mount", "-o", "nosuid,nodev", dev, str(mnt)], check=True)
-        try:
-            yield mnt
-        finally:
-            subprocess.run(["umount", str(mnt)], check=False)
-    finally:
-        subprocess.run(["losetup", "-d", dev], check=False)
+    """A loop-backed XFS with reflinks (``vm_support.xfs_mount``)."""
+    with xfs_mount(tmp_path) as mnt:
+        yield mnt
 
 
 def _shared_bytes(path: Path) -> int:

@@ -89,6 +89,29 @@ def vms(tmp_path: Path, egress_netns: Path | None = None) -> Iterator[Vms]:
                 runtime._teardown(ws)
 
 
+@contextmanager
+def xfs_mount(where: Path, size: int = 2 << 30) -> Iterator[Path]:
+    """A loop-backed XFS with reflinks (a sparse ``size``-byte image under ``where``;
+    XFS refuses less than 300 MiB), mounted at ``where/xfs`` nosuid,nodev; unmounted and
+    its loop device detached afterwards."""
+    image, mnt = where / "xfs.img", where / "xfs"
+    with open(image, "wb") as f:
+        f.truncate(size)
+    subprocess.run(["mkfs.xfs", "-q", "-f", "-m", "reflink=1", str(image)], check=True,
+                   capture_output=True, timeout=60)  # fmt: skip
+    mnt.mkdir()
+    dev = subprocess.run(["losetup", "--find", "--show", str(image)], check=True,
+                         capture_output=True, text=True, timeout=30).stdout.strip()  # fmt: skip
+    try:
+        subprocess.run(["mount", "-o", "nosuid,nodev", dev, str(mnt)], check=True, timeout=30)
+        try:
+            yield mnt
+        finally:
+            subprocess.run(["umount", str(mnt)], check=False, timeout=60)
+    finally:
+        subprocess.run(["losetup", "-d", dev], check=False, timeout=30)
+
+
 def sh(node: Vms, ws: str, script: str, user: int = 0) -> str:
     """``sh -c script`` in workspace ``ws`` (as root unless ``user``), which must succeed;
     its output."""

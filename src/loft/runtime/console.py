@@ -19,11 +19,12 @@ import signal
 import struct
 import subprocess
 import termios
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from loft.runtime.spec import WindowSize
 
-__all__ = ["PtySession", "set_window_size"]
+__all__ = ["PtySession", "on_new_pty", "set_window_size"]
 
 
 def set_window_size(fd: int, size: WindowSize) -> None:
@@ -58,3 +59,19 @@ class PtySession:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+
+
+def on_new_pty(size: WindowSize, spawn: Callable[[int], subprocess.Popen[bytes]]) -> PtySession:
+    """A new pty pair of ``size``, with the process ``spawn`` starts on its slave (given
+    as stdin, stdout and stderr); the caller gets the master. The slave is closed here
+    either way, the master too when ``spawn`` fails."""
+    master, slave = os.openpty()
+    try:
+        set_window_size(slave, size)
+        process = spawn(slave)
+    except BaseException:
+        os.close(master)
+        raise
+    finally:
+        os.close(slave)
+    return PtySession(master, process)

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from loft.runtime.cgroups import cgroup_dirs
-from loft.runtime.console import PtySession, set_window_size
+from loft.runtime.console import PtySession, on_new_pty
 from loft.runtime.egress import NAMESERVER, apply_ruleset, egress_ruleset, start_stack, stop_stack
 from loft.runtime.errors import NotSupported, UnknownWorkspace, WorkspaceError
 from loft.runtime.forward import Forwarder, connect_in
@@ -311,19 +311,14 @@ class SandboxRuntime(Runtime):
 
     def pty(self, workspace: str, request: ExecRequest, size: WindowSize) -> PtySession:
         self._checked(workspace, Command.PTY)
-        master, slave = os.openpty()
-        try:
-            set_window_size(slave, size)
-            process = process_config(request, size)
+        process = process_config(request, size)
+
+        def spawn(slave: int) -> subprocess.Popen[bytes]:
             with _process_fd(process) as fd:
-                proc = self.runc.exec(workspace, fd, tty=True, umask=process["user"]["umask"],
+                return self.runc.exec(workspace, fd, tty=True, umask=process["user"]["umask"],
                                       stdin=slave, stdout=slave, stderr=slave)  # fmt: skip
-        except BaseException:
-            os.close(master)
-            raise
-        finally:
-            os.close(slave)
-        return PtySession(master, proc)
+
+        return on_new_pty(size, spawn)
 
     def forward(self, workspace: str, port: int, listener: socket.socket) -> Forwarder:
         live = self._checked(workspace, Command.FORWARD)

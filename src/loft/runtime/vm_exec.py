@@ -9,12 +9,11 @@ TCP connection. Neither needs a network device in the guest.
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
 
-from loft.runtime.console import PtySession, set_window_size
+from loft.runtime.console import PtySession, on_new_pty
 from loft.runtime.oci import process_config
 from loft.runtime.runc import Stdio
 from loft.runtime.spec import ExecRequest, WindowSize
@@ -74,21 +73,13 @@ def _relay(link: AgentLink, payload: bytes | None, *, tty: bool, stdin: Stdio, s
 def pty_in(vm: VmProcess, request: ExecRequest, size: WindowSize) -> PtySession:
     """``request`` on a new terminal in ``vm``'s guest, relayed to a host terminal whose
     master the caller gets."""
-    master, slave = os.openpty()
-    try:
-        set_window_size(slave, size)
-        process = process_config(request, size)
-        payload = window_payload(size.rows, size.cols) + exec_payload(
-            request.argv, process["env"], process["cwd"], request.user, request.user
-        )
-        proc = _relay(agent_link(vm), payload, tty=True, stdin=slave, stdout=slave,
-                      stderr=slave)  # fmt: skip
-    except BaseException:
-        os.close(master)
-        raise
-    finally:
-        os.close(slave)
-    return PtySession(master, proc)
+    process = process_config(request, size)
+    payload = window_payload(size.rows, size.cols) + exec_payload(
+        request.argv, process["env"], process["cwd"], request.user, request.user
+    )
+    link = agent_link(vm)
+    return on_new_pty(size, lambda slave: _relay(link, payload, tty=True, stdin=slave,
+                                                 stdout=slave, stderr=slave))  # fmt: skip
 
 
 def connect_in(vm: VmProcess, port: int, timeout: float) -> socket.socket:
