@@ -32,8 +32,10 @@ import select
 import shutil
 import signal
 import subprocess
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TypeVar
 
 from loft.runtime.errors import WorkspaceError
 
@@ -42,9 +44,11 @@ __all__ = [
     "DENIED_V6",
     "NAMESERVER",
     "apply_ruleset",
+    "binary",
     "egress_ruleset",
     "enter_netns",
     "forward_ruleset",
+    "in_own_thread",
     "start_stack",
     "stop_stack",
 ]
@@ -127,11 +131,37 @@ def forward_ruleset(inside: str, uplink: str, deny: Iterable[_Net] = ()) -> str:
     ])  # fmt: skip
 
 
-def _binary(name: str, package: str) -> str:
+def binary(name: str, package: str) -> str:
+    """The path of program ``name`` (from Debian's ``package``); WorkspaceError naming
+    the package when it is not installed."""
     exe = shutil.which(name)
     if exe is None:
         raise WorkspaceError(f"{name} is not installed", hint=f"run `make deps` ({package})")
     return exe
+
+
+_T = TypeVar("_T")
+
+
+def in_own_thread(fn: Callable[[], _T]) -> _T:
+    """``fn()`` on a short thread of its own, its result returned (or its exception
+    raised) here: a network namespace that thread makes or enters stays its own, so the
+    caller's thread never changes namespace."""
+    result: list[_T] = []
+    error: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            result.append(fn())
+        except BaseException as e:  # handed to the caller's thread
+            error.append(e)
+
+    thread = threading.Thread(target=run, name="loft-netns")
+    thread.start()
+    thread.join()
+    if error:
+        raise error[0]
+    return result[0]
 
 
 def enter_netns(fd: int) -> None:
@@ -154,7 +184,7 @@ def _private_mounts() -> None:
 
 def apply_ruleset(netns: int, script: str) -> None:
     """Load ``script`` with ``nft`` in the network namespace ``netns`` (a descriptor)."""
-    r = subprocess.run([_binary("nft", "nftables"), "-f", "-"], input=script, text=True,
+    r = subprocess.run([binary("nft", "nftables"), "-f", "-"], input=script, text=True,
                        capture_output=True, pass_fds=[netns],
                        preexec_fn=lambda: enter_netns(netns), timeout=30,
                        check=False)  # fmt: skip
@@ -178,7 +208,7 @@ def start_stack(
             target = [str(init_pid)]
         else:
             raise ValueError("no network namespace to start the stack for")
-        argv = [_binary("slirp4netns", "slirp4netns"), "--configure", "--mtu=65520",
+        argv = [binary("slirp4netns", "slirp4netns"), "--configure", "--mtu=65520",
                 "--disable-host-loopback", "--enable-sandbox", "--enable-seccomp",
                 f"--ready-fd={ready_w}", *target, "tap0"]  # fmt: skip
         if egress_netns is not None:

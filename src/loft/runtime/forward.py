@@ -13,7 +13,6 @@ connections to its own loopback, and it cannot name another destination.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import socket
 import threading
@@ -21,32 +20,23 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from loft.runtime.egress import enter_netns, in_own_thread
+
 __all__ = ["Forwarder", "connect_in", "loopback_listener", "unix_listener"]
 
-_CLONE_NEWNET = 0x40000000
 _BUFFER = 65536
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def connect_in(netns_fd: int, port: int, timeout: float = 10.0) -> socket.socket:
     """A TCP connection to ``127.0.0.1:port`` inside the network namespace ``netns_fd``."""
-    result: list[socket.socket | OSError] = []
 
-    def inside() -> None:
-        try:
-            if _libc.setns(netns_fd, _CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns(CLONE_NEWNET)")
-            result.append(socket.create_connection(("127.0.0.1", port), timeout))
-        except OSError as e:
-            result.append(e)
+    def inside() -> socket.socket:
+        enter_netns(netns_fd)
+        return socket.create_connection(("127.0.0.1", port), timeout)
 
-    thread = threading.Thread(target=inside, name="loft-netns")
-    thread.start()
-    thread.join()
-    if isinstance(result[0], OSError):
-        raise result[0]
-    result[0].settimeout(None)
-    return result[0]
+    sock = in_own_thread(inside)
+    sock.settimeout(None)
+    return sock
 
 
 def unix_listener(path: Path) -> socket.socket:

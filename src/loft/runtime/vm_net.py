@@ -30,13 +30,18 @@ import ctypes
 import hashlib
 import ipaddress
 import os
-import shutil
 import subprocess
-import threading
 from collections.abc import Iterable
 from pathlib import Path
 
-from loft.runtime.egress import NAMESERVER, forward_ruleset, start_stack, stop_stack
+from loft.runtime.egress import (
+    NAMESERVER,
+    binary,
+    forward_ruleset,
+    in_own_thread,
+    start_stack,
+    stop_stack,
+)
 from loft.runtime.errors import WorkspaceError
 
 __all__ = [
@@ -85,13 +90,6 @@ def mac_bytes(mac: str) -> bytes:
     return raw
 
 
-def _binary(name: str) -> str:
-    exe = shutil.which(name)
-    if exe is None:
-        raise WorkspaceError(f"{name} is not installed", hint="run `make deps`")
-    return exe
-
-
 def _run(argv: list[str], script: str) -> None:
     r = subprocess.run(argv, input=script, text=True, capture_output=True, timeout=30,
                        check=False)  # fmt: skip
@@ -103,7 +101,7 @@ def _run(argv: list[str], script: str) -> None:
 def _make_namespace(deny: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> int:
     """In a thread of its own (a namespace is per thread until exec): a new network
     namespace, configured, its policy loaded; a descriptor of it."""
-    ip, nft = _binary("ip"), _binary("nft")
+    ip, nft = binary("ip", "iproute2"), binary("nft", "nftables")
     batch = "\n".join([
         "link set lo up",
         f"tuntap add dev {TAP} mode tap",
@@ -112,31 +110,22 @@ def _make_namespace(deny: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, .
         f"link set {TAP} up",
         "",
     ])  # fmt: skip
-    result: list[int | BaseException] = []
 
-    def inside() -> None:
+    def inside() -> int:
+        if _libc.unshare(_CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNET)")
+        fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         try:
-            if _libc.unshare(_CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNET)")
-            fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                # the sysctl and the children are this thread's namespace's
-                Path("/proc/sys/net/ipv4/ip_forward").write_text("1\n")
-                _run([ip, "-batch", "-"], batch)
-                _run([nft, "-f", "-"], forward_ruleset(TAP, "tap0", deny))
-            except BaseException:
-                os.close(fd)
-                raise
-            result.append(fd)
-        except BaseException as e:  # handed to the caller's thread
-            result.append(e)
+            # the sysctl and the children are this thread's namespace's
+            Path("/proc/sys/net/ipv4/ip_forward").write_text("1\n")
+            _run([ip, "-batch", "-"], batch)
+            _run([nft, "-f", "-"], forward_ruleset(TAP, "tap0", deny))
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
-    t = threading.Thread(target=inside, name="vm-netns")
-    t.start()
-    t.join()
-    if isinstance(result[0], BaseException):
-        raise result[0]
-    return result[0]
+    return in_own_thread(inside)
 
 
 def open_network(
