@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, RowMapping, delete, insert, select, update
+from sqlalchemy import Connection, Delete, RowMapping, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from loft.catalog import Catalog
@@ -395,12 +395,7 @@ class Records:
         """Record the environment snapshot ``name`` was taken with (and a VM's memory
         image record, :mod:`loft.runtime.vm_image`)."""
         with self.catalog.write() as conn:
-            conn.execute(
-                delete(workspace_snapshots).where(
-                    workspace_snapshots.c.workspace_id == workspace_id,
-                    workspace_snapshots.c.name == name,
-                )
-            )
+            conn.execute(_snapshot_row(delete(workspace_snapshots), workspace_id, name))
             conn.execute(
                 insert(workspace_snapshots).values(
                     workspace_id=workspace_id,
@@ -415,12 +410,7 @@ class Records:
         """Forget snapshot ``name``'s row (its environment is then no GC root for it;
         gone already is fine)."""
         with self.catalog.write() as conn:
-            conn.execute(
-                delete(workspace_snapshots).where(
-                    workspace_snapshots.c.workspace_id == workspace_id,
-                    workspace_snapshots.c.name == name,
-                )
-            )
+            conn.execute(_snapshot_row(delete(workspace_snapshots), workspace_id, name))
 
     def snapshot_memories(self, workspace_id: str) -> dict[str, bytes]:
         """Snapshot name -> its memory image record, for the snapshots that have one."""
@@ -454,4 +444,11 @@ def _name_taken(owner: str, name: str) -> NameTaken:
     return NameTaken(
         f"a workspace{whose} named {name!r} exists already",
         hint=f"pick another name, or remove it first (`loft rm {name}`)",
+    )
+
+
+def _snapshot_row(stmt: Delete, workspace_id: str, name: str) -> Delete:
+    """``stmt`` limited to the row of ``workspace_id``'s snapshot ``name``."""
+    return stmt.where(
+        workspace_snapshots.c.workspace_id == workspace_id, workspace_snapshots.c.name == name
     )
