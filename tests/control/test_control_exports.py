@@ -83,3 +83,42 @@ def test_control_client_imports_nothing_heavy() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_api_names_come_from_their_modules() -> None:
+    """loft.api hands out each name from the module its table says, and the table lists
+    exactly what the package imports for type checkers (the two cannot drift)."""
+    import ast
+
+    import loft.api
+
+    source = inspect.getsource(loft.api)
+    checked = {
+        alias.name: node.module.rsplit(".", 1)[1]
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("loft.api.")
+        for alias in node.names
+    }
+    assert checked == loft.api._MODULE_OF
+    assert set(loft.api.__all__) == {"API_VERSION", *checked}
+    for name, module in checked.items():
+        home = importlib.import_module(f"loft.api.{module}")
+        assert getattr(loft.api, name) is getattr(home, name)
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        _ = loft.api.Nope  # type: ignore[attr-defined]
+
+
+def test_cli_request_path_builds_only_the_types_it_uses() -> None:
+    """Making the API's dataclasses is most of what importing it costs: a client that
+    lists workspaces imports loft.api.workspaces and none of the other type modules."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, loft.client, loft.api;"
+        "from loft.client._decode import decode;"
+        "decode(list[loft.api.Workspace], []);"
+        "print(sorted(m for m in sys.modules if m.startswith('loft.api.')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "['loft.api._rules', 'loft.api.workspaces']"

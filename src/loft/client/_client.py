@@ -11,38 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
-from loft.api import (
-    CreatePreview,
-    CreateSnapshot,
-    CreateToken,
-    CreateUser,
-    CreateWorkspace,
-    EnvRollback,
-    EnvSpec,
-    EnvState,
-    ExecEvent,
-    ExecRequest,
-    FileDeleted,
-    FileWritten,
-    ForkWorkspace,
-    Health,
-    Limits,
-    PreviewAccess,
-    Quotas,
-    Restored,
-    RestoreWorkspace,
-    Snapshot,
-    SnapshotDeleted,
-    StopWorkspace,
-    Token,
-    TokenCreated,
-    UpdateUser,
-    UpdateWorkspace,
-    User,
-    UserCreated,
-    Workspace,
-    WorkspaceDeleted,
-)
+from loft import api
 from loft.client._decode import decode
 from loft.client._errors import TransportError, error_for
 from loft.client._transport import (
@@ -176,52 +145,52 @@ class Client:
 
     # --- health, users, tokens -----------------------------------------------------------
 
-    def health(self) -> Health:
+    def health(self) -> api.Health:
         """``GET /healthz``."""
-        return self._call(Health, "GET", "/healthz")
+        return self._call(api.Health, "GET", "/healthz")
 
-    def me(self) -> User:
+    def me(self) -> api.User:
         """Who this client's token belongs to."""
-        return self._call(User, "GET", "/v1/me")
+        return self._call(api.User, "GET", "/v1/me")
 
-    def users(self) -> list[User]:
+    def users(self) -> list[api.User]:
         """Every user (admin)."""
-        return self._list(User, "GET", "/v1/users")
+        return self._list(api.User, "GET", "/v1/users")
 
-    def user(self, name: str) -> User:
+    def user(self, name: str) -> api.User:
         """One user (admin)."""
-        return self._call(User, "GET", f"/v1/users/{_q(name)}")
+        return self._call(api.User, "GET", f"/v1/users/{_q(name)}")
 
     def create_user(
-        self, name: str, *, admin: bool = False, quotas: Quotas | None = None
-    ) -> UserCreated:
+        self, name: str, *, admin: bool = False, quotas: api.Quotas | None = None
+    ) -> api.UserCreated:
         """Make a user (admin); the answer holds their first token."""
-        req = CreateUser(name, admin, quotas or Quotas())
-        return self._call(UserCreated, "POST", "/v1/users", body=_body(req))
+        req = api.CreateUser(name, admin, quotas or api.Quotas())
+        return self._call(api.UserCreated, "POST", "/v1/users", body=_body(req))
 
     def update_user(
-        self, name: str, *, admin: bool | None = None, quotas: Quotas | None = None
-    ) -> User:
+        self, name: str, *, admin: bool | None = None, quotas: api.Quotas | None = None
+    ) -> api.User:
         """Change a user's admin flag or quotas (admin)."""
-        body = _body(UpdateUser(admin, quotas))
-        return self._call(User, "PATCH", f"/v1/users/{_q(name)}", body=body)
+        body = _body(api.UpdateUser(admin, quotas))
+        return self._call(api.User, "PATCH", f"/v1/users/{_q(name)}", body=body)
 
-    def delete_user(self, name: str) -> User:
+    def delete_user(self, name: str) -> api.User:
         """Delete a user who owns no workspaces (admin)."""
-        return self._call(User, "DELETE", f"/v1/users/{_q(name)}")
+        return self._call(api.User, "DELETE", f"/v1/users/{_q(name)}")
 
-    def tokens(self) -> list[Token]:
+    def tokens(self) -> list[api.Token]:
         """This user's tokens."""
-        return self._list(Token, "GET", "/v1/tokens")
+        return self._list(api.Token, "GET", "/v1/tokens")
 
-    def create_token(self, name: str = "") -> TokenCreated:
+    def create_token(self, name: str = "") -> api.TokenCreated:
         """A new token for this user (its secret is in the answer only)."""
-        body = _body(CreateToken(name))
-        return self._call(TokenCreated, "POST", "/v1/tokens", body=body)
+        body = _body(api.CreateToken(name))
+        return self._call(api.TokenCreated, "POST", "/v1/tokens", body=body)
 
-    def revoke_token(self, token_id: str) -> Token:
+    def revoke_token(self, token_id: str) -> api.Token:
         """Revoke one of this user's tokens."""
-        return self._call(Token, "DELETE", f"/v1/tokens/{_q(token_id)}")
+        return self._call(api.Token, "DELETE", f"/v1/tokens/{_q(token_id)}")
 
     # --- workspaces --------------------------------------------------------------------
 
@@ -231,58 +200,58 @@ class Client:
         owner: str | None = None,
         state: str | None = None,
         labels: Mapping[str, str] | None = None,
-    ) -> list[Workspace]:
+    ) -> list[api.Workspace]:
         """Workspaces: this user's (an admin's call lists everyone's, or ``owner``'s)."""
         params: dict[str, str | list[str] | None] = {"owner": owner, "state": state}
         if labels:
             params["label"] = [f"{k}={v}" for k, v in labels.items()]
-        return self._list(Workspace, "GET", "/v1/workspaces", params=params)
+        return self._list(api.Workspace, "GET", "/v1/workspaces", params=params)
 
-    def create_workspace(self, req: CreateWorkspace) -> Workspace:
+    def create_workspace(self, req: api.CreateWorkspace) -> api.Workspace:
         """Make a workspace (see :class:`loft.api.CreateWorkspace` for every field)."""
-        return self._call(Workspace, "POST", "/v1/workspaces", body=_body(req))
+        return self._call(api.Workspace, "POST", "/v1/workspaces", body=_body(req))
 
-    def workspace(self, name: str, *, owner: str | None = None) -> Workspace:
+    def workspace(self, name: str, *, owner: str | None = None) -> api.Workspace:
         """One workspace with its state."""
         path = f"/v1/workspaces/{_q(name)}"
-        return self._call(Workspace, "GET", path, params={"owner": owner})
+        return self._call(api.Workspace, "GET", path, params={"owner": owner})
 
     def update_workspace(
         self,
         name: str,
         *,
-        limits: Limits | None = None,
+        limits: api.Limits | None = None,
         idle_timeout: float | None = None,
         metadata: dict[str, str] | None = None,
         preview_public: bool | None = None,
         owner: str | None = None,
-    ) -> Workspace:
+    ) -> api.Workspace:
         """Change a workspace's limits, idle timeout, metadata or preview setting."""
-        body = _body(UpdateWorkspace(limits, idle_timeout, metadata, preview_public))
+        body = _body(api.UpdateWorkspace(limits, idle_timeout, metadata, preview_public))
         path = f"/v1/workspaces/{_q(name)}"
-        return self._call(Workspace, "PATCH", path, body=body, params={"owner": owner})
+        return self._call(api.Workspace, "PATCH", path, body=body, params={"owner": owner})
 
-    def delete_workspace(self, name: str, *, owner: str | None = None) -> WorkspaceDeleted:
+    def delete_workspace(self, name: str, *, owner: str | None = None) -> api.WorkspaceDeleted:
         """Delete a workspace with its disk and snapshots."""
         path = f"/v1/workspaces/{_q(name)}"
-        return self._call(WorkspaceDeleted, "DELETE", path, params={"owner": owner})
+        return self._call(api.WorkspaceDeleted, "DELETE", path, params={"owner": owner})
 
-    def start(self, name: str, *, owner: str | None = None) -> Workspace:
+    def start(self, name: str, *, owner: str | None = None) -> api.Workspace:
         """Start a workspace."""
         path = f"/v1/workspaces/{_q(name)}/start"
-        return self._call(Workspace, "POST", path, params={"owner": owner})
+        return self._call(api.Workspace, "POST", path, params={"owner": owner})
 
-    def stop(self, name: str, *, cold: bool = False, owner: str | None = None) -> Workspace:
+    def stop(self, name: str, *, cold: bool = False, owner: str | None = None) -> api.Workspace:
         """Stop a workspace (a VM is suspended, unless ``cold``)."""
         path = f"/v1/workspaces/{_q(name)}/stop"
-        body = _body(StopWorkspace(cold)) if cold else None
-        return self._call(Workspace, "POST", path, body=body, params={"owner": owner})
+        body = _body(api.StopWorkspace(cold)) if cold else None
+        return self._call(api.Workspace, "POST", path, body=body, params={"owner": owner})
 
-    def restore(self, name: str, snapshot: str, *, owner: str | None = None) -> Restored:
+    def restore(self, name: str, snapshot: str, *, owner: str | None = None) -> api.Restored:
         """Point a workspace's disk back at a snapshot (undoable: see ``undo_snapshot``)."""
         path = f"/v1/workspaces/{_q(name)}/restore"
-        body = _body(RestoreWorkspace(snapshot))
-        return self._call(Restored, "POST", path, body=body, params={"owner": owner})
+        body = _body(api.RestoreWorkspace(snapshot))
+        return self._call(api.Restored, "POST", path, body=body, params={"owner": owner})
 
     def fork(
         self,
@@ -295,41 +264,41 @@ class Client:
         live: bool = False,
         owner: str | None = None,
         new_machine_id: bool = False,
-    ) -> Workspace:
+    ) -> api.Workspace:
         """A new workspace from ``name`` (its snapshot, or its state now); ``live``: a
         VM's running copy from its memory (``new_machine_id``: with a new
         ``/etc/machine-id``)."""
         path = f"/v1/workspaces/{_q(name)}/fork"
-        body = _body(ForkWorkspace(new_name, snapshot, start, metadata, live, new_machine_id))
-        return self._call(Workspace, "POST", path, body=body, params={"owner": owner})
+        body = _body(api.ForkWorkspace(new_name, snapshot, start, metadata, live, new_machine_id))
+        return self._call(api.Workspace, "POST", path, body=body, params={"owner": owner})
 
     # --- snapshots -----------------------------------------------------------------------
 
-    def snapshots(self, name: str, *, owner: str | None = None) -> list[Snapshot]:
+    def snapshots(self, name: str, *, owner: str | None = None) -> list[api.Snapshot]:
         """A workspace's snapshots, oldest first."""
         path = f"/v1/workspaces/{_q(name)}/snapshots"
-        return self._list(Snapshot, "GET", path, params={"owner": owner})
+        return self._list(api.Snapshot, "GET", path, params={"owner": owner})
 
     def snapshot(
         self, name: str, snapshot: str | None = None, *, owner: str | None = None
-    ) -> Snapshot:
+    ) -> api.Snapshot:
         """Snapshot a workspace now."""
         path = f"/v1/workspaces/{_q(name)}/snapshots"
-        body = _body(CreateSnapshot(snapshot))
-        return self._call(Snapshot, "POST", path, body=body, params={"owner": owner})
+        body = _body(api.CreateSnapshot(snapshot))
+        return self._call(api.Snapshot, "POST", path, body=body, params={"owner": owner})
 
     def delete_snapshot(
         self, name: str, snapshot: str, *, owner: str | None = None
-    ) -> SnapshotDeleted:
+    ) -> api.SnapshotDeleted:
         """Delete one snapshot."""
         path = f"/v1/workspaces/{_q(name)}/snapshots/{_q(snapshot)}"
-        return self._call(SnapshotDeleted, "DELETE", path, params={"owner": owner})
+        return self._call(api.SnapshotDeleted, "DELETE", path, params={"owner": owner})
 
     # --- exec ----------------------------------------------------------------------------
 
     def exec_stream(
-        self, name: str, req: ExecRequest, *, owner: str | None = None
-    ) -> Iterator[ExecEvent]:
+        self, name: str, req: api.ExecRequest, *, owner: str | None = None
+    ) -> Iterator[api.ExecEvent]:
         """Run a command; yield its events as they come (output base64 in ``data``), the
         last one ``exit`` (or ``error``)."""
         reply = self._send(
@@ -342,7 +311,7 @@ class Client:
         for line in reply.lines():
             if line.strip():
                 try:
-                    event: ExecEvent = decode(ExecEvent, json.loads(line))
+                    event: api.ExecEvent = decode(api.ExecEvent, json.loads(line))
                 except ValueError:
                     raise TransportError("the API sent a malformed exec event") from None
                 yield event
@@ -359,7 +328,7 @@ class Client:
         owner: str | None = None,
     ) -> ExecResult:
         """Run a command to its end; its exit code and output."""
-        req = ExecRequest(command, env or {}, cwd, stdin, timeout)
+        req = api.ExecRequest(command, env or {}, cwd, stdin, timeout)
         out = {"stdout": bytearray(), "stderr": bytearray()}
         for event in self.exec_stream(name, req, owner=owner):
             if event.type in out:
@@ -389,13 +358,13 @@ class Client:
         finally:
             reply.close()
 
-    def preview(self, name: str, port: int, *, owner: str | None = None) -> PreviewAccess:
+    def preview(self, name: str, port: int, *, owner: str | None = None) -> api.PreviewAccess:
         """Where ``port`` of the workspace is previewed, and a browser's login link."""
         return self._call(
-            PreviewAccess,
+            api.PreviewAccess,
             "POST",
             f"/v1/workspaces/{_q(name)}/preview",
-            body=_body(CreatePreview(port)),
+            body=_body(api.CreatePreview(port)),
             params={"owner": owner},
         )
 
@@ -440,10 +409,10 @@ class Client:
 
     def write_file(
         self, name: str, path: str, data: bytes, *, owner: str | None = None
-    ) -> FileWritten:
+    ) -> api.FileWritten:
         """Create or replace a file (up to 16 MiB)."""
         return self._call(
-            FileWritten,
+            api.FileWritten,
             "PUT",
             f"/v1/workspaces/{_q(name)}/files",
             params={"path": path, "owner": owner},
@@ -451,10 +420,10 @@ class Client:
             content_type="application/octet-stream",
         )
 
-    def delete_file(self, name: str, path: str, *, owner: str | None = None) -> FileDeleted:
+    def delete_file(self, name: str, path: str, *, owner: str | None = None) -> api.FileDeleted:
         """Remove a file."""
         return self._call(
-            FileDeleted,
+            api.FileDeleted,
             "DELETE",
             f"/v1/workspaces/{_q(name)}/files",
             params={"path": path, "owner": owner},
@@ -462,21 +431,25 @@ class Client:
 
     # --- environment ---------------------------------------------------------------------
 
-    def env(self, name: str, *, owner: str | None = None) -> EnvState:
+    def env(self, name: str, *, owner: str | None = None) -> api.EnvState:
         """A workspace's environment generations."""
         path = f"/v1/workspaces/{_q(name)}/env"
-        return self._call(EnvState, "GET", path, params={"owner": owner})
+        return self._call(api.EnvState, "GET", path, params={"owner": owner})
 
-    def env_switch(self, name: str, env: EnvSpec, *, owner: str | None = None) -> EnvState:
+    def env_switch(self, name: str, env: api.EnvSpec, *, owner: str | None = None) -> api.EnvState:
         """Switch a workspace to new software (a new generation)."""
         path = f"/v1/workspaces/{_q(name)}/env"
-        return self._call(EnvState, "POST", path, body=_body(env), params={"owner": owner})
+        return self._call(api.EnvState, "POST", path, body=_body(env), params={"owner": owner})
 
     def env_rollback(
         self, name: str, generation: int | None = None, *, owner: str | None = None
-    ) -> EnvState:
+    ) -> api.EnvState:
         """Go back to an earlier generation (by default the one before)."""
         path = f"/v1/workspaces/{_q(name)}/env/rollback"
         return self._call(
-            EnvState, "POST", path, body=_body(EnvRollback(generation)), params={"owner": owner}
+            api.EnvState,
+            "POST",
+            path,
+            body=_body(api.EnvRollback(generation)),
+            params={"owner": owner},
         )
