@@ -6,9 +6,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # Debian packages the project and its tests drive. Keep this list the single source of truth.
 # npm (the npm resolver of loft env lock) is installed from Debian unless the host already has it.
+# haproxy is only an anchor of bench/preview_proxy.py (its service's default config listens nowhere).
 APT_PACKAGES := python3-venv python3-dev gcc postgresql qemu-utils nbdkit libnbd-bin \
 	python3-libnbd fio e2fsprogs fuse3 bubblewrap nix-bin python3-apt mmdebstrap openssl curl \
-	runc catatonit slirp4netns nftables iproute2 qemu-system-x86 busybox-static cpio xfsprogs
+	runc catatonit slirp4netns nftables iproute2 qemu-system-x86 busybox-static cpio xfsprogs \
+	haproxy
 PYTEST_ARGS ?=
 
 .PHONY: run test deps guest lint typecheck check bench clean

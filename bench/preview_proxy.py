@@ -7,7 +7,12 @@ token, host routing, credentials stripped, h11 on both sides), rounds alternatin
 by side in this run. The proxy runs in this process, which does nothing else meanwhile,
 as the control plane is a process of its own under ``loft up`` (a client and a server
 in the proxy's own interpreter would share its lock with it). Goal: proxy >= 0.8x
-direct.
+direct. The anchor in the same rounds is haproxy in HTTP mode relaying to the same port
+(C, heads parsed, bodies spliced): what one more loopback hop costs a proxy built for
+it, on the same two cores; and the floor, a bare relay of the same system calls with no
+proxy around them (two threads, each a blocking splice loop from one socket through a
+pipe into the other). CPU seconds per GiB of the server and of each relay (user +
+system, from /proc) say where the time goes.
 
 Wake: a workspace whose ``[run] command`` is ``python3 -m http.server`` is stopped (as
 the idle reaper stops it), then one request through the proxy wakes it; the time to the
@@ -21,7 +26,9 @@ disk attach (bench/runtime_start.py measures those). Goal (issue 13): <= 1 s.
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import socket
 import statistics
 import subprocess
@@ -41,7 +48,7 @@ from loft.api import CreateWorkspace, EnvSpec
 from loft.control.wake import WakeLimits
 
 BODY = 256 * _common.MIB
-ROUNDS = 5
+ROUNDS = 9
 WAKES = 8
 
 
@@ -76,6 +83,89 @@ def _curl(port: int, host: str, token: str | None) -> float:
     return size / seconds
 
 
+HAPROXY_CONFIG = """global
+    maxconn 64
+defaults
+    mode http
+    option splice-auto
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+frontend preview
+    bind 127.0.0.1:{listen}
+    default_backend workspace
+backend workspace
+    server port 127.0.0.1:{port}
+"""
+
+
+#: The floor: one more loopback hop and nothing else (argv: listen port, target port).
+BARE_RELAY = """
+import fcntl, os, socket, sys, threading
+listen = socket.create_server(("127.0.0.1", int(sys.argv[1])))
+def pump(a, b):
+    r, w = os.pipe()
+    fcntl.fcntl(w, 1031, 1 << 20)
+    try:
+        while n := os.splice(a.fileno(), w, 1 << 20):
+            while n:
+                n -= os.splice(r, b.fileno(), n)
+        b.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+while True:
+    c, _ = listen.accept()
+    u = socket.create_connection(("127.0.0.1", int(sys.argv[2])))
+    threading.Thread(target=pump, args=(c, u), daemon=True).start()
+    threading.Thread(target=pump, args=(u, c), daemon=True).start()
+"""
+
+
+def _cpu(pid: int) -> float:
+    """CPU seconds (user + system) process ``pid`` has used so far."""
+    return _ticks(Path(f"/proc/{pid}/stat"))
+
+
+def _proxy_cpu() -> float:
+    """CPU seconds this process has used but its main thread: the proxy's, not the
+    main thread's, which runs curl (a fork of this large process costs CPU too). The
+    process's figure counts threads that have ended."""
+    return _ticks(Path("/proc/self/stat")) - _ticks(Path(f"/proc/self/task/{os.getpid()}/stat"))
+
+
+def _ticks(stat: Path) -> float:
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _relays(port: int, tmp: Path) -> dict[str, tuple[subprocess.Popen[bytes], int]]:
+    """haproxy and the bare relay, each on a loopback port of its own relaying to
+    ``port``: name -> (process, its port)."""
+    haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
+    ports = {"haproxy": free_port(), "bare_relay": free_port()}
+    config = tmp / "haproxy.cfg"
+    config.write_text(HAPROXY_CONFIG.format(listen=ports["haproxy"], port=port))
+    argv = {
+        "haproxy": [haproxy, "-db", "-f", str(config)],
+        "bare_relay": [sys.executable, "-c", BARE_RELAY, str(ports["bare_relay"]), str(port)],
+    }
+    procs = {name: (subprocess.Popen(argv[name]), ports[name]) for name in ports}
+    for p in ports.values():
+        _wait_port(p)
+    return procs
+
+
+def _wait_port(port: int) -> None:
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            assert time.monotonic() < deadline, f"nothing listens on port {port}"
+            time.sleep(0.05)
+
+
 def throughput(h: Harness, token: str, wid: str, site: Path) -> dict[str, object]:
     with open(site / "body", "wb") as f:
         f.truncate(BODY)  # a sparse file: read from memory, as a served file in cache is
@@ -85,25 +175,33 @@ def throughput(h: Harness, token: str, wid: str, site: Path) -> dict[str, object
          "--directory", str(site)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
+    relays: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
+    runs: dict[str, list[float]] = {"direct": [], "proxy": [], "haproxy": [], "bare_relay": []}
+    cpu = dict.fromkeys(("server", "proxy", "haproxy", "bare_relay"), 0.0)
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "http.server did not start"
-                time.sleep(0.05)
+        _wait_port(port)
+        relays = _relays(port, site)
         host = f"{port}--{wid}.preview.localhost:{h.preview_port}"
-        direct, proxied = [], []
         _curl(h.preview_port, host, token)  # warm up
+        for _, relay_port in relays.values():
+            _curl(relay_port, "127.0.0.1", None)
         for _ in range(ROUNDS):
-            direct.append(_curl(port, "127.0.0.1", None))
-            proxied.append(_curl(h.preview_port, host, token))
+            runs["direct"].append(_curl(port, "127.0.0.1", None))
+            before = _cpu(server.pid), _proxy_cpu()
+            runs["proxy"].append(_curl(h.preview_port, host, token))
+            cpu["server"] += _cpu(server.pid) - before[0]
+            cpu["proxy"] += _proxy_cpu() - before[1]
+            for name, (proc, relay_port) in relays.items():
+                used = _cpu(proc.pid)
+                runs[name].append(_curl(relay_port, "127.0.0.1", None))
+                cpu[name] += _cpu(proc.pid) - used
     finally:
-        server.terminate()
-        server.wait(10)
-    d, p = statistics.median(direct), statistics.median(proxied)
+        for proc in (server, *(p for p, _ in relays.values())):
+            proc.terminate()
+            proc.wait(10)
+    median = {k: statistics.median(v) for k, v in runs.items()}
+    d, p = median["direct"], median["proxy"]
+    gib = ROUNDS * BODY / _common.GIB
     return {
         "body_mib": BODY // _common.MIB,
         "rounds": ROUNDS,
@@ -111,9 +209,12 @@ def throughput(h: Harness, token: str, wid: str, site: Path) -> dict[str, object
         "server": "python3 -m http.server (its own process)",
         "direct_mib_s": round(d / _common.MIB, 1),
         "proxy_mib_s": round(p / _common.MIB, 1),
-        "direct_runs_mib_s": [round(x / _common.MIB) for x in direct],
-        "proxy_runs_mib_s": [round(x / _common.MIB) for x in proxied],
+        "runs_mib_s": {k: [round(x / _common.MIB) for x in v] for k, v in runs.items()},
         "proxy_vs_direct": round(p / d, 3),
+        "haproxy_vs_direct": round(median["haproxy"] / d, 3),
+        "bare_relay_vs_direct": round(median["bare_relay"] / d, 3),
+        "proxy_vs_bare_relay": round(p / median["bare_relay"], 3),
+        "cpu_s_per_gib": {k: round(v / gib, 3) for k, v in cpu.items()},
         "goal": ">= 0.8",
     }
 

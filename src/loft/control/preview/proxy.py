@@ -389,7 +389,7 @@ class PreviewProxy:
         if client.conn.they_are_waiting_for_100_continue:
             await client.send(h11.InformationalResponse(status_code=100, headers=[]))
         limits = self.limits
-        await relay_body(client, upstream, limits.body_timeout, _nothing)
+        await relay_body(client, upstream, limits.body_timeout)
         while True:
             event = await upstream.next(limits.upstream_timeout)
             if isinstance(event, h11.InformationalResponse):
@@ -423,9 +423,9 @@ class PreviewProxy:
             first_byte = time.perf_counter()
             length = sized_body(req.method, event)
             if length is None:
-                await relay_body(upstream, client, limits.upstream_timeout, _nothing)
+                await relay_body(upstream, client, limits.upstream_timeout)
             else:
-                await relay_sized_body(upstream, client, length, limits.upstream_timeout, _nothing)
+                await relay_sized_body(upstream, client, length, limits.upstream_timeout)
             return _After.KEEP, first_byte
 
     async def _spliced(self, client: Peer, upstream: Peer, wid: str) -> None:
@@ -442,10 +442,6 @@ class PreviewProxy:
             (upstream.reader, upstream.writer),
             lambda: activity.touch(wid),
         )
-
-
-def _nothing() -> None:
-    pass
 
 
 def _upstream_failure(e: ApiError, port: int) -> tuple[str, Page]:
