@@ -311,38 +311,42 @@ def fork(
     workspace ``workspace_id`` (taken now when empty), with the environment that
     snapshot was taken with; ``live``: a running VM's copy, from its memory
     (``new_machine_id``: with a new ``/etc/machine-id``)."""
-    ws = wss.get(workspace_id)
-    rec = ws.record
     if new_machine_id and not live:
         raise BadRequest("a new machine-id is for a live fork (a booted fork keeps the file)",
                          hint="add --live, or change /etc/machine-id in the fork")  # fmt: skip
-    if live:
-        _check_live(wss, ws, snapshot, start)
-    if snapshot:
-        _known(wss, ws, snapshot)
-    else:
-        snapshot = _snap_fork_source(wss, ws, memory=live)
-    memory = None
-    if live:
-        image = wss.records.snapshot_memories(rec.id).get(snapshot)
-        if image is None:
-            raise BadRequest(
-                f"snapshot {snapshot!r} of {rec.name!r} holds no memory",
-                hint="fork it without --live (it boots), or snapshot the VM while it runs",
-            )
-        memory = RuntimeSnapshot("vm", VM_IMAGE_FORMAT, image)
-    env_path = wss.records.snapshot_envs(rec.id).get(snapshot)
-    if env_path is None:
-        gen = wss.envs.current(rec.profile)
-        env_path = gen.env_path if gen is not None else None
-    return wss.new(
-        target_id,
-        start=start,
-        env_path=env_path,
-        volume_from=f"{rec.volume}@{snapshot}",
-        memory=memory,
-        new_machine_id=new_machine_id,
-    )
+    ws = wss.get(workspace_id)
+    # The source's lock is held until the fork has its volume and maps the memory image:
+    # a removal of the snapshot waits for it, and cannot pull either from under the fork.
+    with wss.locked(ws.record.id):
+        ws = wss.fresh(ws)
+        rec = ws.record
+        if live:
+            _check_live(wss, ws, snapshot, start)
+        if snapshot:
+            _known(wss, ws, snapshot)
+        else:  # taken now, with the memory for a live fork
+            snapshot = _snap(wss, ws, _auto_name(wss, ws, "fork-"), memory=live).name
+        memory = None
+        if live:
+            image = wss.records.snapshot_memories(rec.id).get(snapshot)
+            if image is None:
+                raise BadRequest(
+                    f"snapshot {snapshot!r} of {rec.name!r} holds no memory",
+                    hint="fork it without --live (it boots), or snapshot the VM while it runs",
+                )
+            memory = RuntimeSnapshot("vm", VM_IMAGE_FORMAT, image)
+        env_path = wss.records.snapshot_envs(rec.id).get(snapshot)
+        if env_path is None:
+            gen = wss.envs.current(rec.profile)
+            env_path = gen.env_path if gen is not None else None
+        return wss.new(
+            target_id,
+            start=start,
+            env_path=env_path,
+            volume_from=f"{rec.volume}@{snapshot}",
+            memory=memory,
+            new_machine_id=new_machine_id,
+        )
 
 
 def _check_live(wss: Workspaces, ws: Workspace, snapshot: str, start: bool) -> None:
@@ -360,10 +364,3 @@ def _check_live(wss: Workspaces, ws: Workspace, snapshot: str, start: bool) -> N
             f"workspace {name!r} is not running: a live fork copies a running VM",
             hint=f"start it first (loft start {name}), or fork it without --live",
         )
-
-
-def _snap_fork_source(wss: Workspaces, ws: Workspace, *, memory: bool) -> str:
-    """Snapshot a fork's source on the fly (with its memory for a live fork); its name."""
-    with wss.locked(ws.record.id):
-        ws = wss.fresh(ws)
-        return _snap(wss, ws, _auto_name(wss, ws, "fork-"), memory=memory).name
