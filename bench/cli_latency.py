@@ -6,8 +6,11 @@ plane's local socket), wall time of the whole process. Goal: <= 150 ms.
 
 Anchors in the same run: ``python -c pass`` (the interpreter alone), ``loft --help``
 (click and the command table), the same two requests made in-process with the light
-client (the round trip without an interpreter), and ``loft node info`` (a request
-straight to the node agent, root only). ``python -X importtime`` of ``loft ls`` gives
+client (the round trip without an interpreter), ``loft node info`` (a request straight
+to the node agent, root only), ``loft snap`` of the workspace once stopped (no
+filesystem to freeze), and FIFREEZE alone on a fresh loop-mounted ext4 (what freezing a
+filesystem costs this kernel before any I/O: a running workspace's snapshot freezes its
+filesystem). ``python -X importtime`` of ``loft ls`` gives
 the imports that cost most (cumulative microseconds). LOFT_BENCH_N (default 20) sets the
 rounds. Needs root, runc and catatonit. Prints JSON.
 
@@ -23,7 +26,10 @@ import compileall
 import os
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from _common import emit, log, stats_ms
@@ -45,6 +51,15 @@ def rounds(argv: list[str], env: dict[str, str]) -> dict[str, Any]:
     return stats_ms([wall(argv, env) for _ in range(N)])
 
 
+def stopped_snaps(up: Loft, snaps: Iterator[int]) -> dict[str, Any]:
+    """``loft snap`` rounds of the workspace stopped (its volume is snapshotted without
+    a filesystem to freeze), then started again for what follows."""
+    up.loft("stop", "bench")
+    times = [wall([LOFT, "snap", "bench", f"s{next(snaps)}"], up.env) for _ in range(N)]
+    up.loft("start", "bench")
+    return stats_ms(times)
+
+
 def in_process(up: Loft) -> dict[str, Any]:
     from loft.client import Client
 
@@ -60,6 +75,32 @@ def in_process(up: Loft) -> dict[str, Any]:
             c.snapshot("bench", f"inproc-{i}")
             snap.append(time.perf_counter() - t)
     return {"ls": stats_ms(ls), "snap": stats_ms(snap)}
+
+
+def fifreeze(rounds: int) -> dict[str, Any]:
+    """FIFREEZE of a fresh, loop-mounted ext4 with a little dirty data synced first."""
+    from loft.runtime.freeze import freeze, thaw
+
+    with tempfile.TemporaryDirectory(prefix="loft-bench-freeze-") as tmp:
+        image, mnt = Path(tmp) / "fs.img", Path(tmp) / "mnt"
+        with open(image, "wb") as f:
+            f.truncate(256 << 20)
+        mnt.mkdir()
+        subprocess.run(["mkfs.ext4", "-q", str(image)], check=True)
+        subprocess.run(["mount", "-o", "loop", str(image), str(mnt)], check=True)
+        times = []
+        try:
+            for i in range(rounds):
+                (mnt / f"f{i}").write_bytes(b"x" * 10000)
+                os.sync()
+                t = time.perf_counter()
+                freeze(mnt)
+                times.append(time.perf_counter() - t)
+                thaw(mnt)
+                time.sleep(0.1)
+        finally:
+            subprocess.run(["umount", str(mnt)], check=True)
+    return stats_ms(times)
 
 
 def import_times(env: dict[str, str]) -> list[dict[str, Any]]:
@@ -108,6 +149,8 @@ def main() -> None:
                 [wall([LOFT, "snap", "bench", f"s{next(snaps)}"], env) for _ in range(N)]
             ),
             "anchors": {
+                "loft_snap_stopped": stopped_snaps(up, snaps),
+                "fifreeze_loop_ext4": fifreeze(N),
                 "python_c_pass": rounds([sys.executable, "-c", "pass"], env),
                 "loft_help": rounds([LOFT, "--help"], env),
                 "loft_node_info": rounds([LOFT, "node", "info"], env),
