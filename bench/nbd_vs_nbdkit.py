@@ -103,10 +103,23 @@ class Server:
         self.sock = sock
         self.export = export
         self.uri = self.uri_of(export)
-        self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
-        )
-        wait_socket(sock, self.proc, name)
+        #: what the server printed (its tail is shown when a run against it fails)
+        # beside the socket's directory, which the server may insist on making itself
+        where = sock.parent if sock.parent.exists() else sock.parent.parent
+        self.log = where / f"{name}.log"
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=env)
+        try:
+            wait_socket(sock, self.proc, name)
+        except SystemExit as e:
+            raise SystemExit(f"{e}:\n{self.log_tail()}") from None
+
+    def log_tail(self, n: int = 4000) -> str:
+        """The last ``n`` characters the server printed."""
+        try:
+            return self.log.read_text(errors="replace")[-n:]
+        except OSError as e:
+            return f"(no log: {e})"
 
     def uri_of(self, export: str) -> str:
         return f"nbd+unix:///{export}?socket={self.sock}"
@@ -201,6 +214,16 @@ class CpuHog:
         self.proc.wait()
 
 
+def fio(cmd: list[str], server: Server) -> None:
+    """Run fio against ``server``; its failure shows fio's errors and the server's log."""
+    done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        raise SystemExit(
+            f"fio against {server.name} failed ({done.returncode}):\n{done.stderr[-4000:]}"
+            f"\n--- {server.name}, its last output:\n{server.log_tail()}"
+        )
+
+
 def run_fio(
     server: Server,
     workload: dict[str, Any],
@@ -241,7 +264,7 @@ def run_fio(
     hog = CpuHog() if busy else None
     try:
         before = cpu_seconds(server.proc.pid)
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        fio(cmd, server)
         after = cpu_seconds(server.proc.pid)
     finally:
         if hog is not None:
@@ -269,7 +292,7 @@ def run_fio(
     }
 
 
-def read_once(uri: str, size: int, out: Path, busy: bool = False) -> float:
+def read_once(server: Server, uri: str, size: int, out: Path, busy: bool = False) -> float:
     """Read a whole export once, 1 MiB requests at iodepth 8; return MB/s."""
     cmd = [
         "fio",
@@ -286,7 +309,7 @@ def read_once(uri: str, size: int, out: Path, busy: bool = False) -> float:
     os.sync()
     hog = CpuHog() if busy else None
     try:
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        fio(cmd, server)
     finally:
         if hog is not None:
             hog.stop()
@@ -304,11 +327,11 @@ def cold_fork_read(
     for i in range(pairs):
         cold_uri = vol.uri_of(f"cold{i + pairs if busy else i}")
         if i % 2:
-            kit_runs.append(read_once(kit.uri, size, out, busy))
-            cold_runs.append(read_once(cold_uri, size, out, busy))
+            kit_runs.append(read_once(kit, kit.uri, size, out, busy))
+            cold_runs.append(read_once(vol, cold_uri, size, out, busy))
         else:
-            cold_runs.append(read_once(cold_uri, size, out, busy))
-            kit_runs.append(read_once(kit.uri, size, out, busy))
+            cold_runs.append(read_once(vol, cold_uri, size, out, busy))
+            kit_runs.append(read_once(kit, kit.uri, size, out, busy))
     cold_med, kit_med = statistics.median(cold_runs), statistics.median(kit_runs)
     return {
         "metric": "MBps",
