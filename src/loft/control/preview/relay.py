@@ -184,19 +184,15 @@ class _PipeCopy:
         self._fds: list[int] = []
         # Copies of the descriptors: the loop watches no descriptor a transport owns.
         try:
-            self.src_fd = self._keep(os.dup(src.fileno()))
-            self.dst_fd = self._keep(os.dup(dst.fileno()))
-            self._read_end, self._write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+            self._fds.append(os.dup(src.fileno()))
+            self._fds.append(os.dup(dst.fileno()))
+            self._fds.extend(os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC))
         except OSError as e:  # out of descriptors
             self.close()
             raise Closed(str(e)) from None
-        self._fds += (self._read_end, self._write_end)
+        self.src_fd, self.dst_fd, self._read_end, self._write_end = self._fds
         with contextlib.suppress(OSError):  # a pipe as large as a read: fewer system calls
             fcntl.fcntl(self._write_end, _F_SETPIPE_SZ, READ_SIZE)
-
-    def _keep(self, fd: int) -> int:
-        self._fds.append(fd)
-        return fd
 
     def step(self) -> tuple[int, bool] | None:
         """Move bytes until one side would block: then ``(descriptor, for_writing)`` to
@@ -243,7 +239,7 @@ async def _splice_body(src: Peer, dst: Peer, length: int, timeout: float) -> Non
     ``dst``'s has nothing queued, and its h11 is told of the bytes' length afterwards so
     its framing stays right. A thread drives the copy while one is free: waiting in
     poll(2) there costs less than a trip through the event loop for every wait, which
-    measured ~40 % of the relay's CPU (bench/preview_proxy.py)."""
+    was a third of the relay's CPU (bench/preview_proxy.py)."""
     transport = cast(asyncio.ReadTransport, src.writer.transport)
     transport.pause_reading()
     sockets = [cast(socket.socket, p.writer.get_extra_info("socket")) for p in (src, dst)]
