@@ -33,7 +33,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -219,8 +218,9 @@ def throughput(h: Harness, token: str, wid: str, site: Path) -> dict[str, object
     }
 
 
-def wake(h: Harness, token: str) -> dict[str, object]:
-    site = Path(tempfile.mkdtemp(prefix="loft-bench-site-"))
+def wake(h: Harness, token: str, tmp: Path) -> dict[str, object]:
+    site = tmp / "site"  # inside the benchmark's work dir, removed with it
+    site.mkdir()
     (site / "index.html").write_text("<h1>awake</h1>\n")
     port = free_port()
     command = f"exec python3 -m http.server {port} --bind 127.0.0.1 --directory {site}"
@@ -258,7 +258,7 @@ def main() -> None:
             _common.log("throughput...")
             tp = throughput(h, token, wid, tmp)
             _common.log("wake...")
-            wk = wake(h, token)
+            wk = wake(h, token, tmp)
         finally:
             h.close()
     _common.emit({"benchmark": "preview_proxy", "throughput": tp, "wake": wk})
