@@ -42,17 +42,26 @@ def test_vm_boots_and_runs_a_command(node: Vms) -> None:
     assert node.runtime.status(spec.id).phase is Phase.STOPPED
 
 
-COUNTER = "i=0; while :; do i=$((i+1)); echo $i > /tmp/count; usleep 50000; done"
+#: Each count replaces the file whole (a reader of ``echo > file`` may catch it empty).
+COUNTER = (
+    "i=0; while :; do i=$((i+1)); echo $i > /tmp/count.new; mv /tmp/count.new /tmp/count; "
+    "usleep 50000; done"
+)
 
 
 def _start_counter(node: Vms, ws: str) -> int:
-    """A counter in the background of the guest; its pid."""
+    """A counter in the background of the guest, once it has counted; its pid (a slow
+    guest may not have run it yet when the command that started it returns)."""
     out = sh(node, ws, f"setsid sh -c '{COUNTER}' </dev/null >/dev/null 2>&1 & echo $!")
+    deadline = time.monotonic() + 30
+    while _count(node, ws) < 1:
+        assert time.monotonic() < deadline, "the counter never counted"
+        time.sleep(0.05)
     return int(out)
 
 
 def _count(node: Vms, ws: str) -> int:
-    return int(sh(node, ws, "cat /tmp/count") or 0)
+    return int(sh(node, ws, "cat /tmp/count 2>/dev/null || true") or 0)
 
 
 def _counter_runs_on(node: Vms, ws: str, pid: int, before: int) -> None:
