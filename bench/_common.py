@@ -118,6 +118,14 @@ def stats_ms(samples: list[float]) -> dict[str, Any]:
     }
 
 
+def cpu_seconds(pid: int | str, task: int | None = None) -> float:
+    """utime + stime of a whole process (every thread, ended ones too), or of one of its
+    threads (``task``), from /proc; ``pid`` may be ``"self"``."""
+    stat = Path(f"/proc/{pid}/task/{task}/stat" if task is not None else f"/proc/{pid}/stat")
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     start = time.perf_counter()
     out = fn()

@@ -53,7 +53,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import seaweedfs  # the benchmarks' private SeaweedFS, stopped by PID
+from _common import cpu_seconds, seaweedfs  # seaweedfs: private, stopped by PID
 from loft.units import parse_size
 
 WORKLOADS: dict[str, dict[str, Any]] = {
@@ -64,15 +64,8 @@ WORKLOADS: dict[str, dict[str, Any]] = {
     # Writes while the volume commits what was flushed (see --sustained).
     "seq_write_1M_sustained": {"rw": "write", "bs": "1M", "iodepth": 8, "sustained": True},
 }
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 #: The warm volume's name, and its forks read cold (cold0, cold1, ...).
 VOLUME = "bench"
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a whole process (all threads)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def wait_socket(path: Path, proc: subprocess.Popen[bytes], what: str) -> None:

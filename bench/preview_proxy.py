@@ -120,21 +120,11 @@ while True:
 """
 
 
-def _cpu(pid: int) -> float:
-    """CPU seconds (user + system) process ``pid`` has used so far."""
-    return _ticks(Path(f"/proc/{pid}/stat"))
-
-
 def _proxy_cpu() -> float:
     """CPU seconds this process has used but its main thread: the proxy's, not the
     main thread's, which runs curl (a fork of this large process costs CPU too). The
     process's figure counts threads that have ended."""
-    return _ticks(Path("/proc/self/stat")) - _ticks(Path(f"/proc/self/task/{os.getpid()}/stat"))
-
-
-def _ticks(stat: Path) -> float:
-    fields = stat.read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return _common.cpu_seconds("self") - _common.cpu_seconds("self", os.getpid())
 
 
 def _relays(port: int, tmp: Path) -> dict[str, tuple[subprocess.Popen[bytes], int]]:
@@ -186,14 +176,14 @@ def throughput(h: Harness, token: str, wid: str, site: Path) -> dict[str, object
             _curl(relay_port, "127.0.0.1", None)
         for _ in range(ROUNDS):
             runs["direct"].append(_curl(port, "127.0.0.1", None))
-            before = _cpu(server.pid), _proxy_cpu()
+            before = _common.cpu_seconds(server.pid), _proxy_cpu()
             runs["proxy"].append(_curl(h.preview_port, host, token))
-            cpu["server"] += _cpu(server.pid) - before[0]
+            cpu["server"] += _common.cpu_seconds(server.pid) - before[0]
             cpu["proxy"] += _proxy_cpu() - before[1]
             for name, (proc, relay_port) in relays.items():
-                used = _cpu(proc.pid)
+                used = _common.cpu_seconds(proc.pid)
                 runs[name].append(_curl(relay_port, "127.0.0.1", None))
-                cpu[name] += _cpu(proc.pid) - used
+                cpu[name] += _common.cpu_seconds(proc.pid) - used
     finally:
         for proc in (server, *(p for p, _ in relays.values())):
             proc.terminate()
