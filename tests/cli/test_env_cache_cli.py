@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from loft.cli import main
+from loft.cli.group import main
 from loft.config import Settings
 from loft.envstore.pathinfo import PathInfo
 from loft.envstore.signing import SecretKey

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from loft.cli import main
+from loft.cli.group import main
 
 KIB, MIB = 1 << 10, 1 << 20
 

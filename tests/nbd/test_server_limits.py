@@ -526,7 +526,7 @@ def test_budget_is_released_when_clients_vanish(tmp_path: Path, image: Path) -> 
 def test_cli_limit_defaults_are_the_servers() -> None:
     from click.testing import CliRunner
 
-    from loft.cli import main
+    from loft.cli.group import main
     from loft.nbd.server import DEFAULT_MAX_BYTES, DEFAULT_MAX_CONNECTIONS
 
     for command in (["disk", "serve-file"], ["disk", "serve"]):

@@ -8,7 +8,8 @@ from loft.client import Client, resolve
 __all__ = ["api"]
 
 
-def api() -> Client:
-    """A client of the control plane this command should talk to."""
+def api(timeout: float = 120.0) -> Client:
+    """A client of the control plane this command should talk to; ``timeout`` bounds
+    each request (seconds)."""
     endpoint = resolve()
-    return Client.light(endpoint.url, endpoint.token, ca=endpoint.ca)
+    return Client.light(endpoint.url, endpoint.token, ca=endpoint.ca, timeout=timeout)

@@ -1,24 +1,42 @@
-"""What every ``loft`` command group prints the same way: ``--json``, tables and sizes.
+"""What every ``loft`` command group prints the same way: ``--json``, tables, sizes and
+times.
 
 Tables import rich when they are drawn, so a command printing JSON or one line does not
-pay for it.
+pay for it; nothing here imports click (the quick path, :mod:`loft.cli.quick`, prints
+with it).
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable, Sequence
-
-import click
 
 from loft.units import format_size
 
-__all__ = ["echo_json", "size", "table"]
+__all__ = ["echo", "echo_json", "plain", "size", "table", "when"]
+
+
+def echo(line: str) -> None:
+    """Print one line on stdout, flushed (a command may go on waiting after it)."""
+    print(line, flush=True)
 
 
 def echo_json(obj: object) -> None:
     """Print ``obj`` as JSON on stdout: indented, keys sorted (every ``--json``)."""
-    click.echo(json.dumps(obj, indent=2, sort_keys=True))
+    echo(json.dumps(obj, indent=2, sort_keys=True))
+
+
+def plain(obj: object) -> object:
+    """An API dataclass as plain JSON values, for ``--json``."""
+    import dataclasses
+
+    return dataclasses.asdict(obj)  # type: ignore[call-overload]
+
+
+def when(ts: float) -> str:
+    """A moment in local time, to the second."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
 
 
 def table(

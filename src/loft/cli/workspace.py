@@ -5,37 +5,30 @@ Every one is a request to the control plane's API (:mod:`loft.client`, at ``LOFT
 and ``LOFT_TOKEN``, the ``loft login`` file, or, for root on the node, its root-only
 local socket as admin): the CLI parses, sends, prints. Its request path imports the
 standard library, click and the API's dataclasses only (HTTP by hand, not httpx), so
-a command costs its round trip, not an import of loft's storage. Bad input is one line
-and a hint, exit 1 (never a usage dump).
+a command costs its round trip, not an import of loft's storage. ``ls`` and ``snap``
+are declared in :mod:`loft.cli.quick`, which runs them without click. Bad input is one
+line and a hint, exit 1 (never a usage dump).
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
-from loft.cli import output
+from loft.cli import output, quick
+from loft.cli.apiclient import api
+from loft.cli.quick import snapshot_name
 from loft.errors import LoftError
 
 if TYPE_CHECKING:
     from loft.api import EnvSpec, EnvState, Workspace
-    from loft.client import Client
 
-__all__ = ["client", "register_env"]
+__all__ = ["register_env"]
 
 #: ``new``, ``fork`` and ``env switch`` may build an environment first: minutes, not hours.
 _BUILD_TIMEOUT = 3600.0
-
-
-def client(timeout: float = 120.0) -> Client:
-    """The API client of this command (the light one, on the standard library)."""
-    from loft.client import Client, resolve
-
-    endpoint = resolve()
-    return Client.light(endpoint.url, endpoint.token, ca=endpoint.ca, timeout=timeout)
 
 
 def _size(option: str, value: str) -> int:
@@ -82,21 +75,6 @@ def _name(name: str) -> str:
     return name
 
 
-def _snapshot_name(snapshot: str) -> str:
-    """``snapshot`` if the API would take it as a snapshot name (said in the CLI's
-    words rather than as the API's pattern)."""
-    import re
-
-    from loft.api import SNAPSHOT_NAME_PATTERN
-
-    if not re.match(SNAPSHOT_NAME_PATTERN, snapshot):
-        raise LoftError(
-            f"bad snapshot name {snapshot!r}",
-            hint="use up to 128 letters, digits, '.', '_' and '-', starting with a letter or digit",
-        )
-    return snapshot
-
-
 def _limits(size: int, memory: int, cpus: float, pids: int) -> None:
     """Refuse a size or limit outside what the API accepts, naming the option."""
     from loft.api import LIMIT_BOUNDS, MAX_SIZE, MIN_SIZE
@@ -133,10 +111,6 @@ def _limits(size: int, memory: int, cpus: float, pids: int) -> None:
         raise refuse("pids limit", str(pids), f"{least:g}", f"{most:g}", "--pids 512")
 
 
-def _when(ts: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
-
-
 def _env(spec_file: Path | None, packages: str | None) -> EnvSpec:
     from loft.api import EnvSpec
 
@@ -144,15 +118,9 @@ def _env(spec_file: Path | None, packages: str | None) -> EnvSpec:
     return EnvSpec(packages=names, spec=text or None)
 
 
-def _plain(obj: object) -> object:
-    import dataclasses
-
-    return dataclasses.asdict(obj)  # type: ignore[call-overload]
-
-
 def _echo_info(ws: Workspace, as_json: bool) -> None:
     if as_json:
-        output.echo_json(_plain(ws))
+        output.echo_json(output.plain(ws))
         return
     shown = {
         "id": ws.id,
@@ -170,7 +138,7 @@ def _echo_info(ws: Workspace, as_json: bool) -> None:
         "env_generation": ws.env_generation,
         "env_path": ws.env_path,
         "idle_timeout": f"{ws.idle_timeout:g} s" if ws.idle_timeout else "never",
-        "created_at": _when(ws.created_at),
+        "created_at": output.when(ws.created_at),
         "memory_used": None if ws.memory_used is None else output.size(ws.memory_used),
         "pids_used": ws.pids_used,
     }
@@ -257,7 +225,7 @@ def new(
         runtime=runtime,  # type: ignore[arg-type]  # checked above
         start=not stopped,
     )
-    with client(_BUILD_TIMEOUT) as c:
+    with api(_BUILD_TIMEOUT) as c:
         ws = c.create_workspace(req)
     if as_json:
         _echo_info(ws, True)
@@ -265,39 +233,7 @@ def new(
         click.echo(f"created {_summary(ws)}")
 
 
-@click.command("ls")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def ls(as_json: bool) -> None:
-    """List workspaces (yours; an admin's, everyone's)."""
-    with client() as c:
-        wss = c.workspaces()
-    if as_json:
-        output.echo_json([_plain(w) for w in wss])
-        return
-    # An admin's listing may hold several users' workspaces, whose names may repeat.
-    owners = len({w.owner for w in wss}) > 1
-    output.table(
-        (
-            [
-                *([w.owner] if owners else []),
-                w.name,
-                w.state,
-                w.runtime,
-                w.id,
-                str(w.env_generation or "-"),
-                f"{w.limits.cpus:g}",
-                output.size(w.limits.memory, compact=True),
-                output.size(w.size, compact=True),
-                w.network,
-                _when(w.created_at),
-            ]
-            for w in wss
-        ),
-        [
-            *(["OWNER"] if owners else []),
-            *("NAME", "PHASE", "RUNTIME", "ID", "ENV", "CPUS", "MEMORY", "DISK", "NET", "CREATED"),
-        ],
-    )
+ls = quick.LS.click_command()
 
 
 @click.command()
@@ -305,7 +241,7 @@ def ls(as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def info(name: str, as_json: bool) -> None:
     """Show workspace NAME: its record, state, environment and live resource use."""
-    with client() as c:
+    with api() as c:
         _echo_info(c.workspace(name), as_json)
 
 
@@ -313,7 +249,7 @@ def info(name: str, as_json: bool) -> None:
 @click.argument("name")
 def start(name: str) -> None:
     """Start workspace NAME (with its environment's current generation)."""
-    with client() as c:
+    with api() as c:
         ws = c.start(name)
     click.echo(f"started {ws.name}")
 
@@ -327,7 +263,7 @@ def stop(name: str, cold: bool) -> None:
     """Stop workspace NAME: its processes end (TERM, then KILL after 5 s), its disk is
     unmounted and committed. Its files stay. A VM is suspended instead: its memory is
     kept and `loft start` resumes it where it was (--cold shuts it down)."""
-    with client() as c:
+    with api() as c:
         ws = c.stop(name, cold=cold)
     how = "suspended" if ws.runtime == "vm" and not cold else "stopped"
     click.echo(f"{how} {ws.name}")
@@ -341,8 +277,8 @@ def rm(ref: str) -> None:
     goes with its memory image (a VM's), and forks made from it stay intact."""
     name, at, snapshot = ref.partition("@")
     if at:
-        _snapshot_name(snapshot)
-    with client() as c:
+        snapshot_name(snapshot)
+    with api() as c:
         if at:
             c.delete_snapshot(name, snapshot)
         else:
@@ -350,22 +286,7 @@ def rm(ref: str) -> None:
     click.echo(f"removed {ref}")
 
 
-@click.command()
-@click.argument("name")
-@click.argument("snapshot", required=False, default="")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def snap(name: str, snapshot: str, as_json: bool) -> None:
-    """Snapshot workspace NAME (as SNAPSHOT; default: the time). A running workspace's
-    writers pause only while its disk is committed."""
-    if snapshot:
-        _snapshot_name(snapshot)
-    with client() as c:
-        ans = c.snapshot(name, snapshot or None)
-    if as_json:
-        output.echo_json(_plain(ans))
-        return
-    paused = f"; writers paused {ans.pause_ms:.0f} ms" if ans.pause_ms is not None else ""
-    click.echo(f"snapshot {name}@{ans.name} (version {ans.version}{paused})")
+snap = quick.SNAP.click_command()
 
 
 @click.command()
@@ -374,14 +295,14 @@ def snap(name: str, snapshot: str, as_json: bool) -> None:
 def snaps(name: str, as_json: bool) -> None:
     """List the snapshots of workspace NAME (automatic ones, such as a restore's undo,
     are marked)."""
-    with client() as c:
+    with api() as c:
         found = c.snapshots(name)
     if as_json:
-        output.echo_json([_plain(s) for s in found])
+        output.echo_json([output.plain(s) for s in found])
         return
     output.table(
         (
-            [s.name, str(s.version or "-"), _when(s.created_at), "yes" if s.auto else ""]
+            [s.name, str(s.version or "-"), output.when(s.created_at), "yes" if s.auto else ""]
             for s in found
         ),
         ["SNAPSHOT", "VERSION", "CREATED", "AUTO"],
@@ -395,7 +316,7 @@ def restore(name: str, snapshot: str) -> None:
     """Point workspace NAME back at SNAPSHOT, with the environment it had then. A
     running workspace is stopped and started again. Undoable: the replaced state is
     kept as a snapshot."""
-    with client() as c:
+    with api() as c:
         ans = c.restore(name, snapshot)
     again = " and started again" if ans.restarted else ""
     click.echo(
@@ -425,7 +346,7 @@ def fork(ref: str, new_name: str, stopped: bool, live: bool, new_machine_id: boo
     if new_machine_id and not live:
         raise LoftError("--new-machine-id is for a live fork (a booted fork keeps the file)",
                         hint="add --live")  # fmt: skip
-    with client(_BUILD_TIMEOUT) as c:
+    with api(_BUILD_TIMEOUT) as c:
         ws = c.fork(name, new_name, snapshot=snapshot or None, start=not stopped, live=live,
                     new_machine_id=new_machine_id)  # fmt: skip
     click.echo(f"forked {ref} as {_summary(ws)}")
@@ -437,7 +358,7 @@ def fork(ref: str, new_name: str, stopped: bool, live: bool, new_machine_id: boo
 def env_switch(name: str, spec_file: Path) -> None:
     """Give workspace NAME the environment of SPEC (a loft.toml, locked and built on the
     node, or a loft.lock): a new generation of its profile, used from its next start."""
-    with client(_BUILD_TIMEOUT) as c:
+    with api(_BUILD_TIMEOUT) as c:
         _echo_env(name, c.env_switch(name, _env(spec_file, None)))
 
 
@@ -447,7 +368,7 @@ def env_switch(name: str, spec_file: Path) -> None:
 def env_rollback(name: str, to: int | None) -> None:
     """Give workspace NAME its previous environment generation (or --to N) again, used
     from its next start."""
-    with client() as c:
+    with api() as c:
         _echo_env(name, c.env_rollback(name, to))
 
 

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from loft.cli.workspace import client
+from loft.cli.apiclient import api
 from loft.errors import LoftError
 
 if TYPE_CHECKING:
@@ -125,7 +125,7 @@ def exec_(
     text = stdin.decode("utf-8", "surrogateescape") if isinstance(stdin, bytes) else stdin
     req = ExecRequest(list(command), env, cwd, text, MAX_EXEC_TIMEOUT, _user(user))
     out = {"stdout": sys.stdout.buffer, "stderr": sys.stderr.buffer}
-    with client(MAX_EXEC_TIMEOUT) as c:
+    with api(MAX_EXEC_TIMEOUT) as c:
         for event in c.exec_stream(name, req):
             if event.type in out:
                 out[event.type].write(base64.b64decode(event.data))
@@ -144,7 +144,7 @@ def shell(name: str, user: str) -> None:
     """An interactive shell in workspace NAME, on a terminal whose size follows ours."""
     _user(user)  # a bad --user is refused here, in the CLI's words
     rows, cols = _window()
-    with client() as c:
+    with api() as c:
         ws = c.terminal(name, rows=rows, cols=cols, user=user)
     sys.exit(_run_shell(ws))
 
@@ -209,7 +209,7 @@ def forward(name: str, port: int, local_port: int | None) -> None:
 
     if not 0 < port < 65536 or not 0 <= (local_port or 0) < 65536:
         raise LoftError(f"bad port {port if not 0 < port < 65536 else local_port}")
-    with client() as c:
+    with api() as c:
         state = c.workspace(name).state
         if state != "running":
             raise LoftError(
@@ -232,7 +232,7 @@ def forward(name: str, port: int, local_port: int | None) -> None:
     try:
         while True:
             time.sleep(1.0)
-            with client() as c:
+            with api() as c:
                 if c.workspace(name).state != "running":
                     raise LoftError("forward ended: the workspace stopped")
     except KeyboardInterrupt:
@@ -257,7 +257,7 @@ def _tunnel(conn: socket.socket, name: str, port: int) -> None:
     """Relay one local connection through a WebSocket to the workspace's port (one that
     cannot be made is closed at once, as a refused connection would be)."""
     try:
-        with client() as c:
+        with api() as c:
             ws = c.port(name, port)
     except LoftError:
         conn.close()
