@@ -19,7 +19,6 @@ import click
 
 from loft.cli import output, quick
 from loft.cli.apiclient import api
-from loft.cli.quick import snapshot_name
 from loft.errors import LoftError
 
 if TYPE_CHECKING:
@@ -277,7 +276,7 @@ def rm(ref: str) -> None:
     goes with its memory image (a VM's), and forks made from it stay intact."""
     name, at, snapshot = ref.partition("@")
     if at:
-        snapshot_name(snapshot)
+        quick.snapshot_name(snapshot)
     with api() as c:
         if at:
             c.delete_snapshot(name, snapshot)
