@@ -120,7 +120,7 @@ def snapshot_name(snapshot: str) -> str:
 _JSON = Flag("--json", "as_json", "Machine-readable output.")
 
 
-def ls(as_json: bool) -> None:
+def _ls(as_json: bool) -> None:
     """List workspaces (yours; an admin's, everyone's)."""
     with api() as c:
         wss = c.workspaces()
@@ -153,7 +153,7 @@ def ls(as_json: bool) -> None:
     )
 
 
-def snap(name: str, snapshot: str, as_json: bool) -> None:
+def _snap(name: str, snapshot: str, as_json: bool) -> None:
     """Snapshot workspace NAME (as SNAPSHOT; default: the time). A running workspace's
     writers pause only while its disk is committed."""
     if snapshot:
@@ -167,10 +167,10 @@ def snap(name: str, snapshot: str, as_json: bool) -> None:
     output.echo(f"snapshot {name}@{ans.name} (version {ans.version}{paused})")
 
 
-LS = QuickCommand("ls", ls, flags=(_JSON,))
+LS = QuickCommand("ls", _ls, flags=(_JSON,))
 SNAP = QuickCommand(
     "snap",
-    snap,
+    _snap,
     args=(Arg("name"), Arg("snapshot", required=False)),
     flags=(_JSON,),
 )
