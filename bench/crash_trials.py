@@ -8,10 +8,12 @@ After a random delay the parent SIGKILLs it and checks, against an in-memory mod
 replays the same stream:
 
 1. **remote** — the volume's committed head, read on a node with an empty data dir (no
-   working copy, no chunk cache), equals *exactly* the state at some flush point that
-   was reached (or the state the trial started from); in ``remote`` durability it is at
-   or after the last flush that returned. So a write B after a flush never appears
-   without a write A before it.
+   working copy, no chunk cache), equals *exactly* a state the disk had: in ``remote``
+   durability the state at some flush point that was reached, at or after the last
+   flush that returned; in ``local`` durability the state after some operation (its
+   commits are taken when ``commit_interval`` is up, of the disk at that instant), the
+   one in flight applied whole included, or the state the trial started from. So a
+   write B never appears without a write A completed before it.
 2. **local** — the same node reopens the volume (recovery: non-dirty extents discarded
    and refetched, dirty ones committed): every operation acknowledged is present and the
    volume equals the state after the last acknowledged operation — or, when the kill hit
@@ -149,6 +151,8 @@ class LaneResult:
     remote_behind_last_flush: int = 0
     remote_ahead_of_last_flush: int = 0
     remote_initial: int = 0
+    #: heads at a point the volume made (local durability), not at a flush
+    remote_between_flushes: int = 0
     phase_seconds: dict[str, float] = field(
         default_factory=lambda: {"start": 0.0, "run": 0.0, "kill": 0.0, "check": 0.0}
     )
@@ -276,40 +280,46 @@ class Lane:
         remote = view.read(0, SIZE)
         view.close()
 
-        # Replay the stream: the state after every acknowledged op; at every flush point
-        # (and the initial state) compare with the remote head (memcmp, no hashing).
+        # Replay the stream: the state after every acknowledged op, compared with the
+        # remote head (memcmp, no hashing) wherever a commit may have been taken: at
+        # every flush point (and the initial state); in local durability after any op.
+        any_op = res.durability == "local"
         state = bytearray(self.model)
         at: int | None = -1 if state == remote else None
+        at_flush = True
         last_flush = -1
         inflight: Op | None = None
         stream = ops(seed)
         for i in range(last + 2):
             op = next(stream)
+            flush = op.kind in ("flush", "fua")
             if i == last + 1:
                 inflight = op
-                if op.kind in ("flush", "fua"):
-                    # A flush in flight may have been captured and committed already.
+                if flush or any_op:
+                    # An op in flight may have been captured and committed already.
                     after = bytearray(state)
                     apply(after, op)
                     if after == remote:
-                        at = i
+                        at, at_flush = i, flush
                 break
             apply(state, op)
-            if op.kind in ("flush", "fua"):
-                if state == remote:
-                    at = i
+            if flush:
                 last_flush = i
                 res.flushes_acked += 1
+            if (flush or any_op) and state == remote:
+                at, at_flush = i, flush
         res.ops_acked += last + 1
         acked = bytes(state)
 
         failure: dict[str, Any] | None = None
         if at is None:
-            failure = {"check": "remote", "why": "head equals no flush-point state"}
-        elif self.result.durability == "remote" and at < last_flush:
+            failure = {"check": "remote", "why": "head equals no state the disk had"}
+        elif res.durability == "remote" and at < last_flush:
             failure = {"check": "remote", "why": f"head at op {at}, last flush {last_flush}"}
         elif at == -1:
             res.remote_initial += 1
+        elif not at_flush:
+            res.remote_between_flushes += 1
         elif at == last_flush:
             res.remote_at_last_flush += 1
         elif at < last_flush:

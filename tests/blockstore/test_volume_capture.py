@@ -1,5 +1,6 @@
 """Point-in-time commits: a write that lands while a commit is uploading must not leak into
-it (copy-aside), and the extent stays dirty for the next commit."""
+it (copy-aside), and the extent stays dirty for the next commit; a commit is a state the
+disk had (at a flush in remote durability, when the interval is up in local)."""
 
 from __future__ import annotations
 
@@ -86,6 +87,21 @@ def test_reused_aside_file_gives_only_what_this_capture_copied(tmp_path: Path) -
         os.close(fd)
 
 
+def _stall_uploads(bs: object) -> tuple[threading.Event, threading.Event]:
+    """Fault injection (timing only): uploads stall until released. (stalled, release)"""
+    stalled, release = threading.Event(), threading.Event()
+    store = bs.ctx.store  # type: ignore[attr-defined]
+    real_put_many = store.put_many
+
+    def stalling_put_many(items):  # type: ignore[no-untyped-def]
+        stalled.set()
+        release.wait(30)
+        return real_put_many(items)
+
+    store.put_many = stalling_put_many
+    return stalled, release
+
+
 def test_closing_a_volume_removes_its_aside_files(
     deployment_of: Callable[[str], Deployment],
 ) -> None:
@@ -94,15 +110,38 @@ def test_closing_a_volume_removes_its_aside_files(
     bs.create("v", size=4 * EXTENT, extent_size=EXTENT, commit_interval=60.0)
     vol = bs.open("v")
     vol.write(0, rnd(40, 2 * EXTENT))
-    vol.flush()  # captured, waiting for its interval
-    vol.write(100, rnd(41, 5000))  # copies aside for the waiting capture
+    stalled, release = _stall_uploads(bs)
+    committer = threading.Thread(target=vol.commit)
+    committer.start()
+    assert stalled.wait(20)
+    vol.write(100, rnd(41, 5000))  # copies aside for the capture uploading
     directory = vol._wc.directory
     assert list(directory.glob("aside-*"))
-    vol.commit()
+    release.set()
+    committer.join(30)
     vol.write(200, rnd(42, 5000))  # no capture alive: nothing copied
     vol.close()
     assert not list(directory.glob("aside-*"))
     assert dep.node("fresh").view("v").read(0, 4 * EXTENT)[200:5200] == rnd(42, 5000)
+
+
+def test_local_flush_captures_nothing_until_its_commit_is_due(
+    deployment_of: Callable[[str], Deployment],
+) -> None:
+    """In local durability a flush only asks for a commit within the interval: writes
+    after it copy nothing aside, and the flushed writes count in the commit lag."""
+    dep = deployment_of("sqlite-file")
+    bs = dep.node("a")
+    bs.create("v", size=4 * EXTENT, extent_size=EXTENT, commit_interval=60.0)
+    vol = bs.open("v")
+    vol.write(0, rnd(43, 2 * EXTENT))
+    vol.flush()
+    vol.write(100, rnd(44, EXTENT))  # overwrites flushed, uncommitted extents
+    assert not list(vol._wc.directory.glob("aside-*"))
+    assert vol.commit_lag > 0
+    vol.commit()
+    assert vol.commit_lag == 0
+    vol.close()
 
 
 @pytest.mark.parametrize("kind", ["sqlite-file", "sqlite-s3"])
@@ -117,16 +156,7 @@ def test_write_during_upload_does_not_leak_into_the_commit(
     state_a = rnd(10, n * EXTENT)
     vol.write(0, state_a)
 
-    # Fault injection (timing only): the first upload of the commit stalls until released.
-    stalled, release = threading.Event(), threading.Event()
-    real_put_many = bs.ctx.store.put_many
-
-    def stalling_put_many(items):  # type: ignore[no-untyped-def]
-        stalled.set()
-        release.wait(30)
-        return real_put_many(items)
-
-    bs.ctx.store.put_many = stalling_put_many  # type: ignore[method-assign]
+    stalled, release = _stall_uploads(bs)  # the first upload of the commit waits
     committed: list[object] = []
     committer = threading.Thread(target=lambda: committed.append(vol.commit()))
     committer.start()
@@ -140,7 +170,6 @@ def test_write_during_upload_does_not_leak_into_the_commit(
         state_b[off : off + len(data)] = data
     vol.zero(3 * EXTENT, 2 * EXTENT)
     state_b[3 * EXTENT : 5 * EXTENT] = bytes(2 * EXTENT)
-    bs.ctx.store.put_many = real_put_many  # type: ignore[method-assign]
     release.set()
     committer.join(30)
     assert committed
@@ -155,11 +184,12 @@ def test_write_during_upload_does_not_leak_into_the_commit(
     vol.close()
 
 
-def test_local_durability_commits_exactly_the_flushed_state(
+def test_local_durability_commits_a_state_the_disk_had(
     deployment_of: Callable[[str], Deployment],
 ) -> None:
     """Write A, flush, write B into the same (dirty) extents before the background commit
-    runs: the head holds A then A+B, never B without A."""
+    runs: the commit takes the disk as it is when the interval is up, so the head goes
+    from the empty disk to A+B, never to B without A (nor to anything else)."""
     dep = deployment_of("sqlite-file")
     bs = dep.node("a")
     bs.create("v", size=8 * EXTENT, extent_size=EXTENT, commit_interval=0.3)
@@ -169,21 +199,36 @@ def test_local_durability_commits_exactly_the_flushed_state(
     vol.flush()
     b = rnd(21, 2 * EXTENT)
     vol.write(EXTENT + 100, b)  # not flushed
-    seen = set()
-    fresh = dep.node("fresh")
-    allowed = {bytes(8 * EXTENT), a + bytes(4 * EXTENT)}
-    for _ in range(60):
-        head = fresh.view("v").read(0, 8 * EXTENT)
-        assert head in allowed, "the head is not the state at a flush"
-        seen.add(head)
-        if head != bytes(8 * EXTENT):
-            break
-        threading.Event().wait(0.05)
-    assert a + bytes(4 * EXTENT) in seen, "the flushed state was never committed"
-    vol.close()
     both = bytearray(a + bytes(4 * EXTENT))
     both[EXTENT + 100 : EXTENT + 100 + len(b)] = b
-    assert dep.node("fresh2").view("v").read(0, 8 * EXTENT) == bytes(both)
+    empty = bytes(8 * EXTENT)
+    fresh = dep.node("fresh")
+    head = empty
+    for _ in range(60):
+        head = fresh.view("v").read(0, 8 * EXTENT)
+        assert head in (empty, bytes(both)), "the head is not a state the disk had"
+        if head != empty:
+            break
+        threading.Event().wait(0.05)
+    assert head == bytes(both), "the flush was not committed within its interval"
+    vol.close()
+
+
+def test_remote_durability_commits_exactly_the_flushed_state(
+    deployment_of: Callable[[str], Deployment],
+) -> None:
+    """In remote durability a flush returns once its own state is committed: what is
+    written after it is not in that commit."""
+    dep = deployment_of("sqlite-file")
+    bs = dep.node("a")
+    bs.create("v", size=8 * EXTENT, extent_size=EXTENT, durability="remote")
+    vol = bs.open("v")
+    a = rnd(22, 4 * EXTENT)
+    vol.write(0, a)
+    vol.flush()
+    vol.write(EXTENT + 100, rnd(23, 2 * EXTENT))  # not flushed
+    assert dep.node("fresh").view("v").read(0, 8 * EXTENT) == a + bytes(4 * EXTENT)
+    vol.close()
 
 
 def test_lock_free_read_extent_sees_the_capture_while_writes_race(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""A commit's capture: the dirty extents at one flush point, preserved until uploaded.
+"""A commit's capture: the dirty extents at one instant, preserved until uploaded.
 
 A write that lands on a captured extent before the uploader has read it first copies the
 bytes it is about to overwrite into the capture's aside file (4 KiB blocks), so the upload

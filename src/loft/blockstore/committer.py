@@ -1,14 +1,18 @@
-"""Shipping an open volume's flush points to the chunk store: the capture queue, the
+"""Shipping an open volume's states to the chunk store: the capture queue, the
 commit loop with its backoff, and image import (litestream's ``Replica`` beside its
 ``DB``).
 
-A flush captures the extents dirty at that moment (:class:`Capture`); one capture is
-uploaded at a time by a background thread, at once in ``remote`` durability or once it is
-``commit_interval`` old in ``local``, and retried with backoff when the store or the
-catalog fails. A newer flush replaces a capture still waiting, so at most two exist: the
-one uploading and the one pending. When a capture is committed the committer tells the
-volume through one call, ``on_committed(capture, result)``, and the volume marks clean
-the extents nobody wrote meanwhile (an import makes the same call without a capture).
+A capture is the extents dirty at one instant (:class:`Capture`); one capture is
+uploaded at a time by a background thread and retried with backoff when the store or
+the catalog fails. In ``remote`` durability a flush is captured at once and uploaded at
+once. In ``local`` durability a flush only makes a commit due (:meth:`Committer.flushed`):
+``commit_interval`` later, with no upload running, the capture is taken of the disk as it
+is then, a flush point the volume makes itself that covers the flushes before it (so
+writes meanwhile copy nothing aside for a capture that would only wait). A newer capture
+replaces one still waiting, so at most two exist: the one uploading and the one pending.
+When a capture is committed the committer tells the volume through one call,
+``on_committed(capture, result)``, and the volume marks clean the extents nobody wrote
+meanwhile (an import makes the same call without a capture).
 
 The committer shares the volume's lock (its condition): a write must preserve captured
 bytes and bump its generation atomically with respect to a capture being taken or
@@ -68,6 +72,7 @@ class Committer:
         aside_dir: Path,
         extent_len: Callable[[int], int],
         on_committed: OnCommitted,
+        dirty_now: Callable[[], dict[int, int]],
     ) -> None:
         self.ctx = ctx
         self.name = rec.name
@@ -83,6 +88,10 @@ class Committer:
         self._aside_dir = aside_dir
         self._elen = extent_len
         self._on_committed = on_committed
+        #: the volume's dirty extents and their write generations, now (lock held)
+        self.dirty_now = dirty_now
+        #: a flush (local durability) not captured yet: when the oldest such was made
+        self._deferred_since: float | None = None
         self._extent_size = rec.extent_size
         self._pending: Capture | None = None
         self._uploading: Capture | None = None
@@ -103,8 +112,22 @@ class Committer:
 
     @property
     def busy(self) -> bool:
-        """A capture is waiting or uploading (lock held)."""
-        return self._pending is not None or self._uploading is not None
+        """A capture is waiting or uploading, or a flush waits for one (lock held)."""
+        return (
+            self._pending is not None
+            or self._uploading is not None
+            or self._deferred_since is not None
+        )
+
+    def flushed(self) -> None:
+        """A flush in local durability (lock held): have everything written so far
+        committed once ``commit_interval`` is up. Nothing is captured now: when the
+        interval is up (and no upload runs), the disk as it is then is captured, a flush
+        point the volume makes itself that covers this one, so writes meanwhile copy
+        nothing aside."""
+        if self._deferred_since is None:
+            self._deferred_since = time.monotonic()
+            self._cond.notify_all()
 
     def preserve(self, offset: int, length: int) -> None:
         """Before the data file's range changes: copy aside what captures still need."""
@@ -123,6 +146,7 @@ class Committer:
         return seq
 
     def _capture(self, gens: dict[int, int]) -> int:
+        deferred, self._deferred_since = self._deferred_since, None  # this one covers it
         if not gens:
             return self._seq
         pending = self._pending
@@ -135,15 +159,14 @@ class Committer:
             pending.close(keep=True)
         self._pending = Capture(self._seq, gens, self._aside_dir / name, self._extent_size)
         if self._pending_since is None:
-            self._pending_since = time.monotonic()
+            self._pending_since = time.monotonic() if deferred is None else deferred
         return self._seq
 
     def lag(self) -> float:
         """How long the oldest flushed write not yet committed has waited, seconds (0
         when every flush is committed). Lock held."""
         oldest = [c.since for c in (self._uploading,) if c is not None]
-        if self._pending_since is not None:
-            oldest.append(self._pending_since)
+        oldest += [t for t in (self._pending_since, self._deferred_since) if t is not None]
         return time.monotonic() - min(oldest) if oldest else 0.0
 
     # -- waiting and lifecycle ------------------------------------------------------------
@@ -198,6 +221,13 @@ class Committer:
                         return
                     now = time.monotonic()
                     if self._lease.fenced is None:
+                        deferred = self._deferred_since
+                        if (
+                            self._uploading is None
+                            and deferred is not None
+                            and (self._urgent or now >= deferred + self.commit_interval)
+                        ):
+                            self._capture(self.dirty_now())  # due: the disk as it is now
                         if self._uploading is not None and now >= self._retry_at:
                             cap = self._uploading
                             break
@@ -215,6 +245,8 @@ class Committer:
                         wake = self._retry_at
                     elif self._pending is not None:
                         wake = (self._pending_since or now) + self.commit_interval
+                    elif self._deferred_since is not None:
+                        wake = self._deferred_since + self.commit_interval
                     self._cond.wait(max(0.001, wake - now))
             self._commit(cap)
 

@@ -2,9 +2,10 @@
 
 Reads and writes go to the working copy with ``os.pread``/``os.pwrite``; an extent not
 present locally is fetched on first touch (lazy loading) and evicted again under the
-node's byte budget. ``flush()`` makes completed writes durable on the node and captures a
-flush point; the volume's :class:`~loft.blockstore.committer.Committer` uploads it and
-advances the head, and its :class:`~loft.blockstore.lease.LeaseKeeper` keeps the lease,
+node's byte budget. ``flush()`` makes completed writes durable on the node and has them
+committed (at once in ``remote`` durability, within ``commit_interval`` in ``local``); the
+volume's :class:`~loft.blockstore.committer.Committer` captures, uploads and advances the
+head, and its :class:`~loft.blockstore.lease.LeaseKeeper` keeps the lease,
 so the writer stops acknowledging writes and flushes at its own lease deadline.
 
 Thread-safe; every method may be called from any thread. Calls that can block on the
@@ -164,6 +165,7 @@ class Volume:
             aside_dir=wc.directory,
             extent_len=self._elen,
             on_committed=self._committed,
+            dirty_now=lambda: {e: self._gen[e] for e in self._dirty},
         )
 
     # -- properties -------------------------------------------------------------------
@@ -649,18 +651,21 @@ class Volume:
     # -- flush and commit -------------------------------------------------------------
 
     def flush(self) -> None:
-        """Make every completed write durable on the node, and capture this flush point
-        for the next commit. In ``remote`` durability, return only once it is committed."""
+        """Make every completed write durable on the node and have it committed: in
+        ``remote`` durability this flush point, captured now and waited for; in ``local``,
+        the disk as it is when ``commit_interval`` is up (see the committer)."""
         self._check_writable()
         try:
             self._wc.sync()
         except OSError as e:
             raise VolumeIOError(f"volume {self.name!r}: fsync failed: {e.strerror}") from e
-        remote = self.durability == "remote"
+        if self.durability != "remote":
+            with self._cond:
+                self._committer.flushed()
+            return
         with self._cond:
-            seq = self._capture_locked(urgent=remote)
-        if remote:
-            self._committer.wait_committed(seq)
+            seq = self._capture_locked(urgent=True)
+        self._committer.wait_committed(seq)
 
     def commit(self) -> VolumeRecord:
         """Flush, then wait until everything written so far is committed to the store."""
@@ -673,7 +678,7 @@ class Volume:
 
     def _capture_locked(self, *, urgent: bool) -> int:
         """Hand the dirty extents as of now to the committer (lock held)."""
-        return self._committer.capture({e: self._gen[e] for e in self._dirty}, urgent=urgent)
+        return self._committer.capture(self._committer.dirty_now(), urgent=urgent)
 
     def _committed(self, cap: Capture | None, res: CommitResult) -> list[tuple[Evictable, int]]:
         """The committer's one call back (lock held): ``cap`` is committed as ``res``, so
