@@ -383,12 +383,12 @@ class Volume:
         the volume's uncommitted data past ``max_dirty``. Writes to extents already dirty
         never wait, and neither does one when nothing else is dirty, however large.
 
-        A commit is what makes room, and a commit needs a flush point: a capture waiting
-        for its interval is made urgent, and writes not captured yet (the client has not
-        flushed them) are captured at once, so a client that never flushes is slowed
-        down, never stalled. That capture is a flush point the volume makes itself: the
-        disk as it is now, every completed write in it, as after a power cut at this
-        instant, never a mixture of states."""
+        A commit is what makes room, and a commit needs a flush point: the disk is
+        captured at once for an urgent commit, flushed by the client or not, so a client
+        that never flushes is slowed down, never stalled. That capture is a flush point
+        the volume makes itself (as when a local commit is due): the disk as it is now,
+        every completed write in it, as after a power cut at this instant, never a
+        mixture of states."""
         es = self.extent_size
         first, last = offset // es, (offset + length - 1) // es
         if len(self._dirty) + last - first + 1 <= self._dirty_limit:
