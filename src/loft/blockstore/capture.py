@@ -2,7 +2,7 @@
 
 A write that lands on a captured extent before the uploader has read it first copies the
 bytes it is about to overwrite into the capture's aside file (4 KiB blocks), so the upload
-sees the extent exactly as it was at the flush.
+sees the extent exactly as it was when captured.
 
 The copy is a ``pread`` and a ``pwrite`` through a buffer of the capture's. On ext4,
 which cannot share blocks, ``copy_file_range`` falls back to splicing page by page: a
@@ -10,7 +10,9 @@ profile of sustained 1 MiB writes (``perf record -a -g``, bench/nbd_vs_nbdkit.py
 ``--sustained``, a FLUSH every GiB) put 20% of all samples, 71% of the event loop's
 time, in that copy; through a buffer, the event loop's copies (the client's writes and
 the copies aside together) took 11%. Each written byte was copied aside about once
-there: every flush starts a new capture, whose blocks are copied on their next write.
+there, when every flush started a new capture that waited out its interval; a local
+flush no longer captures anything (committer.py), so copies are made only for the
+capture uploading.
 
 Copies go to slots (one extent each, in the order extents are first copied) of an aside
 file that the next capture of the volume reuses, neither truncated nor deleted between
