@@ -2,8 +2,8 @@
 times.
 
 Tables import rich when they are drawn, so a command printing JSON or one line does not
-pay for it; nothing here imports click (the quick path, :mod:`loft.cli.quick`, prints
-with it).
+pay for it; nothing here imports click, so the quick path (:mod:`loft.cli.quick`) prints
+through it too.
 """
 
 from __future__ import annotations

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 
 import click
 
 from loft.cli.apiclient import api
-from loft.cli.output import echo_json, table
+from loft.cli.output import echo_json, plain, table
 
 
 def _when(ts: float | None) -> str:
@@ -27,7 +26,7 @@ def create(name: str, as_json: bool) -> None:
     """Make a token and print it (shown this once only)."""
     made = api().create_token(name)
     if as_json:
-        echo_json(dataclasses.asdict(made))
+        echo_json(plain(made))
     else:
         click.echo(made.token)
 
@@ -38,7 +37,7 @@ def ls(as_json: bool) -> None:
     """Your tokens (their ids, never their secrets)."""
     tokens = api().tokens()
     if as_json:
-        echo_json([dataclasses.asdict(t) for t in tokens])
+        echo_json([plain(t) for t in tokens])
         return
     table(
         [(t.id, t.name, _when(t.created_at), _when(t.last_used_at)) for t in tokens],

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 
 import click
 
 from loft.api import Quotas
 from loft.cli.apiclient import api
-from loft.cli.output import echo_json, size, table
+from loft.cli.output import echo_json, plain, size, table
 from loft.units import parse_size
 
 
@@ -37,7 +36,7 @@ def ls(as_json: bool) -> None:
     """Every user, with what they use of their quotas."""
     users = api().users()
     if as_json:
-        echo_json([dataclasses.asdict(u) for u in users])
+        echo_json([plain(u) for u in users])
         return
     rows = [
         (
@@ -88,7 +87,7 @@ def quota(
     )
     q = client.update_user(name, quotas=new).quotas if new != old else old
     if as_json:
-        echo_json(dataclasses.asdict(q))
+        echo_json(plain(q))
     else:
         click.echo(
             f"{name}: {q.workspaces} workspaces, {size(q.memory)} memory, "
