@@ -43,6 +43,7 @@ __all__ = [
     "decode_record",
     "encode_framed",
     "encode_record",
+    "is_image_id",
     "sha256_file",
 ]
 
@@ -51,6 +52,11 @@ FORMAT = 1
 #: A record is a few hundred bytes; anything much longer is not one.
 _MAX_RECORD = 4096
 _ID = re.compile(r"[0-9a-f]{32}")
+
+
+def is_image_id(ident: str) -> bool:
+    """Whether ``ident`` is a memory image's id (32 lowercase hex digits, as made)."""
+    return _ID.fullmatch(ident) is not None
 
 
 @dataclass(frozen=True)
@@ -73,7 +79,7 @@ class ImageRecord:
 
     def __post_init__(self) -> None:
         for ident in (self.image, self.ram_from):
-            if not _ID.fullmatch(ident):
+            if not is_image_id(ident):
                 raise ValueError(f"bad image id {ident!r}")
         if not re.fullmatch(r"[0-9a-f]{64}", self.state_sha256):
             raise ValueError("bad state digest")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import secrets
 import shutil
 from pathlib import Path
@@ -32,6 +31,7 @@ from loft.runtime.vm_image import (
     copy_sparse,
     decode_record,
     encode_record,
+    is_image_id,
     sha256_file,
 )
 from loft.runtime.vm_migrate import STATE, STATE_SLACK, save_state
@@ -56,7 +56,7 @@ class MemoryImages:
 
     def dir(self, image: str) -> Path:
         """Image ``image``'s directory; WorkspaceError when ``image`` is no image id."""
-        if not re.fullmatch(r"[0-9a-f]{32}", image):
+        if not is_image_id(image):
             raise WorkspaceError(f"bad VM image id {image!r}")
         return self.root / image
 
