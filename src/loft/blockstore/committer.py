@@ -96,7 +96,6 @@ class Committer:
         self._pending: Capture | None = None
         self._uploading: Capture | None = None
         self._pending_since: float | None = None
-        self._urgent = False
         self._retry_at = 0.0
         self._backoff = _RETRY_BACKOFF_MIN
         self._seq = 0
@@ -135,13 +134,11 @@ class Committer:
             if cap is not None and cap.unread:
                 cap.preserve(self._fd, offset, length)
 
-    def capture(self, gens: dict[int, int], *, urgent: bool) -> int:
-        """Capture the dirty extents (``extent -> write generation``) as of now; returns
-        the sequence number that, once committed, covers every write completed before.
-        ``urgent`` commits without waiting for ``commit_interval``."""
+    def capture(self, gens: dict[int, int]) -> int:
+        """Capture the dirty extents (``extent -> write generation``) as of now, for a
+        commit as soon as no other uploads; returns the sequence number that, once
+        committed, covers every write completed before."""
         seq = self._capture(gens)
-        if urgent:
-            self._urgent = True
         self._cond.notify_all()
         return seq
 
@@ -225,26 +222,21 @@ class Committer:
                         if (
                             self._uploading is None
                             and deferred is not None
-                            and (self._urgent or now >= deferred + self.commit_interval)
+                            and now >= deferred + self.commit_interval
                         ):
                             self._capture(self.dirty_now())  # due: the disk as it is now
                         if self._uploading is not None and now >= self._retry_at:
                             cap = self._uploading
                             break
                         if self._uploading is None and self._pending is not None:
-                            due = (self._pending_since or now) + self.commit_interval
-                            if self._urgent or now >= due:
-                                cap = self._uploading = self._pending
-                                cap.since = self._pending_since or cap.created
-                                self._pending = None
-                                self._pending_since = None
-                                self._urgent = False
-                                break
+                            cap = self._uploading = self._pending
+                            cap.since = self._pending_since or cap.created
+                            self._pending = None
+                            self._pending_since = None
+                            break
                     wake = now + 60.0
                     if self._uploading is not None:
                         wake = self._retry_at
-                    elif self._pending is not None:
-                        wake = (self._pending_since or now) + self.commit_interval
                     elif self._deferred_since is not None:
                         wake = self._deferred_since + self.commit_interval
                     self._cond.wait(max(0.001, wake - now))

@@ -384,7 +384,7 @@ class Volume:
         never wait, and neither does one when nothing else is dirty, however large.
 
         A commit is what makes room, and a commit needs a flush point: the disk is
-        captured at once for an urgent commit, flushed by the client or not, so a client
+        captured at once for the next commit, flushed by the client or not, so a client
         that never flushes is slowed down, never stalled. That capture is a flush point
         the volume makes itself (as when a local commit is due): the disk as it is now,
         every completed write in it, as after a power cut at this instant, never a
@@ -402,7 +402,7 @@ class Volume:
             if not waited:
                 waited = True
                 self.throttled_writes += 1
-            self._capture_locked(urgent=True)
+            self._capture_locked()
             self._cond.wait(1.0)
 
     def _grows(self, offset: int, length: int, what: str, need: list[int]) -> bool:
@@ -664,7 +664,7 @@ class Volume:
                 self._committer.flushed()
             return
         with self._cond:
-            seq = self._capture_locked(urgent=True)
+            seq = self._capture_locked()
         self._committer.wait_committed(seq)
 
     def commit(self) -> VolumeRecord:
@@ -672,13 +672,13 @@ class Volume:
         self._check_writable()
         self._wc.sync()
         with self._cond:
-            seq = self._capture_locked(urgent=True)
+            seq = self._capture_locked()
         self._committer.wait_committed(seq)
         return self._committer.record
 
-    def _capture_locked(self, *, urgent: bool) -> int:
+    def _capture_locked(self) -> int:
         """Hand the dirty extents as of now to the committer (lock held)."""
-        return self._committer.capture(self._committer.dirty_now(), urgent=urgent)
+        return self._committer.capture(self._committer.dirty_now())
 
     def _committed(self, cap: Capture | None, res: CommitResult) -> list[tuple[Evictable, int]]:
         """The committer's one call back (lock held): ``cap`` is committed as ``res``, so
@@ -721,7 +721,7 @@ class Volume:
         self.lease.start()
         if self._dirty:
             with self._cond:
-                self._capture_locked(urgent=True)
+                self._capture_locked()
 
     def _wake_waiters(self) -> None:
         with self._cond:
