@@ -105,6 +105,7 @@ def test_a_read_racing_with_an_eviction_is_redone(
     vol = reader.open("v")
     try:
         assert vol.read(EXTENT, 100) == contents[1][:100]  # extent 1 is here, clean
+        vol._fresh.clear()  # its fetched bytes gone from memory: reads pread the disk
         real_pread = os.pread
         raced = []
 
@@ -136,6 +137,42 @@ def test_extents_read_again_outlive_those_read_once(tmp_path: Path) -> None:
             assert vol.read(0, 512) == contents[0][:512]
             assert vol.read(e * EXTENT, 512) == contents[e][:512]
             assert vol.present_extents <= 4
+    finally:
+        vol.close()
+        reader.close()
+
+
+def test_fetched_extents_are_read_from_memory_first_and_never_hide_a_write(
+    tmp_path: Path,
+) -> None:
+    """A fetched extent goes to the disk around the page cache (fill.py): its first reads
+    come from the fetched bytes, later ones from the disk, never on the event loop, and a
+    write or an eviction is never hidden by the bytes kept in memory."""
+    contents = _written(tmp_path, 4)
+    reader = _blockstore(tmp_path, "b", 1 << 30)
+    vol = reader.open("v")
+    try:
+        if not vol._fill.enabled:
+            pytest.skip("this filesystem refuses O_DIRECT")
+        assert vol.read(EXTENT, 100) == contents[1][:100]  # fetched
+        got = vol.read_nowait(EXTENT + 10, 4000)
+        assert isinstance(got, memoryview) and got == contents[1][10:4010]  # no copy
+        vol._fresh.clear()
+        assert vol.is_resident(EXTENT, 4000)
+        assert vol.read_nowait(EXTENT, 4000) is None  # on the disk only: not inline
+        assert vol.read(EXTENT, 4000) == contents[1][:4000]  # a worker thread reads it
+        assert vol.read_nowait(EXTENT, 4000) == contents[1][:4000]  # now cached
+
+        assert vol.read(2 * EXTENT, 10) == contents[2][:10]
+        vol.write(2 * EXTENT + 5, b"new")
+        want = contents[2][:5] + b"new" + contents[2][8:4000]
+        assert vol.read_nowait(2 * EXTENT, 4000) == want
+        assert vol.read(2 * EXTENT, 4000) == want
+
+        assert vol.read(3 * EXTENT, 10) == contents[3][:10]
+        vol.evict(3)
+        assert vol._fresh.get(3) is None and not vol.is_resident(3 * EXTENT, 10)
+        assert vol.read(3 * EXTENT, 4000) == contents[3][:4000]  # fetched again
     finally:
         vol.close()
         reader.close()

@@ -26,7 +26,7 @@ def cached(path: Path) -> bool:
     return True
 
 
-def test_written_objects_leave_the_page_cache(tmp_path: Path) -> None:
+def skip_unless_pages_can_be_dropped(tmp_path: Path) -> None:
     probe = tmp_path / "probe"
     fd = os.open(probe, os.O_WRONLY | os.O_CREAT, 0o600)
     os.write(fd, os.urandom(1 << 20))
@@ -35,6 +35,10 @@ def test_written_objects_leave_the_page_cache(tmp_path: Path) -> None:
     os.close(fd)
     if cached(probe):
         pytest.skip("this filesystem keeps pages it was told to drop (tmpfs)")
+
+
+def test_written_objects_leave_the_page_cache(tmp_path: Path) -> None:
+    skip_unless_pages_can_be_dropped(tmp_path)
     store = FileObjectStore(tmp_path / "store")
     try:
         value = os.urandom(1 << 20)
@@ -43,5 +47,21 @@ def test_written_objects_leave_the_page_cache(tmp_path: Path) -> None:
         for key in ("chunks/ab/one", "chunks/cd/0", "chunks/cd/2"):
             assert not cached(tmp_path / "store" / key), key
         assert store.get("chunks/cd/1") == value  # read back from the disk
+    finally:
+        store.close()
+
+
+def test_large_objects_read_leave_the_page_cache_and_small_ones_stay(tmp_path: Path) -> None:
+    skip_unless_pages_can_be_dropped(tmp_path)
+    store = FileObjectStore(tmp_path / "store")
+    try:
+        chunk, head = os.urandom(1 << 20), b"a small object"
+        store.put("chunks/ab/one", chunk)
+        store.put("heads/v", head)
+        assert store.get("chunks/ab/one") == chunk
+        assert store.get("heads/v") == head
+        # A chunk is read to be fetched into a volume, once: it leaves the cache again.
+        assert not cached(tmp_path / "store" / "chunks/ab/one")
+        assert cached(tmp_path / "store" / "heads/v")
     finally:
         store.close()

@@ -1,12 +1,13 @@
 """A volume opened read-write on this node: the data path, fetch and eviction.
 
 Reads and writes go to the working copy with ``os.pread``/``os.pwrite``; an extent not
-present locally is fetched on first touch (lazy loading) and evicted again under the
-node's byte budget. ``flush()`` makes completed writes durable on the node and has them
-committed (at once in ``remote`` durability, within ``commit_interval`` in ``local``); the
-volume's :class:`~loft.blockstore.committer.Committer` captures, uploads and advances the
-head, and its :class:`~loft.blockstore.lease.LeaseKeeper` keeps the lease,
-so the writer stops acknowledging writes and flushes at its own lease deadline.
+present locally is fetched on first touch (lazy loading), written around the page cache
+and read from memory at first (fill.py), and evicted again under the node's byte budget.
+``flush()`` makes completed writes durable on the node and has them committed (at once in
+``remote`` durability, within ``commit_interval`` in ``local``); the volume's
+:class:`~loft.blockstore.committer.Committer` captures, uploads and advances the head, and
+its :class:`~loft.blockstore.lease.LeaseKeeper` keeps the lease, so the writer stops
+acknowledging writes and flushes at its own lease deadline.
 
 Thread-safe; every method may be called from any thread. Calls that can block on the
 chunk store are those for which :meth:`Volume.is_resident` is False.
@@ -50,6 +51,7 @@ from loft.blockstore.extents import (
     evict_all,
     write_pieces,
 )
+from loft.blockstore.fill import DirectFill, FreshExtents
 from loft.blockstore.heads import (
     DEFAULT_LEASE_MARGIN,
     DEFAULT_LEASE_TTL,
@@ -61,6 +63,7 @@ from loft.blockstore.lease import LeaseKeeper
 from loft.blockstore.manifest import Manifest
 from loft.blockstore.readahead import DEFAULT_WINDOW, ReadAhead
 from loft.blockstore.workcopy import ABSENT, CLEAN, DIRTY, Header, WorkingCopy, punch_hole
+from loft.directio import read_cached
 from loft.objstore import ObjectStoreError
 
 __all__ = ["STATE_HOLE", "STATE_ZERO", "Volume", "open_volume"]
@@ -108,6 +111,10 @@ class Volume:
         self.throttled_writes = 0
         self._wc = wc
         self._fd = wc.data_fd
+        #: fetched extents are written around the page cache, when the disk allows it
+        self._fill = DirectFill(self._fd)
+        #: 1 for an extent fetched that way (the page cache may not hold it: see fill.py)
+        self._direct = bytearray(wc.n_extents)
         # Clean extents kept from before this start are local copies nobody has checked:
         # the disk may have rotted, or been changed, while the volume was not served. They
         # stay ABSENT in ``_states`` until _fetch() has compared them with their chunk, so
@@ -146,6 +153,9 @@ class Volume:
         )
         #: extents fetched ahead and not read since (see readahead.py)
         self._ra_marks = self._readahead.marks
+        #: extents just fetched around the page cache, in memory for their first reads:
+        #: twice the read-ahead window, so a sequential reader finds every one there
+        self._fresh = FreshExtents(2 * max(DEFAULT_WINDOW, 1) if self._fill.enabled else 0)
         self.lease = LeaseKeeper(
             ctx.heads,
             rec,
@@ -257,6 +267,12 @@ class Volume:
                 seen = evictions[first]
                 if self._states[first] != ABSENT:
                     self._referenced[first] = 1
+                    fresh = self._fresh.get(first)
+                    if fresh is not None:
+                        if self._ra_marks[first]:
+                            self._readahead.used(first)
+                        start = offset - first * es
+                        return bytes(fresh[start : start + length])
                     try:
                         data = os.pread(self._fd, length, offset)
                     except OSError:
@@ -282,7 +298,12 @@ class Volume:
                             for e in extents:
                                 self._referenced[e] = 1
                         marked = [e for e in extents if self._ra_marks[e]]
-                        out = os.pread(self._fd, length, offset)
+                        fresh = self._fresh.get(first)
+                        if fresh is not None and len(extents) == 1:
+                            start = offset - first * es
+                            out = bytes(fresh[start : start + length])
+                        else:
+                            out = os.pread(self._fd, length, offset)
                 if not missing:
                     for e in marked:
                         self._readahead.used(e)
@@ -294,6 +315,38 @@ class Volume:
         finally:
             evict_all(victims)
         raise VolumeIOError(f"volume {self.name!r}: extents keep disappearing while read")
+
+    def read_nowait(self, offset: int, length: int) -> bytes | bytearray | memoryview | None:
+        """:meth:`read` for the event loop, of a range :meth:`is_resident` accepted:
+        None when its bytes would have to come from the disk (the caller reads them on a
+        worker thread). An extent just fetched is served from memory without a copy."""
+        es = self.extent_size
+        first, last = offset // es, (offset + length - 1) // es
+        if length <= 0 or offset < 0 or offset + length > self.size:
+            return self.read(offset, length)
+        if first != last:
+            return None if any(self._direct[first : last + 1]) else self.read(offset, length)
+        if not self._direct[first]:
+            return self.read(offset, length)  # written through the page cache
+        data: bytearray | memoryview | None
+        fresh = self._fresh.get(first)
+        if fresh is None:
+            seen = self._evictions[first]
+            if self._states[first] == ABSENT:
+                return None
+            try:
+                data = read_cached(self._fd, offset, length)
+            except OSError:
+                return None  # closed meanwhile? the worker thread's read says
+            if data is None or self._evictions[first] != seen or self._closed:
+                return None
+        else:
+            start = offset - first * es
+            data = fresh[start : start + length]
+        self._referenced[first] = 1
+        if self._ra_marks[first]:
+            self._readahead.used(first)
+        return data
 
     def _needs_fetch(self, offset: int, length: int) -> list[int]:
         """Absent extents a mutation of the range must fetch first (it covers them only
@@ -319,6 +372,7 @@ class Volume:
                 if self._states[e] == CLEAN or self._unverified[e]:
                     # (an unverified extent gets here only when the change covers it whole)
                     self.ctx.budget.forget(self, e)
+                    self._fresh.drop(e)
                 self._wc.set_state(e, DIRTY)
                 self._dirty.add(e)
             self._gen[e] += 1
@@ -564,6 +618,7 @@ class Volume:
             wanted = sorted({d for d in digests.values() if d != ZERO_HASH})
             values = self.ctx.cache.get_many(wanted) if wanted else {}
             es = self.extent_size
+            direct: dict[int, bytes | memoryview] = {}
             for e, d in digests.items():
                 if d == ZERO_HASH:
                     # An absent extent is a hole by rule; make sure (the disk may say
@@ -573,7 +628,10 @@ class Volume:
                 data = self.ctx.chunk_view(d, values[d])
                 if len(data) != self._elen(e):
                     raise VolumeIOError(f"chunk {d.hex()} has the wrong size for extent {e}")
-                write_pieces(self._fd, data, e * es)
+                if self._fill.write(data, e * es):
+                    direct[e] = data
+                else:
+                    write_pieces(self._fd, data, e * es)
         except ObjectStoreError as err:
             raise VolumeIOError(f"volume {self.name!r}: fetching extents failed: {err}") from err
         victims: list[tuple[Evictable, int]] = []
@@ -585,6 +643,9 @@ class Volume:
                     self.ctx.budget.forget(self, e)
                     punch_hole(self._fd, e * self.extent_size, self._elen(e))
                 elif self._states[e] == ABSENT:
+                    if e in direct:
+                        self._direct[e] = 1
+                        self._fresh.put(e, direct[e])
                     self._states[e] = CLEAN
                     victims += self.ctx.budget.add(self, e, self._elen(e))
         return victims
@@ -646,6 +707,8 @@ class Volume:
         self._evictions[extent] = (self._evictions[extent] + 1) & 0xFFFFFFFF
         self._states[extent] = ABSENT
         self._unverified[extent] = 0
+        self._direct[extent] = 0
+        self._fresh.drop(extent)
         punch_hole(self._fd, extent * self.extent_size, self._elen(extent))
 
     # -- flush and commit -------------------------------------------------------------
@@ -766,6 +829,7 @@ class Volume:
         if self.lease.fenced is not None:
             self._stop_worker()
             self._closed = True
+            self._release_fill()
             self._salvage()
             return
         error: BaseException | None = None
@@ -779,6 +843,7 @@ class Volume:
             fenced = self.lease.taken_over()
         with self._lock:
             self._closed = True
+            self._release_fill()
             if fenced is not None:
                 self._salvage()
                 raise fenced
@@ -795,8 +860,15 @@ class Volume:
         self._stop_worker()
         with self._lock:
             self._closed = True
+            self._release_fill()
         self.ctx.budget.forget_owner(self)
         return self._wc
+
+    def _release_fill(self) -> None:
+        """Close the direct-write descriptor and forget fetched bytes (lock held, once
+        ``_closed`` is set: no fetch writes after this)."""
+        self._fill.close()
+        self._fresh.clear()
 
     def _salvage(self) -> None:
         from loft.blockstore.recovery import salvage_orphan

@@ -88,6 +88,7 @@ class RawWrites:
         self.size = served.size
         self.extent_size = served.extent_size
         self.read = served.read
+        self.read_nowait = served.read_nowait
         self.flush = served.flush
         self.cache = served.cache
         self.block_status = served.block_status

@@ -65,6 +65,9 @@ class ServedVolume:
     def read(self, offset: int, length: int) -> bytes:
         return self.get().read(offset, length)
 
+    def read_nowait(self, offset: int, length: int) -> bytes | bytearray | memoryview | None:
+        return self.get().read_nowait(offset, length)
+
     def write(self, offset: int, data: bytes | memoryview, fua: bool = False) -> None:
         self.get().write(offset, data, fua)
 

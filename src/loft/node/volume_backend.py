@@ -93,6 +93,11 @@ class VolumeBackend(Backend):
         # is a measurable share of a 4 KiB read served from the page cache.
         self.is_resident = volume.is_resident  # type: ignore[method-assign]
         self._read: Callable[[int, int], bytes] = volume.read
+        # A volume may hold resident bytes only on the disk (fill.py); a snapshot view's
+        # resident extents are in memory, so its read never waits for the disk.
+        self._read_nowait: Callable[[int, int], Buffer | None] = getattr(
+            volume, "read_nowait", volume.read
+        )
 
     def can_trim(self) -> bool:
         return not self.readonly
@@ -126,7 +131,11 @@ class VolumeBackend(Backend):
         except BlockstoreError as e:
             raise backend_error(e) from e
 
-    pread_nowait = pread
+    def pread_nowait(self, offset: int, length: int) -> Buffer | None:
+        try:
+            return self._read_nowait(offset, length)
+        except BlockstoreError as e:
+            raise backend_error(e) from e
 
     def pwrite(self, offset: int, data: Buffer, fua: bool = False) -> None:
         with _translated():

@@ -18,6 +18,9 @@ from loft.objstore.store import (
 from loft.priority import PriorityPools
 
 _TMP_SUFFIX = ".tmp"
+#: Objects at least this large (chunks, not heads or small manifests) leave the page
+#: cache once read, as they do once written.
+_DROP_MIN = 256 << 10
 
 
 class FileObjectStore:
@@ -111,7 +114,12 @@ class FileObjectStore:
     def get(self, key: str) -> bytes:
         try:
             with open(self._path(key), "rb") as f:
-                return f.read()
+                value = f.read()
+                if len(value) >= _DROP_MIN:
+                    # Read once, to be fetched into a volume: keeping the pages would
+                    # grow the page cache by every chunk read (loft.directio).
+                    os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+                return value
         except FileNotFoundError:
             raise ObjectNotFound(key) from None
         except OSError as e:
