@@ -2,7 +2,8 @@
 
 A cold read of a fork fetches every extent from the chunk store: read the chunk value,
 decode it (zstd, or a view of a raw one), verify its keyed BLAKE3 digest, write it into
-the working copy, and then serve the client's reads from there. This measures each stage
+the working copy around the page cache, and serve the client's first reads from the
+fetched bytes (a slice: nothing to measure). This measures each stage
 on its own, on one thread and with the fetch pool's parallelism (4), over 1 GiB of
 incompressible 4 MiB extents (what bench/nbd_vs_nbdkit.py's forks hold), for the chunk
 directory and for SeaweedFS:
@@ -10,9 +11,8 @@ directory and for SeaweedFS:
 - ``fetch``: ``store.get`` of every chunk (a file read; a GET over loopback);
 - ``decode``: ``codec.decode_view`` (raw chunks: no copy);
 - ``verify``: the keyed BLAKE3 of every extent;
-- ``write``: the extents written into a fresh sparse file, in 256 KiB pieces;
-- ``serve``: 1 MiB preads of that file (what the server does for a resident read,
-  before the socket).
+- ``write``: the extents written into a fresh sparse file as a fetch writes them
+  (``O_DIRECT``, or through the page cache where the filesystem refuses it).
 
 ``serial_MBps`` combines the stages as one thread would run them one after the other
 (1 / sum of 1/stage); the server overlaps them across the fetch pool and the event loop,
@@ -34,6 +34,7 @@ from typing import Any
 from _common import GIB, MIB, emit, log, open_node, seaweedfs, weed_version, workdir
 from loft.blockstore.chunks import chunk_key
 from loft.blockstore.extents import write_pieces
+from loft.blockstore.fill import DirectFill
 
 EXTENT = 4 * MIB
 PARALLEL = 4
@@ -57,19 +58,17 @@ def stages(ctx: Any, digests: Sequence[bytes], tmp: Path, threads: int) -> dict[
         out["verify"] = rate(total, lambda: list(pool.map(ctx.codec.hash, datas)))
         path = tmp / f"wc-{threads}"
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        fill = DirectFill(fd)
         try:
             os.ftruncate(fd, total)
-            out["write"] = rate(
-                total,
-                lambda: list(
-                    pool.map(lambda i: write_pieces(fd, datas[i], i * EXTENT), range(len(datas)))
-                ),
-            )
-            out["serve"] = rate(
-                total,
-                lambda: list(pool.map(lambda i: os.pread(fd, MIB, i * MIB), range(total // MIB))),
-            )
+
+            def write(i: int) -> None:
+                if not fill.write(datas[i], i * EXTENT):
+                    write_pieces(fd, datas[i], i * EXTENT)
+
+            out["write"] = rate(total, lambda: list(pool.map(write, range(len(datas)))))
         finally:
+            fill.close()
             os.close(fd)
             path.unlink()
     out["serial_MBps"] = 1 / sum(1 / v for k, v in out.items() if k != "serial_MBps")
