@@ -28,6 +28,11 @@ parallel. The SIGKILLed writer's lease is released by the parent, as the node ag
 restarting on the same machine would (it knows its own holder id), so the check does not
 wait out a lease.
 
+Write-behind (``blockstore/writebehind.py``) hands a span to its thread every 256 KiB of
+large writes here, so that thread runs in every trial. The kernel's writeback it starts
+cannot change what a SIGKILL leaves, and on tmpfs there is none; what the trials check
+is that the write path around it acknowledges nothing it should not.
+
 All state lives on tmpfs by default (``--dir`` to change): SIGKILL does not lose the
 page cache, so fsync latency would only slow the trials down, not change what they test.
 
@@ -53,6 +58,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import KIB, MIB, emit, log
+from loft.blockstore import writebehind
 from loft.blockstore.api import Blockstore
 from loft.blockstore.context import BlockstoreContext
 from loft.blockstore.holder import new_holder_id
@@ -113,6 +119,9 @@ def apply(state: bytearray, op: Op) -> None:
 def child_main(settings: Settings, name: str, holder: str, seed: int, log_path: str) -> None:
     """Open the volume and run the stream until killed; log each completed operation."""
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
+    # Write-behind every 256 KiB of large writes instead of every 32 MiB, so its thread
+    # runs (and gets killed) in every trial, not never on a 4 MiB volume.
+    writebehind.WRITE_BEHIND_BYTES = 256 * KIB
     ctx = BlockstoreContext.open(settings)
     vol = open_volume(ctx, name, holder=holder)
     os.write(fd, _REC.pack(READY))

@@ -285,7 +285,12 @@ def run_fio(
     elapsed_total = runtime + ramp
     total_ios = ios * elapsed_total / runtime if ios else 0
     per_req = 1e6 / total_ios if total_ios else float("nan")
+    flushes = job.get("sync", {})
     return {
+        # how long the client waited for a FLUSH (what write-behind shortens), 0 if none
+        "flush_ms": flushes.get("lat_ns", {}).get("mean", 0) / 1e6
+        if flushes.get("total_ios")
+        else 0.0,
         "MBps": side["bw_bytes"] / 1e6,
         "iops": side["iops"],
         "cpu_us_per_req": (after - before) * per_req,
@@ -417,6 +422,8 @@ def summarize(runs: list[dict[str, float]], metric: str) -> dict[str, Any]:
         # machine is a server starved of CPU, not slower code.
         "load_1m": [round(r["load_1m"], 1) for r in runs],
     }
+    if any(r["flush_ms"] for r in runs):
+        entry["flush_ms"] = round(med(r["flush_ms"] for r in runs), 1)
     lags = [r["commit_lag_max_s"] for r in runs if not math.isnan(r["commit_lag_max_s"])]
     if lags:
         entry["commit_lag_max_s"] = round(max(lags), 2)

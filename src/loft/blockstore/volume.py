@@ -63,6 +63,7 @@ from loft.blockstore.lease import LeaseKeeper
 from loft.blockstore.manifest import Manifest
 from loft.blockstore.readahead import DEFAULT_WINDOW, ReadAhead
 from loft.blockstore.workcopy import ABSENT, CLEAN, DIRTY, Header, WorkingCopy, punch_hole
+from loft.blockstore.writebehind import LARGE_WRITE, WriteBehind
 from loft.directio import read_cached
 from loft.objstore import ObjectStoreError
 
@@ -111,6 +112,8 @@ class Volume:
         self.throttled_writes = 0
         self._wc = wc
         self._fd = wc.data_fd
+        #: starts the writeback of streamed writes before the client flushes them
+        self._behind = WriteBehind(self._fd)
         #: fetched extents are written around the page cache, when the disk allows it
         self._fill = DirectFill(self._fd)
         #: 1 for an extent fetched that way (the page cache may not hold it: see fill.py)
@@ -384,9 +387,17 @@ class Volume:
 
     def write(self, offset: int, data: bytes | bytearray | memoryview, fua: bool = False) -> None:
         """Write ``data`` at ``offset``; with ``fua`` it is durable before returning."""
-        self._mutate(offset, len(data), lambda: write_pieces(self._fd, data, offset), "write")
+        n = len(data)
+        if n < LARGE_WRITE:
+            self._mutate(offset, n, lambda: write_pieces(self._fd, data, offset), "write")
+        else:
+            self._mutate(offset, n, lambda: self._write_large(offset, data), "write")
         if fua:
             self.flush()
+
+    def _write_large(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        write_pieces(self._fd, data, offset)
+        self._behind.wrote(offset, len(data))
 
     def zero(
         self,
@@ -729,9 +740,11 @@ class Volume:
             raise VolumeIOError(f"volume {self.name!r}: fsync failed: {e.strerror}") from e
         if self.durability != "remote":
             with self._cond:
+                self._behind.flushed()
                 self._committer.flushed()
             return
         with self._cond:
+            self._behind.flushed()
             seq = self._capture_locked()
         self._committer.wait_committed(seq)
 
@@ -823,6 +836,7 @@ class Volume:
 
     def _stop_worker(self) -> None:
         self._readahead.stop()  # before the data file closes: its fetches write there
+        self._behind.close()  # and it starts writeback there
         self._committer.stop()
         self.lease.stop()
 
