@@ -28,7 +28,7 @@ import threading
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LARGE_WRITE", "WRITE_BEHIND_BYTES", "WriteBehind"]
+__all__ = ["LARGE_WRITE", "WRITE_BEHIND_BYTES", "WriteBehind", "start_writeback"]
 
 #: Large writes accumulated before their writeback starts.
 WRITE_BEHIND_BYTES = 32 << 20
