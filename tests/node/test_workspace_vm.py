@@ -43,7 +43,11 @@ from loft.runtime.vm_process import recorded_pid
 pytestmark = [pytest.mark.serial, needs_qemu, needs_runc, pytest.mark.timeout(300)]
 
 #: A counter in the guest (the workspace's Debian environment has no usleep).
-COUNTER = "i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.05; done"
+#: Each count replaces the file whole (a reader of ``echo > file`` may catch it empty).
+COUNTER = (
+    "i=0; while :; do i=$((i+1)); echo $i > /tmp/count.new; mv /tmp/count.new /tmp/count; "
+    "sleep 0.05; done"
+)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from vm_support import Vms, needs_qemu, sh
+from vm_support import COUNTER, Vms, needs_qemu, sh
 
 from loft.procfs import proc_stat
 from loft.runtime.errors import WorkspaceError
@@ -40,13 +40,6 @@ def test_vm_boots_and_runs_a_command(node: Vms) -> None:
     assert (done.status, done.stdout) == (3, b"1000\nin")
     node.runtime.stop(spec.id)
     assert node.runtime.status(spec.id).phase is Phase.STOPPED
-
-
-#: Each count replaces the file whole (a reader of ``echo > file`` may catch it empty).
-COUNTER = (
-    "i=0; while :; do i=$((i+1)); echo $i > /tmp/count.new; mv /tmp/count.new /tmp/count; "
-    "usleep 50000; done"
-)
 
 
 def _start_counter(node: Vms, ws: str) -> int:

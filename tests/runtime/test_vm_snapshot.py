@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from nodetool import Node
-from vm_support import GUEST, Vms, needs_qemu, sh
+from vm_support import COUNTER, GUEST, Vms, needs_qemu, sh
 
 from loft.blockstore import Blockstore
 from loft.config import Settings
@@ -20,8 +20,6 @@ from loft.runtime.vm import NbdDisk, VmRuntime
 from loft.runtime.vm_image import decode_record
 
 pytestmark = [pytest.mark.serial, needs_qemu]
-
-COUNTER = "i=0; while :; do i=$((i+1)); echo $i > /tmp/count; usleep 50000; done"
 
 
 def _counter(node: Vms, ws: str) -> tuple[int, int]:

@@ -9,7 +9,7 @@ import hashlib
 import shutil
 
 import pytest
-from vm_support import BUSYBOX_ENV, Vms, needs_qemu, sh
+from vm_support import BUSYBOX_ENV, COUNTER, Vms, needs_qemu, sh
 
 from loft.runtime.errors import WorkspaceError
 from loft.runtime.phase import Phase
@@ -24,7 +24,6 @@ from loft.runtime.vm_store import (
 
 pytestmark = [pytest.mark.serial]
 
-COUNTER = "i=0; while :; do i=$((i+1)); echo $i > /tmp/count; usleep 50000; done"
 DISK = "d" * 64
 
 

@@ -58,6 +58,13 @@ class Vms:
 #: alphabet; the tests' store holds nothing else).
 BUSYBOX_ENV = "0" * 32 + "-busybox-env"
 
+#: A guest shell loop counting in /tmp/count, 20 times a second. Each count replaces the
+#: file whole: a reader of ``echo > file`` may catch it truncated, empty.
+COUNTER = (
+    "i=0; while :; do i=$((i+1)); echo $i > /tmp/count.new; mv /tmp/count.new /tmp/count; "
+    "usleep 50000; done"
+)
+
 
 def busybox_env(store: Path) -> EnvironmentView:
     """A one-path environment in ``store``: the host's static busybox and its applets in
