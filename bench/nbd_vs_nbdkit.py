@@ -32,7 +32,8 @@ committed) is read through the control socket and reported.
 
 Per workload: the median of each server's runs, the ratio of medians (loft / nbdkit),
 and server CPU microseconds per request (utime+stime of the server process over the
-run divided by the requests fio completed; for volumes also the commit that followed).
+run divided by the requests fio completed; for volumes also the commit that followed);
+for a workload that flushes, ``flush_ms``: how long fio waited for a FLUSH, on average.
 Summary: geometric mean of the ratios. Goal: geomean >= 1.0 and no workload below 0.9.
 
     python bench/nbd_vs_nbdkit.py [--pairs 5] [--runtime 5] [--size 1G] [--volume] [--s3]
