@@ -16,7 +16,9 @@ nothing verified or served (a fork's fetch can go no faster than its own I/O).
 Every run starts from a quiet machine: ``sync`` first (no writeback left over from the
 previous run), and a volume commits what the run wrote before the next run starts
 (through the service's control socket, the way ``loft volume snapshot`` does). Commit
-is the volume's background work, so its CPU is reported beside the run's own.
+is the volume's background work, so its CPU is reported beside the run's own. Then the
+chunk store is garbage-collected (outside any measurement), as a node does: otherwise
+the chunks each run left unreferenced pile up until the disk is full.
 
 That drain is fair to the server but not what a user gets: while they write, the volume
 commits in the background. ``--sustained`` adds ``seq_write_1M_sustained``: the same
@@ -135,6 +137,9 @@ class Server:
         """The largest commit lag the server saw so far (None: it does not commit)."""
         return None
 
+    def collect(self) -> None:
+        """Delete what the last run left unreferenced (nothing, for a plain file)."""
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -196,6 +201,12 @@ class VolumeServer(Server):
         from loft.node.client import call
 
         call(str(self.control), api.CommitRequest(VOLUME), api.CommitAnswer, timeout=900)
+
+    def collect(self) -> None:
+        """GC the chunk store, as a node does between a user's sessions: every sustained
+        run commits gigabytes that the next commit leaves unreferenced, and five runs of
+        three volumes outgrow the disk and the tmpfs."""
+        self.loft("volume", "gc", "--grace", "0", "--max-fraction", "1")
 
     def commit_lag(self) -> float | None:
         from loft.node import api
@@ -279,6 +290,7 @@ def run_fio(
     server.drain()
     drain_s = time.monotonic() - t0
     drained = cpu_seconds(server.proc.pid)
+    server.collect()  # after the CPU reading: GC runs in a process of its own
     job = json.loads(out.read_text())["jobs"][0]
     side = job["read"] if job["read"]["io_bytes"] else job["write"]
     ios = job["read"]["total_ios"] + job["write"]["total_ios"]
