@@ -18,7 +18,7 @@ reason to fail.
 
 from __future__ import annotations
 
-import ctypes
+import contextlib
 import os
 import platform
 import threading
@@ -26,6 +26,8 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
+
+from loft import libc
 
 __all__ = [
     "BACKGROUND",
@@ -71,14 +73,6 @@ class Priority:
 BACKGROUND = Priority(nice=19, io_class=IOPRIO_CLASS_BE, io_level=7)
 
 
-def _libc_syscall() -> Any:
-    try:
-        return ctypes.CDLL(None, use_errno=True).syscall
-    except (OSError, AttributeError):
-        return None
-
-
-_syscall = _libc_syscall()
 _numbers = _SYSCALLS.get(platform.machine())
 
 
@@ -87,10 +81,12 @@ def _tid() -> int:
 
 
 def _get_ioprio(tid: int) -> int | None:
-    if _syscall is None or _numbers is None:
+    if _numbers is None:
         return None
-    value = int(_syscall(_numbers[1], _IOPRIO_WHO_PROCESS, tid))
-    return None if value < 0 else value
+    try:
+        return libc.syscall("ioprio_get", _numbers[1], _IOPRIO_WHO_PROCESS, tid)
+    except OSError:
+        return None
 
 
 def current() -> Priority:
@@ -116,10 +112,11 @@ def apply(priority: Priority) -> None:
     except (OSError, AttributeError):  # not permitted, or not Linux
         pass
     have = _get_ioprio(tid)
-    if have is None or _syscall is None or _numbers is None:
+    if have is None or _numbers is None:
         return
     if _io_rank(priority.ioprio) > _io_rank(have):
-        _syscall(_numbers[0], _IOPRIO_WHO_PROCESS, tid, priority.ioprio)
+        with contextlib.suppress(OSError):
+            libc.syscall("ioprio_set", _numbers[0], _IOPRIO_WHO_PROCESS, tid, priority.ioprio)
 
 
 def _io_rank(ioprio: int) -> tuple[int, int]:

@@ -14,8 +14,6 @@ bytes, yet CLEAN in the state file -- until the volume checks them against their
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 import shutil
 import struct
@@ -23,6 +21,8 @@ import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
+
+from loft import libc
 
 ABSENT = 0
 CLEAN = 1
@@ -39,11 +39,6 @@ FLAG_CLEAN_SHUTDOWN = 1
 _KNOWN_ONLY = bytes(b if b in (ABSENT, CLEAN, DIRTY) else ABSENT for b in range(256))
 _ONLY_CLEAN = bytes(CLEAN if b == CLEAN else 0 for b in range(256))
 _CLEAN_TO_ABSENT = bytes(ABSENT if b == CLEAN else b for b in range(256))
-
-_FALLOC_FL_KEEP_SIZE = 0x01
-_FALLOC_FL_PUNCH_HOLE = 0x02
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
 
 
 def pread_full(fd: int, view: memoryview, offset: int) -> None:
@@ -62,10 +57,7 @@ def punch_hole(fd: int, offset: int, length: int) -> None:
     """Deallocate a range of a file so it reads as zeros (and costs no disk)."""
     if length <= 0:
         return
-    mode = _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE
-    if _libc.fallocate(fd, mode, offset, length) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
+    libc.fallocate(fd, libc.FALLOC_FL_PUNCH_HOLE | libc.FALLOC_FL_KEEP_SIZE, offset, length)
 
 
 @dataclass(frozen=True, slots=True)

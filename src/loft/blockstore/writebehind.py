@@ -20,11 +20,10 @@ being written back would wait for that write.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
-import os
 import threading
+
+from loft import libc
 
 log = logging.getLogger(__name__)
 
@@ -35,19 +34,11 @@ WRITE_BEHIND_BYTES = 32 << 20
 #: Writes smaller than this are left to the kernel's writeback.
 LARGE_WRITE = 128 << 10
 
-_SYNC_FILE_RANGE_WRITE = 2
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-_sync_file_range = _libc.sync_file_range
-_sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-_sync_file_range.restype = ctypes.c_int
-
 
 def start_writeback(fd: int, offset: int, length: int) -> None:
     """Queue the writeback of ``fd``'s dirty pages in ``[offset, offset+length)``; waits
     for no I/O (only, on a congested disk, for room to queue it)."""
-    if _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"sync_file_range: {os.strerror(err)}")
+    libc.sync_file_range(fd, offset, length, libc.SYNC_FILE_RANGE_WRITE)
 
 
 class WriteBehind:

@@ -3,38 +3,28 @@ measure what a tree takes on disk."""
 
 from __future__ import annotations
 
-import ctypes
 import os
 import shutil
 import stat
 from pathlib import Path
 
+from loft import libc
+
 __all__ = ["disk_usage", "force_rmtree", "syncfs"]
-
-
-def _libc_syncfs() -> ctypes._FuncPointer | None:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fn: ctypes._FuncPointer = libc.syncfs
-        return fn
-    except (OSError, AttributeError):
-        return None
-
-
-_SYNCFS = _libc_syncfs()
 
 
 def syncfs(directory: Path) -> None:
     """Write back every dirty page of the filesystem holding ``directory``.
 
-    ``syncfs(2)`` flushes the whole filesystem, other programs' data included; where libc
-    lacks it, an ``fsync`` of the directory is the fallback.
+    ``syncfs(2)`` flushes the whole filesystem, other programs' data included; where it
+    fails, an ``fsync`` of the directory is the fallback.
     """
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        if _SYNCFS is not None and _SYNCFS(fd) == 0:
-            return
-        os.fsync(fd)
+        try:
+            libc.syncfs(fd)
+        except OSError:
+            os.fsync(fd)
     finally:
         os.close(fd)
 

@@ -21,6 +21,7 @@ import ctypes
 import os
 from pathlib import Path
 
+from loft import libc
 from loft.isolation.seccomp import native_arch
 
 __all__ = [
@@ -42,8 +43,6 @@ MOUNT_ATTR_RDONLY = 0x1
 MOUNT_ATTR_NOSUID = 0x2
 MOUNT_ATTR_NODEV = 0x4
 _MOUNT_ATTR_IDMAP = 0x100000
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
 
 
 class _MountAttr(ctypes.Structure):
@@ -52,12 +51,7 @@ class _MountAttr(ctypes.Structure):
 
 
 def _syscall(name: str, *args: object) -> int:
-    nr = native_arch().syscalls[name]
-    ret = int(_libc.syscall(ctypes.c_long(nr), *args))
-    if ret < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{name}: {os.strerror(err)}")
-    return ret
+    return libc.syscall(name, native_arch().syscalls[name], *args)
 
 
 def _clone(source: Path | int, recursive: bool) -> int:

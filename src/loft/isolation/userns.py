@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from loft import libc
 from loft.isolation import IsolationError
 
 __all__ = [
@@ -39,8 +40,8 @@ __all__ = [
     "user_namespace",
 ]
 
-_CLONE_NEWUSER = 0x10000000
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
+# capget/capset take this module's structures: bound here, not in loft.libc
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -181,17 +182,19 @@ def _child(owner: int, from_parent: int, to_parent: int) -> None:
             for half in data:
                 half.effective = half.permitted
             _libc.capset(ctypes.byref(header), data)
-        if _libc.unshare(_CLONE_NEWUSER) != 0:
+        try:
+            libc.unshare(libc.CLONE_NEWUSER)
+        except OSError:
             os.write(to_parent, b"!")
-        else:
-            os.write(to_parent, b"u")
-            if os.read(from_parent, 1) == b"m":
-                # The sysctl is per user namespace, and the namespace's creator holds every
-                # capability in it.
-                fd = os.open("/proc/sys/user/max_user_namespaces", os.O_WRONLY)
-                os.write(fd, b"0")
-                os.close(fd)
-                os.write(to_parent, b"n")
-                status = 0
+            return
+        os.write(to_parent, b"u")
+        if os.read(from_parent, 1) == b"m":
+            # The sysctl is per user namespace, and the namespace's creator holds every
+            # capability in it.
+            fd = os.open("/proc/sys/user/max_user_namespaces", os.O_WRONLY)
+            os.write(fd, b"0")
+            os.close(fd)
+            os.write(to_parent, b"n")
+            status = 0
     finally:
         os._exit(status)

@@ -25,7 +25,6 @@ its own routes and firewall), else in the agent's.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import ipaddress
 import os
 import select
@@ -37,6 +36,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TypeVar
 
+from loft import libc
 from loft.runtime.errors import WorkspaceError
 
 __all__ = [
@@ -65,11 +65,7 @@ DENIED_V4 = ("0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254
 #: link-local, multicast.
 DENIED_V6 = ("::1/128", "::ffff:0:0/96", "fc00::/7", "fe80::/10", "ff00::/8")
 _Net = ipaddress.IPv4Network | ipaddress.IPv6Network
-_CLONE_NEWNET = 0x40000000
-_CLONE_NEWNS = 0x00020000
-_MS_REC, _MS_PRIVATE = 0x4000, 0x40000
 _READY_TIMEOUT = 10.0
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def _policy(deny: Iterable[_Net]) -> list[str]:
@@ -167,8 +163,7 @@ def in_own_thread(fn: Callable[[], _T]) -> _T:
 def enter_netns(fd: int) -> None:
     """Join the network namespace of descriptor ``fd`` (between fork and exec: system
     calls only)."""
-    if _libc.setns(fd, _CLONE_NEWNET) != 0:
-        raise OSError(ctypes.get_errno(), "setns(CLONE_NEWNET)")
+    libc.setns(fd, libc.CLONE_NEWNET, "setns(CLONE_NEWNET)")
 
 
 def _private_mounts() -> None:
@@ -176,10 +171,8 @@ def _private_mounts() -> None:
     slirp4netns's ``--enable-sandbox`` rearranges mounts, and from the host's namespace
     its unmounts propagated to shared mounts of the host (it took ``/run/netns/NAME``
     away, measured)."""
-    if _libc.unshare(_CLONE_NEWNS) != 0:
-        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS)")
-    if _libc.mount(None, b"/", None, _MS_REC | _MS_PRIVATE, None) != 0:
-        raise OSError(ctypes.get_errno(), "mount --make-rprivate /")
+    libc.unshare(libc.CLONE_NEWNS, "unshare(CLONE_NEWNS)")
+    libc.mount(None, b"/", None, libc.MS_REC | libc.MS_PRIVATE, what="mount --make-rprivate /")
 
 
 def apply_ruleset(netns: int, script: str) -> None:

@@ -20,12 +20,13 @@ frozen would hang every writer of the workspace.
 
 from __future__ import annotations
 
-import ctypes
 import fcntl
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from loft import libc
 
 __all__ = ["FIFREEZE", "FITHAW", "freeze", "frozen", "syncfs", "thaw"]
 
@@ -40,12 +41,9 @@ def _open(path: Path) -> int:
 
 def syncfs(path: Path) -> None:
     """Write back every dirty page and inode of the filesystem holding ``path``."""
-    libc = ctypes.CDLL(None, use_errno=True)
     fd = _open(path)
     try:
-        if libc.syncfs(fd) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"syncfs {path}: {os.strerror(err)}")
+        libc.syncfs(fd, f"syncfs {path}")
     finally:
         os.close(fd)
 

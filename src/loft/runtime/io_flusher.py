@@ -41,6 +41,7 @@ PR_SET_IO_FLUSHER = 57
 def set_io_flusher() -> None:
     """Mark the calling thread (and the threads and children it starts from now on) as
     an I/O flusher. OSError when the kernel refuses (no CAP_SYS_RESOURCE, Linux < 5.6)."""
+    # Not loft.libc: this file also runs as a script of its own (command()), without loft.
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0) != 0:
         err = ctypes.get_errno()

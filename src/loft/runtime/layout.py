@@ -42,7 +42,6 @@ every ``exec``, with that path as working directory (as root, before it joins an
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import shutil
 import stat
@@ -50,6 +49,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from loft import libc
 from loft.datadir import search_only_dir
 from loft.isolation.idmap import (
     MOUNT_ATTR_NODEV,
@@ -68,10 +68,6 @@ __all__ = ["MERGED_LINKS", "RuntimeDirs", "Stage", "check_rootfs", "merge_usr", 
 #: The usr-merge links a workspace's root needs so /usr (the environment) is the system's
 #: programs and libraries: the dynamic loader is /lib64/ld-linux-*.so.2 by ELF header.
 MERGED_LINKS = {"bin": "usr/bin", "lib": "usr/lib", "lib64": "usr/lib64", "sbin": "usr/sbin"}
-_CLONE_NEWNS = 0x00020000
-_MS_REC, _MS_SLAVE = 0x4000, 0x80000
-_MS_RDONLY, _MS_NOSUID, _MS_NODEV = 0x1, 0x2, 0x4
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 @dataclass(frozen=True)
@@ -255,10 +251,8 @@ def staged(spec: WorkspaceSpec, dirs: RuntimeDirs) -> Iterator[Stage]:
         os.umask(0o022)
         # A mount namespace of its own that receives the host's mount events but sends
         # none back.
-        if _libc.unshare(_CLONE_NEWNS) != 0:
-            raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS)")
-        if _libc.mount(None, b"/", None, _MS_REC | _MS_SLAVE, None) != 0:
-            raise OSError(ctypes.get_errno(), "mount --make-rslave /")
+        libc.unshare(libc.CLONE_NEWNS, "unshare(CLONE_NEWNS)")
+        libc.mount(None, b"/", None, libc.MS_REC | libc.MS_SLAVE, what="mount --make-rslave /")
         attach(root, rootfs)
         attach(store, store_dir)
         attach(local_tree, local_dir)
@@ -266,9 +260,8 @@ def staged(spec: WorkspaceSpec, dirs: RuntimeDirs) -> Iterator[Stage]:
         # opened in this namespace: it refuses a layer on another namespace's mount.
         lower = (os.open(top, at), os.open(env, at, dir_fd=store))
         layers = "lowerdir=" + ":".join(f"/proc/self/fd/{fd}" for fd in lower)
-        if _libc.mount(b"overlay", usr, b"overlay", _MS_RDONLY | _MS_NOSUID | _MS_NODEV,
-                       layers.encode()) != 0:  # fmt: skip
-            raise OSError(ctypes.get_errno(), "mounting /usr (overlay)")
+        readonly = libc.MS_RDONLY | libc.MS_NOSUID | libc.MS_NODEV
+        libc.mount(b"overlay", usr, b"overlay", readonly, layers.encode(), "mounting /usr")
 
     try:
         yield Stage(tuple(trees), enter)

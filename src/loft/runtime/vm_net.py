@@ -26,7 +26,6 @@ or fork gets a new one with the same plan (open connections do not survive that)
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import hashlib
 import ipaddress
 import os
@@ -34,6 +33,7 @@ import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 
+from loft import libc
 from loft.runtime.egress import (
     NAMESERVER,
     binary,
@@ -71,8 +71,6 @@ TAP = "guest0"
 KERNEL_ARG = f"loft.net={GUEST_ADDRESS}/{_PREFIX},{GATEWAY},{NAMESERVER}"
 #: slirp4netns's pid in the VM's directory, so a restarted agent still stops it.
 STACK_PID = "stack.pid"
-_CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def guest_mac(workspace: str) -> str:
@@ -112,8 +110,7 @@ def _make_namespace(deny: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, .
     ])  # fmt: skip
 
     def inside() -> int:
-        if _libc.unshare(_CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNET)")
+        libc.unshare(libc.CLONE_NEWNET, "unshare(CLONE_NEWNET)")
         fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         try:
             # the sysctl and the children are this thread's namespace's

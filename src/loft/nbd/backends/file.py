@@ -9,35 +9,24 @@ every connection's writes (CAN_MULTI_CONN).
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import os
 import stat
 from pathlib import Path
 
+from loft.libc import (
+    FALLOC_FL_KEEP_SIZE,
+    FALLOC_FL_PUNCH_HOLE,
+    FALLOC_FL_ZERO_RANGE,
+    fallocate,
+)
 from loft.nbd.backends.base import Backend, BackendError, BlockSizes, Buffer
 from loft.nbd.protocol import Errno, StateFlag
 
 __all__ = ["FileBackend"]
 
-_FALLOC_FL_KEEP_SIZE = 0x01
-_FALLOC_FL_PUNCH_HOLE = 0x02
-_FALLOC_FL_ZERO_RANGE = 0x10
-
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-_fallocate = _libc.fallocate
-_fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-_fallocate.restype = ctypes.c_int
-
 _RWF_NOWAIT = getattr(os, "RWF_NOWAIT", 0)
 _HOLE_ZERO = int(StateFlag.HOLE | StateFlag.ZERO)
-
-
-def _falloc(fd: int, mode: int, offset: int, length: int) -> None:
-    if _fallocate(fd, mode, offset, length) != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, os.strerror(e))
 
 
 class FileBackend(Backend):
@@ -131,7 +120,7 @@ class FileBackend(Backend):
     ) -> None:
         if may_trim and self._punch:
             try:
-                _falloc(self._fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length)
+                fallocate(self._fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length)
             except OSError as e:
                 if e.errno not in (errno.EOPNOTSUPP, errno.ENOSYS):
                     raise
@@ -140,7 +129,7 @@ class FileBackend(Backend):
                 return self._maybe_sync(fua)
         if self._zero_range:
             try:
-                _falloc(self._fd, _FALLOC_FL_ZERO_RANGE | _FALLOC_FL_KEEP_SIZE, offset, length)
+                fallocate(self._fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, offset, length)
             except OSError as e:
                 if e.errno not in (errno.EOPNOTSUPP, errno.ENOSYS):
                     raise
@@ -157,7 +146,7 @@ class FileBackend(Backend):
         if not self._punch:
             return
         try:
-            _falloc(self._fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length)
+            fallocate(self._fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length)
         except OSError as e:
             if e.errno not in (errno.EOPNOTSUPP, errno.ENOSYS):
                 raise
