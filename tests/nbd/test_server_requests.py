@@ -16,6 +16,7 @@ from loft.nbd import protocol as p
 from loft.nbd.backends.base import Backend, BackendError
 from loft.nbd.backends.file import FileBackend
 from loft.nbd.server import ExportRegistry
+from loft.nbd.server._connection import OFFLOAD_WRITE
 
 C = p.Command
 SIZE = 8 << 20
@@ -412,3 +413,35 @@ def test_write_buffers_are_reused_only_when_the_backend_copies(
     else:  # every buffer the backend kept still holds what was written into it
         assert all(bytes(buf) == seen for buf, seen in backend.kept)  # type: ignore[call-overload]
         assert len(set(buffers)) == len(buffers)
+
+
+class ThreadNotingBackend(KeepingBackend):
+    """Notes the thread each write runs on."""
+
+    copies_writes = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: list[tuple[int, int]] = []
+
+    def pwrite(self, offset: int, data: object, fua: bool = False) -> None:  # type: ignore[override]
+        self.threads.append((len(data), threading.get_ident()))  # type: ignore[arg-type]
+
+
+def test_large_writes_run_on_a_worker_and_smaller_ones_inline(tmp_path: Path) -> None:
+    """A resident WRITE of OFFLOAD_WRITE bytes or more leaves the event loop (which goes on
+    receiving the next payload meanwhile); anything smaller is written on the loop."""
+    backend = ThreadNotingBackend()
+    reg = ExportRegistry()
+    reg.add("disk", backend)
+    sizes = [4096, OFFLOAD_WRITE - 4096, OFFLOAD_WRITE, 1 << 20, 8192]
+    with ServerThread(reg, tmp_path / "run" / "nbd.sock") as st:
+        c = connect(st)
+        for n in sizes:
+            [reply] = c.request(C.WRITE, 0, payload=bytes(n))
+            assert isinstance(reply, p.SimpleReply) and reply.error == 0
+        c.close()
+    loop = {t for n, t in backend.threads if n < OFFLOAD_WRITE}
+    workers = {t for n, t in backend.threads if n >= OFFLOAD_WRITE}
+    assert [n for n, _ in backend.threads] == sizes
+    assert len(loop) == 1 and loop.isdisjoint(workers)
