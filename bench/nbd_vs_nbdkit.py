@@ -16,9 +16,10 @@ nothing verified or served (a fork's fetch can go no faster than its own I/O).
 Every run starts from a quiet machine: ``sync`` first (no writeback left over from the
 previous run), and a volume commits what the run wrote before the next run starts
 (through the service's control socket, the way ``loft volume snapshot`` does). Commit
-is the volume's background work, so its CPU is reported beside the run's own. Then the
-chunk store is garbage-collected (outside any measurement), as a node does: otherwise
-the chunks each run left unreferenced pile up until the disk is full.
+is the volume's background work, so its CPU is reported beside the run's own. After a
+write workload the chunk store is then garbage-collected (outside any measurement), as
+a node does: otherwise the chunks each run left unreferenced pile up until the disk is
+full.
 
 That drain is fair to the server but not what a user gets: while they write, the volume
 commits in the background. ``--sustained`` adds ``seq_write_1M_sustained``: the same
@@ -290,7 +291,8 @@ def run_fio(
     server.drain()
     drain_s = time.monotonic() - t0
     drained = cpu_seconds(server.proc.pid)
-    server.collect()  # after the CPU reading: GC runs in a process of its own
+    if "write" in workload["rw"]:  # a read leaves nothing to collect
+        server.collect()  # after the CPU reading: GC runs in a process of its own
     job = json.loads(out.read_text())["jobs"][0]
     side = job["read"] if job["read"]["io_bytes"] else job["write"]
     ios = job["read"]["total_ios"] + job["write"]["total_ios"]
