@@ -41,6 +41,9 @@ def test_sync_file_range_and_syncfs_write_a_file_back(tmp_path: Path) -> None:
         libc.syncfs(fd)
     finally:
         os.close(fd)
+    libc.syncfs_path(tmp_path)  # a directory
+    with pytest.raises(FileNotFoundError):
+        libc.syncfs_path(tmp_path / "missing")
 
 
 def test_a_failed_call_is_an_oserror_with_its_errno_and_name(tmp_path: Path) -> None:

@@ -20,6 +20,16 @@ def test_observations_land_in_the_bucket_of_their_upper_bound() -> None:
     assert [(b.direction, b.bytes) for b in m.report().bytes] == [("read", 8202)]
 
 
+def test_many_observations_at_once_count_each() -> None:
+    m = Meter()
+    m.observe("read", BUCKETS[1], "read", 3 * 4096, count=3)  # one batch of three
+    m.observe("read", BUCKETS[0], "read", 4096)
+    (read,) = m.report().latency
+    assert read.counts[:2] == [1, 3] and read.count == 4
+    assert read.sum == BUCKETS[1] * 3 + BUCKETS[0]
+    assert [(b.direction, b.bytes) for b in m.report().bytes] == [("read", 4 * 4096)]
+
+
 def test_threads_counting_at_once_lose_nothing() -> None:
     m = Meter()
 

@@ -32,6 +32,7 @@ __all__ = [
     "setns",
     "sync_file_range",
     "syncfs",
+    "syncfs_path",
     "syscall",
     "unshare",
 ]
@@ -87,6 +88,15 @@ def syncfs(fd: int, what: str = "syncfs") -> None:
     """``syncfs(2)``: write back the whole filesystem holding ``fd``."""
     if _syncfs(fd) != 0:
         _fail(what)
+
+
+def syncfs_path(path: str | os.PathLike[str]) -> None:
+    """``syncfs(2)`` of the filesystem holding ``path`` (a file or a directory)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        syncfs(fd, f"syncfs {os.fspath(path)}")
+    finally:
+        os.close(fd)
 
 
 def unshare(flags: int, what: str = "unshare") -> None:

@@ -11,9 +11,9 @@ priority: :class:`PriorityPools` keeps one per priority it was asked from. An ob
 store's transfers thus run at the priority of whoever asked for them: a commit's uploads
 in the background, a client's fetch in the foreground.
 
-Where the kernel says no (not Linux, a seccomp filter, an unknown architecture) every
-function here quietly leaves priorities as they are: this is a preference, never a
-reason to fail.
+Where the kernel says no (a seccomp filter, an unknown architecture, a kernel without
+I/O priorities) every function here quietly leaves priorities as they are: this is a
+preference, never a reason to fail.
 """
 
 from __future__ import annotations

@@ -76,16 +76,19 @@ class Meter:
         self._sums: dict[str, float] = {}
         self._bytes: dict[str, int] = {}
 
-    def observe(self, op: str, seconds: float, direction: str = "", nbytes: int = 0) -> None:
-        """One ``op`` that took ``seconds`` (and moved ``nbytes`` in ``direction``)."""
+    def observe(
+        self, op: str, seconds: float, direction: str = "", nbytes: int = 0, count: int = 1
+    ) -> None:
+        """``count`` ``op``s that took ``seconds`` each (and moved ``nbytes`` in
+        ``direction`` together)."""
         at = bisect_left(BUCKETS, seconds)
         with self._lock:
             counts = self._counts.get(op)
             if counts is None:
                 counts = self._counts[op] = [0] * (len(BUCKETS) + 1)
                 self._sums[op] = 0.0
-            counts[at] += 1
-            self._sums[op] += seconds
+            counts[at] += count
+            self._sums[op] += seconds * count
             if nbytes:
                 self._bytes[direction] = self._bytes.get(direction, 0) + nbytes
 

@@ -142,6 +142,28 @@ def test_extents_read_again_outlive_those_read_once(tmp_path: Path) -> None:
         reader.close()
 
 
+def test_read_nowait_never_fetches(tmp_path: Path) -> None:
+    """The event loop's read of any range: what is here, else None -- an absent extent,
+    alone or beside a present one, is left to a worker thread, not fetched."""
+    contents = _written(tmp_path, 4)
+    reader = _blockstore(tmp_path, "b", 1 << 30)
+    vol = reader.open("v")
+    try:
+        new = os.urandom(EXTENT)
+        vol.write(0, new)  # extent 0 written whole here (nothing fetched), 1 absent
+        assert vol.present_extents == 1
+        assert vol.read_nowait(EXTENT + 10, 4000) is None
+        assert vol.read_nowait(EXTENT - 100, 200) is None  # across extents 0 and 1
+        assert vol.present_extents == 1 and not vol.is_resident(EXTENT, 1)
+        assert vol.read(EXTENT, 10) == contents[1][:10]  # a worker thread fetches it
+        vol._fresh.clear()  # what is left of the fetch: the page cache, or the disk
+        across = vol.read_nowait(EXTENT - 100, 200)
+        assert across is None or bytes(across) == new[-100:] + contents[1][:100]
+    finally:
+        vol.close()
+        reader.close()
+
+
 def test_fetched_extents_are_read_from_memory_first_and_never_hide_a_write(
     tmp_path: Path,
 ) -> None:

@@ -169,11 +169,12 @@ class VolumeMachine(RuleBasedStateMachine):
 
     @rule(i=picks, offset=offsets, length=lengths)
     def read_inline(self, i: int, offset: int, length: int) -> None:
-        """A read as the event loop makes it: read_nowait of a resident range (fetched
-        bytes from memory, or what the page cache holds), else on a worker thread."""
+        """A read as the event loop makes it: read_nowait of any range (fetched bytes from
+        memory, or what the page cache holds; None for the rest), else on a worker
+        thread."""
         name = self._pick(i)
         vol, length = self._vol(name), min(length, SIZE - offset)
-        got = vol.read_nowait(offset, length) if vol.is_resident(offset, length) else None
+        got = vol.read_nowait(offset, length)
         got = bytes(vol.read(offset, length) if got is None else got)
         want = bytes(self.model[name][offset : offset + length])
         assert got == want, f"{name} differs from the model in {_diff(got, want, offset)}"

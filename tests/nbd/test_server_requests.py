@@ -17,6 +17,7 @@ from loft.nbd.backends.base import Backend, BackendError
 from loft.nbd.backends.file import FileBackend
 from loft.nbd.server import ExportRegistry
 from loft.nbd.server._connection import OFFLOAD_WRITE
+from loft.telemetry import NBD
 
 C = p.Command
 SIZE = 8 << 20
@@ -307,6 +308,52 @@ def test_out_of_order_replies_and_overlap_ordering(
     assert c.read(0, 2048) == b"A" * 2048 and c.read(2048, 4096) == b"B" * 4096
 
 
+def test_small_read_behind_an_unfinished_write_of_its_range_sees_it(
+    server: ServerThread, backend: CountingBackend
+) -> None:
+    """The small-READ fast path is taken only when nothing is in flight: a READ of a
+    range a stalled WRITE covers waits for it, one elsewhere does not."""
+    c = connect(server)
+    backend.slow_offsets = {0}
+    backend.gate.clear()
+    h_write, h_behind, h_free = next(c.handles), next(c.handles), next(c.handles)
+    c.send(
+        p.Request(C.WRITE, h_write, 0, 4096, 0, b"W" * 4096),
+        p.Request(C.READ, h_behind, 1024, 1024),
+        p.Request(C.READ, h_free, 8192, 4096),
+    )
+    first = c.next()
+    assert getattr(first, "handle", None) == h_free
+    backend.gate.set()
+    replies = {getattr(e, "handle", None): e for e in (c.next(), c.next())}
+    assert set(replies) == {h_write, h_behind}
+    behind = replies[h_behind]
+    assert isinstance(behind, p.OffsetDataChunk) and bytes(behind.data) == b"W" * 1024
+
+
+def test_small_reads_answered_inline_are_timed_and_counted(server: ServerThread) -> None:
+    """Small READs answered on the event loop are counted a batch at a time: every one
+    is in the read latency count, and its bytes in the bytes read."""
+    c = connect(server)
+    c.read(0, 4096)  # the connection is warm: the counts below are of these reads only
+
+    def totals() -> tuple[int, float, int]:
+        report = NBD.report()
+        [read] = [op for op in report.latency if op.op == "read"]
+        [moved] = [b.bytes for b in report.bytes if b.direction == "read"]
+        return read.count, read.sum, moved
+
+    count, seconds, moved = totals()
+    handles = [next(c.handles) for _ in range(20)]
+    c.send(*(p.Request(C.READ, h, i * 4096, 4096) for i, h in enumerate(handles)))
+    assert {getattr(c.next(), "handle", None) for _ in handles} == set(handles)
+    assert c.read(SIZE - 512, 512) == bytes(512)
+    count2, seconds2, moved2 = totals()
+    assert count2 - count == 21 and moved2 - moved == 20 * 4096 + 512
+    assert seconds2 > seconds
+    c.close()
+
+
 def test_disc_finishes_in_flight_and_flushes(
     server: ServerThread, backend: CountingBackend
 ) -> None:
@@ -355,6 +402,46 @@ def test_inline_read_that_would_block_moves_to_a_worker(tmp_path: Path, image: P
         assert c.read(0, 4096) == b"cold" * 1024
         assert c.read(0, 1 << 20)[:8] == b"coldcold"  # sparse path too
         assert backend.nowait_calls >= 2
+    backend.close()
+
+
+class OneCallBackend(FileBackend):
+    """Offers read_resident, which has nothing at 4096 and fails at 8192."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.calls: list[int] = []
+        self.asked_resident = 0
+        self.read_resident = self._read_resident
+
+    def _read_resident(self, offset: int, length: int) -> bytes | None:
+        self.calls.append(offset)
+        if offset == 4096:
+            return None
+        if offset == 8192:
+            raise OSError(errno.EIO, "injected")
+        return bytes(self.pread(offset, length))
+
+    def is_resident(self, offset: int, length: int) -> bool:
+        self.asked_resident += 1
+        return True
+
+
+def test_small_reads_use_read_resident_alone(tmp_path: Path, image: Path) -> None:
+    """With read_resident, a small READ is that one call on the event loop; None or an
+    error from it sends the READ to a worker thread, whose read answers it."""
+    data = os.urandom(3 * 4096)
+    with open(image, "r+b") as f:
+        f.write(data)
+    backend = OneCallBackend(image)
+    reg = ExportRegistry()
+    reg.add("disk", backend)
+    with ServerThread(reg, tmp_path / "one" / "nbd.sock") as st:
+        c = connect(st)
+        for offset in (0, 4096, 8192):
+            assert c.read(offset, 4096) == data[offset : offset + 4096]
+        c.close()
+    assert backend.calls == [0, 4096, 8192] and backend.asked_resident == 0
     backend.close()
 
 

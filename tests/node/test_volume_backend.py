@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from nbd_helpers import Client, ServerThread
 
-from loft.blockstore import Blockstore
+from loft.blockstore import Blockstore, Volume
 from loft.blockstore.errors import (
     BlockstoreError,
     InvalidArgument,
@@ -21,6 +21,7 @@ from loft.blockstore.errors import (
 from loft.config import Settings
 from loft.nbd import protocol as p
 from loft.nbd.server import ExportRegistry, errno_for
+from loft.node.served import ServedVolume
 from loft.node.volume_backend import VolumeBackend, backend_error
 
 C = p.Command
@@ -116,3 +117,38 @@ def test_volume_backend_translates_blockstore_errors(exc: BlockstoreError, want:
     err = backend_error(exc)
     assert isinstance(err, OSError) and errno_for(err) == want
     assert str(err) == str(exc)  # the message (and hint) reach the client unchanged
+
+
+def test_served_volume_reads_on_the_event_loop_only_once_open(blockstore: Blockstore) -> None:
+    """A served volume's read_nowait (the server's one call for a small READ) never opens
+    the volume -- opening takes the lease and may block -- and reads it once open."""
+    rec = blockstore.create("lazy", size=SIZE, extent_size=EXTENT)
+    opened: list[str] = []
+
+    def opener(name: str) -> Volume:
+        opened.append(name)
+        return blockstore.open(name)
+
+    served = ServedVolume(rec.name, rec.uid, rec.size, rec.extent_size, opener)
+    backend = VolumeBackend(served)
+    assert backend.read_resident is not None
+    try:
+        assert backend.read_resident(0, 4096) is None and opened == []
+        backend.pwrite(0, b"y" * 4096)  # a worker thread's call: opens the volume
+        assert opened == ["lazy"]
+        assert bytes(backend.read_resident(0, 4096) or b"") == b"y" * 4096
+        backend.pwrite(SIZE - EXTENT - 10, b"z" * 20)
+        assert backend.read_resident(SIZE - EXTENT - 10, 20) == b"z" * 20  # two extents
+    finally:
+        served.close()
+
+
+def test_snapshot_views_have_no_one_call_read(blockstore: Blockstore) -> None:
+    """A snapshot view's read may fetch: the server asks is_resident before it."""
+    blockstore.create("base", size=SIZE, extent_size=EXTENT)
+    blockstore.snapshot("base", "s")
+    view = blockstore.view("base@s")
+    try:
+        assert VolumeBackend(view).read_resident is None
+    finally:
+        view.close()

@@ -322,15 +322,19 @@ class Volume:
         raise VolumeIOError(f"volume {self.name!r}: extents keep disappearing while read")
 
     def read_nowait(self, offset: int, length: int) -> bytes | bytearray | memoryview | None:
-        """:meth:`read` for the event loop, of a range :meth:`is_resident` accepted:
-        None when its bytes would have to come from the disk or the extent changed
-        meanwhile (the caller reads them on a worker thread). An extent just fetched is
-        served from memory without a copy."""
+        """:meth:`read` for the event loop, of any range: None when its bytes would
+        have to come from the chunk store or the disk, or the extent changed meanwhile
+        (the caller reads them on a worker thread). An extent just fetched is served
+        from memory without a copy."""
         es = self.extent_size
         first, last = offset // es, (offset + length - 1) // es
         if first != last or length <= 0 or offset < 0 or offset + length > self.size:
-            if length > 0 and first != last and any(self._direct[first : last + 1]):
-                return None
+            if length > 0 and first != last:
+                extents = range(first, last + 1)
+                if any(self._direct[first : last + 1]) or ABSENT in (
+                    self._states[e] for e in extents
+                ):
+                    return None
             return self.read(offset, length)
         # read()'s lock-free path (see there), inline: every request on the event loop
         # comes here, and a call less is a measurable share of a 4 KiB read.

@@ -19,14 +19,14 @@ def syncfs(directory: Path) -> None:
     ``syncfs(2)`` flushes the whole filesystem, other programs' data included; where it
     fails, an ``fsync`` of the directory is the fallback.
     """
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
+        libc.syncfs_path(directory)
+    except OSError:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            libc.syncfs(fd)
-        except OSError:
             os.fsync(fd)
-    finally:
-        os.close(fd)
+        finally:
+            os.close(fd)
 
 
 def disk_usage(p: Path) -> int:

@@ -66,7 +66,9 @@ class ServedVolume:
         return self.get().read(offset, length)
 
     def read_nowait(self, offset: int, length: int) -> bytes | bytearray | memoryview | None:
-        return self.get().read_nowait(offset, length)
+        # None until opened: opening may block, which the event loop must not.
+        vol = self._vol
+        return None if vol is None else vol.read_nowait(offset, length)
 
     def write(self, offset: int, data: bytes | memoryview, fua: bool = False) -> None:
         self.get().write(offset, data, fua)

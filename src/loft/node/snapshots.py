@@ -59,10 +59,10 @@ from dataclasses import dataclass
 from loft.blockstore.errors import SnapshotNotFound
 from loft.blockstore.names import check_name
 from loft.errors import LoftError
+from loft.libc import syncfs_path
 from loft.node.records import Desired, Workspace
 from loft.node.workspaces import BadRequest, Workspaces
 from loft.runtime.errors import ImageInUse
-from loft.runtime.freeze import syncfs
 from loft.runtime.interface import RuntimeSnapshot
 from loft.runtime.vm_image import FORMAT as VM_IMAGE_FORMAT
 
@@ -175,7 +175,7 @@ def _snap(wss: Workspaces, ws: Workspace, snapshot: str, *, memory: bool = True)
         pause = time.monotonic() - frozen
         running = True
     elif att is not None and wss.running(rec.id):
-        syncfs(att.root)
+        syncfs_path(att.root)
         wss.disk.commit(rec.volume)
         frozen = time.monotonic()
         wss.runtime.freeze_filesystem(rec.id)

@@ -98,6 +98,10 @@ class VolumeBackend(Backend):
         self._read_nowait: Callable[[int, int], Buffer | None] = getattr(
             volume, "read_nowait", volume.read
         )
+        # A volume's read_nowait checks residency itself, for any range: a small READ is
+        # then one call into the volume, not is_resident and a read through each layer.
+        # (Its errors are translated when the worker thread reads the range again.)
+        self.read_resident = getattr(volume, "read_nowait", None)
 
     def can_trim(self) -> bool:
         return not self.readonly

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from loft import libc
 
-__all__ = ["FIFREEZE", "FITHAW", "freeze", "frozen", "syncfs", "thaw"]
+__all__ = ["FIFREEZE", "FITHAW", "freeze", "frozen", "thaw"]
 
 #: ``_IOWR('X', 119, int)`` and ``_IOWR('X', 120, int)`` (linux/fs.h).
 FIFREEZE = 0xC0045877
@@ -37,15 +37,6 @@ FITHAW = 0xC0045878
 
 def _open(path: Path) -> int:
     return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-
-
-def syncfs(path: Path) -> None:
-    """Write back every dirty page and inode of the filesystem holding ``path``."""
-    fd = _open(path)
-    try:
-        libc.syncfs(fd, f"syncfs {path}")
-    finally:
-        os.close(fd)
 
 
 def freeze(path: Path) -> None:
@@ -69,7 +60,7 @@ def thaw(path: Path) -> None:
 @contextmanager
 def frozen(path: Path) -> Iterator[None]:
     """``syncfs``, then freeze for the block; thawed on the way out, always."""
-    syncfs(path)
+    libc.syncfs_path(path)
     freeze(path)
     try:
         yield

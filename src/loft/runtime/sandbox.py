@@ -32,12 +32,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from loft.libc import syncfs_path
 from loft.runtime.cgroups import cgroup_dirs
 from loft.runtime.console import PtySession, on_new_pty
 from loft.runtime.egress import NAMESERVER, apply_ruleset, egress_ruleset, start_stack, stop_stack
 from loft.runtime.errors import NotSupported, UnknownWorkspace, WorkspaceError
 from loft.runtime.forward import Forwarder, connect_in
-from loft.runtime.freeze import freeze, syncfs, thaw
+from loft.runtime.freeze import freeze, thaw
 from loft.runtime.interface import Runtime, RuntimeSnapshot, Stats, WorkspaceStatus
 from loft.runtime.layout import RuntimeDirs, check_rootfs, merge_usr, staged
 from loft.runtime.oci import bundle_config, cgroup_path, process_config
@@ -351,7 +352,7 @@ class SandboxRuntime(Runtime):
     def freeze_filesystem(self, workspace: str) -> None:
         with self._lock(workspace):
             live = self._checked(workspace, Command.FREEZE_FS)
-            syncfs(live.spec.rootfs)  # the bulk written back while writers still run
+            syncfs_path(live.spec.rootfs)  # the bulk written back while writers still run
             freeze(live.spec.rootfs)
             live.fs_frozen = True
 

@@ -21,6 +21,7 @@ implementations must be thread-safe.
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from loft.nbd.protocol import DEFAULT_PREFERRED_BLOCK_SIZE, MAX_PAYLOAD, Errno
@@ -69,6 +70,12 @@ class Backend(abc.ABC):
     #: True when :meth:`pwrite` has copied the data once it returns (it keeps no
     #: reference), so the server may reuse the buffer for a later request
     copies_writes: bool = False
+    #: Optional: ``(offset, length) -> bytes or None``, the range's bytes when they are
+    #: at hand and None otherwise, for any range, never waiting or fetching. When set,
+    #: the server answers a small READ with this one call on the event loop instead of
+    #: :meth:`is_resident` then :meth:`pread_nowait` (each a chain of calls through a
+    #: layered backend); on None or an error it reads on a worker thread as usual.
+    read_resident: Callable[[int, int], Buffer | None] | None = None
 
     # --- capabilities -----------------------------------------------------------------
 

@@ -437,8 +437,10 @@ class Connection:
     ) -> Buffers:
         """Buffers of a successful READ reply carrying ``data`` read at ``offset``: one
         final OFFSET_DATA chunk with structured replies, else a simple reply."""
-        self._check_replying()
-        if self._st.structured_replies:
+        sm = self._st
+        if sm.state is not st.TRANSMISSION or self.role is not st.SERVER:
+            self._check_replying()  # the rarer states (a reply after DISC), or the error
+        if sm.structured_replies:
             hdr = _DATA_CHUNK.pack(
                 STRUCTURED_REPLY_MAGIC, _DONE, _OFFSET_DATA, handle, 8 + len(data), offset
             )
