@@ -329,12 +329,13 @@ class Volume:
         es = self.extent_size
         first, last = offset // es, (offset + length - 1) // es
         if first != last or length <= 0 or offset < 0 or offset + length > self.size:
-            if length > 0 and first != last:
-                extents = range(first, last + 1)
-                if any(self._direct[first : last + 1]) or ABSENT in (
-                    self._states[e] for e in extents
-                ):
-                    return None
+            span = slice(first, last + 1)
+            if (
+                length > 0
+                and first != last
+                and (any(self._direct[span]) or ABSENT in self._states[span])
+            ):
+                return None
             return self.read(offset, length)
         # read()'s lock-free path (see there), inline: every request on the event loop
         # comes here, and a call less is a measurable share of a 4 KiB read.
