@@ -72,6 +72,13 @@ def _start_counter(node: AgentNode, name: str) -> int:
     return int(out)
 
 
+def _counter_gone(node: AgentNode, name: str, pid: int) -> bool:
+    """The counter ``pid`` no longer runs in ``name``. By its command line, not by its pid
+    alone: a fresh boot of the same guest may give that pid to another process."""
+    cmdline = _root(node, name, f"tr '\\0' ' ' 2>/dev/null </proc/{pid}/cmdline; true")
+    return "count.new" not in cmdline
+
+
 def _count(node: AgentNode, name: str) -> int:
     return int(_root(node, name, "cat /tmp/count").strip() or 0)
 
@@ -156,6 +163,7 @@ def test_workspace_vm_new_exec_suspend_resume_cold(node: AgentNode) -> None:
     assert (left["mounts"], left["loops"], left["nbdfuse"]) == ([], [], []), left
     assert left["workspace_dirs"] == [] and left["containers"] == [], left
     pid = _start_counter(node, "vm1")
+    assert not _counter_gone(node, "vm1", pid)
 
     # stop suspends (QEMU gone, the memory kept); start resumes where it was
     t0 = time.monotonic()
@@ -188,7 +196,7 @@ def test_workspace_vm_new_exec_suspend_resume_cold(node: AgentNode) -> None:
     assert node.json("info", "vm1")["state"] == "stopped"
     node.loft("start", "vm1")
     assert _root(node, "vm1", "cat /root/file") == "kept\n"
-    assert _root(node, "vm1", f"kill -0 {pid} 2>/dev/null || echo gone").strip() == "gone"
+    assert _counter_gone(node, "vm1", pid)
     # --cold of a suspended VM drops its memory
     node.loft("stop", "vm1")
     node.loft("stop", "vm1")  # a second stop keeps the memory
@@ -396,7 +404,7 @@ def test_workspace_vm_resumes_from_the_chunk_store_on_an_empty_data_dir(
             bs.close()
         _fresh_data_dir(n)
         n.loft("start", "vm5")
-        assert _root(n, "vm5", f"kill -0 {pid} 2>/dev/null || echo gone").strip() == "gone"
+        assert _counter_gone(n, "vm5", pid)
         assert _root(n, "vm5", "cat /root/file") == "disk\n"
         assert n.json("info", "vm5")["state"] == "running"
         assert "memory image refused" in n.loft("logs", "vm5").stdout
@@ -415,7 +423,7 @@ def test_workspace_vm_resumes_from_the_chunk_store_on_an_empty_data_dir(
             bs.close()
         _fresh_data_dir(n)
         n.loft("start", "vm5")
-        assert _root(n, "vm5", f"kill -0 {pid} 2>/dev/null || echo gone").strip() == "gone"
+        assert _counter_gone(n, "vm5", pid)
         assert "memory image refused (loading the VM's state failed" in n.loft("logs", "vm5").stdout
         left = [p.name for p in (n.data_dir / "runtime" / "vm").iterdir()]
         assert left == [ws["id"]] and _qemu(n, "vm5") is not None

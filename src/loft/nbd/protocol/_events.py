@@ -52,7 +52,6 @@ __all__ = [
 ]
 
 _new = object.__new__
-_set = object.__setattr__
 
 U16 = 1 << 16
 U32 = 1 << 32
@@ -368,17 +367,26 @@ class Request:
         come from fixed-width integers and cannot be out of range): this is the
         per-request hot path of a server."""
         r = _new(cls)
-        _set(r, "command", command)
-        _set(r, "handle", handle)
-        _set(r, "offset", offset)
-        _set(r, "length", length)
-        _set(r, "flags", flags)
-        _set(r, "payload", payload)
+        _set_command(r, command)
+        _set_handle(r, handle)
+        _set_offset(r, offset)
+        _set_length(r, length)
+        _set_flags(r, flags)
+        _set_payload(r, payload)
         return r
 
     def payload_bytes(self) -> bytes:
         """The WRITE payload as bytes (a copy; for tests and comparisons)."""
         return bytes(self.payload) if self.payload is not None else b""
+
+
+# Each field's slot setter, bound once: Request.from_wire fills a frozen request through
+# them, without the lookup by name that object.__setattr__ makes for every field (a third
+# of what building a request cost).
+_set_command, _set_handle, _set_offset, _set_length, _set_flags, _set_payload = (
+    Request.__dict__[name].__set__
+    for name in ("command", "handle", "offset", "length", "flags", "payload")
+)
 
 
 @dataclass(frozen=True, slots=True)

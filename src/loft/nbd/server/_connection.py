@@ -89,7 +89,7 @@ _FUA = int(p.CmdFlag.FUA)
 #: Each command's name in the latency counts (and the direction of the bytes it moves).
 _OP_NAMES = {int(c): c.name.lower() for c in p.Command}
 _DIRECTIONS = {_READ: "read", _WRITE: "write"}
-_NEED_DATA, _PAUSED = p.NEED_DATA, p.PAUSED
+_NEED_DATA, _PAUSED, _REQUEST = p.NEED_DATA, p.PAUSED, p.Request
 
 #: Socket buffer size asked for (the kernel caps it at net.core.[rw]mem_max).
 SOCKET_BUFFER = 4 * 1024 * 1024
@@ -463,7 +463,7 @@ class NBDConnection(asyncio.BufferedProtocol):
                         self._defer(held)
                     break
                 try:
-                    if type(event) is p.Request:
+                    if type(event) is _REQUEST:
                         self._on_request(event)
                     else:
                         self._on_handshake(event)
