@@ -654,12 +654,10 @@ class NBDConnection(asyncio.BufferedProtocol):
             self._to_worker(req, False)
             return
         batch = self._batch
-        if batch is None:  # not from _process: nothing to batch with
-            self._write(self._proto.send_read_data(req.handle, offset, data))
-        else:
-            batch += self._proto.send_read_data(req.handle, offset, data)
-            if len(batch) >= BATCH_BUFFERS:
-                self._flush_batch(batch)
+        assert batch is not None  # called from _process only, inside its batch
+        batch += self._proto.send_read_data(req.handle, offset, data)
+        if len(batch) >= BATCH_BUFFERS:
+            self._flush_batch(batch)
         self._inline_reads += 1
         self._inline_read_bytes += length
 
