@@ -180,6 +180,14 @@ def test_fetched_extents_are_read_from_memory_first_and_never_hide_a_write(
         got = vol.read_nowait(EXTENT + 10, 4000)
         assert isinstance(got, memoryview) and got == contents[1][10:4010]  # no copy
         vol._fresh.clear()
+        # On the disk only, whatever else touched the file's pages (the suite once found
+        # them cached here): written back and dropped from the page cache.
+        fd = os.open(reader.ctx.volumes_dir / vol.record.uid / "data", os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
         assert vol.is_resident(EXTENT, 4000)
         assert vol.read_nowait(EXTENT, 4000) is None  # on the disk only: not inline
         assert vol.read(EXTENT, 4000) == contents[1][:4000]  # a worker thread reads it
