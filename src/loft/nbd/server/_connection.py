@@ -656,10 +656,10 @@ class NBDConnection(asyncio.BufferedProtocol):
         batch = self._batch
         assert batch is not None  # called from _process only, inside its batch
         batch += self._proto.send_read_data(req.handle, offset, data)
+        self._inline_reads += 1  # before a flush: that flush writes this reply, and times it
+        self._inline_read_bytes += length
         if len(batch) >= BATCH_BUFFERS:
             self._flush_batch(batch)
-        self._inline_reads += 1
-        self._inline_read_bytes += length
 
     def _defer(self, what: p.Request | int) -> None:
         """Hold a large request, or a WRITE payload, until the budgets have room; read
