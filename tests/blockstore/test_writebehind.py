@@ -56,6 +56,7 @@ def test_large_writes_start_writeback_of_the_span_they_covered(
     spans = Spans(monkeypatch)
     fd = _file(tmp_path)
     behind = WriteBehind(fd, threshold=4 * MiB)
+    behind.flushed()  # a client that flushes
     try:
         for i in range(3):  # 3 MiB: below the threshold, nothing yet
             os.pwrite(fd, b"a" * MiB, (8 + i) * MiB)
@@ -82,12 +83,46 @@ def test_large_writes_start_writeback_of_the_span_they_covered(
         os.close(fd)
 
 
+def test_only_a_client_that_flushed_lately_gets_write_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that never flushes, or not for FLUSHED_WITHIN, is left to the kernel's
+    writeback: rewriting one range over and over, it would have every pass written."""
+    spans = Spans(monkeypatch)
+    monkeypatch.setattr(writebehind, "FLUSHED_WITHIN", 0.3)
+    fd = _file(tmp_path)
+    behind = WriteBehind(fd, threshold=2 * MiB)
+    try:
+        for _ in range(8):  # never flushed: four thresholds' worth, nothing started
+            behind.wrote(0, MiB)
+        time.sleep(0.1)
+        assert spans.spans == []
+        behind.flushed()
+        behind.wrote(0, MiB)
+        behind.wrote(MiB, MiB)
+        spans.wait()
+        assert [s[1:] for s in spans.spans] == [(0, 2 * MiB)]
+        time.sleep(0.4)  # no flush for longer than FLUSHED_WITHIN
+        for _ in range(8):
+            behind.wrote(0, MiB)
+        time.sleep(0.1)
+        assert len(spans.spans) == 1
+        behind.flushed()  # flushing again turns it back on
+        behind.wrote(4 * MiB, 2 * MiB)
+        spans.wait(2)
+        assert spans.spans[1][1:] == (4 * MiB, 2 * MiB)
+    finally:
+        behind.close()
+        os.close(fd)
+
+
 def test_a_failing_kernel_turns_write_behind_off_and_loses_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     spans = Spans(monkeypatch, fail=OSError(22, "not here"))
     fd = _file(tmp_path)
     behind = WriteBehind(fd, threshold=MiB)
+    behind.flushed()
     try:
         os.pwrite(fd, b"b" * MiB, 0)
         behind.wrote(0, MiB)
@@ -131,6 +166,7 @@ def test_the_kernel_writes_the_span_back_before_any_flush(tmp_path: Path) -> Non
     size = 32 * MiB
     fd = _file(tmp_path, size)
     behind = WriteBehind(fd, threshold=size)
+    behind.flushed()
     try:
         for i in range(size // MiB):
             os.pwrite(fd, os.urandom(MiB), i * MiB)
@@ -156,6 +192,7 @@ def test_a_volume_streaming_writes_starts_their_writeback(
     bs = deployment_of("sqlite-file").node("a")
     bs.create("v", size=32 * EXTENT, extent_size=EXTENT, commit_interval=60.0)
     vol = bs.open("v")
+    vol.flush()  # a client that flushes
     try:
         small = os.urandom(4096)
         for i in range(2 * large // 4096 + 1):  # as many bytes in small writes: nothing

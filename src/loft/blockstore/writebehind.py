@@ -12,7 +12,14 @@ waits for none of it); the flush then finds little left to write (17-50 ms there
 
 Only writes of :data:`LARGE_WRITE` bytes or more count: small writes are where rewrites
 of the same page are likely, and the kernel's own writeback, which waits up to 30 s,
-merges those. Durability does not change: a flush still syncs the file, and only a flush
+merges those. And only a client that flushed in the last :data:`FLUSHED_WITHIN` seconds
+gets it: one that does not flush waits for no flush, and one that rewrites a range over
+and over without flushing (fio's drained ``seq_write_1M`` rewrites one GiB five to ten
+times in a run) would have every pass written to the disk, where the kernel writes only
+the last: write-behind cost such a run ~55 us of CPU per MiB and its share of the disk
+(docs/benchmarks.md, "Drained 1 MiB writes of a volume").
+
+Durability does not change: a flush still syncs the file, and only a flush
 promises anything. Pages under writeback stay writable (the disk does not ask for stable
 pages here: ``/sys/block/*/queue/stable_writes``); on a disk that did, a rewrite of a page
 being written back would wait for that write.
@@ -22,17 +29,21 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from loft import libc
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LARGE_WRITE", "WRITE_BEHIND_BYTES", "WriteBehind", "start_writeback"]
+__all__ = ["FLUSHED_WITHIN", "LARGE_WRITE", "WRITE_BEHIND_BYTES", "WriteBehind", "start_writeback"]
 
 #: Large writes accumulated before their writeback starts.
 WRITE_BEHIND_BYTES = 32 << 20
 #: Writes smaller than this are left to the kernel's writeback.
 LARGE_WRITE = 128 << 10
+#: Seconds since the client's last flush within which its large writes are written
+#: behind; after that they are left to the kernel's writeback until it flushes again.
+FLUSHED_WITHIN = 60.0
 
 
 def start_writeback(fd: int, offset: int, length: int) -> None:
@@ -49,6 +60,8 @@ class WriteBehind:
     def __init__(self, fd: int, threshold: int | None = None) -> None:
         self._fd = fd
         self._threshold = WRITE_BEHIND_BYTES if threshold is None else threshold
+        #: when the client last flushed (monotonic); never, to begin with
+        self._flushed_at = -FLUSHED_WITHIN
         #: large writes since the last span was handed over: bytes, lowest and highest end
         self._bytes = 0
         self._lo = 0
@@ -72,11 +85,16 @@ class WriteBehind:
             self._lo, self._hi = offset, end
         self._bytes += length
         if self._bytes >= self._threshold:
-            self._hand_over()
+            if time.monotonic() - self._flushed_at <= FLUSHED_WITHIN:
+                self._hand_over()
+            else:  # a client that does not flush: the kernel's writeback serves it
+                self._bytes = 0
 
     def flushed(self) -> None:
-        """A flush synced the file (writers' lock held): what accumulated is on the disk."""
+        """The client flushed, and the file is synced (writers' lock held): what
+        accumulated is on the disk, and write-behind serves this client from now on."""
         self._bytes = 0
+        self._flushed_at = time.monotonic()
 
     def _hand_over(self) -> None:
         lo, hi = self._lo, self._hi
