@@ -30,7 +30,8 @@ MAX_STATUS_EXTENTS = 1024
 #: the folio's size (Linux 6.18, ext4): 20,000 random 4 KiB writes into a cached file took
 #: 0.15 s with 128 KiB folios, 0.24 s with 256 KiB, 0.60 s with 1 MiB and 0.99 s with
 #: 4 MiB. Large folios make sequential 1 MiB overwrites cheaper (198, 178 and 152 us per
-#: MiB with 128 KiB, 256 KiB and 1 MiB folios); 256 KiB is the balance.
+#: MiB with 128 KiB, 256 KiB and 1 MiB folios); 256 KiB is the balance. A volume writes
+#: extents dirty already in one call: their folios exist (volume.py, ``_write_large``).
 WRITE_PIECE = 256 << 10
 
 
