@@ -410,9 +410,9 @@ class Volume:
         if whole:
             # Extents written since their last commit have their pages in the page cache
             # (unless the machine restarted since), in the folios their first writes made,
-            # which one call does not change. With
-            # write-behind for flushing clients only, drained 1 MiB rewrites went from
-            # ~1,790 to ~2,050 MB/s (docs/benchmarks.md, "Drained 1 MiB writes").
+            # which one call does not change. With write-behind for flushing clients only,
+            # drained 1 MiB rewrites went from ~1,790 to ~2,050 MB/s (docs/benchmarks.md,
+            # "Drained 1 MiB writes of a volume").
             os.pwrite(self._fd, data, offset)
         else:
             write_pieces(self._fd, data, offset)

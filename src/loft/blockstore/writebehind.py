@@ -61,7 +61,7 @@ class WriteBehind:
         self._fd = fd
         self._threshold = WRITE_BEHIND_BYTES if threshold is None else threshold
         #: when the client last flushed (monotonic); never, to begin with
-        self._flushed_at = -FLUSHED_WITHIN
+        self._flushed_at = float("-inf")
         #: large writes since the last span was handed over: bytes, lowest and highest end
         self._bytes = 0
         self._lo = 0
