@@ -210,3 +210,103 @@ def test_many_small_writes_in_one_buffer() -> None:
     reqs = [p.Request(p.Command.WRITE, i, i * 4096, 4096, 1, bytes([i]) * 4096) for i in range(200)]
     got = pair.to_server(*reqs)
     assert [r.payload_bytes() for r in got] == [r.payload_bytes() for r in reqs]  # type: ignore[attr-defined]
+
+
+def _plain(req: p.Request, below: int, limit: int) -> bool:
+    return (
+        req.command == p.Command.READ
+        and not req.flags
+        and 0 < req.length < below
+        and req.offset + req.length <= limit
+    )
+
+
+@s.composite
+def read_mixes(draw: s.DrawFn) -> list[p.Request]:
+    """Mostly small READs, some with flags, too long, at or past the end or not READs."""
+    out = []
+    for handle in range(draw(s.integers(1, 80))):
+        kind = draw(
+            s.sampled_from(["read"] * 6 + ["flags", "long", "end", "zero", "other", "write"])
+        )
+        offset = draw(s.integers(0, 1 << 20))
+        if kind == "other":  # shaped like a plain READ but for its command
+            command = draw(s.sampled_from([c for c in NON_WRITE if c != p.Command.READ]))
+            out.append(p.Request(command, handle, offset, draw(s.integers(1, 8192))))
+            continue
+        if kind == "write":
+            out.append(p.Request(p.Command.WRITE, handle, offset, 4096, 0, bytes(4096)))
+            continue
+        length = {"long": 1 << 16, "zero": 0}.get(kind, draw(s.integers(1, 8192)))
+        if kind == "end":
+            offset = (1 << 21) - length + draw(s.integers(0, 2))  # ends at or past it
+        flags = p.CmdFlag.DF if kind == "flags" else 0
+        out.append(p.Request(p.Command.READ, handle, offset, length, flags))
+    return out
+
+
+@given(reqs=read_mixes(), split=s.integers(0, 3000))
+def test_plain_reads_are_the_requests_next_event_returns(reqs: list[p.Request], split: int) -> None:
+    """Taking plain READs in bursts (peek, then skip those answered), with next_event for
+    everything else, yields the same requests in the same order as next_event alone,
+    whatever part of the wire has arrived."""
+    below, limit = 1 << 16, 1 << 21
+    pair = ConnectionPair()
+    pair.handshake()
+    wire = b"".join(pair.client.send(r) for r in reqs)
+    conn = pair.server
+    got: list[p.Request] = []
+    one_by_one: list[p.Request] = []
+    for part in (wire[:split], wire[split:]):
+        if part:  # an empty part would say the client closed
+            conn.receive_data(part)
+        while True:
+            burst = conn.peek_plain_reads(below, limit)
+            if burst:
+                assert len(burst) <= 64
+                taken = [p.Request(p.Command.READ, h, o, n) for h, o, n in burst]
+                assert all(_plain(r, below, limit) for r in taken)
+                got += taken
+                conn.skip_plain_reads(len(burst))
+                continue
+            ev = conn.next_event()
+            if ev is p.NEED_DATA:
+                break
+            assert isinstance(ev, p.Request)
+            got.append(ev)
+            one_by_one.append(ev)
+    assert got == reqs
+    assert not any(_plain(r, below, limit) for r in one_by_one)  # bursts took them all
+
+
+def test_plain_reads_stop_at_a_bad_magic_which_next_event_rejects() -> None:
+    pair = ConnectionPair()
+    pair.handshake()
+    good = pair.client.send(p.Request(p.Command.READ, 1, 0, 4096))
+    bad = b"\x00\x00\x00\x00" + good[4:]
+    pair.server.receive_data(good + bad)
+    assert pair.server.peek_plain_reads(1 << 16, 1 << 30) == [(1, 0, 4096)]
+    pair.server.skip_plain_reads(1)
+    assert pair.server.peek_plain_reads(1 << 16, 1 << 30) == []
+    with pytest.raises(p.RemoteProtocolError):
+        pair.server.next_event()
+
+
+def test_plain_reads_cannot_skip_what_has_not_arrived() -> None:
+    pair = ConnectionPair()
+    pair.handshake()
+    wire = pair.client.send(p.Request(p.Command.READ, 1, 0, 4096))
+    pair.server.receive_data(wire[:-1])
+    assert pair.server.peek_plain_reads(1 << 16, 1 << 30) == []
+    with pytest.raises(p.LocalProtocolError):
+        pair.server.skip_plain_reads(1)
+    pair.server.receive_data(wire[-1:])
+    pair.server.skip_plain_reads(1)
+    assert pair.server.next_event() is p.NEED_DATA
+
+
+def test_plain_reads_only_in_the_servers_transmission_phase() -> None:
+    pair = ConnectionPair()
+    assert pair.server.peek_plain_reads(1 << 16, 1 << 30) == []  # in the handshake
+    pair.handshake()
+    assert pair.client.peek_plain_reads(1 << 16, 1 << 30) == []

@@ -6,6 +6,7 @@ import errno
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -442,6 +443,47 @@ def test_small_reads_use_read_resident_alone(tmp_path: Path, image: Path) -> Non
             assert c.read(offset, 4096) == data[offset : offset + 4096]
         c.close()
     assert backend.calls == [0, 4096, 8192] and backend.asked_resident == 0
+    backend.close()
+
+
+def test_pipelined_small_reads_are_each_answered_once(tmp_path: Path, image: Path) -> None:
+    """A burst of small READs sent at once (more than one batch of replies, a WRITE
+    among them, and READs read_resident has nothing for or fails on) gets every
+    reply right, each READ asking read_resident once; after the WRITE, its new data."""
+    data = bytearray(os.urandom(64 * 4096))
+    with open(image, "r+b") as f:
+        f.write(data)
+    backend = OneCallBackend(image)
+    reg = ExportRegistry()
+    reg.add("disk", backend)
+    offsets = [i * 4096 for i in reversed(range(64))] + [4096, 8192, 12288]
+    with ServerThread(reg, tmp_path / "burst" / "nbd.sock") as st:
+        c = connect(st)
+        reads = {next(c.handles): off for off in offsets[:50]}
+        hw = next(c.handles)
+        more = {next(c.handles): off for off in offsets[50:]}
+        c.send(
+            *[p.Request(C.READ, h, off, 4096) for h, off in reads.items()],
+            p.Request(C.WRITE, hw, 12288, 4096, 0, b"w" * 4096),
+            *[p.Request(C.READ, h, off, 4096) for h, off in more.items()],
+        )
+        got: dict[int, bytes] = {}
+        while len(got) < len(offsets) + 1:
+            ev = c.next()
+            assert isinstance(ev, p.OffsetDataChunk | p.SimpleReply), ev
+            if isinstance(ev, p.SimpleReply):
+                assert ev.error == 0
+            got[ev.handle] = bytes(ev.data) if isinstance(ev, p.OffsetDataChunk) else b""
+        c.close()
+    for h, off in reads.items():
+        assert got[h] == data[off : off + 4096], off
+    data[12288 : 12288 + 4096] = b"w" * 4096
+    for h, off in more.items():
+        assert got[h] == data[off : off + 4096], off
+    # Never asked twice for one READ; asked for each, in order, up to the first it
+    # failed on (8192, the 62nd); what came after took the general path or a burst.
+    assert not Counter(backend.calls) - Counter(offsets)
+    assert backend.calls[:62] == offsets[:62]
     backend.close()
 
 

@@ -58,6 +58,7 @@ __all__ = [
     "read_greeting",
     "read_option",
     "read_option_reply",
+    "read_plain_reads",
     "read_reply",
     "read_request",
 ]
@@ -109,6 +110,11 @@ _WRITE = int(Command.WRITE)
 #: Connection.get_buffer).
 DIRECT_PAYLOAD_MIN = 64 * 1024
 _REQUEST = REQUEST_HEADER.size
+_READ = int(Command.READ)
+#: read_plain_reads() looks at most this many headers per call: it copies them out of
+#: the buffer first, and a burst of reads among other requests must not make each call
+#: copy the whole buffer again.
+PLAIN_READS_MAX = 64
 
 
 # --- server side: what a client sends -------------------------------------------------
@@ -243,6 +249,33 @@ def read_request(buf: bytearray, start: int, end: int, conn: ReadContext) -> Par
         request = _from_wire(command, handle, offset, length, flags, buf[data : data + length])
         return request, _REQUEST + length
     return WriteHeader(command, handle, offset, length, flags), _REQUEST
+
+
+def read_plain_reads(
+    buf: bytearray, start: int, end: int, below: int, limit: int
+) -> list[tuple[int, int, int]]:
+    """``(handle, offset, length)`` of the plain READs at ``buf[start:end]``: READs with
+    no flags, ``0 < length < below`` and ``offset + length <= limit``, in order, up to
+    the first request that is anything else (a bad magic included) or incomplete, and
+    at most PLAIN_READS_MAX. Each is exactly what :func:`read_request` would return as a
+    Request; the caller consumes ``len(result) * REQUEST_HEADER.size`` bytes."""
+    n = min((end - start) // _REQUEST, PLAIN_READS_MAX)
+    out: list[tuple[int, int, int]] = []
+    if n:
+        # A copy of the headers, not a view: a view would pin the buffer, which the
+        # connection resizes, for as long as the iterator lives.
+        headers = REQUEST_HEADER.iter_unpack(buf[start : start + n * _REQUEST])
+        for magic, flags, command, handle, offset, length in headers:
+            if (
+                magic != REQUEST_MAGIC
+                or flags
+                or command != _READ
+                or not 0 < length < below
+                or offset + length > limit
+            ):
+                break
+            out.append((handle, offset, length))
+    return out
 
 
 # --- client side: what a server sends -------------------------------------------------
