@@ -209,3 +209,32 @@ def test_a_volume_streaming_writes_starts_their_writeback(
     finally:
         vol.close()
     assert bs.view("v").read(8 * EXTENT, 2 * large) == data
+
+
+def test_the_flush_of_a_disconnecting_client_does_not_turn_write_behind_on(
+    deployment_of: Callable[[str], Deployment], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server flushes for a client that disconnects (flush(closing=True)): durable
+    as any flush, but the next writes come from another client, which has flushed
+    nothing (fio's runs, one after another, each end with that flush)."""
+    spans = Spans(monkeypatch)
+    large = 4 * EXTENT
+    monkeypatch.setattr(writebehind, "WRITE_BEHIND_BYTES", 2 * large)
+    bs = deployment_of("sqlite-file").node("a")
+    bs.create("v", size=32 * EXTENT, extent_size=EXTENT, commit_interval=60.0)
+    vol = bs.open("v")
+    try:
+        data = os.urandom(2 * large)
+        vol.write(0, data)
+        vol.flush(closing=True)
+        for _ in range(3):
+            vol.write(8 * EXTENT, data)
+        time.sleep(0.1)
+        assert spans.spans == []
+        vol.flush()  # a client's own flush
+        vol.write(8 * EXTENT, data)
+        spans.wait()
+        assert [s[1:] for s in spans.spans] == [(8 * EXTENT, 2 * large)]
+    finally:
+        vol.close()
+    assert bs.view("v").read(0, 2 * large) == data  # the closing flush was a flush

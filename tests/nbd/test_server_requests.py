@@ -31,6 +31,7 @@ class CountingBackend(FileBackend):
     def __init__(self, path: Path, **kw: object) -> None:
         super().__init__(path, **kw)  # type: ignore[arg-type]
         self.flushes = 0
+        self.closing_flushes = 0
         self.fail_reads_at: int | None = None
         self.slow_offsets: set[int] = set()
         self.gate = threading.Event()
@@ -40,6 +41,10 @@ class CountingBackend(FileBackend):
     def flush(self) -> None:
         self.flushes += 1
         super().flush()
+
+    def flush_on_close(self) -> None:
+        self.closing_flushes += 1
+        super().flush_on_close()
 
     def is_resident(self, offset: int, length: int) -> bool:
         return offset not in self.slow_offsets
@@ -360,13 +365,18 @@ def test_disc_finishes_in_flight_and_flushes(
 ) -> None:
     c = connect(server)
     c.request(C.WRITE, 0, payload=b"q" * 4096)
+    [reply] = c.request(C.FLUSH)  # the client's own: not the disconnect's
+    assert isinstance(reply, p.SimpleReply) and reply.error == 0
+    c.request(C.WRITE, 0, payload=b"r" * 4096)
     before = backend.flushes
+    assert backend.closing_flushes == 0
     c.send(p.Request(C.DISC, next(c.handles)))
     assert c.sock.recv(10) == b""
     deadline = time.monotonic() + 5
     while backend.flushes == before and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert backend.flushes == before + 1
+    # The disconnect's flush is flush_on_close (a volume's write-behind tells it apart).
+    assert backend.flushes == before + 1 and backend.closing_flushes == 1
 
 
 def test_partial_write_at_drop_is_discarded(server: ServerThread, image: Path) -> None:

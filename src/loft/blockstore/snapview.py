@@ -147,7 +147,7 @@ class SnapshotView:
 
     write = zero = trim = _readonly
 
-    def flush(self) -> None:
+    def flush(self, *, closing: bool = False) -> None:
         """Nothing to flush in a read-only view."""
 
     def close(self) -> None:

@@ -748,10 +748,12 @@ class Volume:
 
     # -- flush and commit -------------------------------------------------------------
 
-    def flush(self) -> None:
+    def flush(self, *, closing: bool = False) -> None:
         """Make every completed write durable on the node and have it committed: in
         ``remote`` durability this flush point, captured now and waited for; in ``local``,
-        the disk as it is when ``commit_interval`` is up (see the committer)."""
+        the disk as it is when ``commit_interval`` is up (see the committer).
+        ``closing``: the server's flush for a client that disconnects, the same but for
+        write-behind, which serves clients that flush themselves (see writebehind)."""
         self._check_writable()
         try:
             self._wc.sync()
@@ -759,11 +761,13 @@ class Volume:
             raise VolumeIOError(f"volume {self.name!r}: fsync failed: {e.strerror}") from e
         if self.durability != "remote":
             with self._cond:
-                self._behind.flushed()
+                if not closing:
+                    self._behind.flushed()
                 self._committer.flushed()
             return
         with self._cond:
-            self._behind.flushed()
+            if not closing:
+                self._behind.flushed()
             seq = self._capture_locked()
         self._committer.wait_committed(seq)
 

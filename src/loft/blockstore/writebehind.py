@@ -17,7 +17,9 @@ gets it: one that does not flush waits for no flush, and one that rewrites a ran
 and over without flushing (fio's drained ``seq_write_1M`` rewrites one GiB five to ten
 times in a run) would have every pass written to the disk, where the kernel writes only
 the last: write-behind cost such a run ~55 us of CPU per MiB and its share of the disk
-(docs/benchmarks.md, "Drained 1 MiB writes of a volume").
+(docs/benchmarks.md, "Drained 1 MiB writes of a volume"). The flush the server makes
+when a client disconnects (``Volume.flush(closing=True)``) does not count: the next
+writes come from another client, and each of fio's runs ends with one.
 
 Durability does not change: a flush still syncs the file, and only a flush
 promises anything. Pages under writeback stay writable (the disk does not ask for stable

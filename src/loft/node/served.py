@@ -87,9 +87,9 @@ class ServedVolume:
     def trim(self, offset: int, length: int, fua: bool = False) -> None:
         self.get().trim(offset, length, fua)
 
-    def flush(self) -> None:
+    def flush(self, *, closing: bool = False) -> None:
         if self._vol is not None:  # nothing was written if it was never opened
-            self._vol.flush()
+            self._vol.flush(closing=closing)
 
     def cache(self, offset: int, length: int) -> None:
         self.get().cache(offset, length)

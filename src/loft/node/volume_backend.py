@@ -73,7 +73,7 @@ class VolumeLike(Protocol):
     def block_status(self, offset: int, length: int) -> list[tuple[int, int]]: ...
     def allocation_depth(self, offset: int, length: int) -> list[tuple[int, int]]: ...
     def cache(self, offset: int, length: int) -> None: ...
-    def flush(self) -> None: ...
+    def flush(self, *, closing: bool = False) -> None: ...
 
 
 class VolumeBackend(Backend):
@@ -166,6 +166,10 @@ class VolumeBackend(Backend):
     def flush(self) -> None:
         with _translated():
             self.volume.flush()
+
+    def flush_on_close(self) -> None:
+        with _translated():
+            self.volume.flush(closing=True)
 
     def cache(self, offset: int, length: int) -> None:
         with _translated():

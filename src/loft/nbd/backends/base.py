@@ -169,6 +169,12 @@ class Backend(abc.ABC):
         """Make every completed write durable."""
         return None
 
+    def flush_on_close(self) -> None:
+        """The flush a clean disconnect makes (many clients never send FLUSH): durable
+        as :meth:`flush`, but the server's doing, not a client's. A backend that learns
+        from its client's flushes (a volume's write-behind) does not count this one."""
+        self.flush()
+
     def cache(self, offset: int, length: int) -> None:
         """Prefetch the range (a hint)."""
         return None

@@ -889,7 +889,7 @@ class NBDConnection(asyncio.BufferedProtocol):
         if backend is not None and self._wrote and backend.can_flush():
             # A clean disconnect flushes (best effort): many clients never send FLUSH.
             self._wrote = False
-            fut = self._loop.run_in_executor(self._server.executor, backend.flush)
+            fut = self._loop.run_in_executor(self._server.executor, backend.flush_on_close)
             fut.add_done_callback(self._flushed_on_close)
             return
         self._close()
