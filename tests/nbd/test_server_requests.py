@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import threading
 import time
@@ -495,6 +496,41 @@ def test_pipelined_small_reads_are_each_answered_once(tmp_path: Path, image: Pat
     assert not Counter(backend.calls) - Counter(offsets)
     assert backend.calls[:62] == offsets[:62]
     backend.close()
+
+
+class BrokenResidentBackend(FileBackend):
+    """read_resident hands back something that is not bytes at offset 0 (a bug)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.read_resident = self._read_resident
+
+    def _read_resident(self, offset: int, length: int) -> object:
+        return 42 if offset == 0 else bytes(self.pread(offset, length))
+
+
+def test_a_bug_in_a_burst_of_reads_drops_that_client_only(
+    tmp_path: Path, image: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Caught and logged as the server's bug (not left to the event loop), the client
+    dropped, the others served."""
+    caplog.set_level(logging.ERROR, logger="loft.nbd")
+    backend = BrokenResidentBackend(image)
+    reg = ExportRegistry()
+    reg.add("disk", backend)
+    with ServerThread(reg, tmp_path / "bug" / "nbd.sock") as st:
+        c = connect(st)
+        c.send(*[p.Request(C.READ, next(c.handles), off, 4096) for off in (4096, 0, 8192)])
+        c.sock.settimeout(10)
+        got = b""
+        while chunk := c.sock.recv(1 << 16):  # whatever replies came, then the drop
+            got += chunk
+        assert len(got) < 3 * 4096
+        other = connect(st)
+        assert other.read(4096, 4096) == image.read_bytes()[4096:8192]
+        other.close()
+    backend.close()
+    assert "nbd.internal_error" in caplog.text and "TypeError" in caplog.text
 
 
 def test_large_write_then_pipelined_overlapping_read(server: ServerThread) -> None:

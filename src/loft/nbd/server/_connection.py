@@ -453,7 +453,12 @@ class NBDConnection(asyncio.BufferedProtocol):
                 or (self._full and not proto.receiving_payload)
             ):
                 if bursts:
-                    bursts = not (self._ops or self._waiting) and self._read_burst()
+                    try:
+                        bursts = not (self._ops or self._waiting) and self._read_burst()
+                    except Exception as e:  # as below: a bug ends this client, not the server
+                        self._batch = None
+                        self._fail(e)
+                        return
                     continue
                 try:
                     event = proto.next_event()
