@@ -5,11 +5,12 @@ into events (:class:`loft.nbd.protocol.Connection`), hands options to the handsh
 (:mod:`._handshake`) and requests to the dispatcher (:mod:`._dispatch`), and writes the
 replies. Requests are served on the event loop thread when the backend says the range is
 resident (page cache, a local working copy): that is the fast path, with no task or
-thread per request. FLUSH, FUA writes, WRITEs of ``OFFLOAD_WRITE`` bytes or more and
-ranges that need a fetch run on the server's worker threads and are answered when they
-finish, possibly out of order -- but a request that overlaps an earlier unfinished one
-(and either modifies data) waits for it, so overlapping requests take effect in arrival
-order.
+thread per request, and small plain READs skip even the event objects, taken from the
+receive buffer in bursts (``_read_burst``). FLUSH, FUA writes, WRITEs of
+``OFFLOAD_WRITE`` bytes or more and ranges that need a fetch run on the server's worker
+threads and are answered when they finish, possibly out of order -- but a request that
+overlaps an earlier unfinished one (and either modifies data) waits for it, so
+overlapping requests take effect in arrival order.
 
 Memory is bounded by what a connection does, not by how long it lives: the receive
 buffer is allocated on the first read and dropped again when the connection is idle
