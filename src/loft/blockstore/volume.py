@@ -759,15 +759,12 @@ class Volume:
             self._wc.sync()
         except OSError as e:
             raise VolumeIOError(f"volume {self.name!r}: fsync failed: {e.strerror}") from e
-        if self.durability != "remote":
-            with self._cond:
-                if not closing:
-                    self._behind.flushed()
-                self._committer.flushed()
-            return
         with self._cond:
             if not closing:
                 self._behind.flushed()
+            if self.durability != "remote":
+                self._committer.flushed()
+                return
             seq = self._capture_locked()
         self._committer.wait_committed(seq)
 
