@@ -15,7 +15,7 @@ import pytest
 from nbd_helpers import Client, ServerThread
 
 from loft.nbd import protocol as p
-from loft.nbd.backends.base import Backend, BackendError
+from loft.nbd.backends.base import Backend, BackendError, Buffer
 from loft.nbd.backends.file import FileBackend
 from loft.nbd.server import ExportRegistry
 from loft.nbd.server._connection import OFFLOAD_WRITE
@@ -601,6 +601,58 @@ class ThreadNotingBackend(KeepingBackend):
 
     def pwrite(self, offset: int, data: object, fua: bool = False) -> None:  # type: ignore[override]
         self.threads.append((len(data), threading.get_ident()))  # type: ignore[arg-type]
+
+
+class FailingWriteBackend(FileBackend):
+    """A real file backend whose WRITEs at chosen offsets fail with ENOSPC."""
+
+    def __init__(self, path: Path, fail_at: set[int]) -> None:
+        super().__init__(path)
+        self.fail_at = fail_at
+
+    def pwrite(self, offset: int, data: Buffer, fua: bool = False) -> None:
+        if offset in self.fail_at:
+            raise OSError(errno.ENOSPC, "injected")
+        super().pwrite(offset, data, fua)
+
+
+def test_pipelined_large_writes_are_each_answered_once_in_effect_order(
+    tmp_path: Path, image: Path
+) -> None:
+    """Twenty large WRITEs sent at once (through the connection's lane): rewrites of one
+    range take effect in arrival order, a failing WRITE gets its errno and changes
+    nothing, every other gets 0, each exactly once; the connection then goes on."""
+    backend = FailingWriteBackend(image, {3 << 20})
+    reg = ExportRegistry()
+    reg.add("disk", backend)
+    mib = 1 << 20
+    writes = [(i % 6 * mib, bytes([i + 1]) * mib) for i in range(20)]
+    writes += [(3 << 20, b"x" * OFFLOAD_WRITE), (6 << 20, b"y" * OFFLOAD_WRITE)]
+    with ServerThread(reg, tmp_path / "lane" / "nbd.sock") as st:
+        c = connect(st)
+        handles = [next(c.handles) for _ in writes]
+        c.send(
+            *[
+                p.Request(C.WRITE, h, off, len(d), 0, d)
+                for h, (off, d) in zip(handles, writes, strict=True)
+            ]
+        )
+        errors: dict[int, int] = {}
+        while len(errors) < len(writes):
+            ev = c.next()
+            assert isinstance(ev, p.SimpleReply) and ev.handle not in errors, ev
+            errors[ev.handle] = ev.error
+        got = c.read(0, 7 * mib)
+        c.close()
+    expected = bytearray(7 * mib)
+    for h, (off, d) in zip(handles, writes, strict=True):
+        if off == 3 << 20:
+            assert errors[h] == errno.ENOSPC
+        else:
+            assert errors[h] == 0
+            expected[off : off + len(d)] = d
+    assert got == bytes(expected)
+    backend.close()
 
 
 def test_large_writes_run_on_a_worker_and_smaller_ones_inline(tmp_path: Path) -> None:

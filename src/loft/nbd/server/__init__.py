@@ -4,7 +4,8 @@ It owns sockets, TLS, authorization and concurrency; the wire format is
 :mod:`loft.nbd.protocol` and the data comes from :class:`loft.nbd.backends.Backend`.
 Split by concern as nbdkit's ``server/`` is: ``_connection`` (transport, batching,
 ordering), ``_handshake`` (options, without I/O), ``_dispatch`` (a request against a
-backend, without I/O), ``_budget`` (bytes in flight, per connection and per server),
+backend, without I/O), ``_lane`` (a connection's large WRITEs on a borrowed worker),
+``_budget`` (bytes in flight, per connection and per server),
 ``_validate``, ``_errno``, ``_exports``, ``_tls``, ``_server`` (listeners, workers,
 connection caps). Each request is validated once where it arrives, failures become
 NBD errnos in one function (:func:`errno_for`, which knows only ``OSError.errno``), and a

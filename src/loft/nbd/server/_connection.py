@@ -7,8 +7,9 @@ replies. Requests are served on the event loop thread when the backend says the 
 resident (page cache, a local working copy): that is the fast path, with no task or
 thread per request, and small plain READs skip even the event objects, taken from the
 receive buffer in bursts (``_read_burst``). FLUSH, FUA writes, WRITEs of
-``OFFLOAD_WRITE`` bytes or more and ranges that need a fetch run on the server's worker
-threads and are answered when they finish, possibly out of order -- but a request that
+``OFFLOAD_WRITE`` bytes or more (in order, through the connection's lane: ``_lane``) and
+ranges that need a fetch run on the server's worker threads and are answered when they
+finish, possibly out of order -- but a request that
 overlaps an earlier unfinished one (and either modifies data) waits for it, so
 overlapping requests take effect in arrival order.
 
@@ -53,6 +54,7 @@ from loft.nbd.server._handshake import (
     Negotiation,
     resolve_exports,
 )
+from loft.nbd.server._lane import Lane
 from loft.nbd.server._tls import peer_identity
 from loft.nbd.server._validate import ExportView, validate_request
 from loft.telemetry import NBD
@@ -105,13 +107,15 @@ BATCH_BUFFERS = 64
 BATCH_BUFFERS_BEFORE_SLEEP = 8
 #: READ replies at least this large are written at once, not batched.
 _WRITE_NOW = 128 * 1024
-#: WRITEs at least this large run on a worker thread even when their range is resident:
-#: the event loop receives the next payload while the worker copies this one into the
-#: page cache, so the two copies use both cores. Measured with fio (sequential writes at
-#: depth 8, loft's file server, alternating runs): 1 MiB writes went from 1,270-1,410 to
-#: 2,190-2,380 MB/s, 512 KiB from 1,310-1,470 to 1,540-1,680; but 256 KiB writes lost
-#: 10% and 128 KiB 37%, where the hand-off costs more than the copy it overlaps.
-OFFLOAD_WRITE = 512 * 1024
+#: WRITEs at least this large run on a worker thread (the connection's lane, see
+#: :mod:`._lane`) even when their range is resident: the event loop receives the next
+#: payload while the worker copies this one into the page cache, so the two copies use
+#: both cores. Measured with fio (sequential writes at depth 8, loft's file server,
+#: alternating with nbdkit), inline against the lane: 256 KiB writes went from 1,390-1,560
+#: to 1,710-1,900 MB/s and 1 MiB from 1,670-2,340 (then through ``run_in_executor``) to
+#: 2,930-2,990; 128 KiB writes lose 8%, where the hand-off costs more than the copy it
+#: overlaps.
+OFFLOAD_WRITE = 256 * 1024
 
 
 def _grow_socket_buffers(transport: asyncio.BaseTransport) -> None:
@@ -207,6 +211,8 @@ class NBDConnection(asyncio.BufferedProtocol):
         #: replies produced while processing one batch of received requests, written
         #: with a single writelines (one syscall instead of one per reply)
         self._batch: list[Any] | None = None
+        #: where this connection's large WRITEs run (made at the first one)
+        self._lane: Lane | None = None
 
     # --- asyncio callbacks ----------------------------------------------------------
 
@@ -790,17 +796,32 @@ class NBDConnection(asyncio.BufferedProtocol):
         self._ops.append(req)
         self._settle()
         run = partial(execute, backend, req, self._view.structured_replies, self._contexts, False)
+        if req.command == _WRITE and req.length >= OFFLOAD_WRITE:
+            lane = self._lane
+            if lane is None:
+                lane = self._lane = Lane(self._loop, self._server.executor)
+            lane.submit(run, partial(self._op_finished, req))
+            return
         fut = self._loop.run_in_executor(self._server.executor, run)
         fut.add_done_callback(partial(self._op_done, req))
 
     def _op_done(self, req: p.Request, fut: asyncio.Future[Any]) -> None:
-        self._ops.remove(req)
         if fut.cancelled():
-            self._reply_error(req, p.Errno.ESHUTDOWN, "server shutting down")
+            self._op_finished(req, None, asyncio.CancelledError())
         elif (exc := fut.exception()) is not None:
+            self._op_finished(req, None, exc)
+        else:
+            self._op_finished(req, fut.result(), None)
+
+    def _op_finished(self, req: p.Request, result: Any, exc: BaseException | None) -> None:
+        """A request run on a worker thread is done: answer it and start what waited."""
+        self._ops.remove(req)
+        if isinstance(exc, asyncio.CancelledError):
+            self._reply_error(req, p.Errno.ESHUTDOWN, "server shutting down")
+        elif exc is not None:
             self._reply_failure(req, exc)
         else:
-            self._reply(req, fut.result())
+            self._reply(req, result)
             backend = self._backend
             if req.command == _WRITE and backend is not None and backend.copies_writes:
                 self._proto.recycle(req.payload)
