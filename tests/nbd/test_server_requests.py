@@ -655,6 +655,47 @@ def test_pipelined_large_writes_are_each_answered_once_in_effect_order(
     backend.close()
 
 
+class MeetingBackend(FileBackend):
+    """Large WRITEs wait for each other at a barrier; ranges from ``cold`` on are not
+    resident (as a volume's extents that need a fetch are not)."""
+
+    def __init__(self, path: Path, cold: int, parties: int) -> None:
+        super().__init__(path)
+        self.cold = cold
+        self.barrier = threading.Barrier(parties, timeout=5)
+
+    def is_resident(self, offset: int, length: int) -> bool:
+        return offset < self.cold
+
+    def pwrite(self, offset: int, data: Buffer, fua: bool = False) -> None:
+        if len(memoryview(data)) >= OFFLOAD_WRITE:
+            self.barrier.wait()
+        super().pwrite(offset, data, fua)
+
+
+@pytest.mark.parametrize("kind", ["not resident", "FUA"])
+def test_large_writes_that_wait_run_side_by_side(tmp_path: Path, image: Path, kind: str) -> None:
+    """A connection's large WRITEs that must wait (for a fetch, or FUA's sync) do not
+    queue behind each other in its lane: two of them are under way at once."""
+    cold = 4 << 20 if kind == "not resident" else SIZE
+    flags = p.CmdFlag.FUA if kind == "FUA" else 0
+    backend = MeetingBackend(image, cold, 2)
+    reg = ExportRegistry()
+    reg.add("disk", backend)
+    with ServerThread(reg, tmp_path / "meet" / "nbd.sock") as st:
+        c = connect(st)
+        h1, h2 = next(c.handles), next(c.handles)
+        c.send(
+            p.Request(C.WRITE, h1, 4 << 20, 1 << 20, flags, b"a" * (1 << 20)),
+            p.Request(C.WRITE, h2, 6 << 20, 1 << 20, flags, b"b" * (1 << 20)),
+        )
+        replies = [c.next(), c.next()]
+        c.close()
+    got = {r.handle: r.error for r in replies if isinstance(r, p.SimpleReply)}
+    assert got == {h1: 0, h2: 0}
+    backend.close()
+
+
 def test_large_writes_run_on_a_worker_and_smaller_ones_inline(tmp_path: Path) -> None:
     """A resident WRITE of OFFLOAD_WRITE bytes or more leaves the event loop (which goes on
     receiving the next payload meanwhile); anything smaller is written on the loop."""

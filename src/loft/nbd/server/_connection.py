@@ -7,11 +7,11 @@ replies. Requests are served on the event loop thread when the backend says the 
 resident (page cache, a local working copy): that is the fast path, with no task or
 thread per request, and small plain READs skip even the event objects, taken from the
 receive buffer in bursts (``_read_burst``). FLUSH, FUA writes, WRITEs of
-``OFFLOAD_WRITE`` bytes or more (in order, through the connection's lane: ``_lane``) and
-ranges that need a fetch run on the server's worker threads and are answered when they
-finish, possibly out of order -- but a request that
-overlaps an earlier unfinished one (and either modifies data) waits for it, so
-overlapping requests take effect in arrival order.
+``OFFLOAD_WRITE`` bytes or more and ranges that need a fetch run on the server's worker
+threads and are answered when they finish, possibly out of order; large WRITEs that only
+copy into the page cache run one after another, in the connection's lane (``_lane``). A
+request that overlaps an earlier unfinished one (and either modifies data) waits for it,
+so overlapping requests take effect in arrival order.
 
 Memory is bounded by what a connection does, not by how long it lives: the receive
 buffer is allocated on the first read and dropped again when the connection is idle
@@ -765,9 +765,10 @@ class NBDConnection(asyncio.BufferedProtocol):
             batch = self._batch
             if batch is not None and len(batch) >= BATCH_BUFFERS_BEFORE_SLEEP:
                 self._flush_batch(batch)
+        large_write = command == _WRITE and req.length >= OFFLOAD_WRITE
         if not (
             command == _FLUSH
-            or (command == _WRITE and req.length >= OFFLOAD_WRITE)
+            or large_write
             or (req.flags & _FUA and command in _MODIFYING)
             or (command == _ZERO and not backend.can_zero())
             or not backend.is_resident(req.offset, req.length)
@@ -784,11 +785,18 @@ class NBDConnection(asyncio.BufferedProtocol):
                     self._proto.recycle(req.payload)
                 self._reply(req, result)
                 return True
-        self._to_worker(req, charged)
+        # A large WRITE that only copies into the page cache goes to the lane, one after
+        # another; one that must wait (a fetch, a commit near max_dirty, FUA's sync) runs
+        # beside the others, as any request that waits does.
+        in_lane = (
+            large_write and not req.flags & _FUA and backend.is_resident(req.offset, req.length)
+        )
+        self._to_worker(req, charged, in_lane)
         return False
 
-    def _to_worker(self, req: p.Request, charged: bool) -> None:
-        """Run ``req`` on a worker thread, charged to the account until it is done."""
+    def _to_worker(self, req: p.Request, charged: bool, in_lane: bool = False) -> None:
+        """Run ``req`` on a worker thread (in the connection's lane if ``in_lane``),
+        charged to the account until it is done."""
         backend = self._backend
         assert backend is not None
         if not charged:
@@ -796,7 +804,7 @@ class NBDConnection(asyncio.BufferedProtocol):
         self._ops.append(req)
         self._settle()
         run = partial(execute, backend, req, self._view.structured_replies, self._contexts, False)
-        if req.command == _WRITE and req.length >= OFFLOAD_WRITE:
+        if in_lane:
             lane = self._lane
             if lane is None:
                 lane = self._lane = Lane(self._loop, self._server.executor)
