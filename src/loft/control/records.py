@@ -32,7 +32,7 @@ from loft.control.quotas import check_quotas
 from loft.errors import LoftError
 from loft.node.environments import SpecInput, spec_input
 from loft.node.records import NameTaken, Records
-from loft.node.workspaces import NewWorkspace
+from loft.node.workspace_request import NewWorkspace
 
 __all__ = ["Record", "WorkspaceRecords", "env_of"]
 

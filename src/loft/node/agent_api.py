@@ -60,7 +60,8 @@ from loft.node.snapshots import (
     snap,
     snapshots,
 )
-from loft.node.workspaces import BadRequest, Workspaces
+from loft.node.workspace_request import BadRequest
+from loft.node.workspaces import Workspaces
 from loft.runtime.errors import PhaseError, UnknownWorkspace
 from loft.runtime.forward import loopback_listener, unix_listener
 from loft.runtime.spec import ExecRequest, WindowSize

@@ -61,7 +61,8 @@ from loft.blockstore.names import check_name
 from loft.errors import LoftError
 from loft.libc import syncfs_path
 from loft.node.records import Desired, Workspace
-from loft.node.workspaces import BadRequest, Workspaces
+from loft.node.workspace_request import BadRequest
+from loft.node.workspaces import Workspaces
 from loft.runtime.errors import ImageInUse
 from loft.runtime.interface import RuntimeSnapshot
 from loft.runtime.vm_image import FORMAT as VM_IMAGE_FORMAT

@@ -33,13 +33,10 @@ import shutil
 import threading
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from loft.blockstore import Blockstore
-from loft.blockstore.api import DEFAULT_EXTENT_SIZE
 from loft.blockstore.holder import provably_dead
-from loft.blockstore.names import check_geometry
 from loft.errors import LoftError
 from loft.node.admission import Admission
 from loft.node.disk_client import DiskClient
@@ -51,90 +48,30 @@ from loft.node.records import (
     Records,
     Workspace,
     WorkspaceRecord,
-    check_workspace_name,
 )
 from loft.node.runcommand import RunCommands
 from loft.node.runtimes import Runtimes
 from loft.node.undo import all_or_nothing
+from loft.node.workspace_request import BadRequest
 from loft.procfs import proc_stat
 from loft.runtime import vm_store
 from loft.runtime.attach import Attachment, adopt, attach, detach
 from loft.runtime.errors import PhaseError, UnknownWorkspace, WorkspaceError
 from loft.runtime.interface import RuntimeSnapshot
 from loft.runtime.phase import Phase as RuntimePhase
-from loft.runtime.spec import MIN_MEMORY, EnvironmentView, Limits, Network, WorkspaceSpec
+from loft.runtime.spec import EnvironmentView, Limits, WorkspaceSpec
 from loft.runtime.template import create_workspace_volume
 from loft.runtime.vm import VmRuntime
 from loft.runtime.vm_image import FORMAT as VM_IMAGE_FORMAT
 from loft.runtime.vm_qemu import MIN_MEMORY as VM_MIN_MEMORY
 from loft.units import format_size
 
-__all__ = ["MIN_SIZE", "BadRequest", "NewWorkspace", "Workspaces"]
+__all__ = ["Workspaces"]
 
 log = logging.getLogger("loft.node")
 
-#: The smallest workspace volume: ext4 with its journal and the workspace layout, and
-#: room to work in.
-MIN_SIZE = 64 << 20
-#: CPU limits a workspace may ask for (what the runtime's Limits accept).
-MIN_CPUS, MAX_CPUS = 0.01, 1024
 #: Seconds a stopping workspace's processes get after SIGTERM before SIGKILL.
 STOP_GRACE = 5.0
-
-
-class BadRequest(LoftError):
-    """A request's values do not make a workspace (sizes, limits, network)."""
-
-
-@dataclass(frozen=True)
-class NewWorkspace:
-    """What ``loft new`` asks for, checked."""
-
-    name: str
-    spec: SpecInput
-    size: int
-    limits: Limits
-    network: Network
-    start: bool = True
-
-    @classmethod
-    def checked(
-        cls,
-        name: str,
-        spec: SpecInput,
-        size: int,
-        memory: int,
-        cpus: float,
-        pids: int,
-        network: str,
-        start: bool = True,
-    ) -> NewWorkspace:
-        """The request's values, or BadRequest naming the first bad one."""
-        check_workspace_name(name)
-        if size < MIN_SIZE:
-            raise BadRequest(
-                f"size {format_size(size)} is below {format_size(MIN_SIZE)}",
-                hint="ask for --size 1G or more",
-            )
-        if memory < MIN_MEMORY:
-            raise BadRequest(
-                f"memory {format_size(memory)} is below {format_size(MIN_MEMORY)}",
-                hint="ask for --memory 256M or more",
-            )
-        if not MIN_CPUS <= cpus <= MAX_CPUS:
-            raise BadRequest(
-                f"cpus {cpus:g} is not between {MIN_CPUS} and {MAX_CPUS}",
-                hint="a fraction of a CPU is fine: --cpus 0.5",
-            )
-        try:
-            check_geometry(size, DEFAULT_EXTENT_SIZE)
-            limits = Limits(memory=memory, cpus=cpus, pids=pids)
-            net = Network(network)
-        except ValueError as e:
-            raise BadRequest(str(e), hint="see `loft new --help` for the limits") from None
-        except LoftError as e:
-            raise BadRequest(e.message, hint=e.hint) from None
-        return cls(name, spec, size, limits, net, start)
 
 
 class Workspaces:
